@@ -1,0 +1,76 @@
+package buffer
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// BenchmarkAppend measures durable appends of 1 KiB messages through group
+// commit, with 1, 16 and 256 concurrent appenders and each sync mode.
+// It reports msgs/s and the p50/p99 latency of one Append.
+//
+//	go test -run '^$' -bench Append -benchtime 20000x ./buffer/
+func BenchmarkAppend(b *testing.B) {
+	modes := []struct {
+		name string
+		mode SyncMode
+	}{{"always", SyncAlways}, {"interval10ms", SyncInterval}, {"never", SyncNever}}
+	for _, m := range modes {
+		for _, conc := range []int{1, 16, 256} {
+			b.Run(fmt.Sprintf("fsync=%s/appenders=%d", m.name, conc), func(b *testing.B) {
+				s, err := Open(Config{Dir: b.TempDir(), Sync: m.mode, SegmentBytes: 256 << 20})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.Close()
+				q, err := s.Queue("bench", []string{"t"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				body := make([]byte, 1024)
+				lat := make([][]time.Duration, conc)
+				var next sync.Mutex
+				n := 0
+				b.SetBytes(int64(len(body)))
+				b.ResetTimer()
+				start := time.Now()
+				var wg sync.WaitGroup
+				for g := range conc {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for {
+							next.Lock()
+							if n >= b.N {
+								next.Unlock()
+								return
+							}
+							n++
+							next.Unlock()
+							t0 := time.Now()
+							if _, err := q.Append(context.Background(), &Message{Method: "POST", URI: "/api/orders", Body: body}); err != nil {
+								b.Error(err)
+								return
+							}
+							lat[g] = append(lat[g], time.Since(t0))
+						}
+					}()
+				}
+				wg.Wait()
+				el := time.Since(start)
+				b.StopTimer()
+				all := slices.Concat(lat...)
+				slices.Sort(all)
+				if len(all) > 0 {
+					b.ReportMetric(float64(len(all))/el.Seconds(), "msgs/s")
+					b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
+					b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,348 @@
+package buffer
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Consumer reads one target's view of a queue: what to attempt next, and the
+// outcome of each attempt. Fetch and Complete are safe for concurrent use.
+type Consumer struct {
+	q      *Queue
+	target string
+	idx    int
+	ready  chan struct{}
+
+	fetchMu sync.Mutex // one Fetch at a time, so two never take the same message
+
+	// guarded by q.mu
+	next     uint64              // next seq never attempted
+	inflight map[uint64]struct{} // fetched, outcome not yet committed
+	saved    uint64              // floor last persisted
+}
+
+// Delivery is a message handed out by Fetch for one attempt.
+type Delivery struct {
+	*Message
+	Attempt int    // 1 for the first attempt
+	prior   *State // the recorded state before this attempt; nil if none
+}
+
+// Prior returns the state recorded before this attempt (nil on a first attempt).
+func (d *Delivery) Prior() *State { return d.prior }
+
+// Consumer returns the consumer of the named target.
+func (q *Queue) Consumer(target string) (*Consumer, error) {
+	for _, c := range q.consumers {
+		if c.target == target {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnknownTarget, target)
+}
+
+// Target returns the consumer's target name.
+func (c *Consumer) Target() string { return c.target }
+
+// Ready is signalled (without blocking the writer) after new messages are
+// committed. One signal may stand for many messages.
+func (c *Consumer) Ready() <-chan struct{} { return c.ready }
+
+func (c *Consumer) notify() {
+	select {
+	case c.ready <- struct{}{}:
+	default:
+	}
+}
+
+// floorLocked is the lowest seq this consumer has not finished. Caller holds q.mu.
+func (c *Consumer) floorLocked() uint64 {
+	f := c.next
+	for seq := range c.inflight {
+		if seq < f {
+			f = seq
+		}
+	}
+	return f
+}
+
+// Fetch returns up to max messages to attempt now: retries that are due at
+// now first, then messages never attempted, in seq order. Every returned
+// Delivery is in flight until Complete records its outcome. Fetch does not
+// block; when it returns nothing, wait on Ready or until NextRetry.
+//
+// A record that fails its checksum is not returned: it is recorded as dead for
+// this target with the reason, and Fetch moves on.
+func (c *Consumer) Fetch(max int, now time.Time) ([]*Delivery, error) {
+	c.fetchMu.Lock()
+	defer c.fetchMu.Unlock()
+	q := c.q
+	var out []*Delivery
+	if err := c.fetchRetries(&out, max, now); err != nil {
+		return out, err
+	}
+	for len(out) < max {
+		q.mu.Lock()
+		if q.segs == nil {
+			q.mu.Unlock()
+			return out, ErrClosed
+		}
+		next := c.next
+		if next >= q.nextSeq {
+			q.mu.Unlock()
+			return out, nil
+		}
+		seg := q.segmentFor(next)
+		if seg == nil { // next fell in a gap (an expired segment): skip to the following one
+			for _, s := range q.segs {
+				if s.first > next {
+					c.next = s.first
+					break
+				}
+			}
+			if c.next == next {
+				c.next = q.nextSeq
+			}
+			q.mu.Unlock()
+			continue
+		}
+		q.mu.Unlock()
+		got, last, err := c.readNew(seg, next, max-len(out), now)
+		out = append(out, got...)
+		if err != nil {
+			return out, err
+		}
+		q.mu.Lock()
+		if last >= c.next {
+			c.next = last + 1
+		}
+		q.mu.Unlock()
+		if last < next { // nothing readable in seg at next: nothing committed there yet
+			return out, nil
+		}
+	}
+	return out, nil
+}
+
+// readNew reads up to max never-attempted messages of seg from seq next on.
+// last is the highest seq looked at (next-1 if none).
+func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (out []*Delivery, last uint64, err error) {
+	q := c.q
+	last = next - 1
+	var corrupt []uint64
+	err = seg.db.View(func(tx *bolt.Tx) error {
+		sb := tx.Bucket(stateBucket(c.target))
+		cur := tx.Bucket(bucketMsgs).Cursor()
+		for k, v := cur.Seek(seqKey(next)); k != nil && len(out) < max; k, v = cur.Next() {
+			seq := binary.BigEndian.Uint64(k)
+			last = seq
+			if sb.Get(k) != nil {
+				continue // finished before a restart; its retry, if any, is in the schedule
+			}
+			q.mu.Lock()
+			_, busy := c.inflight[seq] // possible after Release rewound the cursor
+			q.mu.Unlock()
+			if busy {
+				continue
+			}
+			m, err := DecodeRecord(v)
+			if err != nil {
+				q.log.Error("damaged record; marking it dead for this target", "target", c.target, "seq", seq, "err", err)
+				corrupt = append(corrupt, seq)
+				continue
+			}
+			m.Seq = seq
+			m.ID.seq = seq
+			out = append(out, &Delivery{Message: m, Attempt: 1})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, next - 1, fmt.Errorf("read segment %s: %w", segmentName(seg.first), err)
+	}
+	q.mu.Lock()
+	for _, d := range out {
+		c.inflight[d.Seq] = struct{}{}
+	}
+	for _, seq := range corrupt {
+		c.inflight[seq] = struct{}{}
+	}
+	q.mu.Unlock()
+	for _, seq := range corrupt {
+		st := &State{Phase: Dead, History: []Attempt{{At: now, Error: "damaged record: checksum or format check failed"}}}
+		r := &request{kind: opState, seq: seq, target: c.idx, state: st, done: make(chan struct{})}
+		if err := q.complete(context.Background(), r, false); err != nil {
+			return out, last, err
+		}
+	}
+	return out, last, nil
+}
+
+// fetchRetries appends due retries, oldest due first.
+func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error {
+	q := c.q
+	q.mu.Lock()
+	var segs []*segment
+	for _, s := range q.segs {
+		if s.retries[c.idx] > 0 {
+			segs = append(segs, s)
+		}
+	}
+	q.mu.Unlock()
+	nowKey := retryKey(now, ^uint64(0))
+	for _, seg := range segs {
+		if len(*out) >= max {
+			return nil
+		}
+		var got []*Delivery
+		err := seg.db.View(func(tx *bolt.Tx) error {
+			sb := tx.Bucket(stateBucket(c.target))
+			mb := tx.Bucket(bucketMsgs)
+			cur := tx.Bucket(retryBucket(c.target)).Cursor()
+			for k, _ := cur.First(); k != nil && len(*out)+len(got) < max; k, _ = cur.Next() {
+				if string(k) > string(nowKey) {
+					break
+				}
+				_, seq := parseRetryKey(k)
+				q.mu.Lock()
+				_, busy := c.inflight[seq]
+				if !busy {
+					c.inflight[seq] = struct{}{} // claim it; Fetch is serialised so no one else can
+				}
+				q.mu.Unlock()
+				if busy {
+					continue
+				}
+				d, err := c.load(mb, sb, seq)
+				if err != nil {
+					q.mu.Lock()
+					delete(c.inflight, seq)
+					q.mu.Unlock()
+					q.log.Error("cannot load a due retry", "target", c.target, "seq", seq, "err", err)
+					continue
+				}
+				got = append(got, d)
+			}
+			return nil
+		})
+		*out = append(*out, got...)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Consumer) load(mb, sb *bolt.Bucket, seq uint64) (*Delivery, error) {
+	v := mb.Get(seqKey(seq))
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	m, err := DecodeRecord(v)
+	if err != nil {
+		return nil, err
+	}
+	m.Seq, m.ID.seq = seq, seq
+	d := &Delivery{Message: m, Attempt: 1}
+	if sv := sb.Get(seqKey(seq)); sv != nil {
+		st, err := decodeState(sv)
+		if err != nil {
+			return nil, err
+		}
+		d.prior = st
+		d.Attempt = st.Attempts + 1
+	}
+	return d, nil
+}
+
+// NextRetry returns when the earliest retry not in flight is due.
+func (c *Consumer) NextRetry() (time.Time, bool) {
+	q := c.q
+	q.mu.Lock()
+	var segs []*segment
+	for _, s := range q.segs {
+		if s.retries[c.idx] > 0 {
+			segs = append(segs, s)
+		}
+	}
+	q.mu.Unlock()
+	var best time.Time
+	for _, seg := range segs {
+		seg.db.View(func(tx *bolt.Tx) error {
+			cur := tx.Bucket(retryBucket(c.target)).Cursor()
+			for k, _ := cur.First(); k != nil; k, _ = cur.Next() {
+				at, seq := parseRetryKey(k)
+				q.mu.Lock()
+				_, busy := c.inflight[seq]
+				q.mu.Unlock()
+				if busy {
+					continue
+				}
+				if best.IsZero() || at.Before(best) {
+					best = at
+				}
+				break
+			}
+			return nil
+		})
+	}
+	return best, !best.IsZero()
+}
+
+// Outcome is what an attempt came to.
+type Outcome struct {
+	Phase   Phase     // Delivered, Retrying or Dead
+	NextTry time.Time // when Phase is Retrying
+	Attempt Attempt   // this attempt: time, status, error, duration
+}
+
+// Complete records the outcome of the attempt d and returns once it is
+// committed (durable with SyncAlways). If it fails, the message stays in
+// flight in memory and is attempted again after a restart.
+func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error {
+	switch out.Phase {
+	case Delivered, Dead:
+	case Retrying:
+		if out.NextTry.IsZero() {
+			return fmt.Errorf("buffer: Complete: retrying without NextTry")
+		}
+	default:
+		return fmt.Errorf("buffer: Complete: invalid phase %q", out.Phase)
+	}
+	st := &State{Phase: out.Phase, Attempts: d.Attempt}
+	if out.Phase == Retrying {
+		st.NextTry = out.NextTry
+	}
+	if d.prior != nil {
+		st.History = append(st.History, d.prior.History...)
+	}
+	out.Attempt.N = d.Attempt
+	st.History = append(st.History, out.Attempt)
+	if len(st.History) > maxHistory {
+		st.History = st.History[len(st.History)-maxHistory:]
+	}
+	r := &request{kind: opState, seq: d.Seq, target: c.idx, state: st, done: make(chan struct{})}
+	if d.prior != nil && d.prior.Phase == Retrying {
+		r.oldRetry = d.prior.NextTry
+	}
+	return c.q.complete(ctx, r, true)
+}
+
+// Release gives a fetched delivery back without an outcome (for example at
+// shutdown, or when the drainer fetched more than it could start): it stays
+// due and will be fetched again.
+func (c *Consumer) Release(d *Delivery) {
+	q := c.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(c.inflight, d.Seq)
+	if d.prior == nil && d.Seq < c.next {
+		// A first attempt: rewind so the cursor reads it again.
+		c.next = d.Seq
+	}
+}

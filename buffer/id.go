@@ -1,0 +1,58 @@
+package buffer
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/binary"
+	"fmt"
+	"strings"
+)
+
+// ID names a message: its seq and 64 random bits. The random tag is stored
+// with the record and checked on lookup, so ids cannot be guessed from one
+// another even though seqs are consecutive.
+type ID struct {
+	seq uint64
+	tag [8]byte
+}
+
+var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+
+// idLen is the length of ID.String: 16 bytes in base32.
+const idLen = 26
+
+func newTag() (t [8]byte) {
+	if _, err := rand.Read(t[:]); err != nil {
+		panic("buffer: crypto/rand failed: " + err.Error()) // never on Linux; nothing sane to do
+	}
+	return t
+}
+
+// Seq returns the message's position in its queue.
+func (id ID) Seq() uint64 { return id.seq }
+
+// IsZero reports whether id is the zero ID.
+func (id ID) IsZero() bool { return id == ID{} }
+
+// String returns the id as 26 lower-case base32 characters (Crockford's alphabet).
+func (id ID) String() string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], id.seq)
+	copy(b[8:], id.tag[:])
+	return idEncoding.EncodeToString(b[:])
+}
+
+// ParseID parses the form produced by ID.String.
+func ParseID(s string) (ID, error) {
+	if len(s) != idLen {
+		return ID{}, fmt.Errorf("invalid message id %q: want %d characters", s, idLen)
+	}
+	b, err := idEncoding.DecodeString(strings.ToLower(s))
+	if err != nil || len(b) != 16 {
+		return ID{}, fmt.Errorf("invalid message id %q", s)
+	}
+	var id ID
+	id.seq = binary.BigEndian.Uint64(b[:8])
+	copy(id.tag[:], b[8:])
+	return id, nil
+}

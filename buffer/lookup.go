@@ -1,0 +1,109 @@
+package buffer
+
+import (
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// TargetStatus is where a message stands for one target.
+type TargetStatus struct {
+	Target string
+	State
+}
+
+// Lookup returns the message named by id and its status for every target.
+// It returns ErrNotFound for an id this queue does not hold (including a
+// right seq with a wrong random tag: ids are not guessable).
+func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
+	q.mu.Lock()
+	if q.segs == nil {
+		q.mu.Unlock()
+		return nil, nil, ErrClosed
+	}
+	seg := q.segmentFor(id.seq)
+	q.mu.Unlock()
+	if seg == nil {
+		return nil, nil, ErrNotFound
+	}
+	var m *Message
+	states := make([]*State, len(q.targets))
+	err := seg.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMsgs).Get(seqKey(id.seq))
+		if v == nil {
+			return ErrNotFound
+		}
+		var err error
+		if m, err = DecodeRecord(v); err != nil {
+			return err
+		}
+		if m.ID.tag != id.tag {
+			return ErrNotFound
+		}
+		m.Seq, m.ID.seq = id.seq, id.seq
+		for i, t := range q.targets {
+			if sv := tx.Bucket(stateBucket(t)).Get(seqKey(id.seq)); sv != nil {
+				if states[i], err = decodeState(sv); err != nil {
+					return fmt.Errorf("target %q: %w", t, err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make([]TargetStatus, len(q.targets))
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, c := range q.consumers {
+		ts := TargetStatus{Target: c.target}
+		if states[i] != nil {
+			ts.State = *states[i]
+		} else {
+			ts.Phase = Queued
+		}
+		if _, ok := c.inflight[id.seq]; ok {
+			ts.Phase = InFlight
+		}
+		out[i] = ts
+	}
+	return m, out, nil
+}
+
+// QueueStats is a snapshot of a queue's size and progress.
+type QueueStats struct {
+	Name     string
+	Segments int
+	Bytes    int64
+	Appended uint64 // seq of the last committed message
+	Expired  uint64 // (message, target) pairs expired undelivered since start
+	Targets  []TargetStats
+}
+
+// TargetStats is one consumer's progress.
+type TargetStats struct {
+	Target   string
+	Floor    uint64 // lowest seq not finished
+	Pending  uint64 // messages not yet attempted: the backlog ahead of the cursor
+	InFlight int
+	Retrying int // messages waiting in the retry schedule
+}
+
+// Stats returns a snapshot without touching the disk.
+func (q *Queue) Stats() QueueStats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	st := QueueStats{Name: q.name, Segments: len(q.segs), Bytes: q.bytes.Load(), Appended: q.nextSeq - 1, Expired: q.expired}
+	for _, c := range q.consumers {
+		ts := TargetStats{Target: c.target, Floor: c.floorLocked(), InFlight: len(c.inflight)}
+		if q.nextSeq > c.next {
+			ts.Pending = q.nextSeq - c.next
+		}
+		for _, s := range q.segs {
+			ts.Retrying += s.retries[c.idx]
+		}
+		st.Targets = append(st.Targets, ts)
+	}
+	return st
+}

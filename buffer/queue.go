@@ -1,0 +1,612 @@
+package buffer
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var bucketFloors = []byte("floors")
+
+// maxBatch bounds the requests one commit takes, so one commit's latency
+// stays bounded under any load.
+const maxBatch = 4096
+
+type opKind uint8
+
+const (
+	opAppend opKind = iota
+	opState
+)
+
+// request is one unit of work for the writer goroutine.
+type request struct {
+	kind opKind
+	rec  []byte // opAppend: encoded record
+	seq  uint64 // opAppend: set by the writer; opState: the message
+
+	// opState
+	target   int
+	state    *State
+	oldRetry time.Time // retry entry to remove (zero: none)
+
+	err  error
+	done chan struct{}
+}
+
+// Queue is one route's durable log and its consumers. It is safe for
+// concurrent use.
+type Queue struct {
+	name    string
+	dir     string
+	store   *Store
+	cfg     *Config
+	log     *slog.Logger
+	targets []string
+
+	reqs    chan *request
+	closing chan struct{} // closed by Close
+	stopped chan struct{} // closed when the writer has exited
+	once    sync.Once
+
+	floorsDB *bolt.DB
+	bytes    atomic.Int64
+
+	mu        sync.Mutex // guards the fields below and every segment's mutable fields
+	segs      []*segment // by first seq; the last one is the head
+	nextSeq   uint64     // seq of the next append
+	consumers []*Consumer
+	expired   uint64 // messages expired undelivered, summed over targets
+}
+
+func openQueue(s *Store, name string, targets []string) (*Queue, error) {
+	if len(targets) == 0 {
+		return nil, errors.New("no targets")
+	}
+	seen := map[string]bool{}
+	for _, t := range targets {
+		if !queueName.MatchString(t) || seen[t] {
+			return nil, fmt.Errorf("invalid or duplicate target name %q", t)
+		}
+		seen[t] = true
+	}
+	dir := filepath.Join(s.cfg.Dir, "queues", name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	q := &Queue{
+		name: name, dir: dir, store: s, cfg: &s.cfg, log: s.cfg.Logger.With("queue", name),
+		targets: append([]string(nil), targets...),
+		reqs:    make(chan *request, maxBatch),
+		closing: make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	if err := q.load(); err != nil {
+		q.closeFiles()
+		return nil, err
+	}
+	go q.writer()
+	return q, nil
+}
+
+// load opens the segments and the floors; it reads no messages.
+func (q *Queue) load() error {
+	var err error
+	q.floorsDB, err = bolt.Open(filepath.Join(q.dir, "cursors.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return fmt.Errorf("open cursors: %w", err)
+	}
+	firsts, err := listSegments(q.dir)
+	if err != nil {
+		return err
+	}
+	for _, first := range firsts {
+		seg, err := openSegment(q.dir, first, q.targets, q.cfg)
+		if err != nil {
+			// A damaged segment must not take the healthy ones down with it.
+			q.log.Error("segment is damaged; skipping it (sluice inspect --verify shows more)",
+				"segment", segmentName(first), "err", err)
+			continue
+		}
+		q.segs = append(q.segs, seg)
+	}
+	if len(q.segs) == 0 {
+		seg, err := createSegment(q.dir, 1, q.targets, q.cfg)
+		if err != nil {
+			return fmt.Errorf("create segment: %w", err)
+		}
+		q.segs = append(q.segs, seg)
+	}
+	head := q.segs[len(q.segs)-1]
+	q.nextSeq = head.last + 1
+	for _, s := range q.segs {
+		q.bytes.Add(s.size)
+	}
+
+	floors := map[string]uint64{}
+	err = q.floorsDB.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketFloors)
+		if err != nil {
+			return err
+		}
+		err = b.ForEach(func(k, v []byte) error {
+			if len(v) == 8 {
+				floors[string(k)] = binary.BigEndian.Uint64(v)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// A target seen for the first time starts at the end of the log, and
+		// that start is recorded now, so a restart cannot move it.
+		for _, t := range q.targets {
+			if _, ok := floors[t]; !ok {
+				floors[t] = q.nextSeq
+				if err := b.Put([]byte(t), seqKey(q.nextSeq)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read cursors: %w", err)
+	}
+	for i, t := range q.targets {
+		floor := floors[t]
+		if floor < q.segs[0].first {
+			floor = q.segs[0].first
+		}
+		q.consumers = append(q.consumers, &Consumer{
+			q: q, target: t, idx: i, next: floor, saved: floor,
+			inflight: map[uint64]struct{}{}, ready: make(chan struct{}, 1),
+		})
+	}
+	return nil
+}
+
+// Name returns the queue's name.
+func (q *Queue) Name() string { return q.name }
+
+// Targets returns the target names the queue was opened with.
+func (q *Queue) Targets() []string { return append([]string(nil), q.targets...) }
+
+// Append stores m durably and returns its id. With SyncAlways it returns only
+// after the record is fsynced. It sets m.Seq and m.ID. On ErrFull, ErrIO,
+// ErrClosed or a context error nothing is acknowledged; the message may or
+// may not have been written, but a caller that got an error has promised
+// nothing to its client.
+func (q *Queue) Append(ctx context.Context, m *Message) (ID, error) {
+	m.ID.tag = newTag()
+	if m.EnqueuedAt.IsZero() {
+		m.EnqueuedAt = q.cfg.Now()
+	}
+	r := &request{kind: opAppend, rec: EncodeRecord(nil, m), done: make(chan struct{})}
+	if len(r.rec) > MaxRecordBytes {
+		return ID{}, ErrTooLarge
+	}
+	if err := q.do(ctx, r); err != nil {
+		return ID{}, err
+	}
+	m.Seq = r.seq
+	m.ID.seq = r.seq
+	return m.ID, nil
+}
+
+// do hands r to the writer and waits for it.
+func (q *Queue) do(ctx context.Context, r *request) error {
+	select {
+	case q.reqs <- r:
+	case <-q.closing:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-r.done:
+		return r.err
+	case <-q.stopped:
+		select {
+		case <-r.done:
+			return r.err
+		default:
+			return ErrClosed
+		}
+	}
+}
+
+// Close stops the writer after it has committed every request already handed
+// to it, persists the consumer floors, syncs and closes the files.
+func (q *Queue) Close() error {
+	q.once.Do(func() { close(q.closing) })
+	<-q.stopped
+	return nil
+}
+
+// writer is the one goroutine that writes the queue's files.
+func (q *Queue) writer() {
+	defer close(q.stopped)
+	var syncTick <-chan time.Time
+	if q.cfg.Sync == SyncInterval {
+		t := time.NewTicker(q.cfg.SyncInterval)
+		defer t.Stop()
+		syncTick = t.C
+	}
+	cursorTick := time.NewTicker(q.cfg.CursorInterval)
+	defer cursorTick.Stop()
+	retentionTick := time.NewTicker(time.Second)
+	defer retentionTick.Stop()
+
+	dirty := map[*segment]bool{} // written since the last sync (SyncInterval)
+	batch := make([]*request, 0, maxBatch)
+	for {
+		select {
+		case r := <-q.reqs:
+			batch = append(batch[:0], r)
+		gather:
+			for len(batch) < maxBatch {
+				select {
+				case r := <-q.reqs:
+					batch = append(batch, r)
+				default:
+					break gather
+				}
+			}
+			q.commit(batch, dirty)
+			clear(batch)
+		case <-syncTick:
+			q.syncDirty(dirty)
+		case <-cursorTick.C:
+			q.saveFloors()
+		case <-retentionTick.C:
+			q.enforceRetention(dirty)
+		case <-q.closing:
+			// Commit what was handed over before Close; later senders see closing.
+			for {
+				select {
+				case r := <-q.reqs:
+					q.commit([]*request{r}, dirty)
+					continue
+				default:
+				}
+				break
+			}
+			q.syncDirty(dirty)
+			q.saveFloors()
+			q.closeFiles()
+			return
+		}
+	}
+}
+
+func (q *Queue) syncDirty(dirty map[*segment]bool) {
+	for s := range dirty {
+		if err := s.db.Sync(); err != nil {
+			q.log.Error("fsync failed", "segment", segmentName(s.first), "err", err)
+		}
+		delete(dirty, s)
+	}
+}
+
+func (q *Queue) closeFiles() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, s := range q.segs {
+		if err := s.db.Close(); err != nil {
+			q.log.Error("close segment", "segment", segmentName(s.first), "err", err)
+		}
+	}
+	q.segs = nil
+	if q.floorsDB != nil {
+		q.floorsDB.Close()
+	}
+}
+
+// commit writes one batch: the appends in one transaction on the head, the
+// state changes in one transaction per segment they touch.
+func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
+	var apps []*request
+	bySeg := map[*segment][]*request{}
+	q.mu.Lock()
+	head := q.segs[len(q.segs)-1]
+	for _, r := range batch {
+		switch r.kind {
+		case opAppend:
+			apps = append(apps, r)
+		case opState:
+			if s := q.segmentFor(r.seq); s != nil {
+				bySeg[s] = append(bySeg[s], r)
+			} else {
+				r.err = fmt.Errorf("%w: seq %d (expired)", ErrNotFound, r.seq)
+			}
+		}
+	}
+	first := q.nextSeq
+	q.mu.Unlock()
+
+	if len(apps) > 0 {
+		err := q.store.admit()
+		var size int64
+		if err == nil {
+			now := q.cfg.Now()
+			err = head.db.Update(func(tx *bolt.Tx) error {
+				b := tx.Bucket(bucketMsgs)
+				b.FillPercent = 1 // append-only: pack pages full
+				for i, r := range apps {
+					r.seq = first + uint64(i)
+					if err := b.Put(seqKey(r.seq), r.rec); err != nil {
+						return err
+					}
+				}
+				if err := tx.Bucket(bucketInfo).Put(keyLastAt, seqKey(uint64(now.UnixNano()))); err != nil {
+					return err
+				}
+				size = tx.Size()
+				return nil
+			})
+			if err != nil {
+				q.log.Error("append commit failed; refusing its requests", "n", len(apps), "err", err)
+				err = fmt.Errorf("%w: %v", ErrIO, err)
+			} else {
+				q.mu.Lock()
+				q.nextSeq = first + uint64(len(apps))
+				head.last = q.nextSeq - 1
+				head.lastAppend = now
+				q.bytes.Add(size - head.size)
+				head.size = size
+				q.mu.Unlock()
+				dirty[head] = true
+			}
+		}
+		for _, r := range apps {
+			r.err = err
+			r.rec = nil
+		}
+	}
+
+	segs := make([]*segment, 0, len(bySeg))
+	for s := range bySeg {
+		segs = append(segs, s)
+	}
+	sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
+	for _, s := range segs {
+		rs := bySeg[s]
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, r := range rs {
+				t := q.targets[r.target]
+				if err := tx.Bucket(stateBucket(t)).Put(seqKey(r.seq), encodeState(r.state)); err != nil {
+					return err
+				}
+				rb := tx.Bucket(retryBucket(t))
+				if !r.oldRetry.IsZero() {
+					if err := rb.Delete(retryKey(r.oldRetry, r.seq)); err != nil {
+						return err
+					}
+				}
+				if r.state.Phase == Retrying {
+					if err := rb.Put(retryKey(r.state.NextTry, r.seq), nil); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			q.log.Error("state commit failed", "segment", segmentName(s.first), "err", err)
+			err = fmt.Errorf("%w: %v", ErrIO, err)
+		} else {
+			dirty[s] = true
+			q.mu.Lock()
+			for _, r := range rs {
+				if !r.oldRetry.IsZero() {
+					s.retries[r.target]--
+				}
+				if r.state.Phase == Retrying {
+					s.retries[r.target]++
+				}
+			}
+			q.mu.Unlock()
+		}
+		for _, r := range rs {
+			r.err = err
+		}
+	}
+
+	// In-flight bookkeeping: an outcome leaves the in-flight set only once it
+	// is committed (or failed), so a persisted floor never passes it early.
+	q.mu.Lock()
+	for _, r := range batch {
+		if r.kind == opState {
+			delete(q.consumers[r.target].inflight, r.seq)
+		}
+	}
+	roll := head.size >= q.cfg.SegmentBytes && head == q.segs[len(q.segs)-1]
+	q.mu.Unlock()
+
+	for _, r := range batch {
+		close(r.done)
+	}
+	if len(apps) > 0 {
+		for _, c := range q.consumers {
+			c.notify()
+		}
+	}
+	if roll {
+		q.roll(dirty)
+	}
+}
+
+// roll starts a new head segment.
+func (q *Queue) roll(dirty map[*segment]bool) {
+	q.syncDirty(dirty) // the old head is complete and durable before the new one exists
+	q.mu.Lock()
+	first := q.nextSeq
+	q.mu.Unlock()
+	seg, err := createSegment(q.dir, first, q.targets, q.cfg)
+	if err != nil {
+		q.log.Error("segment roll failed; the head keeps growing", "err", err)
+		return
+	}
+	q.mu.Lock()
+	q.segs = append(q.segs, seg)
+	q.mu.Unlock()
+	q.bytes.Add(seg.size)
+	q.log.Info("segment rolled", "segment", segmentName(first))
+}
+
+// segmentFor returns the segment holding seq, or nil. Caller holds q.mu.
+func (q *Queue) segmentFor(seq uint64) *segment {
+	i := sort.Search(len(q.segs), func(i int) bool { return q.segs[i].first > seq }) - 1
+	if i < 0 {
+		return nil
+	}
+	s := q.segs[i]
+	if seq > s.last && s != q.segs[len(q.segs)-1] {
+		return nil
+	}
+	return s
+}
+
+// saveFloors persists every consumer's floor that moved.
+func (q *Queue) saveFloors() {
+	q.mu.Lock()
+	type fl struct {
+		c     *Consumer
+		floor uint64
+	}
+	var moved []fl
+	for _, c := range q.consumers {
+		if f := c.floorLocked(); f != c.saved {
+			moved = append(moved, fl{c, f})
+		}
+	}
+	q.mu.Unlock()
+	if len(moved) == 0 {
+		return
+	}
+	err := q.floorsDB.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketFloors)
+		for _, m := range moved {
+			if err := b.Put([]byte(m.c.target), seqKey(m.floor)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		q.log.Error("saving cursors failed; will retry", "err", err)
+		return
+	}
+	q.mu.Lock()
+	for _, m := range moved {
+		m.c.saved = m.floor
+	}
+	q.mu.Unlock()
+}
+
+// enforceRetention deletes segments older than the retention, oldest first.
+// A segment whose messages some target has not finished is expired anyway
+// (retention is the data's lifetime); what was lost is counted and logged.
+func (q *Queue) enforceRetention(dirty map[*segment]bool) {
+	now := q.cfg.Now()
+	for {
+		q.mu.Lock()
+		if len(q.segs) < 2 {
+			q.mu.Unlock()
+			return
+		}
+		s := q.segs[0]
+		if now.Sub(s.lastAppend) < q.cfg.Retention {
+			q.mu.Unlock()
+			return
+		}
+		busy := false
+		for _, c := range q.consumers {
+			for seq := range c.inflight {
+				if seq <= s.last {
+					busy = true
+				}
+			}
+		}
+		if busy { // wait for outcomes in flight on it
+			q.mu.Unlock()
+			return
+		}
+		floors := make([]uint64, len(q.consumers))
+		for i, c := range q.consumers {
+			floors[i] = c.next
+		}
+		q.mu.Unlock()
+
+		undelivered := q.countUnfinished(s, floors)
+		q.mu.Lock()
+		q.segs = q.segs[1:]
+		for _, c := range q.consumers {
+			if c.next <= s.last {
+				c.next = s.last + 1
+			}
+		}
+		q.expired += uint64(undelivered)
+		q.mu.Unlock()
+		q.bytes.Add(-s.size)
+		delete(dirty, s)
+		s.db.Close()
+		if err := os.Remove(s.path); err != nil {
+			q.log.Error("delete segment", "segment", segmentName(s.first), "err", err)
+		}
+		if undelivered > 0 {
+			q.log.Warn("retention expired undelivered messages", "segment", segmentName(s.first), "undelivered", undelivered)
+		} else {
+			q.log.Info("segment deleted after retention", "segment", segmentName(s.first))
+		}
+	}
+}
+
+// countUnfinished counts (message, target) pairs in s that were neither
+// delivered nor dead.
+func (q *Queue) countUnfinished(s *segment, next []uint64) int {
+	n := 0
+	s.db.View(func(tx *bolt.Tx) error {
+		for i, t := range q.targets {
+			sb := tx.Bucket(stateBucket(t))
+			c := tx.Bucket(bucketMsgs).Cursor()
+			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+				seq := binary.BigEndian.Uint64(k)
+				if seq < next[i] {
+					if v := sb.Get(k); v != nil {
+						if st, err := decodeState(v); err == nil && st.Phase != Retrying {
+							continue
+						}
+					}
+				}
+				n++
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// complete hands an outcome to the writer; wait says whether to wait for it.
+func (q *Queue) complete(ctx context.Context, r *request, wait bool) error {
+	if !wait {
+		select {
+		case q.reqs <- r:
+			return nil
+		case <-q.closing:
+			return ErrClosed
+		}
+	}
+	return q.do(ctx, r)
+}

@@ -1,0 +1,152 @@
+package buffer
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"time"
+)
+
+// MaxRecordBytes bounds one encoded message (the proxy's max_body is lower).
+const MaxRecordBytes = 512 << 20
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Header is one request header field, kept in arrival order.
+type Header struct {
+	Name, Value string
+}
+
+// Message is one accepted request, as stored and as replayed.
+type Message struct {
+	Seq            uint64 // position in its queue; set by Append, not encoded
+	ID             ID     // set by Append from Seq and a random tag
+	EnqueuedAt     time.Time
+	Method         string
+	URI            string   // path and query exactly as received
+	Header         []Header // end-to-end headers only; the proxy strips hop-by-hop ones
+	IdempotencyKey string   // the client's key, if the route names a header; else empty
+	Body           []byte
+}
+
+// Record layout, version 1 (all integers big endian, lengths uvarint):
+//
+//	version byte (1) | tag [8] | enqueuedAt int64 ns |
+//	len method | len uri | n headers { len name | len value } |
+//	len idempotency key | len body | crc32c of everything before it [4]
+const recordVersion = 1
+
+// EncodeRecord appends the record of m (with the id tag) to dst.
+func EncodeRecord(dst []byte, m *Message) []byte {
+	start := len(dst)
+	dst = append(dst, recordVersion)
+	dst = append(dst, m.ID.tag[:]...)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(m.EnqueuedAt.UnixNano()))
+	dst = appendString(dst, m.Method)
+	dst = appendString(dst, m.URI)
+	dst = binary.AppendUvarint(dst, uint64(len(m.Header)))
+	for _, h := range m.Header {
+		dst = appendString(dst, h.Name)
+		dst = appendString(dst, h.Value)
+	}
+	dst = appendString(dst, m.IdempotencyKey)
+	dst = binary.AppendUvarint(dst, uint64(len(m.Body)))
+	dst = append(dst, m.Body...)
+	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// DecodeRecord decodes a record into a new Message whose fields do not alias
+// b (b may be bbolt's mmap, valid only inside its transaction). The error
+// wraps ErrCorrupt and says what is wrong.
+func DecodeRecord(b []byte) (*Message, error) {
+	if len(b) < 1+8+8+4 {
+		return nil, fmt.Errorf("%w: %d bytes is too short", ErrCorrupt, len(b))
+	}
+	body, sum := b[:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
+	if got := crc32.Checksum(body, castagnoli); got != sum {
+		return nil, fmt.Errorf("%w: checksum %08x, want %08x", ErrCorrupt, got, sum)
+	}
+	if body[0] != recordVersion {
+		return nil, fmt.Errorf("%w: unknown record version %d", ErrCorrupt, body[0])
+	}
+	d := decoder{b: body[1:]}
+	m := &Message{}
+	copy(m.ID.tag[:], d.next(8))
+	m.EnqueuedAt = time.Unix(0, int64(binary.BigEndian.Uint64(d.next(8))))
+	m.Method = d.str()
+	m.URI = d.str()
+	n := d.uvarint()
+	if n > uint64(len(d.b)) { // each header takes at least two bytes
+		d.fail("header count")
+	}
+	if d.err == nil && n > 0 {
+		m.Header = make([]Header, 0, n)
+		for i := uint64(0); i < n && d.err == nil; i++ {
+			name := d.str()
+			m.Header = append(m.Header, Header{Name: name, Value: d.str()})
+		}
+	}
+	m.IdempotencyKey = d.str()
+	m.Body = append([]byte(nil), d.bytes()...)
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("trailing bytes")
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return m, nil
+}
+
+// decoder reads length-prefixed fields; the first failure sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: bad %s", ErrCorrupt, what)
+	}
+	d.b = nil
+}
+
+func (d *decoder) next(n int) []byte {
+	if d.err != nil || len(d.b) < n {
+		d.fail("length")
+		return make([]byte, n)
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.b)) {
+		d.fail("length")
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) str() string { return string(d.bytes()) }

@@ -1,0 +1,172 @@
+package buffer
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketMsgs = []byte("m")
+	bucketInfo = []byte("info")
+	keyFirst   = []byte("first")
+	keyLastAt  = []byte("last_append")
+)
+
+func stateBucket(target string) []byte { return []byte("s/" + target) }
+func retryBucket(target string) []byte { return []byte("r/" + target) }
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(make([]byte, 0, 8), seq) }
+
+func retryKey(at time.Time, seq uint64) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(at.UnixNano()))
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+func parseRetryKey(k []byte) (time.Time, uint64) {
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), binary.BigEndian.Uint64(k[8:])
+}
+
+// segment is one bbolt file of a queue's log. Its fields other than db and
+// first are guarded by Queue.mu; the file is written only by the queue's
+// writer goroutine.
+type segment struct {
+	first      uint64 // seq of its first message (also in the file name)
+	last       uint64 // seq of its last message; first-1 when empty
+	lastAppend time.Time
+	size       int64
+	retries    []int // per target index: entries in the retry schedule
+	path       string
+	db         *bolt.DB
+}
+
+func segmentName(first uint64) string { return fmt.Sprintf("seg-%016x.db", first) }
+
+// listSegments returns the segment files of dir by first seq.
+func listSegments(dir string) ([]uint64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var firsts []uint64
+	for _, e := range ents {
+		n := e.Name()
+		if !strings.HasPrefix(n, "seg-") || !strings.HasSuffix(n, ".db") {
+			continue
+		}
+		first, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(n, "seg-"), ".db"), 16, 64)
+		if err != nil {
+			continue
+		}
+		firsts = append(firsts, first)
+	}
+	sort.Slice(firsts, func(i, j int) bool { return firsts[i] < firsts[j] })
+	return firsts, nil
+}
+
+func boltOptions(cfg *Config) *bolt.Options {
+	return &bolt.Options{
+		Timeout:        time.Second,
+		NoFreelistSync: true, // rebuilt at open; saves a write per commit
+		FreelistType:   bolt.FreelistMapType,
+		NoSync:         cfg.Sync != SyncAlways,
+		// Map the whole segment up front so a growing head never remaps
+		// (a remap waits for every reader).
+		InitialMmapSize: int(cfg.SegmentBytes + cfg.SegmentBytes/2),
+	}
+}
+
+// createSegment makes a new, empty segment file whose first seq is first.
+func createSegment(dir string, first uint64, targets []string, cfg *Config) (*segment, error) {
+	path := filepath.Join(dir, segmentName(first))
+	db, err := bolt.Open(path, 0o600, boltOptions(cfg))
+	if err != nil {
+		return nil, err
+	}
+	now := cfg.Now()
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketMsgs, bucketInfo} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		for _, t := range targets {
+			if _, err := tx.CreateBucketIfNotExists(stateBucket(t)); err != nil {
+				return err
+			}
+			if _, err := tx.CreateBucketIfNotExists(retryBucket(t)); err != nil {
+				return err
+			}
+		}
+		info := tx.Bucket(bucketInfo)
+		if err := info.Put(keyFirst, seqKey(first)); err != nil {
+			return err
+		}
+		return info.Put(keyLastAt, seqKey(uint64(now.UnixNano())))
+	})
+	if err != nil {
+		db.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	s := &segment{first: first, last: first - 1, lastAppend: now, path: path, db: db, retries: make([]int, len(targets))}
+	s.size = fileSize(path)
+	return s, nil
+}
+
+// openSegment opens an existing segment and reads what the queue keeps in
+// memory about it: last seq, time of last append, retry counts. It reads no
+// messages.
+func openSegment(dir string, first uint64, targets []string, cfg *Config) (*segment, error) {
+	path := filepath.Join(dir, segmentName(first))
+	db, err := bolt.Open(path, 0o600, boltOptions(cfg))
+	if err != nil {
+		return nil, err
+	}
+	s := &segment{first: first, last: first - 1, path: path, db: db, retries: make([]int, len(targets))}
+	err = db.Update(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMsgs)
+		info := tx.Bucket(bucketInfo)
+		if m == nil || info == nil {
+			return fmt.Errorf("%w: segment %s has no message or info bucket", ErrCorrupt, path)
+		}
+		if k, _ := m.Cursor().Last(); k != nil {
+			s.last = binary.BigEndian.Uint64(k)
+		}
+		if v := info.Get(keyLastAt); len(v) == 8 {
+			s.lastAppend = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+		}
+		for i, t := range targets {
+			if _, err := tx.CreateBucketIfNotExists(stateBucket(t)); err != nil {
+				return err
+			}
+			r, err := tx.CreateBucketIfNotExists(retryBucket(t))
+			if err != nil {
+				return err
+			}
+			s.retries[i] = r.Stats().KeyN
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.size = fileSize(path)
+	return s, nil
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}

@@ -1,0 +1,184 @@
+package buffer
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// SyncMode says when an append is acknowledged relative to fsync.
+type SyncMode int
+
+const (
+	// SyncAlways acknowledges only after fsync: nothing acknowledged is lost on
+	// kill -9 or power loss.
+	SyncAlways SyncMode = iota
+	// SyncInterval acknowledges after the write and fsyncs every SyncInterval.
+	// kill -9 loses nothing; a power loss may lose the last interval.
+	SyncInterval
+	// SyncNever never calls fsync; the kernel flushes when it likes.
+	SyncNever
+)
+
+// Config configures a Store. The zero value of every field but Dir is usable.
+type Config struct {
+	Dir          string        // data directory; created if missing
+	Sync         SyncMode      // default SyncAlways
+	SyncInterval time.Duration // for SyncInterval; default 10ms
+	SegmentBytes int64         // roll the head segment past this size; default 64 MiB, at least 64 KiB
+	Retention    time.Duration // segments older than this are deleted; default 72h
+	// MaxBytes refuses appends (ErrFull) once the store's files pass it; 0 = no limit.
+	MaxBytes int64
+	// MinFreeBytes refuses appends (ErrFull) while the file system has less free; 0 = off.
+	MinFreeBytes int64
+	// CursorInterval is how often consumer floors are persisted; default 200ms.
+	CursorInterval time.Duration
+	Logger         *slog.Logger     // default slog.Default()
+	Now            func() time.Time // clock; default time.Now
+}
+
+func (c *Config) setDefaults() {
+	if c.SyncInterval <= 0 {
+		c.SyncInterval = 10 * time.Millisecond
+	}
+	if c.SegmentBytes <= 0 {
+		c.SegmentBytes = 64 << 20
+	}
+	if c.SegmentBytes < 64<<10 {
+		c.SegmentBytes = 64 << 10 // below this bbolt's own overhead would roll every commit
+	}
+	if c.Retention <= 0 {
+		c.Retention = 72 * time.Hour
+	}
+	if c.CursorInterval <= 0 {
+		c.CursorInterval = 200 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Store is a data directory holding one Queue per route.
+type Store struct {
+	cfg Config
+
+	mu     sync.Mutex
+	queues map[string]*Queue
+	closed bool
+
+	freeMu    sync.Mutex
+	freeAt    time.Time
+	freeBytes int64
+}
+
+// Open opens (or creates) the data directory described by cfg.
+func Open(cfg Config) (*Store, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("buffer: Config.Dir is empty")
+	}
+	cfg.setDefaults()
+	if err := os.MkdirAll(filepath.Join(cfg.Dir, "queues"), 0o755); err != nil {
+		return nil, fmt.Errorf("buffer: create data directory: %w", err)
+	}
+	return &Store{cfg: cfg, queues: make(map[string]*Queue)}, nil
+}
+
+var queueName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// Queue opens the named queue, creating it on first use, with one consumer
+// per target. Opening the same name twice returns the same Queue. A target
+// that is new to an existing queue starts at its end: it receives messages
+// appended from now on.
+func (s *Store) Queue(name string, targets []string) (*Queue, error) {
+	if !queueName.MatchString(name) {
+		return nil, fmt.Errorf("buffer: invalid queue name %q", name)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	if q, ok := s.queues[name]; ok {
+		return q, nil
+	}
+	q, err := openQueue(s, name, targets)
+	if err != nil {
+		return nil, fmt.Errorf("queue %q: %w", name, err)
+	}
+	s.queues[name] = q
+	return q, nil
+}
+
+// Queues returns the open queues.
+func (s *Store) Queues() []*Queue {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	qs := make([]*Queue, 0, len(s.queues))
+	for _, q := range s.queues {
+		qs = append(qs, q)
+	}
+	return qs
+}
+
+// Bytes returns the size of all segment files.
+func (s *Store) Bytes() int64 {
+	var n int64
+	for _, q := range s.Queues() {
+		n += q.bytes.Load()
+	}
+	return n
+}
+
+// admit returns ErrFull (wrapped with the reason) when admission control
+// refuses new messages.
+func (s *Store) admit() error {
+	if s.cfg.MaxBytes > 0 {
+		if n := s.Bytes(); n >= s.cfg.MaxBytes {
+			return fmt.Errorf("%w: %d bytes stored, max_bytes is %d", ErrFull, n, s.cfg.MaxBytes)
+		}
+	}
+	if s.cfg.MinFreeBytes > 0 {
+		if free := s.free(); free < s.cfg.MinFreeBytes {
+			return fmt.Errorf("%w: %d bytes free on disk, min_free_bytes is %d", ErrFull, free, s.cfg.MinFreeBytes)
+		}
+	}
+	return nil
+}
+
+// free returns the free bytes of the data directory's file system, asking
+// the kernel at most every 250ms.
+func (s *Store) free() int64 {
+	s.freeMu.Lock()
+	defer s.freeMu.Unlock()
+	if now := time.Now(); now.Sub(s.freeAt) > 250*time.Millisecond {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(s.cfg.Dir, &st); err == nil {
+			s.freeBytes = int64(st.Bavail) * int64(st.Bsize)
+		}
+		s.freeAt = now
+	}
+	return s.freeBytes
+}
+
+// Close closes every queue: pending requests are committed and synced first.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	qs := s.queues
+	s.queues = map[string]*Queue{}
+	s.mu.Unlock()
+	var errs []error
+	for _, q := range qs {
+		errs = append(errs, q.Close())
+	}
+	return errors.Join(errs...)
+}
