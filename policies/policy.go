@@ -1,0 +1,136 @@
+package policies
+
+import (
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// Policy is a parsed, defaulted and validated policy file.
+type Policy struct {
+	File    string  // the path it was read from, as given to Load or Parse
+	Listen  string  // public listener address; default ":8080"
+	Storage Storage // default: bbolt in ./data
+	Routes  []Route // at least one
+}
+
+// Storage says where and how accepted requests are kept.
+type Storage struct {
+	Engine       string        // "bbolt", the only engine so far (and the default)
+	Dir          string        // data directory; default "./data"; a relative path is kept as written
+	Fsync        Fsync         // when an append reaches the disk; default always
+	Retention    time.Duration // how long messages are kept; default 72h; always > 0
+	MaxBytes     int64         // admission limit on stored bytes; 0 (the default) = unlimited
+	MinFreeBytes int64         // key min_free_bytes: free-disk floor; 0 (the default) = disabled
+	SegmentBytes int64         // key segment_bytes: log segment size; default 64MiB, 64KiB..4GiB
+	Line         int           // line of the storage mapping; 0 if the file has none
+}
+
+// FsyncMode is when appended data is flushed to disk.
+type FsyncMode int
+
+const (
+	FsyncAlways   FsyncMode = iota // before every acknowledgement (group commit)
+	FsyncInterval                  // at most Fsync.Interval after an append
+	FsyncNever                     // left to the operating system
+)
+
+// Fsync is the storage.fsync setting: "always", "interval:10ms" or "never".
+type Fsync struct {
+	Mode     FsyncMode
+	Interval time.Duration // > 0 for FsyncInterval, else 0
+}
+
+// String returns the setting as written in a policy file.
+func (f Fsync) String() string {
+	switch f.Mode {
+	case FsyncAlways:
+		return "always"
+	case FsyncInterval:
+		return "interval:" + f.Interval.String()
+	case FsyncNever:
+		return "never"
+	}
+	return "FsyncMode(" + strconv.Itoa(int(f.Mode)) + ")"
+}
+
+// Route modes.
+const (
+	ModeBuffer      = "buffer"      // store, answer 202, deliver to Targets later
+	ModePassthrough = "passthrough" // proxy straight to Upstream
+)
+
+// Route is one entry of routes: which requests it takes and where they go.
+type Route struct {
+	Name              string   // unique; [a-z0-9][a-z0-9_-]{0,62}, so usable as a directory name
+	Match             Match    // which requests belong to the route
+	Mode              string   // ModeBuffer (default) or ModePassthrough
+	IdempotencyHeader string   // request header holding the client's idempotency key; "" = none (buffer mode only)
+	MaxBody           int64    // largest accepted body in bytes; default 1MiB, at most 256MiB
+	Upstream          *url.URL // passthrough: where requests go (required); nil in buffer mode
+	Targets           []Target // buffer: every message goes to each (at least one); passthrough: none
+	Line              int      // line of the route's mapping
+}
+
+// Match selects requests by path prefix and method.
+type Match struct {
+	Path    string   // starts with "/"; a prefix match, interpreted by the proxy
+	Methods []string // upper-case HTTP methods; empty = any method
+}
+
+// Target is one downstream of a buffer route, with its own pace and retries.
+type Target struct {
+	Name        string         // unique within the route; same charset as route names
+	URL         *url.URL       // http or https, with a host, no user info, no fragment
+	Rate        Rate           // outside every window; default unlimited
+	Burst       int            // >= 1; default max(1, ceil(rate/10)) for a finite rate, else 1
+	Concurrency int            // requests in flight at once; default 16; 1..10000
+	Timeout     time.Duration  // per attempt; default 10s; > 0
+	Timezone    *time.Location // where Windows are evaluated; default time.UTC; never nil
+	Windows     []Window       // time-of-day rates; the first that contains the instant wins
+	Retry       Retry
+	Line        int // line of the target's mapping
+}
+
+// Window gives a target another rate at certain times of the week, in the target's Timezone.
+type Window struct {
+	// From and To are minutes after local midnight, in [0, 1440), set when HasBetween.
+	// To < From means the window crosses midnight; it then belongs to the day it starts on.
+	// Without between the window lasts all day.
+	From, To   int
+	HasBetween bool
+	Days       []time.Weekday // days on which the window starts; empty = every day
+	Rate       Rate
+	Line       int // line of the window's mapping
+}
+
+// Retry says how often and on what failures a delivery is tried again.
+type Retry struct {
+	MaxAttempts int           // total attempts, >= 1 (1 = no retry); default 10
+	Initial     time.Duration // first backoff; default 500ms; > 0
+	Max         time.Duration // backoff ceiling; default 5m (or Initial, if larger); >= Initial
+	On          RetryOn       // default: 5xx, 408, 425, 429, timeout, connect
+}
+
+// RetryOn says which failures are retried. The items of `on:` are "5xx", "4xx",
+// a status code 100-599, "timeout" and "connect".
+type RetryOn struct {
+	Codes    map[int]bool // status codes listed one by one; never nil
+	Class5xx bool         // any 500-599
+	Class4xx bool         // any 400-499
+	Timeout  bool         // the attempt timed out
+	Connect  bool         // no connection could be made
+}
+
+// Status reports whether a response with this status code is retried.
+func (r RetryOn) Status(code int) bool {
+	switch {
+	case r.Codes[code]:
+		return true
+	case code >= 500 && code <= 599:
+		return r.Class5xx
+	case code >= 400 && code <= 499:
+		return r.Class4xx
+	}
+	return false
+}

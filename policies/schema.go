@@ -1,0 +1,307 @@
+package policies
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Defaults of a policy file.
+const (
+	DefaultListen       = ":8080"
+	DefaultDir          = "./data"
+	DefaultRetention    = 72 * time.Hour
+	DefaultSegmentBytes = 64 << 20
+	DefaultMaxBody      = 1 << 20
+	DefaultConcurrency  = 16
+	DefaultTimeout      = 10 * time.Second
+	DefaultMaxAttempts  = 10
+	DefaultInitial      = 500 * time.Millisecond
+	DefaultMaxBackoff   = 5 * time.Minute
+)
+
+// Limits of a policy file.
+const (
+	MinSegmentBytes = 64 << 10
+	MaxSegmentBytes = 4 << 30
+	MaxBodyLimit    = 256 << 20
+	MaxConcurrency  = 10000
+)
+
+// DefaultRetryOn is what a target retries when its retry.on is not set:
+// 5xx, 408, 425, 429, timeout and connect.
+func DefaultRetryOn() RetryOn {
+	return RetryOn{Codes: map[int]bool{408: true, 425: true, 429: true}, Class5xx: true, Timeout: true, Connect: true}
+}
+
+func (d *decoder) policy(root *yaml.Node) *Policy {
+	p := &Policy{File: d.file, Listen: DefaultListen}
+	m := d.mapping(root, "", "top level", "listen", "storage", "routes")
+	if m == nil {
+		return nil
+	}
+	field(d, m, "listen", "", parseListen, &p.Listen)
+	p.Storage = d.storage(m)
+
+	items := d.list(m, "routes")
+	if len(items) == 0 && !m.bad["routes"] {
+		line := m.line
+		if n, ok := m.vals["routes"]; ok {
+			line = n.Line
+		}
+		d.errorf(line, "routes", "at least one route is required")
+	}
+	names := map[string]int{}
+	var matchLines []int
+	for i, n := range items {
+		if r, matchLine := d.route(n, fmt.Sprintf("routes[%d]", i), names); r != nil {
+			p.Routes = append(p.Routes, *r)
+			matchLines = append(matchLines, matchLine)
+		}
+	}
+	d.checkOverlaps(p.Routes, matchLines)
+	return p
+}
+
+func (d *decoder) storage(top *mapping) Storage {
+	s := Storage{
+		Engine:       "bbolt",
+		Dir:          DefaultDir,
+		Fsync:        Fsync{Mode: FsyncAlways},
+		Retention:    DefaultRetention,
+		SegmentBytes: DefaultSegmentBytes,
+	}
+	n, ok := top.vals["storage"]
+	if !ok {
+		return s
+	}
+	m := d.mapping(n, "storage", "storage", "engine", "dir", "fsync", "retention", "max_bytes", "min_free_bytes", "segment_bytes")
+	if m == nil {
+		return s
+	}
+	s.Line = m.line
+	field(d, m, "engine", "", parseEngine, &s.Engine)
+	field(d, m, "dir", "", parseDir, &s.Dir)
+	field(d, m, "fsync", "", parseFsync, &s.Fsync)
+	field(d, m, "retention", "", positiveDuration, &s.Retention)
+	field(d, m, "max_bytes", "", parseSize(0, maxSize), &s.MaxBytes)
+	field(d, m, "min_free_bytes", "", parseSize(0, maxSize), &s.MinFreeBytes)
+	field(d, m, "segment_bytes", "", parseSize(MinSegmentBytes, MaxSegmentBytes), &s.SegmentBytes)
+	return s
+}
+
+// route decodes routes[i]; names maps route names seen so far to their lines. It returns
+// the line of the route's match too.
+func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route, int) {
+	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "targets")
+	if m == nil {
+		return nil, 0
+	}
+	matchLine := m.line
+	r := &Route{Mode: ModeBuffer, MaxBody: DefaultMaxBody, Line: m.line}
+	if field(d, m, "name", "a route name such as orders", parseName, &r.Name) {
+		line := m.vals["name"].Line
+		if first, dup := names[r.Name]; dup {
+			d.errorf(line, m.field("name"), "duplicate route name %q; first used at line %d", r.Name, first)
+		} else {
+			names[r.Name] = line
+		}
+	}
+	if n, ok := m.vals["match"]; ok {
+		r.Match, matchLine = d.match(n, m.field("match")), n.Line
+	} else if !m.bad["match"] {
+		d.errorf(m.line, m.field("match"), "required: a mapping such as { path: /api/orders, methods: [POST] }")
+	}
+	field(d, m, "mode", "", parseMode, &r.Mode)
+	field(d, m, "max_body", "", parseSize(1, MaxBodyLimit), &r.MaxBody)
+
+	modeKnown := !m.bad["mode"]
+	switch {
+	case !modeKnown:
+	case r.Mode == ModePassthrough:
+		field(d, m, "upstream", "the URL requests are proxied to, such as http://127.0.0.1:8081", parseURL, &r.Upstream)
+		for _, key := range []string{"idempotency_header", "targets"} {
+			if n, ok := m.vals[key]; ok {
+				d.errorf(n.Line, m.field(key), "%s is only used with mode buffer; a passthrough route proxies to upstream", key)
+				m.bad[key] = true
+			}
+		}
+	case m.vals["upstream"] != nil:
+		d.errorf(m.vals["upstream"].Line, m.field("upstream"), "upstream is only used with mode passthrough; a buffer route delivers to targets")
+	}
+	if !m.bad["idempotency_header"] {
+		field(d, m, "idempotency_header", "", parseToken("header name"), &r.IdempotencyHeader)
+	}
+	if m.bad["targets"] {
+		return r, matchLine
+	}
+	items := d.list(m, "targets")
+	if len(items) == 0 && modeKnown && r.Mode == ModeBuffer && !m.bad["targets"] {
+		d.errorf(m.line, m.field("targets"), "required: a buffer route needs at least one target")
+	}
+	targets := map[string]int{}
+	for i, n := range items {
+		if t := d.target(n, fmt.Sprintf("%s.targets[%d]", path, i), targets); t != nil {
+			r.Targets = append(r.Targets, *t)
+		}
+	}
+	return r, matchLine
+}
+
+func (d *decoder) match(n *yaml.Node, path string) Match {
+	var mt Match
+	m := d.mapping(n, path, "match", "path", "methods")
+	if m == nil {
+		return mt
+	}
+	field(d, m, "path", "a path prefix starting with /, such as /api/orders", parsePath, &mt.Path)
+	for i, n := range d.list(m, "methods") {
+		at := fmt.Sprintf("%s.methods[%d]", path, i)
+		s, ok := d.item(n, at)
+		if !ok {
+			continue
+		}
+		method, err := parseToken("method")(strings.ToUpper(s))
+		if err != nil {
+			d.errorf(n.Line, at, "%v", err)
+		} else if !slices.Contains(mt.Methods, method) {
+			mt.Methods = append(mt.Methods, method)
+		}
+	}
+	return mt
+}
+
+// checkOverlaps reports routes that match the same requests as an earlier route: the
+// same path and a method in common. lines holds the line of each route's match.
+func (d *decoder) checkOverlaps(routes []Route, lines []int) {
+	for j := range routes {
+		for i := range j {
+			a, b := &routes[i], &routes[j]
+			if a.Match.Path == "" || a.Match.Path != b.Match.Path || !methodsOverlap(a.Match.Methods, b.Match.Methods) {
+				continue
+			}
+			d.errorf(lines[j], fmt.Sprintf("routes[%d].match", j), "route %q at line %d already matches path %s with these methods", a.Name, lines[i], b.Match.Path)
+			break
+		}
+	}
+}
+
+func methodsOverlap(a, b []string) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return true
+	}
+	for _, m := range a {
+		if slices.Contains(b, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// target decodes one target; names maps the route's target names seen so far to their lines.
+func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Target {
+	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry")
+	if m == nil {
+		return nil
+	}
+	t := &Target{
+		Rate:        unlimited,
+		Concurrency: DefaultConcurrency,
+		Timeout:     DefaultTimeout,
+		Timezone:    time.UTC,
+		Retry:       defaultRetry(),
+		Line:        m.line,
+	}
+	if field(d, m, "name", "a target name such as inventory", parseName, &t.Name) {
+		line := m.vals["name"].Line
+		if first, dup := names[t.Name]; dup {
+			d.errorf(line, m.field("name"), "duplicate target name %q in this route; first used at line %d", t.Name, first)
+		} else {
+			names[t.Name] = line
+		}
+	}
+	field(d, m, "url", "the downstream URL, such as http://127.0.0.1:8081", parseURL, &t.URL)
+	field(d, m, "rate", "", ParseRate, &t.Rate)
+	if !field(d, m, "burst", "", parseInt(1, MaxRate), &t.Burst) {
+		t.Burst = defaultBurst(t.Rate)
+	}
+	field(d, m, "concurrency", "", parseInt(1, MaxConcurrency), &t.Concurrency)
+	field(d, m, "timeout", "", positiveDuration, &t.Timeout)
+	field(d, m, "timezone", "", parseLocation, &t.Timezone)
+	for i, n := range d.list(m, "windows") {
+		if w := d.window(n, fmt.Sprintf("%s.windows[%d]", path, i)); w != nil {
+			t.Windows = append(t.Windows, *w)
+		}
+	}
+	if n, ok := m.vals["retry"]; ok {
+		t.Retry = d.retry(n, m.field("retry"))
+	}
+	return t
+}
+
+func (d *decoder) window(n *yaml.Node, path string) *Window {
+	m := d.mapping(n, path, "window", "between", "days", "rate")
+	if m == nil {
+		return nil
+	}
+	w := &Window{Line: m.line}
+	var span [2]int
+	if field(d, m, "between", "", parseBetween, &span) {
+		w.From, w.To, w.HasBetween = span[0], span[1], true
+	}
+	badDays := false
+	for i, n := range d.list(m, "days") {
+		at := fmt.Sprintf("%s.days[%d]", path, i)
+		s, ok := d.item(n, at)
+		if !ok {
+			badDays = true
+			continue
+		}
+		day, err := parseDay(s)
+		if err != nil {
+			d.errorf(n.Line, at, "%v", err)
+			badDays = true
+		} else if !slices.Contains(w.Days, day) {
+			w.Days = append(w.Days, day)
+		}
+	}
+	field(d, m, "rate", "the rate inside the window, such as 2000/s, 0 (paused) or unlimited", ParseRate, &w.Rate)
+	if !w.HasBetween && len(w.Days) == 0 && !m.bad["between"] && !badDays && !m.bad["days"] {
+		d.errorf(m.line, path, "a window needs between, days or both; one with neither would always apply (set the target's rate instead)")
+	}
+	return w
+}
+
+func defaultRetry() Retry {
+	return Retry{MaxAttempts: DefaultMaxAttempts, Initial: DefaultInitial, Max: DefaultMaxBackoff, On: DefaultRetryOn()}
+}
+
+func (d *decoder) retry(n *yaml.Node, path string) Retry {
+	r := defaultRetry()
+	m := d.mapping(n, path, "retry", "max_attempts", "initial", "max", "on")
+	if m == nil {
+		return r
+	}
+	field(d, m, "max_attempts", "", parseInt(1, 1e9), &r.MaxAttempts)
+	field(d, m, "initial", "", positiveDuration, &r.Initial)
+	if !field(d, m, "max", "", positiveDuration, &r.Max) {
+		r.Max = max(r.Max, r.Initial) // the default never undercuts initial
+	} else if r.Max < r.Initial {
+		d.errorf(m.vals["max"].Line, m.field("max"), "max backoff %s is less than initial %s", r.Max, r.Initial)
+	}
+	if n, ok := m.vals["on"]; ok && n.Kind == yaml.SequenceNode {
+		r.On = RetryOn{Codes: map[int]bool{}}
+	}
+	for i, n := range d.list(m, "on") {
+		at := fmt.Sprintf("%s.on[%d]", path, i)
+		if s, ok := d.item(n, at); ok {
+			if err := r.On.add(s); err != nil {
+				d.errorf(n.Line, at, "%v", err)
+			}
+		}
+	}
+	return r
+}
