@@ -431,7 +431,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			delete(q.consumers[r.target].inflight, r.seq)
 		}
 	}
-	roll := head.size >= q.cfg.SegmentBytes && head == q.segs[len(q.segs)-1]
+	roll := head.size >= q.cfg.SegmentBytes && head.last >= head.first && head == q.segs[len(q.segs)-1]
 	q.mu.Unlock()
 
 	for _, r := range batch {

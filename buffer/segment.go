@@ -41,7 +41,7 @@ type segment struct {
 	first      uint64 // seq of its first message (also in the file name)
 	last       uint64 // seq of its last message; first-1 when empty
 	lastAppend time.Time
-	size       int64
+	size       int64 // bytes of data (bbolt's high-water mark, not the sparse file length)
 	retries    []int // per target index: entries in the retry schedule
 	path       string
 	db         *bolt.DB
@@ -79,18 +79,22 @@ func boltOptions(cfg *Config) *bolt.Options {
 		NoSync:         cfg.Sync != SyncAlways,
 		// Map the whole segment up front so a growing head never remaps
 		// (a remap waits for every reader).
-		InitialMmapSize: int(cfg.SegmentBytes + cfg.SegmentBytes/2),
+		InitialMmapSize: int(cfg.SegmentBytes + cfg.SegmentBytes/4),
 	}
 }
 
 // createSegment makes a new, empty segment file whose first seq is first.
 func createSegment(dir string, first uint64, targets []string, cfg *Config) (*segment, error) {
 	path := filepath.Join(dir, segmentName(first))
+	if _, err := os.Stat(path); err == nil {
+		return nil, fmt.Errorf("segment %s already exists", path)
+	}
 	db, err := bolt.Open(path, 0o600, boltOptions(cfg))
 	if err != nil {
 		return nil, err
 	}
 	now := cfg.Now()
+	var size int64
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bucketMsgs, bucketInfo} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -109,6 +113,7 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 		if err := info.Put(keyFirst, seqKey(first)); err != nil {
 			return err
 		}
+		size = tx.Size()
 		return info.Put(keyLastAt, seqKey(uint64(now.UnixNano())))
 	})
 	if err != nil {
@@ -116,9 +121,7 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 		os.Remove(path)
 		return nil, err
 	}
-	s := &segment{first: first, last: first - 1, lastAppend: now, path: path, db: db, retries: make([]int, len(targets))}
-	s.size = fileSize(path)
-	return s, nil
+	return &segment{first: first, last: first - 1, lastAppend: now, size: size, path: path, db: db, retries: make([]int, len(targets))}, nil
 }
 
 // openSegment opens an existing segment and reads what the queue keeps in
@@ -153,20 +156,12 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config) (*segm
 			}
 			s.retries[i] = r.Stats().KeyN
 		}
+		s.size = tx.Size()
 		return nil
 	})
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	s.size = fileSize(path)
 	return s, nil
-}
-
-func fileSize(path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
 }

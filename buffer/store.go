@@ -33,7 +33,7 @@ type Config struct {
 	SyncInterval time.Duration // for SyncInterval; default 10ms
 	SegmentBytes int64         // roll the head segment past this size; default 64 MiB, at least 64 KiB
 	Retention    time.Duration // segments older than this are deleted; default 72h
-	// MaxBytes refuses appends (ErrFull) once the store's files pass it; 0 = no limit.
+	// MaxBytes refuses appends (ErrFull) once the segments hold this much data; 0 = no limit.
 	MaxBytes int64
 	// MinFreeBytes refuses appends (ErrFull) while the file system has less free; 0 = off.
 	MinFreeBytes int64
@@ -129,7 +129,7 @@ func (s *Store) Queues() []*Queue {
 	return qs
 }
 
-// Bytes returns the size of all segment files.
+// Bytes returns the bytes of data in all segments (what MaxBytes limits).
 func (s *Store) Bytes() int64 {
 	var n int64
 	for _, q := range s.Queues() {
