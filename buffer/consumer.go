@@ -3,6 +3,7 @@ package buffer
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -163,7 +164,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 		return nil
 	})
 	if err != nil {
-		return nil, next - 1, fmt.Errorf("read segment %s: %w", segmentName(seg.first), err)
+		return nil, next - 1, closedErr(fmt.Errorf("read segment %s: %w", segmentName(seg.first), err))
 	}
 	q.mu.Lock()
 	for _, d := range out {
@@ -195,6 +196,7 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 	}
 	q.mu.Unlock()
 	nowKey := retryKey(now, ^uint64(0))
+	var unloadable []retryRef
 	for _, seg := range segs {
 		if len(*out) >= max {
 			return nil
@@ -220,10 +222,10 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 				}
 				d, err := c.load(mb, sb, seq)
 				if err != nil {
-					q.mu.Lock()
-					delete(c.inflight, seq)
-					q.mu.Unlock()
-					q.log.Error("cannot load a due retry", "target", c.target, "seq", seq, "err", err)
+					// Keep it claimed and mark it dead, so it neither spins nor blocks.
+					q.log.Error("damaged retry; marking it dead for this target", "target", c.target, "seq", seq, "err", err)
+					at, _ := parseRetryKey(k)
+					unloadable = append(unloadable, retryRef{seq, at, err})
 					continue
 				}
 				got = append(got, d)
@@ -232,10 +234,32 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 		})
 		*out = append(*out, got...)
 		if err != nil {
+			return closedErr(err)
+		}
+	}
+	for _, u := range unloadable {
+		st := &State{Phase: Dead, History: []Attempt{{At: now, Error: "damaged record: " + u.err.Error()}}}
+		r := &request{kind: opState, seq: u.seq, target: c.idx, state: st, oldRetry: u.at, done: make(chan struct{})}
+		if err := q.complete(context.Background(), r, false); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+type retryRef struct {
+	seq uint64
+	at  time.Time
+	err error
+}
+
+// closedErr maps bbolt's "database not open" (a segment closed under a
+// reader by Close) to ErrClosed, so callers can match it.
+func closedErr(err error) error {
+	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		return fmt.Errorf("%w: %v", ErrClosed, err)
+	}
+	return err
 }
 
 func (c *Consumer) load(mb, sb *bolt.Bucket, seq uint64) (*Delivery, error) {
@@ -337,6 +361,8 @@ func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error
 // shutdown, or when the drainer fetched more than it could start): it stays
 // due and will be fetched again.
 func (c *Consumer) Release(d *Delivery) {
+	c.fetchMu.Lock() // a Fetch in progress must not overwrite the rewind
+	defer c.fetchMu.Unlock()
 	q := c.q
 	q.mu.Lock()
 	defer q.mu.Unlock()

@@ -427,7 +427,9 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	// is committed (or failed), so a persisted floor never passes it early.
 	q.mu.Lock()
 	for _, r := range batch {
-		if r.kind == opState {
+		// A failed write leaves the message in flight: the floor stays below
+		// it, so it is attempted again after a restart (at least once).
+		if r.kind == opState && (r.err == nil || errors.Is(r.err, ErrNotFound)) {
 			delete(q.consumers[r.target].inflight, r.seq)
 		}
 	}

@@ -377,3 +377,25 @@ func TestReopenAfterRoll(t *testing.T) {
 		t.Fatalf("fetched %d across reopened segments, want 303", got)
 	}
 }
+
+// An outcome that cannot be written keeps its message in flight, so the
+// floor never passes it and a restart attempts it again.
+func TestFailedOutcomeKeepsFloor(t *testing.T) {
+	s, q := openTest(t, Config{}, "a")
+	defer s.Close()
+	appendN(t, q, 2)
+	a, _ := q.Consumer("a")
+	ds := fetchAll(t, a)
+	q.mu.Lock()
+	seg := q.segs[0]
+	q.mu.Unlock()
+	// Break the segment's file under the writer: the state commit fails.
+	must(t, seg.db.Close())
+	err := a.Complete(context.Background(), ds[0], Outcome{Phase: Delivered, Attempt: Attempt{Status: 200}})
+	if !errors.Is(err, ErrIO) {
+		t.Fatalf("Complete on a broken segment: %v, want ErrIO", err)
+	}
+	if f := q.Stats().Targets[0].Floor; f != ds[0].Seq {
+		t.Fatalf("floor = %d after a failed outcome, want it held at %d", f, ds[0].Seq)
+	}
+}
