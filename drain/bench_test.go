@@ -1,0 +1,120 @@
+package drain
+
+import (
+	"context"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/valyala/fasthttp"
+)
+
+const benchConcurrency = 16
+
+// noopServer answers 200 to everything, on 127.0.0.1.
+func noopServer(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &fasthttp.Server{Handler: func(*fasthttp.RequestCtx) {}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	b.Cleanup(func() {
+		srv.Shutdown()
+		<-done
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// BenchmarkDrainNoop measures delivered messages per second: a drainer with
+// unlimited rate and concurrency 16, against a server that does nothing. The
+// store is on SyncNever so that the number is the drainer's (fetch, replay,
+// record), not the disk's fsync latency; SyncAlways is the second case.
+func BenchmarkDrainNoop(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		sync buffer.SyncMode
+	}{{"sync=never", buffer.SyncNever}, {"sync=always", buffer.SyncAlways}} {
+		b.Run(bc.name, func(b *testing.B) {
+			srvURL := noopServer(b)
+			st := openStore(b, b.TempDir(), bc.sync)
+			defer st.Close()
+			q, err := st.Queue("orders", []string{"a"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			appendN(b, q, b.N, order)
+			target := testTarget("a", srvURL)
+			target.Concurrency = benchConcurrency
+			d, err := New(Config{Route: "orders", Target: target, Logger: quietLogger()}, consumer(b, q, "a"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+
+			b.ResetTimer()
+			start := time.Now()
+			go func() { done <- d.Run(ctx) }()
+			for d.Stats().Delivered < uint64(b.N) {
+				time.Sleep(200 * time.Microsecond)
+			}
+			elapsed := time.Since(start)
+			b.StopTimer()
+			cancel()
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkFasthttpClientNoop is the ceiling for BenchmarkDrainNoop: a bare
+// fasthttp.HostClient sending similar requests at the same concurrency.
+func BenchmarkFasthttpClientNoop(b *testing.B) {
+	srvURL := noopServer(b)
+	u, _ := url.Parse(srvURL)
+	hc := &fasthttp.HostClient{Addr: u.Host, MaxConns: benchConcurrency, NoDefaultUserAgentHeader: true}
+	body := order(1).Body
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for range benchConcurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := fasthttp.AcquireRequest()
+			resp := fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			for next.Add(1) <= int64(b.N) {
+				req.Reset()
+				req.Header.SetMethod("POST")
+				req.SetRequestURI(srvURL + "/api/orders?x=1")
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set(HeaderID, "0000000000000007abcdefghjk")
+				req.Header.Set(HeaderAttempt, "1")
+				req.Header.Set(HeaderEnqueuedAt, "2025-01-01T00:00:00Z")
+				req.Header.Set(HeaderIdempotencyKey, "0000000000000007abcdefghjk")
+				req.SetBodyRaw(body)
+				if err := hc.DoDeadline(req, resp, time.Now().Add(10*time.Second)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+}

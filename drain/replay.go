@@ -1,0 +1,169 @@
+package drain
+
+import (
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/valyala/fasthttp"
+)
+
+// Headers set on every replayed request.
+const (
+	HeaderID             = "X-Sluice-Id"
+	HeaderAttempt        = "X-Sluice-Attempt"
+	HeaderEnqueuedAt     = "X-Sluice-Enqueued-At"
+	HeaderIdempotencyKey = "Idempotency-Key"
+)
+
+// skipHeaders are the headers, in lower case, never copied from a stored
+// message: the hop-by-hop headers of RFC 9110 section 7.6.1 (as
+// net/http/httputil names them), Expect (the body is already here; a 100
+// Continue would only confuse the client), Host and Content-Length (set from
+// the target and the body), and the headers the drainer sets itself, so a
+// client cannot forge them.
+var skipHeaders = map[string]bool{
+	"connection":           true,
+	"proxy-connection":     true, // non-standard, sent by old clients
+	"keep-alive":           true,
+	"proxy-authenticate":   true,
+	"proxy-authorization":  true,
+	"te":                   true,
+	"trailer":              true,
+	"transfer-encoding":    true,
+	"upgrade":              true,
+	"expect":               true,
+	"host":                 true,
+	"content-length":       true,
+	"x-sluice-id":          true,
+	"x-sluice-attempt":     true,
+	"x-sluice-enqueued-at": true,
+	"idempotency-key":      true,
+}
+
+// forwardHeaders returns the stored headers to send on: all but skipHeaders
+// and the headers named in Connection.
+func forwardHeaders(hs []buffer.Header) []buffer.Header {
+	var named []string // lower case, from Connection
+	for _, h := range hs {
+		if strings.EqualFold(h.Name, "Connection") {
+			for _, tok := range strings.Split(h.Value, ",") {
+				if tok = strings.TrimSpace(tok); tok != "" {
+					named = append(named, strings.ToLower(tok))
+				}
+			}
+		}
+	}
+	out := make([]buffer.Header, 0, len(hs))
+next:
+	for _, h := range hs {
+		lower := strings.ToLower(h.Name)
+		if skipHeaders[lower] {
+			continue
+		}
+		for _, n := range named {
+			if lower == n {
+				continue next
+			}
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// endpoint is where a target's requests go.
+type endpoint struct {
+	scheme string // "http" or "https"
+	addr   string // host:port to dial
+	host   string // Host header: the URL's host as written
+	path   string // the URL's path, escaped, without a trailing slash
+	query  string // the URL's raw query, appended to every request's
+}
+
+func newEndpoint(u *url.URL) endpoint {
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return endpoint{
+		scheme: u.Scheme,
+		addr:   joinHostPort(u.Hostname(), port),
+		host:   u.Host,
+		path:   strings.TrimSuffix(u.EscapedPath(), "/"),
+		query:  u.RawQuery,
+	}
+}
+
+func joinHostPort(host, port string) string {
+	if strings.Contains(host, ":") {
+		return "[" + host + "]:" + port
+	}
+	return host + ":" + port
+}
+
+// requestURI joins a stored request URI (path and query as received) under
+// the endpoint's path, with one slash at the joint: /base + /api/orders?x=1
+// is /base/api/orders?x=1. The rest of the stored path is kept byte for byte.
+// The endpoint's own query, if any, is appended to the request's.
+func (e *endpoint) requestURI(stored string) string {
+	if i := strings.Index(stored, "://"); i > 0 && !strings.ContainsAny(stored[:i], "/?") {
+		// absolute form: keep the path and query only
+		rest := stored[i+3:]
+		if j := strings.IndexAny(rest, "/?"); j >= 0 {
+			stored = rest[j:]
+		} else {
+			stored = "/"
+		}
+	}
+	if i := strings.IndexByte(stored, '#'); i >= 0 { // never sent by clients; never forwarded
+		stored = stored[:i]
+	}
+	path, query, hasQuery := strings.Cut(stored, "?")
+	var b strings.Builder
+	b.Grow(len(e.path) + len(stored) + len(e.query) + 2)
+	b.WriteString(e.path)
+	b.WriteByte('/')
+	b.WriteString(strings.TrimPrefix(path, "/"))
+	switch {
+	case hasQuery && e.query != "":
+		b.WriteString("?" + query + "&" + e.query)
+	case hasQuery:
+		b.WriteString("?" + query)
+	case e.query != "":
+		b.WriteString("?" + e.query)
+	}
+	return b.String()
+}
+
+// buildRequest fills req with the replay of d to e.
+func buildRequest(req *fasthttp.Request, e *endpoint, d *buffer.Delivery) {
+	req.Header.DisableNormalizing()
+	req.Header.SetNoDefaultContentType(true)
+	method := d.Method
+	if method == "" {
+		method = fasthttp.MethodGet
+	}
+	req.Header.SetMethod(method)
+	req.SetRequestURI(e.requestURI(d.URI))
+	req.URI().SetScheme(e.scheme)
+	req.URI().SetHost(e.host)
+	req.Header.SetHost(e.host)
+	for _, h := range forwardHeaders(d.Header) {
+		req.Header.Add(h.Name, h.Value)
+	}
+	id := d.ID.String()
+	key := d.IdempotencyKey
+	if key == "" {
+		key = id
+	}
+	req.Header.Set(HeaderID, id)
+	req.Header.Set(HeaderAttempt, strconv.Itoa(d.Attempt))
+	req.Header.Set(HeaderEnqueuedAt, d.EnqueuedAt.UTC().Format(time.RFC3339Nano))
+	req.Header.Set(HeaderIdempotencyKey, key)
+	req.SetBodyRaw(d.Body)
+}
