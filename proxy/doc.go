@@ -1,0 +1,20 @@
+// Package proxy is sluice's public listener: it matches each request to a
+// route of the policy and buffers it, passes it through, or refuses it, and it
+// serves the status API (GET /_sluice/v1/messages/{id}).
+//
+// Guarantees:
+//   - A buffered request is answered 202 only after buffer.Queue.Append
+//     returned, i.e. once the request is durable under the store's sync mode.
+//     Every other outcome (full storage, write error, shutdown, timeout) is a
+//     4xx/5xx with a JSON error body; nothing is acknowledged that was not
+//     stored.
+//   - Bodies above a route's max_body are refused with 413 before they are
+//     read; unknown paths get 404 and wrong methods 405, both with JSON bodies.
+//   - Hop-by-hop headers (RFC 9110 section 7.6.1) are never stored or
+//     forwarded; X-Forwarded-For is appended to, never overwritten.
+//   - A passthrough route forwards only to its configured upstream, whatever
+//     the Host header or an absolute request URI says (no open proxy).
+//
+// Costs: one goroutine per connection (fasthttp's worker pool); a buffered
+// request waits for one group commit.
+package proxy

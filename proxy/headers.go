@@ -1,0 +1,136 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/buffer"
+)
+
+// hopHeaders are the hop-by-hop headers of RFC 9110 section 7.6.1 (and the
+// de-facto ones httputil also drops). They describe one connection, so a proxy
+// never stores or forwards them. Headers named in Connection are dropped too.
+var hopHeaders = []string{
+	"Connection",
+	"Proxy-Connection",
+	"Keep-Alive",
+	"Proxy-Authenticate",
+	"Proxy-Authorization",
+	"Te",
+	"Trailer",
+	"Transfer-Encoding",
+	"Upgrade",
+}
+
+func isHop(name []byte, connTokens [][]byte) bool {
+	for _, h := range hopHeaders {
+		if bytes.EqualFold(name, []byte(h)) {
+			return true
+		}
+	}
+	for _, t := range connTokens {
+		if bytes.EqualFold(name, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// connectionTokens returns the header names listed in Connection.
+func connectionTokens(h *fasthttp.RequestHeader) [][]byte {
+	var toks [][]byte
+	for _, v := range h.PeekAll("Connection") {
+		for _, t := range bytes.Split(v, []byte(",")) {
+			if t = bytes.TrimSpace(t); len(t) > 0 {
+				toks = append(toks, t)
+			}
+		}
+	}
+	return toks
+}
+
+// storedHeaders returns the end-to-end headers of req to keep with a buffered
+// message: hop-by-hop headers, Host and Content-Length are dropped (the
+// drainer sets them for the target), and X-Forwarded-For/-Proto/-Host are
+// added so the target learns who the client was.
+func storedHeaders(ctx *fasthttp.RequestCtx) []buffer.Header {
+	h := &ctx.Request.Header
+	toks := connectionTokens(h)
+	out := make([]buffer.Header, 0, 8)
+	var xff string
+	for k, v := range h.All() {
+		switch {
+		case isHop(k, toks),
+			bytes.EqualFold(k, []byte("Host")),
+			bytes.EqualFold(k, []byte("Content-Length")),
+			bytes.EqualFold(k, []byte("X-Forwarded-Proto")),
+			bytes.EqualFold(k, []byte("X-Forwarded-Host")):
+			continue
+		case bytes.EqualFold(k, []byte("X-Forwarded-For")):
+			if xff == "" {
+				xff = string(v)
+			} else {
+				xff += ", " + string(v)
+			}
+			continue
+		}
+		out = append(out, buffer.Header{Name: string(k), Value: string(v)})
+	}
+	return append(out, forwardedHeaders(ctx, xff)...)
+}
+
+// forwardedHeaders appends the client's address to X-Forwarded-For (never
+// overwriting what earlier proxies wrote) and sets -Proto and -Host.
+func forwardedHeaders(ctx *fasthttp.RequestCtx, prior string) []buffer.Header {
+	ip := clientIP(ctx)
+	if prior != "" {
+		ip = prior + ", " + ip
+	}
+	proto := "http"
+	if ctx.IsTLS() {
+		proto = "https"
+	}
+	return []buffer.Header{
+		{Name: "X-Forwarded-For", Value: ip},
+		{Name: "X-Forwarded-Proto", Value: proto},
+		{Name: "X-Forwarded-Host", Value: string(ctx.Host())},
+	}
+}
+
+func clientIP(ctx *fasthttp.RequestCtx) string {
+	if a, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	host, _, err := net.SplitHostPort(ctx.RemoteAddr().String())
+	if err != nil {
+		return ctx.RemoteAddr().String()
+	}
+	return host
+}
+
+// stripHop removes hop-by-hop headers from a request about to be forwarded.
+func stripHop(h *fasthttp.RequestHeader) {
+	toks := connectionTokens(h)
+	for _, t := range toks {
+		h.DelBytes(t)
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+}
+
+// stripHopResponse removes hop-by-hop headers from a response about to be relayed.
+func stripHopResponse(h *fasthttp.ResponseHeader) {
+	for _, v := range h.PeekAll("Connection") {
+		for _, t := range bytes.Split(v, []byte(",")) {
+			if t = bytes.TrimSpace(t); len(t) > 0 {
+				h.DelBytes(t)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+}

@@ -1,0 +1,271 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/policies"
+)
+
+// StatusPrefix is the path of the status API on the public listener.
+const StatusPrefix = "/_sluice/v1/messages/"
+
+// Config configures a Server.
+type Config struct {
+	Policy *policies.Policy
+	Store  *buffer.Store // the queues of buffer routes are opened here
+	Logger *slog.Logger  // default slog.Default()
+	// AppendTimeout bounds how long a request waits for its commit before it
+	// is refused with 503 (it is then not acknowledged). Default 30s.
+	AppendTimeout time.Duration
+}
+
+// Server is sluice's public listener.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	routes []*route
+	srv    *fasthttp.Server
+}
+
+type route struct {
+	policies.Route
+	queue    *buffer.Queue        // buffer mode
+	upstream *fasthttp.HostClient // passthrough mode
+}
+
+// New opens the queue of every buffer route and builds the server. It does
+// not listen; call Serve.
+func New(cfg Config) (*Server, error) {
+	if cfg.Policy == nil || cfg.Store == nil {
+		return nil, errors.New("proxy: Config.Policy and Config.Store are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.AppendTimeout <= 0 {
+		cfg.AppendTimeout = 30 * time.Second
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger}
+	var maxBody int64
+	for _, pr := range cfg.Policy.Routes {
+		r := &route{Route: pr}
+		switch pr.Mode {
+		case policies.ModeBuffer:
+			names := make([]string, len(pr.Targets))
+			for i, t := range pr.Targets {
+				names[i] = t.Name
+			}
+			q, err := cfg.Store.Queue(pr.Name, names)
+			if err != nil {
+				return nil, fmt.Errorf("route %q: %w", pr.Name, err)
+			}
+			r.queue = q
+		case policies.ModePassthrough:
+			r.upstream = newUpstream(pr.Upstream)
+		default:
+			return nil, fmt.Errorf("route %q: mode %q is not supported", pr.Name, pr.Mode)
+		}
+		maxBody = max(maxBody, pr.MaxBody)
+		s.routes = append(s.routes, r)
+	}
+	s.srv = &fasthttp.Server{
+		Handler:               s.handle,
+		ErrorHandler:          s.handleError,
+		HeaderReceived:        s.headerReceived,
+		Name:                  "sluice",
+		MaxRequestBodySize:    int(maxBody),
+		ReadBufferSize:        16 << 10, // also the limit on request line + headers
+		ReadTimeout:           30 * time.Second,
+		WriteTimeout:          30 * time.Second,
+		IdleTimeout:           2 * time.Minute,
+		NoDefaultServerHeader: false,
+		CloseOnShutdown:       true,
+		Logger:                fasthttpLogger{s.log},
+	}
+	return s, nil
+}
+
+// Queue returns the queue of a buffer route.
+func (s *Server) Queue(route string) *buffer.Queue {
+	for _, r := range s.routes {
+		if r.Name == route {
+			return r.queue
+		}
+	}
+	return nil
+}
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting and waits for requests in progress (each of which
+// either got its acknowledgement after a durable commit, or an error).
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+
+// Handler returns the request handler, for tests that serve it themselves.
+func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
+
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	path := ctx.Path()
+	if strings.HasPrefix(string(path), StatusPrefix) {
+		s.handleStatus(ctx)
+		return
+	}
+	r, allowed := s.match(ctx.Method(), path)
+	if r == nil {
+		if allowed != nil {
+			ctx.Response.Header.Set("Allow", strings.Join(allowed, ", "))
+			writeError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed",
+				fmt.Sprintf("method %s is not allowed on %s; allowed: %s", ctx.Method(), path, strings.Join(allowed, ", ")))
+			return
+		}
+		writeError(ctx, fasthttp.StatusNotFound, "no_route", fmt.Sprintf("no route matches %s %s", ctx.Method(), path))
+		return
+	}
+	switch r.Mode {
+	case policies.ModeBuffer:
+		s.handleBuffer(ctx, r)
+	case policies.ModePassthrough:
+		s.handlePassthrough(ctx, r)
+	}
+}
+
+// match returns the first route whose path and method match. When some
+// route's path matched but none of the methods did, it returns the methods
+// those routes allow (for 405).
+func (s *Server) match(method, path []byte) (*route, []string) {
+	var allowed []string
+	for _, r := range s.routes {
+		if !pathMatches(r.Match.Path, path) {
+			continue
+		}
+		if len(r.Match.Methods) == 0 {
+			return r, nil
+		}
+		for _, m := range r.Match.Methods {
+			if m == string(method) {
+				return r, nil
+			}
+		}
+		allowed = append(allowed, r.Match.Methods...)
+	}
+	return nil, allowed
+}
+
+// pathMatches reports whether path is prefix itself or lies below it:
+// "/api/orders" matches "/api/orders" and "/api/orders/7", not "/api/ordersX".
+// A prefix ending in "/" matches everything below it.
+func pathMatches(prefix string, path []byte) bool {
+	p := string(path)
+	if !strings.HasPrefix(p, prefix) {
+		return false
+	}
+	return len(p) == len(prefix) || strings.HasSuffix(prefix, "/") || p[len(prefix)] == '/'
+}
+
+// headerReceived applies the matched route's body limit before the body is
+// read, so an oversized body is refused without being buffered.
+func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	r, _ := s.match(h.Method(), pathOf(h.RequestURI()))
+	if r == nil {
+		return fasthttp.RequestConfig{MaxRequestBodySize: 64 << 10}
+	}
+	return fasthttp.RequestConfig{MaxRequestBodySize: int(r.MaxBody)}
+}
+
+// pathOf returns the path of a raw request-target: origin form
+// ("/a?b") or absolute form ("http://h/a?b").
+func pathOf(uri []byte) []byte {
+	if i := strings.IndexAny(string(uri), "?#"); i >= 0 {
+		uri = uri[:i]
+	}
+	if len(uri) > 0 && uri[0] != '/' {
+		if i := strings.Index(string(uri), "://"); i >= 0 {
+			rest := uri[i+3:]
+			if j := strings.IndexByte(string(rest), '/'); j >= 0 {
+				return rest[j:]
+			}
+			return []byte("/")
+		}
+	}
+	return uri
+}
+
+func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
+	body := ctx.PostBody()
+	if int64(len(body)) > r.MaxBody {
+		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large",
+			fmt.Sprintf("body of %d bytes exceeds max_body %d of route %q", len(body), r.MaxBody, r.Name))
+		return
+	}
+	m := &buffer.Message{
+		Method: string(ctx.Method()),
+		URI:    string(ctx.URI().RequestURI()),
+		Header: storedHeaders(ctx),
+		Body:   body,
+	}
+	if r.IdempotencyHeader != "" {
+		m.IdempotencyKey = string(ctx.Request.Header.Peek(r.IdempotencyHeader))
+	}
+	actx, cancel := context.WithTimeout(context.Background(), s.cfg.AppendTimeout)
+	id, err := r.queue.Append(actx, m)
+	cancel()
+	if err != nil {
+		s.refuse(ctx, r, err)
+		return
+	}
+	writeAccepted(ctx, id)
+}
+
+// refuse answers a request that could not be stored. It is never 202.
+func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *route, err error) {
+	switch {
+	case errors.Is(err, buffer.ErrFull):
+		ctx.Response.Header.Set("Retry-After", "5")
+		writeError(ctx, fasthttp.StatusServiceUnavailable, "storage_full", err.Error())
+	case errors.Is(err, buffer.ErrTooLarge):
+		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large", err.Error())
+	case errors.Is(err, buffer.ErrClosed):
+		ctx.Response.Header.Set("Retry-After", "1")
+		writeError(ctx, fasthttp.StatusServiceUnavailable, "shutting_down", "sluice is shutting down; the request was not stored")
+	case errors.Is(err, context.DeadlineExceeded):
+		ctx.Response.Header.Set("Retry-After", "1")
+		writeError(ctx, fasthttp.StatusServiceUnavailable, "storage_slow", "the request could not be stored in time; it was not accepted")
+	default:
+		s.log.Error("append failed", "route", r.Name, "err", err)
+		ctx.Response.Header.Set("Retry-After", "1")
+		writeError(ctx, fasthttp.StatusServiceUnavailable, "storage_error", "the request could not be stored; it was not accepted")
+	}
+}
+
+func (s *Server) handleError(ctx *fasthttp.RequestCtx, err error) {
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds the route's max_body")
+	case errors.As(err, new(*fasthttp.ErrSmallBuffer)):
+		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "headers_too_large", "request line and headers exceed 16 KiB")
+	default:
+		var te interface{ Timeout() bool }
+		if errors.As(err, &te) && te.Timeout() {
+			writeError(ctx, fasthttp.StatusRequestTimeout, "timeout", "request not received in time")
+			return
+		}
+		writeError(ctx, fasthttp.StatusBadRequest, "bad_request", "malformed request: "+err.Error())
+	}
+}
+
+// fasthttpLogger routes fasthttp's own messages to slog.
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+}

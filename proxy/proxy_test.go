@@ -1,0 +1,234 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/policies"
+)
+
+func TestPathMatches(t *testing.T) {
+	for _, c := range []struct {
+		prefix, path string
+		want         bool
+	}{
+		{"/api/orders", "/api/orders", true},
+		{"/api/orders", "/api/orders/7", true},
+		{"/api/orders", "/api/ordersX", false},
+		{"/api/orders", "/api", false},
+		{"/api/", "/api/anything/below", true},
+		{"/api/", "/api", false},
+		{"/", "/x", true},
+	} {
+		if got := pathMatches(c.prefix, []byte(c.path)); got != c.want {
+			t.Errorf("pathMatches(%q, %q) = %v, want %v", c.prefix, c.path, got, c.want)
+		}
+	}
+}
+
+func TestPathOf(t *testing.T) {
+	for in, want := range map[string]string{
+		"/a/b?c=d":                  "/a/b",
+		"/a#frag":                   "/a",
+		"http://evil.example/x?y":   "/x",
+		"http://evil.example":       "/",
+		"https://h:8443/api/orders": "/api/orders",
+	} {
+		if got := string(pathOf([]byte(in))); got != want {
+			t.Errorf("pathOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestJoinPath(t *testing.T) {
+	for _, c := range [][3]string{
+		{"", "/a?x=1", "/a?x=1"},
+		{"/", "/a", "/a"},
+		{"/base", "/a", "/base/a"},
+		{"/base/", "/a", "/base/a"},
+		{"/base", "a", "/base/a"},
+	} {
+		if got := joinPath(c[0], c[1]); got != c[2] {
+			t.Errorf("joinPath(%q, %q) = %q, want %q", c[0], c[1], got, c[2])
+		}
+	}
+}
+
+func TestStoredHeadersDropHopByHop(t *testing.T) {
+	var req fasthttp.Request
+	req.Header.SetMethod("POST")
+	req.SetRequestURI("/api/orders")
+	req.Header.Set("Connection", "keep-alive, X-Secret-Hop")
+	req.Header.Set("X-Secret-Hop", "1")
+	req.Header.Set("Keep-Alive", "timeout=5")
+	req.Header.Set("Proxy-Authorization", "Basic x")
+	req.Header.Set("Upgrade", "h2c")
+	req.Header.Set("X-Forwarded-For", "10.0.0.1")
+	req.Header.Set("X-Customer-Id", "c-1")
+	req.Header.SetHost("shop.example")
+	var ctx fasthttp.RequestCtx
+	ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 5555}, nil)
+	got := map[string]string{}
+	for _, h := range storedHeaders(&ctx) {
+		got[h.Name] = h.Value
+	}
+	for _, bad := range []string{"Connection", "X-Secret-Hop", "Keep-Alive", "Proxy-Authorization", "Upgrade", "Host", "Content-Length"} {
+		if _, ok := got[bad]; ok {
+			t.Errorf("stored hop-by-hop or per-connection header %s", bad)
+		}
+	}
+	if got["X-Customer-Id"] != "c-1" {
+		t.Errorf("end-to-end header lost: %v", got)
+	}
+	if got["X-Forwarded-For"] != "10.0.0.1, 127.0.0.9" {
+		t.Errorf("X-Forwarded-For = %q, want the client appended", got["X-Forwarded-For"])
+	}
+	if got["X-Forwarded-Host"] != "shop.example" || got["X-Forwarded-Proto"] != "http" {
+		t.Errorf("forwarded headers: %v", got)
+	}
+}
+
+// testServer runs a Server on a real loopback listener with a policy of
+// one buffer route and one passthrough route to upstream.
+func testServer(t *testing.T, upstream string, storeCfg buffer.Config) (string, *Server) {
+	t.Helper()
+	pol, err := policies.Parse("test.yaml", fmt.Appendf(nil, `
+routes:
+  - name: orders
+    match: { path: /api/orders, methods: [POST] }
+    idempotency_header: Idempotency-Key
+    max_body: 1KiB
+    targets:
+      - { name: inv, url: "http://127.0.0.1:1" }
+  - name: catalog
+    match: { path: /api/ }
+    mode: passthrough
+    upstream: %s
+`, upstream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	storeCfg.Dir = t.TempDir()
+	st, err := buffer.Open(storeCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Policy: pol, Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.srv.Shutdown(); st.Close() })
+	return "http://" + ln.Addr().String(), s
+}
+
+func do(t *testing.T, method, url, body string, hdr map[string]string) *fasthttp.Response {
+	t.Helper()
+	req := fasthttp.AcquireRequest()
+	resp := &fasthttp.Response{}
+	req.Header.SetMethod(method)
+	req.SetRequestURI(url)
+	req.SetBodyString(body)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	if err := fasthttp.DoTimeout(req, resp, 5*time.Second); err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	return resp
+}
+
+func TestBufferAcceptAndStatus(t *testing.T) {
+	base, s := testServer(t, "http://127.0.0.1:1", buffer.Config{})
+	resp := do(t, "POST", base+"/api/orders?x=1", `{"a":1}`, map[string]string{"Idempotency-Key": "k-1", "Content-Type": "application/json"})
+	if resp.StatusCode() != 202 {
+		t.Fatalf("status %d: %s", resp.StatusCode(), resp.Body())
+	}
+	var body acceptedBody
+	if err := json.Unmarshal(resp.Body(), &body); err != nil || body.Status != "queued" {
+		t.Fatalf("202 body %s: %v", resp.Body(), err)
+	}
+	if string(resp.Header.Peek("X-Sluice-Id")) != body.ID || string(resp.Header.Peek("Location")) != body.StatusURL ||
+		body.StatusURL != StatusPrefix+body.ID {
+		t.Fatalf("headers/body disagree: %s / %s / %+v", resp.Header.Peek("X-Sluice-Id"), resp.Header.Peek("Location"), body)
+	}
+	// It is stored, with its idempotency key and query.
+	id, _ := buffer.ParseID(body.ID)
+	m, _, err := s.Queue("orders").Lookup(id)
+	if err != nil || m.IdempotencyKey != "k-1" || m.URI != "/api/orders?x=1" || string(m.Body) != `{"a":1}` {
+		t.Fatalf("stored %+v, %v", m, err)
+	}
+	st := do(t, "GET", base+body.StatusURL, "", nil)
+	var ms messageStatus
+	if err := json.Unmarshal(st.Body(), &ms); err != nil || st.StatusCode() != 200 || ms.Route != "orders" ||
+		len(ms.Targets) != 1 || ms.Targets[0].Status != buffer.Queued {
+		t.Fatalf("status %d %s: %v", st.StatusCode(), st.Body(), err)
+	}
+}
+
+func TestRefusalsAreJSONAndNeverAccepted(t *testing.T) {
+	base, s := testServer(t, "http://127.0.0.1:1", buffer.Config{MaxBytes: 1})
+	resp := do(t, "POST", base+"/api/orders", `{}`, nil)
+	if resp.StatusCode() != 503 || len(resp.Header.Peek("Retry-After")) == 0 || !strings.Contains(string(resp.Body()), "storage_full") {
+		t.Fatalf("full storage: %d %s", resp.StatusCode(), resp.Body())
+	}
+	resp = do(t, "POST", base+"/api/orders", strings.Repeat("x", 2048), nil)
+	if resp.StatusCode() != 413 || !strings.Contains(string(resp.Body()), "body_too_large") {
+		t.Fatalf("big body: %d %s", resp.StatusCode(), resp.Body())
+	}
+	if got := s.Queue("orders").Stats().Appended; got != 0 {
+		t.Fatalf("%d messages stored by refused requests", got)
+	}
+}
+
+func TestPassthroughGoesOnlyToUpstream(t *testing.T) {
+	var seen []string
+	up := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		seen = append(seen, string(ctx.Host())+" "+string(ctx.RequestURI())+" xff="+string(ctx.Request.Header.Peek("X-Forwarded-For"))+
+			" conn-hop="+string(ctx.Request.Header.Peek("X-Hop")))
+		ctx.Response.Header.Set("X-Up", "1")
+		ctx.SetStatusCode(201)
+		ctx.SetBodyString("made")
+	}}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go up.Serve(ln)
+	defer up.Shutdown()
+	base, _ := testServer(t, "http://"+ln.Addr().String()+"/v2", buffer.Config{})
+
+	resp := do(t, "GET", base+"/api/items?id=3", "", map[string]string{"Connection": "X-Hop", "X-Hop": "secret"})
+	if resp.StatusCode() != 201 || string(resp.Body()) != "made" || string(resp.Header.Peek("X-Up")) != "1" {
+		t.Fatalf("passthrough reply %d %s", resp.StatusCode(), resp.Body())
+	}
+	// An absolute URI naming another host still goes to the upstream.
+	c, _ := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	fmt.Fprintf(c, "GET http://evil.example/api/items HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	n, _ := c.Read(buf)
+	c.Close()
+	if !strings.Contains(string(buf[:n]), "201") {
+		t.Fatalf("absolute-URI request: %q", buf[:n])
+	}
+	up.Shutdown()
+	want := ln.Addr().String()
+	if len(seen) != 2 {
+		t.Fatalf("upstream saw %d requests: %v", len(seen), seen)
+	}
+	for _, s := range seen {
+		if !strings.HasPrefix(s, want+" /v2/api/items") || strings.Contains(s, "evil") || strings.Contains(s, "secret") ||
+			!strings.Contains(s, "xff=127.0.0.1") {
+			t.Errorf("upstream saw %q", s)
+		}
+	}
+}
