@@ -176,7 +176,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 	q.mu.Unlock()
 	for _, seq := range corrupt {
 		st := &State{Phase: Dead, History: []Attempt{{At: now, Error: "damaged record: checksum or format check failed"}}}
-		r := &request{kind: opState, seq: seq, target: c.idx, state: st, done: make(chan struct{})}
+		r := &request{kind: opState, seq: seq, target: c.idx, state: st, done: make(chan struct{}, 1)}
 		if err := q.complete(context.Background(), r, false); err != nil {
 			return out, last, err
 		}
@@ -239,7 +239,7 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 	}
 	for _, u := range unloadable {
 		st := &State{Phase: Dead, History: []Attempt{{At: now, Error: "damaged record: " + u.err.Error()}}}
-		r := &request{kind: opState, seq: u.seq, target: c.idx, state: st, oldRetry: u.at, done: make(chan struct{})}
+		r := &request{kind: opState, seq: u.seq, target: c.idx, state: st, oldRetry: u.at, done: make(chan struct{}, 1)}
 		if err := q.complete(context.Background(), r, false); err != nil {
 			return err
 		}
@@ -350,7 +350,7 @@ func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error
 	if len(st.History) > maxHistory {
 		st.History = st.History[len(st.History)-maxHistory:]
 	}
-	r := &request{kind: opState, seq: d.Seq, target: c.idx, state: st, done: make(chan struct{})}
+	r := &request{kind: opState, seq: d.Seq, target: c.idx, state: st, done: make(chan struct{}, 1)}
 	if d.prior != nil && d.prior.Phase == Retrying {
 		r.oldRetry = d.prior.NextTry
 	}

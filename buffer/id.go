@@ -42,6 +42,14 @@ func (id ID) String() string {
 	return idEncoding.EncodeToString(b[:])
 }
 
+// AppendTo appends the String form of id to dst without allocating.
+func (id ID) AppendTo(dst []byte) []byte {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], id.seq)
+	copy(b[8:], id.tag[:])
+	return idEncoding.AppendEncode(dst, b[:])
+}
+
 // ParseID parses the form produced by ID.String.
 func ParseID(s string) (ID, error) {
 	if len(s) != idLen {

@@ -41,7 +41,7 @@ type request struct {
 	oldRetry time.Time // retry entry to remove (zero: none)
 
 	err  error
-	done chan struct{}
+	done chan struct{} // capacity 1: the writer sends once when r is done
 }
 
 // Queue is one route's durable log and its consumers. It is safe for
@@ -192,16 +192,49 @@ func (q *Queue) Append(ctx context.Context, m *Message) (ID, error) {
 	if m.EnqueuedAt.IsZero() {
 		m.EnqueuedAt = q.cfg.Now()
 	}
-	r := &request{kind: opAppend, rec: EncodeRecord(nil, m), done: make(chan struct{})}
-	if len(r.rec) > MaxRecordBytes {
+	id, err := q.appendRecord(ctx, m.ID.tag, EncodeRecord(nil, m))
+	if err == nil {
+		m.Seq, m.ID = id.seq, id
+	}
+	return id, err
+}
+
+// AppendDraft is Append for a Draft: the record is encoded into d's own
+// buffer, with no intermediate strings. d may be reused once it returns.
+func (q *Queue) AppendDraft(ctx context.Context, d *Draft) (ID, error) {
+	tag := newTag()
+	if d.EnqueuedAt.IsZero() {
+		d.EnqueuedAt = q.cfg.Now()
+	}
+	d.buf = appendRecord(d.buf[:0], tag, d.EnqueuedAt, d.Method, d.URI, d.headers, d.IdempotencyKey, d.Body)
+	return q.appendRecord(ctx, tag, d.buf)
+}
+
+func (q *Queue) appendRecord(ctx context.Context, tag [8]byte, rec []byte) (ID, error) {
+	if len(rec) > MaxRecordBytes {
 		return ID{}, ErrTooLarge
 	}
-	if err := q.do(ctx, r); err != nil {
+	r := getRequest()
+	r.kind, r.rec = opAppend, rec
+	err := q.do(ctx, r)
+	if err != nil {
 		return ID{}, err
 	}
-	m.Seq = r.seq
-	m.ID.seq = r.seq
-	return m.ID, nil
+	id := ID{seq: r.seq, tag: tag}
+	putRequest(r)
+	return id, nil
+}
+
+// requests for appends are pooled: one per accepted HTTP request otherwise.
+var requestPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
+
+func getRequest() *request { return requestPool.Get().(*request) }
+
+// putRequest recycles r; only once the writer is done with it.
+func putRequest(r *request) {
+	done := r.done
+	*r = request{done: done}
+	requestPool.Put(r)
 }
 
 // do hands r to the writer and waits for it.
@@ -437,7 +470,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	q.mu.Unlock()
 
 	for _, r := range batch {
-		close(r.done)
+		r.done <- struct{}{} // capacity 1; never blocks
 	}
 	if len(apps) > 0 {
 		for _, c := range q.consumers {

@@ -38,26 +38,63 @@ const recordVersion = 1
 
 // EncodeRecord appends the record of m (with the id tag) to dst.
 func EncodeRecord(dst []byte, m *Message) []byte {
+	hdrs := make([][2][]byte, len(m.Header))
+	for i, h := range m.Header {
+		hdrs[i] = [2][]byte{[]byte(h.Name), []byte(h.Value)}
+	}
+	return appendRecord(dst, m.ID.tag, m.EnqueuedAt, []byte(m.Method), []byte(m.URI), hdrs, []byte(m.IdempotencyKey), m.Body)
+}
+
+func appendRecord(dst []byte, tag [8]byte, at time.Time, method, uri []byte, hdrs [][2][]byte, key, body []byte) []byte {
 	start := len(dst)
 	dst = append(dst, recordVersion)
-	dst = append(dst, m.ID.tag[:]...)
-	dst = binary.BigEndian.AppendUint64(dst, uint64(m.EnqueuedAt.UnixNano()))
-	dst = appendString(dst, m.Method)
-	dst = appendString(dst, m.URI)
-	dst = binary.AppendUvarint(dst, uint64(len(m.Header)))
-	for _, h := range m.Header {
-		dst = appendString(dst, h.Name)
-		dst = appendString(dst, h.Value)
+	dst = append(dst, tag[:]...)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(at.UnixNano()))
+	dst = appendBytes(dst, method)
+	dst = appendBytes(dst, uri)
+	dst = binary.AppendUvarint(dst, uint64(len(hdrs)))
+	for _, h := range hdrs {
+		dst = appendBytes(dst, h[0])
+		dst = appendBytes(dst, h[1])
 	}
-	dst = appendString(dst, m.IdempotencyKey)
-	dst = binary.AppendUvarint(dst, uint64(len(m.Body)))
-	dst = append(dst, m.Body...)
+	dst = appendBytes(dst, key)
+	dst = appendBytes(dst, body)
 	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
 }
 
-func appendString(dst []byte, s string) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(s)))
-	return append(dst, s...)
+func appendBytes(dst, b []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(b)))
+	return append(dst, b...)
+}
+
+// Draft is a message built from byte slices, for a caller that holds the
+// request as bytes (the proxy) and wants no intermediate strings. Reuse one
+// Draft per request with Reset; the slices must stay valid until Append
+// returns.
+type Draft struct {
+	EnqueuedAt                       time.Time
+	Method, URI, IdempotencyKey, Body []byte
+	headers                          [][2][]byte
+	buf                              []byte
+}
+
+// AddHeader adds one header field, in order.
+func (d *Draft) AddHeader(name, value []byte) { d.headers = append(d.headers, [2][]byte{name, value}) }
+
+// Message returns d as a Message (copying), for tests and inspection.
+func (d *Draft) Message() *Message {
+	m := &Message{EnqueuedAt: d.EnqueuedAt, Method: string(d.Method), URI: string(d.URI),
+		IdempotencyKey: string(d.IdempotencyKey), Body: append([]byte(nil), d.Body...)}
+	for _, h := range d.headers {
+		m.Header = append(m.Header, Header{Name: string(h[0]), Value: string(h[1])})
+	}
+	return m
+}
+
+// Reset clears d for reuse, keeping its buffers.
+func (d *Draft) Reset() {
+	clear(d.headers)
+	*d = Draft{headers: d.headers[:0], buf: d.buf[:0]}
 }
 
 // DecodeRecord decodes a record into a new Message whose fields do not alias

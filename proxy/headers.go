@@ -52,14 +52,25 @@ func connectionTokens(h *fasthttp.RequestHeader) [][]byte {
 }
 
 // storedHeaders returns the end-to-end headers of req to keep with a buffered
-// message: hop-by-hop headers, Host and Content-Length are dropped (the
-// drainer sets them for the target), and X-Forwarded-For/-Proto/-Host are
-// added so the target learns who the client was.
+// message (see addStoredHeaders).
 func storedHeaders(ctx *fasthttp.RequestCtx) []buffer.Header {
+	var d buffer.Draft
+	addStoredHeaders(ctx, &d, nil)
+	m := d.Message()
+	return m.Header
+}
+
+// addStoredHeaders adds to d the end-to-end headers of the request: hop-by-hop
+// headers, Host and Content-Length are dropped (the drainer sets them for the
+// target), and X-Forwarded-For/-Proto/-Host are added so the target learns
+// who the client was. scratch is reused for the X-Forwarded-For value.
+func addStoredHeaders(ctx *fasthttp.RequestCtx, d *buffer.Draft, scratch []byte) {
 	h := &ctx.Request.Header
-	toks := connectionTokens(h)
-	out := make([]buffer.Header, 0, 8)
-	var xff string
+	var toks [][]byte
+	if len(h.Peek("Connection")) > 0 {
+		toks = connectionTokens(h)
+	}
+	xff := scratch[:0]
 	for k, v := range h.All() {
 		switch {
 		case isHop(k, toks),
@@ -69,16 +80,32 @@ func storedHeaders(ctx *fasthttp.RequestCtx) []buffer.Header {
 			bytes.EqualFold(k, []byte("X-Forwarded-Host")):
 			continue
 		case bytes.EqualFold(k, []byte("X-Forwarded-For")):
-			if xff == "" {
-				xff = string(v)
-			} else {
-				xff += ", " + string(v)
+			if len(xff) > 0 {
+				xff = append(xff, ", "...)
 			}
+			xff = append(xff, v...)
 			continue
 		}
-		out = append(out, buffer.Header{Name: string(k), Value: string(v)})
+		d.AddHeader(k, v)
 	}
-	return append(out, forwardedHeaders(ctx, xff)...)
+	if len(xff) > 0 {
+		xff = append(xff, ", "...)
+	}
+	xff = appendClientIP(xff, ctx)
+	d.AddHeader([]byte("X-Forwarded-For"), xff)
+	if ctx.IsTLS() {
+		d.AddHeader([]byte("X-Forwarded-Proto"), []byte("https"))
+	} else {
+		d.AddHeader([]byte("X-Forwarded-Proto"), []byte("http"))
+	}
+	d.AddHeader([]byte("X-Forwarded-Host"), ctx.Host())
+}
+
+func appendClientIP(dst []byte, ctx *fasthttp.RequestCtx) []byte {
+	if a, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap().AppendTo(dst)
+	}
+	return append(dst, clientIP(ctx)...)
 }
 
 // forwardedHeaders appends the client's address to X-Forwarded-For (never

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -23,9 +24,6 @@ type Config struct {
 	Policy *policies.Policy
 	Store  *buffer.Store // the queues of buffer routes are opened here
 	Logger *slog.Logger  // default slog.Default()
-	// AppendTimeout bounds how long a request waits for its commit before it
-	// is refused with 503 (it is then not acknowledged). Default 30s.
-	AppendTimeout time.Duration
 }
 
 // Server is sluice's public listener.
@@ -34,6 +32,9 @@ type Server struct {
 	log    *slog.Logger
 	routes []*route
 	srv    *fasthttp.Server
+
+	appendCtx context.Context // cancelled by Shutdown
+	stop      context.CancelFunc
 }
 
 type route struct {
@@ -51,10 +52,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.AppendTimeout <= 0 {
-		cfg.AppendTimeout = 30 * time.Second
-	}
 	s := &Server{cfg: cfg, log: cfg.Logger}
+	s.appendCtx, s.stop = context.WithCancel(context.Background())
 	var maxBody int64
 	for _, pr := range cfg.Policy.Routes {
 		r := &route{Route: pr}
@@ -109,7 +108,11 @@ func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
 
 // Shutdown stops accepting and waits for requests in progress (each of which
 // either got its acknowledgement after a durable commit, or an error).
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.ShutdownWithContext(ctx)
+	s.stop()
+	return err
+}
 
 // Handler returns the request handler, for tests that serve it themselves.
 func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
@@ -200,6 +203,8 @@ func pathOf(uri []byte) []byte {
 	return uri
 }
 
+var draftPool = sync.Pool{New: func() any { return new(buffer.Draft) }}
+
 func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 	body := ctx.PostBody()
 	if int64(len(body)) > r.MaxBody {
@@ -207,18 +212,20 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 			fmt.Sprintf("body of %d bytes exceeds max_body %d of route %q", len(body), r.MaxBody, r.Name))
 		return
 	}
-	m := &buffer.Message{
-		Method: string(ctx.Method()),
-		URI:    string(ctx.URI().RequestURI()),
-		Header: storedHeaders(ctx),
-		Body:   body,
-	}
+	d := draftPool.Get().(*buffer.Draft)
+	defer func() { d.Reset(); draftPool.Put(d) }()
+	d.Method = ctx.Method()
+	d.URI = ctx.URI().RequestURI()
+	d.Body = body
+	var fwd [64]byte
+	addStoredHeaders(ctx, d, fwd[:0])
 	if r.IdempotencyHeader != "" {
-		m.IdempotencyKey = string(ctx.Request.Header.Peek(r.IdempotencyHeader))
+		d.IdempotencyKey = ctx.Request.Header.Peek(r.IdempotencyHeader)
 	}
-	actx, cancel := context.WithTimeout(context.Background(), s.cfg.AppendTimeout)
-	id, err := r.queue.Append(actx, m)
-	cancel()
+	// The context bounds only the hand-off to the writer (which blocks only
+	// when it is far behind); once handed over, the outcome is awaited, since
+	// the record may be committed.
+	id, err := r.queue.AppendDraft(s.appendCtx, d)
 	if err != nil {
 		s.refuse(ctx, r, err)
 		return

@@ -19,12 +19,24 @@ type acceptedBody struct {
 
 // writeAccepted is the one place that builds the reply to a buffered request.
 // It must only be called once the message is durable (Queue.Append returned).
+// The body is built by hand: the id is base32, so nothing needs escaping, and
+// this runs once per accepted request.
 func writeAccepted(ctx *fasthttp.RequestCtx, id buffer.ID) {
-	ids := id.String()
-	url := StatusPrefix + ids
-	ctx.Response.Header.Set("Location", url)
-	ctx.Response.Header.Set("X-Sluice-Id", ids)
-	writeJSON(ctx, fasthttp.StatusAccepted, acceptedBody{ID: ids, Status: "queued", StatusURL: url})
+	var idb [32]byte
+	ids := id.AppendTo(idb[:0])
+	var lb [64]byte
+	loc := append(append(lb[:0], StatusPrefix...), ids...)
+	ctx.Response.Header.SetBytesV("Location", loc)
+	ctx.Response.Header.SetBytesV("X-Sluice-Id", ids)
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(fasthttp.StatusAccepted)
+	b := ctx.Response.BodyWriter()
+	body := append(make([]byte, 0, 128), `{"id":"`...)
+	body = append(body, ids...)
+	body = append(body, `","status":"queued","status_url":"`...)
+	body = append(body, loc...)
+	body = append(body, "\"}\n"...)
+	b.Write(body)
 }
 
 type errorBody struct {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"time"
@@ -133,6 +134,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	policyPath := fs.String("policy", "policy.yaml", "policy file")
 	listen := fs.String("listen", "", "override the policy's listen address")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -140,6 +142,19 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice serve:", err)
 		return 2
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(stderr, "sluice serve:", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "sluice serve:", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
 	}
 	pol, err := policies.Load(*policyPath)
 	if err != nil {
