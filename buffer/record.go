@@ -72,10 +72,10 @@ func appendBytes(dst, b []byte) []byte {
 // Draft per request with Reset; the slices must stay valid until Append
 // returns.
 type Draft struct {
-	EnqueuedAt                       time.Time
+	EnqueuedAt                        time.Time
 	Method, URI, IdempotencyKey, Body []byte
-	headers                          [][2][]byte
-	buf                              []byte
+	headers                           [][2][]byte
+	buf                               []byte
 }
 
 // AddHeader adds one header field, in order.
