@@ -115,6 +115,26 @@ func (c *Consumer) Fetch(max int, now time.Time) ([]*Delivery, error) {
 		q.mu.Unlock()
 		got, last, err := c.readNew(seg, next, max-len(out), now)
 		out = append(out, got...)
+		if errors.Is(err, ErrCorrupt) {
+			// The segment's file is damaged past what record checksums catch.
+			// Skip the rest of it for this target so the healthy segments
+			// are still served; say so loudly.
+			q.mu.Lock()
+			skipTo := seg.last + 1
+			if seg == q.segs[len(q.segs)-1] {
+				skipTo = q.nextSeq
+			}
+			var skipped uint64
+			if skipTo > c.next {
+				skipped = skipTo - c.next
+				c.next = skipTo
+			}
+			q.damaged += skipped
+			q.mu.Unlock()
+			q.log.Error("damaged segment: skipping its remaining messages for this target",
+				"target", c.target, "segment", segmentName(seg.first), "skipped", skipped, "err", err)
+			continue
+		}
 		if err != nil {
 			return out, err
 		}
@@ -136,7 +156,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 	q := c.q
 	last = next - 1
 	var corrupt []uint64
-	err = seg.db.View(func(tx *bolt.Tx) error {
+	err = safeView(seg.db, func(tx *bolt.Tx) error {
 		sb := tx.Bucket(stateBucket(c.target))
 		cur := tx.Bucket(bucketMsgs).Cursor()
 		for k, v := cur.Seek(seqKey(next)); k != nil && len(out) < max; k, v = cur.Next() {
@@ -202,7 +222,7 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 			return nil
 		}
 		var got []*Delivery
-		err := seg.db.View(func(tx *bolt.Tx) error {
+		err := safeView(seg.db, func(tx *bolt.Tx) error {
 			sb := tx.Bucket(stateBucket(c.target))
 			mb := tx.Bucket(bucketMsgs)
 			cur := tx.Bucket(retryBucket(c.target)).Cursor()
@@ -297,7 +317,7 @@ func (c *Consumer) NextRetry() (time.Time, bool) {
 	q.mu.Unlock()
 	var best time.Time
 	for _, seg := range segs {
-		seg.db.View(func(tx *bolt.Tx) error {
+		safeView(seg.db, func(tx *bolt.Tx) error {
 			cur := tx.Bucket(retryBucket(c.target)).Cursor()
 			for k, _ := cur.First(); k != nil; k, _ = cur.Next() {
 				at, seq := parseRetryKey(k)

@@ -28,7 +28,7 @@ func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
 	}
 	var m *Message
 	states := make([]*State, len(q.targets))
-	err := seg.db.View(func(tx *bolt.Tx) error {
+	err := safeView(seg.db, func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketMsgs).Get(seqKey(id.seq))
 		if v == nil {
 			return ErrNotFound
@@ -78,6 +78,7 @@ type QueueStats struct {
 	Bytes    int64
 	Appended uint64 // seq of the last committed message
 	Expired  uint64 // (message, target) pairs expired undelivered since start
+	Damaged  uint64 // (message, target) pairs skipped in damaged segments since start
 	Targets  []TargetStats
 }
 
@@ -94,7 +95,7 @@ type TargetStats struct {
 func (q *Queue) Stats() QueueStats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	st := QueueStats{Name: q.name, Segments: len(q.segs), Bytes: q.bytes.Load(), Appended: q.nextSeq - 1, Expired: q.expired}
+	st := QueueStats{Name: q.name, Segments: len(q.segs), Bytes: q.bytes.Load(), Appended: q.nextSeq - 1, Expired: q.expired, Damaged: q.damaged}
 	for _, c := range q.consumers {
 		ts := TargetStats{Target: c.target, Floor: c.floorLocked(), InFlight: len(c.inflight)}
 		if q.nextSeq > c.next {

@@ -67,6 +67,7 @@ type Queue struct {
 	nextSeq   uint64     // seq of the next append
 	consumers []*Consumer
 	expired   uint64 // messages expired undelivered, summed over targets
+	damaged   uint64 // messages skipped in damaged segments, summed over targets
 }
 
 func openQueue(s *Store, name string, targets []string) (*Queue, error) {
@@ -114,7 +115,13 @@ func (q *Queue) load() error {
 		seg, err := openSegment(q.dir, first, q.targets, q.cfg)
 		if err != nil {
 			// A damaged segment must not take the healthy ones down with it.
-			q.log.Error("segment is damaged; skipping it (sluice inspect --verify shows more)",
+			// Move it aside (kept for forensics) so its name is free and
+			// the healthy segments are served.
+			path := filepath.Join(q.dir, segmentName(first))
+			if rerr := os.Rename(path, path+".damaged"); rerr != nil {
+				q.log.Error("cannot move a damaged segment aside", "segment", segmentName(first), "err", rerr)
+			}
+			q.log.Error("segment is damaged; moved aside as .damaged, its messages are not served",
 				"segment", segmentName(first), "err", err)
 			continue
 		}
@@ -373,7 +380,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		var size int64
 		if err == nil {
 			now := q.cfg.Now()
-			err = head.db.Update(func(tx *bolt.Tx) error {
+			err = safeUpdate(head.db, func(tx *bolt.Tx) error {
 				b := tx.Bucket(bucketMsgs)
 				b.FillPercent = 1 // append-only: pack pages full
 				for i, r := range apps {
@@ -415,7 +422,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
 	for _, s := range segs {
 		rs := bySeg[s]
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := safeUpdate(s.db, func(tx *bolt.Tx) error {
 			for _, r := range rs {
 				t := q.targets[r.target]
 				if err := tx.Bucket(stateBucket(t)).Put(seqKey(r.seq), encodeState(r.state)); err != nil {
@@ -612,7 +619,7 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 // delivered nor dead.
 func (q *Queue) countUnfinished(s *segment, next []uint64) int {
 	n := 0
-	s.db.View(func(tx *bolt.Tx) error {
+	safeView(s.db, func(tx *bolt.Tx) error {
 		for i, t := range q.targets {
 			sb := tx.Bucket(stateBucket(t))
 			c := tx.Bucket(bucketMsgs).Cursor()

@@ -74,7 +74,10 @@ func listSegments(dir string) ([]uint64, error) {
 func boltOptions(cfg *Config) *bolt.Options {
 	return &bolt.Options{
 		Timeout:        time.Second,
-		NoFreelistSync: true, // rebuilt at open; saves a write per commit
+		// The freelist is synced: without it, Open walks every page of the
+		// file (a full scan at start-up, and a damaged page would panic in a
+		// goroutine of bbolt's that we cannot recover).
+		NoFreelistSync: false,
 		FreelistType:   bolt.FreelistMapType,
 		NoSync:         cfg.Sync != SyncAlways,
 		// Map the whole segment up front so a growing head never remaps
@@ -129,12 +132,12 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 // messages.
 func openSegment(dir string, first uint64, targets []string, cfg *Config) (*segment, error) {
 	path := filepath.Join(dir, segmentName(first))
-	db, err := bolt.Open(path, 0o600, boltOptions(cfg))
+	db, err := openBolt(path, boltOptions(cfg))
 	if err != nil {
 		return nil, err
 	}
 	s := &segment{first: first, last: first - 1, path: path, db: db, retries: make([]int, len(targets))}
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = safeUpdate(db, func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMsgs)
 		info := tx.Bucket(bucketInfo)
 		if m == nil || info == nil {

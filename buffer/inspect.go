@@ -1,0 +1,252 @@
+package buffer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// InspectReport describes a data directory, read offline.
+type InspectReport struct {
+	Dir    string
+	Queues []QueueReport
+}
+
+// QueueReport describes one queue on disk.
+type QueueReport struct {
+	Name      string
+	Segments  []SegmentReport
+	Bytes     int64     // file bytes of all segments
+	Messages  uint64    // messages in readable segments
+	Oldest    time.Time // enqueue time of the oldest readable message; zero if none
+	Targets   []TargetReport
+	Damaged   []Damage // with verify: every record or structure that failed its check
+	Verified  bool
+	LastSeq   uint64
+	FirstSeq  uint64
+	OpenError string // cursors.db could not be read
+}
+
+// SegmentReport describes one segment file.
+type SegmentReport struct {
+	File       string
+	First      uint64
+	Last       uint64 // First-1 when empty
+	FileBytes  int64 // bytes allocated on disk (bbolt files are sparse)
+	LastAppend time.Time
+	Error      string // the file could not be opened or read
+}
+
+// TargetReport is one consumer's position and outcome counts.
+type TargetReport struct {
+	Name      string
+	Floor     uint64 // lowest seq not finished (as last persisted)
+	Backlog   uint64 // messages at or above the floor (an upper bound: some may be finished)
+	Delivered int
+	Retrying  int
+	Dead      int
+}
+
+// Damage is one failed check.
+type Damage struct {
+	Segment string
+	Seq     uint64 // 0 when the damage is not tied to one record
+	Err     string
+}
+
+// Inspect reads the data directory dir without changing it. With verify it
+// checks every record's checksum, every state record and bbolt's own page
+// structure. It needs the files unlocked: stop the server first (bbolt's
+// file locks make it give up after a second otherwise).
+func Inspect(dir string, verify bool) (*InspectReport, error) {
+	qdir := filepath.Join(dir, "queues")
+	ents, err := os.ReadDir(qdir)
+	if err != nil {
+		return nil, fmt.Errorf("inspect %s: %w", dir, err)
+	}
+	rep := &InspectReport{Dir: dir}
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		qr, err := inspectQueue(filepath.Join(qdir, e.Name()), e.Name(), verify)
+		if err != nil {
+			return nil, err
+		}
+		rep.Queues = append(rep.Queues, *qr)
+	}
+	return rep, nil
+}
+
+func openReadOnly(path string) (*bolt.DB, error) {
+	db, err := openBolt(path, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%s is locked: is sluice still running on this directory?", path)
+	}
+	return db, err
+}
+
+func inspectQueue(dir, name string, verify bool) (*QueueReport, error) {
+	qr := &QueueReport{Name: name, Verified: verify}
+	floors := map[string]uint64{}
+	if db, err := openReadOnly(filepath.Join(dir, "cursors.db")); err != nil {
+		if strings.Contains(err.Error(), "locked") {
+			return nil, err
+		}
+		qr.OpenError = err.Error()
+	} else {
+		safeView(db, func(tx *bolt.Tx) error {
+			if b := tx.Bucket(bucketFloors); b != nil {
+				b.ForEach(func(k, v []byte) error {
+					if len(v) == 8 {
+						floors[string(k)] = binary.BigEndian.Uint64(v)
+					}
+					return nil
+				})
+			}
+			return nil
+		})
+		db.Close()
+	}
+	targets := map[string]*TargetReport{}
+	for t, f := range floors {
+		targets[t] = &TargetReport{Name: t, Floor: f}
+	}
+	firsts, err := listSegments(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, first := range firsts {
+		sr := SegmentReport{File: segmentName(first), First: first, Last: first - 1}
+		path := filepath.Join(dir, sr.File)
+		sr.FileBytes = allocated(path)
+		qr.Bytes += sr.FileBytes
+		db, err := openReadOnly(path)
+		if err != nil {
+			if strings.Contains(err.Error(), "locked") {
+				return nil, err
+			}
+			sr.Error = err.Error()
+			qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Err: "cannot open: " + err.Error()})
+			qr.Segments = append(qr.Segments, sr)
+			continue
+		}
+		err = safeView(db, func(tx *bolt.Tx) error {
+			return inspectSegment(tx, &sr, qr, targets, verify)
+		})
+		if err == nil && verify {
+			err = safeView(db, func(tx *bolt.Tx) error {
+				for cerr := range tx.Check() {
+					qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Err: "bbolt check: " + cerr.Error()})
+				}
+				return nil
+			})
+		}
+		if err != nil {
+			sr.Error = err.Error()
+			qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Err: err.Error()})
+		}
+		db.Close()
+		qr.Segments = append(qr.Segments, sr)
+	}
+	aside, _ := filepath.Glob(filepath.Join(dir, "seg-*.db.damaged"))
+	for _, p := range aside {
+		qr.Damaged = append(qr.Damaged, Damage{Segment: filepath.Base(p), Err: "moved aside at start-up as damaged"})
+	}
+	for _, s := range qr.Segments {
+		if s.Error == "" && s.Last >= s.First {
+			if qr.FirstSeq == 0 {
+				qr.FirstSeq = s.First
+			}
+			qr.LastSeq = s.Last
+		}
+	}
+	for _, t := range targets {
+		if qr.LastSeq >= t.Floor {
+			t.Backlog = qr.LastSeq - t.Floor + 1
+		}
+		qr.Targets = append(qr.Targets, *t)
+	}
+	sort.Slice(qr.Targets, func(i, j int) bool { return qr.Targets[i].Name < qr.Targets[j].Name })
+	return qr, nil
+}
+
+func inspectSegment(tx *bolt.Tx, sr *SegmentReport, qr *QueueReport, targets map[string]*TargetReport, verify bool) error {
+	m := tx.Bucket(bucketMsgs)
+	if m == nil {
+		return fmt.Errorf("%w: no message bucket", ErrCorrupt)
+	}
+	if info := tx.Bucket(bucketInfo); info != nil {
+		if v := info.Get(keyLastAt); len(v) == 8 {
+			sr.LastAppend = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+		}
+	}
+	c := m.Cursor()
+	if k, v := c.First(); k != nil {
+		if msg, err := DecodeRecord(v); err == nil && (qr.Oldest.IsZero() || msg.EnqueuedAt.Before(qr.Oldest)) {
+			qr.Oldest = msg.EnqueuedAt
+		}
+	}
+	if k, _ := c.Last(); k != nil {
+		sr.Last = binary.BigEndian.Uint64(k)
+	}
+	if sr.Last >= sr.First {
+		qr.Messages += uint64(m.Stats().KeyN)
+	}
+	if verify {
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if _, err := DecodeRecord(v); err != nil {
+				qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Seq: binary.BigEndian.Uint64(k), Err: err.Error()})
+			}
+		}
+	}
+	return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		t, ok := strings.CutPrefix(string(name), "s/")
+		if !ok {
+			return nil
+		}
+		tr := targets[t]
+		if tr == nil {
+			tr = &TargetReport{Name: t}
+			targets[t] = tr
+		}
+		return b.ForEach(func(k, v []byte) error {
+			st, err := decodeState(v)
+			if err != nil {
+				if verify {
+					qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Seq: binary.BigEndian.Uint64(k), Err: "target " + t + ": " + err.Error()})
+				}
+				return nil
+			}
+			switch st.Phase {
+			case Delivered:
+				tr.Delivered++
+			case Retrying:
+				tr.Retrying++
+			case Dead:
+				tr.Dead++
+			}
+			return nil
+		})
+	})
+}
+
+// allocated returns the bytes a file occupies on disk.
+func allocated(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
+}
