@@ -40,7 +40,7 @@ type SegmentReport struct {
 	File       string
 	First      uint64
 	Last       uint64 // First-1 when empty
-	FileBytes  int64 // bytes allocated on disk (bbolt files are sparse)
+	FileBytes  int64  // bytes allocated on disk (bbolt files are sparse)
 	LastAppend time.Time
 	Error      string // the file could not be opened or read
 }

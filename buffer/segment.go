@@ -73,7 +73,7 @@ func listSegments(dir string) ([]uint64, error) {
 
 func boltOptions(cfg *Config) *bolt.Options {
 	return &bolt.Options{
-		Timeout:        time.Second,
+		Timeout: time.Second,
 		// The freelist is synced: without it, Open walks every page of the
 		// file (a full scan at start-up, and a damaged page would panic in a
 		// goroutine of bbolt's that we cannot recover).
