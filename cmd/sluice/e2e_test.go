@@ -299,7 +299,6 @@ func TestHTTPErrors(t *testing.T) {
 	dir := t.TempDir()
 	addr := freePort(t)
 	p := startSluice(t, writePolicy(t, dir, addr, ds.URL(), ds.URL()), addr)
-	_ = p
 	base := "http://" + addr
 	resp, err := http.Post(base+"/api/orders", "application/json", strings.NewReader(`{"ok":1}`))
 	if err != nil || resp.StatusCode != 202 {
@@ -352,5 +351,12 @@ func TestHTTPErrors(t *testing.T) {
 	// What was accepted before is untouched and gets delivered.
 	if err := loadtest.WaitDrained(context.Background(), []string{id}, ds, 10*time.Second); err != nil {
 		t.Fatalf("accepted order not delivered after bad requests: %v", err)
+	}
+	// Offline, inspect --verify finds the data intact.
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.cmd.Wait()
+	out, err := exec.Command(sluiceBin, "inspect", "--verify", "--data", filepath.Join(dir, "data")).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "no damage") || !strings.Contains(string(out), "queue orders") {
+		t.Fatalf("inspect --verify: %v\n%s", err, out)
 	}
 }

@@ -5,6 +5,7 @@
 //	sluice serve --policy policy.yaml   run the proxy
 //	sluice check --policy policy.yaml   validate a policy file
 //	sluice demo                         a burst, a slow downstream and the drain, in one process
+//	sluice inspect --data DIR           report on a data directory offline
 //	sluice version                      print the version
 package main
 
@@ -28,6 +29,7 @@ Usage:
   sluice serve --policy FILE     run the proxy on a policy file
   sluice check --policy FILE     validate a policy file; print every problem with file:line
   sluice demo [flags]            burst -> sluice -> slow downstream, in one process, with a report
+  sluice inspect --data DIR      report on a data directory offline (--verify checks every record)
   sluice version                 print the version
 
 Run 'sluice COMMAND -h' for the flags of a command.
@@ -45,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
+	case "inspect":
+		return cmdInspect(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "sluice", versionString())
 		return 0
