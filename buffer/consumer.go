@@ -25,6 +25,10 @@ type Consumer struct {
 	next     uint64              // next seq never attempted
 	inflight map[uint64]struct{} // fetched, outcome not yet committed
 	saved    uint64              // floor last persisted
+
+	rate      float64 // messages finished per second (EWMA), for Retry-After
+	rateAt    time.Time
+	rateFloor uint64
 }
 
 // Delivery is a message handed out by Fetch for one attempt.

@@ -523,6 +523,7 @@ func (q *Queue) segmentFor(seq uint64) *segment {
 // saveFloors persists every consumer's floor that moved.
 func (q *Queue) saveFloors() {
 	q.mu.Lock()
+	q.trackRates(time.Now())
 	type fl struct {
 		c     *Consumer
 		floor uint64
@@ -569,9 +570,16 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 			return
 		}
 		s := q.segs[0]
+		early := false
 		if now.Sub(s.lastAppend) < q.cfg.Retention {
-			q.mu.Unlock()
-			return
+			// Under admission pressure a segment every target has finished
+			// goes early: space for new messages beats status lookups of
+			// delivered ones.
+			if !q.finishedLocked(s) || q.store.full() == "" {
+				q.mu.Unlock()
+				return
+			}
+			early = true
 		}
 		busy := false
 		for _, c := range q.consumers {
@@ -607,7 +615,10 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 		if err := os.Remove(s.path); err != nil {
 			q.log.Error("delete segment", "segment", segmentName(s.first), "err", err)
 		}
-		if undelivered > 0 {
+		if early {
+			q.log.Warn("storage full: deleted a finished segment before its retention; status lookups of its messages end",
+				"segment", segmentName(s.first))
+		} else if undelivered > 0 {
 			q.log.Warn("retention expired undelivered messages", "segment", segmentName(s.first), "undelivered", undelivered)
 		} else {
 			q.log.Info("segment deleted after retention", "segment", segmentName(s.first))
@@ -651,4 +662,56 @@ func (q *Queue) complete(ctx context.Context, r *request, wait bool) error {
 		}
 	}
 	return q.do(ctx, r)
+}
+
+// finishedLocked reports whether every target is done with s: its floor is
+// past s and none of s's messages waits in a retry schedule. Caller holds q.mu.
+func (q *Queue) finishedLocked(s *segment) bool {
+	for i, c := range q.consumers {
+		if c.floorLocked() <= s.last || s.retries[i] > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// trackRates updates each consumer's finish rate (an EWMA of floor advance
+// per second), which estimates when space will free. Caller holds q.mu.
+func (q *Queue) trackRates(now time.Time) {
+	for _, c := range q.consumers {
+		f := c.floorLocked()
+		if !c.rateAt.IsZero() {
+			if dt := now.Sub(c.rateAt).Seconds(); dt > 0 {
+				inst := float64(f-min(f, c.rateFloor)) / dt
+				c.rate = 0.8*c.rate + 0.2*inst
+			}
+		}
+		c.rateAt, c.rateFloor = now, f
+	}
+}
+
+// retryAfter estimates when the oldest segment will be finished by every
+// target (and so can be deleted under pressure), from the finish rates.
+// ok is false when no target is making progress.
+func (q *Queue) retryAfter() (time.Duration, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.segs) < 2 {
+		return 0, false
+	}
+	s := q.segs[0]
+	var worst time.Duration
+	for _, c := range q.consumers {
+		f := c.floorLocked()
+		if f > s.last {
+			continue
+		}
+		if c.rate < 0.01 {
+			return 0, false
+		}
+		if d := time.Duration(float64(s.last+1-f) / c.rate * float64(time.Second)); d > worst {
+			worst = d
+		}
+	}
+	return worst, true
 }

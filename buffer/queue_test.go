@@ -399,3 +399,72 @@ func TestFailedOutcomeKeepsFloor(t *testing.T) {
 		t.Fatalf("floor = %d after a failed outcome, want it held at %d", f, ds[0].Seq)
 	}
 }
+
+// Past max_bytes appends are refused with a Retry-After estimate; once the
+// targets finish the oldest segment it is deleted early and appends are
+// accepted again.
+func TestFullFreesFinishedSegmentsEarly(t *testing.T) {
+	s, q := openTest(t, Config{SegmentBytes: 64 << 10, MaxBytes: 300 << 10, CursorInterval: 20 * time.Millisecond}, "a")
+	defer s.Close()
+	var err error
+	n := 0
+	for n = 0; n < 2000; n++ {
+		if _, err = q.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); err != nil {
+			break
+		}
+	}
+	var fe *FullError
+	if !errors.As(err, &fe) || !errors.Is(err, ErrFull) || fe.RetryAfter < time.Second {
+		t.Fatalf("after %d appends: err = %v, want a *FullError with RetryAfter >= 1s", n, err)
+	}
+	// Deliver everything; the writer deletes finished segments within ~1s.
+	a, _ := q.Consumer("a")
+	deliver(t, a, fetchAll(t, a))
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err = q.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("still refused after every message was delivered: %v (stats %+v)", err, q.Stats())
+	}
+}
+
+// A write that fails (here bbolt's own size limit, standing in for ENOSPC)
+// fails only the appends of that commit, with ErrIO; nothing accepted before
+// is harmed, and the store accepts again once it can write.
+func TestWriteErrorFailsOnlyThatCommit(t *testing.T) {
+	dir := t.TempDir()
+	s, q := openTest(t, Config{Dir: dir, SegmentBytes: 8 << 20, maxFileBytes: 1 << 20}, "a")
+	var acked []ID
+	var err error
+	for range 5000 {
+		var id ID
+		if id, err = q.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); err != nil {
+			break
+		}
+		acked = append(acked, id)
+	}
+	if !errors.Is(err, ErrIO) {
+		t.Fatalf("after %d appends: err = %v, want ErrIO", len(acked), err)
+	}
+	// Still serving reads; every acknowledged message is intact.
+	for _, id := range acked {
+		if _, _, err := q.Lookup(id); err != nil {
+			t.Fatalf("acknowledged %v after the write error: %v", id, err)
+		}
+	}
+	must(t, s.Close())
+	// "Disk freed": reopen without the limit.
+	s2, q2 := openTest(t, Config{Dir: dir, SegmentBytes: 8 << 20}, "a")
+	defer s2.Close()
+	if _, err := q2.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); err != nil {
+		t.Fatalf("append after space freed: %v", err)
+	}
+	a, _ := q2.Consumer("a")
+	if got := len(fetchAll(t, a)); got != len(acked)+1 {
+		t.Fatalf("fetched %d, want %d", got, len(acked)+1)
+	}
+}

@@ -80,6 +80,7 @@ func boltOptions(cfg *Config) *bolt.Options {
 		NoFreelistSync: false,
 		FreelistType:   bolt.FreelistMapType,
 		NoSync:         cfg.Sync != SyncAlways,
+		MaxSize:        cfg.maxFileBytes,
 		// Map the whole segment up front so a growing head never remaps
 		// (a remap waits for every reader).
 		InitialMmapSize: int(cfg.SegmentBytes + cfg.SegmentBytes/4),

@@ -41,6 +41,8 @@ type Config struct {
 	CursorInterval time.Duration
 	Logger         *slog.Logger     // default slog.Default()
 	Now            func() time.Time // clock; default time.Now
+
+	maxFileBytes int // tests: bbolt's MaxSize, to inject a write failure like ENOSPC
 }
 
 func (c *Config) setDefaults() {
@@ -138,20 +140,56 @@ func (s *Store) Bytes() int64 {
 	return n
 }
 
-// admit returns ErrFull (wrapped with the reason) when admission control
-// refuses new messages.
+// FullError is the error of an Append refused by admission control. It
+// matches ErrFull with errors.Is.
+type FullError struct {
+	Reason string
+	// RetryAfter estimates when space will free: when the oldest segment
+	// will be finished by every target at the current delivery rate
+	// (bounded to [1s, 1h]; 30s when nothing is being delivered).
+	RetryAfter time.Duration
+}
+
+func (e *FullError) Error() string        { return ErrFull.Error() + ": " + e.Reason }
+func (e *FullError) Is(target error) bool { return target == ErrFull }
+
+// admit returns a *FullError when admission control refuses new messages.
 func (s *Store) admit() error {
+	reason := s.full()
+	if reason == "" {
+		return nil
+	}
+	return &FullError{Reason: reason, RetryAfter: s.retryAfter()}
+}
+
+// full says why admission control refuses new messages, or "". It takes no
+// queue lock.
+func (s *Store) full() string {
+	reason := ""
 	if s.cfg.MaxBytes > 0 {
 		if n := s.Bytes(); n >= s.cfg.MaxBytes {
-			return fmt.Errorf("%w: %d bytes stored, max_bytes is %d", ErrFull, n, s.cfg.MaxBytes)
+			reason = fmt.Sprintf("%d bytes stored, max_bytes is %d", n, s.cfg.MaxBytes)
 		}
 	}
-	if s.cfg.MinFreeBytes > 0 {
+	if reason == "" && s.cfg.MinFreeBytes > 0 {
 		if free := s.free(); free < s.cfg.MinFreeBytes {
-			return fmt.Errorf("%w: %d bytes free on disk, min_free_bytes is %d", ErrFull, free, s.cfg.MinFreeBytes)
+			reason = fmt.Sprintf("%d bytes free on disk, min_free_bytes is %d", free, s.cfg.MinFreeBytes)
 		}
 	}
-	return nil
+	return reason
+}
+
+func (s *Store) retryAfter() time.Duration {
+	best, found := time.Duration(0), false
+	for _, q := range s.Queues() {
+		if d, ok := q.retryAfter(); ok && (!found || d < best) {
+			best, found = d, true
+		}
+	}
+	if !found {
+		return 30 * time.Second
+	}
+	return min(max(best, time.Second), time.Hour)
 }
 
 // free returns the free bytes of the data directory's file system, asking

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -237,8 +238,14 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *route, err error) {
 	switch {
 	case errors.Is(err, buffer.ErrFull):
-		ctx.Response.Header.Set("Retry-After", "5")
-		writeError(ctx, fasthttp.StatusServiceUnavailable, "storage_full", err.Error())
+		wait := 5 * time.Second
+		var fe *buffer.FullError
+		if errors.As(err, &fe) && fe.RetryAfter > 0 {
+			wait = fe.RetryAfter
+		}
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(wait.Round(time.Second)/time.Second)))
+		writeError(ctx, fasthttp.StatusServiceUnavailable, "storage_full",
+			err.Error()+"; nothing was stored, retry after "+wait.Round(time.Second).String())
 	case errors.Is(err, buffer.ErrTooLarge):
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large", err.Error())
 	case errors.Is(err, buffer.ErrClosed):
