@@ -30,7 +30,7 @@
 //
 // # Guarantees
 //
-//   - Rate: every HTTP attempt, first or retry, takes a token from a token
+//   - Rate: every HTTP attempt (one request: a message, or a batch), first or retry, takes a token from a token
 //     bucket (golang.org/x/time/rate) before it is sent. The bucket holds
 //     Target.Burst tokens and refills at the rate in force, so in any interval
 //     of length T the target receives at most Burst + rate*T requests, whatever
@@ -61,6 +61,56 @@
 // Retry.MaxAttempts attempts have been made, then the message is dead. Any
 // other answer (other 4xx, 3xx, 1xx) makes it dead at once: sending the same
 // request again would get the same answer.
+//
+// # Adaptive rate
+//
+// With Target.Adaptive set, the token bucket runs at an adaptive rate under
+// the rate in force (the ceiling: Target.Rate, a window's rate or SetRate's).
+// A 429 or 503, a timeout, or an attempt slower than Adaptive.Latency cuts it
+// by the factor Adaptive.Decrease (default 0.7), at most once per 100ms and
+// only for attempts sent after the previous cut, so one burst of refusals is
+// one cut; it never goes below Adaptive.MinRate (or the ceiling, if lower).
+// Otherwise it grows by Adaptive.Increase per second (default 5% of the
+// ceiling per second) back up to the ceiling. While the ceiling is unlimited
+// there is nothing to scale and adaptive stays out of the way. Stats reports
+// the adaptive rate and the number of cuts. The rate guarantee above holds
+// with the ceiling, since the adaptive rate is never above it.
+//
+// # Circuit breaker
+//
+// Every drainer has one (Target.Breaker; defaults 20 failures, 5s cooldown,
+// 5m max_cooldown). After Failures consecutive failed attempts (no
+// connection, a timeout or a 5xx; 429 and other answers are not failures)
+// it opens: nothing is fetched or sent, so queued messages stay queued and
+// spend none of their attempts. After the cooldown it is half-open and lets
+// one attempt at a time out, carrying a real message; success closes it, a
+// failure opens it again for twice the previous cooldown, up to MaxCooldown.
+// Attempts already in flight when it opens finish; their failures change
+// nothing. Stats reports the state and how often it opened.
+//
+// # Batches
+//
+// With Target.Batch set, one request carries up to Batch.MaxMessages
+// messages, at most Batch.MaxBytes of body (a single larger message goes
+// alone). The drainer fetches a batch when a slot and a token are free; if
+// fewer messages are queued it waits up to Batch.MaxWait from the first one
+// for more, then sends what it has. The request is POST to the target URL's
+// path and query (the messages' own method, path and headers are not used;
+// a trailing slash of the URL is dropped), with Content-Type
+// application/x-ndjson, X-Sluice-Batch-Size (the number of lines) and
+// X-Sluice-Attempt (the highest attempt number in the batch). The body is
+// the messages' bodies, one per line, each line ended by \n. A body with a
+// line break is compacted (encoding/json.Compact) if it is one JSON value,
+// and otherwise recorded as dead at once with the reason: it cannot be one
+// line. Rate, burst, concurrency and the breaker count requests, not
+// messages. The answer to the request is the outcome of every message in
+// it: all delivered, or all retried at the same time (the backoff of the
+// highest attempt number, so the batch comes back together), or all dead;
+// a message that has used its Retry.MaxAttempts is dead while the others
+// retry. Each message's status, as for single deliveries, is recorded
+// through Complete. Batches carry no Idempotency-Key: a retry may hold
+// other messages than the first try, so the downstream should de-duplicate
+// by content (for example an _id in each line).
 //
 // # Costs
 //

@@ -102,6 +102,12 @@ type Drainer struct {
 
 	delivered, retried, dead, attempts, unrecorded atomic.Uint64
 	sending                                        atomic.Int64
+
+	// Published by the run loop for Stats.
+	adaptiveRate atomic.Uint64 // math.Float64bits of the adaptive rate
+	cuts         atomic.Uint64 // adaptive cuts
+	breakerState atomic.Int32  // BreakerState
+	breakerOpens atomic.Uint64
 }
 
 // New checks cfg, applies defaults and returns a Drainer reading from src.
@@ -155,6 +161,31 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		t.Retry.Max = 5 * time.Minute
 	}
 	t.Retry.Max = max(t.Retry.Max, t.Retry.Initial)
+	if t.Breaker.Failures <= 0 {
+		t.Breaker.Failures = policies.DefaultBreakerFailures
+	}
+	if t.Breaker.Cooldown <= 0 {
+		t.Breaker.Cooldown = policies.DefaultBreakerCooldown
+	}
+	if t.Breaker.MaxCooldown <= 0 {
+		t.Breaker.MaxCooldown = policies.DefaultBreakerMaxCooldown
+	}
+	t.Breaker.MaxCooldown = max(t.Breaker.MaxCooldown, t.Breaker.Cooldown)
+	if a := t.Adaptive; a != nil {
+		ac := *a
+		switch {
+		case ac.MinRate.Unlimited || !validRate(ac.MinRate) || ac.MinRate.PerSecond <= 0:
+			return nil, fail("adaptive: min_rate must be a rate above 0, not unlimited")
+		case ac.Increase.Unlimited || !validRate(ac.Increase):
+			return nil, fail("adaptive: invalid increase %v", ac.Increase)
+		case ac.Decrease < 0 || ac.Decrease >= 1 || math.IsNaN(ac.Decrease):
+			return nil, fail("adaptive: decrease %v is not in (0, 1)", ac.Decrease)
+		}
+		if ac.Decrease == 0 {
+			ac.Decrease = policies.DefaultAdaptiveDecrease
+		}
+		t.Adaptive = &ac
+	}
 	if on := t.Retry.On; on.Codes == nil && !on.Class4xx && !on.Class5xx && !on.Timeout && !on.Connect {
 		t.Retry.On = policies.RetryOn{
 			Codes:    map[int]bool{408: true, 425: true, 429: true},
@@ -286,6 +317,16 @@ type Stats struct {
 	InFlight   int     // HTTP requests open to the target now; at most Concurrency
 	Rate       float64 // requests per second in force now: +Inf if unlimited, 0 if paused
 	Paused     bool    // Pause is in force
+
+	// AdaptiveRate is the rate the adaptive controller allows now, at most
+	// Rate (the ceiling); the limiter runs at it. 0 if Target.Adaptive is
+	// nil; +Inf while the ceiling is unlimited. It is updated by the run
+	// loop, at every wake-up.
+	AdaptiveRate float64
+	AdaptiveCuts uint64 // times the adaptive rate was cut
+
+	Breaker      BreakerState // the circuit breaker's state
+	BreakerOpens uint64       // times it opened (or re-opened after a failed probe)
 }
 
 // Stats returns the drainer's counters and the rate in force.
@@ -302,6 +343,13 @@ func (d *Drainer) Stats() Stats {
 		Unrecorded: d.unrecorded.Load(),
 		InFlight:   int(d.sending.Load()),
 		Paused:     manual,
+
+		AdaptiveCuts: d.cuts.Load(),
+		Breaker:      BreakerState(d.breakerState.Load()),
+		BreakerOpens: d.breakerOpens.Load(),
+	}
+	if d.target.Adaptive != nil {
+		st.AdaptiveRate = math.Float64frombits(d.adaptiveRate.Load())
 	}
 	switch {
 	case paused:
@@ -325,8 +373,12 @@ func (d *Drainer) Run(ctx context.Context) error {
 		return fmt.Errorf("drain: route %q: target %q: Run is already running", d.route, d.target.Name)
 	}
 	defer d.running.Store(false)
-	r := &runner{d: d, events: make(chan event, 4*d.target.Concurrency)}
+	r := &runner{d: d, events: make(chan event, 4*d.target.Concurrency), br: newBreaker(d.target.Breaker)}
+	if d.target.Adaptive != nil {
+		r.ad = newAIMD(d.target.Adaptive)
+	}
 	err := r.loop(ctx)
+	r.releasePending()
 	// Every attempt goroutine sends two events; wait for the last of them.
 	for r.outstanding > 0 {
 		r.handle(<-r.events)
@@ -342,6 +394,11 @@ func (d *Drainer) Run(ctx context.Context) error {
 type event struct {
 	recorded bool // false: the HTTP call is over (its slot is free); true: the outcome is recorded (or failed)
 	retrying bool // recorded as Retrying: the retry schedule changed
+
+	// With recorded false:
+	res   result // what the HTTP attempt came to
+	probe bool   // the attempt was the breaker's probe
+	none  bool   // no HTTP request was made (every message of a batch was refused)
 }
 
 // runner is the state of one Run, owned by the goroutine running it.
@@ -353,20 +410,55 @@ type runner struct {
 	outstanding int // attempts started whose outcome is not yet recorded
 
 	lim        *rate.Limiter // nil while the rate is unlimited
-	cur        policies.Rate // rate in force, as last applied
+	limRate    float64       // the limiter's rate, as last set
+	cur        policies.Rate // rate in force (the ceiling), as last applied
 	curPaused  bool
 	applied    bool
 	nextChange time.Time     // next change of the windowed rate; zero if none
 	changeBase policies.Rate // the base rate nextChange was computed with
 	changeOK   bool          // nextChange is computed
+
+	ad *aimd    // nil unless Target.Adaptive
+	br *breaker // always
+
+	// Batch mode: messages fetched for the next batch, not yet sent.
+	pending      []*buffer.Delivery
+	pendingBytes int64     // their bodies' bytes, one newline each included
+	pendingSince time.Time // when the first of them was fetched
 }
 
 func (r *runner) handle(ev event) {
 	if ev.recorded {
 		r.outstanding--
-	} else {
-		r.sending--
+		return
 	}
+	r.sending--
+	if ev.none {
+		return // nothing was sent: no news about the target
+	}
+	d := r.d
+	now := d.now()
+	if r.ad != nil && r.applied && !r.curPaused && !r.cur.Unlimited {
+		if r.ad.Observe(now, ev.res.at, r.ad.congested(&ev.res), r.cur.PerSecond) {
+			d.cuts.Add(1)
+			d.log.Info("adaptive rate cut", "rate", r.ad.rate, "status", ev.res.status)
+		}
+	}
+	if st, changed := r.br.Done(now, failed(&ev.res), ev.probe); changed {
+		r.publishBreaker()
+		switch st {
+		case BreakerOpen:
+			d.log.Warn("circuit breaker open: sending nothing until the cooldown ends",
+				"cooldown", r.br.cur, "until", r.br.openUntil)
+		case BreakerClosed:
+			d.log.Info("circuit breaker closed: the target answers again")
+		}
+	}
+}
+
+func (r *runner) publishBreaker() {
+	r.d.breakerState.Store(int32(r.br.state))
+	r.d.breakerOpens.Store(r.br.opens)
 }
 
 // applyRate brings the limiter to the rate in force at now. It reports
@@ -383,9 +475,16 @@ func (r *runner) applyRate(now time.Time) (paused, wasPaused bool) {
 		}
 	}
 	wasPaused = r.curPaused
-	if r.applied && cur == r.cur && paused == r.curPaused {
-		return paused, wasPaused
+	eff := cur.PerSecond // the limiter's rate: the ceiling, or the adaptive rate under it
+	if r.ad != nil && !paused {
+		ceiling := cur.PerSecond
+		if cur.Unlimited {
+			ceiling = math.Inf(1)
+		}
+		eff = r.ad.Rate(now, ceiling)
+		d.adaptiveRate.Store(math.Float64bits(eff))
 	}
+	changed := !r.applied || cur != r.cur || paused != r.curPaused
 	switch {
 	case paused:
 		// Leave the limiter as it is: nothing takes tokens while paused, and
@@ -393,11 +492,13 @@ func (r *runner) applyRate(now time.Time) (paused, wasPaused bool) {
 	case cur.Unlimited:
 		r.lim = nil
 	case r.lim == nil:
-		r.lim = rate.NewLimiter(rate.Limit(cur.PerSecond), d.target.Burst) // starts full: Burst
-	default:
-		r.lim.SetLimitAt(now, rate.Limit(cur.PerSecond))
+		r.lim = rate.NewLimiter(rate.Limit(eff), d.target.Burst) // starts full: Burst
+		r.limRate = eff
+	case eff != r.limRate:
+		r.lim.SetLimitAt(now, rate.Limit(eff))
+		r.limRate = eff
 	}
-	if r.applied {
+	if r.applied && changed {
 		d.log.Info("rate in force changed", "rate", cur.String(), "paused", paused)
 	}
 	r.cur, r.curPaused, r.applied = cur, paused, true
@@ -446,12 +547,51 @@ func (r *runner) loop(ctx context.Context) error {
 			idle = false
 		}
 		var wake time.Time // earliest timer deadline; zero: none
-		if !paused && !idle && !now.Before(fetchAfter) {
+		allow, openUntil := r.br.Allow(now)
+		r.publishBreaker()
+		blocked := allow == 0
+		if !openUntil.IsZero() {
+			wake = openUntil
+		}
+		if (paused || blocked) && len(r.pending) > 0 {
+			r.releasePending() // held back: back to the queue, not in flight
+		}
+		if !paused && !blocked && (!idle || len(r.pending) > 0) && !now.Before(fetchAfter) {
 			free := min(conc-r.sending, 2*conc-r.outstanding)
+			if allow >= 0 {
+				free = min(free, allow)
+			}
 			if free > 0 {
 				k, wait := r.tokens(now, free)
 				if k == 0 {
 					wake = now.Add(wait)
+				} else if bt := d.target.Batch; bt != nil {
+					// One request, one token: fill the batch, then send it
+					// once it is full or its first message has waited MaxWait.
+					if want := bt.MaxMessages - len(r.pending); !idle && want > 0 {
+						got, err := d.src.Fetch(want, now)
+						lastFetch = now
+						r.addPending(got, now)
+						if err != nil {
+							if errors.Is(err, buffer.ErrClosed) {
+								return err
+							}
+							d.log.Error("fetch failed; trying again shortly", "err", err)
+							fetchAfter = now.Add(fetchErrorPause)
+							continue
+						}
+						if len(got) < want {
+							idle, checkRetry = true, true
+						}
+					}
+					if len(r.pending) > 0 {
+						due := r.pendingSince.Add(bt.MaxWait)
+						if len(r.pending) >= bt.MaxMessages || r.pendingBytes >= bt.MaxBytes || !now.Before(due) {
+							r.startBatch(now, gen)
+							continue
+						}
+						wake = earliest(wake, due)
+					}
 				} else {
 					got, err := d.src.Fetch(k, now)
 					lastFetch = now
@@ -478,7 +618,7 @@ func (r *runner) loop(ctx context.Context) error {
 				}
 			}
 		}
-		if !paused {
+		if !paused && !blocked {
 			if now.Before(fetchAfter) {
 				wake = earliest(wake, fetchAfter)
 			}
@@ -507,7 +647,7 @@ func (r *runner) loop(ctx context.Context) error {
 			timerC = timer.C
 		}
 		var ready <-chan struct{}
-		if !paused {
+		if !paused && !blocked {
 			ready = d.src.Ready()
 		}
 		select {
@@ -546,14 +686,14 @@ func (r *runner) start(dl *buffer.Delivery, now time.Time, gen uint64) bool {
 	}
 	r.sending++
 	r.outstanding++
-	go d.attempt(dl, r.events)
+	go d.attempt(dl, r.br.Started(now), r.events)
 	return true
 }
 
 // attempt sends dl once, records the outcome and tells the run loop.
-func (d *Drainer) attempt(dl *buffer.Delivery, events chan<- event) {
+func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) {
 	res := d.send(dl)
-	events <- event{}
+	events <- event{res: res, probe: probe}
 
 	d.rndMu.Lock()
 	rnd := d.rnd()
@@ -563,21 +703,27 @@ func (d *Drainer) attempt(dl *buffer.Delivery, events chan<- event) {
 	ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
 	err := d.src.Complete(ctx, dl, out)
 	cancel()
-	log := d.log.With("id", dl.ID.String(), "attempt", dl.Attempt, "status", res.status)
+	// The logger with the message's attributes is made only when something
+	// is logged: With costs allocations on every delivery otherwise.
+	log := func() *slog.Logger {
+		return d.log.With("id", dl.ID.String(), "attempt", dl.Attempt, "status", res.status)
+	}
 	switch {
 	case err != nil:
 		d.unrecorded.Add(1)
-		log.Error("cannot record the outcome; the message stays in flight and is attempted again after a restart",
+		log().Error("cannot record the outcome; the message stays in flight and is attempted again after a restart",
 			"outcome", string(out.Phase), "err", err)
 	case out.Phase == buffer.Delivered:
 		d.delivered.Add(1)
-		log.Debug("delivered", "duration", res.dur)
+		if d.log.Enabled(context.Background(), slog.LevelDebug) {
+			log().Debug("delivered", "duration", res.dur)
+		}
 	case out.Phase == buffer.Retrying:
 		d.retried.Add(1)
-		log.Info("attempt failed; will retry", "err", out.Attempt.Error, "next_try", out.NextTry)
+		log().Info("attempt failed; will retry", "err", out.Attempt.Error, "next_try", out.NextTry)
 	default:
 		d.dead.Add(1)
-		log.Warn("message is dead", "err", out.Attempt.Error)
+		log().Warn("message is dead", "err", out.Attempt.Error)
 	}
 	events <- event{recorded: true, retrying: err == nil && out.Phase == buffer.Retrying}
 }
@@ -589,7 +735,11 @@ func (d *Drainer) send(dl *buffer.Delivery) result {
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	buildRequest(req, &d.ep, dl)
+	return d.do(req, resp)
+}
 
+// do sends req once, as one attempt, and reads the answer into resp.
+func (d *Drainer) do(req *fasthttp.Request, resp *fasthttp.Response) result {
 	d.attempts.Add(1)
 	d.sending.Add(1)
 	at := d.now()

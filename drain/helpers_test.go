@@ -31,6 +31,7 @@ type hit struct {
 	id      string
 	attempt int
 	n       int // how many requests with this id came before, + 1
+	status  int // the status code answered
 }
 
 func (h *hit) get(name string) (string, bool) {
@@ -98,6 +99,7 @@ func (ds *downstream) handle(ctx *fasthttp.RequestCtx) {
 	ds.mu.Lock()
 	ds.perID[h.id]++
 	h.n = ds.perID[h.id]
+	idx := len(ds.hits)
 	ds.hits = append(ds.hits, h)
 	ds.active++
 	ds.maxActive = max(ds.maxActive, ds.active)
@@ -106,6 +108,7 @@ func (ds *downstream) handle(ctx *fasthttp.RequestCtx) {
 		ds.respond(&h, ctx)
 	}
 	ds.mu.Lock()
+	ds.hits[idx].status = ctx.Response.StatusCode()
 	ds.active--
 	ds.mu.Unlock()
 }
@@ -213,7 +216,9 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 
 var defaultOn = policies.RetryOn{Codes: map[int]bool{408: true, 425: true, 429: true}, Class5xx: true, Timeout: true, Connect: true}
 
-// testTarget is a fast, unlimited target with quick retries.
+// testTarget is a fast, unlimited target with quick retries. Its breaker
+// opens only after 1000 failures in a row, so that tests of retries are not
+// paused by it; breaker tests set their own.
 func testTarget(name, rawURL string) policies.Target {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -223,6 +228,7 @@ func testTarget(name, rawURL string) policies.Target {
 		Name: name, URL: u, Rate: unlimited, Burst: 1, Concurrency: 8, Timeout: 2 * time.Second,
 		Timezone: time.UTC,
 		Retry:    policies.Retry{MaxAttempts: 5, Initial: 10 * ms, Max: 50 * ms, On: defaultOn},
+		Breaker:  policies.Breaker{Failures: 1000, Cooldown: 100 * ms, MaxCooldown: time.Second},
 	}
 }
 

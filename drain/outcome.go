@@ -192,8 +192,17 @@ type result struct {
 // decide turns an attempt's result into the outcome to record. rnd is a
 // random number in [0, 1) for the backoff's jitter.
 func decide(t *policies.Target, attempt int, res result, rnd float64) buffer.Outcome {
-	out := buffer.Outcome{Attempt: buffer.Attempt{At: res.at, Status: res.status, Duration: res.dur}}
-	retryable := false
+	out, retryable := judge(t, res)
+	if out.Phase == buffer.Delivered {
+		return out
+	}
+	return finish(t, out, retryable, attempt, res.at.Add(res.dur).Add(Backoff(t.Retry, attempt, res.retryAfter, rnd)))
+}
+
+// judge classifies a result: Delivered (2xx), or a failure that is retryable
+// or not, with the Attempt filled in. Phase is left empty for failures.
+func judge(t *policies.Target, res result) (out buffer.Outcome, retryable bool) {
+	out = buffer.Outcome{Attempt: buffer.Attempt{At: res.at, Status: res.status, Duration: res.dur}}
 	switch {
 	case res.err != nil:
 		kind, text := classify(res.err, t.Timeout)
@@ -201,11 +210,16 @@ func decide(t *policies.Target, attempt int, res result, rnd float64) buffer.Out
 		retryable = kind == failTimeout && t.Retry.On.Timeout || kind == failConnect && t.Retry.On.Connect
 	case res.status >= 200 && res.status <= 299:
 		out.Phase = buffer.Delivered
-		return out
 	default:
 		out.Attempt.Error = "status " + strconv.Itoa(res.status)
 		retryable = t.Retry.On.Status(res.status)
 	}
+	return out, retryable
+}
+
+// finish makes a judged failure of attempt number attempt Retrying at
+// nextTry, or Dead if it is not retryable or was the last attempt allowed.
+func finish(t *policies.Target, out buffer.Outcome, retryable bool, attempt int, nextTry time.Time) buffer.Outcome {
 	if !retryable || attempt >= t.Retry.MaxAttempts {
 		out.Phase = buffer.Dead
 		if retryable {
@@ -214,6 +228,6 @@ func decide(t *policies.Target, attempt int, res result, rnd float64) buffer.Out
 		return out
 	}
 	out.Phase = buffer.Retrying
-	out.NextTry = res.at.Add(res.dur).Add(Backoff(t.Retry, attempt, res.retryAfter, rnd))
+	out.NextTry = nextTry
 	return out
 }

@@ -46,7 +46,20 @@ var skipHeaders = map[string]bool{
 // forwardHeaders returns the stored headers to send on: all but skipHeaders
 // and the headers named in Connection.
 func forwardHeaders(hs []buffer.Header) []buffer.Header {
-	var named []string // lower case, from Connection
+	named := connectionNamed(hs)
+	out := make([]buffer.Header, 0, len(hs))
+	for _, h := range hs {
+		if !skipHeader(h.Name, named) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// connectionNamed returns the header names, in lower case, that the
+// Connection headers of hs list; nil (no allocation) if there are none.
+func connectionNamed(hs []buffer.Header) []string {
+	var named []string
 	for _, h := range hs {
 		if strings.EqualFold(h.Name, "Connection") {
 			for _, tok := range strings.Split(h.Value, ",") {
@@ -56,21 +69,36 @@ func forwardHeaders(hs []buffer.Header) []buffer.Header {
 			}
 		}
 	}
-	out := make([]buffer.Header, 0, len(hs))
-next:
-	for _, h := range hs {
-		lower := strings.ToLower(h.Name)
-		if skipHeaders[lower] {
-			continue
-		}
-		for _, n := range named {
-			if lower == n {
-				continue next
-			}
-		}
-		out = append(out, h)
+	return named
+}
+
+// skipHeader reports whether the header name is not sent on: one of
+// skipHeaders or of named (lower case). It does not allocate for names of up
+// to 64 bytes.
+func skipHeader(name string, named []string) bool {
+	var buf [64]byte
+	var lower []byte
+	if len(name) <= len(buf) {
+		lower = buf[:len(name)]
+	} else {
+		lower = make([]byte, len(name))
 	}
-	return out
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		lower[i] = c
+	}
+	if skipHeaders[string(lower)] {
+		return true
+	}
+	for _, n := range named {
+		if string(lower) == n {
+			return true
+		}
+	}
+	return false
 }
 
 // endpoint is where a target's requests go.
@@ -140,6 +168,19 @@ func (e *endpoint) requestURI(stored string) string {
 	return b.String()
 }
 
+// batchURI is where a batch goes: the target URL's path and query as
+// written (the messages' own paths are not used).
+func (e *endpoint) batchURI() string {
+	p := e.path
+	if p == "" {
+		p = "/"
+	}
+	if e.query != "" {
+		p += "?" + e.query
+	}
+	return p
+}
+
 // buildRequest fills req with the replay of d to e.
 func buildRequest(req *fasthttp.Request, e *endpoint, d *buffer.Delivery) {
 	req.Header.DisableNormalizing()
@@ -153,8 +194,11 @@ func buildRequest(req *fasthttp.Request, e *endpoint, d *buffer.Delivery) {
 	req.URI().SetScheme(e.scheme)
 	req.URI().SetHost(e.host)
 	req.Header.SetHost(e.host)
-	for _, h := range forwardHeaders(d.Header) {
-		req.Header.Add(h.Name, h.Value)
+	named := connectionNamed(d.Header)
+	for _, h := range d.Header {
+		if !skipHeader(h.Name, named) {
+			req.Header.Add(h.Name, h.Value)
+		}
 	}
 	id := d.ID.String()
 	key := d.IdempotencyKey

@@ -121,6 +121,19 @@ func checkInvariants(t *testing.T, p *Policy) {
 			for code := range rt.On.Codes {
 				check(code >= 100 && code <= 599, "target %s: retry code %d", tg.Name, code)
 			}
+			if a := tg.Adaptive; a != nil {
+				check(!a.MinRate.Unlimited && a.MinRate.PerSecond > 0 && !tg.Rate.Unlimited, "target %s: adaptive %+v with rate %v", tg.Name, a, tg.Rate)
+				check(!a.Increase.Unlimited && a.Increase.PerSecond >= 0, "target %s: adaptive increase %v", tg.Name, a.Increase)
+				check(a.Decrease > 0 && a.Decrease < 1 && a.Latency >= 0 && a.Line > 0, "target %s: adaptive %+v", tg.Name, a)
+				checkRate(t, a.MinRate)
+				checkRate(t, a.Increase)
+			}
+			bk := tg.Breaker
+			check(bk.Failures >= 1 && bk.Failures <= MaxBreakerFails && bk.Cooldown > 0 && bk.MaxCooldown >= bk.Cooldown, "target %s: breaker %+v", tg.Name, bk)
+			if b := tg.Batch; b != nil {
+				check(b.MaxMessages >= 1 && b.MaxMessages <= MaxBatchMsgs && b.MaxBytes >= MinBatchBytes && b.MaxBytes <= MaxBodyLimit &&
+					b.MaxWait > 0 && b.Format == FormatNDJSON && b.Line > 0, "target %s: batch %+v", tg.Name, b)
+			}
 			for _, w := range tg.Windows {
 				checkRate(t, w.Rate)
 				check(w.HasBetween || len(w.Days) > 0, "target %s: window at line %d always applies", tg.Name, w.Line)

@@ -156,7 +156,8 @@ func TestFullPolicy(t *testing.T) {
 				},
 				Retry: Retry{MaxAttempts: 12, Initial: 500 * time.Millisecond, Max: 5 * time.Minute,
 					On: RetryOn{Codes: map[int]bool{429: true}, Class5xx: true, Timeout: true, Connect: true}},
-				Line: 16,
+				Breaker: Breaker{Failures: 20, Cooldown: 5 * time.Second, MaxCooldown: 5 * time.Minute},
+				Line:    16,
 			}, {
 				Name:        "delivery",
 				URL:         mustURL("http://127.0.0.1:8082"),
@@ -167,7 +168,8 @@ func TestFullPolicy(t *testing.T) {
 				Timezone:    time.UTC,
 				Retry: Retry{MaxAttempts: 10, Initial: 500 * time.Millisecond, Max: 5 * time.Minute,
 					On: RetryOn{Codes: map[int]bool{408: true, 425: true, 429: true}, Class5xx: true, Timeout: true, Connect: true}},
-				Line: 28,
+				Breaker: Breaker{Failures: 20, Cooldown: 5 * time.Second, MaxCooldown: 5 * time.Minute},
+				Line:    28,
 			}},
 		}, {
 			Name:     "catalog",

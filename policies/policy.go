@@ -89,7 +89,44 @@ type Target struct {
 	Timezone    *time.Location // where Windows are evaluated; default time.UTC; never nil
 	Windows     []Window       // time-of-day rates; the first that contains the instant wins
 	Retry       Retry
-	Line        int // line of the target's mapping
+	Adaptive    *Adaptive // key adaptive: AIMD on the rate; nil (the default) = off
+	Breaker     Breaker   // key breaker: always on; defaults 20 failures, 5s cooldown, 5m max_cooldown
+	Batch       *Batch    // key batch: many messages per request; nil (the default) = one message per request
+	Line        int       // line of the target's mapping
+}
+
+// Adaptive lowers a target's rate when the downstream shows it is overloaded and raises
+// it back (additive increase, multiplicative decrease). The rate in force (Rate, a
+// window's rate or an operator's) stays the ceiling.
+type Adaptive struct {
+	MinRate  Rate          // key min_rate: required; the floor, > 0 and finite
+	Increase Rate          // key increase: added to the rate each second; zero (the default) = 5% of the ceiling per second
+	Decrease float64       // key decrease: factor applied on a congestion signal, in (0, 1); default 0.7
+	Latency  time.Duration // key latency: an attempt slower than this is a congestion signal; 0 (the default) = off
+	Line     int           // line of the adaptive mapping
+}
+
+// Breaker stops sending to a target that fails every attempt, and probes it with one
+// request at a time until it answers again.
+type Breaker struct {
+	Failures    int           // key failures: consecutive failed attempts that open it; default 20; 1..1000000
+	Cooldown    time.Duration // key cooldown: how long it stays open the first time; default 5s
+	MaxCooldown time.Duration // key max_cooldown: the cooldown doubles after each failed probe up to this; default 5m; >= Cooldown
+	Line        int           // line of the breaker mapping; 0 if not written
+}
+
+// Batch formats.
+const (
+	FormatNDJSON = "ndjson" // one body per line, joined with \n; Content-Type application/x-ndjson
+)
+
+// Batch sends many messages in one downstream request.
+type Batch struct {
+	MaxMessages int           // key max_messages: messages per request; default 500; 1..100000
+	MaxBytes    int64         // key max_bytes: bytes per request body; default 5MiB; 1KiB..256MiB
+	MaxWait     time.Duration // key max_wait: how long a batch waits to fill once it has a message; default 1s
+	Format      string        // key format: FormatNDJSON, the only one (and the default)
+	Line        int           // line of the batch mapping
 }
 
 // Window gives a target another rate at certain times of the week, in the target's Timezone.

@@ -21,6 +21,15 @@ const (
 	DefaultMaxAttempts  = 10
 	DefaultInitial      = 500 * time.Millisecond
 	DefaultMaxBackoff   = 5 * time.Minute
+
+	DefaultAdaptiveDecrease   = 0.7
+	DefaultAdaptiveIncreasePc = 5 // percent of the ceiling per second, when increase is not set
+	DefaultBreakerFailures    = 20
+	DefaultBreakerCooldown    = 5 * time.Second
+	DefaultBreakerMaxCooldown = 5 * time.Minute
+	DefaultBatchMaxMessages   = 500
+	DefaultBatchMaxBytes      = 5 << 20
+	DefaultBatchMaxWait       = time.Second
 )
 
 // Limits of a policy file.
@@ -29,6 +38,9 @@ const (
 	MaxSegmentBytes = 4 << 30
 	MaxBodyLimit    = 256 << 20
 	MaxConcurrency  = 10000
+	MaxBreakerFails = 1000000
+	MaxBatchMsgs    = 100000
+	MinBatchBytes   = 1 << 10
 )
 
 // DefaultRetryOn is what a target retries when its retry.on is not set:
@@ -203,7 +215,7 @@ func methodsOverlap(a, b []string) bool {
 
 // target decodes one target; names maps the route's target names seen so far to their lines.
 func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Target {
-	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry")
+	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch")
 	if m == nil {
 		return nil
 	}
@@ -213,6 +225,7 @@ func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Targe
 		Timeout:     DefaultTimeout,
 		Timezone:    time.UTC,
 		Retry:       defaultRetry(),
+		Breaker:     defaultBreaker(),
 		Line:        m.line,
 	}
 	if field(d, m, "name", "a target name such as inventory", parseName, &t.Name) {
@@ -239,7 +252,72 @@ func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Targe
 	if n, ok := m.vals["retry"]; ok {
 		t.Retry = d.retry(n, m.field("retry"))
 	}
+	if n, ok := m.vals["adaptive"]; ok {
+		t.Adaptive = d.adaptive(n, m.field("adaptive"), t.Rate, !m.bad["rate"])
+	}
+	if n, ok := m.vals["breaker"]; ok {
+		t.Breaker = d.breaker(n, m.field("breaker"))
+	}
+	if n, ok := m.vals["batch"]; ok {
+		t.Batch = d.batch(n, m.field("batch"))
+	}
 	return t
+}
+
+// adaptive decodes a target's adaptive mapping; ceiling is the target's rate, known
+// unless rateOK is false (already reported).
+func (d *decoder) adaptive(n *yaml.Node, path string, ceiling Rate, rateOK bool) *Adaptive {
+	m := d.mapping(n, path, "adaptive", "min_rate", "increase", "decrease", "latency")
+	if m == nil {
+		return nil
+	}
+	a := &Adaptive{Decrease: DefaultAdaptiveDecrease, Line: m.line}
+	if field(d, m, "min_rate", "the lowest rate adaptive may cut to, such as 10/s", parseFiniteRate, &a.MinRate) && rateOK {
+		switch {
+		case ceiling.Unlimited:
+			d.errorf(m.line, path, "adaptive needs a finite rate on the target (the ceiling it recovers to), such as rate: 200/s")
+		case a.MinRate.PerSecond > ceiling.PerSecond && !ceiling.Paused():
+			d.errorf(m.vals["min_rate"].Line, m.field("min_rate"), "min_rate %s is above the target's rate %s", a.MinRate, ceiling)
+		}
+	}
+	field(d, m, "increase", "", parseFiniteRate, &a.Increase)
+	field(d, m, "decrease", "", parseFactor, &a.Decrease)
+	field(d, m, "latency", "", positiveDuration, &a.Latency)
+	return a
+}
+
+func defaultBreaker() Breaker {
+	return Breaker{Failures: DefaultBreakerFailures, Cooldown: DefaultBreakerCooldown, MaxCooldown: DefaultBreakerMaxCooldown}
+}
+
+func (d *decoder) breaker(n *yaml.Node, path string) Breaker {
+	b := defaultBreaker()
+	m := d.mapping(n, path, "breaker", "failures", "cooldown", "max_cooldown")
+	if m == nil {
+		return b
+	}
+	b.Line = m.line
+	field(d, m, "failures", "", parseInt(1, MaxBreakerFails), &b.Failures)
+	field(d, m, "cooldown", "", positiveDuration, &b.Cooldown)
+	if !field(d, m, "max_cooldown", "", positiveDuration, &b.MaxCooldown) {
+		b.MaxCooldown = max(b.MaxCooldown, b.Cooldown) // the default never undercuts cooldown
+	} else if b.MaxCooldown < b.Cooldown {
+		d.errorf(m.vals["max_cooldown"].Line, m.field("max_cooldown"), "max_cooldown %s is less than cooldown %s", b.MaxCooldown, b.Cooldown)
+	}
+	return b
+}
+
+func (d *decoder) batch(n *yaml.Node, path string) *Batch {
+	m := d.mapping(n, path, "batch", "max_messages", "max_bytes", "max_wait", "format")
+	if m == nil {
+		return nil
+	}
+	b := &Batch{MaxMessages: DefaultBatchMaxMessages, MaxBytes: DefaultBatchMaxBytes, MaxWait: DefaultBatchMaxWait, Format: FormatNDJSON, Line: m.line}
+	field(d, m, "max_messages", "", parseInt(1, MaxBatchMsgs), &b.MaxMessages)
+	field(d, m, "max_bytes", "", parseSize(MinBatchBytes, MaxBodyLimit), &b.MaxBytes)
+	field(d, m, "max_wait", "", positiveDuration, &b.MaxWait)
+	field(d, m, "format", "", parseFormat, &b.Format)
+	return b
 }
 
 func (d *decoder) window(n *yaml.Node, path string) *Window {

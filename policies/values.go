@@ -286,3 +286,31 @@ func (r *RetryOn) add(s string) error {
 	}
 	return nil
 }
+
+// parseFiniteRate is ParseRate for rates that must be more than 0 and not unlimited.
+func parseFiniteRate(s string) (Rate, error) {
+	r, err := ParseRate(s)
+	if err != nil {
+		return Rate{}, err
+	}
+	if r.Unlimited || r.PerSecond <= 0 {
+		return Rate{}, fmt.Errorf("invalid rate %q: expected a rate above 0 such as 10/s (not 0, not unlimited)", s)
+	}
+	return r, nil
+}
+
+// parseFactor parses a decimal number strictly between 0 and 1, such as 0.5.
+func parseFactor(s string) (float64, error) {
+	f, err := strconv.ParseFloat(s, 64)
+	if !isDecimal(s) || err != nil || f <= 0 || f >= 1 {
+		return 0, fmt.Errorf("invalid factor %q: expected a number between 0 and 1 (exclusive), such as 0.5", s)
+	}
+	return f, nil
+}
+
+func parseFormat(s string) (string, error) {
+	if s == FormatNDJSON {
+		return s, nil
+	}
+	return "", fmt.Errorf("unknown batch format %q: expected ndjson", s)
+}
