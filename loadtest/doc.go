@@ -6,13 +6,16 @@
 // re-read or charted) on its own:
 //
 //	Pacer ──> Generate ──> Recorder ─┐
-//	                                  ├──> Verify ──> Report (text, JSON)
+//	                                  ├──> Verify ──> Report (text, JSON, HTML, PNG chart)
 //	Downstream (mock target) ─────────┘
+//	            Progress (bars on a terminal, plain lines elsewhere) samples both
 //
 // The stages:
 //
 //   - A Pacer says how many requests per second to offer at each moment
-//     (constant, ramp, spike); Hits integrates it into a send schedule.
+//     (constant, ramp, spike, or a scenario file of steps read by
+//     ParseScenario with file:line errors); Hits integrates it into a send
+//     schedule.
 //   - Generate sends requests on that schedule and hands each Result to a
 //     Recorder, which keeps counts, an HDR histogram of ack latency, the
 //     ids sluice returned in X-Sluice-Id, and per-second series.
@@ -22,8 +25,13 @@
 //   - Verify joins accepted ids with delivered ids: lost, duplicated,
 //     unexpected, peak delivery rate, time to drain, end-to-end delay.
 //     It is a pure function of plain data.
-//   - Report prints the result; it holds the per-second series that the
-//     charts will be drawn from.
+//   - Report prints the result as text or JSON, draws the chart (offered,
+//     accepted and delivered per second over the backlog, with
+//     gonum.org/v1/plot) and writes a self-contained HTML page with the
+//     same numbers and the chart inline; WriteFiles writes all three.
+//   - Progress shows a run live: bars (github.com/vbauerster/mpb/v8) on a
+//     terminal, one plain line per second elsewhere, with the time left
+//     to drain the backlog estimated from the last seconds' delivery rate.
 //
 // Guarantees:
 //

@@ -98,7 +98,8 @@ type DownstreamStats struct {
 	Concurrency int
 
 	Requests   uint64 // everything that arrived
-	Received   uint64 // answered 2xx
+	Received   uint64 // answered 2xx, duplicates included
+	IDs        int    // distinct X-Sluice-Ids answered 2xx; requests without one not counted
 	Rejected   uint64 // answered 429 or 503: Throttled + Overloaded + Failed
 	Throttled  uint64 // 429, over Rate
 	Overloaded uint64 // 503, over Concurrency
@@ -107,6 +108,12 @@ type DownstreamStats struct {
 	Arrivals      Series // 2xx answers per second, by arrival time
 	MaxPerSecond  int    // largest count in Arrivals
 	MaxConcurrent int    // most requests in the handler at once, rejected ones included
+
+	// Attempts counts every request per second, rejected ones included:
+	// what the sender really offered, which a sender that keeps to the
+	// downstream's rate holds under Rate+Burst.
+	Attempts             Series
+	MaxAttemptsPerSecond int // largest count in Attempts
 }
 
 // A Downstream is a mock target on loopback with a limited capacity. It
@@ -185,6 +192,7 @@ func (d *Downstream) handle(ctx *fasthttp.RequestCtx) {
 
 	d.mu.Lock()
 	d.stats.Requests++
+	d.stats.Attempts.Add(now, 1)
 	d.stats.MaxConcurrent = max(d.stats.MaxConcurrent, int(n))
 	var reject int
 	switch {
@@ -245,6 +253,12 @@ func (d *Downstream) Stats() DownstreamStats {
 	s := d.stats
 	s.Arrivals = d.stats.Arrivals.clone()
 	s.MaxPerSecond = s.Arrivals.Max()
+	s.Attempts = d.stats.Attempts.clone()
+	s.MaxAttemptsPerSecond = s.Attempts.Max()
+	s.IDs = len(d.counts)
+	if d.counts[""] > 0 {
+		s.IDs--
+	}
 	return s
 }
 

@@ -98,7 +98,7 @@ func TestDownstreamRecordsDeliveries(t *testing.T) {
 		t.Errorf("Missing = %v, want [c d]", got)
 	}
 	s := d.Stats()
-	if s.Requests != 4 || s.Received != 4 || s.Rejected != 0 || s.MaxPerSecond != 4 || s.Arrivals.Total() != 4 {
+	if s.Requests != 4 || s.Received != 4 || s.Rejected != 0 || s.MaxPerSecond != 4 || s.Arrivals.Total() != 4 || s.IDs != 2 {
 		t.Errorf("Stats() = %+v", s)
 	}
 }
@@ -130,7 +130,8 @@ func TestDownstreamRateLimitExact(t *testing.T) {
 		t.Errorf("after 50ms: %d ok, %d throttled; want 5, 1", ok, th)
 	}
 	s := d.Stats()
-	if s.Received != 15 || s.Throttled != 21 || s.Rejected != 21 || s.MaxPerSecond != 15 {
+	if s.Received != 15 || s.Throttled != 21 || s.Rejected != 21 || s.MaxPerSecond != 15 ||
+		s.MaxAttemptsPerSecond != 36 || s.Attempts.Total() != 36 {
 		t.Errorf("Stats() = %+v", s)
 	}
 	if s.Rate != 100 || s.Burst != 10 {

@@ -25,12 +25,16 @@ type RunSummary struct {
 }
 
 // Point is one second of a run: what was offered, accepted (202s) and
-// delivered (2xx at the downstream) during it.
+// delivered (2xx at the downstream) during it, and the backlog at its end.
 type Point struct {
 	Second    int `json:"t"` // since Report.Start
 	Offered   int `json:"offered"`
 	Accepted  int `json:"accepted"`
 	Delivered int `json:"delivered"`
+	// Backlog is accepted minus delivered since the start, at the end of
+	// this second, never below 0 (a delivery can be counted before its
+	// 202 arrives, and duplicates are deliveries too).
+	Backlog int `json:"backlog"`
 }
 
 // Report is everything known about a run, ready to print. In JSON,
@@ -45,6 +49,15 @@ type Report struct {
 	// and delivered on one time axis for charts.
 	Start  time.Time `json:"start"`
 	Series []Point   `json:"series"`
+
+	// Unverified says that no downstream was watched (a run against a
+	// proxy whose targets are elsewhere): Downstream and Verdict are
+	// empty, and lost and duplicates are unknown, not 0.
+	Unverified bool `json:"unverified,omitempty"`
+	// AllowDuplicates reports duplicate deliveries without failing the
+	// run: at-least-once delivery allows them (attempts in flight at a
+	// crash), always with the same Idempotency-Key.
+	AllowDuplicates bool `json:"allow_duplicates,omitempty"`
 }
 
 // NewReport assembles a report; it aligns the per-second series.
@@ -76,59 +89,78 @@ func NewReport(cfg GenConfig, load RecorderStats, ds DownstreamStats, v Verdict)
 		return r
 	}
 	r.Start = time.Unix(first, 0)
+	backlog := 0
 	for sec := first; sec < end; sec++ {
 		t := time.Unix(sec, 0)
-		r.Series = append(r.Series, Point{
+		p := Point{
 			Second:    int(sec - first),
 			Offered:   load.OfferedSeries.At(t),
 			Accepted:  load.AcceptedSeries.At(t),
 			Delivered: ds.Arrivals.At(t),
-		})
+		}
+		backlog = max(0, backlog+p.Accepted-p.Delivered)
+		p.Backlog = backlog
+		r.Series = append(r.Series, p)
 	}
 	return r
 }
 
-// Problems lists the broken guarantees: lost or duplicated messages, 202s
-// without an id, and a delivery peak above the downstream's limit. An
-// empty list is a pass.
+// Problems lists the broken guarantees: lost messages, duplicates (unless
+// AllowDuplicates), 202s without an id, a delivery peak above the
+// downstream's limit, and a run in which every request failed. An empty
+// list is a pass.
 func (r Report) Problems() []string {
 	var p []string
 	v := r.Verdict
+	if l := r.Load; l.Sent > 0 && l.Errors == l.Sent {
+		p = append(p, fmt.Sprintf("all %d requests failed", l.Sent))
+	}
 	if v.Lost > 0 {
 		p = append(p, fmt.Sprintf("lost %d accepted", v.Lost))
 	}
-	if v.Duplicates > 0 {
+	if v.Duplicates > 0 && !r.AllowDuplicates {
 		p = append(p, fmt.Sprintf("duplicates %d", v.Duplicates))
 	}
 	if r.Load.MissingID > 0 {
 		p = append(p, fmt.Sprintf("202 without X-Sluice-Id %d", r.Load.MissingID))
 	}
-	if limit := r.peakLimit(); limit > 0 && v.PeakPerSecond > limit {
+	if limit := r.PeakLimit(); limit > 0 && v.PeakPerSecond > limit {
 		p = append(p, fmt.Sprintf("peak delivery %d/s above the downstream limit %d/s", v.PeakPerSecond, limit))
 	}
 	return p
 }
 
-// peakLimit is the most a token bucket lets through in one second: a
-// second's worth of tokens plus a full bucket. 0 when unlimited.
-func (r Report) peakLimit() int {
-	if r.Downstream.Rate <= 0 {
+// Pass reports whether Problems is empty.
+func (r Report) Pass() bool { return len(r.Problems()) == 0 }
+
+// PeakLimit is the most a token bucket of the downstream's Rate and Burst
+// lets through in one wall-clock second: a second's worth of tokens plus
+// a full bucket. 0 when unlimited or not observed.
+func (r Report) PeakLimit() int {
+	if r.Unverified || r.Downstream.Rate <= 0 {
 		return 0
 	}
 	return int(math.Ceil(r.Downstream.Rate)) + r.Downstream.Burst
 }
 
-// WriteText prints a short aligned summary, ending with the verdict:
-// PASS, or FAIL and the Problems.
-func (r Report) WriteText(w io.Writer) error {
-	var b bytes.Buffer // one Write, so one error to return
-	l, d, v := r.Load, r.Downstream, r.Verdict
-	row := func(name, format string, args ...any) {
-		fmt.Fprintf(&b, "  %-15s%s\n", name, fmt.Sprintf(format, args...))
-	}
+// A section is a titled list of rows: what WriteText prints as aligned
+// lines and WriteHTML as a table, so that both show the same numbers.
+type section struct {
+	Title string
+	Rows  []row
+}
 
-	b.WriteString("load\n")
-	row("target", "%s %s", r.Run.Method, r.Run.URL)
+type row struct{ Name, Value string }
+
+func (s *section) add(name, format string, args ...any) {
+	s.Rows = append(s.Rows, row{name, fmt.Sprintf(format, args...)})
+}
+
+func (r Report) sections() []section {
+	l, d, v := r.Load, r.Downstream, r.Verdict
+
+	load := section{Title: "load"}
+	load.add("target", "%s %s", r.Run.Method, r.Run.URL)
 	schedule := r.Run.Pacer
 	if r.Run.Duration > 0 {
 		schedule += " for " + r.Run.Duration.String()
@@ -136,18 +168,22 @@ func (r Report) WriteText(w io.Writer) error {
 	if r.Run.MaxRequests > 0 {
 		schedule += fmt.Sprintf(", at most %d requests", r.Run.MaxRequests)
 	}
-	row("schedule", "%s, %d workers", schedule, r.Run.Workers)
-	row("offered", "%d (%.1f/s), dropped %d (generator saturated)", l.Offered, l.OfferedRate(), l.Dropped)
-	row("accepted", "%d (%.1f/s), %d ids", l.Accepted, l.AcceptedRate(), l.IDs)
-	row("ack latency", "%s", fmtLatency(l.AckLatency))
-	row("status codes", "%s", fmtCounts(l.Codes))
+	load.add("schedule", "%s, %d workers", schedule, r.Run.Workers)
+	load.add("offered", "%d (%.1f/s), dropped %d (generator saturated)", l.Offered, l.OfferedRate(), l.Dropped)
+	load.add("accepted", "%d (%.1f/s), %d ids", l.Accepted, l.AcceptedRate(), l.IDs)
+	load.add("ack latency", "%s", fmtLatency(l.AckLatency))
+	load.add("status codes", "%s", fmtCounts(l.Codes))
 	if l.Errors == 0 {
-		row("errors", "0")
+		load.add("errors", "0")
 	} else {
-		row("errors", "%d (%s)", l.Errors, fmtCounts(l.ErrorKinds))
+		load.add("errors", "%d (%s)", l.Errors, fmtCounts(l.ErrorKinds))
 	}
 
-	b.WriteString("downstream\n")
+	down := section{Title: "downstream"}
+	if r.Unverified {
+		down.add("not observed", "delivery, lost and duplicates are unknown")
+		return []section{load, down}
+	}
 	capacity := "unlimited"
 	if d.Rate > 0 {
 		capacity = fmt.Sprintf("%g/s, burst %d", d.Rate, d.Burst)
@@ -155,32 +191,54 @@ func (r Report) WriteText(w io.Writer) error {
 	if d.Concurrency > 0 {
 		capacity += fmt.Sprintf(", concurrency %d", d.Concurrency)
 	}
-	row("capacity", "%s", capacity)
+	down.add("capacity", "%s", capacity)
 	delivered := fmt.Sprintf("%d of %d accepted; lost %d, duplicates %d, unexpected %d",
 		v.Delivered, v.Accepted, v.Lost, v.Duplicates, v.Unexpected)
+	if v.Duplicates > 0 && r.AllowDuplicates {
+		delivered += " (duplicates allowed: at least once)"
+	}
 	if v.NoID > 0 {
 		delivered += fmt.Sprintf(", without id %d", v.NoID)
 	}
-	row("delivered", "%s", delivered)
+	down.add("delivered", "%s", delivered)
 	if len(v.LostIDs) > 0 {
-		row("lost ids", "%s", strings.Join(v.LostIDs, " "))
+		down.add("lost ids", "%s", strings.Join(v.LostIDs, " "))
 	}
-	row("rejected", "%d (429 over rate %d, 503 over concurrency %d, 503 injected %d)",
+	down.add("rejected", "%d (429 over rate %d, 503 over concurrency %d, 503 injected %d)",
 		d.Rejected, d.Throttled, d.Overloaded, d.Failed)
 	peak := fmt.Sprintf("%d/s", v.PeakPerSecond)
-	if limit := r.peakLimit(); limit > 0 {
+	if limit := r.PeakLimit(); limit > 0 {
 		peak += fmt.Sprintf(" (limit %d/s)", limit)
 	}
-	row("peak delivery", "%s, max concurrent %d", peak, d.MaxConcurrent)
-	row("time to drain", "%s", fmtDuration(v.DrainTime))
-	row("end-to-end", "%s", fmtLatency(v.EndToEnd))
-	row("queue delay", "%s", fmtLatency(v.QueueDelay))
-
-	verdict := "PASS"
-	if p := r.Problems(); len(p) > 0 {
-		verdict = "FAIL: " + strings.Join(p, "; ")
+	if d.MaxAttemptsPerSecond > 0 {
+		peak += fmt.Sprintf(", all requests %d/s", d.MaxAttemptsPerSecond)
 	}
-	fmt.Fprintf(&b, "%-17s%s\n", "verdict", verdict)
+	down.add("peak delivery", "%s, max concurrent %d", peak, d.MaxConcurrent)
+	down.add("time to drain", "%s", fmtDuration(v.DrainTime))
+	down.add("end-to-end", "%s", fmtLatency(v.EndToEnd))
+	down.add("queue delay", "%s", fmtLatency(v.QueueDelay))
+	return []section{load, down}
+}
+
+// verdictLine is "PASS", or "FAIL: " and the Problems.
+func (r Report) verdictLine() string {
+	if p := r.Problems(); len(p) > 0 {
+		return "FAIL: " + strings.Join(p, "; ")
+	}
+	return "PASS"
+}
+
+// WriteText prints a short aligned summary, ending with the verdict:
+// PASS, or FAIL and the Problems.
+func (r Report) WriteText(w io.Writer) error {
+	var b bytes.Buffer // one Write, so one error to return
+	for _, s := range r.sections() {
+		b.WriteString(s.Title + "\n")
+		for _, row := range s.Rows {
+			fmt.Fprintf(&b, "  %-15s%s\n", row.Name, row.Value)
+		}
+	}
+	fmt.Fprintf(&b, "%-17s%s\n", "verdict", r.verdictLine())
 	_, err := w.Write(b.Bytes())
 	return err
 }

@@ -30,6 +30,7 @@ func sampleReport() Report {
 		Rate: 2, Burst: 1, Concurrency: 4,
 		Requests: 6, Received: 5, Rejected: 1, Throttled: 1,
 		Arrivals: Series{Start: at(1000), Counts: []int{2, 0, 3}}, MaxPerSecond: 3, MaxConcurrent: 2,
+		Attempts: Series{Start: at(1000), Counts: []int{3, 0, 3}}, MaxAttemptsPerSecond: 3,
 	}
 	v := Verdict{
 		Accepted: 5, Delivered: 4, Lost: 1, Duplicates: 1, LostIDs: []string{"msg-5"},
@@ -62,10 +63,10 @@ func TestReportText(t *testing.T) {
 func TestReportSeries(t *testing.T) {
 	r := sampleReport()
 	want := []Point{
-		{Second: 0, Offered: 3, Accepted: 2},
-		{Second: 1, Offered: 3, Accepted: 3, Delivered: 2},
-		{Second: 2},
-		{Second: 3, Delivered: 3},
+		{Second: 0, Offered: 3, Accepted: 2, Backlog: 2},
+		{Second: 1, Offered: 3, Accepted: 3, Delivered: 2, Backlog: 3},
+		{Second: 2, Backlog: 3},
+		{Second: 3, Delivered: 3, Backlog: 0}, // 5 accepted, 5 delivered (one a duplicate)
 	}
 	if !r.Start.Equal(t0) || !reflect.DeepEqual(r.Series, want) {
 		t.Errorf("Start %v Series %+v, want %v %+v", r.Start, r.Series, t0, want)

@@ -43,6 +43,8 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	keep := fs.Bool("keep", false, "keep the temporary data directory")
 	level := fs.String("log-level", "warn", "debug, info, warn or error")
 	timeout := fs.Duration("timeout", 55*time.Second, "give up waiting for the drain after this long")
+	reportDir := fs.String("report-dir", "", "write report.html, report.json and chart.png here (default ./sluice-report-<timestamp>)")
+	progress := fs.String("progress", "auto", "auto (bars on a terminal, else a line a second), bars, plain or off")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -50,10 +52,18 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice demo: --orders, --capacity and --burst-factor must be positive")
 		return 2
 	}
+	mode, err := parseProgressMode(*progress)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice demo:", err)
+		return 2
+	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice demo:", err)
 		return 2
+	}
+	if *reportDir == "" {
+		*reportDir = "sluice-report-" + time.Now().Format("20060102-150405")
 	}
 	dir, err := os.MkdirTemp("", "sluice-demo-")
 	if err != nil {
@@ -96,71 +106,37 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	}()
 
 	offered := *capacity * *factor
-	gen := loadtest.GenConfig{
-		URL:             "http://" + ln.Addr().String() + "/api/orders",
-		Pacer:           loadtest.ConstantPacer{PerSecond: offered},
-		MaxRequests:     uint64(*orders),
-		Duration:        time.Duration(float64(*orders)/offered*float64(time.Second)) + time.Second,
-		IdempotencyKeys: true,
-		Workers:         128,
+	s := session{
+		gen: loadtest.GenConfig{
+			URL:             "http://" + ln.Addr().String() + "/api/orders",
+			Pacer:           loadtest.ConstantPacer{PerSecond: offered},
+			MaxRequests:     uint64(*orders),
+			Duration:        time.Duration(float64(*orders)/offered*float64(time.Second)) + time.Second,
+			IdempotencyKeys: true,
+			Workers:         128,
+		},
+		ds: ds,
+		// sluice's own count: what is stored and not yet delivered.
+		backlog: func() uint64 {
+			q := n.proxy.Queue("orders").Stats()
+			tg := q.Targets[0]
+			return tg.Pending + uint64(tg.InFlight) + uint64(tg.Retrying)
+		},
+		drainTimeout: *timeout,
+		progress:     mode,
+		progressOut:  stdout,
 	}
 	fmt.Fprintf(stdout, "sluice demo: %d orders at %.0f/s (%gx) into sluice; the downstream takes %.0f/s (burst %d)\n",
 		*orders, offered, *factor, *capacity, burst)
 	fmt.Fprintf(stdout, "data in %s (fsync: always)\n\n", dir)
 
-	rec := loadtest.NewRecorder()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	progressDone := make(chan struct{})
-	go func() { // plain progress lines; a later issue brings bars
-		defer close(progressDone)
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		start := time.Now()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				st := rec.Snapshot()
-				q := n.proxy.Queue("orders").Stats()
-				tg := q.Targets[0]
-				backlog := tg.Pending + uint64(tg.InFlight) + uint64(tg.Retrying)
-				fmt.Fprintf(stdout, "%4.0fs  sent %6d  accepted %6d  delivered %6d  backlog %6d\n",
-					time.Since(start).Seconds(), st.Sent, st.Accepted, ds.Stats().Received, backlog)
-				if st.Sent >= uint64(*orders) && backlog == 0 {
-					return
-				}
-			}
-		}
-	}()
-	if err := loadtest.Generate(ctx, gen, rec); err != nil {
-		fmt.Fprintln(stderr, "sluice demo: load:", err)
-		return 1
-	}
-	drainErr := loadtest.WaitDrained(ctx, rec.AcceptedIDs(), ds, *timeout)
+	out := s.run(ctx)
 	cancel()
-	<-progressDone
 	stopped = true
 	if err := n.stop(10 * time.Second); err != nil {
 		fmt.Fprintln(stderr, "sluice demo: stop:", err)
 	}
-
-	load := rec.Snapshot()
-	dstats := ds.Stats()
-	v := loadtest.Verify(rec.Accepted(), ds.Arrivals(), dstats.Arrivals.Counts)
-	rep := loadtest.NewReport(gen, load, dstats, v)
-	fmt.Fprintln(stdout)
-	if err := rep.WriteText(stdout); err != nil {
-		fmt.Fprintln(stderr, "sluice demo:", err)
-		return 1
-	}
-	if drainErr != nil {
-		fmt.Fprintln(stderr, "sluice demo: the backlog did not drain:", drainErr)
-		return 1
-	}
-	if len(rep.Problems()) > 0 {
-		return 1
-	}
-	return 0
+	return s.finish(out, false, *reportDir, stdout, stderr, "sluice demo")
 }

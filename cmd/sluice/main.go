@@ -29,6 +29,7 @@ Usage:
   sluice serve --policy FILE     run the proxy on a policy file
   sluice check --policy FILE     validate a policy file; print every problem with file:line
   sluice demo [flags]            burst -> sluice -> slow downstream, in one process, with a report
+  sluice loadtest run|downstream offer load to a proxy and verify delivery; or run a mock downstream
   sluice inspect --data DIR      report on a data directory offline (--verify checks every record)
   sluice version                 print the version
 
@@ -47,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
+	case "loadtest":
+		return cmdLoadtest(args[1:], stdout, stderr)
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
