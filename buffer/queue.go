@@ -35,6 +35,13 @@ type request struct {
 	rec  []byte // opAppend: encoded record
 	seq  uint64 // opAppend: set by the writer; opState: the message
 
+	// opAppend with an idempotency key
+	tag          [8]byte
+	key          [16]byte // hash of the key
+	hasKey       bool
+	checkedBelow uint64 // segments starting below this were searched by the caller
+	dup          bool   // set by the writer: seq and tag name the first message
+
 	// opState
 	target   int
 	state    *State
@@ -209,12 +216,37 @@ func (q *Queue) Append(ctx context.Context, m *Message) (ID, error) {
 // AppendDraft is Append for a Draft: the record is encoded into d's own
 // buffer, with no intermediate strings. d may be reused once it returns.
 func (q *Queue) AppendDraft(ctx context.Context, d *Draft) (ID, error) {
+	d.Duplicate = false
+	var key [16]byte
+	hasKey := len(d.IdempotencyKey) > 0
+	var checkedBelow uint64
+	if hasKey {
+		key = keyHash(d.IdempotencyKey)
+		id, below, found := q.findKey(key)
+		if found {
+			d.Duplicate = true
+			return id, nil
+		}
+		checkedBelow = below
+	}
 	tag := newTag()
 	if d.EnqueuedAt.IsZero() {
 		d.EnqueuedAt = q.cfg.Now()
 	}
 	d.buf = appendRecord(d.buf[:0], tag, d.EnqueuedAt, d.Method, d.URI, d.headers, d.IdempotencyKey, d.Body)
-	return q.appendRecord(ctx, tag, d.buf)
+	if len(d.buf) > MaxRecordBytes {
+		return ID{}, ErrTooLarge
+	}
+	r := getRequest()
+	r.kind, r.rec, r.tag = opAppend, d.buf, tag
+	r.key, r.hasKey, r.checkedBelow = key, hasKey, checkedBelow
+	if err := q.do(ctx, r); err != nil {
+		return ID{}, err
+	}
+	id := ID{seq: r.seq, tag: r.tag}
+	d.Duplicate = r.dup
+	putRequest(r)
+	return id, nil
 }
 
 func (q *Queue) appendRecord(ctx context.Context, tag [8]byte, rec []byte) (ID, error) {
@@ -222,7 +254,7 @@ func (q *Queue) appendRecord(ctx context.Context, tag [8]byte, rec []byte) (ID, 
 		return ID{}, ErrTooLarge
 	}
 	r := getRequest()
-	r.kind, r.rec = opAppend, rec
+	r.kind, r.rec, r.tag = opAppend, rec, tag
 	err := q.do(ctx, r)
 	if err != nil {
 		return ID{}, err
@@ -380,13 +412,46 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		var size int64
 		if err == nil {
 			now := q.cfg.Now()
+			next := first
 			err = safeUpdate(head.db, func(tx *bolt.Tx) error {
+				next = first
 				b := tx.Bucket(bucketMsgs)
 				b.FillPercent = 1 // append-only: pack pages full
-				for i, r := range apps {
-					r.seq = first + uint64(i)
+				var kb *bolt.Bucket
+				var inBatch map[[16]byte]*request
+				for _, r := range apps {
+					r.dup = false
+					if r.hasKey {
+						if kb == nil {
+							var err error
+							if kb, err = tx.CreateBucketIfNotExists(bucketKeys); err != nil {
+								return err
+							}
+							inBatch = map[[16]byte]*request{}
+						}
+						if prev := inBatch[r.key]; prev != nil {
+							r.dup, r.seq, r.tag = true, prev.seq, prev.tag
+							continue
+						}
+						if seq, tag, ok := keyIn(tx, r.key); ok {
+							r.dup, r.seq, r.tag = true, seq, tag
+							continue
+						}
+						if seq, tag, ok := q.findKeyFrom(r.checkedBelow, head, r.key); ok {
+							r.dup, r.seq, r.tag = true, seq, tag
+							continue
+						}
+					}
+					r.seq = next
+					next++
 					if err := b.Put(seqKey(r.seq), r.rec); err != nil {
 						return err
+					}
+					if r.hasKey {
+						if err := kb.Put(r.key[:], seqKey(r.seq)); err != nil {
+							return err
+						}
+						inBatch[r.key] = r
 					}
 				}
 				if err := tx.Bucket(bucketInfo).Put(keyLastAt, seqKey(uint64(now.UnixNano()))); err != nil {
@@ -400,7 +465,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 				err = fmt.Errorf("%w: %v", ErrIO, err)
 			} else {
 				q.mu.Lock()
-				q.nextSeq = first + uint64(len(apps))
+				q.nextSeq = next
 				head.last = q.nextSeq - 1
 				head.lastAppend = now
 				q.bytes.Add(size - head.size)

@@ -76,6 +76,11 @@ type Draft struct {
 	Method, URI, IdempotencyKey, Body []byte
 	headers                           [][2][]byte
 	buf                               []byte
+
+	// Duplicate is set by Queue.AppendDraft when IdempotencyKey was seen on
+	// this queue before (within the retention): the returned ID is the first
+	// message's and nothing new was stored.
+	Duplicate bool
 }
 
 // AddHeader adds one header field, in order.

@@ -231,6 +231,10 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 		s.refuse(ctx, r, err)
 		return
 	}
+	if d.Duplicate {
+		// The key was seen on this route: the first message's id, nothing stored.
+		ctx.Response.Header.Set("X-Sluice-Duplicate", "true")
+	}
 	writeAccepted(ctx, id)
 }
 

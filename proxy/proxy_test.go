@@ -232,3 +232,22 @@ func TestPassthroughGoesOnlyToUpstream(t *testing.T) {
 		}
 	}
 }
+
+func TestIdempotencyKeyAnswersFirstID(t *testing.T) {
+	base, s := testServer(t, "http://127.0.0.1:1", buffer.Config{})
+	first := do(t, "POST", base+"/api/orders", `{"a":1}`, map[string]string{"Idempotency-Key": "o-7"})
+	again := do(t, "POST", base+"/api/orders", `{"a":2}`, map[string]string{"Idempotency-Key": "o-7"})
+	other := do(t, "POST", base+"/api/orders", `{"a":3}`, map[string]string{"Idempotency-Key": "o-8"})
+	if first.StatusCode() != 202 || again.StatusCode() != 202 || other.StatusCode() != 202 {
+		t.Fatalf("statuses %d %d %d", first.StatusCode(), again.StatusCode(), other.StatusCode())
+	}
+	if string(again.Body()) != string(first.Body()) || string(again.Header.Peek("X-Sluice-Duplicate")) != "true" {
+		t.Fatalf("repeat: %s dup=%q; first: %s", again.Body(), again.Header.Peek("X-Sluice-Duplicate"), first.Body())
+	}
+	if len(first.Header.Peek("X-Sluice-Duplicate")) != 0 || string(other.Body()) == string(first.Body()) {
+		t.Fatalf("first or other key marked duplicate")
+	}
+	if got := s.Queue("orders").Stats().Appended; got != 2 {
+		t.Fatalf("stored %d, want 2", got)
+	}
+}
