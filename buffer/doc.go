@@ -20,6 +20,8 @@
 //	             history of attempts (status code, error, time)
 //	"r/<target>" nextTry (unix ns, 8 bytes BE) | seq -> "" : the retry schedule,
 //	             ordered by due time so "what is due now" is a cursor seek
+//	"d/<target>" seq -> "" : the dead letters, listed without scanning states
+//	"k"          SHA-256(idempotency key)[:16] -> seq (keyed appends only)
 //	"info"       first seq, time of the last append
 //
 // Everything a message needs (its bytes, its per-target outcome, its place in

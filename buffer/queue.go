@@ -46,6 +46,8 @@ type request struct {
 	target   int
 	state    *State
 	oldRetry time.Time // retry entry to remove (zero: none)
+	wasDead  bool      // the message leaves the dead-letter list (replay, purge)
+	purge    bool      // a purge: stays Dead but off the list
 
 	err  error
 	done chan struct{} // capacity 1: the writer sends once when r is done
@@ -501,6 +503,20 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 				}
 				if r.state.Phase == Retrying {
 					if err := rb.Put(retryKey(r.state.NextTry, r.seq), nil); err != nil {
+						return err
+					}
+				}
+				if r.wasDead || (r.state.Phase == Dead && !r.purge) {
+					db, err := tx.CreateBucketIfNotExists(deadBucket(t))
+					if err != nil {
+						return err
+					}
+					if r.wasDead {
+						err = db.Delete(seqKey(r.seq))
+					} else {
+						err = db.Put(seqKey(r.seq), nil)
+					}
+					if err != nil {
 						return err
 					}
 				}

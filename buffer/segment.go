@@ -22,6 +22,7 @@ var (
 
 func stateBucket(target string) []byte { return []byte("s/" + target) }
 func retryBucket(target string) []byte { return []byte("r/" + target) }
+func deadBucket(target string) []byte  { return []byte("d/" + target) }
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(make([]byte, 0, 8), seq) }
 

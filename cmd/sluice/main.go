@@ -31,6 +31,7 @@ Usage:
   sluice demo [flags]            burst -> sluice -> slow downstream, in one process, with a report
   sluice loadtest run|downstream offer load to a proxy and verify delivery; or run a mock downstream
   sluice inspect --data DIR      report on a data directory offline (--verify checks every record)
+  sluice dlq list|show|replay|purge --policy FILE ...   dead letters (server stopped)
   sluice version                 print the version
 
 Run 'sluice COMMAND -h' for the flags of a command.
@@ -52,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdLoadtest(args[1:], stdout, stderr)
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)
+	case "dlq":
+		return cmdDlq(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "sluice", versionString())
 		return 0

@@ -1,0 +1,127 @@
+package buffer
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// DeadLetter is a message that failed for good for one target.
+type DeadLetter struct {
+	Target  string
+	Message *Message
+	State   State
+}
+
+// DeadLetters lists up to limit dead letters of target with seq above after,
+// oldest first. It reads the dead-letter index, not every state.
+func (q *Queue) DeadLetters(target string, after uint64, limit int) ([]DeadLetter, error) {
+	if _, err := q.Consumer(target); err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	segs := append([]*segment(nil), q.segs...)
+	q.mu.Unlock()
+	var out []DeadLetter
+	for _, seg := range segs {
+		if seg.last <= after && seg.last >= seg.first {
+			continue
+		}
+		err := safeView(seg.db, func(tx *bolt.Tx) error {
+			db := tx.Bucket(deadBucket(target))
+			if db == nil {
+				return nil
+			}
+			c := db.Cursor()
+			for k, _ := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, _ = c.Next() {
+				seq := binary.BigEndian.Uint64(k)
+				dl := DeadLetter{Target: target}
+				if v := tx.Bucket(bucketMsgs).Get(k); v != nil {
+					if m, err := DecodeRecord(v); err == nil {
+						m.Seq, m.ID.seq = seq, seq
+						dl.Message = m
+					}
+				}
+				if dl.Message == nil { // damaged record: list it with what is known
+					dl.Message = &Message{Seq: seq, ID: ID{seq: seq}}
+				}
+				if sv := tx.Bucket(stateBucket(target)).Get(k); sv != nil {
+					if st, err := decodeState(sv); err == nil {
+						dl.State = *st
+					}
+				}
+				out = append(out, dl)
+			}
+			return nil
+		})
+		if err != nil {
+			return out, err
+		}
+		if len(out) >= limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+// Revive puts the dead letter seq of target back into its retry schedule,
+// due at at, with its attempt count reset (the history is kept, with a note).
+// The drainer then delivers it through the target's own limiter.
+func (q *Queue) Revive(ctx context.Context, target string, seq uint64, at time.Time) error {
+	return q.leaveDead(ctx, target, seq, func(st *State, now time.Time) *State {
+		return &State{Phase: Retrying, Attempts: 0, NextTry: at,
+			History: appendHistory(st.History, Attempt{At: now, Error: "replayed from the dead letters by an operator"})}
+	}, false)
+}
+
+// Purge removes the dead letter seq of target from the dead-letter list. It
+// stays dead; its record goes with its segment.
+func (q *Queue) Purge(ctx context.Context, target string, seq uint64) error {
+	return q.leaveDead(ctx, target, seq, func(st *State, now time.Time) *State {
+		return &State{Phase: Dead, Attempts: st.Attempts,
+			History: appendHistory(st.History, Attempt{At: now, Error: "purged from the dead letters by an operator"})}
+	}, true)
+}
+
+func appendHistory(h []Attempt, a Attempt) []Attempt {
+	h = append(append([]Attempt(nil), h...), a)
+	if len(h) > maxHistory {
+		h = h[len(h)-maxHistory:]
+	}
+	return h
+}
+
+func (q *Queue) leaveDead(ctx context.Context, target string, seq uint64, next func(*State, time.Time) *State, purge bool) error {
+	c, err := q.Consumer(target)
+	if err != nil {
+		return err
+	}
+	q.mu.Lock()
+	seg := q.segmentFor(seq)
+	q.mu.Unlock()
+	if seg == nil {
+		return fmt.Errorf("%w: seq %d", ErrNotFound, seq)
+	}
+	var st *State
+	err = safeView(seg.db, func(tx *bolt.Tx) error {
+		db := tx.Bucket(deadBucket(target))
+		if db == nil || db.Get(seqKey(seq)) == nil {
+			return fmt.Errorf("%w: seq %d is not a dead letter of target %q", ErrNotFound, seq, target)
+		}
+		v := tx.Bucket(stateBucket(target)).Get(seqKey(seq))
+		if v == nil {
+			return fmt.Errorf("%w: seq %d has no state", ErrNotFound, seq)
+		}
+		st, err = decodeState(v)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	r := &request{kind: opState, seq: seq, target: c.idx, state: next(st, q.cfg.Now()),
+		wasDead: true, purge: purge, done: make(chan struct{}, 1)}
+	return q.complete(ctx, r, true)
+}
