@@ -32,8 +32,17 @@ type DownstreamConfig struct {
 	Concurrency int
 
 	Latency  time.Duration // added to every request within capacity
-	FailRate float64       // fraction in [0,1] of requests within capacity answered 503
-	Seed     int64         // seeds the FailRate draws
+	FailRate float64       // fraction in [0,1] of requests within capacity answered 503 + Retry-After: 1
+	// ThrottleRate is a fraction answered 429 + Retry-After: 1 whatever the
+	// capacity (a downstream that throttles on its own).
+	ThrottleRate float64
+	// ResetRate is a fraction whose connection is reset (RST) with no answer.
+	ResetRate float64
+	// HangRate is a fraction answered only after HangFor (default 30s): a
+	// sender with a shorter timeout sees a timeout.
+	HangRate float64
+	HangFor  time.Duration
+	Seed     int64 // seeds the fault draws
 
 	Now func() time.Time // clock for the rate limit and arrival times; default time.Now
 }
@@ -60,8 +69,13 @@ func (c DownstreamConfig) Validate() error {
 	if c.Latency < 0 {
 		errs = append(errs, fmt.Errorf("Latency %v: must not be negative", c.Latency))
 	}
-	if c.FailRate < 0 || c.FailRate > 1 {
-		errs = append(errs, fmt.Errorf("FailRate %g: want a fraction in [0,1]", c.FailRate))
+	for name, f := range map[string]float64{"FailRate": c.FailRate, "ThrottleRate": c.ThrottleRate, "ResetRate": c.ResetRate, "HangRate": c.HangRate} {
+		if f < 0 || f > 1 {
+			errs = append(errs, fmt.Errorf("%s %g: want a fraction in [0,1]", name, f))
+		}
+	}
+	if sum := c.FailRate + c.ThrottleRate + c.ResetRate + c.HangRate; sum > 1 {
+		errs = append(errs, fmt.Errorf("FailRate+ThrottleRate+ResetRate+HangRate = %g: the fractions must add up to at most 1", sum))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("loadtest: downstream config: %w", err)
@@ -104,6 +118,9 @@ type DownstreamStats struct {
 	Throttled  uint64 // 429, over Rate
 	Overloaded uint64 // 503, over Concurrency
 	Failed     uint64 // 503, injected by FailRate
+	Injected   uint64 // 429 injected by ThrottleRate (counted in Rejected)
+	Resets     uint64 // connections reset by ResetRate
+	Hung       uint64 // answers held for HangFor by HangRate
 
 	Arrivals      Series // 2xx answers per second, by arrival time
 	MaxPerSecond  int    // largest count in Arrivals
@@ -127,6 +144,7 @@ type Downstream struct {
 	served   chan error // Serve's result
 	closed   sync.Once
 	closeErr error
+	closing  chan struct{} // closed by Close: releases hung requests
 
 	inflight atomic.Int64
 
@@ -148,9 +166,10 @@ func StartDownstream(cfg DownstreamConfig) (*Downstream, error) {
 		return nil, fmt.Errorf("loadtest: downstream: %w", err)
 	}
 	d := &Downstream{
-		cfg:    cfg,
-		ln:     ln,
-		served: make(chan error, 1),
+		cfg:     cfg,
+		ln:      ln,
+		served:  make(chan error, 1),
+		closing: make(chan struct{}),
 		// PCG from one seed: the same seed gives the same run of draws.
 		rng:    rand.New(rand.NewPCG(uint64(cfg.Seed), uint64(cfg.Seed))),
 		counts: map[string]int{},
@@ -177,6 +196,7 @@ func (d *Downstream) URL() string { return "http://" + d.ln.Addr().String() }
 // the connections. It is safe to call more than once.
 func (d *Downstream) Close() error {
 	d.closed.Do(func() {
+		close(d.closing)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err := d.srv.ShutdownWithContext(ctx)
@@ -205,8 +225,47 @@ func (d *Downstream) handle(ctx *fasthttp.RequestCtx) {
 	}
 	// Drawn for every request within capacity, so that the draws depend on
 	// the order of requests only.
-	fail := reject == 0 && d.cfg.FailRate > 0 && d.rng.Float64() < d.cfg.FailRate
+	var fault int // 0 none, 1 fail 503, 2 throttle 429, 3 reset, 4 hang
+	if reject == 0 && d.cfg.FailRate+d.cfg.ThrottleRate+d.cfg.ResetRate+d.cfg.HangRate > 0 {
+		x := d.rng.Float64()
+		for i, f := range []float64{d.cfg.FailRate, d.cfg.ThrottleRate, d.cfg.ResetRate, d.cfg.HangRate} {
+			if x < f {
+				fault = i + 1
+				break
+			}
+			x -= f
+		}
+	}
+	fail := fault == 1
+	switch fault {
+	case 2:
+		d.stats.Injected++
+		d.stats.Throttled++
+		reject = fasthttp.StatusTooManyRequests
+	case 3:
+		d.stats.Resets++
+	case 4:
+		d.stats.Hung++
+	}
 	d.mu.Unlock()
+
+	if fault == 3 {
+		if tc, ok := ctx.Conn().(*net.TCPConn); ok {
+			tc.SetLinger(0) // close with RST
+		}
+		ctx.Conn().Close()
+		return
+	}
+	if fault == 4 {
+		hang := d.cfg.HangFor
+		if hang <= 0 {
+			hang = 30 * time.Second
+		}
+		select {
+		case <-time.After(hang):
+		case <-d.closing:
+		}
+	}
 
 	if reject != 0 {
 		d.reject(ctx, reject)

@@ -1,6 +1,8 @@
 package loadtest
 
 import (
+	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"sync"
@@ -277,5 +279,45 @@ func TestDownstreamConfigValidate(t *testing.T) {
 		if err := (DownstreamConfig{Listen: listen}).Validate(); err != nil {
 			t.Errorf("Listen %q: %v", listen, err)
 		}
+	}
+}
+
+// Injected faults: 429s, resets and hangs at the configured fractions, each
+// seen by a client as what it is.
+func TestDownstreamInjectedFaults(t *testing.T) {
+	d, err := StartDownstream(DownstreamConfig{ThrottleRate: 0.2, ResetRate: 0.2, HangRate: 0.2, HangFor: 2 * time.Second, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var ok, r429, resets, timeouts int
+	for i := range 100 {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.SetRequestURI(d.URL() + "/x")
+		req.Header.SetMethod("POST")
+		req.Header.Set("X-Sluice-Id", fmt.Sprint("id-", i))
+		err := fasthttp.DoTimeout(req, resp, 200*time.Millisecond)
+		switch {
+		case err == nil && resp.StatusCode() == 200:
+			ok++
+		case err == nil && resp.StatusCode() == 429:
+			r429++
+		case errors.Is(err, fasthttp.ErrTimeout):
+			timeouts++
+		case err != nil:
+			resets++
+		}
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+	}
+	st := d.Stats()
+	if r429 == 0 || resets == 0 || timeouts == 0 || ok == 0 {
+		t.Fatalf("ok %d, 429 %d, resets %d, timeouts %d: want some of each", ok, r429, resets, timeouts)
+	}
+	if uint64(r429) != st.Injected || st.Resets == 0 || st.Hung == 0 {
+		t.Fatalf("client saw 429 %d, resets %d, timeouts %d; stats %+v", r429, resets, timeouts, st)
+	}
+	if _, err := StartDownstream(DownstreamConfig{FailRate: 0.6, ResetRate: 0.6}); err == nil {
+		t.Fatal("fractions adding up past 1 were accepted")
 	}
 }

@@ -55,6 +55,10 @@ type downstreamFlags struct {
 	concurrency *int
 	latency     *time.Duration
 	failRate    *float64
+	throttle    *float64
+	reset       *float64
+	hang        *float64
+	hangFor     *time.Duration
 	seed        *int64
 }
 
@@ -65,6 +69,10 @@ func addDownstreamFlags(fs *flag.FlagSet, prefix string) downstreamFlags {
 		concurrency: fs.Int(prefix+"concurrency", 0, "most requests at once; over it: 503 + Retry-After (0 = unlimited)"),
 		latency:     fs.Duration(prefix+"latency", 0, "added to every request within capacity"),
 		failRate:    fs.Float64(prefix+"fail-rate", 0, "fraction in [0,1] of requests within capacity answered 503"),
+		throttle:    fs.Float64(prefix+"429-rate", 0, "fraction in [0,1] of requests answered 429 + Retry-After: 1 whatever the capacity"),
+		reset:       fs.Float64(prefix+"reset-rate", 0, "fraction in [0,1] of connections reset with no answer"),
+		hang:        fs.Float64(prefix+"hang-rate", 0, "fraction in [0,1] of requests answered only after --"+prefix+"hang-for (a timeout for the sender)"),
+		hangFor:     fs.Duration(prefix+"hang-for", 30*time.Second, "how long a hung request is held"),
 		seed:        fs.Int64(prefix+"seed", 1, "seed of the failure draws"),
 	}
 }
@@ -72,7 +80,8 @@ func addDownstreamFlags(fs *flag.FlagSet, prefix string) downstreamFlags {
 func (f downstreamFlags) config(listen string) loadtest.DownstreamConfig {
 	return loadtest.DownstreamConfig{
 		Listen: listen, Rate: *f.rate, Burst: *f.burst, Concurrency: *f.concurrency,
-		Latency: *f.latency, FailRate: *f.failRate, Seed: *f.seed,
+		Latency: *f.latency, FailRate: *f.failRate, ThrottleRate: *f.throttle, ResetRate: *f.reset,
+		HangRate: *f.hang, HangFor: *f.hangFor, Seed: *f.seed,
 	}
 }
 
