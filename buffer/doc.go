@@ -27,7 +27,15 @@
 // Everything a message needs (its bytes, its per-target outcome, its place in
 // the retry schedule) lives in the segment that holds it, so deleting a segment
 // is deleting one file, never rows. The log rolls to a new segment when the head
-// passes Config.SegmentBytes.
+// passes Config.SegmentBytes or, if it holds anything, Config.SegmentAge. A
+// segment is deleted once it is older than the retention (undelivered messages
+// in it are counted and logged as expired), or earlier, when admission control
+// is refusing appends and every target has finished with it.
+//
+// Dead letters are indexed per target ("d/<target>"), so they are listed
+// without scanning states, and can be revived into the retry schedule or
+// purged. Idempotency keys live beside their messages ("k") and expire with
+// them.
 //
 // Records carry a CRC-32C. A damaged record is reported (Consumer marks it dead
 // for its target with the reason, and Verify lists it); it is never delivered as

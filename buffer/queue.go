@@ -344,6 +344,7 @@ func (q *Queue) writer() {
 		case <-cursorTick.C:
 			q.saveFloors()
 		case <-retentionTick.C:
+			q.rollByAge(dirty)
 			q.enforceRetention(dirty)
 		case <-q.closing:
 			// Commit what was handed over before Close; later senders see closing.
@@ -566,6 +567,17 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		}
 	}
 	if roll {
+		q.roll(dirty)
+	}
+}
+
+// rollByAge rolls a non-empty head older than SegmentAge.
+func (q *Queue) rollByAge(dirty map[*segment]bool) {
+	q.mu.Lock()
+	head := q.segs[len(q.segs)-1]
+	old := head.last >= head.first && q.cfg.Now().Sub(head.opened) >= q.cfg.SegmentAge
+	q.mu.Unlock()
+	if old {
 		q.roll(dirty)
 	}
 }

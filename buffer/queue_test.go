@@ -468,3 +468,32 @@ func TestWriteErrorFailsOnlyThatCommit(t *testing.T) {
 		t.Fatalf("fetched %d, want %d", got, len(acked)+1)
 	}
 }
+
+// A quiet head rolls by age, so retention can delete data at a finer grain
+// than the whole retention period.
+func TestSegmentRollsByAge(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s, q := openTest(t, Config{Retention: 24 * time.Hour, Now: clock}, "a")
+	defer s.Close()
+	appendN(t, q, 3)
+	mu.Lock()
+	now = now.Add(61 * time.Minute) // SegmentAge defaults to Retention/24 = 1h
+	mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for q.Stats().Segments < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := q.Stats().Segments; got != 2 {
+		t.Fatalf("segments = %d after the head aged, want 2", got)
+	}
+	// An empty head does not roll again.
+	mu.Lock()
+	now = now.Add(2 * time.Hour)
+	mu.Unlock()
+	time.Sleep(1500 * time.Millisecond)
+	if got := q.Stats().Segments; got != 2 {
+		t.Fatalf("an empty head rolled: %d segments", got)
+	}
+}

@@ -42,8 +42,9 @@ type segment struct {
 	first      uint64 // seq of its first message (also in the file name)
 	last       uint64 // seq of its last message; first-1 when empty
 	lastAppend time.Time
-	size       int64 // bytes of data (bbolt's high-water mark, not the sparse file length)
-	retries    []int // per target index: entries in the retry schedule
+	opened     time.Time // when it became the head (or was loaded): for SegmentAge
+	size       int64     // bytes of data (bbolt's high-water mark, not the sparse file length)
+	retries    []int     // per target index: entries in the retry schedule
 	path       string
 	db         *bolt.DB
 }
@@ -126,7 +127,7 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 		os.Remove(path)
 		return nil, err
 	}
-	return &segment{first: first, last: first - 1, lastAppend: now, size: size, path: path, db: db, retries: make([]int, len(targets))}, nil
+	return &segment{first: first, last: first - 1, lastAppend: now, opened: now, size: size, path: path, db: db, retries: make([]int, len(targets))}, nil
 }
 
 // openSegment opens an existing segment and reads what the queue keeps in
@@ -138,7 +139,7 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config) (*segm
 	if err != nil {
 		return nil, err
 	}
-	s := &segment{first: first, last: first - 1, path: path, db: db, retries: make([]int, len(targets))}
+	s := &segment{first: first, last: first - 1, path: path, db: db, opened: cfg.Now(), retries: make([]int, len(targets))}
 	err = safeUpdate(db, func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMsgs)
 		info := tx.Bucket(bucketInfo)

@@ -33,6 +33,10 @@ type Config struct {
 	SyncInterval time.Duration // for SyncInterval; default 10ms
 	SegmentBytes int64         // roll the head segment past this size; default 64 MiB, at least 64 KiB
 	Retention    time.Duration // segments older than this are deleted; default 72h
+	// SegmentAge rolls a non-empty head after this long, so that data is
+	// deleted at a grain finer than the retention even at low traffic;
+	// default Retention/24.
+	SegmentAge time.Duration
 	// MaxBytes refuses appends (ErrFull) once the segments hold this much data; 0 = no limit.
 	MaxBytes int64
 	// MinFreeBytes refuses appends (ErrFull) while the file system has less free; 0 = off.
@@ -57,6 +61,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Retention <= 0 {
 		c.Retention = 72 * time.Hour
+	}
+	if c.SegmentAge <= 0 {
+		c.SegmentAge = c.Retention / 24
 	}
 	if c.CursorInterval <= 0 {
 		c.CursorInterval = 200 * time.Millisecond
