@@ -94,7 +94,7 @@ func (r Report) htmlPage(png []byte) htmlPage {
 	}
 
 	p.Cards = append(p.Cards,
-		card{Name: "accepted (202)", Value: strconv.FormatUint(l.Accepted, 10),
+		card{Name: "accepted (2xx)", Value: strconv.FormatUint(l.Accepted, 10),
 			Note: fmt.Sprintf("of %d offered, %.1f/s", l.Offered, l.AcceptedRate())})
 	lat := []latencyRow{latRow("ack latency", l.AckLatency)}
 	if r.Unverified {

@@ -35,7 +35,7 @@ type RecorderStats struct {
 	Offered   uint64 // every scheduled send, dropped ones included
 	Sent      uint64 // sends that went out
 	Dropped   uint64 // sends not made because all workers were busy
-	Accepted  uint64 // 202 answers
+	Accepted  uint64 // 2xx answers (sluice answers 202)
 	MissingID uint64 // 202 answers without X-Sluice-Id: a contract violation
 	Errors    uint64 // transport errors (timeouts, refused connections, ...)
 	IDs       int    // distinct accepted ids (an Idempotency-Key repeat gives an id again)
@@ -44,10 +44,10 @@ type RecorderStats struct {
 	Codes      map[int]uint64    // answers by HTTP status
 	ErrorKinds map[string]uint64 // transport errors by message, at most maxErrorKinds of them
 
-	AckLatency LatencySummary // of 202 answers
+	AckLatency LatencySummary // of 2xx answers
 
 	OfferedSeries  Series // scheduled sends per second, by send time
-	AcceptedSeries Series // 202 answers per second, by the time they arrived
+	AcceptedSeries Series // 2xx answers per second, by the time they arrived
 }
 
 // OfferedRate is the offered load in requests per second over the run.
@@ -55,7 +55,7 @@ func (s RecorderStats) OfferedRate() float64 {
 	return perSecond(s.Offered, s.Stopped.Sub(s.Started))
 }
 
-// AcceptedRate is the rate of 202 answers, from the start of the run to the
+// AcceptedRate is the rate of 2xx answers, from the start of the run to the
 // last of them.
 func (s RecorderStats) AcceptedRate() float64 {
 	return perSecond(s.Accepted, s.LastAck.Sub(s.Started))
@@ -83,7 +83,7 @@ const (
 type Recorder struct {
 	mu       sync.Mutex
 	stats    RecorderStats
-	hist     *hdrhistogram.Histogram // ack latency of 202s, µs
+	hist     *hdrhistogram.Histogram // ack latency of 2xx answers, µs
 	accepted map[string]time.Time    // id -> first ack time
 }
 
@@ -122,7 +122,9 @@ func (r *Recorder) Record(res Result) {
 	}
 	s.Sent++
 	s.Codes[res.Status]++
-	if res.Status != 202 {
+	// Any 2xx is an acknowledgement, so that the same harness can measure a
+	// server other than sluice (which answers 202) side by side.
+	if res.Status < 200 || res.Status > 299 {
 		return
 	}
 	ack := res.Sent.Add(res.Latency)
@@ -136,7 +138,9 @@ func (r *Recorder) Record(res Result) {
 	us := min(max(res.Latency.Microseconds(), histMin), histMax)
 	_ = r.hist.RecordValue(us)
 	if res.ID == "" {
-		s.MissingID++
+		if res.Status == 202 {
+			s.MissingID++ // sluice's contract: a 202 always names its id
+		}
 		return
 	}
 	if _, seen := r.accepted[res.ID]; !seen {

@@ -96,3 +96,17 @@ func TestRecorderLatencyBeyondHistogram(t *testing.T) {
 func near(got, want time.Duration) bool {
 	return got >= want-want/1000 && got <= want+want/1000
 }
+
+// A server other than sluice answers 200 without ids: its answers count as
+// accepted (so the harness can compare it), and are not a contract breach.
+func TestRecorderCountsAny2xx(t *testing.T) {
+	r := NewRecorder()
+	now := time.Now()
+	r.Record(Result{Seq: 1, Sent: now, Latency: time.Millisecond, Status: 200})
+	r.Record(Result{Seq: 2, Sent: now, Latency: time.Millisecond, Status: 202})
+	r.Record(Result{Seq: 3, Sent: now, Latency: time.Millisecond, Status: 503})
+	st := r.Snapshot()
+	if st.Accepted != 2 || st.MissingID != 1 || st.Sent != 3 {
+		t.Fatalf("accepted %d missing-id %d sent %d; want 2, 1 (the 202 only), 3", st.Accepted, st.MissingID, st.Sent)
+	}
+}

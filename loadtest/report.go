@@ -24,7 +24,7 @@ type RunSummary struct {
 	Timeout     time.Duration `json:"timeout"`
 }
 
-// Point is one second of a run: what was offered, accepted (202s) and
+// Point is one second of a run: what was offered, accepted (2xx) and
 // delivered (2xx at the downstream) during it, and the backlog at its end.
 type Point struct {
 	Second    int `json:"t"` // since Report.Start
