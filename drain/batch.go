@@ -96,6 +96,7 @@ func (r *runner) startBatch(now time.Time, gen uint64) {
 	// What is left has waited since pendingSince already; it goes next.
 
 	r.sending++
+	d.slots.Add(1) // TryDirect takes no slot of a batch target: no race
 	r.outstanding++
 	go d.attemptBatch(batch, r.br.Started(now), r.events)
 }

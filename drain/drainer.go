@@ -103,6 +103,13 @@ type Drainer struct {
 	delivered, retried, dead, attempts, unrecorded atomic.Uint64
 	sending                                        atomic.Int64
 
+	// Shared with TryDirect (direct.go): the run loop's token bucket (nil
+	// while unlimited or not running) and the concurrency slots taken by
+	// the run loop and by direct calls together, at most Concurrency.
+	lim                  atomic.Pointer[rate.Limiter]
+	slots                atomic.Int64
+	forwarded, fwdFailed atomic.Uint64
+
 	// Published by the run loop for Stats.
 	adaptiveRate atomic.Uint64 // math.Float64bits of the adaptive rate
 	cuts         atomic.Uint64 // adaptive cuts
@@ -308,9 +315,12 @@ func (d *Drainer) rateAt(now time.Time) (r policies.Rate, paused bool, base poli
 // Stats is a snapshot of a drainer's counters since New.
 type Stats struct {
 	Delivered uint64 // messages recorded as delivered
-	Retried   uint64 // attempts that failed and were rescheduled
-	Dead      uint64 // messages recorded as dead
-	Attempts  uint64 // HTTP attempts started
+	// Forwarded counts requests Forward sent that the target accepted (2xx),
+	// never stored; ForwardFailed the Forward calls that did not.
+	Forwarded, ForwardFailed uint64
+	Retried                  uint64 // attempts that failed and were rescheduled
+	Dead                     uint64 // messages recorded as dead
+	Attempts                 uint64 // HTTP attempts started
 	// Unrecorded counts outcomes the store did not take (for example, closed
 	// at shutdown); those messages are attempted again after a restart.
 	Unrecorded uint64
@@ -336,13 +346,15 @@ func (d *Drainer) Stats() Stats {
 	manual := d.paused
 	d.mu.Unlock()
 	st := Stats{
-		Delivered:  d.delivered.Load(),
-		Retried:    d.retried.Load(),
-		Dead:       d.dead.Load(),
-		Attempts:   d.attempts.Load(),
-		Unrecorded: d.unrecorded.Load(),
-		InFlight:   int(d.sending.Load()),
-		Paused:     manual,
+		Delivered:     d.delivered.Load(),
+		Forwarded:     d.forwarded.Load(),
+		ForwardFailed: d.fwdFailed.Load(),
+		Retried:       d.retried.Load(),
+		Dead:          d.dead.Load(),
+		Attempts:      d.attempts.Load(),
+		Unrecorded:    d.unrecorded.Load(),
+		InFlight:      int(d.sending.Load()),
+		Paused:        manual,
 
 		AdaptiveCuts: d.cuts.Load(),
 		Breaker:      BreakerState(d.breakerState.Load()),
@@ -378,6 +390,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 		r.ad = newAIMD(d.target.Adaptive)
 	}
 	err := r.loop(ctx)
+	d.lim.Store(nil)
 	r.releasePending()
 	// Every attempt goroutine sends two events; wait for the last of them.
 	for r.outstanding > 0 {
@@ -433,6 +446,7 @@ func (r *runner) handle(ev event) {
 		return
 	}
 	r.sending--
+	r.d.slots.Add(-1)
 	if ev.none {
 		return // nothing was sent: no news about the target
 	}
@@ -498,6 +512,7 @@ func (r *runner) applyRate(now time.Time) (paused, wasPaused bool) {
 		r.lim.SetLimitAt(now, rate.Limit(eff))
 		r.limRate = eff
 	}
+	d.lim.Store(r.lim)
 	if r.applied && changed {
 		d.log.Info("rate in force changed", "rate", cur.String(), "paused", paused)
 	}
@@ -557,7 +572,7 @@ func (r *runner) loop(ctx context.Context) error {
 			r.releasePending() // held back: back to the queue, not in flight
 		}
 		if !paused && !blocked && (!idle || len(r.pending) > 0) && !now.Before(fetchAfter) {
-			free := min(conc-r.sending, 2*conc-r.outstanding)
+			free := min(conc-int(d.slots.Load()), 2*conc-r.outstanding) // direct calls hold slots too
 			if allow >= 0 {
 				free = min(free, allow)
 			}
@@ -680,7 +695,12 @@ func earliest(a, b time.Time) time.Time {
 // the bucket is empty.
 func (r *runner) start(dl *buffer.Delivery, now time.Time, gen uint64) bool {
 	d := r.d
-	if d.control.Load() != gen || (r.lim != nil && !r.lim.AllowN(now, 1)) {
+	if d.control.Load() != gen || !d.takeSlot() {
+		d.src.Release(dl)
+		return false
+	}
+	if r.lim != nil && !r.lim.AllowN(now, 1) {
+		d.slots.Add(-1)
 		d.src.Release(dl)
 		return false
 	}

@@ -200,14 +200,18 @@ func buildRequest(req *fasthttp.Request, e *endpoint, d *buffer.Delivery) {
 			req.Header.Add(h.Name, h.Value)
 		}
 	}
-	id := d.ID.String()
 	key := d.IdempotencyKey
-	if key == "" {
-		key = id
+	if !d.ID.IsZero() {
+		id := d.ID.String()
+		if key == "" {
+			key = id
+		}
+		req.Header.Set(HeaderID, id)
 	}
-	req.Header.Set(HeaderID, id)
 	req.Header.Set(HeaderAttempt, strconv.Itoa(d.Attempt))
 	req.Header.Set(HeaderEnqueuedAt, d.EnqueuedAt.UTC().Format(time.RFC3339Nano))
-	req.Header.Set(HeaderIdempotencyKey, key)
+	if key != "" {
+		req.Header.Set(HeaderIdempotencyKey, key)
+	}
 	req.SetBodyRaw(d.Body)
 }

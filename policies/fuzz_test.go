@@ -84,6 +84,14 @@ func checkInvariants(t *testing.T, p *Policy) {
 	check((s.Fsync.Mode == FsyncInterval) == (s.Fsync.Interval > 0), "fsync %+v", s.Fsync)
 	check(s.Fsync.Mode >= FsyncAlways && s.Fsync.Mode <= FsyncNever, "fsync mode %d", s.Fsync.Mode)
 	check(len(p.Routes) > 0, "no routes")
+	sv := p.Server
+	check(sv.ReadTimeout > 0 && sv.WriteTimeout > 0 && sv.IdleTimeout > 0, "server timeouts %+v", sv)
+	check(sv.MaxHeaderBytes >= MinHeaderBytes && sv.MaxHeaderBytes <= MaxHeaderBytes, "max_header_bytes %d", sv.MaxHeaderBytes)
+	check(sv.MaxConnections >= 1 && sv.MaxConnections <= MaxConnections, "max_connections %d", sv.MaxConnections)
+	check(sv.TLS == nil || sv.TLS.Cert != "" && sv.TLS.Key != "", "tls %+v", sv.TLS)
+	if p.DefaultUpstream != nil {
+		checkURL(t, p.DefaultUpstream)
+	}
 
 	routes := map[string]bool{}
 	for _, r := range p.Routes {
@@ -95,12 +103,16 @@ func checkInvariants(t *testing.T, p *Policy) {
 		}
 		check(r.MaxBody > 0 && r.MaxBody <= MaxBodyLimit, "route %s: max_body %d", r.Name, r.MaxBody)
 		check(r.Line > 0, "route %s: line %d", r.Name, r.Line)
+		check(r.Match.Host == strings.ToLower(r.Match.Host) && !strings.Contains(strings.TrimPrefix(r.Match.Host, "*."), "*"), "route %s: host %q", r.Name, r.Match.Host)
+		check(r.Burst >= 1 && r.MaxWait >= 0 && (r.Rate.Unlimited || r.Rate.PerSecond >= 0), "route %s: rate %v burst %d max_wait %v", r.Name, r.Rate, r.Burst, r.MaxWait)
 		switch r.Mode {
 		case ModePassthrough:
 			check(r.Upstream != nil && len(r.Targets) == 0 && r.IdempotencyHeader == "", "passthrough route %s: %+v", r.Name, r)
 			checkURL(t, r.Upstream)
 		case ModeBuffer:
 			check(r.Upstream == nil && len(r.Targets) > 0, "buffer route %s: %+v", r.Name, r)
+		case ModeSpillover:
+			check(r.Upstream == nil && len(r.Targets) == 1 && r.Targets[0].Batch == nil, "spillover route %s: %+v", r.Name, r)
 		default:
 			t.Fatalf("route %s: mode %q", r.Name, r.Mode)
 		}

@@ -125,6 +125,8 @@ func TestFullPolicy(t *testing.T) {
 	want := &Policy{
 		File:   "full.yaml",
 		Listen: ":8080",
+		Server: Server{ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+			MaxHeaderBytes: 16 << 10, MaxConnections: 10000},
 		Storage: Storage{
 			Engine:       "bbolt",
 			Dir:          "./data",
@@ -140,6 +142,8 @@ func TestFullPolicy(t *testing.T) {
 			Mode:              "buffer",
 			IdempotencyHeader: "Idempotency-Key",
 			MaxBody:           1 << 20,
+			Rate:              Rate{Unlimited: true},
+			Burst:             1,
 			Line:              10,
 			Targets: []Target{{
 				Name:        "inventory",
@@ -177,6 +181,8 @@ func TestFullPolicy(t *testing.T) {
 			Mode:     "passthrough",
 			MaxBody:  1 << 20,
 			Upstream: mustURL("http://127.0.0.1:8081"),
+			Rate:     Rate{Unlimited: true},
+			Burst:    1,
 			Line:     31,
 		}},
 	}

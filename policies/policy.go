@@ -10,8 +10,31 @@ import (
 type Policy struct {
 	File    string  // the path it was read from, as given to Load or Parse
 	Listen  string  // public listener address; default ":8080"
+	Server  Server  // key server: limits and TLS of the public listener
 	Storage Storage // default: bbolt in ./data
 	Routes  []Route // at least one
+	// DefaultUpstream (key default_upstream) receives, passed through, every
+	// request no route matches; nil (the default) answers those 404.
+	DefaultUpstream *url.URL
+}
+
+// Server holds the limits of the public listener, which bound what one client can
+// make sluice hold: a slow client (slowloris), a huge header, too many connections.
+type Server struct {
+	ReadTimeout    time.Duration // key read_timeout: request line, headers and body must arrive within it; default 30s
+	WriteTimeout   time.Duration // key write_timeout: the reply must be written within it; default 30s
+	IdleTimeout    time.Duration // key idle_timeout: an idle keep-alive connection is closed after it; default 2m
+	MaxHeaderBytes int64         // key max_header_bytes: request line and headers; default 16KiB (431 beyond); 1KiB..1MiB
+	MaxConnections int           // key max_connections: connections served at once; default 10000; 1..1000000
+	TLS            *TLS          // key tls: serve HTTPS with these files; nil (the default) = plain HTTP
+	Line           int           // line of the server mapping; 0 if the file has none
+}
+
+// TLS names the certificate and key of the public listener (PEM files).
+type TLS struct {
+	Cert string // key cert: certificate chain file; required
+	Key  string // key key: private key file; required
+	Line int    // line of the tls mapping
 }
 
 // Storage says where and how accepted requests are kept.
@@ -58,23 +81,40 @@ func (f Fsync) String() string {
 const (
 	ModeBuffer      = "buffer"      // store, answer 202, deliver to Targets later
 	ModePassthrough = "passthrough" // proxy straight to Upstream
+	// ModeSpillover forwards straight to the route's single target when it has
+	// room now and nothing is queued for it; otherwise it buffers.
+	ModeSpillover = "spillover"
 )
 
 // Route is one entry of routes: which requests it takes and where they go.
 type Route struct {
 	Name              string   // unique; [a-z0-9][a-z0-9_-]{0,62}, so usable as a directory name
 	Match             Match    // which requests belong to the route
-	Mode              string   // ModeBuffer (default) or ModePassthrough
-	IdempotencyHeader string   // request header holding the client's idempotency key; "" = none (buffer mode only)
+	Mode              string   // ModeBuffer (default), ModePassthrough or ModeSpillover
+	IdempotencyHeader string   // request header holding the client's idempotency key; "" = none (buffer and spillover only)
 	MaxBody           int64    // largest accepted body in bytes; default 1MiB, at most 256MiB
-	Upstream          *url.URL // passthrough: where requests go (required); nil in buffer mode
-	Targets           []Target // buffer: every message goes to each (at least one); passthrough: none
-	Line              int      // line of the route's mapping
+	Upstream          *url.URL // passthrough: where requests go (required); nil otherwise
+	Targets           []Target // buffer: every message goes to each (at least one); spillover: exactly one; passthrough: none
+	// Rate and Burst (passthrough only) limit the requests proxied to
+	// Upstream; beyond them the proxy answers 429 with Retry-After. The zero
+	// Rate (key absent) is unlimited here: Rate.Unlimited is set.
+	Rate  Rate
+	Burst int // default max(1, ceil(rate/10)) for a finite rate, else 1
+	// MaxWait (key max_wait; buffer and spillover) refuses new requests with
+	// 503 when the estimated delivery time of some target exceeds it; 0 (the
+	// default) = never refuse for that.
+	MaxWait time.Duration
+	Line    int // line of the route's mapping
 }
 
-// Match selects requests by path prefix and method.
+// Match selects requests by host, path and method.
 type Match struct {
-	Path    string   // starts with "/"; a prefix match, interpreted by the proxy
+	// Host is a host name in lower case, without port: exact ("shop.example.com")
+	// or a wildcard for its subdomains ("*.example.com", which does not match
+	// example.com itself); "" = any host.
+	Host    string
+	Path    string   // starts with "/"; a prefix match unless Exact, interpreted by the proxy
+	Exact   bool     // key exact: the path must equal Path
 	Methods []string // upper-case HTTP methods; empty = any method
 }
 

@@ -30,6 +30,12 @@ const (
 	DefaultBatchMaxMessages   = 500
 	DefaultBatchMaxBytes      = 5 << 20
 	DefaultBatchMaxWait       = time.Second
+
+	DefaultReadTimeout    = 30 * time.Second
+	DefaultWriteTimeout   = 30 * time.Second
+	DefaultIdleTimeout    = 2 * time.Minute
+	DefaultMaxHeaderBytes = 16 << 10
+	DefaultMaxConnections = 10000
 )
 
 // Limits of a policy file.
@@ -41,6 +47,9 @@ const (
 	MaxBreakerFails = 1000000
 	MaxBatchMsgs    = 100000
 	MinBatchBytes   = 1 << 10
+	MinHeaderBytes  = 1 << 10
+	MaxHeaderBytes  = 1 << 20
+	MaxConnections  = 1000000
 )
 
 // DefaultRetryOn is what a target retries when its retry.on is not set:
@@ -51,12 +60,14 @@ func DefaultRetryOn() RetryOn {
 
 func (d *decoder) policy(root *yaml.Node) *Policy {
 	p := &Policy{File: d.file, Listen: DefaultListen}
-	m := d.mapping(root, "", "top level", "listen", "storage", "routes")
+	m := d.mapping(root, "", "top level", "listen", "server", "storage", "routes", "default_upstream")
 	if m == nil {
 		return nil
 	}
 	field(d, m, "listen", "", parseListen, &p.Listen)
+	p.Server = d.server(m)
 	p.Storage = d.storage(m)
+	field(d, m, "default_upstream", "", parseURL, &p.DefaultUpstream)
 
 	items := d.list(m, "routes")
 	if len(items) == 0 && !m.bad["routes"] {
@@ -76,6 +87,41 @@ func (d *decoder) policy(root *yaml.Node) *Policy {
 	}
 	d.checkOverlaps(p.Routes, matchLines)
 	return p
+}
+
+func (d *decoder) server(top *mapping) Server {
+	s := Server{
+		ReadTimeout:    DefaultReadTimeout,
+		WriteTimeout:   DefaultWriteTimeout,
+		IdleTimeout:    DefaultIdleTimeout,
+		MaxHeaderBytes: DefaultMaxHeaderBytes,
+		MaxConnections: DefaultMaxConnections,
+	}
+	n, ok := top.vals["server"]
+	if !ok {
+		return s
+	}
+	m := d.mapping(n, "server", "server", "read_timeout", "write_timeout", "idle_timeout", "max_header_bytes", "max_connections", "tls")
+	if m == nil {
+		return s
+	}
+	s.Line = m.line
+	field(d, m, "read_timeout", "", positiveDuration, &s.ReadTimeout)
+	field(d, m, "write_timeout", "", positiveDuration, &s.WriteTimeout)
+	field(d, m, "idle_timeout", "", positiveDuration, &s.IdleTimeout)
+	field(d, m, "max_header_bytes", "", parseSize(MinHeaderBytes, MaxHeaderBytes), &s.MaxHeaderBytes)
+	field(d, m, "max_connections", "", parseInt(1, MaxConnections), &s.MaxConnections)
+	if n, ok := m.vals["tls"]; ok {
+		if tm := d.mapping(n, m.field("tls"), "tls", "cert", "key"); tm != nil {
+			t := &TLS{Line: tm.line}
+			ok1 := field(d, tm, "cert", "the certificate file (PEM), such as /etc/sluice/cert.pem", parseDir, &t.Cert)
+			ok2 := field(d, tm, "key", "the private key file (PEM), such as /etc/sluice/key.pem", parseDir, &t.Key)
+			if ok1 && ok2 {
+				s.TLS = t
+			}
+		}
+	}
+	return s
 }
 
 func (d *decoder) storage(top *mapping) Storage {
@@ -108,12 +154,12 @@ func (d *decoder) storage(top *mapping) Storage {
 // route decodes routes[i]; names maps route names seen so far to their lines. It returns
 // the line of the route's match too.
 func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route, int) {
-	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "targets")
+	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "max_wait", "targets")
 	if m == nil {
 		return nil, 0
 	}
 	matchLine := m.line
-	r := &Route{Mode: ModeBuffer, MaxBody: DefaultMaxBody, Line: m.line}
+	r := &Route{Mode: ModeBuffer, MaxBody: DefaultMaxBody, Rate: unlimited, Burst: 1, Line: m.line}
 	if field(d, m, "name", "a route name such as orders", parseName, &r.Name) {
 		line := m.vals["name"].Line
 		if first, dup := names[r.Name]; dup {
@@ -135,14 +181,27 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 	case !modeKnown:
 	case r.Mode == ModePassthrough:
 		field(d, m, "upstream", "the URL requests are proxied to, such as http://127.0.0.1:8081", parseURL, &r.Upstream)
-		for _, key := range []string{"idempotency_header", "targets"} {
+		for _, key := range []string{"idempotency_header", "targets", "max_wait"} {
 			if n, ok := m.vals[key]; ok {
-				d.errorf(n.Line, m.field(key), "%s is only used with mode buffer; a passthrough route proxies to upstream", key)
+				d.errorf(n.Line, m.field(key), "%s is only used with modes buffer and spillover; a passthrough route proxies to upstream", key)
 				m.bad[key] = true
 			}
 		}
-	case m.vals["upstream"] != nil:
-		d.errorf(m.vals["upstream"].Line, m.field("upstream"), "upstream is only used with mode passthrough; a buffer route delivers to targets")
+		field(d, m, "rate", "", ParseRate, &r.Rate)
+		if !field(d, m, "burst", "", parseInt(1, MaxRate), &r.Burst) {
+			r.Burst = defaultBurst(r.Rate)
+		}
+	default:
+		if n := m.vals["upstream"]; n != nil {
+			d.errorf(n.Line, m.field("upstream"), "upstream is only used with mode passthrough; a %s route delivers to targets", r.Mode)
+		}
+		for _, key := range []string{"rate", "burst"} {
+			if n, ok := m.vals[key]; ok {
+				d.errorf(n.Line, m.field(key), "a route's %s limits passthrough only; set the %s of each target instead", key, key)
+				m.bad[key] = true
+			}
+		}
+		field(d, m, "max_wait", "", positiveDuration, &r.MaxWait)
 	}
 	if !m.bad["idempotency_header"] {
 		field(d, m, "idempotency_header", "", parseToken("header name"), &r.IdempotencyHeader)
@@ -154,9 +213,19 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 	if len(items) == 0 && modeKnown && r.Mode == ModeBuffer && !m.bad["targets"] {
 		d.errorf(m.line, m.field("targets"), "required: a buffer route needs at least one target")
 	}
+	if len(items) != 1 && modeKnown && r.Mode == ModeSpillover && !m.bad["targets"] {
+		line := m.line
+		if n, ok := m.vals["targets"]; ok {
+			line = n.Line
+		}
+		d.errorf(line, m.field("targets"), "a spillover route needs exactly one target, got %d (use mode buffer to fan out)", len(items))
+	}
 	targets := map[string]int{}
 	for i, n := range items {
 		if t := d.target(n, fmt.Sprintf("%s.targets[%d]", path, i), targets); t != nil {
+			if r.Mode == ModeSpillover && t.Batch != nil {
+				d.errorf(t.Batch.Line, fmt.Sprintf("%s.targets[%d].batch", path, i), "a spillover route forwards one request at a time; batch is only used with mode buffer")
+			}
 			r.Targets = append(r.Targets, *t)
 		}
 	}
@@ -165,11 +234,13 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 
 func (d *decoder) match(n *yaml.Node, path string) Match {
 	var mt Match
-	m := d.mapping(n, path, "match", "path", "methods")
+	m := d.mapping(n, path, "match", "host", "path", "exact", "methods")
 	if m == nil {
 		return mt
 	}
+	field(d, m, "host", "", parseHost, &mt.Host)
 	field(d, m, "path", "a path prefix starting with /, such as /api/orders", parsePath, &mt.Path)
+	field(d, m, "exact", "", parseBool, &mt.Exact)
 	for i, n := range d.list(m, "methods") {
 		at := fmt.Sprintf("%s.methods[%d]", path, i)
 		s, ok := d.item(n, at)
@@ -187,12 +258,14 @@ func (d *decoder) match(n *yaml.Node, path string) Match {
 }
 
 // checkOverlaps reports routes that match the same requests as an earlier route: the
-// same path and a method in common. lines holds the line of each route's match.
+// same host and path, a method in common, and the earlier one a prefix match or both
+// exact. lines holds the line of each route's match.
 func (d *decoder) checkOverlaps(routes []Route, lines []int) {
 	for j := range routes {
 		for i := range j {
 			a, b := &routes[i], &routes[j]
-			if a.Match.Path == "" || a.Match.Path != b.Match.Path || !methodsOverlap(a.Match.Methods, b.Match.Methods) {
+			if a.Match.Path == "" || a.Match.Path != b.Match.Path || a.Match.Host != b.Match.Host ||
+				(a.Match.Exact && !b.Match.Exact) || !methodsOverlap(a.Match.Methods, b.Match.Methods) {
 				continue
 			}
 			d.errorf(lines[j], fmt.Sprintf("routes[%d].match", j), "route %q at line %d already matches path %s with these methods", a.Name, lines[i], b.Match.Path)

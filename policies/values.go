@@ -71,12 +71,42 @@ func parseFsync(s string) (Fsync, error) {
 
 func parseMode(s string) (string, error) {
 	switch s {
-	case ModeBuffer, ModePassthrough:
+	case ModeBuffer, ModePassthrough, ModeSpillover:
 		return s, nil
-	case "spillover":
-		return "", errors.New("mode spillover is not supported yet; use buffer or passthrough")
 	}
-	return "", fmt.Errorf("unknown mode %q: expected buffer or passthrough", s)
+	return "", fmt.Errorf("unknown mode %q: expected buffer, passthrough or spillover", s)
+}
+
+func parseBool(s string) (bool, error) {
+	switch s {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, fmt.Errorf("invalid value %q: expected true or false", s)
+}
+
+var hostLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// parseHost accepts a host name without port, or "*." and a host name for its
+// subdomains, and returns it in lower case.
+func parseHost(s string) (string, error) {
+	h := strings.ToLower(s)
+	name, wild := strings.CutPrefix(h, "*.")
+	bad := fmt.Errorf("invalid host %q: expected a host name without port, such as shop.example.com, or *.example.com for its subdomains", s)
+	if len(name) == 0 || len(name) > 253 {
+		return "", bad
+	}
+	if ip := net.ParseIP(strings.Trim(name, "[]")); ip != nil && !wild {
+		return strings.Trim(name, "[]"), nil
+	}
+	for _, l := range strings.Split(name, ".") {
+		if !hostLabel.MatchString(l) {
+			return "", bad
+		}
+	}
+	return h, nil
 }
 
 // parseDuration accepts Go durations ("500ms", "1h30m") and days ("3d", "1d12h").

@@ -12,8 +12,17 @@
 //     read; unknown paths get 404 and wrong methods 405, both with JSON bodies.
 //   - Hop-by-hop headers (RFC 9110 section 7.6.1) are never stored or
 //     forwarded; X-Forwarded-For is appended to, never overwritten.
-//   - A passthrough route forwards only to its configured upstream, whatever
-//     the Host header or an absolute request URI says (no open proxy).
+//   - A passthrough route (and default_upstream) forwards only to its
+//     configured upstream, whatever the Host header or an absolute request URI
+//     says (no open proxy); CONNECT and non-path request targets are refused.
+//   - A spillover route answers with its target's own reply only for a request
+//     it forwarded at once (X-Sluice-Mode: forwarded, nothing stored); every
+//     other request is stored first and answered 202 (X-Sluice-Mode:
+//     buffered), including one whose direct attempt failed retryably.
+//     Direct and queued requests share the target's bucket and slots.
+//   - The listener's limits (server: read_timeout, max_header_bytes,
+//     max_connections) bound what one client can hold; see match.go for
+//     route matching.
 //
 // Costs: one goroutine per connection (fasthttp's worker pool); a buffered
 // request waits for one group commit.

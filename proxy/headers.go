@@ -108,24 +108,6 @@ func appendClientIP(dst []byte, ctx *fasthttp.RequestCtx) []byte {
 	return append(dst, clientIP(ctx)...)
 }
 
-// forwardedHeaders appends the client's address to X-Forwarded-For (never
-// overwriting what earlier proxies wrote) and sets -Proto and -Host.
-func forwardedHeaders(ctx *fasthttp.RequestCtx, prior string) []buffer.Header {
-	ip := clientIP(ctx)
-	if prior != "" {
-		ip = prior + ", " + ip
-	}
-	proto := "http"
-	if ctx.IsTLS() {
-		proto = "https"
-	}
-	return []buffer.Header{
-		{Name: "X-Forwarded-For", Value: ip},
-		{Name: "X-Forwarded-Proto", Value: proto},
-		{Name: "X-Forwarded-Host", Value: string(ctx.Host())},
-	}
-}
-
 func clientIP(ctx *fasthttp.RequestCtx) string {
 	if a, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
 		return a.IP.String()

@@ -2,10 +2,16 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
+	"math"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"golang.org/x/time/rate"
+
+	"github.com/sluice-proxy/sluice/policies"
 )
 
 // newUpstream returns a keep-alive pool to a passthrough route's upstream.
@@ -31,37 +37,90 @@ func newUpstream(u *url.URL) *fasthttp.HostClient {
 	}
 }
 
-// handlePassthrough forwards the request to the route's upstream, and only
-// there: the Host header and any absolute URI the client sent are replaced,
-// so sluice is never an open proxy.
-func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route) {
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-
-	ctx.Request.CopyTo(req)
-	prior := string(req.Header.Peek("X-Forwarded-For"))
-	stripHop(&req.Header)
-	for _, h := range forwardedHeaders(ctx, prior) {
-		req.Header.Set(h.Name, h.Value)
+// newLimiter returns the token bucket of a passthrough route's rate, or nil
+// when the rate is unlimited. A paused rate (0) refuses everything.
+func newLimiter(r policies.Rate, burst int) *rate.Limiter {
+	if r.Unlimited {
+		return nil
 	}
-	req.SetRequestURI(joinPath(r.Upstream.Path, string(ctx.URI().RequestURI())))
+	if r.Paused() {
+		return rate.NewLimiter(0, 0) // nothing passes
+	}
+	return rate.NewLimiter(rate.Limit(r.PerSecond), max(burst, 1))
+}
+
+// handlePassthrough forwards the request to the route's upstream, and only
+// there: the connection pool dials only the upstream's address, and the Host
+// header and any absolute URI the client sent are replaced, so sluice is
+// never an open proxy. The request is forwarded in place (no copy of its
+// headers or body) and the upstream's answer is read straight into the reply.
+func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route) {
+	if r.limiter != nil && !r.limiter.Allow() {
+		s.tooMany(ctx, r)
+		return
+	}
+	req := &ctx.Request
+	closeAfter := req.Header.ConnectionClose()
+
+	// X-Forwarded-*: appended to (For) or set (Proto, Host) before the
+	// request's own Host is replaced.
+	var xb [256]byte
+	xff := append(xb[:0], req.Header.Peek("X-Forwarded-For")...)
+	if len(xff) > 0 {
+		xff = append(xff, ", "...)
+	}
+	xff = appendClientIP(xff, ctx)
+	var hb [128]byte
+	host := append(hb[:0], ctx.Host()...)
+	stripHop(&req.Header)
+	req.Header.SetBytesV("X-Forwarded-For", xff)
+	if ctx.IsTLS() {
+		req.Header.Set("X-Forwarded-Proto", "https")
+	} else {
+		req.Header.Set("X-Forwarded-Proto", "http")
+	}
+	req.Header.SetBytesV("X-Forwarded-Host", host)
+
+	if base := r.Upstream.Path; base == "" || base == "/" {
+		req.SetRequestURIBytes(ctx.URI().RequestURI()) // origin form, whatever the client sent
+	} else {
+		req.SetRequestURI(joinPath(base, string(ctx.URI().RequestURI())))
+	}
 	req.Header.SetHost(r.Upstream.Host)
 	req.URI().SetScheme(r.Upstream.Scheme)
 	req.URI().SetHost(r.Upstream.Host)
 
-	if err := r.upstream.DoTimeout(req, resp, 60*time.Second); err != nil {
+	if err := r.upstream.Do(req, &ctx.Response); err != nil {
+		ctx.Response.Reset()
 		status, code := fasthttp.StatusBadGateway, "upstream_unreachable"
 		if errors.Is(err, fasthttp.ErrTimeout) {
 			status, code = fasthttp.StatusGatewayTimeout, "upstream_timeout"
 		}
 		s.log.Warn("passthrough failed", "route", r.Name, "err", err)
 		writeError(ctx, status, code, "upstream of route "+r.Name+": "+err.Error())
-		return
+	} else {
+		stripHopResponse(&ctx.Response.Header)
 	}
-	stripHopResponse(&resp.Header)
-	resp.CopyTo(&ctx.Response)
+	if closeAfter {
+		ctx.SetConnectionClose()
+	}
+}
+
+// tooMany answers a request beyond a passthrough route's rate: 429 with the
+// seconds until the bucket has a token again.
+func (s *Server) tooMany(ctx *fasthttp.RequestCtx, r *route) {
+	res := r.limiter.Reserve()
+	wait := res.Delay()
+	res.Cancel()
+	secs := 1
+	if wait > time.Second && wait != rate.InfDuration {
+		secs = int(math.Ceil(wait.Seconds()))
+	} else if wait == rate.InfDuration {
+		secs = 60 // paused (rate 0): nothing will pass until the policy changes
+	}
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(secs))
+	writeError(ctx, fasthttp.StatusTooManyRequests, "rate_limited",
+		fmt.Sprintf("route %q allows %s (burst %d); retry after %ds", r.Name, r.Rate, r.Burst, secs))
 }
 
 // joinPath puts a request URI under a base path with exactly one slash at the joint.

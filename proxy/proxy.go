@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,9 +10,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"golang.org/x/time/rate"
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/policies"
@@ -29,10 +32,14 @@ type Config struct {
 
 // Server is sluice's public listener.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	routes []*route
-	srv    *fasthttp.Server
+	cfg      Config
+	log      *slog.Logger
+	routes   []*route
+	fallback *route // default_upstream as a passthrough route; nil if none
+	srv      *fasthttp.Server
+	tls      *tls.Config // nil: plain HTTP
+
+	maxHeader int64 // server.max_header_bytes, for the 431 message
 
 	appendCtx context.Context // cancelled by Shutdown
 	stop      context.CancelFunc
@@ -40,8 +47,10 @@ type Server struct {
 
 type route struct {
 	policies.Route
-	queue    *buffer.Queue        // buffer mode
-	upstream *fasthttp.HostClient // passthrough mode
+	queue    *buffer.Queue                // buffer and spillover modes
+	upstream *fasthttp.HostClient         // passthrough mode
+	limiter  *rate.Limiter                // passthrough with a finite rate
+	direct   atomic.Pointer[directTarget] // spillover: set by SetDirect
 }
 
 // New opens the queue of every buffer route and builds the server. It does
@@ -59,7 +68,7 @@ func New(cfg Config) (*Server, error) {
 	for _, pr := range cfg.Policy.Routes {
 		r := &route{Route: pr}
 		switch pr.Mode {
-		case policies.ModeBuffer:
+		case policies.ModeBuffer, policies.ModeSpillover:
 			names := make([]string, len(pr.Targets))
 			for i, t := range pr.Targets {
 				names[i] = t.Name
@@ -71,11 +80,27 @@ func New(cfg Config) (*Server, error) {
 			r.queue = q
 		case policies.ModePassthrough:
 			r.upstream = newUpstream(pr.Upstream)
+			r.limiter = newLimiter(pr.Rate, pr.Burst)
 		default:
 			return nil, fmt.Errorf("route %q: mode %q is not supported", pr.Name, pr.Mode)
 		}
 		maxBody = max(maxBody, pr.MaxBody)
 		s.routes = append(s.routes, r)
+	}
+	if u := cfg.Policy.DefaultUpstream; u != nil {
+		s.fallback = &route{
+			Route:    policies.Route{Name: "default_upstream", Mode: policies.ModePassthrough, MaxBody: policies.DefaultMaxBody, Upstream: u},
+			upstream: newUpstream(u),
+		}
+		maxBody = max(maxBody, policies.DefaultMaxBody)
+	}
+	sv := withServerDefaults(cfg.Policy.Server)
+	if sv.TLS != nil {
+		cert, err := tls.LoadX509KeyPair(sv.TLS.Cert, sv.TLS.Key)
+		if err != nil {
+			return nil, fmt.Errorf("server.tls: %w", err)
+		}
+		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	s.srv = &fasthttp.Server{
 		Handler:               s.handle,
@@ -83,14 +108,16 @@ func New(cfg Config) (*Server, error) {
 		HeaderReceived:        s.headerReceived,
 		Name:                  "sluice",
 		MaxRequestBodySize:    int(maxBody),
-		ReadBufferSize:        16 << 10, // also the limit on request line + headers
-		ReadTimeout:           30 * time.Second,
-		WriteTimeout:          30 * time.Second,
-		IdleTimeout:           2 * time.Minute,
+		ReadBufferSize:        int(sv.MaxHeaderBytes), // also the limit on request line + headers
+		ReadTimeout:           sv.ReadTimeout,         // an absolute deadline per request: a slow sender gains nothing
+		WriteTimeout:          sv.WriteTimeout,
+		IdleTimeout:           sv.IdleTimeout,
+		Concurrency:           sv.MaxConnections, // connections beyond it are answered 503 and closed
 		NoDefaultServerHeader: false,
 		CloseOnShutdown:       true,
 		Logger:                fasthttpLogger{s.log},
 	}
+	s.maxHeader = sv.MaxHeaderBytes
 	return s, nil
 }
 
@@ -104,8 +131,14 @@ func (s *Server) Queue(route string) *buffer.Queue {
 	return nil
 }
 
-// Serve accepts connections on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+// Serve accepts connections on ln until Shutdown, with TLS if the policy's
+// server.tls names a certificate.
+func (s *Server) Serve(ln net.Listener) error {
+	if s.tls != nil {
+		ln = tls.NewListener(ln, s.tls)
+	}
+	return s.srv.Serve(ln)
+}
 
 // Shutdown stops accepting and waits for requests in progress (each of which
 // either got its acknowledgement after a durable commit, or an error).
@@ -119,12 +152,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	if !s.originForm(ctx) {
+		return
+	}
 	path := ctx.Path()
 	if strings.HasPrefix(string(path), StatusPrefix) {
 		s.handleStatus(ctx)
 		return
 	}
-	r, allowed := s.match(ctx.Method(), path)
+	r, allowed := s.match(ctx.Method(), requestHost(&ctx.Request.Header), path)
+	if r == nil && allowed == nil {
+		r = s.fallback // default_upstream, if any
+	}
 	if r == nil {
 		if allowed != nil {
 			ctx.Response.Header.Set("Allow", strings.Join(allowed, ", "))
@@ -140,68 +179,22 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.handleBuffer(ctx, r)
 	case policies.ModePassthrough:
 		s.handlePassthrough(ctx, r)
+	case policies.ModeSpillover:
+		s.handleSpillover(ctx, r)
 	}
-}
-
-// match returns the first route whose path and method match. When some
-// route's path matched but none of the methods did, it returns the methods
-// those routes allow (for 405).
-func (s *Server) match(method, path []byte) (*route, []string) {
-	var allowed []string
-	for _, r := range s.routes {
-		if !pathMatches(r.Match.Path, path) {
-			continue
-		}
-		if len(r.Match.Methods) == 0 {
-			return r, nil
-		}
-		for _, m := range r.Match.Methods {
-			if m == string(method) {
-				return r, nil
-			}
-		}
-		allowed = append(allowed, r.Match.Methods...)
-	}
-	return nil, allowed
-}
-
-// pathMatches reports whether path is prefix itself or lies below it:
-// "/api/orders" matches "/api/orders" and "/api/orders/7", not "/api/ordersX".
-// A prefix ending in "/" matches everything below it.
-func pathMatches(prefix string, path []byte) bool {
-	p := string(path)
-	if !strings.HasPrefix(p, prefix) {
-		return false
-	}
-	return len(p) == len(prefix) || strings.HasSuffix(prefix, "/") || p[len(prefix)] == '/'
 }
 
 // headerReceived applies the matched route's body limit before the body is
 // read, so an oversized body is refused without being buffered.
 func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-	r, _ := s.match(h.Method(), pathOf(h.RequestURI()))
+	r, _ := s.match(h.Method(), requestHost(h), pathOf(h.RequestURI()))
+	if r == nil {
+		r = s.fallback
+	}
 	if r == nil {
 		return fasthttp.RequestConfig{MaxRequestBodySize: 64 << 10}
 	}
 	return fasthttp.RequestConfig{MaxRequestBodySize: int(r.MaxBody)}
-}
-
-// pathOf returns the path of a raw request-target: origin form
-// ("/a?b") or absolute form ("http://h/a?b").
-func pathOf(uri []byte) []byte {
-	if i := strings.IndexAny(string(uri), "?#"); i >= 0 {
-		uri = uri[:i]
-	}
-	if len(uri) > 0 && uri[0] != '/' {
-		if i := strings.Index(string(uri), "://"); i >= 0 {
-			rest := uri[i+3:]
-			if j := strings.IndexByte(string(rest), '/'); j >= 0 {
-				return rest[j:]
-			}
-			return []byte("/")
-		}
-	}
-	return uri
 }
 
 var draftPool = sync.Pool{New: func() any { return new(buffer.Draft) }}
@@ -222,6 +215,9 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 	addStoredHeaders(ctx, d, fwd[:0])
 	if r.IdempotencyHeader != "" {
 		d.IdempotencyKey = ctx.Request.Header.Peek(r.IdempotencyHeader)
+	}
+	if k, ok := ctx.UserValue(spillKey).([]byte); ok && len(d.IdempotencyKey) == 0 {
+		d.IdempotencyKey = k // spillover: the key its failed direct attempt was sent with
 	}
 	// The context bounds only the hand-off to the writer (which blocks only
 	// when it is far behind); once handed over, the outcome is awaited, since
@@ -270,7 +266,8 @@ func (s *Server) handleError(ctx *fasthttp.RequestCtx, err error) {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds the route's max_body")
 	case errors.As(err, new(*fasthttp.ErrSmallBuffer)):
-		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "headers_too_large", "request line and headers exceed 16 KiB")
+		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "headers_too_large",
+			fmt.Sprintf("request line and headers exceed %d bytes (server.max_header_bytes)", s.maxHeader))
 	default:
 		var te interface{ Timeout() bool }
 		if errors.As(err, &te) && te.Timeout() {

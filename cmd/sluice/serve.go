@@ -68,7 +68,7 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (*node, 
 	}
 	n := &node{log: log, store: store, proxy: srv, ln: ln, serveErr: make(chan error, 1)}
 	for _, r := range pol.Routes {
-		if r.Mode != policies.ModeBuffer {
+		if r.Mode != policies.ModeBuffer && r.Mode != policies.ModeSpillover {
 			continue
 		}
 		q := srv.Queue(r.Name)
@@ -84,6 +84,14 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (*node, 
 				return nil, fmt.Errorf("route %q: target %q: %w", r.Name, t.Name, err)
 			}
 			n.drainers = append(n.drainers, d)
+			if r.Mode == policies.ModeSpillover {
+				// The route forwards straight to this target when it has
+				// room; the drainer's bucket and slots cover both paths.
+				if err := srv.SetDirect(r.Name, d); err != nil {
+					store.Close()
+					return nil, err
+				}
+			}
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())

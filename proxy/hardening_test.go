@@ -1,0 +1,390 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/policies"
+)
+
+// startPolicy runs a Server for the policy text on a loopback listener.
+func startPolicy(t *testing.T, text string) (addr string, s *Server) {
+	t.Helper()
+	pol, err := policies.Parse("test.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := buffer.Open(buffer.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = New(Config{Policy: pol, Store: st})
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(ln); close(done) }()
+	t.Cleanup(func() { s.srv.Shutdown(); <-done; st.Close() })
+	return ln.Addr().String(), s
+}
+
+// upstream runs a fasthttp server that records what it receives.
+type upstream struct {
+	addr string
+	mu   sync.Mutex
+	seen []string // "METHOD host uri"
+}
+
+func startUpstream(t *testing.T, status int) *upstream {
+	t.Helper()
+	u := &upstream{}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		u.mu.Lock()
+		u.seen = append(u.seen, string(ctx.Method())+" "+string(ctx.Host())+" "+string(ctx.RequestURI()))
+		u.mu.Unlock()
+		ctx.SetStatusCode(status)
+		ctx.SetBodyString("from upstream")
+	}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Shutdown() })
+	u.addr = ln.Addr().String()
+	return u
+}
+
+func (u *upstream) requests() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]string(nil), u.seen...)
+}
+
+// raw sends data on a new connection and returns everything read until the
+// server closes it or 5s pass.
+func raw(t *testing.T, addr, data string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, data)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return "no response: " + err.Error()
+	}
+	body, _ := io.ReadAll(resp.Body)
+	return strconv.Itoa(resp.StatusCode) + " " + string(body)
+}
+
+const hostilePolicy = `
+server: { read_timeout: 300ms, max_header_bytes: 2KiB }
+default_upstream: http://%s
+routes:
+  - name: orders
+    match: { path: /api/orders, methods: [POST] }
+    max_body: 1KiB
+    targets: [{ name: inv, url: "http://127.0.0.1:1", rate: 0 }]
+  - name: catalog
+    match: { path: /api/catalog }
+    mode: passthrough
+    upstream: http://%s
+`
+
+func TestDefaultUpstream(t *testing.T) {
+	up := startUpstream(t, 200)
+	addr, s := startPolicy(t, fmt.Sprintf(hostilePolicy, up.addr, up.addr))
+	base := "http://" + addr
+	if r := do(t, "GET", base+"/elsewhere?x=1", "", nil); r.StatusCode() != 200 || string(r.Body()) != "from upstream" {
+		t.Fatalf("unmatched request: %d %s", r.StatusCode(), r.Body())
+	}
+	// A path a route names, with the wrong method, is 405, not passed on.
+	if r := do(t, "GET", base+"/api/orders", "", nil); r.StatusCode() != 405 {
+		t.Fatalf("wrong method: %d %s", r.StatusCode(), r.Body())
+	}
+	// The status API is sluice's own.
+	if r := do(t, "GET", base+StatusPrefix+"nope", "", nil); r.StatusCode() != 400 {
+		t.Fatalf("status API: %d %s", r.StatusCode(), r.Body())
+	}
+	if got := up.requests(); len(got) != 1 || got[0] != "GET "+up.addr+" /elsewhere?x=1" {
+		t.Fatalf("upstream saw %q", got)
+	}
+	if n := s.Queue("orders").Stats().Appended; n != 0 {
+		t.Fatalf("%d stored", n)
+	}
+}
+
+// TestHostileRequests sends what a hostile or broken client might to the real
+// listener, and checks the answer and that nothing was stored or forwarded.
+func TestHostileRequests(t *testing.T) {
+	up := startUpstream(t, 200)
+	addr, s := startPolicy(t, fmt.Sprintf(hostilePolicy, up.addr, up.addr))
+	q := s.Queue("orders")
+	for _, c := range []struct {
+		name, req, want string
+	}{
+		{"oversized headers",
+			"POST /api/orders HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 4096) + "\r\nContent-Length: 2\r\n\r\n{}",
+			"431 {\"error\":{\"code\":\"headers_too_large\""},
+		{"oversized body, refused before it is sent",
+			"POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n",
+			"413 {\"error\":{\"code\":\"body_too_large\""},
+		{"CONNECT",
+			"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+			"405 {\"error\":{\"code\":\"method_not_allowed\""},
+		{"authority-form target",
+			"GET evil.example:80 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+			"400 {\"error\":{\"code\":\"bad_request\""},
+		{"malformed chunked body",
+			"POST /api/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+			"400 {\"error\":{\"code\":\"bad_request\""},
+		{"chunk larger than max_body",
+			"POST /api/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n" + strings.Repeat("x", 2048) + "\r\n0\r\n\r\n",
+			"413 {\"error\":{\"code\":\"body_too_large\""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := raw(t, addr, c.req); !strings.HasPrefix(got, c.want) {
+				t.Fatalf("got %q, want %q...", got, c.want)
+			}
+		})
+	}
+	if n := q.Stats().Appended; n != 0 {
+		t.Fatalf("%d messages stored by hostile requests", n)
+	}
+	if got := up.requests(); len(got) != 0 {
+		t.Fatalf("default upstream saw %q", got)
+	}
+
+	// An absolute URI naming another host: on a buffer route it is stored
+	// under our route (path and query only) and delivered to the route's
+	// target; on a passthrough route it goes to the route's upstream.
+	got := raw(t, addr, "POST http://evil.example/api/orders?a=1 HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 2\r\n\r\n{}")
+	if !strings.HasPrefix(got, "202 ") {
+		t.Fatalf("absolute URI on a buffer route: %q", got)
+	}
+	if n := q.Stats().Appended; n != 1 {
+		t.Fatalf("%d stored, want 1", n)
+	}
+	id, err := buffer.ParseID(strings.Split(strings.SplitN(got, `"id":"`, 2)[1], `"`)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _, err := q.Lookup(id)
+	if err != nil || m.URI != "/api/orders?a=1" {
+		t.Fatalf("stored %+v, %v", m, err)
+	}
+	got = raw(t, addr, "GET http://evil.example/api/catalog/7 HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+	if !strings.HasPrefix(got, "200 from upstream") {
+		t.Fatalf("absolute URI on a passthrough route: %q", got)
+	}
+	if r := up.requests(); len(r) != 1 || r[0] != "GET "+up.addr+" /api/catalog/7" {
+		t.Fatalf("upstream saw %q", r)
+	}
+}
+
+// TestSlowClient sends a request's headers a byte at a time, slower than
+// read_timeout allows: the connection is closed and nothing is stored.
+func TestSlowClient(t *testing.T) {
+	up := startUpstream(t, 200)
+	addr, s := startPolicy(t, fmt.Sprintf(hostilePolicy, up.addr, up.addr))
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := "POST /api/orders HTTP/1.1\r\nHost: x\r\nX-Pad: " + strings.Repeat("p", 40) + "\r\nContent-Length: 2\r\n\r\n{}"
+	closed := make(chan string, 1)
+	go func() {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c) // until the server closes the connection
+		closed <- string(b)
+	}()
+	var answer string
+	done := false
+	for i := 0; i < len(req) && !done; i++ {
+		if _, err := c.Write([]byte{req[i]}); err != nil {
+			break
+		}
+		select {
+		case answer = <-closed:
+			done = true
+		case <-time.After(25 * time.Millisecond): // 60+ bytes: about 2s in all; read_timeout is 300ms
+		}
+	}
+	if !done {
+		select {
+		case answer = <-closed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("connection still open")
+		}
+	}
+	if answer != "" && !strings.HasPrefix(answer, "HTTP/1.1 408 ") {
+		t.Fatalf("slow request: want 408 or a closed connection, got %q", answer)
+	}
+	if n := s.Queue("orders").Stats().Appended; n != 0 {
+		t.Fatalf("%d stored", n)
+	}
+}
+
+func TestMaxConnections(t *testing.T) {
+	addr, _ := startPolicy(t, `
+server: { max_connections: 2 }
+routes:
+  - name: orders
+    match: { path: /api/orders }
+    targets: [{ name: inv, url: "http://127.0.0.1:1", rate: 0 }]
+`)
+	var conns []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 404 {
+			t.Fatalf("connection %d: %v %v", len(conns), resp, err)
+		}
+		resp.Body.Close()
+	}
+	if got := raw(t, addr, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"); !strings.HasPrefix(got, "503 ") && !strings.HasPrefix(got, "no response") {
+		t.Fatalf("third connection: %q", got)
+	}
+}
+
+func TestTLSListener(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, pool := selfSigned(t, dir)
+	addr, s := startPolicy(t, fmt.Sprintf(`
+server: { tls: { cert: %s, key: %s } }
+routes:
+  - name: orders
+    match: { path: /api/orders }
+    targets: [{ name: inv, url: "http://127.0.0.1:1", rate: 0 }]
+`, certFile, keyFile))
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := c.Post("https://"+addr+"/api/orders", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 202 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	id, _ := buffer.ParseID(resp.Header.Get("X-Sluice-Id"))
+	m, _, err := s.Queue("orders").Lookup(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proto := ""
+	for _, h := range m.Header {
+		if h.Name == "X-Forwarded-Proto" {
+			proto = h.Value
+		}
+	}
+	if proto != "https" {
+		t.Fatalf("X-Forwarded-Proto %q, want https", proto)
+	}
+	// Plain HTTP on the TLS port gets no answer that could be taken for one.
+	if got := raw(t, addr, "POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"); strings.HasPrefix(got, "202") {
+		t.Fatalf("plain HTTP accepted: %q", got)
+	}
+	if n := s.Queue("orders").Stats().Appended; n != 1 {
+		t.Fatalf("%d stored, want 1", n)
+	}
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 and its key.
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "sluice test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:         true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	cert, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}
+
+func TestPassthroughRateLimit(t *testing.T) {
+	up := startUpstream(t, 200)
+	addr, _ := startPolicy(t, fmt.Sprintf(`
+routes:
+  - name: catalog
+    match: { path: /api/ }
+    mode: passthrough
+    upstream: http://%s
+    rate: 1/m
+    burst: 2
+`, up.addr))
+	codes := map[int]int{}
+	var last *fasthttp.Response
+	for range 5 {
+		last = do(t, "GET", "http://"+addr+"/api/x", "", nil)
+		codes[last.StatusCode()]++
+	}
+	if codes[200] != 2 || codes[429] != 3 {
+		t.Fatalf("answers %v, want 2 x 200 and 3 x 429", codes)
+	}
+	ra, err := strconv.Atoi(string(last.Header.Peek("Retry-After")))
+	if err != nil || ra < 1 || ra > 60 || !strings.Contains(string(last.Body()), "rate_limited") {
+		t.Fatalf("429: Retry-After %q, body %s", last.Header.Peek("Retry-After"), last.Body())
+	}
+	if n := len(up.requests()); n != 2 {
+		t.Fatalf("upstream saw %d requests, want 2", n)
+	}
+}

@@ -1,0 +1,142 @@
+package proxy
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"fmt"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/buffer"
+)
+
+// Spillover (mode: spillover, one target).
+//
+// A request is forwarded straight to the target, and the target's own answer
+// returned with X-Sluice-Mode: forwarded, when all of these hold at that
+// moment: the route's queue has nothing for the target (no message pending,
+// in flight or waiting for a retry), the target's drainer is running, not
+// paused and its circuit breaker closed, and it has a token and a
+// concurrency slot free (Direct.TryDirect, which shares the drainer's bucket
+// and slots: direct and queued requests together keep the target's rate and
+// concurrency). A forwarded request is not stored: it has no id and no
+// status, and the answer carries no X-Sluice-Id.
+//
+// Otherwise, or when the direct attempt fails in a way the drainer would
+// retry (no connection, a timeout, or a status in the target's retry.on:
+// by default 5xx, 408, 425, 429), the request is stored and answered as on a
+// buffer route, 202 with X-Sluice-Mode: buffered; it is never lost. Such a
+// request may then reach the target twice (the direct attempt may have been
+// processed before it timed out); both carry the same Idempotency-Key: the
+// client's, or one sluice makes for the direct attempt and stores with the
+// message. A failure the drainer would not retry (another 4xx, 3xx) is the
+// target's answer to the client, as a dead letter would be: nothing is stored.
+
+// Direct is what a spillover route needs from its target's drainer;
+// *drain.Drainer implements it.
+type Direct interface {
+	// TryDirect takes a token and a concurrency slot now, without waiting.
+	TryDirect() (release func(), ok bool)
+	// Forward sends m once and reads the answer into resp; retry reports
+	// whether the outcome is one the drainer would retry.
+	Forward(m *buffer.Message, resp *fasthttp.Response) (retry bool, err error)
+}
+
+type directTarget struct{ Direct }
+
+// SetDirect connects the spillover route named route to its target's
+// drainer. Until then the route stores every request, as a buffer route does.
+func (s *Server) SetDirect(route string, d Direct) error {
+	for _, r := range s.routes {
+		if r.Name == route {
+			if r.Mode != "spillover" {
+				return fmt.Errorf("proxy: route %q is not a spillover route", route)
+			}
+			r.direct.Store(&directTarget{d})
+			return nil
+		}
+	}
+	return fmt.Errorf("proxy: no route %q", route)
+}
+
+// Values of the X-Sluice-Mode header of a spillover route's answers.
+const (
+	HeaderMode    = "X-Sluice-Mode"
+	ModeForwarded = "forwarded"
+	ModeBuffered  = "buffered"
+)
+
+// spillKey is the user value under which handleSpillover hands handleBuffer
+// the Idempotency-Key its direct attempt was sent with.
+type spillKeyType struct{}
+
+var spillKey spillKeyType
+
+func (s *Server) handleSpillover(ctx *fasthttp.RequestCtx, r *route) {
+	if int64(len(ctx.PostBody())) <= r.MaxBody && s.tryForward(ctx, r) {
+		return
+	}
+	s.handleBuffer(ctx, r)
+	if ctx.Response.StatusCode() == fasthttp.StatusAccepted {
+		ctx.Response.Header.Set(HeaderMode, ModeBuffered)
+	}
+}
+
+// tryForward makes the direct attempt if the target has room and nothing is
+// queued for it. It reports whether the request is answered; if not, the
+// request must be stored.
+func (s *Server) tryForward(ctx *fasthttp.RequestCtx, r *route) bool {
+	dt := r.direct.Load()
+	if dt == nil || !queueIdle(r.queue) {
+		return false
+	}
+	release, ok := dt.TryDirect()
+	if !ok {
+		return false
+	}
+	defer release()
+
+	var d buffer.Draft
+	d.Method, d.URI = ctx.Method(), ctx.URI().RequestURI()
+	addStoredHeaders(ctx, &d, nil)
+	m := d.Message()
+	m.Body = ctx.PostBody() // Forward only reads it, before this handler returns
+	m.EnqueuedAt = time.Now()
+	if r.IdempotencyHeader != "" {
+		m.IdempotencyKey = string(ctx.Request.Header.Peek(r.IdempotencyHeader))
+	}
+	if m.IdempotencyKey == "" {
+		m.IdempotencyKey = newKey()
+		ctx.SetUserValue(spillKey, []byte(m.IdempotencyKey))
+	}
+	retry, err := dt.Forward(m, &ctx.Response)
+	if err != nil && retry {
+		s.log.Info("spillover: direct attempt failed; storing the request", "route", r.Name, "err", err)
+		ctx.Response.Reset()
+		return false
+	}
+	stripHopResponse(&ctx.Response.Header)
+	ctx.Response.Header.Set(HeaderMode, ModeForwarded)
+	return true
+}
+
+// queueIdle reports whether q has nothing pending, in flight or retrying for
+// any target (a spillover route has one).
+func queueIdle(q *buffer.Queue) bool {
+	for _, t := range q.Stats().Targets {
+		if t.Pending != 0 || t.InFlight != 0 || t.Retrying != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+var keyEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+
+// newKey returns a random Idempotency-Key for a direct attempt (128 bits).
+func newKey() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return "sluice-" + keyEncoding.EncodeToString(b[:])
+}
