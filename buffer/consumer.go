@@ -344,9 +344,10 @@ func (c *Consumer) NextRetry() (time.Time, bool) {
 
 // Outcome is what an attempt came to.
 type Outcome struct {
-	Phase   Phase     // Delivered, Retrying or Dead
-	NextTry time.Time // when Phase is Retrying
-	Attempt Attempt   // this attempt: time, status, error, duration
+	Phase    Phase     // Delivered, Retrying or Dead
+	NextTry  time.Time // when Phase is Retrying
+	Attempt  Attempt   // this attempt: time, status, error, duration
+	Response *Response // optional: the target's answer, kept with the state
 }
 
 // Complete records the outcome of the attempt d and returns once it is
@@ -362,7 +363,7 @@ func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error
 	default:
 		return fmt.Errorf("buffer: Complete: invalid phase %q", out.Phase)
 	}
-	st := &State{Phase: out.Phase, Attempts: d.Attempt}
+	st := &State{Phase: out.Phase, Attempts: d.Attempt, Response: out.Response}
 	if out.Phase == Retrying {
 		st.NextTry = out.NextTry
 	}

@@ -497,3 +497,18 @@ func TestSegmentRollsByAge(t *testing.T) {
 		t.Fatalf("an empty head rolled: %d segments", got)
 	}
 }
+
+func TestCapturedResponseKeptWithState(t *testing.T) {
+	s, q := openTest(t, Config{}, "a")
+	defer s.Close()
+	ids := appendN(t, q, 1)
+	a, _ := q.Consumer("a")
+	ds := fetchAll(t, a)
+	resp := &Response{Status: 201, Header: []Header{{"Location", "/orders/9"}}, Body: []byte(`{"order_no":9}`)}
+	must(t, a.Complete(context.Background(), ds[0], Outcome{Phase: Delivered, Attempt: Attempt{Status: 201}, Response: resp}))
+	_, st, err := q.Lookup(ids[0])
+	must(t, err)
+	if st[0].Response == nil || st[0].Response.Status != 201 || string(st[0].Response.Body) != `{"order_no":9}` || st[0].Response.Header[0].Value != "/orders/9" {
+		t.Fatalf("captured response = %+v", st[0].Response)
+	}
+}

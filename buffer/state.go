@@ -38,6 +38,17 @@ type State struct {
 	Attempts int       `json:"attempts"`
 	NextTry  time.Time `json:"next_try,omitzero"` // Retrying only
 	History  []Attempt `json:"history,omitempty"` // oldest first, at most the last 32
+	// Response is the target's answer to the delivery, kept when the target
+	// asks for it (capture_response); it lives and expires with the message.
+	Response *Response `json:"response,omitempty"`
+}
+
+// Response is a captured downstream answer.
+type Response struct {
+	Status    int      `json:"status"`
+	Header    []Header `json:"header,omitempty"`
+	Body      []byte   `json:"body,omitempty"`
+	Truncated bool     `json:"truncated,omitempty"` // the body was cut at the capture limit
 }
 
 // Last returns the most recent attempt, if any.
