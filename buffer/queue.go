@@ -325,6 +325,7 @@ func (q *Queue) writer() {
 	defer retentionTick.Stop()
 
 	dirty := map[*segment]bool{} // written since the last sync (SyncInterval)
+	ticks := 0
 	batch := make([]*request, 0, maxBatch)
 	for {
 		select {
@@ -348,6 +349,9 @@ func (q *Queue) writer() {
 		case <-retentionTick.C:
 			q.rollByAge(dirty)
 			q.enforceRetention(dirty)
+			if ticks++; ticks%10 == 0 {
+				q.dropMappings()
+			}
 		case <-q.closing:
 			// Commit what was handed over before Close; later senders see closing.
 			for {
@@ -577,6 +581,17 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	}
 	if roll {
 		q.roll(dirty)
+	}
+}
+
+// dropMappings releases the mapped pages of every segment (see dropMapped):
+// what appends and readers touched comes back from the page cache on demand.
+func (q *Queue) dropMappings() {
+	q.mu.Lock()
+	segs := append([]*segment(nil), q.segs...)
+	q.mu.Unlock()
+	for _, s := range segs {
+		dropMapped(s.db, s.size)
 	}
 }
 
