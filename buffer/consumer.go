@@ -25,6 +25,7 @@ type Consumer struct {
 	next     uint64              // next seq never attempted
 	inflight map[uint64]struct{} // fetched, outcome not yet committed
 	saved    uint64              // floor last persisted
+	retrying int                 // entries in the retry schedule, over all segments
 
 	rate      float64 // messages finished per second (EWMA), for Retry-After
 	rateAt    time.Time

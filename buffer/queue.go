@@ -190,6 +190,9 @@ func (q *Queue) load() error {
 			q: q, target: t, idx: i, next: floor, saved: floor,
 			inflight: map[uint64]struct{}{}, ready: make(chan struct{}, 1),
 		})
+		for _, s := range q.segs {
+			q.consumers[i].retrying += s.retries[i]
+		}
 	}
 	return nil
 }
@@ -546,9 +549,11 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			for _, r := range rs {
 				if !r.oldRetry.IsZero() {
 					s.retries[r.target]--
+					q.consumers[r.target].retrying--
 				}
 				if r.state.Phase == Retrying {
 					s.retries[r.target]++
+					q.consumers[r.target].retrying++
 				}
 			}
 			q.mu.Unlock()
@@ -719,6 +724,9 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 		undelivered := q.countUnfinished(s, floors)
 		q.mu.Lock()
 		q.segs = q.segs[1:]
+		for i, c := range q.consumers {
+			c.retrying -= s.retries[i]
+		}
 		for _, c := range q.consumers {
 			if c.next <= s.last {
 				c.next = s.last + 1
