@@ -184,6 +184,9 @@ func (d *Drainer) attemptBatch(batch []*buffer.Delivery, probe bool, events chan
 			d.dead.Add(1)
 			log.Warn("message is dead", "err", out.Attempt.Error)
 		}
+		if err == nil {
+			d.callback(dl, &out)
+		}
 	}
 	events <- event{recorded: true, retrying: retrying}
 }

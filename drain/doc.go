@@ -24,7 +24,10 @@
 //	Idempotency-Key:      the client's key, or the message id if it sent none
 //
 // so the same message always arrives with the same Idempotency-Key, and the
-// downstream can drop duplicates. Header names keep the spelling they arrived
+// downstream can drop duplicates. The route's callback header (Config.CallbackHeader)
+// is never sent. With Target.CaptureResponse the answer to a successful
+// delivery is recorded with the outcome (capture.go); with a callback header
+// the final outcome is POSTed to the message's callback URL (callback.go). Header names keep the spelling they arrived
 // with (a few that fasthttp handles itself, such as Content-Type and
 // User-Agent, are sent in canonical form).
 //

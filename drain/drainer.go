@@ -64,6 +64,15 @@ type Config struct {
 	// TLSConfig is used for https targets (for example, to trust a private
 	// CA). Default: the system's roots, server name from the URL.
 	TLSConfig *tls.Config
+
+	// CallbackHeader is the route's callback_header: the stored request
+	// header that names a URL to tell each final outcome (delivered or dead)
+	// of this target; "" = no callbacks. It is never sent to the target.
+	CallbackHeader string
+	// Callbacks is the allow-list a callback URL must match when it is
+	// called (it was checked at ingest too; the policy may have changed
+	// since). Required with CallbackHeader.
+	Callbacks *policies.Callbacks
 }
 
 const (
@@ -115,6 +124,8 @@ type Drainer struct {
 	cuts         atomic.Uint64 // adaptive cuts
 	breakerState atomic.Int32  // BreakerState
 	breakerOpens atomic.Uint64
+
+	cb callbacks // delivery callbacks (callback.go)
 }
 
 // New checks cfg, applies defaults and returns a Drainer reading from src.
@@ -137,6 +148,10 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		return nil, fail("URL %q has no host", t.URL.Redacted())
 	case !validRate(t.Rate):
 		return nil, fail("invalid rate %v", t.Rate.PerSecond)
+	case cfg.CallbackHeader != "" && cfg.Callbacks == nil:
+		return nil, fail("CallbackHeader %q without an allow-list (Callbacks)", cfg.CallbackHeader)
+	case t.CaptureResponse != nil && t.Batch != nil:
+		return nil, fail("capture_response cannot be used with batch")
 	}
 	for i, w := range t.Windows {
 		if !validRate(w.Rate) {
@@ -219,6 +234,10 @@ func New(cfg Config, src Source) (*Drainer, error) {
 	}
 	if d.rnd == nil {
 		d.rnd = rand.Float64
+	}
+	if cfg.CallbackHeader != "" {
+		d.ep.callback = cfg.CallbackHeader
+		d.cb.init(cfg)
 	}
 	d.client = &fasthttp.HostClient{
 		Addr:                          d.ep.addr,
@@ -337,6 +356,11 @@ type Stats struct {
 
 	Breaker      BreakerState // the circuit breaker's state
 	BreakerOpens uint64       // times it opened (or re-opened after a failed probe)
+
+	// CallbacksSent counts delivery callbacks answered 2xx; CallbacksFailed
+	// those given up (after their tries, refused by the allow-list, or
+	// dropped because too many were under way).
+	CallbacksSent, CallbacksFailed uint64
 }
 
 // Stats returns the drainer's counters and the rate in force.
@@ -359,6 +383,9 @@ func (d *Drainer) Stats() Stats {
 		AdaptiveCuts: d.cuts.Load(),
 		Breaker:      BreakerState(d.breakerState.Load()),
 		BreakerOpens: d.breakerOpens.Load(),
+
+		CallbacksSent:   d.cb.sent.Load(),
+		CallbacksFailed: d.cb.failed.Load(),
 	}
 	if d.target.Adaptive != nil {
 		st.AdaptiveRate = math.Float64frombits(d.adaptiveRate.Load())
@@ -396,6 +423,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 	for r.outstanding > 0 {
 		r.handle(<-r.events)
 	}
+	d.cb.wait(d.log) // the callbacks of those outcomes
 	d.client.CloseIdleConnections()
 	if err != nil {
 		return fmt.Errorf("drain: route %q: target %q: %w", d.route, d.target.Name, err)
@@ -745,6 +773,9 @@ func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) 
 		d.dead.Add(1)
 		log().Warn("message is dead", "err", out.Attempt.Error)
 	}
+	if err == nil {
+		d.callback(dl, &out)
+	}
 	events <- event{recorded: true, retrying: err == nil && out.Phase == buffer.Retrying}
 }
 
@@ -755,7 +786,11 @@ func (d *Drainer) send(dl *buffer.Delivery) result {
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	buildRequest(req, &d.ep, dl)
-	return d.do(req, resp)
+	res := d.do(req, resp)
+	if c := d.target.CaptureResponse; c != nil && res.err == nil && res.status >= 200 && res.status <= 299 {
+		res.resp = capture(resp, c.MaxBytes, res.tooLarge)
+	}
+	return res
 }
 
 // do sends req once, as one attempt, and reads the answer into resp.
@@ -769,6 +804,7 @@ func (d *Drainer) do(req *fasthttp.Request, resp *fasthttp.Response) result {
 
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		err = nil // the status line and headers were read: the answer is known
+		res.tooLarge = true
 	}
 	if err != nil {
 		res.err = err

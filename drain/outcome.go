@@ -182,11 +182,13 @@ func shortError(err error) string {
 
 // result is what one HTTP attempt came to.
 type result struct {
-	at         time.Time     // when it started (Config.Now)
-	dur        time.Duration // how long it took
-	status     int           // 0 if no response
-	err        error         // transport failure; nil if a response arrived
-	retryAfter time.Duration // from a 429 or 503 with Retry-After; else 0
+	at         time.Time        // when it started (Config.Now)
+	dur        time.Duration    // how long it took
+	status     int              // 0 if no response
+	err        error            // transport failure; nil if a response arrived
+	retryAfter time.Duration    // from a 429 or 503 with Retry-After; else 0
+	tooLarge   bool             // the body exceeded what the client reads (16 MiB) and was not read
+	resp       *buffer.Response // the captured answer (capture_response, 2xx only); else nil
 }
 
 // decide turns an attempt's result into the outcome to record. rnd is a
@@ -210,6 +212,7 @@ func judge(t *policies.Target, res result) (out buffer.Outcome, retryable bool) 
 		retryable = kind == failTimeout && t.Retry.On.Timeout || kind == failConnect && t.Retry.On.Connect
 	case res.status >= 200 && res.status <= 299:
 		out.Phase = buffer.Delivered
+		out.Response = res.resp
 	default:
 		out.Attempt.Error = "status " + strconv.Itoa(res.status)
 		retryable = t.Retry.On.Status(res.status)

@@ -108,6 +108,9 @@ type endpoint struct {
 	host   string // Host header: the URL's host as written
 	path   string // the URL's path, escaped, without a trailing slash
 	query  string // the URL's raw query, appended to every request's
+	// callback is the route's callback_header: it names where sluice reports
+	// outcomes, which is none of the target's business; never sent on.
+	callback string
 }
 
 func newEndpoint(u *url.URL) endpoint {
@@ -196,7 +199,7 @@ func buildRequest(req *fasthttp.Request, e *endpoint, d *buffer.Delivery) {
 	req.Header.SetHost(e.host)
 	named := connectionNamed(d.Header)
 	for _, h := range d.Header {
-		if !skipHeader(h.Name, named) {
+		if !skipHeader(h.Name, named) && (e.callback == "" || !strings.EqualFold(h.Name, e.callback)) {
 			req.Header.Add(h.Name, h.Value)
 		}
 	}

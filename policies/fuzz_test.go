@@ -116,6 +116,13 @@ func checkInvariants(t *testing.T, p *Policy) {
 		default:
 			t.Fatalf("route %s: mode %q", r.Name, r.Mode)
 		}
+		check(r.CallbackHeader == "" || r.Callbacks != nil && len(r.Callbacks.Allow) > 0, "route %s: callback_header %q without an allow-list", r.Name, r.CallbackHeader)
+		if r.Callbacks != nil {
+			for _, a := range r.Callbacks.Allow {
+				u, err := url.Parse(a)
+				check(err == nil && u.User == nil && strings.HasPrefix(u.Path, "/") && u.RawQuery == "", "route %s: callback prefix %q", r.Name, a)
+			}
+		}
 		targets := map[string]bool{}
 		for i := range r.Targets {
 			tg := &r.Targets[i]
@@ -128,6 +135,9 @@ func checkInvariants(t *testing.T, p *Policy) {
 			check(tg.Timeout > 0, "target %s: timeout %v", tg.Name, tg.Timeout)
 			check(tg.Timezone != nil, "target %s: nil timezone", tg.Name)
 			check(tg.Line > 0, "target %s: line %d", tg.Name, tg.Line)
+			if c := tg.CaptureResponse; c != nil {
+				check(c.MaxBytes >= 1 && c.MaxBytes <= MaxCaptureBytes && tg.Batch == nil, "target %s: capture_response %+v", tg.Name, c)
+			}
 			rt := tg.Retry
 			check(rt.MaxAttempts >= 1 && rt.Initial > 0 && rt.Max >= rt.Initial && rt.On.Codes != nil, "target %s: retry %+v", tg.Name, rt)
 			for code := range rt.On.Codes {

@@ -3,6 +3,7 @@ package policies
 import (
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -16,6 +17,36 @@ type Policy struct {
 	// DefaultUpstream (key default_upstream) receives, passed through, every
 	// request no route matches; nil (the default) answers those 404.
 	DefaultUpstream *url.URL
+	// Callbacks (key callbacks) is the allow-list of delivery callback URLs
+	// for routes that set callback_header and no callbacks of their own; nil
+	// (the default) = none.
+	Callbacks *Callbacks
+}
+
+// Callbacks lists where delivery callbacks may go: a callback URL named by a
+// producer must start with one of Allow.
+type Callbacks struct {
+	// Allow (key allow) holds URL prefixes, each an http or https URL with a
+	// path (at least "/"), so that the host is closed: a prefix
+	// "https://hooks.example.com/" never matches "https://hooks.example.com.evil.org/".
+	Allow []string
+	Line  int // line of the callbacks mapping
+}
+
+// Allows reports whether the callback URL u starts with an allowed prefix.
+// u must be an absolute http or https URL without user info; only a plain
+// prefix comparison is made, so "http://h/a/../b" is judged as written.
+func (c *Callbacks) Allows(u string) bool {
+	if c == nil || len(u) > MaxCallbackURL {
+		return false
+	}
+	for _, p := range c.Allow {
+		if strings.HasPrefix(u, p) {
+			pu, err := url.Parse(u)
+			return err == nil && pu.User == nil && (pu.Scheme == "http" || pu.Scheme == "https") && pu.Host != ""
+		}
+	}
+	return false
 }
 
 // Server holds the limits of the public listener, which bound what one client can
@@ -104,7 +135,16 @@ type Route struct {
 	// 503 when the estimated delivery time of some target exceeds it; 0 (the
 	// default) = never refuse for that.
 	MaxWait time.Duration
-	Line    int // line of the route's mapping
+	// CallbackHeader (key callback_header; buffer and spillover) is the
+	// request header in which a producer names a URL that receives each
+	// target's final outcome (delivered or dead); "" (the default) = none.
+	// The header is stored with the message and never sent to targets.
+	CallbackHeader string
+	// Callbacks is the allow-list in force for CallbackHeader: the route's
+	// own (key callbacks), else the policy's top-level one. Set when
+	// CallbackHeader is.
+	Callbacks *Callbacks
+	Line      int // line of the route's mapping
 }
 
 // Match selects requests by host, path and method.
@@ -132,7 +172,16 @@ type Target struct {
 	Adaptive    *Adaptive // key adaptive: AIMD on the rate; nil (the default) = off
 	Breaker     Breaker   // key breaker: always on; defaults 20 failures, 5s cooldown, 5m max_cooldown
 	Batch       *Batch    // key batch: many messages per request; nil (the default) = one message per request
-	Line        int       // line of the target's mapping
+	// CaptureResponse (key capture_response) keeps the target's answer to a
+	// successful delivery with the message's state; nil (the default) = off.
+	CaptureResponse *Capture
+	Line            int // line of the target's mapping
+}
+
+// Capture says how much of a downstream's answer is kept.
+type Capture struct {
+	MaxBytes int64 // key max_bytes: body bytes kept, the rest cut; default 64KiB; 1..1MiB
+	Line     int   // line of the capture_response mapping
 }
 
 // Adaptive lowers a target's rate when the downstream shows it is overloaded and raises

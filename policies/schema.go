@@ -36,6 +36,7 @@ const (
 	DefaultIdleTimeout    = 2 * time.Minute
 	DefaultMaxHeaderBytes = 16 << 10
 	DefaultMaxConnections = 10000
+	DefaultCaptureBytes   = 64 << 10
 )
 
 // Limits of a policy file.
@@ -50,6 +51,8 @@ const (
 	MinHeaderBytes  = 1 << 10
 	MaxHeaderBytes  = 1 << 20
 	MaxConnections  = 1000000
+	MaxCaptureBytes = 1 << 20
+	MaxCallbackURL  = 2048 // longest callback URL a producer may name
 )
 
 // DefaultRetryOn is what a target retries when its retry.on is not set:
@@ -60,7 +63,7 @@ func DefaultRetryOn() RetryOn {
 
 func (d *decoder) policy(root *yaml.Node) *Policy {
 	p := &Policy{File: d.file, Listen: DefaultListen}
-	m := d.mapping(root, "", "top level", "listen", "server", "storage", "routes", "default_upstream")
+	m := d.mapping(root, "", "top level", "listen", "server", "storage", "routes", "default_upstream", "callbacks")
 	if m == nil {
 		return nil
 	}
@@ -68,6 +71,9 @@ func (d *decoder) policy(root *yaml.Node) *Policy {
 	p.Server = d.server(m)
 	p.Storage = d.storage(m)
 	field(d, m, "default_upstream", "", parseURL, &p.DefaultUpstream)
+	if n, ok := m.vals["callbacks"]; ok {
+		p.Callbacks = d.callbacks(n, "callbacks")
+	}
 
 	items := d.list(m, "routes")
 	if len(items) == 0 && !m.bad["routes"] {
@@ -81,6 +87,13 @@ func (d *decoder) policy(root *yaml.Node) *Policy {
 	var matchLines []int
 	for i, n := range items {
 		if r, matchLine := d.route(n, fmt.Sprintf("routes[%d]", i), names); r != nil {
+			if r.CallbackHeader != "" && r.Callbacks == nil {
+				r.Callbacks = p.Callbacks
+				if r.Callbacks == nil && !m.bad["callbacks"] {
+					d.errorf(r.Line, fmt.Sprintf("routes[%d].callback_header", i),
+						"callback_header needs an allow-list of callback URLs: callbacks: { allow: [\"https://hooks.example.com/\"] }, at the top level or on the route")
+				}
+			}
 			p.Routes = append(p.Routes, *r)
 			matchLines = append(matchLines, matchLine)
 		}
@@ -154,7 +167,7 @@ func (d *decoder) storage(top *mapping) Storage {
 // route decodes routes[i]; names maps route names seen so far to their lines. It returns
 // the line of the route's match too.
 func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route, int) {
-	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "max_wait", "targets")
+	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "max_wait", "callback_header", "callbacks", "targets")
 	if m == nil {
 		return nil, 0
 	}
@@ -181,7 +194,7 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 	case !modeKnown:
 	case r.Mode == ModePassthrough:
 		field(d, m, "upstream", "the URL requests are proxied to, such as http://127.0.0.1:8081", parseURL, &r.Upstream)
-		for _, key := range []string{"idempotency_header", "targets", "max_wait"} {
+		for _, key := range []string{"idempotency_header", "targets", "max_wait", "callback_header", "callbacks"} {
 			if n, ok := m.vals[key]; ok {
 				d.errorf(n.Line, m.field(key), "%s is only used with modes buffer and spillover; a passthrough route proxies to upstream", key)
 				m.bad[key] = true
@@ -206,6 +219,18 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 	if !m.bad["idempotency_header"] {
 		field(d, m, "idempotency_header", "", parseToken("header name"), &r.IdempotencyHeader)
 	}
+	if !m.bad["callback_header"] {
+		field(d, m, "callback_header", "", parseToken("header name"), &r.CallbackHeader)
+		if r.CallbackHeader != "" && strings.EqualFold(r.CallbackHeader, r.IdempotencyHeader) {
+			d.errorf(m.vals["callback_header"].Line, m.field("callback_header"), "callback_header %q is also the idempotency_header", r.CallbackHeader)
+		}
+	}
+	if n, ok := m.vals["callbacks"]; ok && !m.bad["callbacks"] {
+		r.Callbacks = d.callbacks(n, m.field("callbacks"))
+		if !m.has("callback_header") {
+			d.errorf(n.Line, m.field("callbacks"), "callbacks on a route is only used with callback_header (the request header that names the callback URL)")
+		}
+	}
 	if m.bad["targets"] {
 		return r, matchLine
 	}
@@ -223,6 +248,9 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 	targets := map[string]int{}
 	for i, n := range items {
 		if t := d.target(n, fmt.Sprintf("%s.targets[%d]", path, i), targets); t != nil {
+			if t.Batch != nil && t.CaptureResponse != nil {
+				d.errorf(t.CaptureResponse.Line, fmt.Sprintf("%s.targets[%d].capture_response", path, i), "capture_response keeps one message's answer; a batch target sends many messages per request")
+			}
 			if r.Mode == ModeSpillover && t.Batch != nil {
 				d.errorf(t.Batch.Line, fmt.Sprintf("%s.targets[%d].batch", path, i), "a spillover route forwards one request at a time; batch is only used with mode buffer")
 			}
@@ -288,7 +316,7 @@ func methodsOverlap(a, b []string) bool {
 
 // target decodes one target; names maps the route's target names seen so far to their lines.
 func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Target {
-	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch")
+	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch", "capture_response")
 	if m == nil {
 		return nil
 	}
@@ -334,7 +362,46 @@ func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Targe
 	if n, ok := m.vals["batch"]; ok {
 		t.Batch = d.batch(n, m.field("batch"))
 	}
+	if n, ok := m.vals["capture_response"]; ok {
+		t.CaptureResponse = d.capture(n, m.field("capture_response"))
+	}
 	return t
+}
+
+func (d *decoder) capture(n *yaml.Node, path string) *Capture {
+	m := d.mapping(n, path, "capture_response", "max_bytes")
+	if m == nil {
+		return nil
+	}
+	c := &Capture{MaxBytes: DefaultCaptureBytes, Line: m.line}
+	field(d, m, "max_bytes", "", parseSize(1, MaxCaptureBytes), &c.MaxBytes)
+	return c
+}
+
+// callbacks decodes a callbacks mapping (top level or route).
+func (d *decoder) callbacks(n *yaml.Node, path string) *Callbacks {
+	m := d.mapping(n, path, "callbacks", "allow")
+	if m == nil {
+		return nil
+	}
+	c := &Callbacks{Line: m.line}
+	items := d.list(m, "allow")
+	for i, n := range items {
+		at := fmt.Sprintf("%s.allow[%d]", path, i)
+		s, ok := d.item(n, at)
+		if !ok {
+			continue
+		}
+		if p, err := parseCallbackPrefix(s); err != nil {
+			d.errorf(n.Line, at, "%v", err)
+		} else if !slices.Contains(c.Allow, p) {
+			c.Allow = append(c.Allow, p)
+		}
+	}
+	if len(items) == 0 && !m.bad["allow"] {
+		d.errorf(m.line, m.field("allow"), "required: a list of callback URL prefixes, such as [\"https://hooks.example.com/\"]")
+	}
+	return c
 }
 
 // adaptive decodes a target's adaptive mapping; ceiling is the target's rate, known

@@ -239,6 +239,25 @@ func parseURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
+// parseCallbackPrefix accepts an http or https URL with a path, such as
+// https://hooks.example.com/ or http://127.0.0.1:9000/sluice/: the path closes
+// the host, so the prefix cannot match another host that merely starts alike.
+func parseCallbackPrefix(s string) (string, error) {
+	u, err := parseURL(s)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case u.Path == "" || !strings.HasPrefix(s[len(u.Scheme)+3+len(u.Host):], "/"):
+		return "", fmt.Errorf("callback prefix %q must have a path after the host, such as %s/ (else %s.evil.example would match)", s, strings.TrimSuffix(s, "/"), u.Host)
+	case u.RawQuery != "" || strings.Contains(s, "?"):
+		return "", fmt.Errorf("callback prefix %q: a query is not allowed", s)
+	case len(s) > MaxCallbackURL:
+		return "", fmt.Errorf("callback prefix of %d bytes: at most %d", len(s), MaxCallbackURL)
+	}
+	return s, nil
+}
+
 func parseLocation(s string) (*time.Location, error) {
 	loc, err := time.LoadLocation(s)
 	if err != nil {

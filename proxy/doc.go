@@ -20,6 +20,13 @@
 //     other request is stored first and answered 202 (X-Sluice-Mode:
 //     buffered), including one whose direct attempt failed retryably.
 //     Direct and queued requests share the target's bucket and slots.
+//   - Estimated delivery times (eta.go): the 202 and the status API carry,
+//     per target, when the message should be delivered, from the backlog
+//     ahead, the rate in force and the windows; a route's max_wait refuses
+//     (503 backlog_too_long, nothing stored) a request estimated later.
+//   - A route's callback_header names a callback URL that must match the
+//     policy's callbacks.allow (400 callback_not_allowed otherwise, nothing
+//     stored); the drainers make the callbacks.
 //   - The listener's limits (server: read_timeout, max_header_bytes,
 //     max_connections) bound what one client can hold; see match.go for
 //     route matching.

@@ -47,10 +47,11 @@ type Server struct {
 
 type route struct {
 	policies.Route
-	queue    *buffer.Queue                // buffer and spillover modes
-	upstream *fasthttp.HostClient         // passthrough mode
-	limiter  *rate.Limiter                // passthrough with a finite rate
-	direct   atomic.Pointer[directTarget] // spillover: set by SetDirect
+	queue    *buffer.Queue                  // buffer and spillover modes
+	upstream *fasthttp.HostClient           // passthrough mode
+	limiter  *rate.Limiter                  // passthrough with a finite rate
+	direct   atomic.Pointer[directTarget]   // spillover: set by SetDirect
+	est      []atomic.Pointer[estimatorBox] // per target: set by SetEstimator
 }
 
 // New opens the queue of every buffer route and builds the server. It does
@@ -78,6 +79,7 @@ func New(cfg Config) (*Server, error) {
 				return nil, fmt.Errorf("route %q: %w", pr.Name, err)
 			}
 			r.queue = q
+			r.est = make([]atomic.Pointer[estimatorBox], len(pr.Targets))
 		case policies.ModePassthrough:
 			r.upstream = newUpstream(pr.Upstream)
 			r.limiter = newLimiter(pr.Rate, pr.Burst)
@@ -206,6 +208,15 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 			fmt.Sprintf("body of %d bytes exceeds max_body %d of route %q", len(body), r.MaxBody, r.Name))
 		return
 	}
+	if !checkCallback(ctx, r) {
+		return
+	}
+	now := time.Now()
+	var etaBuf [maxTargetsInline]targetETA
+	etas := r.newETAs(etaBuf[:0], now)
+	if overMaxWait(ctx, r, etas, now) {
+		return
+	}
 	d := draftPool.Get().(*buffer.Draft)
 	defer func() { d.Reset(); draftPool.Put(d) }()
 	d.Method = ctx.Method()
@@ -228,10 +239,12 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 		return
 	}
 	if d.Duplicate {
-		// The key was seen on this route: the first message's id, nothing stored.
+		// The key was seen on this route: the first message's id, nothing
+		// stored; the estimates are the first message's.
 		ctx.Response.Header.Set("X-Sluice-Duplicate", "true")
+		etas = r.storedETAs(etas[:0], id, now)
 	}
-	writeAccepted(ctx, id)
+	writeAccepted(ctx, id, etas)
 }
 
 // refuse answers a request that could not be stored. It is never 202.

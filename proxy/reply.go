@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 
@@ -12,16 +13,25 @@ import (
 
 // acceptedBody is the JSON body of a 202.
 type acceptedBody struct {
-	ID        string `json:"id"`
-	Status    string `json:"status"`
-	StatusURL string `json:"status_url"`
+	ID        string           `json:"id"`
+	Status    string           `json:"status"`
+	StatusURL string           `json:"status_url"`
+	Targets   []acceptedTarget `json:"targets"`
+}
+
+// acceptedTarget is one target's estimate in a 202.
+type acceptedTarget struct {
+	Target string     `json:"target"`
+	ETA    *time.Time `json:"eta,omitempty"` // absent if unknown (paused with no end)
 }
 
 // writeAccepted is the one place that builds the reply to a buffered request.
 // It must only be called once the message is durable (Queue.Append returned).
-// The body is built by hand: the id is base32, so nothing needs escaping, and
-// this runs once per accepted request.
-func writeAccepted(ctx *fasthttp.RequestCtx, id buffer.ID) {
+// The body is built by hand: the id is base32 and target names are
+// [a-z0-9_-], so nothing needs escaping, and this runs once per accepted
+// request. etas lists every target of the route with its estimated delivery
+// time, RFC 3339 in UTC, to the second.
+func writeAccepted(ctx *fasthttp.RequestCtx, id buffer.ID, etas []targetETA) {
 	var idb [32]byte
 	ids := id.AppendTo(idb[:0])
 	var lb [64]byte
@@ -31,11 +41,26 @@ func writeAccepted(ctx *fasthttp.RequestCtx, id buffer.ID) {
 	ctx.Response.Header.SetContentType("application/json")
 	ctx.SetStatusCode(fasthttp.StatusAccepted)
 	b := ctx.Response.BodyWriter()
-	body := append(make([]byte, 0, 128), `{"id":"`...)
+	body := append(make([]byte, 0, 140+len(etas)*64), `{"id":"`...)
 	body = append(body, ids...)
 	body = append(body, `","status":"queued","status_url":"`...)
 	body = append(body, loc...)
-	body = append(body, "\"}\n"...)
+	body = append(body, `","targets":[`...)
+	for i, e := range etas {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, `{"target":"`...)
+		body = append(body, e.name...)
+		body = append(body, '"')
+		if e.ok {
+			body = append(body, `,"eta":"`...)
+			body = e.at.UTC().AppendFormat(body, time.RFC3339)
+			body = append(body, '"')
+		}
+		body = append(body, '}')
+	}
+	body = append(body, "]}\n"...)
 	b.Write(body)
 }
 
@@ -44,8 +69,10 @@ type errorBody struct {
 }
 
 type errorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	Code    string     `json:"code"`
+	Message string     `json:"message"`
+	Target  string     `json:"target,omitempty"` // backlog_too_long: the target whose estimate is too late
+	ETA     *time.Time `json:"eta,omitempty"`    // backlog_too_long: that estimate; absent if unknown
 }
 
 // writeError answers with status and a JSON error body naming what is wrong.
@@ -75,14 +102,61 @@ type messageStatus struct {
 }
 
 type targetStatus struct {
-	Target     string           `json:"target"`
-	Status     buffer.Phase     `json:"status"`
-	Attempts   int              `json:"attempts"`
-	StatusCode int              `json:"status_code,omitempty"` // of the last attempt
-	At         *time.Time       `json:"at,omitempty"`          // time of the last attempt (delivery time when delivered)
-	NextTry    *time.Time       `json:"next_try,omitempty"`
-	LastError  string           `json:"last_error,omitempty"`
-	History    []buffer.Attempt `json:"history,omitempty"`
+	Target     string       `json:"target"`
+	Status     buffer.Phase `json:"status"`
+	Attempts   int          `json:"attempts"`
+	StatusCode int          `json:"status_code,omitempty"` // of the last attempt
+	At         *time.Time   `json:"at,omitempty"`          // time of the last attempt (delivery time when delivered)
+	NextTry    *time.Time   `json:"next_try,omitempty"`
+	// ETA is the estimated delivery time of a queued or retrying message.
+	ETA       *time.Time        `json:"eta,omitempty"`
+	LastError string            `json:"last_error,omitempty"`
+	Response  *capturedResponse `json:"response,omitempty"` // capture_response: the answer to the delivery
+	History   []buffer.Attempt  `json:"history,omitempty"`
+}
+
+// capturedResponse is a target's answer as the status API shows it. The body
+// is a string if it is valid UTF-8 (a cut in the middle of a character at
+// the capture limit is trimmed), else base64 in body_base64.
+type capturedResponse struct {
+	Status     int               `json:"status"`
+	Headers    map[string]string `json:"headers,omitempty"` // repeated headers joined with ", "
+	Body       *string           `json:"body,omitempty"`
+	BodyBase64 []byte            `json:"body_base64,omitempty"`
+	Truncated  bool              `json:"truncated,omitempty"` // the body was cut at capture_response.max_bytes
+}
+
+func newCapturedResponse(r *buffer.Response) *capturedResponse {
+	out := &capturedResponse{Status: r.Status, Truncated: r.Truncated}
+	if len(r.Header) > 0 {
+		out.Headers = make(map[string]string, len(r.Header))
+		for _, h := range r.Header {
+			if prev, ok := out.Headers[h.Name]; ok {
+				out.Headers[h.Name] = prev + ", " + h.Value
+			} else {
+				out.Headers[h.Name] = h.Value
+			}
+		}
+	}
+	body := r.Body
+	if r.Truncated && !utf8.Valid(body) {
+		// The cut may have split the last character: drop its bytes.
+		for i := 1; i <= utf8.UTFMax && i <= len(body); i++ {
+			if utf8.Valid(body[:len(body)-i]) && !utf8.FullRune(body[len(body)-i:]) {
+				body = body[:len(body)-i]
+				break
+			}
+		}
+	}
+	switch {
+	case len(r.Body) == 0:
+	case utf8.Valid(body):
+		s := string(body)
+		out.Body = &s
+	default:
+		out.BodyBase64 = r.Body
+	}
+	return out
 }
 
 func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
@@ -111,8 +185,17 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		out := messageStatus{ID: raw, Route: r.Name, Method: m.Method, URI: m.URI, EnqueuedAt: m.EnqueuedAt.UTC()}
-		for _, st := range sts {
+		now := time.Now()
+		qs := r.queue.Stats()
+		for i, st := range sts {
 			ts := targetStatus{Target: st.Target, Status: st.Phase, Attempts: st.Attempts, History: st.History}
+			if eta, ok := r.statusETA(i, id.Seq(), &st, &qs, now); ok {
+				eta = eta.UTC().Truncate(time.Second)
+				ts.ETA = &eta
+			}
+			if st.Response != nil {
+				ts.Response = newCapturedResponse(st.Response)
+			}
 			if last, ok := st.Last(); ok {
 				at := last.At.UTC()
 				ts.At, ts.StatusCode, ts.LastError = &at, last.Status, last.Error

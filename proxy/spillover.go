@@ -74,6 +74,9 @@ type spillKeyType struct{}
 var spillKey spillKeyType
 
 func (s *Server) handleSpillover(ctx *fasthttp.RequestCtx, r *route) {
+	if !checkCallback(ctx, r) { // before a direct attempt too: 400 whichever way it would go
+		return
+	}
 	if int64(len(ctx.PostBody())) <= r.MaxBody && s.tryForward(ctx, r) {
 		return
 	}

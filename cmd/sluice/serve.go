@@ -78,12 +78,18 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (*node, 
 				store.Close()
 				return nil, err
 			}
-			d, err := drain.New(drain.Config{Route: r.Name, Target: t, Logger: log}, c)
+			d, err := drain.New(drain.Config{Route: r.Name, Target: t, Logger: log, CallbackHeader: r.CallbackHeader, Callbacks: r.Callbacks}, c)
 			if err != nil {
 				store.Close()
 				return nil, fmt.Errorf("route %q: target %q: %w", r.Name, t.Name, err)
 			}
 			n.drainers = append(n.drainers, d)
+			// Estimated delivery times (202 body, status API, max_wait)
+			// follow the rate in force, SetRate and Pause included.
+			if err := srv.SetEstimator(r.Name, t.Name, d); err != nil {
+				store.Close()
+				return nil, err
+			}
 			if r.Mode == policies.ModeSpillover {
 				// The route forwards straight to this target when it has
 				// room; the drainer's bucket and slots cover both paths.
