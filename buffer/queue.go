@@ -48,6 +48,8 @@ type request struct {
 	oldRetry time.Time // retry entry to remove (zero: none)
 	wasDead  bool      // the message leaves the dead-letter list (replay, purge)
 	purge    bool      // a purge: stays Dead but off the list
+	parkKey  *[16]byte // Park: index the message under this key
+	unpark   *[16]byte // Unpark: remove it from the index under this key
 
 	err  error
 	done chan struct{} // capacity 1: the writer sends once when r is done
@@ -523,6 +525,20 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 						return err
 					}
 				}
+				if r.parkKey != nil || r.unpark != nil {
+					pb, err := tx.CreateBucketIfNotExists(parkBucket(t))
+					if err != nil {
+						return err
+					}
+					if r.unpark != nil {
+						err = pb.Delete(parkKey(*r.unpark, r.seq))
+					} else {
+						err = pb.Put(parkKey(*r.parkKey, r.seq), nil)
+					}
+					if err != nil {
+						return err
+					}
+				}
 				if r.wasDead || (r.state.Phase == Dead && !r.purge) {
 					db, err := tx.CreateBucketIfNotExists(deadBucket(t))
 					if err != nil {
@@ -554,6 +570,12 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 				if r.state.Phase == Retrying {
 					s.retries[r.target]++
 					q.consumers[r.target].retrying++
+				}
+				if r.parkKey != nil {
+					s.parked[r.target]++
+				}
+				if r.unpark != nil {
+					s.parked[r.target]--
 				}
 			}
 			q.mu.Unlock()
@@ -763,7 +785,7 @@ func (q *Queue) countUnfinished(s *segment, next []uint64) int {
 				seq := binary.BigEndian.Uint64(k)
 				if seq < next[i] {
 					if v := sb.Get(k); v != nil {
-						if st, err := decodeState(v); err == nil && st.Phase != Retrying {
+						if st, err := decodeState(v); err == nil && st.Phase != Retrying && st.Phase != Parked {
 							continue
 						}
 					}
@@ -793,7 +815,7 @@ func (q *Queue) complete(ctx context.Context, r *request, wait bool) error {
 // past s and none of s's messages waits in a retry schedule. Caller holds q.mu.
 func (q *Queue) finishedLocked(s *segment) bool {
 	for i, c := range q.consumers {
-		if c.floorLocked() <= s.last || s.retries[i] > 0 {
+		if c.floorLocked() <= s.last || s.retries[i] > 0 || s.parked[i] > 0 {
 			return false
 		}
 	}

@@ -23,6 +23,11 @@ var (
 func stateBucket(target string) []byte { return []byte("s/" + target) }
 func retryBucket(target string) []byte { return []byte("r/" + target) }
 func deadBucket(target string) []byte  { return []byte("d/" + target) }
+func parkBucket(target string) []byte  { return []byte("p/" + target) }
+
+func parkKey(key [16]byte, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(make([]byte, 0, 24), key[:]...), seq)
+}
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(make([]byte, 0, 8), seq) }
 
@@ -46,6 +51,7 @@ type segment struct {
 	size       int64     // bytes of data (bbolt's high-water mark, not the sparse file length)
 	base       int64     // size when created (bbolt's own pages); rolls count the data above it
 	retries    []int     // per target index: entries in the retry schedule
+	parked     []int     // per target index: messages parked behind a key
 	path       string
 	db         *bolt.DB
 }
@@ -133,7 +139,7 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 		os.Remove(path)
 		return nil, err
 	}
-	return &segment{first: first, last: first - 1, lastAppend: now, opened: now, size: size, base: size, path: path, db: db, retries: make([]int, len(targets))}, nil
+	return &segment{first: first, last: first - 1, lastAppend: now, opened: now, size: size, base: size, path: path, db: db, retries: make([]int, len(targets)), parked: make([]int, len(targets))}, nil
 }
 
 // openSegment opens an existing segment and reads what the queue keeps in
@@ -145,7 +151,7 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config) (*segm
 	if err != nil {
 		return nil, err
 	}
-	s := &segment{first: first, last: first - 1, path: path, db: db, opened: cfg.Now(), retries: make([]int, len(targets))}
+	s := &segment{first: first, last: first - 1, path: path, db: db, opened: cfg.Now(), retries: make([]int, len(targets)), parked: make([]int, len(targets))}
 	err = safeUpdate(db, func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMsgs)
 		info := tx.Bucket(bucketInfo)
@@ -167,6 +173,9 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config) (*segm
 				return err
 			}
 			s.retries[i] = r.Stats().KeyN
+			if pb := tx.Bucket(parkBucket(t)); pb != nil {
+				s.parked[i] = pb.Stats().KeyN
+			}
 		}
 		s.size = tx.Size()
 		return nil

@@ -18,6 +18,7 @@ const (
 	Retrying  Phase = "retrying"  // failed, scheduled again at NextTry
 	Delivered Phase = "delivered" // the target answered with success
 	Dead      Phase = "dead"      // failed for good; kept as a dead letter
+	Parked    Phase = "parked"    // waits behind an earlier message with the same key (Consumer.Park)
 )
 
 // maxHistory bounds the attempts kept per message and target.

@@ -1,0 +1,146 @@
+package buffer
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Parking holds a message back behind an earlier one with the same key, for
+// drainers that keep per-key order (or share a rate between keys). A parked
+// message has a state (Parked), so the cursor passes it, and an entry in the
+// per-target index "p/<target>" (key | seq), so the oldest parked message of
+// a key is one seek away. Parking is not an attempt: the attempt count is
+// kept. Parked messages are durable, keep their segment from being deleted
+// early, and expire with it at the retention.
+
+// KeyHash is the 16-byte hash under which messages are parked.
+func KeyHash(key []byte) [16]byte { return keyHash(key) }
+
+// Park takes the fetched delivery d out of the flow of its target, under key,
+// until Unpark. It returns once that is committed.
+func (c *Consumer) Park(ctx context.Context, d *Delivery, key [16]byte) error {
+	st := &State{Phase: Parked}
+	if d.prior != nil {
+		st.Attempts = d.prior.Attempts
+		st.History = d.prior.History
+	}
+	r := &request{kind: opState, seq: d.Seq, target: c.idx, state: st, parkKey: &key, done: make(chan struct{}, 1)}
+	if d.prior != nil && d.prior.Phase == Retrying {
+		r.oldRetry = d.prior.NextTry
+	}
+	return c.q.complete(ctx, r, true)
+}
+
+// NextParked returns the oldest message parked under key, if any.
+func (c *Consumer) NextParked(key [16]byte) (seq uint64, ok bool, err error) {
+	q := c.q
+	q.mu.Lock()
+	var segs []*segment
+	for _, s := range q.segs {
+		if s.parked[c.idx] > 0 {
+			segs = append(segs, s)
+		}
+	}
+	q.mu.Unlock()
+	for _, s := range segs {
+		err = safeView(s.db, func(tx *bolt.Tx) error {
+			pb := tx.Bucket(parkBucket(c.target))
+			if pb == nil {
+				return nil
+			}
+			k, _ := pb.Cursor().Seek(key[:])
+			if k != nil && bytes.HasPrefix(k, key[:]) {
+				seq, ok = binary.BigEndian.Uint64(k[16:]), true
+			}
+			return nil
+		})
+		if err != nil || ok {
+			return seq, ok, err
+		}
+	}
+	return 0, false, nil
+}
+
+// ParkedKeys calls fn with every key that has parked messages and the seq of
+// its oldest one (for a drainer rebuilding its view at start), until fn
+// returns false.
+func (c *Consumer) ParkedKeys(fn func(key [16]byte, oldest uint64) bool) error {
+	q := c.q
+	q.mu.Lock()
+	var segs []*segment
+	for _, s := range q.segs {
+		if s.parked[c.idx] > 0 {
+			segs = append(segs, s)
+		}
+	}
+	q.mu.Unlock()
+	seen := map[[16]byte]bool{}
+	for _, s := range segs { // oldest segment first: the first seq seen per key is its oldest
+		stop := false
+		err := safeView(s.db, func(tx *bolt.Tx) error {
+			pb := tx.Bucket(parkBucket(c.target))
+			if pb == nil {
+				return nil
+			}
+			return pb.ForEach(func(k, _ []byte) error {
+				var key [16]byte
+				copy(key[:], k)
+				if !seen[key] {
+					seen[key] = true
+					if !fn(key, binary.BigEndian.Uint64(k[16:])) {
+						stop = true
+						return errStop
+					}
+				}
+				return nil
+			})
+		})
+		if stop {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var errStop = fmt.Errorf("stop")
+
+// Unpark makes the message seq, parked under key, due at at: it enters the
+// retry schedule with its attempt count unchanged, and Fetch hands it out
+// among the due retries.
+func (c *Consumer) Unpark(ctx context.Context, seq uint64, key [16]byte, at time.Time) error {
+	q := c.q
+	q.mu.Lock()
+	seg := q.segmentFor(seq)
+	q.mu.Unlock()
+	if seg == nil {
+		return fmt.Errorf("%w: seq %d", ErrNotFound, seq)
+	}
+	var st *State
+	err := safeView(seg.db, func(tx *bolt.Tx) error {
+		pb := tx.Bucket(parkBucket(c.target))
+		if pb == nil || pb.Get(parkKey(key, seq)) == nil {
+			return fmt.Errorf("%w: seq %d is not parked under this key for target %q", ErrNotFound, seq, c.target)
+		}
+		v := tx.Bucket(stateBucket(c.target)).Get(seqKey(seq))
+		if v == nil {
+			return fmt.Errorf("%w: seq %d has no state", ErrNotFound, seq)
+		}
+		var err error
+		st, err = decodeState(v)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	next := &State{Phase: Retrying, Attempts: st.Attempts, NextTry: at, History: st.History}
+	r := &request{kind: opState, seq: seq, target: c.idx, state: next, unpark: &key, done: make(chan struct{}, 1)}
+	return q.complete(ctx, r, true)
+}
