@@ -398,3 +398,12 @@ func (c *Consumer) Release(d *Delivery) {
 		c.next = d.Seq
 	}
 }
+
+// Cursor returns the seq of the next message this consumer has never
+// fetched: every message below it has been fetched at least once since the
+// queue was opened, or finished before.
+func (c *Consumer) Cursor() uint64 {
+	c.q.mu.Lock()
+	defer c.q.mu.Unlock()
+	return c.next
+}
