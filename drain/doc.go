@@ -115,6 +115,14 @@
 // other messages than the first try, so the downstream should de-duplicate
 // by content (for example an _id in each line).
 //
+// # Ordering
+//
+// With Target.Ordering, messages with the same key (a header's value) go
+// out one at a time per key, in seq order; later ones are parked in the
+// store (no attempt spent) and unparked when the one before reaches a final
+// outcome. A failing message holds back only its key. See ordering.go for
+// how a restart keeps the order. Not with batch; no direct sends.
+//
 // # Costs
 //
 // One goroutine per drainer runs the schedule; each attempt runs in its own

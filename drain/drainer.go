@@ -110,6 +110,7 @@ type Drainer struct {
 	running atomic.Bool
 
 	delivered, retried, dead, attempts, unrecorded atomic.Uint64
+	parked                                         atomic.Uint64 // ordering: deliveries parked behind their key
 	sending                                        atomic.Int64
 
 	// Shared with TryDirect (direct.go): the run loop's token bucket (nil
@@ -152,6 +153,17 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		return nil, fail("CallbackHeader %q without an allow-list (Callbacks)", cfg.CallbackHeader)
 	case t.CaptureResponse != nil && t.Batch != nil:
 		return nil, fail("capture_response cannot be used with batch")
+	case t.Fairness != nil:
+		return nil, fail("fairness is not supported yet")
+	case t.Ordering != nil && t.Batch != nil:
+		return nil, fail("ordering cannot be used with batch")
+	case t.Ordering != nil && t.Ordering.Key.Header == "":
+		return nil, fail("ordering: no key header")
+	}
+	if t.Ordering != nil {
+		if _, ok := src.(Parker); !ok {
+			return nil, fail("ordering needs a source that can park messages (a *buffer.Consumer)")
+		}
 	}
 	for i, w := range t.Windows {
 		if !validRate(w.Rate) {
@@ -343,9 +355,12 @@ type Stats struct {
 	// Unrecorded counts outcomes the store did not take (for example, closed
 	// at shutdown); those messages are attempted again after a restart.
 	Unrecorded uint64
-	InFlight   int     // HTTP requests open to the target now; at most Concurrency
-	Rate       float64 // requests per second in force now: +Inf if unlimited, 0 if paused
-	Paused     bool    // Pause is in force
+	// Parked counts deliveries parked behind an earlier message of their
+	// key (Target.Ordering); a parked message spends no attempt.
+	Parked   uint64
+	InFlight int     // HTTP requests open to the target now; at most Concurrency
+	Rate     float64 // requests per second in force now: +Inf if unlimited, 0 if paused
+	Paused   bool    // Pause is in force
 
 	// AdaptiveRate is the rate the adaptive controller allows now, at most
 	// Rate (the ceiling); the limiter runs at it. 0 if Target.Adaptive is
@@ -377,6 +392,7 @@ func (d *Drainer) Stats() Stats {
 		Dead:          d.dead.Load(),
 		Attempts:      d.attempts.Load(),
 		Unrecorded:    d.unrecorded.Load(),
+		Parked:        d.parked.Load(),
 		InFlight:      int(d.sending.Load()),
 		Paused:        manual,
 
@@ -416,7 +432,15 @@ func (d *Drainer) Run(ctx context.Context) error {
 	if d.target.Adaptive != nil {
 		r.ad = newAIMD(d.target.Adaptive)
 	}
+	if d.target.Ordering != nil {
+		r.ord = newOrderer(d, d.src.(Parker))
+		if err := r.ord.begin(); err != nil {
+			d.log.Error("ordering: cannot list parked keys; looking again later", "err", err)
+			r.ord.recovering = true
+		}
+	}
 	err := r.loop(ctx)
+	r.stopping = true
 	d.lim.Store(nil)
 	r.releasePending()
 	// Every attempt goroutine sends two events; wait for the last of them.
@@ -435,6 +459,12 @@ func (d *Drainer) Run(ctx context.Context) error {
 type event struct {
 	recorded bool // false: the HTTP call is over (its slot is free); true: the outcome is recorded (or failed)
 	retrying bool // recorded as Retrying: the retry schedule changed
+
+	// With recorded true, for ordering: the message and whether its
+	// outcome is final (delivered or dead) and was recorded.
+	dl       *buffer.Delivery
+	final    bool
+	recordOK bool
 
 	// With recorded false:
 	res   result // what the HTTP attempt came to
@@ -459,8 +489,11 @@ type runner struct {
 	changeBase policies.Rate // the base rate nextChange was computed with
 	changeOK   bool          // nextChange is computed
 
-	ad *aimd    // nil unless Target.Adaptive
-	br *breaker // always
+	ad  *aimd    // nil unless Target.Adaptive
+	br  *breaker // always
+	ord *orderer // nil unless Target.Ordering
+
+	stopping bool // the loop has returned; Run waits for what is outstanding
 
 	// Batch mode: messages fetched for the next batch, not yet sent.
 	pending      []*buffer.Delivery
@@ -471,6 +504,9 @@ type runner struct {
 func (r *runner) handle(ev event) {
 	if ev.recorded {
 		r.outstanding--
+		if r.ord != nil && ev.dl != nil {
+			r.ord.done(ev.dl, ev.recordOK, ev.final, r.stopping, r.d.now())
+		}
 		return
 	}
 	r.sending--
@@ -639,6 +675,19 @@ func (r *runner) loop(ctx context.Context) error {
 					got, err := d.src.Fetch(k, now)
 					lastFetch = now
 					for i, dl := range got {
+						if r.ord != nil {
+							send, oerr := r.ord.admit(dl, now)
+							if oerr != nil {
+								for _, rest := range got[i+1:] {
+									d.src.Release(rest)
+								}
+								err = oerr
+								break
+							}
+							if !send {
+								continue // parked behind an earlier message of its key
+							}
+						}
 						if !r.start(dl, now, gen) {
 							for _, rest := range got[i+1:] {
 								d.src.Release(rest)
@@ -669,6 +718,12 @@ func (r *runner) loop(ctx context.Context) error {
 				if checkRetry {
 					retryAt, hasRetry = d.src.NextRetry()
 					checkRetry = false
+					if r.ord != nil {
+						if err := r.ord.retryIdle(hasRetry); err != nil {
+							d.log.Error("ordering: cannot list parked keys; looking again later", "err", err)
+							r.ord.recovering, checkRetry = true, true
+						}
+					}
 					if hasRetry && !retryAt.After(lastFetch) {
 						// Due at the last Fetch, yet not returned (an entry the
 						// store cannot load): do not spin on it; the poll retries.
@@ -683,6 +738,16 @@ func (r *runner) loop(ctx context.Context) error {
 		}
 		if !r.nextChange.IsZero() {
 			wake = earliest(wake, r.nextChange)
+		}
+		if r.ord != nil {
+			if err := r.ord.tick(now); err != nil {
+				d.log.Error("ordering: cannot unpark a key's next message; trying again shortly", "err", err)
+				wake = earliest(wake, now.Add(fetchErrorPause))
+			}
+			if r.ord.woke {
+				r.ord.woke, idle = false, false
+				continue
+			}
 		}
 		var timerC <-chan time.Time
 		if !wake.IsZero() {
@@ -776,7 +841,8 @@ func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) 
 	if err == nil {
 		d.callback(dl, &out)
 	}
-	events <- event{recorded: true, retrying: err == nil && out.Phase == buffer.Retrying}
+	events <- event{recorded: true, retrying: err == nil && out.Phase == buffer.Retrying,
+		dl: dl, recordOK: err == nil, final: out.Phase != buffer.Retrying}
 }
 
 // send makes one HTTP attempt of dl.

@@ -175,7 +175,38 @@ type Target struct {
 	// CaptureResponse (key capture_response) keeps the target's answer to a
 	// successful delivery with the message's state; nil (the default) = off.
 	CaptureResponse *Capture
-	Line            int // line of the target's mapping
+	// Ordering (key ordering) delivers the messages with the same key in
+	// arrival order, one at a time per key; nil (the default) = off. Not with
+	// batch or fairness, nor on a spillover route.
+	Ordering *Ordering
+	// Fairness (key fairness) shares the target's rate among the keys with
+	// backlog, round robin; nil (the default) = off. Not with batch or
+	// ordering.
+	Fairness *Fairness
+	Line     int // line of the target's mapping
+}
+
+// KeySource says where a message's key is read from. The only source so far
+// is a request header (written header:NAME); a message without it has no key.
+type KeySource struct {
+	Header string // the header's name, as written; matched case-insensitively
+}
+
+// String returns the source as written in a policy file.
+func (k KeySource) String() string { return "header:" + k.Header }
+
+// Ordering keeps per-key order: messages with the same key are delivered in
+// the order they arrived, and a failing message holds back only its own key.
+type Ordering struct {
+	Key  KeySource // key key: required, such as header:X-Customer-Id
+	Line int       // line of the ordering mapping
+}
+
+// Fairness shares a target's rate among keys (tenants), so one key's flood
+// cannot starve the others.
+type Fairness struct {
+	Key  KeySource // key key: required, such as header:X-Tenant-Id
+	Line int       // line of the fairness mapping
 }
 
 // Capture says how much of a downstream's answer is kept.

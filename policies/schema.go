@@ -251,6 +251,9 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 			if t.Batch != nil && t.CaptureResponse != nil {
 				d.errorf(t.CaptureResponse.Line, fmt.Sprintf("%s.targets[%d].capture_response", path, i), "capture_response keeps one message's answer; a batch target sends many messages per request")
 			}
+			if r.Mode == ModeSpillover && t.Ordering != nil {
+				d.errorf(t.Ordering.Line, fmt.Sprintf("%s.targets[%d].ordering", path, i), "a spillover route forwards requests as they come; ordering is only used with mode buffer")
+			}
 			if r.Mode == ModeSpillover && t.Batch != nil {
 				d.errorf(t.Batch.Line, fmt.Sprintf("%s.targets[%d].batch", path, i), "a spillover route forwards one request at a time; batch is only used with mode buffer")
 			}
@@ -316,7 +319,7 @@ func methodsOverlap(a, b []string) bool {
 
 // target decodes one target; names maps the route's target names seen so far to their lines.
 func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Target {
-	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch", "capture_response")
+	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch", "capture_response", "ordering", "fairness")
 	if m == nil {
 		return nil
 	}
@@ -365,7 +368,40 @@ func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Targe
 	if n, ok := m.vals["capture_response"]; ok {
 		t.CaptureResponse = d.capture(n, m.field("capture_response"))
 	}
+	if n, ok := m.vals["ordering"]; ok {
+		if k, line, ok := d.keyed(n, m.field("ordering"), "ordering"); ok {
+			t.Ordering = &Ordering{Key: k, Line: line}
+		}
+	}
+	if n, ok := m.vals["fairness"]; ok {
+		if k, line, ok := d.keyed(n, m.field("fairness"), "fairness"); ok {
+			t.Fairness = &Fairness{Key: k, Line: line}
+		}
+	}
+	switch {
+	case t.Fairness != nil:
+		// Parsed so the error can point at it, but refused: a key the drainer
+		// would ignore must not look accepted.
+		d.errorf(t.Fairness.Line, m.field("fairness"), "fairness is not supported yet (planned: deficit round robin between keys); remove it, or use ordering for per-key order")
+	case t.Ordering != nil && t.Fairness != nil:
+		d.errorf(t.Fairness.Line, m.field("fairness"), "fairness cannot be combined with ordering (yet); choose one")
+	case t.Ordering != nil && t.Batch != nil:
+		d.errorf(t.Ordering.Line, m.field("ordering"), "ordering sends one message per key at a time; a batch target sends many messages per request")
+	case t.Fairness != nil && t.Batch != nil:
+		d.errorf(t.Fairness.Line, m.field("fairness"), "fairness cannot be combined with batch (yet)")
+	}
 	return t
+}
+
+// keyed decodes an ordering or fairness mapping: { key: header:NAME }.
+func (d *decoder) keyed(n *yaml.Node, path, where string) (KeySource, int, bool) {
+	m := d.mapping(n, path, where, "key")
+	if m == nil {
+		return KeySource{}, 0, false
+	}
+	var k KeySource
+	ok := field(d, m, "key", "where the key is read from, such as header:X-Customer-Id", parseKeySource, &k)
+	return k, m.line, ok
 }
 
 func (d *decoder) capture(n *yaml.Node, path string) *Capture {

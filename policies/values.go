@@ -363,3 +363,16 @@ func parseFormat(s string) (string, error) {
 	}
 	return "", fmt.Errorf("unknown batch format %q: expected ndjson", s)
 }
+
+// parseKeySource parses where a message's key comes from: header:NAME.
+func parseKeySource(s string) (KeySource, error) {
+	name, ok := strings.CutPrefix(s, "header:")
+	if !ok {
+		return KeySource{}, fmt.Errorf("invalid key source %q: expected header:NAME, such as header:X-Customer-Id", s)
+	}
+	h, err := parseToken("header name")(strings.TrimSpace(name))
+	if err != nil {
+		return KeySource{}, fmt.Errorf("invalid key source %q: %v", s, err)
+	}
+	return KeySource{Header: h}, nil
+}

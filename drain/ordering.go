@@ -1,0 +1,260 @@
+package drain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sluice-proxy/sluice/buffer"
+)
+
+// Per-key ordering (Target.Ordering).
+//
+// Messages with the same key go to the target one at a time, in seq
+// (arrival) order; a message without the key is not ordered. Different keys
+// go out in parallel, under the target's rate and concurrency as usual.
+//
+// The run loop keeps, per key, the seq that owns it: the message in flight,
+// or waiting in the retry schedule after a failed attempt. A delivery of a
+// key owned by another seq is parked in the store (Parker.Park: no attempt
+// spent, the cursor moves on, so other keys keep flowing). When the owner
+// reaches a final outcome (delivered or dead), the oldest message parked
+// under its key is unparked, due at once, and owns the key from that moment,
+// so a newer message of the key that arrives meanwhile parks behind it. An
+// owner that fails and is rescheduled keeps the key: its key waits for it.
+// An owner whose outcome could not be recorded keeps the key until the
+// process restarts (the store keeps it in flight until then).
+//
+// # After a restart
+//
+// The owners are in memory only. What the store still tells us: which
+// messages are parked, under which key, oldest first (NextParked,
+// ParkedKeys); the cursor (Cursor: every message below it has been fetched
+// since the store was opened, or has a state); and whether the retry
+// schedule holds anything not in flight (NextRetry). The invisible part is
+// an owner that was waiting in the retry schedule at the restart: the retry
+// schedule cannot be listed by key. So the drainer recovers in two phases.
+//
+// Recovering: if the retry schedule is not empty when Run starts, every
+// delivery of a key without an owner is parked, nothing is unparked, until
+// NextRetry reports nothing pending. Then every retry that was scheduled
+// before the restart has been fetched by this run (and, if keyed, parked),
+// since nothing keyed is sent meanwhile, no keyed retry is added. Unkeyed
+// messages flow normally; their failures prolong this phase (conservative).
+//
+// Settled: the unfinished messages of a key K are now (1) parked, (2) never
+// fetched, or fetched by this run and owned or parked. A delivery q of K
+// without an owner is either a new message (cursor order: every message of K
+// below q was fetched before it, and is owned, so K would have an owner, or
+// parked) or an unparked one. So if NextParked(K) = p < q, p is the oldest
+// unfinished message of K: q parks, p is unparked and owns K; otherwise q is
+// the oldest and owns K. A key with parked messages and no owner that no
+// delivery comes for (the owner finished just before the crash, before its
+// successor was unparked) is found with ParkedKeys; its oldest p is unparked
+// only once Cursor() > p: p was parked after being fetched, so any older
+// unfinished message of K that is not parked has a seq below p and was in
+// flight at the crash, and the restarted cursor fetches it before it passes
+// p (a Release rewinds the cursor below the released message, so the check
+// stays conservative).
+//
+// With a buffer that lists the retry schedule by message, the recovering
+// phase could instead rebuild the owners at once; see the package's notes.
+
+// Parker is what ordering needs from the store beyond Source.
+// *buffer.Consumer implements it.
+type Parker interface {
+	// Park takes the fetched delivery d out of the flow, under key, until Unpark.
+	Park(ctx context.Context, d *buffer.Delivery, key [16]byte) error
+	// NextParked returns the oldest message parked under key.
+	NextParked(key [16]byte) (seq uint64, ok bool, err error)
+	// ParkedKeys calls fn with every key that has parked messages and its oldest.
+	ParkedKeys(fn func(key [16]byte, oldest uint64) bool) error
+	// Unpark makes the parked message seq due at at, in the retry schedule.
+	Unpark(ctx context.Context, seq uint64, key [16]byte, at time.Time) error
+	// Cursor returns the seq of the next message never fetched.
+	Cursor() uint64
+}
+
+var _ Parker = (*buffer.Consumer)(nil)
+
+// headerKey returns the value of the header name (case-insensitive) as a
+// key hash, and false if the message has no such header or it is empty.
+func headerKey(name string) func(*buffer.Message) ([16]byte, bool) {
+	return func(m *buffer.Message) ([16]byte, bool) {
+		for _, h := range m.Header {
+			if strings.EqualFold(h.Name, name) {
+				if v := strings.TrimSpace(h.Value); v != "" {
+					return buffer.KeyHash([]byte(v)), true
+				}
+				return [16]byte{}, false
+			}
+		}
+		return [16]byte{}, false
+	}
+}
+
+// orderer keeps per-key order for one Run; the run loop owns it.
+type orderer struct {
+	d   *Drainer
+	p   Parker
+	key func(*buffer.Message) ([16]byte, bool)
+
+	active     map[[16]byte]uint64 // key -> the seq that owns it
+	recovering bool                // retries of a previous run may still own keys
+	orphans    map[[16]byte]uint64 // parked keys without an owner -> their oldest parked seq
+	orphanAt   uint64              // Cursor() when orphans were last looked at
+	woke       bool                // something was unparked: fetch again
+}
+
+func newOrderer(d *Drainer, p Parker) *orderer {
+	return &orderer{
+		d: d, p: p, key: headerKey(d.target.Ordering.Key.Header),
+		active: map[[16]byte]uint64{}, orphans: map[[16]byte]uint64{},
+	}
+}
+
+// begin is called at Run start.
+func (o *orderer) begin() error {
+	if _, pending := o.d.src.NextRetry(); pending {
+		o.recovering = true
+		o.d.log.Info("ordering: retries from before the start are pending; keyed messages without an owner wait (parked) until they have been fetched")
+		return nil
+	}
+	return o.settle()
+}
+
+// settle ends recovery: every key with parked messages and no owner becomes
+// an orphan, unparked once the cursor has passed its oldest.
+func (o *orderer) settle() error {
+	o.recovering = false
+	o.orphanAt = 0
+	return o.p.ParkedKeys(func(k [16]byte, oldest uint64) bool {
+		if _, owned := o.active[k]; !owned {
+			o.orphans[k] = oldest
+		}
+		return true
+	})
+}
+
+// retryIdle is called when the run loop has asked NextRetry; pending is its answer.
+func (o *orderer) retryIdle(pending bool) error {
+	if o.recovering && !pending {
+		o.d.log.Info("ordering: recovered; every earlier retry has been fetched")
+		return o.settle()
+	}
+	return nil
+}
+
+// admit decides about a fetched delivery: true to send it now (it owns its
+// key, or has none), false if it was parked. On an error dl was given back.
+func (o *orderer) admit(dl *buffer.Delivery, now time.Time) (bool, error) {
+	k, ok := o.key(dl.Message)
+	if !ok {
+		return true, nil
+	}
+	if owner, owned := o.active[k]; owned {
+		if owner == dl.Seq {
+			return true, nil
+		}
+		if dl.Seq < owner {
+			o.d.log.Warn("ordering: an older message of a key arrived after a newer one took it; parking it",
+				"id", dl.ID.String(), "owner_seq", owner)
+		}
+		return false, o.park(dl, k)
+	}
+	if o.recovering {
+		return false, o.park(dl, k)
+	}
+	p, parked, err := o.p.NextParked(k)
+	if err != nil {
+		o.d.src.Release(dl)
+		return false, fmt.Errorf("ordering: next parked: %w", err)
+	}
+	if parked && p < dl.Seq {
+		// An older message of the key is parked: it goes first.
+		if err := o.park(dl, k); err != nil {
+			return false, err
+		}
+		return false, o.unpark(k, p, now)
+	}
+	o.active[k] = dl.Seq
+	delete(o.orphans, k)
+	return true, nil
+}
+
+func (o *orderer) park(dl *buffer.Delivery, k [16]byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
+	defer cancel()
+	if err := o.p.Park(ctx, dl, k); err != nil {
+		o.d.src.Release(dl)
+		return fmt.Errorf("ordering: park %s: %w", dl.ID, err)
+	}
+	o.d.parked.Add(1)
+	return nil
+}
+
+// unpark makes seq, parked under k, due now and the owner of k.
+func (o *orderer) unpark(k [16]byte, seq uint64, now time.Time) error {
+	ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
+	defer cancel()
+	if err := o.p.Unpark(ctx, seq, k, now); err != nil {
+		if errors.Is(err, buffer.ErrNotFound) {
+			delete(o.orphans, k)
+			return nil // expired with its segment, or no longer parked
+		}
+		// Not owned: the next delivery of k, or a restart, tries again.
+		return fmt.Errorf("ordering: unpark seq %d: %w", seq, err)
+	}
+	o.active[k] = seq
+	delete(o.orphans, k)
+	o.woke = true
+	return nil
+}
+
+// done is called when the outcome of dl is recorded (final: delivered or
+// dead) or could not be recorded (recorded false). stopping: Run is
+// shutting down, so successors are left parked for the next start.
+func (o *orderer) done(dl *buffer.Delivery, recorded, final, stopping bool, now time.Time) {
+	k, ok := o.key(dl.Message)
+	if !ok || o.active[k] != dl.Seq || !recorded || !final {
+		return // unordered; or still owning its key (retrying, or in flight in the store)
+	}
+	delete(o.active, k)
+	if stopping {
+		return
+	}
+	p, parked, err := o.p.NextParked(k)
+	if err == nil && parked {
+		err = o.unpark(k, p, now)
+	}
+	if err != nil {
+		o.d.log.Error("ordering: cannot hand the key to its next message; the next delivery of the key or a restart will", "err", err)
+	}
+}
+
+// tick unparks orphans whose oldest parked message the cursor has passed.
+func (o *orderer) tick(now time.Time) error {
+	if o.recovering || len(o.orphans) == 0 {
+		return nil
+	}
+	cur := o.p.Cursor()
+	if cur == o.orphanAt {
+		return nil
+	}
+	o.orphanAt = cur
+	for k, p := range o.orphans {
+		if _, owned := o.active[k]; owned {
+			delete(o.orphans, k)
+			continue
+		}
+		if cur > p {
+			if err := o.unpark(k, p, now); err != nil {
+				o.orphanAt = 0 // look again
+				return err
+			}
+		}
+	}
+	return nil
+}

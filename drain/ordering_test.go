@@ -1,0 +1,315 @@
+package drain
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/policies"
+	"github.com/valyala/fasthttp"
+)
+
+const customerHeader = "X-Customer-Id"
+
+// keyed makes message i of key k.
+func keyed(k string, i int) *buffer.Message {
+	return &buffer.Message{
+		Method: "POST", URI: "/api/orders",
+		Header: []buffer.Header{{Name: customerHeader, Value: k}},
+		Body:   fmt.Appendf(nil, `{"customer":%q,"n":%d}`, k, i),
+	}
+}
+
+// appendKeyed appends perKey messages for each key, interleaved, one at a
+// time (so seq order is the order here), and returns the seqs per key.
+func appendKeyed(t *testing.T, q *buffer.Queue, keys []string, perKey int) map[string][]uint64 {
+	t.Helper()
+	seqs := map[string][]uint64{}
+	for i := range perKey {
+		for _, k := range keys {
+			id, err := q.Append(context.Background(), keyed(k, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			seqs[k] = append(seqs[k], id.Seq())
+		}
+	}
+	return seqs
+}
+
+func orderedTarget(url string) policies.Target {
+	tg := testTarget("a", url)
+	tg.Retry.MaxAttempts = 1000
+	tg.Ordering = &policies.Ordering{Key: policies.KeySource{Header: customerHeader}}
+	return tg
+}
+
+func hitSeq(t *testing.T, h *hit) uint64 {
+	id, err := buffer.ParseID(h.id)
+	if err != nil {
+		t.Fatalf("bad id %q: %v", h.id, err)
+	}
+	return id.Seq()
+}
+
+// checkOrder checks that, per key, every request the downstream got was for
+// the oldest message of the key not yet delivered (2xx), and that every
+// message was delivered exactly once. It returns when each key's last
+// message was delivered.
+func checkOrder(t *testing.T, hits []hit, want map[string][]uint64) map[string]time.Time {
+	t.Helper()
+	next := map[string]int{}
+	done := map[string]time.Time{}
+	for _, h := range hits {
+		k, _ := h.get(customerHeader)
+		seqs := want[k]
+		seq := hitSeq(t, &h)
+		i := next[k]
+		if i >= len(seqs) {
+			t.Errorf("key %q: seq %d arrived after all its messages were delivered", k, seq)
+			continue
+		}
+		if seq != seqs[i] {
+			t.Errorf("key %q: seq %d arrived while seq %d (#%d) was not yet delivered", k, seq, seqs[i], i)
+			continue
+		}
+		if h.status >= 200 && h.status <= 299 {
+			next[k]++
+			done[k] = h.at
+		}
+	}
+	for k, seqs := range want {
+		if next[k] != len(seqs) {
+			t.Errorf("key %q: %d of %d delivered in order", k, next[k], len(seqs))
+		}
+	}
+	return done
+}
+
+// poison answers 503 to the first message of key until the time held in
+// until (unix ns) has passed.
+func poison(key string, first func() uint64, until *atomic.Int64) func(h *hit, ctx *fasthttp.RequestCtx) {
+	return func(h *hit, ctx *fasthttp.RequestCtx) {
+		if k, _ := h.get(customerHeader); k == key {
+			if id, err := buffer.ParseID(h.id); err == nil && id.Seq() == first() && time.Now().UnixNano() < until.Load() {
+				ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+				return
+			}
+		}
+		time.Sleep(time.Millisecond) // a little work, so requests overlap
+	}
+}
+
+// TestOrderingPerKey: 3 keys x 50 messages at concurrency 8, key "p"'s first
+// message refused for 1s. Per key, the downstream sees the messages in seq
+// order; p's later messages wait for its first; the other keys do not.
+func TestOrderingPerKey(t *testing.T) {
+	_, q, _ := newQueue(t, "a")
+	keys := []string{"a", "b", "p"}
+	var first atomic.Uint64
+	var until atomic.Int64
+	until.Store(time.Now().Add(time.Hour).UnixNano())
+	ds := newDownstream(t, poison("p", first.Load, &until))
+	want := appendKeyed(t, q, keys, 50)
+	first.Store(want["p"][0])
+
+	start := time.Now()
+	until.Store(start.Add(time.Second).UnixNano())
+	d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, consumer(t, q, "a"))
+	waitFor(t, 20*time.Second, "all delivered", func() bool { return d.Stats().Delivered == 150 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	done := checkOrder(t, ds.snapshot(), want)
+	_, maxActive := ds.gauge()
+	st := d.Stats()
+	t.Logf("a done after %v, b after %v, p after %v; parked %d, retried %d, max in flight %d",
+		done["a"].Sub(start), done["b"].Sub(start), done["p"].Sub(start), st.Parked, st.Retried, maxActive)
+	if maxActive > 8 {
+		t.Errorf("%d requests in flight at once, concurrency is 8", maxActive)
+	}
+	if st.Retried == 0 {
+		t.Error("the poisoned message was never retried")
+	}
+	// The other keys are not held back by p: they finish while p's first
+	// message is still refused (1s), or at least long before p.
+	for _, k := range []string{"a", "b"} {
+		if lag := done[k].Sub(start); lag > 3*time.Second || !done[k].Before(done["p"]) {
+			t.Errorf("key %q finished after %v (p after %v): held back by the failing key", k, lag, done["p"].Sub(start))
+		}
+	}
+	if got := done["p"].Sub(start); got < time.Second {
+		t.Errorf("key p finished after %v, before its first message was accepted", got)
+	}
+}
+
+// TestOrderingRestart: Run is stopped while key p's first message is
+// failing and other keys are midway; a new drainer on the reopened store
+// keeps per-key order and delivers everything exactly once.
+func TestOrderingRestart(t *testing.T) {
+	dir := t.TempDir()
+	st := openStore(t, dir, buffer.SyncAlways)
+	q, err := st.Queue("orders", []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{"a", "b", "p"}
+	var first atomic.Uint64
+	var until atomic.Int64
+	until.Store(time.Now().Add(time.Hour).UnixNano())
+	ds := newDownstream(t, poison("p", first.Load, &until))
+	want := appendKeyed(t, q, keys, 50)
+	first.Store(want["p"][0])
+	until.Store(time.Now().Add(1500 * ms).UnixNano())
+
+	tg := orderedTarget(ds.url)
+	tg.Retry.Initial, tg.Retry.Max = 100*ms, 200*ms // p waits in the retry schedule at the stop
+	d1, stop1 := startDrainer(t, Config{Target: tg}, consumer(t, q, "a"))
+	waitFor(t, 10*time.Second, "some deliveries", func() bool { return d1.Stats().Delivered >= 20 })
+	if err := stop1(); err != nil {
+		t.Fatal(err)
+	}
+	first1 := d1.Stats().Delivered
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	st = openStore(t, dir, buffer.SyncAlways)
+	t.Cleanup(func() { st.Close() })
+	q, err = st.Queue("orders", []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, stop2 := startDrainer(t, Config{Target: tg}, consumer(t, q, "a"))
+	waitFor(t, 20*time.Second, "the rest delivered", func() bool { return first1+d2.Stats().Delivered == 150 })
+	if err := stop2(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("delivered %d before the restart, %d after; parked %d+%d", first1, d2.Stats().Delivered, d1.Stats().Parked, d2.Stats().Parked)
+	checkOrder(t, ds.snapshot(), want)
+}
+
+// TestOrderingAfterCrash builds the states a crash can leave behind with
+// the consumer itself, then starts a drainer on the reopened store.
+func TestOrderingAfterCrash(t *testing.T) {
+	tests := []struct {
+		name string
+		// prepare gets the three fetched messages of key "k" and leaves them
+		// as a crash would; want is the order (indexes) they must arrive in.
+		prepare func(t *testing.T, c *buffer.Consumer, ds []*buffer.Delivery)
+		want    []int
+	}{
+		{
+			// The owner was delivered; the crash came before its successor
+			// was unparked: nothing else of the key ever arrives.
+			name: "orphaned parked messages",
+			prepare: func(t *testing.T, c *buffer.Consumer, ds []*buffer.Delivery) {
+				complete(t, c, ds[0], buffer.Outcome{Phase: buffer.Delivered, Attempt: buffer.Attempt{At: time.Now(), Status: 200}})
+				park(t, c, ds[1], "k")
+				park(t, c, ds[2], "k")
+			},
+			want: []int{1, 2},
+		},
+		{
+			// The owner waits in the retry schedule; one message is parked
+			// behind it, a newer one was in flight (never recorded).
+			name: "owner in the retry schedule",
+			prepare: func(t *testing.T, c *buffer.Consumer, ds []*buffer.Delivery) {
+				complete(t, c, ds[0], buffer.Outcome{Phase: buffer.Retrying, NextTry: time.Now().Add(300 * ms),
+					Attempt: buffer.Attempt{At: time.Now(), Status: 503}})
+				park(t, c, ds[1], "k")
+				c.Release(ds[2])
+			},
+			want: []int{0, 1, 2},
+		},
+		{
+			// The oldest was in flight; the next is parked behind it.
+			name: "owner in flight",
+			prepare: func(t *testing.T, c *buffer.Consumer, ds []*buffer.Delivery) {
+				park(t, c, ds[1], "k")
+				park(t, c, ds[2], "k")
+			},
+			want: []int{0, 1, 2},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			st := openStore(t, dir, buffer.SyncAlways)
+			q, err := st.Queue("orders", []string{"a"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var seqs []uint64
+			for i := range 3 {
+				id, err := q.Append(context.Background(), keyed("k", i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				seqs = append(seqs, id.Seq())
+			}
+			c := consumer(t, q, "a")
+			got, err := c.Fetch(10, time.Now())
+			if err != nil || len(got) != 3 {
+				t.Fatalf("fetched %d: %v", len(got), err)
+			}
+			tt.prepare(t, c, got)
+			if err := st.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			ds := newDownstream(t, nil)
+			st = openStore(t, dir, buffer.SyncAlways)
+			t.Cleanup(func() { st.Close() })
+			q, err = st.Queue("orders", []string{"a"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, consumer(t, q, "a"))
+			waitFor(t, 10*time.Second, "deliveries", func() bool { return d.Stats().Delivered == uint64(len(tt.want)) })
+			stop()
+			var arrived []uint64
+			for _, h := range ds.snapshot() {
+				arrived = append(arrived, hitSeq(t, &h))
+			}
+			var want []uint64
+			for _, i := range tt.want {
+				want = append(want, seqs[i])
+			}
+			if fmt.Sprint(arrived) != fmt.Sprint(want) {
+				t.Errorf("arrived %v, want %v", arrived, want)
+			}
+		})
+	}
+}
+
+func complete(t *testing.T, c *buffer.Consumer, d *buffer.Delivery, out buffer.Outcome) {
+	t.Helper()
+	if err := c.Complete(context.Background(), d, out); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func park(t *testing.T, c *buffer.Consumer, d *buffer.Delivery, key string) {
+	t.Helper()
+	if err := c.Park(context.Background(), d, buffer.KeyHash([]byte(key))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOrderingUnkeyed: messages without the key header are not ordered and
+// not parked.
+func TestOrderingUnkeyed(t *testing.T) {
+	ds := newDownstream(t, nil)
+	_, q, _ := newQueue(t, "a")
+	appendN(t, q, 40, order)
+	d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, consumer(t, q, "a"))
+	waitFor(t, 10*time.Second, "deliveries", func() bool { return d.Stats().Delivered == 40 })
+	stop()
+	if p := d.Stats().Parked; p != 0 {
+		t.Errorf("%d unkeyed messages parked", p)
+	}
+}
