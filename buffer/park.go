@@ -144,3 +144,57 @@ func (c *Consumer) Unpark(ctx context.Context, seq uint64, key [16]byte, at time
 	r := &request{kind: opState, seq: seq, target: c.idx, state: next, unpark: &key, done: make(chan struct{}, 1)}
 	return q.complete(ctx, r, true)
 }
+
+// EachRetry calls fn with every message in this target's retry schedule that
+// is not in flight, oldest segment first, with its due time, until fn
+// returns false. It reads the schedule and the records; it claims nothing.
+// A drainer that keeps per-key state uses it at start to find which message
+// owns each key.
+func (c *Consumer) EachRetry(fn func(m *Message, due time.Time) bool) error {
+	q := c.q
+	q.mu.Lock()
+	var segs []*segment
+	for _, s := range q.segs {
+		if s.retries[c.idx] > 0 {
+			segs = append(segs, s)
+		}
+	}
+	q.mu.Unlock()
+	for _, s := range segs {
+		stop := false
+		err := safeView(s.db, func(tx *bolt.Tx) error {
+			rb := tx.Bucket(retryBucket(c.target))
+			mb := tx.Bucket(bucketMsgs)
+			return rb.ForEach(func(k, _ []byte) error {
+				due, seq := parseRetryKey(k)
+				q.mu.Lock()
+				_, busy := c.inflight[seq]
+				q.mu.Unlock()
+				if busy {
+					return nil
+				}
+				v := mb.Get(seqKey(seq))
+				if v == nil {
+					return nil
+				}
+				m, err := DecodeRecord(v)
+				if err != nil {
+					return nil // Fetch reports and buries damaged ones
+				}
+				m.Seq, m.ID.seq = seq, seq
+				if !fn(m, due) {
+					stop = true
+					return errStop
+				}
+				return nil
+			})
+		})
+		if stop {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -62,3 +62,25 @@ func TestParkUnparkKeepsOrderAndAttempts(t *testing.T) {
 		t.Fatalf("unpark twice: %v", err)
 	}
 }
+
+func TestEachRetryListsTheSchedule(t *testing.T) {
+	s, q := openTest(t, Config{}, "a")
+	defer s.Close()
+	appendN(t, q, 3)
+	a, _ := q.Consumer("a")
+	ds := fetchAll(t, a)
+	due := time.Now().Add(time.Hour)
+	must(t, a.Complete(context.Background(), ds[0], Outcome{Phase: Retrying, NextTry: due, Attempt: Attempt{Status: 503}}))
+	must(t, a.Complete(context.Background(), ds[2], Outcome{Phase: Retrying, NextTry: due, Attempt: Attempt{Status: 503}}))
+	var seqs []uint64
+	must(t, a.EachRetry(func(m *Message, at time.Time) bool {
+		if m.Method != "POST" || !at.Equal(time.Unix(0, due.UnixNano())) {
+			t.Errorf("retry %d: %+v due %v", m.Seq, m, at)
+		}
+		seqs = append(seqs, m.Seq)
+		return true
+	}))
+	if len(seqs) != 2 {
+		t.Fatalf("EachRetry listed %v, want the two retrying", seqs)
+	}
+}
