@@ -34,6 +34,15 @@ func newUpstream(u *url.URL) *fasthttp.HostClient {
 		DisableHeaderNamesNormalizing: true,
 		DisablePathNormalizing:        true,
 		NoDefaultUserAgentHeader:      true,
+		// Do returns once the upstream's status line and headers are read;
+		// the body stays on the upstream connection as Response.BodyStream,
+		// which the server copies to the client as it arrives (bufio.Writer
+		// reads it in 4 KiB pieces) and then closes, returning the connection
+		// to the pool. A large answer is never held whole in memory, and a
+		// small one is copied once instead of twice. Only this pool streams:
+		// spillover and the drainers use their own clients, which read the
+		// whole answer (they keep it).
+		StreamResponseBody: true,
 	}
 }
 
@@ -53,7 +62,17 @@ func newLimiter(r policies.Rate, burst int) *rate.Limiter {
 // there: the connection pool dials only the upstream's address, and the Host
 // header and any absolute URI the client sent are replaced, so sluice is
 // never an open proxy. The request is forwarded in place (no copy of its
-// headers or body) and the upstream's answer is read straight into the reply.
+// headers or body).
+//
+// The upstream's answer is streamed: its headers are in ctx.Response when Do
+// returns, and its body is copied to the client after this handler returns,
+// as it arrives, so memory does not grow with its size. The upstream
+// connection is held until the body is written, within the server's
+// write_timeout and the pool's 60s read timeout. If the upstream fails in the
+// middle of the body, the client's connection is closed (the status line has
+// gone out), so a truncated answer is never taken for a whole one. The request
+// body is not streamed: the server reads it whole, up to the route's
+// max_body, before any handler runs.
 func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route) {
 	if r.limiter != nil && !r.limiter.Allow() {
 		s.tooMany(ctx, r)
