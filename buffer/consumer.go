@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -161,7 +163,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 	q := c.q
 	last = next - 1
 	var corrupt []uint64
-	err = safeView(seg.db, func(tx *bolt.Tx) error {
+	err = c.snapshotView(seg, func(tx *bolt.Tx, busyAtStart map[uint64]struct{}) error {
 		sb := tx.Bucket(stateBucket(c.target))
 		cur := tx.Bucket(bucketMsgs).Cursor()
 		for k, v := cur.Seek(seqKey(next)); k != nil && len(out) < max; k, v = cur.Next() {
@@ -170,10 +172,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 			if sb.Get(k) != nil {
 				continue // finished before a restart; its retry, if any, is in the schedule
 			}
-			q.mu.Lock()
-			_, busy := c.inflight[seq] // possible after Release rewound the cursor
-			q.mu.Unlock()
-			if busy {
+			if _, busy := busyAtStart[seq]; busy { // possible after Release rewound the cursor
 				continue
 			}
 			m, err := DecodeRecord(v)
@@ -227,7 +226,7 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 			return nil
 		}
 		var got []*Delivery
-		err := safeView(seg.db, func(tx *bolt.Tx) error {
+		err := c.snapshotView(seg, func(tx *bolt.Tx, busyAtStart map[uint64]struct{}) error {
 			sb := tx.Bucket(stateBucket(c.target))
 			mb := tx.Bucket(bucketMsgs)
 			cur := tx.Bucket(retryBucket(c.target)).Cursor()
@@ -236,6 +235,9 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 					break
 				}
 				_, seq := parseRetryKey(k)
+				if _, busy := busyAtStart[seq]; busy {
+					continue
+				}
 				q.mu.Lock()
 				_, busy := c.inflight[seq]
 				if !busy {
@@ -406,4 +408,30 @@ func (c *Consumer) Cursor() uint64 {
 	c.q.mu.Lock()
 	defer c.q.mu.Unlock()
 	return c.next
+}
+
+// snapshotView runs fn in a read transaction of seg together with a copy of
+// the in-flight set taken at the same instant (under q.mu, where the writer
+// removes completed messages from it only after their commit). Checking a
+// candidate against that copy, not against the live set, is what keeps a
+// snapshot from handing out a message completed while it was being read:
+// such a message was still in flight when the snapshot began.
+func (c *Consumer) snapshotView(seg *segment, fn func(*bolt.Tx, map[uint64]struct{}) error) (err error) {
+	q := c.q
+	old := debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(old)
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: segment read failed: %v", ErrCorrupt, p)
+		}
+	}()
+	q.mu.Lock()
+	tx, err := seg.db.Begin(false)
+	busy := maps.Clone(c.inflight)
+	q.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	return fn(tx, busy)
 }

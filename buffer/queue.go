@@ -51,6 +51,10 @@ type request struct {
 	parkKey  *[16]byte // Park: index the message under this key
 	unpark   *[16]byte // Unpark: remove it from the index under this key
 
+	// set by the writer
+	skipped      bool // a precondition checked in the transaction failed (ErrNotFound)
+	retryRemoved bool // oldRetry was in the schedule and is gone
+
 	err  error
 	done chan struct{} // capacity 1: the writer sends once when r is done
 }
@@ -511,13 +515,32 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		err := safeUpdate(s.db, func(tx *bolt.Tx) error {
 			for _, r := range rs {
 				t := q.targets[r.target]
+				r.skipped, r.retryRemoved = false, false
+				// Transitions that callers check before asking are checked
+				// again here, atomically: two Unparks (or Revives) of one
+				// message must not both apply.
+				if r.unpark != nil {
+					if pb := tx.Bucket(parkBucket(t)); pb == nil || pb.Get(parkKey(*r.unpark, r.seq)) == nil {
+						r.skipped = true
+						continue
+					}
+				}
+				if r.wasDead {
+					if db := tx.Bucket(deadBucket(t)); db == nil || db.Get(seqKey(r.seq)) == nil {
+						r.skipped = true
+						continue
+					}
+				}
 				if err := tx.Bucket(stateBucket(t)).Put(seqKey(r.seq), encodeState(r.state)); err != nil {
 					return err
 				}
 				rb := tx.Bucket(retryBucket(t))
 				if !r.oldRetry.IsZero() {
-					if err := rb.Delete(retryKey(r.oldRetry, r.seq)); err != nil {
-						return err
+					if k := retryKey(r.oldRetry, r.seq); rb.Get(k) != nil {
+						if err := rb.Delete(k); err != nil {
+							return err
+						}
+						r.retryRemoved = true
 					}
 				}
 				if r.state.Phase == Retrying {
@@ -563,7 +586,10 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			dirty[s] = true
 			q.mu.Lock()
 			for _, r := range rs {
-				if !r.oldRetry.IsZero() {
+				if r.skipped {
+					continue
+				}
+				if r.retryRemoved {
 					s.retries[r.target]--
 					q.consumers[r.target].retrying--
 				}
@@ -582,6 +608,9 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		}
 		for _, r := range rs {
 			r.err = err
+			if err == nil && r.skipped {
+				r.err = fmt.Errorf("%w: seq %d is no longer in that state", ErrNotFound, r.seq)
+			}
 		}
 	}
 
