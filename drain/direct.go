@@ -18,7 +18,7 @@ import (
 // TryDirect takes a token and a concurrency slot for one direct request, if
 // both are free now; it never waits. It fails while Run is not running, while
 // the drainer is paused (by Pause, SetRate or a window), while the circuit
-// breaker is not closed, for a batch target or one with ordering, and when the bucket or the slots
+// breaker is not closed, for a batch target or one with ordering or fairness, and when the bucket or the slots
 // are empty. On success the caller must call release once the request is
 // over; release frees the slot (the token is spent).
 func (d *Drainer) TryDirect() (release func(), ok bool) {
@@ -27,7 +27,7 @@ func (d *Drainer) TryDirect() (release func(), ok bool) {
 
 // TryDirectAt is TryDirect at the time now, as the rate limiter sees it.
 func (d *Drainer) TryDirectAt(now time.Time) (release func(), ok bool) {
-	if !d.running.Load() || d.target.Batch != nil || d.target.Ordering != nil || BreakerState(d.breakerState.Load()) != BreakerClosed {
+	if !d.running.Load() || d.target.Batch != nil || d.target.Ordering != nil || d.target.Fairness != nil || BreakerState(d.breakerState.Load()) != BreakerClosed {
 		return nil, false
 	}
 	r, paused, _ := d.rateAt(now)

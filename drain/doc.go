@@ -123,6 +123,21 @@
 // outcome. A failing message holds back only its key. See ordering.go for
 // how a restart keeps the order. Not with batch; no direct sends.
 //
+// # Fairness
+//
+// With Target.Fairness, the rate is shared round robin among the keys (a
+// header's value; messages without it are one more key) that have backlog:
+// a key's flood cannot starve a trickling key, whose wait stays about one
+// round of the keys with backlog. The drainer holds up to max(2,
+// Concurrency/4) fetched messages per key and 4*Concurrency in all, fetched
+// ahead of tokens (in flight in the store meanwhile; released at stop, sent
+// again after a crash); the rest of a flooding key is parked in the store
+// and unparked as its share comes round. No order is kept. See fairness.go
+// for why nothing is lost across a restart. Not with batch or ordering; no
+// direct sends. A drainer whose target uses neither ordering nor fairness
+// (the policy changed) unparks whatever its target still has parked, at
+// start, so nothing stays parked until the retention.
+//
 // # Costs
 //
 // One goroutine per drainer runs the schedule; each attempt runs in its own
@@ -132,6 +147,8 @@
 // (Source.Ready), when the earliest retry is due, at window boundaries, on
 // control calls and every 500ms as a safety net; it never spins. Each wake-up
 // costs one Fetch; a busy drainer does one Fetch per batch of free slots.
+// With fairness, a flooding key's messages cost two more commits each (park
+// and unpark, grouped), and up to 4*Concurrency fetched messages are held.
 // Recording an outcome costs one commit in the store (shared with other
 // outcomes and appends by group commit).
 package drain

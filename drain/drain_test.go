@@ -39,6 +39,20 @@ func TestNewValidates(t *testing.T) {
 		{"ftp", func(t *policies.Target) { t.URL, _ = url.Parse("ftp://h/") }, src, "scheme"},
 		{"no host", func(t *policies.Target) { t.URL, _ = url.Parse("http:///x") }, src, "no host"},
 		{"negative rate", func(t *policies.Target) { t.Rate = policies.Rate{PerSecond: -1} }, src, "invalid rate"},
+		{"fairness with batch", func(t *policies.Target) {
+			t.Fairness = &policies.Fairness{Key: policies.KeySource{Header: "X-T"}}
+			t.Batch = &policies.Batch{MaxMessages: 10}
+		}, src, "fairness cannot be used with batch"},
+		{"fairness with ordering", func(t *policies.Target) {
+			t.Fairness = &policies.Fairness{Key: policies.KeySource{Header: "X-T"}}
+			t.Ordering = &policies.Ordering{Key: policies.KeySource{Header: "X-T"}}
+		}, src, "fairness cannot be used with ordering"},
+		{"fairness without key", func(t *policies.Target) {
+			t.Fairness = &policies.Fairness{}
+		}, src, "fairness: no key header"},
+		{"fairness without parking", func(t *policies.Target) {
+			t.Fairness = &policies.Fairness{Key: policies.KeySource{Header: "X-T"}}
+		}, newFakeSource(), "can park"},
 		{"NaN window", func(t *policies.Target) {
 			t.Windows = []policies.Window{{Rate: policies.Rate{PerSecond: math.NaN()}}}
 		}, src, "window 0"},

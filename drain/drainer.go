@@ -153,16 +153,20 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		return nil, fail("CallbackHeader %q without an allow-list (Callbacks)", cfg.CallbackHeader)
 	case t.CaptureResponse != nil && t.Batch != nil:
 		return nil, fail("capture_response cannot be used with batch")
-	case t.Fairness != nil:
-		return nil, fail("fairness is not supported yet")
+	case t.Fairness != nil && t.Batch != nil:
+		return nil, fail("fairness cannot be used with batch")
+	case t.Fairness != nil && t.Ordering != nil:
+		return nil, fail("fairness cannot be used with ordering")
+	case t.Fairness != nil && t.Fairness.Key.Header == "":
+		return nil, fail("fairness: no key header")
 	case t.Ordering != nil && t.Batch != nil:
 		return nil, fail("ordering cannot be used with batch")
 	case t.Ordering != nil && t.Ordering.Key.Header == "":
 		return nil, fail("ordering: no key header")
 	}
-	if t.Ordering != nil {
+	if t.Ordering != nil || t.Fairness != nil {
 		if _, ok := src.(Parker); !ok {
-			return nil, fail("ordering needs a source that can park messages (a *buffer.Consumer)")
+			return nil, fail("ordering and fairness need a source that can park messages (a *buffer.Consumer)")
 		}
 	}
 	for i, w := range t.Windows {
@@ -321,11 +325,16 @@ func (d *Drainer) ResetRate() {
 
 func (d *Drainer) changed(msg string, args ...any) {
 	d.control.Add(1)
+	d.wake()
+	d.log.Info(msg, args...)
+}
+
+// wake makes the run loop look again (fetch, timers) without waiting.
+func (d *Drainer) wake() {
 	select {
 	case d.kick <- struct{}{}:
 	default:
 	}
-	d.log.Info(msg, args...)
 }
 
 // rateAt returns the rate in force at now; paused is true when it is zero
@@ -356,7 +365,8 @@ type Stats struct {
 	// at shutdown); those messages are attempted again after a restart.
 	Unrecorded uint64
 	// Parked counts deliveries parked behind an earlier message of their
-	// key (Target.Ordering); a parked message spends no attempt.
+	// key (Target.Ordering), or behind the full ready queue of their key
+	// (Target.Fairness); a parked message spends no attempt.
 	Parked   uint64
 	InFlight int     // HTTP requests open to the target now; at most Concurrency
 	Rate     float64 // requests per second in force now: +Inf if unlimited, 0 if paused
@@ -432,6 +442,12 @@ func (d *Drainer) Run(ctx context.Context) error {
 	if d.target.Adaptive != nil {
 		r.ad = newAIMD(d.target.Adaptive)
 	}
+	if d.target.Fairness != nil {
+		r.fair = newFairer(d, d.src.(Parker))
+		if err := r.fair.begin(); err != nil {
+			d.log.Error("fairness: cannot list parked keys; looking again later", "err", err)
+		}
+	}
 	if d.target.Ordering != nil {
 		r.ord = newOrderer(d, d.src.(Parker))
 		if err := r.ord.begin(); err != nil {
@@ -439,10 +455,20 @@ func (d *Drainer) Run(ctx context.Context) error {
 			r.ord.recovering = true
 		}
 	}
+	var leftovers sync.WaitGroup
+	lctx, lcancel := context.WithCancel(ctx)
+	if p, ok := d.src.(Parker); ok && d.target.Ordering == nil && d.target.Fairness == nil {
+		leftovers.Go(func() { d.unparkLeftovers(lctx, p) })
+	}
 	err := r.loop(ctx)
+	lcancel()
+	leftovers.Wait()
 	r.stopping = true
 	d.lim.Store(nil)
 	r.releasePending()
+	if r.fair != nil {
+		r.fair.releaseAll()
+	}
 	// Every attempt goroutine sends two events; wait for the last of them.
 	for r.outstanding > 0 {
 		r.handle(<-r.events)
@@ -489,9 +515,10 @@ type runner struct {
 	changeBase policies.Rate // the base rate nextChange was computed with
 	changeOK   bool          // nextChange is computed
 
-	ad  *aimd    // nil unless Target.Adaptive
-	br  *breaker // always
-	ord *orderer // nil unless Target.Ordering
+	ad   *aimd    // nil unless Target.Adaptive
+	br   *breaker // always
+	ord  *orderer // nil unless Target.Ordering
+	fair *fairer  // nil unless Target.Fairness
 
 	stopping bool // the loop has returned; Run waits for what is outstanding
 
@@ -635,12 +662,38 @@ func (r *runner) loop(ctx context.Context) error {
 		if (paused || blocked) && len(r.pending) > 0 {
 			r.releasePending() // held back: back to the queue, not in flight
 		}
-		if !paused && !blocked && (!idle || len(r.pending) > 0) && !now.Before(fetchAfter) {
+		if (paused || blocked) && r.fair != nil && r.fair.held > 0 {
+			r.fair.releaseAll()
+		}
+		if !paused && !blocked && (!idle || len(r.pending) > 0 || (r.fair != nil && r.fair.held > 0)) && !now.Before(fetchAfter) {
 			free := min(conc-int(d.slots.Load()), 2*conc-r.outstanding) // direct calls hold slots too
 			if allow >= 0 {
 				free = min(free, allow)
 			}
-			if free > 0 {
+			if r.fair != nil {
+				fr := r.fairRound(now, gen, free, idle)
+				if fr.fetched {
+					lastFetch = now
+				}
+				if fr.err != nil {
+					if errors.Is(fr.err, buffer.ErrClosed) {
+						return fr.err
+					}
+					d.log.Error("fairness: fetch, park or unpark failed; trying again shortly", "err", fr.err)
+					fetchAfter = now.Add(fetchErrorPause)
+					continue
+				}
+				if fr.again {
+					idle = false
+					continue
+				}
+				if fr.short {
+					idle, checkRetry = true, true
+				}
+				if !fr.wake.IsZero() {
+					wake = earliest(wake, fr.wake)
+				}
+			} else if free > 0 {
 				k, wait := r.tokens(now, free)
 				if k == 0 {
 					wake = now.Add(wait)
@@ -787,20 +840,33 @@ func earliest(a, b time.Time) time.Time {
 // gives dl back (and returns false) if a control call came in since gen or
 // the bucket is empty.
 func (r *runner) start(dl *buffer.Delivery, now time.Time, gen uint64) bool {
+	if !r.take(now, gen) {
+		r.d.src.Release(dl)
+		return false
+	}
+	r.launch(dl, now)
+	return true
+}
+
+// take takes a slot and a token for one attempt, and returns false (taking
+// nothing) if a control call came in since gen or either is missing.
+func (r *runner) take(now time.Time, gen uint64) bool {
 	d := r.d
 	if d.control.Load() != gen || !d.takeSlot() {
-		d.src.Release(dl)
 		return false
 	}
 	if r.lim != nil && !r.lim.AllowN(now, 1) {
 		d.slots.Add(-1)
-		d.src.Release(dl)
 		return false
 	}
+	return true
+}
+
+// launch sends dl in a new goroutine, with the slot and token take took.
+func (r *runner) launch(dl *buffer.Delivery, now time.Time) {
 	r.sending++
 	r.outstanding++
-	go d.attempt(dl, r.br.Started(now), r.events)
-	return true
+	go r.d.attempt(dl, r.br.Started(now), r.events)
 }
 
 // attempt sends dl once, records the outcome and tells the run loop.

@@ -181,7 +181,7 @@ type Target struct {
 	Ordering *Ordering
 	// Fairness (key fairness) shares the target's rate among the keys with
 	// backlog, round robin; nil (the default) = off. Not with batch or
-	// ordering.
+	// ordering, nor on a spillover route.
 	Fairness *Fairness
 	Line     int // line of the target's mapping
 }

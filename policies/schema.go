@@ -254,6 +254,9 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 			if r.Mode == ModeSpillover && t.Ordering != nil {
 				d.errorf(t.Ordering.Line, fmt.Sprintf("%s.targets[%d].ordering", path, i), "a spillover route forwards requests as they come; ordering is only used with mode buffer")
 			}
+			if r.Mode == ModeSpillover && t.Fairness != nil {
+				d.errorf(t.Fairness.Line, fmt.Sprintf("%s.targets[%d].fairness", path, i), "a spillover route forwards requests as they come; fairness is only used with mode buffer")
+			}
 			if r.Mode == ModeSpillover && t.Batch != nil {
 				d.errorf(t.Batch.Line, fmt.Sprintf("%s.targets[%d].batch", path, i), "a spillover route forwards one request at a time; batch is only used with mode buffer")
 			}
@@ -379,10 +382,6 @@ func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Targe
 		}
 	}
 	switch {
-	case t.Fairness != nil:
-		// Parsed so the error can point at it, but refused: a key the drainer
-		// would ignore must not look accepted.
-		d.errorf(t.Fairness.Line, m.field("fairness"), "fairness is not supported yet (planned: deficit round robin between keys); remove it, or use ordering for per-key order")
 	case t.Ordering != nil && t.Fairness != nil:
 		d.errorf(t.Fairness.Line, m.field("fairness"), "fairness cannot be combined with ordering (yet); choose one")
 	case t.Ordering != nil && t.Batch != nil:
