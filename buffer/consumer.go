@@ -211,14 +211,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 // fetchRetries appends due retries, oldest due first.
 func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error {
 	q := c.q
-	q.mu.Lock()
-	var segs []*segment
-	for _, s := range q.segs {
-		if s.retries[c.idx] > 0 {
-			segs = append(segs, s)
-		}
-	}
-	q.mu.Unlock()
+	segs := c.segmentsWith(func(s *segment) bool { return s.retries[c.idx] > 0 })
 	nowKey := retryKey(now, ^uint64(0))
 	var unloadable []retryRef
 	for _, seg := range segs {
@@ -314,14 +307,7 @@ func (c *Consumer) load(mb, sb *bolt.Bucket, seq uint64) (*Delivery, error) {
 // NextRetry returns when the earliest retry not in flight is due.
 func (c *Consumer) NextRetry() (time.Time, bool) {
 	q := c.q
-	q.mu.Lock()
-	var segs []*segment
-	for _, s := range q.segs {
-		if s.retries[c.idx] > 0 {
-			segs = append(segs, s)
-		}
-	}
-	q.mu.Unlock()
+	segs := c.segmentsWith(func(s *segment) bool { return s.retries[c.idx] > 0 })
 	var best time.Time
 	for _, seg := range segs {
 		safeView(seg.db, func(tx *bolt.Tx) error {
@@ -434,4 +420,18 @@ func (c *Consumer) snapshotView(seg *segment, fn func(*bolt.Tx, map[uint64]struc
 	}
 	defer tx.Rollback()
 	return fn(tx, busy)
+}
+
+// segmentsWith returns, under q.mu, the segments for which has is true (for
+// example, those with entries in this target's retry schedule).
+func (c *Consumer) segmentsWith(has func(*segment) bool) []*segment {
+	c.q.mu.Lock()
+	defer c.q.mu.Unlock()
+	var segs []*segment
+	for _, s := range c.q.segs {
+		if has(s) {
+			segs = append(segs, s)
+		}
+	}
+	return segs
 }

@@ -38,15 +38,7 @@ func (c *Consumer) Park(ctx context.Context, d *Delivery, key [16]byte) error {
 
 // NextParked returns the oldest message parked under key, if any.
 func (c *Consumer) NextParked(key [16]byte) (seq uint64, ok bool, err error) {
-	q := c.q
-	q.mu.Lock()
-	var segs []*segment
-	for _, s := range q.segs {
-		if s.parked[c.idx] > 0 {
-			segs = append(segs, s)
-		}
-	}
-	q.mu.Unlock()
+	segs := c.segmentsWith(func(s *segment) bool { return s.parked[c.idx] > 0 })
 	for _, s := range segs {
 		err = safeView(s.db, func(tx *bolt.Tx) error {
 			pb := tx.Bucket(parkBucket(c.target))
@@ -70,15 +62,7 @@ func (c *Consumer) NextParked(key [16]byte) (seq uint64, ok bool, err error) {
 // its oldest one (for a drainer rebuilding its view at start), until fn
 // returns false.
 func (c *Consumer) ParkedKeys(fn func(key [16]byte, oldest uint64) bool) error {
-	q := c.q
-	q.mu.Lock()
-	var segs []*segment
-	for _, s := range q.segs {
-		if s.parked[c.idx] > 0 {
-			segs = append(segs, s)
-		}
-	}
-	q.mu.Unlock()
+	segs := c.segmentsWith(func(s *segment) bool { return s.parked[c.idx] > 0 })
 	seen := map[[16]byte]bool{}
 	for _, s := range segs { // oldest segment first: the first seq seen per key is its oldest
 		stop := false
@@ -152,14 +136,7 @@ func (c *Consumer) Unpark(ctx context.Context, seq uint64, key [16]byte, at time
 // owns each key.
 func (c *Consumer) EachRetry(fn func(m *Message, due time.Time) bool) error {
 	q := c.q
-	q.mu.Lock()
-	var segs []*segment
-	for _, s := range q.segs {
-		if s.retries[c.idx] > 0 {
-			segs = append(segs, s)
-		}
-	}
-	q.mu.Unlock()
+	segs := c.segmentsWith(func(s *segment) bool { return s.retries[c.idx] > 0 })
 	for _, s := range segs {
 		stop := false
 		err := safeView(s.db, func(tx *bolt.Tx) error {
