@@ -387,6 +387,48 @@ func (c *Consumer) Release(d *Delivery) {
 	}
 }
 
+// changeState makes a state change of seq that the caller did not fetch
+// (Unpark, Revive, Purge: the message is parked or dead, not in flight).
+// The writer ends the in-flight claim of every state change it commits, on
+// the understanding that the one asking holds it (as Complete and Park do).
+// So the change is made holding a claim: taken here, before build reads the
+// state and makes the request, and ended by the writer after the commit. A
+// Fetch that sees the message due between that commit and the writer's
+// bookkeeping finds it claimed and skips it; without the claim, it would
+// take the message and the writer would then drop that Fetch's claim, so
+// the next Fetch would hand the message out again while it is under way.
+// build's error (ErrNotFound: not in the state the change starts from) is
+// returned as it is; if seq is in that state but in flight already (its
+// holder's commit is not finished), it fails without changing anything.
+func (c *Consumer) changeState(ctx context.Context, seq uint64, build func() (*request, error)) error {
+	q := c.q
+	q.mu.Lock()
+	_, busy := c.inflight[seq]
+	if !busy {
+		c.inflight[seq] = struct{}{}
+	}
+	q.mu.Unlock()
+	r, err := build()
+	if busy {
+		if err == nil {
+			err = fmt.Errorf("buffer: seq %d is in flight for target %q; try again", seq, c.target)
+		}
+		return err
+	}
+	if err == nil {
+		err = q.complete(ctx, r, true)
+		if err == nil || errors.Is(err, ErrNotFound) {
+			return err // the writer took the request and ended the claim
+		}
+	}
+	// The change was not asked for, or the writer left it in flight (failed
+	// write): the claim is still ours, and no one else can have taken seq.
+	q.mu.Lock()
+	delete(c.inflight, seq)
+	q.mu.Unlock()
+	return err
+}
+
 // Cursor returns the seq of the next message this consumer has never
 // fetched: every message below it has been fetched at least once since the
 // queue was opened, or finished before.

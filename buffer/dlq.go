@@ -99,29 +99,31 @@ func (q *Queue) leaveDead(ctx context.Context, target string, seq uint64, next f
 	if err != nil {
 		return err
 	}
-	q.mu.Lock()
-	seg := q.segmentFor(seq)
-	q.mu.Unlock()
-	if seg == nil {
-		return fmt.Errorf("%w: seq %d", ErrNotFound, seq)
-	}
-	var st *State
-	err = safeView(seg.db, func(tx *bolt.Tx) error {
-		db := tx.Bucket(deadBucket(target))
-		if db == nil || db.Get(seqKey(seq)) == nil {
-			return fmt.Errorf("%w: seq %d is not a dead letter of target %q", ErrNotFound, seq, target)
+	return c.changeState(ctx, seq, func() (*request, error) {
+		q.mu.Lock()
+		seg := q.segmentFor(seq)
+		q.mu.Unlock()
+		if seg == nil {
+			return nil, fmt.Errorf("%w: seq %d", ErrNotFound, seq)
 		}
-		v := tx.Bucket(stateBucket(target)).Get(seqKey(seq))
-		if v == nil {
-			return fmt.Errorf("%w: seq %d has no state", ErrNotFound, seq)
+		var st *State
+		err := safeView(seg.db, func(tx *bolt.Tx) error {
+			db := tx.Bucket(deadBucket(target))
+			if db == nil || db.Get(seqKey(seq)) == nil {
+				return fmt.Errorf("%w: seq %d is not a dead letter of target %q", ErrNotFound, seq, target)
+			}
+			v := tx.Bucket(stateBucket(target)).Get(seqKey(seq))
+			if v == nil {
+				return fmt.Errorf("%w: seq %d has no state", ErrNotFound, seq)
+			}
+			var err error
+			st, err = decodeState(v)
+			return err
+		})
+		if err != nil {
+			return nil, err
 		}
-		st, err = decodeState(v)
-		return err
+		return &request{kind: opState, seq: seq, target: c.idx, state: next(st, q.cfg.Now()),
+			wasDead: true, purge: purge, done: make(chan struct{}, 1)}, nil
 	})
-	if err != nil {
-		return err
-	}
-	r := &request{kind: opState, seq: seq, target: c.idx, state: next(st, q.cfg.Now()),
-		wasDead: true, purge: purge, done: make(chan struct{}, 1)}
-	return q.complete(ctx, r, true)
 }

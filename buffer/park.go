@@ -98,35 +98,36 @@ var errStop = fmt.Errorf("stop")
 
 // Unpark makes the message seq, parked under key, due at at: it enters the
 // retry schedule with its attempt count unchanged, and Fetch hands it out
-// among the due retries.
+// among the due retries. It fails without effect if seq is in flight.
 func (c *Consumer) Unpark(ctx context.Context, seq uint64, key [16]byte, at time.Time) error {
-	q := c.q
-	q.mu.Lock()
-	seg := q.segmentFor(seq)
-	q.mu.Unlock()
-	if seg == nil {
-		return fmt.Errorf("%w: seq %d", ErrNotFound, seq)
-	}
-	var st *State
-	err := safeView(seg.db, func(tx *bolt.Tx) error {
-		pb := tx.Bucket(parkBucket(c.target))
-		if pb == nil || pb.Get(parkKey(key, seq)) == nil {
-			return fmt.Errorf("%w: seq %d is not parked under this key for target %q", ErrNotFound, seq, c.target)
+	return c.changeState(ctx, seq, func() (*request, error) {
+		q := c.q
+		q.mu.Lock()
+		seg := q.segmentFor(seq)
+		q.mu.Unlock()
+		if seg == nil {
+			return nil, fmt.Errorf("%w: seq %d", ErrNotFound, seq)
 		}
-		v := tx.Bucket(stateBucket(c.target)).Get(seqKey(seq))
-		if v == nil {
-			return fmt.Errorf("%w: seq %d has no state", ErrNotFound, seq)
+		var st *State
+		err := safeView(seg.db, func(tx *bolt.Tx) error {
+			pb := tx.Bucket(parkBucket(c.target))
+			if pb == nil || pb.Get(parkKey(key, seq)) == nil {
+				return fmt.Errorf("%w: seq %d is not parked under this key for target %q", ErrNotFound, seq, c.target)
+			}
+			v := tx.Bucket(stateBucket(c.target)).Get(seqKey(seq))
+			if v == nil {
+				return fmt.Errorf("%w: seq %d has no state", ErrNotFound, seq)
+			}
+			var err error
+			st, err = decodeState(v)
+			return err
+		})
+		if err != nil {
+			return nil, err
 		}
-		var err error
-		st, err = decodeState(v)
-		return err
+		next := &State{Phase: Retrying, Attempts: st.Attempts, NextTry: at, History: st.History}
+		return &request{kind: opState, seq: seq, target: c.idx, state: next, unpark: &key, done: make(chan struct{}, 1)}, nil
 	})
-	if err != nil {
-		return err
-	}
-	next := &State{Phase: Retrying, Attempts: st.Attempts, NextTry: at, History: st.History}
-	r := &request{kind: opState, seq: seq, target: c.idx, state: next, unpark: &key, done: make(chan struct{}, 1)}
-	return q.complete(ctx, r, true)
 }
 
 // EachRetry calls fn with every message in this target's retry schedule that

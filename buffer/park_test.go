@@ -3,6 +3,7 @@ package buffer
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 )
@@ -83,4 +84,168 @@ func TestEachRetryListsTheSchedule(t *testing.T) {
 	if len(seqs) != 2 {
 		t.Fatalf("EachRetry listed %v, want the two retrying", seqs)
 	}
+}
+
+// stallWriter stops the writer once, right after its next successful write
+// transaction and before it updates its in-memory view of that commit (retry
+// counts, the in-flight set). It returns a channel closed when the writer is
+// stopped there, and a func that lets it go on (also called at cleanup).
+func stallWriter(t *testing.T) (stalled <-chan struct{}, resume func()) {
+	st, res := make(chan struct{}), make(chan struct{})
+	var once, resumeOnce sync.Once
+	hook := func() {
+		once.Do(func() {
+			close(st)
+			select {
+			case <-res:
+			case <-time.After(10 * time.Second):
+			}
+		})
+	}
+	afterUpdateHook.Store(&hook)
+	resume = func() {
+		afterUpdateHook.Store(nil)
+		resumeOnce.Do(func() { close(res) })
+	}
+	t.Cleanup(resume)
+	return st, resume
+}
+
+func waitClosed(t *testing.T, c <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// TestMadeDueNotHandedOutTwice: Unpark and Revive put a message that is not
+// in flight into the retry schedule. A Fetch may run between that commit
+// and the writer's bookkeeping of it; the message must still be handed out
+// exactly once until its outcome. (It once was not: a Fetch in that window
+// took it, the writer then dropped that Fetch's claim as if the Unpark had
+// held it, and the next Fetch handed it out again, attempt 1 twice.)
+func TestMadeDueNotHandedOutTwice(t *testing.T) {
+	key := KeyHash([]byte("customer-a"))
+	for _, tc := range []struct {
+		name    string
+		prepare func(*Consumer, *Delivery) // takes the fetched delivery out of the flow
+		makeDue func(*Queue, *Consumer, uint64) error
+	}{{
+		name:    "unpark",
+		prepare: func(a *Consumer, d *Delivery) { must(t, a.Park(context.Background(), d, key)) },
+		makeDue: func(_ *Queue, a *Consumer, seq uint64) error {
+			return a.Unpark(context.Background(), seq, key, time.Now())
+		},
+	}, {
+		name: "revive",
+		prepare: func(a *Consumer, d *Delivery) {
+			must(t, a.Complete(context.Background(), d, Outcome{Phase: Dead, Attempt: Attempt{At: time.Now(), Status: 400}}))
+		},
+		makeDue: func(q *Queue, _ *Consumer, seq uint64) error {
+			return q.Revive(context.Background(), "a", seq, time.Now())
+		},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, q := openTest(t, Config{}, "a")
+			defer s.Close()
+			appendN(t, q, 2)
+			a, _ := q.Consumer("a")
+			ds := fetchAll(t, a)
+			if len(ds) != 2 {
+				t.Fatalf("fetched %d, want 2", len(ds))
+			}
+			target := ds[0]
+			tc.prepare(a, target)
+			// Another retry in the segment, due later: Fetch reads the
+			// segment's schedule before the writer has counted the new entry.
+			must(t, a.Complete(context.Background(), ds[1], Outcome{Phase: Retrying, NextTry: time.Now().Add(time.Hour), Attempt: Attempt{Status: 503}}))
+
+			stalled, resume := stallWriter(t)
+			errc := make(chan error, 1)
+			go func() { errc <- tc.makeDue(q, a, target.Seq) }()
+			waitClosed(t, stalled, "the writer's commit")
+			// The message is due in the store; the writer has not finished.
+			inWindow, err := a.Fetch(10, time.Now())
+			must(t, err)
+			resume()
+			must(t, <-errc)
+			after, err := a.Fetch(10, time.Now())
+			must(t, err)
+			got := append(inWindow, after...)
+			if len(got) != 1 || got[0].Seq != target.Seq || got[0].Attempt != 1 {
+				t.Fatalf("fetched %v in the commit window and %v after it; want seq %d once, attempt 1",
+					seqsOf(inWindow), seqsOf(after), target.Seq)
+			}
+			// It is under way: it must not be handed out again.
+			if again, err := a.Fetch(10, time.Now()); err != nil || len(again) != 0 {
+				t.Fatalf("Fetch while seq %d is in flight = %v, %v; want nothing", target.Seq, seqsOf(again), err)
+			}
+			if at, ok := a.NextRetry(); !ok || at.Before(time.Now().Add(30*time.Minute)) {
+				t.Fatalf("NextRetry = %v %v, want only the later retry", at, ok)
+			}
+			// Its outcome ends the claim, and nothing is left due.
+			deliver(t, a, got)
+			if again, err := a.Fetch(10, time.Now()); err != nil || len(again) != 0 {
+				t.Fatalf("Fetch after delivery = %v, %v; want nothing", seqsOf(again), err)
+			}
+			_, st, err := q.Lookup(target.ID)
+			must(t, err)
+			if st[0].Phase != Delivered || st[0].Attempts != 1 {
+				t.Fatalf("state after delivery %+v", st[0])
+			}
+		})
+	}
+}
+
+// TestUnparkOrReviveWhileInFlight: a message whose Park (or dead outcome) is
+// committed but whose holder the writer has not released yet is still in
+// flight; Unpark or Revive then fails and changes nothing, and works once
+// the holder's claim has ended.
+func TestUnparkOrReviveWhileInFlight(t *testing.T) {
+	key := KeyHash([]byte("customer-a"))
+	s, q := openTest(t, Config{}, "a")
+	defer s.Close()
+	appendN(t, q, 2)
+	a, _ := q.Consumer("a")
+	ds := fetchAll(t, a)
+	for i, d := range ds {
+		stalled, resume := stallWriter(t)
+		errc := make(chan error, 1)
+		var again func() error
+		if i == 0 {
+			go func() { errc <- a.Park(context.Background(), d, key) }()
+			again = func() error { return a.Unpark(context.Background(), d.Seq, key, time.Now()) }
+		} else {
+			go func() {
+				errc <- a.Complete(context.Background(), d, Outcome{Phase: Dead, Attempt: Attempt{At: time.Now(), Status: 400}})
+			}()
+			again = func() error { return q.Revive(context.Background(), "a", d.Seq, time.Now()) }
+		}
+		waitClosed(t, stalled, "the writer's commit")
+		// Committed (parked, or on the dead list), still in flight.
+		if err := again(); err == nil || errors.Is(err, ErrNotFound) {
+			t.Fatalf("seq %d: made due while in flight: %v; want an in-flight error", d.Seq, err)
+		}
+		resume()
+		must(t, <-errc)
+		must(t, again())
+	}
+	got := fetchAll(t, a)
+	if len(got) != 2 || got[0].Attempt != 1 || got[1].Attempt != 1 {
+		t.Fatalf("after unpark and revive fetched %v, want both once", seqsOf(got))
+	}
+	deliver(t, a, got)
+	if again := fetchAll(t, a); len(again) != 0 {
+		t.Fatalf("fetched %v after delivery", seqsOf(again))
+	}
+}
+
+func seqsOf(ds []*Delivery) []uint64 {
+	var seqs []uint64
+	for _, d := range ds {
+		seqs = append(seqs, d.Seq)
+	}
+	return seqs
 }

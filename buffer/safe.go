@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -114,5 +115,15 @@ func safeUpdate(db *bolt.DB, fn func(*bolt.Tx) error) (err error) {
 			err = fmt.Errorf("%w: segment write failed: %v", ErrIO, p)
 		}
 	}()
-	return db.Update(fn)
+	if err = db.Update(fn); err == nil {
+		if h := afterUpdateHook.Load(); h != nil {
+			(*h)()
+		}
+	}
+	return err
 }
+
+// afterUpdateHook, set only by tests, runs after each successful safeUpdate,
+// on the writer goroutine, before the writer updates its in-memory view of
+// that commit (retry counts, the in-flight set): a test can act in that window.
+var afterUpdateHook atomic.Pointer[func()]
