@@ -451,7 +451,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 	if d.target.Ordering != nil {
 		r.ord = newOrderer(d, d.src.(Parker))
 		if err := r.ord.begin(); err != nil {
-			d.log.Error("ordering: cannot list parked keys; looking again later", "err", err)
+			d.log.Error("ordering: cannot read the parked keys or the retry schedule; recovering, looking again later", "err", err)
 			r.ord.recovering = true
 		}
 	}

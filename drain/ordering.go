@@ -32,35 +32,41 @@ import (
 // The owners are in memory only. What the store still tells us: which
 // messages are parked, under which key, oldest first (NextParked,
 // ParkedKeys); the cursor (Cursor: every message below it has been fetched
-// since the store was opened, or has a state); and whether the retry
-// schedule holds anything not in flight (NextRetry). The invisible part is
-// an owner that was waiting in the retry schedule at the restart: the retry
-// schedule cannot be listed by key. So the drainer recovers in two phases.
+// since the store was opened, or has a state); and the retry schedule
+// (EachRetry: every message in it, not in flight, with its headers).
 //
-// Recovering: if the retry schedule is not empty when Run starts, every
-// delivery of a key without an owner is parked, nothing is unparked, until
-// NextRetry reports nothing pending. Then every retry that was scheduled
-// before the restart has been fetched by this run (and, if keyed, parked),
-// since nothing keyed is sent meanwhile, no keyed retry is added. Unkeyed
-// messages flow normally; their failures prolong this phase (conservative).
+// At Run start the owners that wait in the retry schedule (a failed owner,
+// or a successor unparked just before the stop) are read back from it: a
+// key with a message r in the schedule is owned by r if r is surely its
+// oldest unfinished message, that is if r is the key's only message in the
+// schedule, Cursor() > r (so every older message of the key was fetched
+// and has a state: nothing older comes back from being in flight at a
+// crash; the cursor restarts at the floor, which never leads) and nothing
+// older of the key is parked. Then the drainer is settled at once.
+//
+// Recovering: if some key's retry is not sure to own it (the policy changed,
+// a dead letter was revived, or the crash left an older message of the key
+// in flight), every delivery of a key without an owner is parked, nothing is
+// unparked, until NextRetry reports nothing pending. Then every retry that
+// was scheduled before the restart has been fetched by this run (and, if
+// keyed, parked), since nothing keyed is sent meanwhile, no keyed retry is
+// added. Unkeyed messages flow normally; their failures prolong this phase
+// (conservative). The same happens if the store cannot be read at start.
 //
 // Settled: the unfinished messages of a key K are now (1) parked, (2) never
-// fetched, or fetched by this run and owned or parked. A delivery q of K
-// without an owner is either a new message (cursor order: every message of K
-// below q was fetched before it, and is owned, so K would have an owner, or
-// parked) or an unparked one. So if NextParked(K) = p < q, p is the oldest
-// unfinished message of K: q parks, p is unparked and owns K; otherwise q is
-// the oldest and owns K. A key with parked messages and no owner that no
-// delivery comes for (the owner finished just before the crash, before its
-// successor was unparked) is found with ParkedKeys; its oldest p is unparked
-// only once Cursor() > p: p was parked after being fetched, so any older
-// unfinished message of K that is not parked has a seq below p and was in
-// flight at the crash, and the restarted cursor fetches it before it passes
-// p (a Release rewinds the cursor below the released message, so the check
-// stays conservative).
-//
-// With a buffer that lists the retry schedule by message, the recovering
-// phase could instead rebuild the owners at once; see the package's notes.
+// fetched, (3) its owner from the retry schedule, or (4) fetched by this run
+// and owned or parked. A delivery q of K without an owner is either a new
+// message (cursor order: every message of K below q was fetched before it,
+// and is owned, so K would have an owner, or parked) or an unparked one. So
+// if NextParked(K) = p < q, p is the oldest unfinished message of K: q parks,
+// p is unparked and owns K; otherwise q is the oldest and owns K. A key with
+// parked messages and no owner that no delivery comes for (the owner
+// finished just before the crash, before its successor was unparked) is
+// found with ParkedKeys; its oldest p is unparked only once Cursor() > p: p
+// was parked after being fetched, so any older unfinished message of K that
+// is not parked has a seq below p and was in flight at the crash, and the
+// restarted cursor fetches it before it passes p (a Release rewinds the
+// cursor below the released message, so the check stays conservative).
 
 // Parker is what ordering needs from the store beyond Source.
 // *buffer.Consumer implements it.
@@ -75,6 +81,8 @@ type Parker interface {
 	Unpark(ctx context.Context, seq uint64, key [16]byte, at time.Time) error
 	// Cursor returns the seq of the next message never fetched.
 	Cursor() uint64
+	// EachRetry calls fn with every message in the retry schedule, not in flight.
+	EachRetry(fn func(m *buffer.Message, due time.Time) bool) error
 }
 
 var _ Parker = (*buffer.Consumer)(nil)
@@ -115,14 +123,56 @@ func newOrderer(d *Drainer, p Parker) *orderer {
 	}
 }
 
-// begin is called at Run start.
+// begin is called at Run start: the owners waiting in the retry schedule
+// are found there, or, if that cannot be told for sure, the drainer
+// recovers (see "After a restart").
 func (o *orderer) begin() error {
-	if _, pending := o.d.src.NextRetry(); pending {
+	owners, sure, err := o.retryOwners()
+	if err != nil {
+		return err
+	}
+	if !sure {
 		o.recovering = true
-		o.d.log.Info("ordering: retries from before the start are pending; keyed messages without an owner wait (parked) until they have been fetched")
+		o.d.log.Info("ordering: retries from before the start may precede other messages of their keys; keyed messages without an owner wait (parked) until the retries have been fetched")
 		return nil
 	}
+	for k, seq := range owners {
+		o.active[k] = seq
+	}
 	return o.settle()
+}
+
+// retryOwners returns, per key, the message in the retry schedule that owns
+// it; sure is false if some key's retry is not surely its oldest unfinished
+// message.
+func (o *orderer) retryOwners() (owners map[[16]byte]uint64, sure bool, err error) {
+	cur := o.p.Cursor()
+	owners, sure = map[[16]byte]uint64{}, true
+	err = o.p.EachRetry(func(m *buffer.Message, _ time.Time) bool {
+		k, ok := o.key(m)
+		if !ok {
+			return true
+		}
+		if _, two := owners[k]; two || m.Seq >= cur {
+			sure = false
+			return false
+		}
+		owners[k] = m.Seq
+		return true
+	})
+	if err != nil || !sure {
+		return nil, false, err
+	}
+	for k, seq := range owners {
+		p, parked, err := o.p.NextParked(k)
+		if err != nil {
+			return nil, false, err
+		}
+		if parked && p < seq {
+			return nil, false, nil
+		}
+	}
+	return owners, true, nil
 }
 
 // settle ends recovery: every key with parked messages and no owner becomes

@@ -226,6 +226,44 @@ func TestOrderingAfterCrash(t *testing.T) {
 			want: []int{0, 1, 2},
 		},
 		{
+			// Two retries of one key (ordering was off when they failed),
+			// the newer due well after the older is delivered: it still
+			// goes before the parked one.
+			name: "two retries of one key",
+			prepare: func(t *testing.T, c *buffer.Consumer, ds []*buffer.Delivery) {
+				complete(t, c, ds[0], buffer.Outcome{Phase: buffer.Retrying, NextTry: time.Now(),
+					Attempt: buffer.Attempt{At: time.Now(), Status: 503}})
+				complete(t, c, ds[1], buffer.Outcome{Phase: buffer.Retrying, NextTry: time.Now().Add(300 * ms),
+					Attempt: buffer.Attempt{At: time.Now(), Status: 503}})
+				park(t, c, ds[2], "k")
+			},
+			want: []int{0, 1, 2},
+		},
+		{
+			// An older message was in flight (never recorded) while a newer
+			// one failed: the retry cannot own the key before the older one
+			// has been fetched again.
+			name: "older in flight behind a retry",
+			prepare: func(t *testing.T, c *buffer.Consumer, ds []*buffer.Delivery) {
+				complete(t, c, ds[1], buffer.Outcome{Phase: buffer.Retrying, NextTry: time.Now(),
+					Attempt: buffer.Attempt{At: time.Now(), Status: 503}})
+				park(t, c, ds[2], "k")
+				c.Release(ds[0])
+			},
+			want: []int{0, 1, 2},
+		},
+		{
+			// A newer message failed while an older one was parked.
+			name: "older parked behind a retry",
+			prepare: func(t *testing.T, c *buffer.Consumer, ds []*buffer.Delivery) {
+				park(t, c, ds[0], "k")
+				complete(t, c, ds[1], buffer.Outcome{Phase: buffer.Retrying, NextTry: time.Now(),
+					Attempt: buffer.Attempt{At: time.Now(), Status: 503}})
+				park(t, c, ds[2], "k")
+			},
+			want: []int{0, 1, 2},
+		},
+		{
 			// The oldest was in flight; the next is parked behind it.
 			name: "owner in flight",
 			prepare: func(t *testing.T, c *buffer.Consumer, ds []*buffer.Delivery) {
@@ -283,6 +321,63 @@ func TestOrderingAfterCrash(t *testing.T) {
 				t.Errorf("arrived %v, want %v", arrived, want)
 			}
 		})
+	}
+}
+
+// TestOrderingRestartOwnerInRetrySchedule: after a restart, a key whose
+// owner waits in the retry schedule keeps waiting for it, and the other
+// keys are not held back until that retry is due: the owner is found in the
+// schedule at start.
+func TestOrderingRestartOwnerInRetrySchedule(t *testing.T) {
+	dir := t.TempDir()
+	st := openStore(t, dir, buffer.SyncAlways)
+	q, err := st.Queue("orders", []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pSeqs []uint64
+	for i := range 3 {
+		id, err := q.Append(context.Background(), keyed("p", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pSeqs = append(pSeqs, id.Seq())
+	}
+	c := consumer(t, q, "a")
+	got, err := c.Fetch(10, time.Now())
+	if err != nil || len(got) != 3 {
+		t.Fatalf("fetched %d: %v", len(got), err)
+	}
+	// p's first message failed and is due in 1.5s; the others wait behind it.
+	retryAt := time.Now().Add(1500 * ms)
+	complete(t, c, got[0], buffer.Outcome{Phase: buffer.Retrying, NextTry: retryAt,
+		Attempt: buffer.Attempt{At: time.Now(), Status: 503}})
+	park(t, c, got[1], "p")
+	park(t, c, got[2], "p")
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	st = openStore(t, dir, buffer.SyncAlways)
+	t.Cleanup(func() { st.Close() })
+	if q, err = st.Queue("orders", []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	want := appendKeyed(t, q, []string{"a", "p"}, 5)
+	want["p"] = append(pSeqs, want["p"]...)
+	ds := newDownstream(t, nil)
+	d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, consumer(t, q, "a"))
+	waitFor(t, 10*time.Second, "every message delivered", func() bool { return d.Stats().Delivered == 13 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	done := checkOrder(t, ds.snapshot(), want)
+	if !done["a"].Before(retryAt) {
+		t.Errorf("key a finished at %v, after p's retry was due (%v): held back by it",
+			done["a"].Format("15:04:05.000"), retryAt.Format("15:04:05.000"))
+	}
+	if done["p"].Before(retryAt) {
+		t.Errorf("key p finished before its first message's retry was due")
 	}
 }
 
