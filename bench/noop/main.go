@@ -6,15 +6,37 @@ package main
 import (
 	"flag"
 	"log"
+	"os"
+	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/valyala/fasthttp"
 )
 
 func main() {
 	addr := flag.String("listen", "127.0.0.1:18080", "address")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile here until SIGINT/SIGTERM")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		go func() {
+			<-sig
+			pprof.StopCPUProfile()
+			f.Close()
+			os.Exit(0)
+		}()
+	}
 	var n atomic.Uint64
 	h := func(ctx *fasthttp.RequestCtx) {
 		id := strconv.FormatUint(n.Add(1), 10)

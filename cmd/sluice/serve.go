@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"sync"
 	"syscall"
 	"time"
@@ -149,6 +150,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	listen := fs.String("listen", "", "override the policy's listen address")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
+	traceFile := fs.String("trace", "", "write a runtime execution trace (go tool trace) to this file until shutdown")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -169,6 +171,19 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			fmt.Fprintln(stderr, "sluice serve:", err)
+			return 1
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			fmt.Fprintln(stderr, "sluice serve:", err)
+			return 1
+		}
+		defer trace.Stop()
 	}
 	pol, err := policies.Load(*policyPath)
 	if err != nil {
