@@ -101,7 +101,7 @@ func checkInvariants(t *testing.T, p *Policy) {
 		for _, m := range r.Match.Methods {
 			check(m != "" && m == strings.ToUpper(m), "route %s: method %q", r.Name, m)
 		}
-		check(r.MaxBody > 0 && r.MaxBody <= MaxBodyLimit, "route %s: max_body %d", r.Name, r.MaxBody)
+		check(r.MaxBody > 0 && (r.MaxBody <= MaxBodyLimit || r.Mode == ModePassthrough), "route %s: max_body %d", r.Name, r.MaxBody)
 		check(r.Line > 0, "route %s: line %d", r.Name, r.Line)
 		check(r.Match.Host == strings.ToLower(r.Match.Host) && !strings.Contains(strings.TrimPrefix(r.Match.Host, "*."), "*"), "route %s: host %q", r.Name, r.Match.Host)
 		check(r.Burst >= 1 && r.MaxWait >= 0 && (r.Rate.Unlimited || r.Rate.PerSecond >= 0), "route %s: rate %v burst %d max_wait %v", r.Name, r.Rate, r.Burst, r.MaxWait)

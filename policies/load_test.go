@@ -179,7 +179,7 @@ func TestFullPolicy(t *testing.T) {
 			Name:     "catalog",
 			Match:    Match{Path: "/api/"},
 			Mode:     "passthrough",
-			MaxBody:  1 << 20,
+			MaxBody:  NoBodyLimit,
 			Upstream: mustURL("http://127.0.0.1:8081"),
 			Rate:     Rate{Unlimited: true},
 			Burst:    1,

@@ -123,7 +123,7 @@ type Route struct {
 	Match             Match    // which requests belong to the route
 	Mode              string   // ModeBuffer (default), ModePassthrough or ModeSpillover
 	IdempotencyHeader string   // request header holding the client's idempotency key; "" = none (buffer and spillover only)
-	MaxBody           int64    // largest accepted body in bytes; default 1MiB, at most 256MiB
+	MaxBody           int64    // largest accepted body in bytes; buffer, spillover: default 1MiB, at most 256MiB; passthrough: default NoBodyLimit (also "unlimited"), any size (streamed, not held)
 	Upstream          *url.URL // passthrough: where requests go (required); nil otherwise
 	Targets           []Target // buffer: every message goes to each (at least one); spillover: exactly one; passthrough: none
 	// Rate and Burst (passthrough only) limit the requests proxied to

@@ -2,6 +2,7 @@ package policies
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -15,7 +16,7 @@ const (
 	DefaultDir          = "./data"
 	DefaultRetention    = 72 * time.Hour
 	DefaultSegmentBytes = 64 << 20
-	DefaultMaxBody      = 1 << 20
+	DefaultMaxBody      = 1 << 20 // buffer and spillover routes
 	DefaultConcurrency  = 16
 	DefaultTimeout      = 10 * time.Second
 	DefaultMaxAttempts  = 10
@@ -38,6 +39,16 @@ const (
 	DefaultMaxConnections = 10000
 	DefaultCaptureBytes   = 64 << 10
 )
+
+// NoBodyLimit is the max_body of a passthrough route that sets none, or sets
+// "unlimited": any body size is forwarded. A passthrough route streams bodies
+// larger than 64 KiB to its upstream as they arrive, so a large body costs
+// sluice no memory; the upstream enforces its own limit.
+const NoBodyLimit int64 = math.MaxInt64
+
+// DefaultPassthroughMaxBody is the max_body of a passthrough route (and of
+// default_upstream) that sets none.
+const DefaultPassthroughMaxBody = NoBodyLimit
 
 // Limits of a policy file.
 const (
@@ -187,7 +198,12 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 		d.errorf(m.line, m.field("match"), "required: a mapping such as { path: /api/orders, methods: [POST] }")
 	}
 	field(d, m, "mode", "", parseMode, &r.Mode)
-	field(d, m, "max_body", "", parseSize(1, MaxBodyLimit), &r.MaxBody)
+	if r.Mode == ModePassthrough && !m.bad["mode"] {
+		r.MaxBody = DefaultPassthroughMaxBody
+		field(d, m, "max_body", "", parseBodyLimit, &r.MaxBody)
+	} else {
+		field(d, m, "max_body", "", parseSize(1, MaxBodyLimit), &r.MaxBody)
+	}
 
 	modeKnown := !m.bad["mode"]
 	switch {

@@ -163,6 +163,19 @@ func parseSize(lo, hi int64) func(string) (int64, error) {
 	}
 }
 
+// parseBodyLimit parses a passthrough route's max_body: a size of at least 1
+// byte, or "unlimited" (NoBodyLimit).
+func parseBodyLimit(s string) (int64, error) {
+	if s == "unlimited" {
+		return NoBodyLimit, nil
+	}
+	n, err := parseSize(1, maxSize)(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w, or unlimited", err)
+	}
+	return n, nil
+}
+
 // sizeString writes n with the largest binary unit that divides it: 64KiB, 4GiB.
 func sizeString(n int64) string {
 	units := []string{"", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}

@@ -8,8 +8,14 @@
 //     Every other outcome (full storage, write error, shutdown, timeout) is a
 //     4xx/5xx with a JSON error body; nothing is acknowledged that was not
 //     stored.
-//   - Bodies above a route's max_body are refused with 413 before they are
-//     read; unknown paths get 404 and wrong methods 405, both with JSON bodies.
+//   - Bodies above a route's max_body are refused with 413: a Content-Length
+//     before any of the body is read, a chunked body as soon as it passes the
+//     limit (nothing stored; on passthrough the upstream request is aborted
+//     and the connection closed). Unknown paths get 404 and wrong methods
+//     405, both with JSON bodies.
+//   - Buffer and spillover routes read a body whole (reqbody.go); a
+//     passthrough route streams a body over 64 KiB, or chunked, to its
+//     upstream as it arrives, so memory does not grow with its size.
 //   - Hop-by-hop headers (RFC 9110 section 7.6.1) are never stored or
 //     forwarded; X-Forwarded-For is appended to, never overwritten.
 //   - A passthrough route (and default_upstream) forwards only to its

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/url"
 	"strconv"
 	"time"
@@ -13,6 +14,10 @@ import (
 
 	"github.com/sluice-proxy/sluice/policies"
 )
+
+// upstreamWriteTimeout bounds each write of a request to an upstream (see
+// progressConn): a streamed upload may take longer in all, while it moves.
+const upstreamWriteTimeout = 60 * time.Second
 
 // newUpstream returns a keep-alive pool to a passthrough route's upstream.
 func newUpstream(u *url.URL) *fasthttp.HostClient {
@@ -30,10 +35,22 @@ func newUpstream(u *url.URL) *fasthttp.HostClient {
 		MaxConns:                      1024,
 		MaxIdleConnDuration:           30 * time.Second,
 		ReadTimeout:                   60 * time.Second,
-		WriteTimeout:                  60 * time.Second,
+		WriteTimeout:                  upstreamWriteTimeout,
 		DisableHeaderNamesNormalizing: true,
 		DisablePathNormalizing:        true,
 		NoDefaultUserAgentHeader:      true,
+
+		// The pool sets WriteTimeout once per request; progressConn moves
+		// the deadline at each write, so a streamed upload is bounded by its
+		// progress. The dial itself is fasthttp's default (Dial: 3s, with a
+		// DNS cache); TLS is layered on top by the pool, as before.
+		Dial: func(addr string) (net.Conn, error) {
+			c, err := fasthttp.Dial(addr)
+			if err != nil {
+				return nil, err
+			}
+			return &progressConn{Conn: c, timeout: upstreamWriteTimeout}, nil
+		},
 		// Do returns once the upstream's status line and headers are read;
 		// the body stays on the upstream connection as Response.BodyStream,
 		// which the server copies to the client as it arrives (bufio.Writer
@@ -64,21 +81,52 @@ func newLimiter(r policies.Rate, burst int) *rate.Limiter {
 // never an open proxy. The request is forwarded in place (no copy of its
 // headers or body).
 //
+// The request body is streamed when it is larger than wholeBodyMax (64 KiB)
+// or chunked: the upstream client reads it from the client's
+// connection as it writes the request (see upload), so memory is bounded by
+// the connection buffers, not by the body's size, and a Content-Length body
+// goes on with its Content-Length, a chunked one chunked. A smaller body is
+// read whole first and forwarded as before. The route's max_body holds
+// either way: a Content-Length over it is answered 413 before any of the body
+// is read (headerReceived); a chunked body that passes it aborts the
+// upstream request (the upstream gets no last chunk and a closed connection)
+// and is answered 413 with the connection closed. Likewise a body cut short,
+// malformed or too slow (see progressBytes) aborts the upstream request and
+// is answered 400 or 408. If the upstream fails while the body is still
+// arriving, the answer is 502 (504 on a timeout) and the client's connection
+// is closed, since the rest of the body is still on it. A streamed request is
+// never retried on another pooled connection (its body is gone); a small
+// idempotent one may be, as before. The pool writes the whole request before
+// it reads the answer, so an upstream that answers early (say its own 413)
+// and stops reading is seen as a failed write: 502, or 504 once a write has
+// made no progress for 60s.
+//
 // The upstream's answer is streamed: its headers are in ctx.Response when Do
 // returns, and its body is copied to the client after this handler returns,
 // as it arrives, so memory does not grow with its size. The upstream
 // connection is held until the body is written, within the server's
 // write_timeout and the pool's 60s read timeout. If the upstream fails in the
 // middle of the body, the client's connection is closed (the status line has
-// gone out), so a truncated answer is never taken for a whole one. The request
-// body is not streamed: the server reads it whole, up to the route's
-// max_body, before any handler runs.
+// gone out), so a truncated answer is never taken for a whole one.
 func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route) {
+	req := &ctx.Request
+	var up *upload
+	if stream := req.BodyStream(); stream != nil {
+		if cl := req.Header.ContentLength(); cl >= 0 && cl <= wholeBodyMax {
+			if !s.readBody(ctx, r.MaxBody) {
+				return
+			}
+		} else {
+			up = &upload{r: stream, ctx: ctx, limit: r.MaxBody, cl: int64(cl), timeout: s.readTimeout}
+		}
+	}
 	if r.limiter != nil && !r.limiter.Allow() {
 		s.tooMany(ctx, r)
+		if up != nil {
+			ctx.SetConnectionClose() // the body was not read
+		}
 		return
 	}
-	req := &ctx.Request
 	closeAfter := req.Header.ConnectionClose()
 
 	// X-Forwarded-*: appended to (For) or set (Proto, Host) before the
@@ -108,8 +156,20 @@ func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route) {
 	req.Header.SetHost(r.Upstream.Host)
 	req.URI().SetScheme(r.Upstream.Scheme)
 	req.URI().SetHost(r.Upstream.Host)
+	if up != nil {
+		// Content-Length as the client sent it, or -1: chunked. The server's
+		// stream stays the server's to drain and release.
+		req.SetBodyStream(up, int(up.cl))
+	}
 
-	if err := r.upstream.Do(req, &ctx.Response); err != nil {
+	err := r.upstream.Do(req, &ctx.Response)
+	switch {
+	case up != nil && up.err != nil:
+		// The client's side failed (body too large, cut, malformed or too
+		// slow); the upstream request was aborted with it.
+		s.log.Info("passthrough: request body failed; upstream request aborted", "route", r.Name, "err", up.err)
+		s.bodyError(ctx, up.err)
+	case err != nil:
 		ctx.Response.Reset()
 		status, code := fasthttp.StatusBadGateway, "upstream_unreachable"
 		if errors.Is(err, fasthttp.ErrTimeout) {
@@ -117,7 +177,10 @@ func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route) {
 		}
 		s.log.Warn("passthrough failed", "route", r.Name, "err", err)
 		writeError(ctx, status, code, "upstream of route "+r.Name+": "+err.Error())
-	} else {
+		if up != nil && !up.done() {
+			ctx.SetConnectionClose() // the rest of the body is still on the connection
+		}
+	default:
 		stripHopResponse(&ctx.Response.Header)
 	}
 	if closeAfter {

@@ -209,9 +209,8 @@ func TestPassthroughTruncatedResponse(t *testing.T) {
 }
 
 // TestPassthroughLargeRequest: a 64 MiB request body within the route's
-// max_body reaches the upstream intact. (The request body is read whole
-// before the handler runs, so its size is bounded by max_body, not streamed;
-// see handlePassthrough.)
+// max_body reaches the upstream intact (streamed; stream_request_test.go
+// checks that it is not held in memory).
 func TestPassthroughLargeRequest(t *testing.T) {
 	const size = 64 << 20
 	sums := make(chan [32]byte, 1)
