@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -340,6 +341,12 @@ func (q *Queue) writer() {
 		select {
 		case r := <-q.reqs:
 			batch = append(batch[:0], r)
+			// The sender that woke us made us its next goroutine to run,
+			// ahead of the other callers about to hand over theirs: yield
+			// once so that they can, and this commit takes them too. Under
+			// load that is ~5x fewer commits per request (their fixed cost
+			// dominates with SyncNever); idle, Gosched returns at once.
+			runtime.Gosched()
 		gather:
 			for len(batch) < maxBatch {
 				select {
