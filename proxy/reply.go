@@ -36,12 +36,15 @@ func writeAccepted(ctx *fasthttp.RequestCtx, id buffer.ID, etas []targetETA) {
 	ids := id.AppendTo(idb[:0])
 	var lb [64]byte
 	loc := append(append(lb[:0], StatusPrefix...), ids...)
-	ctx.Response.Header.SetBytesV("Location", loc)
-	ctx.Response.Header.SetBytesV("X-Sluice-Id", ids)
+	// The keys are canonical already: SetCanonical skips normalizing them.
+	ctx.Response.Header.SetCanonical(headerLocation, loc)
+	ctx.Response.Header.SetCanonical(headerSluiceID, ids)
 	ctx.Response.Header.SetContentType("application/json")
 	ctx.SetStatusCode(fasthttp.StatusAccepted)
-	b := ctx.Response.BodyWriter()
-	body := append(make([]byte, 0, 140+len(etas)*64), `{"id":"`...)
+	// Built on the stack (up to a few targets) and copied once into the
+	// response's pooled body buffer.
+	var bb [512]byte
+	body := append(bb[:0], `{"id":"`...)
 	body = append(body, ids...)
 	body = append(body, `","status":"queued","status_url":"`...)
 	body = append(body, loc...)
@@ -61,8 +64,13 @@ func writeAccepted(ctx *fasthttp.RequestCtx, id buffer.ID, etas []targetETA) {
 		body = append(body, '}')
 	}
 	body = append(body, "]}\n"...)
-	b.Write(body)
+	ctx.Response.SetBody(body)
 }
+
+var (
+	headerLocation = []byte("Location")
+	headerSluiceID = []byte("X-Sluice-Id")
+)
 
 type errorBody struct {
 	Error errorDetail `json:"error"`
