@@ -77,6 +77,7 @@ type Queue struct {
 
 	floorsDB *bolt.DB
 	bytes    atomic.Int64
+	appended atomic.Uint64 // nextSeq - 1, for Appended without mu
 
 	mu        sync.Mutex // guards the fields below and every segment's mutable fields
 	segs      []*segment // by first seq; the last one is the head
@@ -154,6 +155,7 @@ func (q *Queue) load() error {
 	}
 	head := q.segs[len(q.segs)-1]
 	q.nextSeq = head.last + 1
+	q.appended.Store(q.nextSeq - 1)
 	for _, s := range q.segs {
 		q.bytes.Add(s.size)
 	}
@@ -206,6 +208,11 @@ func (q *Queue) load() error {
 
 // Name returns the queue's name.
 func (q *Queue) Name() string { return q.name }
+
+// Appended returns the seq of the last message appended (Stats().Appended),
+// without taking the queue's lock: a cheap way to tell whether anything was
+// appended since an earlier call.
+func (q *Queue) Appended() uint64 { return q.appended.Load() }
 
 // Targets returns the target names the queue was opened with.
 func (q *Queue) Targets() []string { return append([]string(nil), q.targets...) }
@@ -498,6 +505,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			} else {
 				q.mu.Lock()
 				q.nextSeq = next
+				q.appended.Store(next - 1)
 				head.last = q.nextSeq - 1
 				head.lastAppend = now
 				q.bytes.Add(size - head.size)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -43,6 +44,7 @@ func (s *Server) SetEstimator(route, target string, e Estimator) error {
 		for i := range r.Targets {
 			if r.Targets[i].Name == target && i < len(r.est) {
 				r.est[i].Store(&estimatorBox{e})
+				r.etaCache.Store(nil)
 				return nil
 			}
 		}
@@ -73,8 +75,29 @@ const maxTargetsInline = 8
 
 // newETAs estimates every target of r for a message arriving now. dst is
 // reused (pass a stack array's slice).
+//
+// At tens of thousands of requests per second, computing the estimates for
+// each (the queue's Stats under its lock, then every target's schedule) is
+// wasted work: they are reused for up to etaCacheTTL, as long as few
+// messages were appended since (see etaCache.fresh). A route with max_wait
+// acts on its estimates (503 backlog_too_long), so it always computes them.
 func (r *route) newETAs(dst []targetETA, now time.Time) []targetETA {
+	cacheable := r.MaxWait <= 0
+	if cacheable {
+		if c := r.etaCache.Load(); c != nil && c.fresh(now, r.queue.Appended()) {
+			for _, e := range c.etas {
+				if e.ok && e.at.Before(now) {
+					e.at = now
+				}
+				dst = append(dst, e)
+			}
+			return dst
+		}
+	}
+	appended := r.queue.Appended() // before Stats: the estimates reflect at least this many
 	st := r.queue.Stats()
+	tol := uint64(math.MaxUint64)
+	start := len(dst)
 	for i := range r.Targets {
 		var backlog uint64
 		if i < len(st.Targets) {
@@ -82,9 +105,60 @@ func (r *route) newETAs(dst []targetETA, now time.Time) []targetETA {
 			backlog = ts.Pending + uint64(ts.InFlight) + uint64(ts.Retrying)
 		}
 		at, ok := r.eta(i, now, backlog)
+		if ok && cacheable {
+			tol = min(tol, r.etaTolerance(i, now, backlog, at))
+		}
 		dst = append(dst, targetETA{name: r.Targets[i].Name, at: at, ok: ok})
 	}
+	if cacheable {
+		r.etaCache.Store(&etaCache{at: now, appended: appended, tol: tol, etas: append([]targetETA(nil), dst[start:]...)})
+	}
 	return dst
+}
+
+// etaTolerance is how many appends the estimate at of target i (for backlog
+// messages ahead, at now) stays good for: 1/etaCacheSlack of the backlog,
+// or etaCacheProbe if that many more move it by etaCacheErr at most (a
+// target with an unlimited or high rate).
+func (r *route) etaTolerance(i int, now time.Time, backlog uint64, at time.Time) uint64 {
+	tol := backlog / etaCacheSlack
+	if tol < etaCacheProbe {
+		if later, ok := r.eta(i, now, backlog+etaCacheProbe); ok && later.Sub(at) <= etaCacheErr {
+			tol = etaCacheProbe
+		}
+	}
+	return tol
+}
+
+// Reuse of a route's estimates for new messages (route.newETAs).
+const (
+	etaCacheTTL   = 2 * time.Millisecond
+	etaCacheSlack = 256 // appends tolerated: the smallest estimated target's backlog / etaCacheSlack
+	etaCacheProbe = 64  // or this many, if they move its estimate by etaCacheErr at most
+	etaCacheErr   = time.Millisecond
+)
+
+// etaCache is the estimates of a route for a new message, as computed at a
+// time. A message's estimate is when the schedule has let the backlog ahead
+// of it through; as the targets work through that backlog the estimate stays
+// put, and each message appended since pushes it back by one message's turn.
+// So the estimates are reused while young (etaCacheTTL: this also bounds how
+// late a change of rate or a pause shows) and while the appends since then
+// are few enough for every target with an estimate (etaTolerance): at most
+// 1/etaCacheSlack of its backlog (an error of ~0.4% of the wait), or
+// etaCacheProbe if those move its estimate by etaCacheErr at most. A target
+// with a small backlog and a modest rate gets them recomputed after every
+// append.
+type etaCache struct {
+	at       time.Time // when computed (with the monotonic clock reading)
+	appended uint64    // the queue's Appended before they were computed
+	tol      uint64    // appends after which they are stale
+	etas     []targetETA
+}
+
+func (c *etaCache) fresh(now time.Time, appended uint64) bool {
+	age := now.Sub(c.at)
+	return age >= 0 && age < etaCacheTTL && appended-c.appended <= c.tol
 }
 
 // statusETA estimates the delivery of a stored message for one target, from

@@ -55,6 +55,7 @@ type route struct {
 	limiter  *rate.Limiter                  // passthrough with a finite rate
 	direct   atomic.Pointer[directTarget]   // spillover: set by SetDirect
 	est      []atomic.Pointer[estimatorBox] // per target: set by SetEstimator
+	etaCache atomic.Pointer[etaCache]       // the last estimates for a new message (newETAs)
 }
 
 // New opens the queue of every buffer route and builds the server. It does
