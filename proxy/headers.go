@@ -63,7 +63,8 @@ func storedHeaders(ctx *fasthttp.RequestCtx) []buffer.Header {
 // addStoredHeaders adds to d the end-to-end headers of the request: hop-by-hop
 // headers, Host and Content-Length are dropped (the drainer sets them for the
 // target), and X-Forwarded-For/-Proto/-Host are added so the target learns
-// who the client was. scratch is reused for the X-Forwarded-For value.
+// who the client was. scratch is reused for the X-Forwarded-For value; it
+// must stay valid, like d's other slices, until d is appended.
 func addStoredHeaders(ctx *fasthttp.RequestCtx, d *buffer.Draft, scratch []byte) {
 	h := &ctx.Request.Header
 	var toks [][]byte
@@ -72,18 +73,17 @@ func addStoredHeaders(ctx *fasthttp.RequestCtx, d *buffer.Draft, scratch []byte)
 	}
 	xff := scratch[:0]
 	for k, v := range h.All() {
-		switch {
-		case isHop(k, toks),
-			bytes.EqualFold(k, []byte("Host")),
-			bytes.EqualFold(k, []byte("Content-Length")),
-			bytes.EqualFold(k, []byte("X-Forwarded-Proto")),
-			bytes.EqualFold(k, []byte("X-Forwarded-Host")):
+		switch storedKind(k) {
+		case dropHeader:
 			continue
-		case bytes.EqualFold(k, []byte("X-Forwarded-For")):
+		case forwardedFor:
 			if len(xff) > 0 {
 				xff = append(xff, ", "...)
 			}
 			xff = append(xff, v...)
+			continue
+		}
+		if len(toks) > 0 && isHop(k, toks) {
 			continue
 		}
 		d.AddHeader(k, v)
@@ -92,13 +92,81 @@ func addStoredHeaders(ctx *fasthttp.RequestCtx, d *buffer.Draft, scratch []byte)
 		xff = append(xff, ", "...)
 	}
 	xff = appendClientIP(xff, ctx)
-	d.AddHeader([]byte("X-Forwarded-For"), xff)
+	d.AddHeader(headerXFF, xff)
 	if ctx.IsTLS() {
-		d.AddHeader([]byte("X-Forwarded-Proto"), []byte("https"))
+		d.AddHeader(headerXFProto, valueHTTPS)
 	} else {
-		d.AddHeader([]byte("X-Forwarded-Proto"), []byte("http"))
+		d.AddHeader(headerXFProto, valueHTTP)
 	}
-	d.AddHeader([]byte("X-Forwarded-Host"), ctx.Host())
+	d.AddHeader(headerXFHost, ctx.Host())
+}
+
+// The names and values addStoredHeaders adds, built once: a conversion
+// from a string for each request would allocate, since d keeps them.
+var (
+	headerXFF     = []byte("X-Forwarded-For")
+	headerXFProto = []byte("X-Forwarded-Proto")
+	headerXFHost  = []byte("X-Forwarded-Host")
+	valueHTTP     = []byte("http")
+	valueHTTPS    = []byte("https")
+)
+
+const (
+	keepHeader = iota
+	dropHeader
+	forwardedFor
+)
+
+// storedKind says what addStoredHeaders does with a header named k (in any
+// case): keep it, drop it (a hop-by-hop header of hopHeaders, Host,
+// Content-Length, X-Forwarded-Proto or -Host: sluice sets those), or join it
+// to X-Forwarded-For. Names listed in Connection are checked apart. It
+// compares k only with the names of its length.
+func storedKind(k []byte) int {
+	eq := func(name string) bool { return bytes.EqualFold(k, []byte(name)) }
+	switch len(k) {
+	case 2:
+		if eq("Te") {
+			return dropHeader
+		}
+	case 4:
+		if eq("Host") {
+			return dropHeader
+		}
+	case 7:
+		if eq("Trailer") || eq("Upgrade") {
+			return dropHeader
+		}
+	case 10:
+		if eq("Connection") || eq("Keep-Alive") {
+			return dropHeader
+		}
+	case 14:
+		if eq("Content-Length") {
+			return dropHeader
+		}
+	case 15:
+		if eq("X-Forwarded-For") {
+			return forwardedFor
+		}
+	case 16:
+		if eq("Proxy-Connection") || eq("X-Forwarded-Host") {
+			return dropHeader
+		}
+	case 17:
+		if eq("Transfer-Encoding") || eq("X-Forwarded-Proto") {
+			return dropHeader
+		}
+	case 18:
+		if eq("Proxy-Authenticate") {
+			return dropHeader
+		}
+	case 19:
+		if eq("Proxy-Authorization") {
+			return dropHeader
+		}
+	}
+	return keepHeader
 }
 
 func appendClientIP(dst []byte, ctx *fasthttp.RequestCtx) []byte {

@@ -243,7 +243,14 @@ func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfi
 	return fasthttp.RequestConfig{MaxRequestBodySize: bodyLimitInt(limit)}
 }
 
-var draftPool = sync.Pool{New: func() any { return new(buffer.Draft) }}
+// draftBuf is a pooled Draft with room for the X-Forwarded-For value it
+// refers to (on the stack, that room would move to the heap).
+type draftBuf struct {
+	d   buffer.Draft
+	fwd [64]byte
+}
+
+var draftPool = sync.Pool{New: func() any { return new(draftBuf) }}
 
 func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 	body := ctx.PostBody()
@@ -261,13 +268,13 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 	if overMaxWait(ctx, r, etas, now) {
 		return
 	}
-	d := draftPool.Get().(*buffer.Draft)
-	defer func() { d.Reset(); draftPool.Put(d) }()
+	db := draftPool.Get().(*draftBuf)
+	defer func() { db.d.Reset(); draftPool.Put(db) }()
+	d := &db.d
 	d.Method = ctx.Method()
 	d.URI = ctx.URI().RequestURI()
 	d.Body = body
-	var fwd [64]byte
-	addStoredHeaders(ctx, d, fwd[:0])
+	addStoredHeaders(ctx, d, db.fwd[:0])
 	if r.IdempotencyHeader != "" {
 		d.IdempotencyKey = ctx.Request.Header.Peek(r.IdempotencyHeader)
 	}

@@ -95,6 +95,25 @@ func TestStoredHeadersDropHopByHop(t *testing.T) {
 	}
 }
 
+// TestStoredKind: storedKind, which compares a name only with those of its
+// length, drops exactly the hop-by-hop headers of hopHeaders and the ones
+// sluice sets, in any case.
+func TestStoredKind(t *testing.T) {
+	want := map[string]int{"Host": dropHeader, "Content-Length": dropHeader, "X-Forwarded-Proto": dropHeader,
+		"X-Forwarded-Host": dropHeader, "X-Forwarded-For": forwardedFor,
+		"Content-Type": keepHeader, "X-Customer-Id": keepHeader, "Hosts": keepHeader, "Tee": keepHeader, "": keepHeader}
+	for _, h := range hopHeaders {
+		want[h] = dropHeader
+	}
+	for name, kind := range want {
+		for _, n := range []string{name, strings.ToLower(name), strings.ToUpper(name)} {
+			if got := storedKind([]byte(n)); got != kind {
+				t.Errorf("storedKind(%q) = %d, want %d", n, got, kind)
+			}
+		}
+	}
+}
+
 // testServer runs a Server on a real loopback listener with a policy of
 // one buffer route and one passthrough route to upstream.
 func testServer(t *testing.T, upstream string, storeCfg buffer.Config) (string, *Server) {
