@@ -1,0 +1,80 @@
+// Micro benchmarks of the buffered handler's parts, cited in commit messages:
+//
+//	go test -run '^$' -bench Micro -benchtime 1000000x ./proxy/
+
+package proxy
+
+import (
+	"bytes"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/policies"
+)
+
+func microSetup(b *testing.B) (*Server, *route, *fasthttp.RequestCtx) {
+	pol, err := policies.Parse("bench.yaml", []byte(`
+routes:
+  - name: orders
+    match: { path: /api/orders, methods: [POST] }
+    targets:
+      - { name: paused, url: "http://127.0.0.1:9", rate: 0 }
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	st, err := buffer.Open(buffer.Config{Dir: b.TempDir(), Sync: buffer.SyncNever})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	s, err := New(Config{Policy: pol, Store: st})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var req fasthttp.Request
+	req.Header.SetMethod("POST")
+	req.SetRequestURI("/api/orders")
+	req.Header.SetHost("127.0.0.1:18081")
+	req.Header.SetContentType("application/json")
+	req.SetBody(bytes.Repeat([]byte("x"), 1024))
+	ctx := new(fasthttp.RequestCtx)
+	ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, nil)
+	return s, s.routes[0], ctx
+}
+
+func BenchmarkMicroWriteAccepted(b *testing.B) {
+	_, r, ctx := microSetup(b)
+	var etaBuf [maxTargetsInline]targetETA
+	etas := r.newETAs(etaBuf[:0], time.Now())
+	id := buffer.ID{}
+	b.ReportAllocs()
+	for b.Loop() {
+		ctx.Response.Reset()
+		writeAccepted(ctx, id, etas)
+	}
+}
+
+func BenchmarkMicroNewETAs(b *testing.B) {
+	_, r, _ := microSetup(b)
+	b.ReportAllocs()
+	var etaBuf [maxTargetsInline]targetETA
+	for b.Loop() {
+		r.newETAs(etaBuf[:0], time.Now())
+	}
+}
+
+func BenchmarkMicroStoredHeaders(b *testing.B) {
+	_, _, ctx := microSetup(b)
+	b.ReportAllocs()
+	d := new(buffer.Draft)
+	fwd := make([]byte, 0, 64)
+	for b.Loop() {
+		addStoredHeaders(ctx, d, fwd)
+		d.Reset()
+	}
+}
