@@ -164,13 +164,15 @@ func (d *Drainer) attemptBatch(batch []*buffer.Delivery, probe bool, events chan
 	wg.Wait()
 
 	retrying := false
+	var unrecorded []*buffer.Delivery
 	for i, dl := range all {
 		out, err := outs[i], errs[i]
 		log := d.log.With("id", dl.ID.String(), "attempt", dl.Attempt, "status", res.status, "batch", len(sent))
 		switch {
 		case err != nil:
 			d.unrecorded.Add(1)
-			log.Error("cannot record the outcome; the message stays in flight and is attempted again after a restart",
+			unrecorded = append(unrecorded, dl)
+			log.Error("cannot record the outcome; the message stays in flight until the drainer stops, then is attempted again",
 				"outcome", string(out.Phase), "err", err)
 		case out.Phase == buffer.Delivered:
 			d.delivered.Add(1)
@@ -188,7 +190,7 @@ func (d *Drainer) attemptBatch(batch []*buffer.Delivery, probe bool, events chan
 			d.callback(dl, &out)
 		}
 	}
-	events <- event{recorded: true, retrying: retrying}
+	events <- event{recorded: true, retrying: retrying, unrecorded: unrecorded}
 }
 
 // sendBatch makes one HTTP attempt of a batch of n messages whose highest

@@ -49,9 +49,10 @@
 //     working on it.)
 //   - At least once: an outcome is recorded only after the target answered (or
 //     failed). A message whose attempt was under way when the process stopped,
-//     or whose outcome could not be recorded, stays in flight in the store and
-//     is attempted again after a restart, with the same id and Idempotency-Key.
-//     Duplicates happen only then.
+//     is attempted again after a restart; one whose outcome could not be
+//     recorded stays in flight in the store until Run returns, which gives it
+//     back, and is attempted again by the next Run (or after a restart). Both
+//     times with the same id and Idempotency-Key. Duplicates happen only then.
 //   - Retries never block: a failed attempt goes to the store's retry schedule
 //     with a backoff (see Backoff) and the drainer moves on to other messages.
 //

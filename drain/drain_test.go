@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -958,5 +959,51 @@ func TestPathKeptAsReceived(t *testing.T) {
 		if !got["/base"+u] {
 			t.Errorf("%q did not arrive as /base%s; got %v", u, u, got)
 		}
+	}
+}
+
+// TestUnrecordedGivenBackAtRunEnd: outcomes that cannot be recorded leave
+// their messages in flight until Run returns; the next Run of the same
+// drainer (same consumer, same process) attempts them again, so nothing is
+// lost without a restart.
+func TestUnrecordedGivenBackAtRunEnd(t *testing.T) {
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprint("batch=", batch), func(t *testing.T) {
+			ds := newDownstream(t, nil)
+			_, q, _ := newQueue(t, "a")
+			msgs := appendN(t, q, 6, order)
+			var fails atomic.Int32
+			fails.Store(3) // the first three outcomes cannot be recorded
+			src := &failingComplete{Consumer: consumer(t, q, "a"), fail: func(*buffer.Delivery) bool {
+				return fails.Add(-1) >= 0
+			}}
+			tg := testTarget("a", ds.url)
+			if batch {
+				tg = batchTarget(ds.url, policies.Batch{MaxMessages: 2, MaxBytes: 1 << 20, MaxWait: 10 * ms})
+				tg.Name = "a"
+			}
+			d, err := New(Config{Route: "orders", Target: tg, Logger: quietLogger()}, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := run(t, d)
+			waitFor(t, 10*time.Second, "outcomes", func() bool { st := d.Stats(); return st.Delivered+st.Unrecorded == 6 })
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			if n := d.Stats().Unrecorded; n != 3 {
+				t.Fatalf("%d outcomes unrecorded, want 3", n)
+			}
+			stop = run(t, d)
+			waitFor(t, 10*time.Second, "the unrecorded ones delivered again", func() bool { return d.Stats().Delivered == 6 })
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range msgs {
+				if ph := status(t, q, m.ID, "a").Phase; ph != buffer.Delivered {
+					t.Errorf("%s is %s", m.ID, ph)
+				}
+			}
+		})
 	}
 }

@@ -362,7 +362,8 @@ type Stats struct {
 	Dead                     uint64 // messages recorded as dead
 	Attempts                 uint64 // HTTP attempts started
 	// Unrecorded counts outcomes the store did not take (for example, closed
-	// at shutdown); those messages are attempted again after a restart.
+	// at shutdown, or a failed write); those messages are given back when
+	// Run returns and attempted again by the next Run or after a restart.
 	Unrecorded uint64
 	// Parked counts deliveries parked behind an earlier message of their
 	// key (Target.Ordering), or behind the full ready queue of their key
@@ -473,6 +474,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 	for r.outstanding > 0 {
 		r.handle(<-r.events)
 	}
+	r.releaseUnrecorded()
 	d.cb.wait(d.log) // the callbacks of those outcomes
 	d.client.CloseIdleConnections()
 	if err != nil {
@@ -491,6 +493,10 @@ type event struct {
 	dl       *buffer.Delivery
 	final    bool
 	recordOK bool
+
+	// With recorded true: the messages whose outcome could not be
+	// recorded (Complete failed); they are still in flight in the store.
+	unrecorded []*buffer.Delivery
 
 	// With recorded false:
 	res   result // what the HTTP attempt came to
@@ -522,6 +528,10 @@ type runner struct {
 
 	stopping bool // the loop has returned; Run waits for what is outstanding
 
+	// Messages whose outcome could not be recorded: in flight in the store
+	// (so not fetched again) until Run ends and gives them back.
+	unrecorded []*buffer.Delivery
+
 	// Batch mode: messages fetched for the next batch, not yet sent.
 	pending      []*buffer.Delivery
 	pendingBytes int64     // their bodies' bytes, one newline each included
@@ -531,6 +541,7 @@ type runner struct {
 func (r *runner) handle(ev event) {
 	if ev.recorded {
 		r.outstanding--
+		r.unrecorded = append(r.unrecorded, ev.unrecorded...)
 		if r.ord != nil && ev.dl != nil {
 			r.ord.done(ev.dl, ev.recordOK, ev.final, r.stopping, r.d.now())
 		}
@@ -829,6 +840,30 @@ func (r *runner) loop(ctx context.Context) error {
 	}
 }
 
+// releaseUnrecorded gives back, at Run's end, the messages whose outcome
+// could not be recorded. A failed Complete committed nothing (the store
+// reports an error for a write that failed and was rolled back, or for a
+// request its writer never took; and should a failed write have reached the
+// disk after all, Fetch goes by what is committed), so each is as it was
+// before its attempt: a first
+// attempt below the cursor, which Release rewinds to it, or a retry in the
+// schedule. The next Run, in this process, fetches them again, as one after
+// a restart would. Held in flight, they would be invisible to it: its
+// orderer would take their keys as free and send their successors first.
+// While this Run lasts they stay in flight, so a store that cannot write
+// does not have them sent again and again.
+func (r *runner) releaseUnrecorded() {
+	if len(r.unrecorded) == 0 {
+		return
+	}
+	r.d.log.Warn("giving back the messages whose outcome could not be recorded; they are attempted again",
+		"messages", len(r.unrecorded))
+	for _, dl := range r.unrecorded {
+		r.d.src.Release(dl)
+	}
+	r.unrecorded = nil
+}
+
 func earliest(a, b time.Time) time.Time {
 	if a.IsZero() || b.Before(a) {
 		return b
@@ -890,7 +925,7 @@ func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) 
 	switch {
 	case err != nil:
 		d.unrecorded.Add(1)
-		log().Error("cannot record the outcome; the message stays in flight and is attempted again after a restart",
+		log().Error("cannot record the outcome; the message stays in flight until the drainer stops, then is attempted again",
 			"outcome", string(out.Phase), "err", err)
 	case out.Phase == buffer.Delivered:
 		d.delivered.Add(1)
@@ -907,8 +942,12 @@ func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) 
 	if err == nil {
 		d.callback(dl, &out)
 	}
-	events <- event{recorded: true, retrying: err == nil && out.Phase == buffer.Retrying,
+	ev := event{recorded: true, retrying: err == nil && out.Phase == buffer.Retrying,
 		dl: dl, recordOK: err == nil, final: out.Phase != buffer.Retrying}
+	if err != nil {
+		ev.unrecorded = []*buffer.Delivery{dl}
+	}
+	events <- ev
 }
 
 // send makes one HTTP attempt of dl.

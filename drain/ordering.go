@@ -24,8 +24,12 @@ import (
 // under its key is unparked, due at once, and owns the key from that moment,
 // so a newer message of the key that arrives meanwhile parks behind it. An
 // owner that fails and is rescheduled keeps the key: its key waits for it.
-// An owner whose outcome could not be recorded keeps the key until the
-// process restarts (the store keeps it in flight until then).
+// An owner whose outcome could not be recorded keeps the key until Run
+// ends (the store keeps it in flight until then); Run then gives it back
+// (Release: nothing was committed, so it is again a first attempt below
+// the rewound cursor, or a retry in the schedule) and the next Run, in this
+// process or after a restart, finds it as after a crash. Left in flight, a
+// next Run in this process would see neither it nor its key's owner.
 //
 // # After a restart
 //

@@ -408,3 +408,78 @@ func TestOrderingUnkeyed(t *testing.T) {
 		t.Errorf("%d unkeyed messages parked", p)
 	}
 }
+
+// failingComplete is a Source and Parker whose Complete fails, as a failed
+// write would (nothing is committed; the message stays in flight in the
+// consumer), while fail returns true for the delivery.
+type failingComplete struct {
+	*buffer.Consumer
+	fail func(dl *buffer.Delivery) bool
+}
+
+func (f *failingComplete) Complete(ctx context.Context, dl *buffer.Delivery, out buffer.Outcome) error {
+	if f.fail(dl) {
+		return fmt.Errorf("injected: cannot record the outcome of seq %d", dl.Seq)
+	}
+	return f.Consumer.Complete(ctx, dl, out)
+}
+
+// TestOrderingUnrecordedOwnerAcrossRuns: the owner of key k is attempted
+// and its outcome cannot be recorded; Run ends and a new Run of the same
+// drainer (same consumer, same process) starts. The key's later messages
+// must not go out before the owner.
+func TestOrderingUnrecordedOwnerAcrossRuns(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		// failAttempt is the attempt of k's first message whose outcome
+		// cannot be recorded; the ones before it are answered 503.
+		failAttempt int
+	}{
+		{"first attempt", 1},
+		{"a retry", 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, q, _ := newQueue(t, "a")
+			want := appendKeyed(t, q, []string{"k"}, 3)
+			first := want["k"][0]
+			var failing atomic.Bool
+			failing.Store(true)
+			ds := newDownstream(t, func(h *hit, ctx *fasthttp.RequestCtx) {
+				if id, err := buffer.ParseID(h.id); err == nil && id.Seq() == first && failing.Load() {
+					ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+				}
+			})
+			var failed atomic.Bool // once: the write fails, then works again
+			src := &failingComplete{Consumer: consumer(t, q, "a"), fail: func(dl *buffer.Delivery) bool {
+				return dl.Seq == first && dl.Attempt == tt.failAttempt && failed.CompareAndSwap(false, true)
+			}}
+			tg := orderedTarget(ds.url)
+			tg.Retry.Initial, tg.Retry.Max = 10*ms, 10*ms
+			d, err := New(Config{Route: "orders", Target: tg, Logger: quietLogger()}, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := run(t, d)
+			waitFor(t, 10*time.Second, "the unrecorded outcome", func() bool { return d.Stats().Unrecorded == 1 })
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			if n := ds.count(); n != tt.failAttempt {
+				t.Fatalf("%d requests before the second Run, want %d", n, tt.failAttempt)
+			}
+
+			failing.Store(false)
+			stop = run(t, d)
+			// Whatever happens, k's later messages must not overtake the
+			// first: wait until all three arrived or a bounded time passed.
+			deadline := time.Now().Add(3 * time.Second)
+			for time.Now().Before(deadline) && d.Stats().Delivered < 3 {
+				time.Sleep(5 * ms)
+			}
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			checkOrder(t, ds.snapshot(), want)
+		})
+	}
+}
