@@ -223,9 +223,17 @@ func TestFairnessFloodAndTrickle(t *testing.T) {
 	fr.check(t, fr.run(t), true)
 }
 
+// TestFairnessRestart: a graceful stop and restart in the middle of the
+// flood delivers everything exactly once. At the stop, the ready queues are
+// released (a first attempt rewinds the cursor, whose reads skip messages
+// with a state or in flight; an unparked one is due in the retry schedule
+// again), the attempts under way are recorded before the store closes, and
+// parked messages are listed by the next Run: nothing that reached the
+// target is handed out again. Only a crash, or an outcome that could not be
+// recorded, sends a message twice.
 func TestFairnessRestart(t *testing.T) {
 	fr := fairRun{flood: 600, trickle: 30, unkeyed: 20, perSecond: 200, restartAfter: 10}
-	fr.check(t, fr.run(t), false)
+	fr.check(t, fr.run(t), true)
 }
 
 // TestLeftoverParkedUnparked: messages parked by fairness (or ordering) are
