@@ -401,32 +401,78 @@ func (c *Consumer) Release(d *Delivery) {
 // returned as it is; if seq is in that state but in flight already (its
 // holder's commit is not finished), it fails without changing anything.
 func (c *Consumer) changeState(ctx context.Context, seq uint64, build func() (*request, error)) error {
+	return c.changeStates(ctx, []uint64{seq}, func(uint64) (*request, error) { return build() })[0]
+}
+
+// changeStates is changeState for several messages (distinct seqs): every
+// claim is taken and every request built first, then the requests are
+// handed to the writer back to back, so that they share its commits.
+// errs[i] is the outcome for seqs[i].
+func (c *Consumer) changeStates(ctx context.Context, seqs []uint64, build func(seq uint64) (*request, error)) (errs []error) {
 	q := c.q
+	errs = make([]error, len(seqs))
+	busy := make([]bool, len(seqs))
 	q.mu.Lock()
-	_, busy := c.inflight[seq]
-	if !busy {
-		c.inflight[seq] = struct{}{}
-	}
-	q.mu.Unlock()
-	r, err := build()
-	if busy {
-		if err == nil {
-			err = fmt.Errorf("buffer: seq %d is in flight for target %q; try again", seq, c.target)
-		}
-		return err
-	}
-	if err == nil {
-		err = q.complete(ctx, r, true)
-		if err == nil || errors.Is(err, ErrNotFound) {
-			return err // the writer took the request and ended the claim
+	for i, seq := range seqs {
+		if _, busy[i] = c.inflight[seq]; !busy[i] {
+			c.inflight[seq] = struct{}{}
 		}
 	}
-	// The change was not asked for, or the writer left it in flight (failed
-	// write): the claim is still ours, and no one else can have taken seq.
-	q.mu.Lock()
-	delete(c.inflight, seq)
 	q.mu.Unlock()
-	return err
+	rs := make([]*request, len(seqs))
+	for i, seq := range seqs {
+		r, err := build(seq)
+		switch {
+		case busy[i] && err == nil:
+			errs[i] = fmt.Errorf("buffer: seq %d is in flight for target %q; try again", seq, c.target)
+		case err != nil:
+			errs[i] = err
+		default:
+			rs[i] = r
+		}
+	}
+	taken := make([]bool, len(seqs)) // handed to the writer
+	for i, r := range rs {
+		if r == nil {
+			continue
+		}
+		select {
+		case q.reqs <- r:
+			taken[i] = true
+		case <-q.closing:
+			errs[i] = ErrClosed
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+		}
+	}
+	for i, r := range rs {
+		if !taken[i] {
+			continue
+		}
+		select {
+		case <-r.done:
+			errs[i] = r.err
+		case <-q.stopped:
+			select {
+			case <-r.done:
+				errs[i] = r.err
+			default:
+				errs[i], taken[i] = ErrClosed, false // never committed
+			}
+		}
+	}
+	q.mu.Lock()
+	for i, seq := range seqs {
+		if busy[i] || (taken[i] && (errs[i] == nil || errors.Is(errs[i], ErrNotFound))) {
+			continue // not ours; or the writer took the request and ended the claim
+		}
+		// The change was not asked for, or the writer left it in flight
+		// (failed write): the claim is still ours, and no one else can
+		// have taken seq.
+		delete(c.inflight, seq)
+	}
+	q.mu.Unlock()
+	return errs
 }
 
 // Cursor returns the seq of the next message this consumer has never

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -100,34 +101,89 @@ var errStop = fmt.Errorf("stop")
 // retry schedule with its attempt count unchanged, and Fetch hands it out
 // among the due retries. It fails without effect if seq is in flight.
 func (c *Consumer) Unpark(ctx context.Context, seq uint64, key [16]byte, at time.Time) error {
-	return c.changeState(ctx, seq, func() (*request, error) {
-		q := c.q
-		q.mu.Lock()
-		seg := q.segmentFor(seq)
-		q.mu.Unlock()
-		if seg == nil {
-			return nil, fmt.Errorf("%w: seq %d", ErrNotFound, seq)
+	return c.changeState(ctx, seq, func() (*request, error) { return c.unparkRequest(seq, key, at) })
+}
+
+// unparkRequest builds the state change of Unpark.
+func (c *Consumer) unparkRequest(seq uint64, key [16]byte, at time.Time) (*request, error) {
+	q := c.q
+	q.mu.Lock()
+	seg := q.segmentFor(seq)
+	q.mu.Unlock()
+	if seg == nil {
+		return nil, fmt.Errorf("%w: seq %d", ErrNotFound, seq)
+	}
+	var st *State
+	err := safeView(seg.db, func(tx *bolt.Tx) error {
+		pb := tx.Bucket(parkBucket(c.target))
+		if pb == nil || pb.Get(parkKey(key, seq)) == nil {
+			return fmt.Errorf("%w: seq %d is not parked under this key for target %q", ErrNotFound, seq, c.target)
 		}
-		var st *State
-		err := safeView(seg.db, func(tx *bolt.Tx) error {
-			pb := tx.Bucket(parkBucket(c.target))
-			if pb == nil || pb.Get(parkKey(key, seq)) == nil {
-				return fmt.Errorf("%w: seq %d is not parked under this key for target %q", ErrNotFound, seq, c.target)
-			}
-			v := tx.Bucket(stateBucket(c.target)).Get(seqKey(seq))
-			if v == nil {
-				return fmt.Errorf("%w: seq %d has no state", ErrNotFound, seq)
-			}
-			var err error
-			st, err = decodeState(v)
-			return err
-		})
-		if err != nil {
-			return nil, err
+		v := tx.Bucket(stateBucket(c.target)).Get(seqKey(seq))
+		if v == nil {
+			return fmt.Errorf("%w: seq %d has no state", ErrNotFound, seq)
 		}
-		next := &State{Phase: Retrying, Attempts: st.Attempts, NextTry: at, History: st.History}
-		return &request{kind: opState, seq: seq, target: c.idx, state: next, unpark: &key, done: make(chan struct{}, 1)}, nil
+		var err error
+		st, err = decodeState(v)
+		return err
 	})
+	if err != nil {
+		return nil, err
+	}
+	next := &State{Phase: Retrying, Attempts: st.Attempts, NextTry: at, History: st.History}
+	return &request{kind: opState, seq: seq, target: c.idx, state: next, unpark: &key, done: make(chan struct{}, 1)}, nil
+}
+
+// UnparkN unparks up to n of the oldest messages parked under key, each as
+// Unpark does, all at once: their changes reach the writer back to back and
+// share its commits (with SyncAlways, usually one fsync instead of one per
+// message). It returns the seqs unparked, oldest first, and all: when it
+// looked, the key had fewer than n parked messages, so none is left parked
+// but those that could not be unparked. A message found parked that no
+// longer is (expired with its segment, or unparked meanwhile) is skipped;
+// err is the first other failure, with the seqs unparked nonetheless.
+func (c *Consumer) UnparkN(ctx context.Context, key [16]byte, n int, at time.Time) (seqs []uint64, all bool, err error) {
+	if n <= 0 {
+		return nil, false, nil
+	}
+	found, err := c.parkedUnder(key, n)
+	if err != nil {
+		return nil, false, err
+	}
+	errs := c.changeStates(ctx, found, func(seq uint64) (*request, error) { return c.unparkRequest(seq, key, at) })
+	for i, seq := range found {
+		switch {
+		case errs[i] == nil:
+			seqs = append(seqs, seq)
+		case errors.Is(errs[i], ErrNotFound):
+		case err == nil:
+			err = errs[i]
+		}
+	}
+	return seqs, len(found) < n, err
+}
+
+// parkedUnder returns up to n of the oldest messages parked under key.
+func (c *Consumer) parkedUnder(key [16]byte, n int) ([]uint64, error) {
+	segs := c.segmentsWith(func(s *segment) bool { return s.parked[c.idx] > 0 })
+	var out []uint64
+	for _, s := range segs { // oldest segment first
+		err := safeView(s.db, func(tx *bolt.Tx) error {
+			pb := tx.Bucket(parkBucket(c.target))
+			if pb == nil {
+				return nil
+			}
+			cur := pb.Cursor()
+			for k, _ := cur.Seek(key[:]); k != nil && bytes.HasPrefix(k, key[:]) && len(out) < n; k, _ = cur.Next() {
+				out = append(out, binary.BigEndian.Uint64(k[16:]))
+			}
+			return nil
+		})
+		if err != nil || len(out) >= n {
+			return out, err
+		}
+	}
+	return out, nil
 }
 
 // EachRetry calls fn with every message in this target's retry schedule that

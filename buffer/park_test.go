@@ -3,6 +3,7 @@ package buffer
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -248,4 +249,71 @@ func seqsOf(ds []*Delivery) []uint64 {
 		seqs = append(seqs, d.Seq)
 	}
 	return seqs
+}
+
+// TestUnparkN: UnparkN unparks a key's oldest parked messages, across
+// segments, each once, and says when none is left.
+func TestUnparkN(t *testing.T) {
+	s, q := openTest(t, Config{SegmentBytes: 64 << 10}, "a")
+	defer s.Close()
+	for range 3 { // each about 70 KiB: the head rolls after each
+		appendN(t, q, 70)
+	}
+	q.mu.Lock()
+	segs := len(q.segs)
+	q.mu.Unlock()
+	if segs < 2 {
+		t.Fatalf("%d segments; the test wants parked messages in several", segs)
+	}
+	a, _ := q.Consumer("a")
+	ds := fetchAll(t, a)
+	if len(ds) != 210 {
+		t.Fatalf("fetched %d", len(ds))
+	}
+	kA, kB := KeyHash([]byte("a")), KeyHash([]byte("b"))
+	var wantA []uint64
+	for i, d := range ds {
+		k := kB
+		if i%2 == 0 {
+			k = kA
+			wantA = append(wantA, d.Seq)
+		}
+		must(t, a.Park(context.Background(), d, k))
+	}
+	slices.Sort(wantA)
+
+	got, all, err := a.UnparkN(context.Background(), kA, 30, time.Now())
+	must(t, err)
+	if all || !slices.Equal(got, wantA[:30]) {
+		t.Fatalf("UnparkN(30) = %v, all %v; want %v, false", got, all, wantA[:30])
+	}
+	if seq, ok, _ := a.NextParked(kA); !ok || seq != wantA[30] {
+		t.Fatalf("NextParked = %d %v, want %d", seq, ok, wantA[30])
+	}
+	got2, all, err := a.UnparkN(context.Background(), kA, 1000, time.Now())
+	must(t, err)
+	if !all || !slices.Equal(got2, wantA[30:]) {
+		t.Fatalf("UnparkN(1000) = %d seqs, all %v; want %d, true", len(got2), all, len(wantA)-30)
+	}
+	if got3, all, err := a.UnparkN(context.Background(), kA, 5, time.Now()); err != nil || len(got3) != 0 || !all {
+		t.Fatalf("UnparkN with nothing parked = %v, %v, %v", got3, all, err)
+	}
+	if _, ok, _ := a.NextParked(kA); ok {
+		t.Fatal("A still has parked messages")
+	}
+	if seq, ok, _ := a.NextParked(kB); !ok || seq != ds[1].Seq {
+		t.Fatalf("B's oldest parked = %d %v, want %d", seq, ok, ds[1].Seq)
+	}
+	// Each unparked message is due once, as a first attempt.
+	var fetched []uint64
+	for _, d := range fetchAll(t, a) {
+		if d.Attempt != 1 {
+			t.Errorf("seq %d: attempt %d, want 1", d.Seq, d.Attempt)
+		}
+		fetched = append(fetched, d.Seq)
+	}
+	slices.Sort(fetched)
+	if !slices.Equal(fetched, wantA) {
+		t.Fatalf("fetched %d after UnparkN, want the %d unparked", len(fetched), len(wantA))
+	}
 }
