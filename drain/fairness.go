@@ -2,7 +2,6 @@ package drain
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -50,8 +49,11 @@ import (
 // # Costs
 //
 // A flood costs two extra commits per message (park and unpark), grouped:
-// the parks of one Fetch are committed together, and the unparks of one
-// round are made concurrently, one key at a time each.
+// the parks of one Fetch are committed together, and so are the unparks of
+// one key in one round (UnparkN); the keys of a round are served
+// concurrently. The run loop waits for the round's unparks, so with
+// SyncAlways a flooding key alone is paced by the fsync latency (its ready
+// queue, perKey messages, is refilled about once per commit).
 
 // fairFetchFactor and fairPerKeyDiv size the ready queues: total is
 // fairFetchFactor*Concurrency, perKey max(2, Concurrency/fairPerKeyDiv).
@@ -204,7 +206,8 @@ func (f *fairer) next() *buffer.Delivery {
 
 // refill unparks, for every marked key whose ready queue runs low, its
 // oldest parked messages, up to what the queue has room for. Keys are
-// served concurrently, each one message at a time (NextParked, Unpark).
+// served concurrently, the messages of each together (UnparkN), so a round
+// costs about one commit, not one per message: the run loop waits for it.
 func (f *fairer) refill(now time.Time) error {
 	type job struct {
 		t    *tenant
@@ -236,28 +239,24 @@ func (f *fairer) refill(now time.Time) error {
 	var wg sync.WaitGroup
 	for _, j := range jobs {
 		wg.Go(func() {
-			for len(j.got) < j.want {
-				seq, ok, err := f.p.NextParked(j.t.key)
+			ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
+			defer cancel()
+			// A second look only if some of those found were gone (expired
+			// with their segment) and more may be parked.
+			for range 2 {
+				seqs, all, err := f.p.UnparkN(ctx, j.t.key, j.want-len(j.got), now)
+				j.got = append(j.got, seqs...)
 				if err != nil {
-					j.err = fmt.Errorf("fairness: next parked: %w", err)
+					j.err = fmt.Errorf("fairness: unpark: %w", err)
 					return
 				}
-				if !ok {
+				if all {
 					j.none = true
 					return
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
-				err = f.p.Unpark(ctx, seq, j.t.key, now)
-				cancel()
-				if err != nil && !errors.Is(err, buffer.ErrNotFound) {
-					j.err = fmt.Errorf("fairness: unpark seq %d: %w", seq, err)
+				if len(j.got) >= j.want {
 					return
 				}
-				if err != nil {
-					// Expired with its segment between the two calls; look again.
-					continue
-				}
-				j.got = append(j.got, seq)
 			}
 		})
 	}
@@ -359,8 +358,12 @@ func (r *runner) fairRound(now time.Time, gen uint64, free int, idle bool) (res 
 	return res
 }
 
-// leftoverWorkers bounds the keys unparked at once by unparkLeftovers.
-const leftoverWorkers = 8
+// leftoverWorkers bounds the keys unparked at once by unparkLeftovers;
+// leftoverChunk is how many messages of a key each UnparkN unparks.
+const (
+	leftoverWorkers = 8
+	leftoverChunk   = 64
+)
 
 // unparkLeftovers makes every message parked for this target due now, for
 // a target that uses neither ordering nor fairness (any more: the policy
@@ -387,22 +390,22 @@ func (d *Drainer) unparkLeftovers(ctx context.Context, p Parker) {
 	for range min(leftoverWorkers, len(keys)) {
 		wg.Go(func() {
 			for k := range work {
-				var last uint64
-				for ctx.Err() == nil {
-					seq, ok, err := p.NextParked(k)
-					if err == nil && ok {
-						err = p.Unpark(ctx, seq, k, d.now())
-					}
-					if err != nil && (!errors.Is(err, buffer.ErrNotFound) || seq == last) {
-						d.log.Error("cannot unpark a parked message; it is looked for again at the next start", "seq", seq, "err", err)
-						break
-					}
-					if !ok {
-						break
-					}
-					last = seq
-					if n.Add(1)%64 == 0 {
+				empty := 0 // rounds in a row that found only messages gone meanwhile
+				for ctx.Err() == nil && empty < 2 {
+					seqs, all, err := p.UnparkN(ctx, k, leftoverChunk, d.now())
+					if len(seqs) > 0 {
+						n.Add(uint64(len(seqs)))
 						d.wake()
+						empty = 0
+					} else {
+						empty++
+					}
+					if err != nil {
+						d.log.Error("cannot unpark parked messages; they are looked for again at the next start", "err", err)
+						break
+					}
+					if all {
+						break
 					}
 				}
 			}

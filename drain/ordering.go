@@ -83,6 +83,9 @@ type Parker interface {
 	ParkedKeys(fn func(key [16]byte, oldest uint64) bool) error
 	// Unpark makes the parked message seq due at at, in the retry schedule.
 	Unpark(ctx context.Context, seq uint64, key [16]byte, at time.Time) error
+	// UnparkN unparks up to n of the oldest messages parked under key
+	// together (they share commits); all: no other was parked.
+	UnparkN(ctx context.Context, key [16]byte, n int, at time.Time) (seqs []uint64, all bool, err error)
 	// Cursor returns the seq of the next message never fetched.
 	Cursor() uint64
 	// EachRetry calls fn with every message in the retry schedule, not in flight.
