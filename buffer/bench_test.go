@@ -70,6 +70,10 @@ func BenchmarkAppend(b *testing.B) {
 					b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
 					b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
 				}
+				if ws := q.WriterStats(); ws.Commits > 0 {
+					b.ReportMetric(float64(ws.Requests)/float64(ws.Commits), "msgs/commit")
+					b.ReportMetric(float64(ws.Time.Microseconds())/float64(ws.Commits), "µs/commit")
+				}
 			})
 		}
 	}

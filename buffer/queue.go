@@ -87,6 +87,29 @@ type Queue struct {
 	damaged   uint64 // messages skipped in damaged segments, summed over targets
 
 	lastPressure time.Time // writer only: last retention pass forced by ErrFull
+
+	// Group-commit figures since Open, for WriterStats.
+	commits, committed, commitNanos atomic.Uint64
+}
+
+// WriterStats is what the queue's writer has done since Open: how many
+// commits, how many requests (appends and state changes) they carried, and
+// the wall time spent committing (writes and fsyncs). Under load the writer
+// commits back to back, so Time/Commits is the group-commit cycle that every
+// acknowledgement waits for.
+type WriterStats struct {
+	Commits  uint64
+	Requests uint64
+	Time     time.Duration
+}
+
+// WriterStats returns the writer's figures so far.
+func (q *Queue) WriterStats() WriterStats {
+	return WriterStats{
+		Commits:  q.commits.Load(),
+		Requests: q.committed.Load(),
+		Time:     time.Duration(q.commitNanos.Load()),
+	}
 }
 
 func openQueue(s *Store, name string, targets []string) (*Queue, error) {
@@ -363,7 +386,11 @@ func (q *Queue) writer() {
 					break gather
 				}
 			}
+			t0 := time.Now()
 			q.commit(batch, dirty)
+			q.commitNanos.Add(uint64(time.Since(t0)))
+			q.commits.Add(1)
+			q.committed.Add(uint64(len(batch)))
 			clear(batch)
 		case <-syncTick:
 			q.syncDirty(dirty)
@@ -389,6 +416,11 @@ func (q *Queue) writer() {
 			q.syncDirty(dirty)
 			q.saveFloors()
 			q.closeFiles()
+			if ws := q.WriterStats(); ws.Commits > 0 {
+				q.log.Info("writer stopped", "commits", ws.Commits,
+					"requests_per_commit", fmt.Sprintf("%.1f", float64(ws.Requests)/float64(ws.Commits)),
+					"avg_commit", (ws.Time / time.Duration(ws.Commits)).Round(time.Microsecond))
+			}
 			return
 		}
 	}
