@@ -1,6 +1,12 @@
 // Command noop is the reference server of bench/ingest.sh: a fasthttp server
 // that stores nothing and answers every request 202 with a body shaped like
 // sluice's. Durable ingest is quoted as a ratio of its throughput.
+//
+// With -commit-wait D it models a group commit that does no work: every
+// request is handed to one batcher goroutine, which takes everything queued,
+// waits D (the commit's wall time: writes and fsyncs) and releases the batch.
+// bench/ceiling.sh uses it to show what a given commit cycle costs in
+// throughput under the same closed-loop load, whatever the storage does.
 package main
 
 import (
@@ -8,10 +14,12 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
@@ -19,6 +27,7 @@ import (
 func main() {
 	addr := flag.String("listen", "127.0.0.1:18080", "address")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile here until SIGINT/SIGTERM")
+	commitWait := flag.Duration("commit-wait", -1, "hand every request to a batcher that waits this long per batch (0: hand-off only; negative: none)")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -38,7 +47,12 @@ func main() {
 		}()
 	}
 	var n atomic.Uint64
+	wait := func() {}
+	if *commitWait >= 0 {
+		wait = batcher(*commitWait)
+	}
 	h := func(ctx *fasthttp.RequestCtx) {
+		wait()
 		id := strconv.FormatUint(n.Add(1), 10)
 		ctx.Response.Header.Set("Location", "/_sluice/v1/messages/"+id)
 		ctx.Response.Header.Set("X-Sluice-Id", id)
@@ -48,4 +62,37 @@ func main() {
 	}
 	s := &fasthttp.Server{Handler: h, Name: "noop", MaxRequestBodySize: 1 << 20}
 	log.Fatal(s.ListenAndServe(*addr))
+}
+
+// batcher starts the model of a group commit and returns the function a
+// handler calls to join the next batch and wait for it.
+func batcher(d time.Duration) func() {
+	reqs := make(chan chan struct{}, 4096)
+	go func() {
+		batch := make([]chan struct{}, 0, 4096)
+		for r := range reqs {
+			batch = append(batch[:0], r)
+			runtime.Gosched() // as sluice's writer does: let the other senders in
+		gather:
+			for len(batch) < cap(batch) {
+				select {
+				case r := <-reqs:
+					batch = append(batch, r)
+				default:
+					break gather
+				}
+			}
+			if d > 0 {
+				time.Sleep(d)
+			}
+			for _, r := range batch {
+				r <- struct{}{}
+			}
+		}
+	}()
+	return func() {
+		done := make(chan struct{}, 1)
+		reqs <- done
+		<-done
+	}
 }
