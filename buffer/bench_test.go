@@ -3,6 +3,7 @@ package buffer
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"testing"
@@ -22,7 +23,7 @@ func BenchmarkAppend(b *testing.B) {
 	for _, m := range modes {
 		for _, conc := range []int{1, 16, 256} {
 			b.Run(fmt.Sprintf("fsync=%s/appenders=%d", m.name, conc), func(b *testing.B) {
-				s, err := Open(Config{Dir: b.TempDir(), Sync: m.mode, SegmentBytes: 256 << 20})
+				s, err := Open(Config{Dir: b.TempDir(), Sync: m.mode, SegmentBytes: 256 << 20, Logger: slog.New(slog.DiscardHandler)})
 				if err != nil {
 					b.Fatal(err)
 				}
