@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"log/slog"
 	"net"
 	"syscall"
 	"testing"
@@ -37,7 +38,7 @@ routes:
 			if err != nil {
 				b.Fatal(err)
 			}
-			st, err := buffer.Open(buffer.Config{Dir: b.TempDir(), Sync: mode.sync})
+			st, err := buffer.Open(buffer.Config{Dir: b.TempDir(), Sync: mode.sync, Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				b.Fatal(err)
 			}

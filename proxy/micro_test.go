@@ -6,6 +6,7 @@ package proxy
 
 import (
 	"bytes"
+	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -27,7 +28,7 @@ routes:
 	if err != nil {
 		b.Fatal(err)
 	}
-	st, err := buffer.Open(buffer.Config{Dir: b.TempDir(), Sync: buffer.SyncNever})
+	st, err := buffer.Open(buffer.Config{Dir: b.TempDir(), Sync: buffer.SyncNever, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
