@@ -61,7 +61,7 @@ http {
 }
 CONF
 
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+. bench/lib.sh
 
 # run PORT: one wrk run; prints "rps p50 p99 non2xx" (latencies in ms)
 run() {
@@ -74,13 +74,11 @@ run() {
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${non2xx:-0}"
 }
-to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v+0} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000} else print v }'; }
-median() { sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
 "$work/noop" -listen 127.0.0.1:18080 & np=$!
 wait_port 18080
 
-echo "machine: $(nproc) cpu, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(uname -r)"
+machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; upstream bench/noop; $("$NGINX" -v 2>&1)"
 printf '%-6s %-4s %12s %9s %9s %7s\n' server run req/s p50_ms p99_ms non2xx
 : > "$work/nginx.txt"; : > "$work/sluice.txt"
