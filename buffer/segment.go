@@ -109,6 +109,10 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 	}
 	db, err := bolt.Open(path, 0o600, boltOptions(cfg))
 	if err != nil {
+		// bbolt creates the file before it writes the first pages: on a full
+		// disk that leaves a truncated file, which would block every later
+		// roll at this seq ("already exists") and read as damaged at start.
+		os.Remove(path)
 		return nil, err
 	}
 	now := cfg.Now()
