@@ -134,7 +134,9 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	storeCfg.Dir = t.TempDir()
+	if storeCfg.Dir == "" {
+		storeCfg.Dir = t.TempDir()
+	}
 	st, err := buffer.Open(storeCfg)
 	if err != nil {
 		t.Fatal(err)
