@@ -87,6 +87,8 @@ type Queue struct {
 	damaged   uint64 // messages skipped in damaged segments, summed over targets
 
 	lastPressure time.Time // writer only: last retention pass forced by ErrFull
+	lastRollLog  time.Time // writer only: last "segment roll failed" logged
+	rollFailures int       // writer only: failed rolls not yet logged
 
 	// Group-commit figures since Open, for WriterStats.
 	commits, committed, commitNanos atomic.Uint64
@@ -717,8 +719,18 @@ func (q *Queue) roll(dirty map[*segment]bool) {
 	q.mu.Unlock()
 	seg, err := createSegment(q.dir, first, q.targets, q.cfg)
 	if err != nil {
-		q.log.Error("segment roll failed; the head keeps growing", "err", err)
+		// Tried again after every commit while it fails (a full disk):
+		// logged once a second, with how many attempts failed meanwhile.
+		q.rollFailures++
+		if time.Since(q.lastRollLog) >= time.Second {
+			q.log.Error("segment roll failed; the head keeps growing", "err", err, "failures", q.rollFailures)
+			q.lastRollLog, q.rollFailures = time.Now(), 0
+		}
 		return
+	}
+	if q.rollFailures > 0 {
+		q.log.Info("segment roll succeeded after failures", "failures", q.rollFailures)
+		q.rollFailures = 0
 	}
 	q.mu.Lock()
 	q.segs = append(q.segs, seg)
