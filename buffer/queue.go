@@ -86,9 +86,12 @@ type Queue struct {
 	expired   uint64 // messages expired undelivered, summed over targets
 	damaged   uint64 // messages skipped in damaged segments, summed over targets
 
-	lastPressure time.Time // writer only: last retention pass forced by ErrFull
-	lastRollLog  time.Time // writer only: last "segment roll failed" logged
-	rollFailures int       // writer only: failed rolls not yet logged
+	lastPressure  time.Time // writer only: last retention pass forced by ErrFull
+	lastRollLog   time.Time // writer only: last "segment roll failed" logged
+	rollFailures  int       // writer only: failed rolls not yet logged
+	lastFailLog   time.Time // writer only: last "append commit failed" logged
+	failedCommits int       // writer only: failed append commits not yet logged
+	refused       int       // writer only: requests of those commits
 
 	// Group-commit figures since Open, for WriterStats.
 	commits, committed, commitNanos atomic.Uint64
@@ -534,7 +537,15 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 				return nil
 			})
 			if err != nil {
-				q.log.Error("append commit failed; refusing its requests", "n", len(apps), "err", err)
+				// Every failed commit is counted; on a disk that stays full
+				// the log gets one line a second with the totals.
+				q.failedCommits++
+				q.refused += len(apps)
+				if time.Since(q.lastFailLog) >= time.Second {
+					q.log.Error("append commit failed; refusing its requests", "err", err,
+						"commits", q.failedCommits, "requests", q.refused)
+					q.lastFailLog, q.failedCommits, q.refused = time.Now(), 0, 0
+				}
 				err = fmt.Errorf("%w: %v", ErrIO, err)
 			} else {
 				q.mu.Lock()
