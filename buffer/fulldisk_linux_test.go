@@ -52,6 +52,7 @@ func TestRealFullDisk(t *testing.T) {
 		mu     sync.Mutex
 		acked  = map[ID]bool{}
 		failed int
+		ioErrs uint64 // refused with ErrIO: a commit that could not be written
 		other  []error
 	)
 	ctx := context.Background()
@@ -67,7 +68,10 @@ func TestRealFullDisk(t *testing.T) {
 				switch {
 				case err == nil:
 					acked[id] = true
-				case errors.Is(err, ErrIO) || errors.Is(err, ErrFull):
+				case errors.Is(err, ErrIO):
+					failed++
+					ioErrs++
+				case errors.Is(err, ErrFull):
 					failed++
 				default:
 					other = append(other, err)
@@ -91,6 +95,9 @@ func TestRealFullDisk(t *testing.T) {
 		t.Fatal("nothing was acknowledged before the disk filled")
 	}
 	t.Logf("full disk: %d acknowledged, %d refused", len(acked), failed)
+	if ws := q.WriterStats(); ws.Refused != ioErrs || (ioErrs > 0 && ws.FailedCommits == 0) {
+		t.Fatalf("WriterStats counts %d refused in %d failed commits; the producers saw %d ErrIO", ws.Refused, ws.FailedCommits, ioErrs)
+	}
 	for id := range acked {
 		if _, _, err := q.Lookup(id); err != nil {
 			t.Fatalf("acknowledged %v unreadable on the full disk: %v", id, err)

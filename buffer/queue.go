@@ -86,34 +86,37 @@ type Queue struct {
 	expired   uint64 // messages expired undelivered, summed over targets
 	damaged   uint64 // messages skipped in damaged segments, summed over targets
 
-	lastPressure  time.Time // writer only: last retention pass forced by ErrFull
-	lastRollLog   time.Time // writer only: last "segment roll failed" logged
-	rollFailures  int       // writer only: failed rolls not yet logged
-	lastFailLog   time.Time // writer only: last "append commit failed" logged
-	failedCommits int       // writer only: failed append commits not yet logged
-	refused       int       // writer only: requests of those commits
+	lastPressure time.Time  // writer only: last retention pass forced by ErrFull
+	rollFails    failureLog // writer only: segment rolls that failed
+	commitFails  failureLog // writer only: append commits that failed
 
 	// Group-commit figures since Open, for WriterStats.
-	commits, committed, commitNanos atomic.Uint64
+	commits, committed, commitNanos, failedCommits, refused atomic.Uint64
 }
 
 // WriterStats is what the queue's writer has done since Open: how many
 // commits, how many requests (appends and state changes) they carried, and
 // the wall time spent committing (writes and fsyncs). Under load the writer
 // commits back to back, so Time/Commits is the group-commit cycle that every
-// acknowledgement waits for.
+// acknowledgement waits for. FailedCommits and Refused count the append
+// commits that failed to write (e.g. ENOSPC) and the appends they refused
+// with ErrIO; the log shows them at most once a second.
 type WriterStats struct {
-	Commits  uint64
-	Requests uint64
-	Time     time.Duration
+	Commits       uint64
+	Requests      uint64
+	Time          time.Duration
+	FailedCommits uint64
+	Refused       uint64
 }
 
 // WriterStats returns the writer's figures so far.
 func (q *Queue) WriterStats() WriterStats {
 	return WriterStats{
-		Commits:  q.commits.Load(),
-		Requests: q.committed.Load(),
-		Time:     time.Duration(q.commitNanos.Load()),
+		Commits:       q.commits.Load(),
+		Requests:      q.committed.Load(),
+		Time:          time.Duration(q.commitNanos.Load()),
+		FailedCommits: q.failedCommits.Load(),
+		Refused:       q.refused.Load(),
 	}
 }
 
@@ -424,7 +427,8 @@ func (q *Queue) writer() {
 			if ws := q.WriterStats(); ws.Commits > 0 {
 				q.log.Info("writer stopped", "commits", ws.Commits,
 					"requests_per_commit", fmt.Sprintf("%.1f", float64(ws.Requests)/float64(ws.Commits)),
-					"avg_commit", (ws.Time / time.Duration(ws.Commits)).Round(time.Microsecond))
+					"avg_commit", (ws.Time / time.Duration(ws.Commits)).Round(time.Microsecond),
+					"failed_commits", ws.FailedCommits, "refused", ws.Refused)
 			}
 			return
 		}
@@ -537,17 +541,12 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 				return nil
 			})
 			if err != nil {
-				// Every failed commit is counted; on a disk that stays full
-				// the log gets one line a second with the totals.
-				q.failedCommits++
-				q.refused += len(apps)
-				if time.Since(q.lastFailLog) >= time.Second {
-					q.log.Error("append commit failed; refusing its requests", "err", err,
-						"commits", q.failedCommits, "requests", q.refused)
-					q.lastFailLog, q.failedCommits, q.refused = time.Now(), 0, 0
-				}
+				q.failedCommits.Add(1)
+				q.refused.Add(uint64(len(apps)))
+				q.commitFails.failed(q.log, "append commit failed; refusing its requests", err, len(apps))
 				err = fmt.Errorf("%w: %v", ErrIO, err)
 			} else {
+				q.commitFails.recovered(q.log, "append commits succeed again")
 				q.mu.Lock()
 				q.nextSeq = next
 				q.appended.Store(next - 1)
@@ -730,19 +729,11 @@ func (q *Queue) roll(dirty map[*segment]bool) {
 	q.mu.Unlock()
 	seg, err := createSegment(q.dir, first, q.targets, q.cfg)
 	if err != nil {
-		// Tried again after every commit while it fails (a full disk):
-		// logged once a second, with how many attempts failed meanwhile.
-		q.rollFailures++
-		if time.Since(q.lastRollLog) >= time.Second {
-			q.log.Error("segment roll failed; the head keeps growing", "err", err, "failures", q.rollFailures)
-			q.lastRollLog, q.rollFailures = time.Now(), 0
-		}
+		// Tried again after every commit while it fails (a full disk).
+		q.rollFails.failed(q.log, "segment roll failed; the head keeps growing", err, 0)
 		return
 	}
-	if q.rollFailures > 0 {
-		q.log.Info("segment roll succeeded after failures", "failures", q.rollFailures)
-		q.rollFailures = 0
-	}
+	q.rollFails.recovered(q.log, "segment roll succeeds again")
 	q.mu.Lock()
 	q.segs = append(q.segs, seg)
 	q.mu.Unlock()
@@ -960,4 +951,48 @@ func (q *Queue) retryAfter() (time.Duration, bool) {
 		}
 	}
 	return worst, true
+}
+
+// failureLog logs a failure that may repeat after every commit (a full disk)
+// without flooding: the first one at once, then at most one line a second
+// with the failures and requests since the last line, and one line when it
+// stops failing with what was not logged yet. Writer only.
+type failureLog struct {
+	last            time.Time
+	failures, items int // since the last line
+	failing         bool
+}
+
+func (f *failureLog) failed(log *slog.Logger, msg string, err error, items int) {
+	f.failing = true
+	f.failures++
+	f.items += items
+	if time.Since(f.last) < time.Second {
+		return
+	}
+	args := []any{"err", err, "failures", f.failures}
+	if f.items > 0 {
+		args = append(args, "requests", f.items)
+	}
+	log.Error(msg, args...)
+	f.last, f.failures, f.items = time.Now(), 0, 0
+}
+
+// recovered is rate-limited like failed, so that a disk flapping between
+// full and not gets at most one line a second; counts not logged here go
+// into the next line.
+func (f *failureLog) recovered(log *slog.Logger, msg string) {
+	if !f.failing {
+		return
+	}
+	f.failing = false
+	if time.Since(f.last) < time.Second {
+		return
+	}
+	args := []any{"unlogged_failures", f.failures}
+	if f.items > 0 {
+		args = append(args, "unlogged_requests", f.items)
+	}
+	log.Info(msg, args...)
+	f.last, f.failures, f.items = time.Now(), 0, 0
 }

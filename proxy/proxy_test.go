@@ -154,6 +154,13 @@ routes:
 	return "http://" + ln.Addr().String(), s
 }
 
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func do(t *testing.T, method, url, body string, hdr map[string]string) *fasthttp.Response {
 	t.Helper()
 	req := fasthttp.AcquireRequest()
