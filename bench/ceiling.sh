@@ -26,12 +26,18 @@ go build -o "$work/noop" ./bench/noop
 machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; noop vs noop -commit-wait W (no storage)"
 printf '%-12s %-4s %12s %9s %9s %7s %11s\n' server run req/s p50_ms p99_ms non2xx cpu_us/req
-configs="plain"
+configs="plain log log-zeroed log-2w log-4w"
 for w in $WAITS; do configs="$configs wait=$w"; done
 for i in $(seq "$RUNS"); do
   for c in $configs; do
     args=()
-    [ "$c" != plain ] && args=(-commit-wait "${c#wait=}")
+    case $c in
+      wait=*) args=(-commit-wait "${c#wait=}") ;;
+      log) rm -f "$work/log"; args=(-log "$work/log") ;;
+      log-2w) rm -f "$work/log"; args=(-log "$work/log" -log-writers 2) ;;
+      log-4w) rm -f "$work/log"; args=(-log "$work/log" -log-writers 4) ;;
+      log-zeroed) rm -f "$work/log"; args=(-log "$work/log" -log-zeroed 1073741824) ;;
+    esac
     "$work/noop" -listen 127.0.0.1:18080 "${args[@]}" & np=$!
     wait_port 18080
     r=$(wrk_post 18080 $np); echo "$r" >> "$work/$c.txt"

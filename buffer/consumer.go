@@ -2,10 +2,10 @@ package buffer
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -163,19 +163,27 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 	q := c.q
 	last = next - 1
 	var corrupt []uint64
+	end := seg.first + seg.log.count() // messages visible now: seg.first..end-1
 	err = c.snapshotView(seg, func(tx *bolt.Tx, busyAtStart map[uint64]struct{}) error {
 		sb := tx.Bucket(stateBucket(c.target))
-		cur := tx.Bucket(bucketMsgs).Cursor()
-		for k, v := cur.Seek(seqKey(next)); k != nil && len(out) < max; k, v = cur.Next() {
-			seq := binary.BigEndian.Uint64(k)
+		var buf []byte
+		for seq := next; seq < end && len(out) < max; seq++ {
 			last = seq
+			k := seqKey(seq)
 			if sb.Get(k) != nil {
 				continue // finished before a restart; its retry, if any, is in the schedule
 			}
 			if _, busy := busyAtStart[seq]; busy { // possible after Release rewound the cursor
 				continue
 			}
-			m, err := DecodeRecord(v)
+			var err error
+			if buf, err = seg.log.read(seq, buf[:0]); errors.Is(err, ErrClosed) {
+				return err
+			}
+			var m *Message
+			if err == nil {
+				m, err = DecodeRecord(buf)
+			}
 			if err != nil {
 				q.log.Error("damaged record; marking it dead for this target", "target", c.target, "seq", seq, "err", err)
 				corrupt = append(corrupt, seq)
@@ -221,7 +229,6 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 		var got []*Delivery
 		err := c.snapshotView(seg, func(tx *bolt.Tx, busyAtStart map[uint64]struct{}) error {
 			sb := tx.Bucket(stateBucket(c.target))
-			mb := tx.Bucket(bucketMsgs)
 			cur := tx.Bucket(retryBucket(c.target)).Cursor()
 			for k, _ := cur.First(); k != nil && len(*out)+len(got) < max; k, _ = cur.Next() {
 				if string(k) > string(nowKey) {
@@ -240,7 +247,7 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 				if busy {
 					continue
 				}
-				d, err := c.load(mb, sb, seq)
+				d, err := c.load(seg, sb, seq)
 				if err != nil {
 					// Keep it claimed and mark it dead, so it neither spins nor blocks.
 					q.log.Error("damaged retry; marking it dead for this target", "target", c.target, "seq", seq, "err", err)
@@ -276,16 +283,16 @@ type retryRef struct {
 // closedErr maps bbolt's "database not open" (a segment closed under a
 // reader by Close) to ErrClosed, so callers can match it.
 func closedErr(err error) error {
-	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, bolt.ErrDatabaseNotOpen) || errors.Is(err, os.ErrClosed) {
 		return fmt.Errorf("%w: %v", ErrClosed, err)
 	}
 	return err
 }
 
-func (c *Consumer) load(mb, sb *bolt.Bucket, seq uint64) (*Delivery, error) {
-	v := mb.Get(seqKey(seq))
-	if v == nil {
-		return nil, ErrNotFound
+func (c *Consumer) load(seg *segment, sb *bolt.Bucket, seq uint64) (*Delivery, error) {
+	v, err := seg.log.read(seq, nil)
+	if err != nil {
+		return nil, err
 	}
 	m, err := DecodeRecord(v)
 	if err != nil {

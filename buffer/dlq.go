@@ -39,7 +39,7 @@ func (q *Queue) DeadLetters(target string, after uint64, limit int) ([]DeadLette
 			for k, _ := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, _ = c.Next() {
 				seq := binary.BigEndian.Uint64(k)
 				dl := DeadLetter{Target: target}
-				if v := tx.Bucket(bucketMsgs).Get(k); v != nil {
+				if v, err := seg.log.read(seq, nil); err == nil {
 					if m, err := DecodeRecord(v); err == nil {
 						m.Seq, m.ID.seq = seq, seq
 						dl.Message = m

@@ -35,17 +35,12 @@ func keyIn(tx *bolt.Tx, key [16]byte) (uint64, [8]byte, bool) {
 		return 0, [8]byte{}, false
 	}
 	v := kb.Get(key[:])
-	if len(v) != 8 {
+	if len(v) != 16 {
 		return 0, [8]byte{}, false
 	}
-	seq := binary.BigEndian.Uint64(v)
-	rec := tx.Bucket(bucketMsgs).Get(v)
 	var tag [8]byte
-	if len(rec) < 9 {
-		return 0, tag, false // the record is gone or damaged: treat the key as new
-	}
-	copy(tag[:], rec[1:9])
-	return seq, tag, true
+	copy(tag[:], v[8:])
+	return binary.BigEndian.Uint64(v), tag, true
 }
 
 // findKey searches every segment but the head, newest first. below is the

@@ -29,11 +29,10 @@ func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
 	var m *Message
 	states := make([]*State, len(q.targets))
 	err := safeView(seg.db, func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketMsgs).Get(seqKey(id.seq))
-		if v == nil {
-			return ErrNotFound
+		v, err := seg.log.read(id.seq, nil)
+		if err != nil {
+			return err
 		}
-		var err error
 		if m, err = DecodeRecord(v); err != nil {
 			return err
 		}

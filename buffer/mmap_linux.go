@@ -23,3 +23,6 @@ func dropMapped(db *bolt.DB, size int64) {
 	// and more); Data is its start.
 	syscall.Syscall(syscall.SYS_MADVISE, db.Info().Data, uintptr(n), syscall.MADV_DONTNEED)
 }
+
+// fdatasync flushes f's data (and only the metadata needed to read it back).
+func fdatasync(f *os.File) error { return syscall.Fdatasync(int(f.Fd())) }

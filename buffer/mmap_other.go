@@ -2,6 +2,12 @@
 
 package buffer
 
-import bolt "go.etcd.io/bbolt"
+import (
+	"os"
+
+	bolt "go.etcd.io/bbolt"
+)
 
 func dropMapped(db *bolt.DB, size int64) {}
+
+func fdatasync(f *os.File) error { return f.Sync() }

@@ -198,7 +198,6 @@ func (c *Consumer) EachRetry(fn func(m *Message, due time.Time) bool) error {
 		stop := false
 		err := safeView(s.db, func(tx *bolt.Tx) error {
 			rb := tx.Bucket(retryBucket(c.target))
-			mb := tx.Bucket(bucketMsgs)
 			return rb.ForEach(func(k, _ []byte) error {
 				due, seq := parseRetryKey(k)
 				q.mu.Lock()
@@ -207,9 +206,12 @@ func (c *Consumer) EachRetry(fn func(m *Message, due time.Time) bool) error {
 				if busy {
 					return nil
 				}
-				v := mb.Get(seqKey(seq))
-				if v == nil {
-					return nil
+				v, err := s.log.read(seq, nil)
+				if errors.Is(err, ErrClosed) {
+					return err
+				}
+				if err != nil {
+					return nil // Fetch reports and buries damaged ones
 				}
 				m, err := DecodeRecord(v)
 				if err != nil {

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -89,6 +90,8 @@ type Queue struct {
 	lastPressure time.Time  // writer only: last retention pass forced by ErrFull
 	rollFails    failureLog // writer only: segment rolls that failed
 	commitFails  failureLog // writer only: append commits that failed
+	wbuf         []byte     // writer only: the frames of one commit
+	wlocs        []recLoc   // writer only: where they go
 
 	// Group-commit figures since Open, for WriterStats.
 	commits, committed, commitNanos, failedCommits, refused atomic.Uint64
@@ -161,15 +164,17 @@ func (q *Queue) load() error {
 	if err != nil {
 		return err
 	}
+	q.removeLeftovers(firsts)
 	for _, first := range firsts {
-		seg, err := openSegment(q.dir, first, q.targets, q.cfg)
+		seg, err := openSegment(q.dir, first, q.targets, q.cfg, q.log)
 		if err != nil {
 			// A damaged segment must not take the healthy ones down with it.
 			// Move it aside (kept for forensics) so its name is free and
 			// the healthy segments are served.
-			path := filepath.Join(q.dir, segmentName(first))
-			if rerr := os.Rename(path, path+".damaged"); rerr != nil {
-				q.log.Error("cannot move a damaged segment aside", "segment", segmentName(first), "err", rerr)
+			for _, path := range segmentFiles(q.dir, first) {
+				if rerr := os.Rename(path, path+".damaged"); rerr != nil && !os.IsNotExist(rerr) {
+					q.log.Error("cannot move a damaged segment aside", "file", filepath.Base(path), "err", rerr)
+				}
 			}
 			q.log.Error("segment is damaged; moved aside as .damaged, its messages are not served",
 				"segment", segmentName(first), "err", err)
@@ -177,8 +182,21 @@ func (q *Queue) load() error {
 		}
 		q.segs = append(q.segs, seg)
 	}
-	if len(q.segs) == 0 {
-		seg, err := createSegment(q.dir, 1, q.targets, q.cfg)
+	// Only the last segment may be unsealed: one before it is a roll that a
+	// crash interrupted; seal it now. A sealed last segment gets a new head.
+	for _, seg := range q.segs {
+		if !seg.sealed && seg != q.segs[len(q.segs)-1] {
+			if err := seg.seal(q.dir); err != nil {
+				return fmt.Errorf("seal segment %s: %w", segmentName(seg.first), err)
+			}
+		}
+	}
+	if n := len(q.segs); n == 0 || q.segs[n-1].sealed {
+		first := uint64(1)
+		if n > 0 {
+			first = q.segs[n-1].last + 1
+		}
+		seg, err := createSegment(q.dir, first, q.targets, q.cfg)
 		if err != nil {
 			return fmt.Errorf("create segment: %w", err)
 		}
@@ -235,6 +253,27 @@ func (q *Queue) load() error {
 		}
 	}
 	return nil
+}
+
+// removeLeftovers deletes the .log and .idx files of segments whose bbolt
+// file is gone: a deletion that a crash interrupted (the bbolt file goes first).
+func (q *Queue) removeLeftovers(firsts []uint64) {
+	have := map[uint64]bool{}
+	for _, f := range firsts {
+		have[f] = true
+	}
+	for _, pat := range []string{"seg-*.log", "seg-*.idx"} {
+		paths, _ := filepath.Glob(filepath.Join(q.dir, pat))
+		for _, p := range paths {
+			var first uint64
+			if _, err := fmt.Sscanf(filepath.Base(p), "seg-%016x.", &first); err != nil || have[first] {
+				continue
+			}
+			if err := os.Remove(p); err == nil {
+				q.log.Info("removed the leftover of a deleted segment", "file", filepath.Base(p))
+			}
+		}
+	}
 }
 
 // Name returns the queue's name.
@@ -437,6 +476,9 @@ func (q *Queue) writer() {
 
 func (q *Queue) syncDirty(dirty map[*segment]bool) {
 	for s := range dirty {
+		if err := fdatasync(s.log.f); err != nil {
+			q.log.Error("fsync failed", "segment", logName(s.first), "err", err)
+		}
 		if err := s.db.Sync(); err != nil {
 			q.log.Error("fsync failed", "segment", segmentName(s.first), "err", err)
 		}
@@ -448,7 +490,7 @@ func (q *Queue) closeFiles() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, s := range q.segs {
-		if err := s.db.Close(); err != nil {
+		if err := s.close(); err != nil {
 			q.log.Error("close segment", "segment", segmentName(s.first), "err", err)
 		}
 	}
@@ -489,73 +531,14 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			q.enforceRetention(dirty)
 			err = q.store.admit()
 		}
-		var size int64
 		if err == nil {
-			now := q.cfg.Now()
-			next := first
-			err = safeUpdate(head.db, func(tx *bolt.Tx) error {
-				next = first
-				b := tx.Bucket(bucketMsgs)
-				b.FillPercent = 1 // append-only: pack pages full
-				var kb *bolt.Bucket
-				var inBatch map[[16]byte]*request
-				for _, r := range apps {
-					r.dup = false
-					if r.hasKey {
-						if kb == nil {
-							var err error
-							if kb, err = tx.CreateBucketIfNotExists(bucketKeys); err != nil {
-								return err
-							}
-							inBatch = map[[16]byte]*request{}
-						}
-						if prev := inBatch[r.key]; prev != nil {
-							r.dup, r.seq, r.tag = true, prev.seq, prev.tag
-							continue
-						}
-						if seq, tag, ok := keyIn(tx, r.key); ok {
-							r.dup, r.seq, r.tag = true, seq, tag
-							continue
-						}
-						if seq, tag, ok := q.findKeyFrom(r.checkedBelow, head, r.key); ok {
-							r.dup, r.seq, r.tag = true, seq, tag
-							continue
-						}
-					}
-					r.seq = next
-					next++
-					if err := b.Put(seqKey(r.seq), r.rec); err != nil {
-						return err
-					}
-					if r.hasKey {
-						if err := kb.Put(r.key[:], seqKey(r.seq)); err != nil {
-							return err
-						}
-						inBatch[r.key] = r
-					}
-				}
-				if err := tx.Bucket(bucketInfo).Put(keyLastAt, seqKey(uint64(now.UnixNano()))); err != nil {
-					return err
-				}
-				size = tx.Size()
-				return nil
-			})
-			if err != nil {
+			if err = q.appendBatch(head, first, apps, dirty); err != nil {
 				q.failedCommits.Add(1)
 				q.refused.Add(uint64(len(apps)))
 				q.commitFails.failed(q.log, "append commit failed; refusing its requests", err, len(apps))
 				err = fmt.Errorf("%w: %v", ErrIO, err)
 			} else {
 				q.commitFails.recovered(q.log, "append commits succeed again")
-				q.mu.Lock()
-				q.nextSeq = next
-				q.appended.Store(next - 1)
-				head.last = q.nextSeq - 1
-				head.lastAppend = now
-				q.bytes.Add(size - head.size)
-				head.size = size
-				q.mu.Unlock()
-				dirty[head] = true
 			}
 		}
 		for _, r := range apps {
@@ -683,7 +666,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			delete(q.consumers[r.target].inflight, r.seq)
 		}
 	}
-	roll := head.size-head.base >= q.cfg.SegmentBytes && head.last >= head.first && head == q.segs[len(q.segs)-1]
+	roll := head.log.end >= q.cfg.SegmentBytes && head.last >= head.first && head == q.segs[len(q.segs)-1]
 	q.mu.Unlock()
 
 	for _, r := range batch {
@@ -699,6 +682,83 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	}
 }
 
+// appendBatch writes the appends of one commit to the head's log as frames,
+// with one write and, with SyncAlways, one fdatasync; seqs from first on.
+// Only then are the messages indexed and visible. A failed write is cut off
+// again, so no frame of a refused request can come back at a restart.
+func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty map[*segment]bool) error {
+	l := head.log
+	next := first
+	buf := q.wbuf[:0]
+	locs := q.wlocs[:0]
+	var inBatch map[[16]byte]*request
+	for _, r := range apps {
+		r.dup = false
+		if r.hasKey {
+			if inBatch == nil {
+				inBatch = map[[16]byte]*request{}
+			}
+			if prev := inBatch[r.key]; prev != nil {
+				r.dup, r.seq, r.tag = true, prev.seq, prev.tag
+				continue
+			}
+			if t, ok := l.keys[r.key]; ok {
+				r.dup, r.seq, r.tag = true, t.seq, t.tag
+				continue
+			}
+			if seq, tag, ok := q.findKeyFrom(r.checkedBelow, head, r.key); ok {
+				r.dup, r.seq, r.tag = true, seq, tag
+				continue
+			}
+			inBatch[r.key] = r
+		}
+		r.seq = next
+		next++
+		locs = append(locs, recLoc{off: uint64(l.end) + uint64(len(buf)), n: uint32(len(r.rec))})
+		buf = appendFrame(buf, r.seq, r.rec)
+	}
+	if cap(buf) <= 8<<20 { // keep the buffers unless one huge batch grew them
+		q.wbuf, q.wlocs = buf[:0], locs[:0]
+	} else {
+		q.wbuf, q.wlocs = nil, nil
+	}
+	if len(locs) == 0 {
+		return nil // all duplicates
+	}
+	var err error
+	if max := int64(q.cfg.maxFileBytes); max > 0 && l.end+int64(len(buf)) > max {
+		err = fmt.Errorf("write %s: %w (test limit of %d bytes)", l.path, syscall.ENOSPC, max)
+	} else {
+		_, err = l.f.WriteAt(buf, l.end)
+	}
+	if err == nil && q.cfg.Sync == SyncAlways {
+		err = fdatasync(l.f)
+	}
+	if err != nil {
+		l.f.Truncate(l.end) // best effort; a restart cuts off a torn frame anyway
+		return err
+	}
+	l.end += int64(len(buf))
+	for _, r := range apps {
+		if r.hasKey && !r.dup {
+			l.keys[r.key] = keyTarget{seq: r.seq, tag: r.tag}
+		}
+	}
+	l.appendLocs(locs)
+	now := q.cfg.Now()
+	q.mu.Lock()
+	q.nextSeq = next
+	q.appended.Store(next - 1)
+	head.last = next - 1
+	head.lastAppend = now
+	size := head.dbSize + l.end
+	q.bytes.Add(size - head.size)
+	head.size = size
+	q.mu.Unlock()
+	dirty[head] = true
+	return nil
+}
+
 // dropMappings releases the mapped pages of every segment (see dropMapped):
 // what appends and readers touched comes back from the page cache on demand.
 func (q *Queue) dropMappings() {
@@ -706,7 +766,7 @@ func (q *Queue) dropMappings() {
 	segs := append([]*segment(nil), q.segs...)
 	q.mu.Unlock()
 	for _, s := range segs {
-		dropMapped(s.db, s.size)
+		dropMapped(s.db, s.dbSize)
 	}
 }
 
@@ -721,13 +781,20 @@ func (q *Queue) rollByAge(dirty map[*segment]bool) {
 	}
 }
 
-// roll starts a new head segment.
+// roll starts a new head segment and seals the old one.
 func (q *Queue) roll(dirty map[*segment]bool) {
 	q.syncDirty(dirty) // the old head is complete and durable before the new one exists
 	q.mu.Lock()
 	first := q.nextSeq
+	old := q.segs[len(q.segs)-1]
 	q.mu.Unlock()
 	seg, err := createSegment(q.dir, first, q.targets, q.cfg)
+	if err == nil {
+		if err = old.seal(q.dir); err != nil {
+			seg.close()
+			removeSegmentFiles(q.dir, first)
+		}
+	}
 	if err != nil {
 		// Tried again after every commit while it fails (a full disk).
 		q.rollFails.failed(q.log, "segment roll failed; the head keeps growing", err, 0)
@@ -848,8 +915,8 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 		q.mu.Unlock()
 		q.bytes.Add(-s.size)
 		delete(dirty, s)
-		s.db.Close()
-		if err := os.Remove(s.path); err != nil {
+		s.close()
+		if err := removeSegmentFiles(q.dir, s.first); err != nil {
 			q.log.Error("delete segment", "segment", segmentName(s.first), "err", err)
 		}
 		if early {
@@ -867,14 +934,15 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 // delivered nor dead.
 func (q *Queue) countUnfinished(s *segment, next []uint64) int {
 	n := 0
+	q.mu.Lock()
+	first, last := s.first, s.last
+	q.mu.Unlock()
 	safeView(s.db, func(tx *bolt.Tx) error {
 		for i, t := range q.targets {
 			sb := tx.Bucket(stateBucket(t))
-			c := tx.Bucket(bucketMsgs).Cursor()
-			for k, _ := c.First(); k != nil; k, _ = c.Next() {
-				seq := binary.BigEndian.Uint64(k)
+			for seq := first; seq <= last; seq++ {
 				if seq < next[i] {
-					if v := sb.Get(k); v != nil {
+					if v := sb.Get(seqKey(seq)); v != nil {
 						if st, err := decodeState(v); err == nil && st.Phase != Retrying && st.Phase != Parked {
 							continue
 						}

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 func openTest(t *testing.T, cfg Config, targets ...string) (*Store, *Queue) {
@@ -341,15 +339,20 @@ func must(t *testing.T, err error) {
 
 // corruptRecord flips one byte of the stored record seq, as a bad disk would.
 func corruptRecord(seg *segment, seq uint64) error {
-	return seg.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketMsgs)
-		v := append([]byte(nil), b.Get(seqKey(seq))...)
-		if len(v) == 0 {
-			return ErrNotFound
-		}
-		v[len(v)/2] ^= 0x20
-		return b.Put(seqKey(seq), v)
-	})
+	seg.log.mu.RLock()
+	loc, err := seg.log.locLocked(seq)
+	seg.log.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	at := int64(loc.off) + frameHeader + int64(loc.n)/2
+	var b [1]byte
+	if _, err := seg.log.f.ReadAt(b[:], at); err != nil {
+		return err
+	}
+	b[0] ^= 0x20
+	_, err = seg.log.f.WriteAt(b[:], at)
+	return err
 }
 
 // A roll leaves an empty head; reopening must neither re-roll it nor lose

@@ -14,10 +14,10 @@ import (
 )
 
 var (
-	bucketMsgs = []byte("m")
 	bucketInfo = []byte("info")
 	keyFirst   = []byte("first")
 	keyLastAt  = []byte("last_append")
+	keySealed  = []byte("sealed") // message count, written when the segment stops being the head
 )
 
 func stateBucket(target string) []byte { return []byte("s/" + target) }
@@ -40,20 +40,42 @@ func parseRetryKey(k []byte) (time.Time, uint64) {
 	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), binary.BigEndian.Uint64(k[8:])
 }
 
-// segment is one bbolt file of a queue's log. Its fields other than db and
-// first are guarded by Queue.mu; the file is written only by the queue's
-// writer goroutine.
+// segment is one piece of a queue's log: its messages in a log file (see
+// logfile.go) and their per-target state in a bbolt file. Its fields other
+// than db, log and first are guarded by Queue.mu; the files are written only
+// by the queue's writer goroutine.
 type segment struct {
-	first      uint64 // seq of its first message (also in the file name)
+	first      uint64 // seq of its first message (also in the file names)
 	last       uint64 // seq of its last message; first-1 when empty
 	lastAppend time.Time
 	opened     time.Time // when it became the head (or was loaded): for SegmentAge
-	size       int64     // bytes of data (bbolt's high-water mark, not the sparse file length)
-	base       int64     // size when created (bbolt's own pages); rolls count the data above it
+	size       int64     // bytes: dbSize + the log's length
+	dbSize     int64     // the bbolt file's high-water mark (not the sparse file length)
 	retries    []int     // per target index: entries in the retry schedule
 	parked     []int     // per target index: messages parked behind a key
-	path       string
+	path       string    // of the bbolt file
 	db         *bolt.DB
+	log        *segLog
+	sealed     bool
+}
+
+// files are the segment's files, the bbolt file last: a segment exists as
+// long as its bbolt file does.
+func segmentFiles(dir string, first uint64) []string {
+	return []string{filepath.Join(dir, idxName(first)), filepath.Join(dir, logName(first)), filepath.Join(dir, segmentName(first))}
+}
+
+// removeSegmentFiles deletes a segment: the bbolt file first, so that a
+// crash half-way leaves files that start-up recognises as leftovers.
+func removeSegmentFiles(dir string, first uint64) error {
+	fs := segmentFiles(dir, first)
+	err := os.Remove(fs[2])
+	for _, f := range fs[:2] {
+		if rerr := os.Remove(f); rerr != nil && !os.IsNotExist(rerr) && err == nil {
+			err = rerr
+		}
+	}
+	return err
 }
 
 func segmentName(first uint64) string { return fmt.Sprintf("seg-%016x.db", first) }
@@ -118,10 +140,8 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 	now := cfg.Now()
 	var size int64
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMsgs, bucketInfo} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
+		if _, err := tx.CreateBucketIfNotExists(bucketInfo); err != nil {
+			return err
 		}
 		for _, t := range targets {
 			if _, err := tx.CreateBucketIfNotExists(stateBucket(t)); err != nil {
@@ -138,35 +158,54 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 		size = tx.Size()
 		return info.Put(keyLastAt, seqKey(uint64(now.UnixNano())))
 	})
+	var lf *os.File
+	if err == nil {
+		lf, err = os.OpenFile(filepath.Join(dir, logName(first)), os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
+	}
 	if err != nil {
 		db.Close()
-		os.Remove(path)
+		removeSegmentFiles(dir, first)
 		return nil, err
 	}
-	return &segment{first: first, last: first - 1, lastAppend: now, opened: now, size: size, base: size, path: path, db: db, retries: make([]int, len(targets)), parked: make([]int, len(targets))}, nil
+	syncDir(dir)
+	return &segment{first: first, last: first - 1, lastAppend: now, opened: now, size: size, dbSize: size, path: path, db: db,
+		log:     &segLog{f: lf, path: filepath.Join(dir, logName(first)), first: first, mem: []recLoc{}, keys: map[[16]byte]keyTarget{}},
+		retries: make([]int, len(targets)), parked: make([]int, len(targets))}, nil
+}
+
+// syncDir fsyncs a directory, so that files created in it survive a power loss.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
 }
 
 // openSegment opens an existing segment and reads what the queue keeps in
-// memory about it: last seq, time of last append, retry counts. It reads no
-// messages.
-func openSegment(dir string, first uint64, targets []string, cfg *Config) (*segment, error) {
+// memory about it: last seq, time of last append, retry counts. A sealed
+// segment's messages are not read; an unsealed one (the head, or one whose
+// roll a crash interrupted) has its log read once to rebuild its index, and a
+// torn frame at its end is cut off.
+func openSegment(dir string, first uint64, targets []string, cfg *Config, logger interface {
+	Warn(string, ...any)
+}) (*segment, error) {
 	path := filepath.Join(dir, segmentName(first))
 	db, err := openBolt(path, boltOptions(cfg))
 	if err != nil {
 		return nil, err
 	}
 	s := &segment{first: first, last: first - 1, path: path, db: db, opened: cfg.Now(), retries: make([]int, len(targets)), parked: make([]int, len(targets))}
+	var sealed uint64
 	err = safeUpdate(db, func(tx *bolt.Tx) error {
-		m := tx.Bucket(bucketMsgs)
 		info := tx.Bucket(bucketInfo)
-		if m == nil || info == nil {
-			return fmt.Errorf("%w: segment %s has no message or info bucket", ErrCorrupt, path)
-		}
-		if k, _ := m.Cursor().Last(); k != nil {
-			s.last = binary.BigEndian.Uint64(k)
+		if info == nil {
+			return fmt.Errorf("%w: segment %s has no info bucket", ErrCorrupt, path)
 		}
 		if v := info.Get(keyLastAt); len(v) == 8 {
 			s.lastAppend = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+		}
+		if v := info.Get(keySealed); len(v) == 8 {
+			s.sealed, sealed = true, binary.BigEndian.Uint64(v)
 		}
 		for i, t := range targets {
 			if _, err := tx.CreateBucketIfNotExists(stateBucket(t)); err != nil {
@@ -181,12 +220,151 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config) (*segm
 				s.parked[i] = pb.Stats().KeyN
 			}
 		}
-		s.size = tx.Size()
+		s.dbSize = tx.Size()
 		return nil
 	})
+	if err == nil {
+		err = s.openLog(dir, sealed, logger)
+	}
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
+	s.size = s.dbSize + s.log.end
 	return s, nil
+}
+
+func (s *segment) openLog(dir string, sealed uint64, logger interface{ Warn(string, ...any) }) error {
+	lpath := filepath.Join(dir, logName(s.first))
+	l := &segLog{path: lpath, first: s.first}
+	fi, err := os.Stat(lpath)
+	if os.IsNotExist(err) && (!s.sealed || sealed == 0) {
+		// Created but never written (a crash inside createSegment).
+		if err := os.WriteFile(lpath, nil, 0o600); err != nil {
+			return err
+		}
+		fi, err = os.Stat(lpath)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: log of %s: %v", ErrCorrupt, s.path, err)
+	}
+	if l.f, err = os.OpenFile(lpath, os.O_RDWR, 0); err != nil {
+		return err
+	}
+	if s.sealed {
+		l.n, l.end = sealed, fi.Size()
+		if l.idx, err = openIndex(filepath.Join(dir, idxName(s.first)), sealed); err == nil {
+			s.log, s.last = l, s.first+sealed-1
+			return nil
+		}
+		logger.Warn("segment index unreadable; rebuilding it from the log", "segment", segmentName(s.first), "err", err)
+	}
+	sc, err := scanLog(lpath, s.first, !s.sealed)
+	if err != nil {
+		l.f.Close()
+		return err
+	}
+	for _, d := range sc.damaged {
+		logger.Warn("segment log damaged; the messages in the damaged region are not served", "segment", segmentName(s.first), "damage", d.Err)
+	}
+	l.n, l.end = uint64(len(sc.locs)), sc.end
+	if s.sealed {
+		if l.n != sealed {
+			logger.Warn("segment log holds a different count than its seal", "segment", segmentName(s.first), "sealed", sealed, "log", l.n)
+		}
+		ipath := filepath.Join(dir, idxName(s.first))
+		if err = writeIndex(ipath, sc.locs); err == nil {
+			l.idx, err = openIndex(ipath, l.n)
+		}
+		if err != nil {
+			l.f.Close()
+			return err
+		}
+	} else {
+		if sc.tail > 0 {
+			// A torn write from a crash (with SyncAlways never acknowledged),
+			// or damage at the very end; either way nothing after it is whole.
+			logger.Warn("segment log: cutting off an incomplete frame at its end", "segment", segmentName(s.first), "bytes", sc.tail)
+			if err := l.f.Truncate(sc.end); err != nil {
+				l.f.Close()
+				return err
+			}
+		}
+		l.mem, l.keys = sc.locs, sc.keys
+		if l.mem == nil {
+			l.mem = []recLoc{}
+		}
+		if l.n > 0 {
+			s.lastAppend = sc.lastAt
+		}
+	}
+	s.log, s.last = l, s.first+l.n-1
+	return nil
+}
+
+// seal makes s a closed segment: its index goes to its .idx file, its
+// idempotency keys into its bbolt file, and its message count last, as the
+// seal. Writer only; the log is synced first.
+func (s *segment) seal(dir string) error {
+	l := s.log
+	l.mu.RLock()
+	locs := l.mem
+	n := l.n
+	l.mu.RUnlock()
+	if err := l.f.Sync(); err != nil {
+		return err
+	}
+	ipath := filepath.Join(dir, idxName(s.first))
+	if err := writeIndex(ipath, locs); err != nil {
+		return err
+	}
+	idx, err := openIndex(ipath, n)
+	if err != nil {
+		return err
+	}
+	err = safeUpdate(s.db, func(tx *bolt.Tx) error {
+		if len(l.keys) > 0 {
+			kb, err := tx.CreateBucketIfNotExists(bucketKeys)
+			if err != nil {
+				return err
+			}
+			for k, t := range l.keys {
+				v := binary.BigEndian.AppendUint64(make([]byte, 0, 16), t.seq)
+				if err := kb.Put(k[:], append(v, t.tag[:]...)); err != nil {
+					return err
+				}
+			}
+		}
+		info := tx.Bucket(bucketInfo)
+		if err := info.Put(keyLastAt, seqKey(uint64(s.lastAppend.UnixNano()))); err != nil {
+			return err
+		}
+		return info.Put(keySealed, seqKey(n))
+	})
+	if err == nil {
+		err = s.db.Sync() // sealed whatever the fsync mode: the .idx is already synced
+	}
+	if err != nil {
+		idx.Close()
+		os.Remove(ipath)
+		return err
+	}
+	l.mu.Lock()
+	l.idx, l.mem = idx, nil
+	l.mu.Unlock()
+	l.keys = nil
+	s.sealed = true
+	return nil
+}
+
+// close closes the segment's files.
+func (s *segment) close() error {
+	err := s.db.Close()
+	if s.log != nil {
+		s.log.f.Close()
+		if s.log.idx != nil {
+			s.log.idx.Close()
+		}
+	}
+	return err
 }

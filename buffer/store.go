@@ -46,7 +46,7 @@ type Config struct {
 	Logger         *slog.Logger     // default slog.Default()
 	Now            func() time.Time // clock; default time.Now
 
-	maxFileBytes int // tests: bbolt's MaxSize, to inject a write failure like ENOSPC
+	maxFileBytes int // tests: a size limit on each segment's log and bbolt file, to inject a write failure like ENOSPC
 }
 
 func (c *Config) setDefaults() {

@@ -28,6 +28,9 @@ func main() {
 	addr := flag.String("listen", "127.0.0.1:18080", "address")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile here until SIGINT/SIGTERM")
 	commitWait := flag.Duration("commit-wait", -1, "hand every request to a batcher that waits this long per batch (0: hand-off only; negative: none)")
+	logPath := flag.String("log", "", "hand every request's body to a batcher that appends each batch to this file with one write and one fdatasync")
+	logWriters := flag.Int("log-writers", 1, "batchers appending to the -log file side by side (each commits its own batch)")
+	logZero := flag.Int64("log-zeroed", 0, "write this many zero bytes to the -log file (and fsync) before serving, so batches overwrite allocated blocks")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -51,8 +54,16 @@ func main() {
 	if *commitWait >= 0 {
 		wait = batcher(*commitWait)
 	}
+	var logTo func([]byte)
+	if *logPath != "" {
+		logTo = logger(*logPath, *logZero, *logWriters)
+	}
 	h := func(ctx *fasthttp.RequestCtx) {
-		wait()
+		if logTo != nil {
+			logTo(ctx.PostBody())
+		} else {
+			wait()
+		}
 		id := strconv.FormatUint(n.Add(1), 10)
 		ctx.Response.Header.Set("Location", "/_sluice/v1/messages/"+id)
 		ctx.Response.Header.Set("X-Sluice-Id", id)
@@ -93,6 +104,70 @@ func batcher(d time.Duration) func() {
 	return func() {
 		done := make(chan struct{}, 1)
 		reqs <- done
+		<-done
+	}
+}
+
+// logger starts the smallest durable group commit: one goroutine takes every
+// queued body, appends the batch to path with one write, fdatasyncs, and
+// releases the batch. It is the floor of what any durable store must do.
+func logger(path string, zeroed int64, writers int) func([]byte) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if zeroed > 0 {
+		z := make([]byte, 1<<20)
+		for n := int64(0); n < zeroed; n += int64(len(z)) {
+			if _, err := f.Write(z); err != nil {
+				log.Fatal(err)
+			}
+		}
+		if err := f.Sync(); err != nil {
+			log.Fatal(err)
+		}
+	}
+	type req struct {
+		body []byte
+		done chan struct{}
+	}
+	reqs := make(chan req, 4096)
+	var end atomic.Int64
+	for range writers {
+		go func() {
+			batch := make([]req, 0, 4096)
+			var buf []byte
+			for r := range reqs {
+				batch = append(batch[:0], r)
+				runtime.Gosched()
+			gather:
+				for len(batch) < cap(batch) {
+					select {
+					case r := <-reqs:
+						batch = append(batch, r)
+					default:
+						break gather
+					}
+				}
+				buf = buf[:0]
+				for _, r := range batch {
+					buf = append(buf, r.body...)
+				}
+				if _, err := f.WriteAt(buf, end.Add(int64(len(buf)))-int64(len(buf))); err != nil {
+					log.Fatal(err)
+				}
+				if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+					log.Fatal(err)
+				}
+				for _, r := range batch {
+					r.done <- struct{}{}
+				}
+			}
+		}()
+	}
+	return func(body []byte) {
+		done := make(chan struct{}, 1)
+		reqs <- req{append([]byte(nil), body...), done}
 		<-done
 	}
 }

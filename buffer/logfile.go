@@ -1,0 +1,338 @@
+package buffer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// A segment's messages live in its log file, seg-<first>.log: a sequence of
+// frames, appended by the writer with one write(2) per commit (and one
+// fdatasync with SyncAlways), never rewritten.
+//
+//	frame: len u32 | seq u64 | crc32c(len, seq) u32 | record [len]
+//
+// The record (record.go) carries its own CRC-32C, so a frame is whole when
+// its header checksum and its record checksum both hold. A crash can leave
+// only a torn frame at the end (never acknowledged with SyncAlways: the
+// acknowledgement follows the fdatasync); opening the head cuts it off.
+//
+// Where each seq's frame starts is kept in memory for the head segment
+// (12 bytes a message, at most one segment's worth) and rebuilt at start by
+// reading the head's log once: nothing about a message is written twice on
+// the acknowledgement path. When the head rolls, it is sealed: the index is
+// written to seg-<first>.idx (12 bytes a message, read with pread when
+// needed, never held in memory), the idempotency keys go into the segment's
+// bbolt file, and the message count is recorded there last, as the seal.
+const frameHeader = 16
+
+// idxEntry is the size of one seal index entry: frame offset u64 | record len u32.
+const idxEntry = 12
+
+// missing marks a seq with no readable frame (lost in a damaged region).
+const missing = ^uint64(0)
+
+type recLoc struct {
+	off uint64 // of the frame; missing if none
+	n   uint32 // record length
+}
+
+func appendFrame(dst []byte, seq uint64, rec []byte) []byte {
+	start := len(dst)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(rec)))
+	dst = binary.BigEndian.AppendUint64(dst, seq)
+	dst = binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:start+12], castagnoli))
+	return append(dst, rec...)
+}
+
+// parseFrameHeader checks a frame header and returns its record length and seq.
+func parseFrameHeader(h []byte) (n uint32, seq uint64, ok bool) {
+	if len(h) < frameHeader {
+		return 0, 0, false
+	}
+	if crc32.Checksum(h[:12], castagnoli) != binary.BigEndian.Uint32(h[12:16]) {
+		return 0, 0, false
+	}
+	n = binary.BigEndian.Uint32(h[:4])
+	return n, binary.BigEndian.Uint64(h[4:12]), n <= MaxRecordBytes
+}
+
+// recordSound reports whether rec's trailing checksum holds.
+func recordSound(rec []byte) bool {
+	return len(rec) >= 4 && crc32.Checksum(rec[:len(rec)-4], castagnoli) == binary.BigEndian.Uint32(rec[len(rec)-4:])
+}
+
+// segLog is a segment's log file and its index. The writer goroutine is the
+// only one that appends; readers may call read concurrently.
+type segLog struct {
+	f     *os.File
+	path  string
+	first uint64
+
+	mu  sync.RWMutex
+	mem []recLoc // the head's index, by seq-first; nil once sealed
+	idx *os.File // the seal index; nil while the head
+	n   uint64   // messages indexed (seq first..first+n-1)
+
+	end  int64                  // writer only: where the next frame goes
+	keys map[[16]byte]keyTarget // writer only, head: idempotency keys of the head's messages
+}
+
+type keyTarget struct {
+	seq uint64
+	tag [8]byte
+}
+
+func logName(first uint64) string { return fmt.Sprintf("seg-%016x.log", first) }
+func idxName(first uint64) string { return fmt.Sprintf("seg-%016x.idx", first) }
+
+// count is the number of messages the index covers.
+func (l *segLog) count() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.n
+}
+
+// loc returns where seq's frame is. Caller holds l.mu (read).
+func (l *segLog) locLocked(seq uint64) (recLoc, error) {
+	if seq < l.first || seq-l.first >= l.n {
+		return recLoc{off: missing}, ErrNotFound
+	}
+	i := seq - l.first
+	if l.mem != nil {
+		return l.mem[i], nil
+	}
+	var b [idxEntry]byte
+	if _, err := l.idx.ReadAt(b[:], int64(i*idxEntry)); err != nil {
+		return recLoc{off: missing}, fmt.Errorf("%w: index of %s: %v", ErrCorrupt, l.path, err)
+	}
+	return recLoc{off: binary.BigEndian.Uint64(b[:8]), n: binary.BigEndian.Uint32(b[8:])}, nil
+}
+
+// read appends seq's record to buf and returns it. ErrNotFound: seq is not
+// in this log; ErrCorrupt: its frame is damaged; ErrClosed: the segment was
+// closed (or deleted) under the reader.
+func (l *segLog) read(seq uint64, buf []byte) ([]byte, error) {
+	l.mu.RLock()
+	loc, err := l.locLocked(seq)
+	l.mu.RUnlock()
+	if err != nil {
+		return buf, err
+	}
+	if loc.off == missing {
+		return buf, fmt.Errorf("%w: seq %d was in a damaged region of %s", ErrCorrupt, seq, l.path)
+	}
+	start := len(buf)
+	need := frameHeader + int(loc.n)
+	buf = append(buf, make([]byte, need)...)
+	if _, err := l.f.ReadAt(buf[start:], int64(loc.off)); err != nil {
+		if errors.Is(err, os.ErrClosed) {
+			return buf[:start], fmt.Errorf("%w: %v", ErrClosed, err)
+		}
+		return buf[:start], fmt.Errorf("%w: seq %d at offset %d of %s: %v", ErrCorrupt, seq, loc.off, l.path, err)
+	}
+	n, fseq, ok := parseFrameHeader(buf[start:])
+	if !ok || fseq != seq || n != loc.n {
+		return buf[:start], fmt.Errorf("%w: frame of seq %d at offset %d of %s does not match its index", ErrCorrupt, seq, loc.off, l.path)
+	}
+	copy(buf[start:], buf[start+frameHeader:])
+	return buf[:start+int(n)], nil
+}
+
+// appendLocs records frames the writer has written and synced.
+func (l *segLog) appendLocs(locs []recLoc) {
+	l.mu.Lock()
+	l.mem = append(l.mem, locs...)
+	l.n += uint64(len(locs))
+	l.mu.Unlock()
+}
+
+// scanned is what reading a log from its start found.
+type scanned struct {
+	locs     []recLoc
+	end      int64     // just past the last whole frame
+	lastAt   time.Time // enqueue time of the last message
+	oldestAt time.Time // enqueue time of the first message
+	keys     map[[16]byte]keyTarget
+	damaged  []Damage // regions skipped (Seq: the first seq missing)
+	tail     int64    // bytes after the last whole frame (a torn write, or damage)
+}
+
+// scanLog reads the log at path from its start. Frames must carry the seqs
+// first, first+1, ... A frame that fails its checks is skipped by searching
+// for the next whole frame with a higher seq; the seqs in between are
+// marked missing and reported. With keys it also collects idempotency keys.
+func scanLog(path string, first uint64, keys bool) (*scanned, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	sc := &scanned{}
+	if keys {
+		sc.keys = map[[16]byte]keyTarget{}
+	}
+	size := fi.Size()
+	if size == 0 {
+		return sc, nil
+	}
+	data, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map %s: %w", path, err)
+	}
+	defer syscall.Munmap(data)
+	name := path
+	next := first
+	off := int64(0)
+	whole := func(at int64) (uint32, uint64, bool) {
+		n, seq, ok := parseFrameHeader(data[at:])
+		if !ok || at+frameHeader+int64(n) > size || seq < next {
+			return 0, 0, false
+		}
+		return n, seq, recordSound(data[at+frameHeader : at+frameHeader+int64(n)])
+	}
+	for off+frameHeader <= size {
+		n, seq, ok := whole(off)
+		if !ok {
+			// Damage, or the torn tail a crash leaves: find the next whole
+			// frame after it, if any.
+			found := int64(-1)
+			for at := off + 1; at+frameHeader <= size; at++ {
+				if _, _, ok := whole(at); ok {
+					found = at
+					break
+				}
+			}
+			if found < 0 {
+				break // the tail: sc.end stays at the last whole frame
+			}
+			_, seq, _ = whole(found)
+			sc.damaged = append(sc.damaged, Damage{Segment: name, Seq: next,
+				Err: fmt.Sprintf("log damaged at offset %d: seqs %d..%d unreadable", off, next, seq-1)})
+			off = found
+			continue
+		}
+		for ; next < seq; next++ {
+			sc.locs = append(sc.locs, recLoc{off: missing})
+		}
+		rec := data[off+frameHeader : off+frameHeader+int64(n)]
+		at, tag, key := recordHead(rec)
+		if len(sc.locs) == 0 {
+			sc.oldestAt = at
+		}
+		sc.lastAt = at
+		if keys && len(key) > 0 {
+			sc.keys[keyHash(key)] = keyTarget{seq: seq, tag: tag}
+		}
+		sc.locs = append(sc.locs, recLoc{off: uint64(off), n: n})
+		next = seq + 1
+		off += frameHeader + int64(n)
+		sc.end = off
+	}
+	sc.tail = size - sc.end
+	return sc, nil
+}
+
+// recordHead returns a sound record's enqueue time, id tag and idempotency
+// key (aliasing rec) without decoding the rest.
+func recordHead(rec []byte) (time.Time, [8]byte, []byte) {
+	var tag [8]byte
+	if len(rec) < 1+8+8+4 {
+		return time.Time{}, tag, nil
+	}
+	copy(tag[:], rec[1:9])
+	at := time.Unix(0, int64(binary.BigEndian.Uint64(rec[9:17])))
+	d := decoder{b: rec[17 : len(rec)-4]}
+	d.bytes() // method
+	d.bytes() // uri
+	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
+		d.bytes()
+		d.bytes()
+	}
+	key := d.bytes()
+	if d.err != nil {
+		return at, tag, nil
+	}
+	return at, tag, key
+}
+
+// writeIndex writes locs to path as a seal index and fsyncs it.
+func writeIndex(path string, locs []recLoc) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 0, 64<<10)
+	for _, l := range locs {
+		buf = binary.BigEndian.AppendUint64(buf, l.off)
+		buf = binary.BigEndian.AppendUint32(buf, l.n)
+		if len(buf) >= 64<<10-idxEntry {
+			if _, err = f.Write(buf); err != nil {
+				break
+			}
+			buf = buf[:0]
+		}
+	}
+	if err == nil {
+		_, err = f.Write(buf)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
+}
+
+// readIndex opens a seal index and checks that it holds n entries.
+func openIndex(path string, n uint64) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && uint64(fi.Size()) != n*idxEntry {
+		err = fmt.Errorf("%w: index %s holds %d bytes, want %d", ErrCorrupt, path, fi.Size(), n*idxEntry)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// eachIndexed calls fn for every entry of a seal index file, in seq order.
+func eachIndexed(f *os.File, fn func(i uint64, l recLoc)) error {
+	buf := make([]byte, 64<<10/idxEntry*idxEntry)
+	var i uint64
+	var off int64
+	for {
+		n, err := f.ReadAt(buf, off)
+		n -= n % idxEntry
+		for p := 0; p < n; p += idxEntry {
+			fn(i, recLoc{off: binary.BigEndian.Uint64(buf[p:]), n: binary.BigEndian.Uint32(buf[p+8:])})
+			i++
+		}
+		off += int64(n)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
