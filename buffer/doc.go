@@ -10,47 +10,58 @@
 //
 // # On-disk layout
 //
-//	DIR/queues/<queue>/cursors.db              bbolt: consumer floors, queue metadata
-//	DIR/queues/<queue>/seg-<firstSeq:016x>.db  bbolt: one segment of the log
+//	DIR/queues/<queue>/cursors.db               bbolt: consumer floors, queue metadata
+//	DIR/queues/<queue>/seg-<firstSeq:016x>.log  the segment's messages, append-only
+//	DIR/queues/<queue>/seg-<firstSeq:016x>.idx  where each frame starts (sealed segments)
+//	DIR/queues/<queue>/seg-<firstSeq:016x>.db   bbolt: the segment's delivery state
 //
-// A segment holds, in buckets:
+// The .log is a sequence of frames (len | seq | CRC-32C of both | record,
+// see logfile.go), written once and never rewritten. The .db holds, in buckets:
 //
-//	"m"          seq (8 bytes, big endian) -> message record (see record.go)
 //	"s/<target>" seq -> state record: delivered, retrying or dead, with the
 //	             history of attempts (status code, error, time)
 //	"r/<target>" nextTry (unix ns, 8 bytes BE) | seq -> "" : the retry schedule,
 //	             ordered by due time so "what is due now" is a cursor seek
 //	"d/<target>" seq -> "" : the dead letters, listed without scanning states
-//	"k"          SHA-256(idempotency key)[:16] -> seq (keyed appends only)
-//	"info"       first seq, time of the last append
+//	"p/<target>" parked messages (behind an idempotency key in flight)
+//	"k"          SHA-256(idempotency key)[:16] -> seq | id tag (sealed segments;
+//	             the head's keys are in memory, rebuilt from its log at start)
+//	"info"       first seq, time of the last append, and "sealed": the message
+//	             count, written last when the segment stops being the head
 //
 // Everything a message needs (its bytes, its per-target outcome, its place in
 // the retry schedule) lives in the segment that holds it, so deleting a segment
-// is deleting one file, never rows. The log rolls to a new segment when the head
-// passes Config.SegmentBytes or, if it holds anything, Config.SegmentAge. A
-// segment is deleted once it is older than the retention (undelivered messages
-// in it are counted and logged as expired), or earlier, when admission control
-// is refusing appends and every target has finished with it.
+// is deleting three files, never rows (the .db first: a segment exists while
+// its .db does, and start-up removes the leftovers of an interrupted deletion).
+// The log rolls to a new segment when the head passes Config.SegmentBytes or,
+// if it holds anything, Config.SegmentAge. A segment is deleted once it is older
+// than the retention (undelivered messages in it are counted and logged as
+// expired), or earlier, when admission control is refusing appends and every
+// target has finished with it.
 //
 // Dead letters are indexed per target ("d/<target>"), so they are listed
 // without scanning states, and can be revived into the retry schedule or
-// purged. Idempotency keys live beside their messages ("k") and expire with
-// them.
+// purged. Idempotency keys live beside their messages and expire with them.
 //
-// Records carry a CRC-32C. A damaged record is reported (Consumer marks it dead
-// for its target with the reason, and Verify lists it); it is never delivered as
-// garbage and never stops the records after it.
+// Frames and records carry a CRC-32C. A damaged record is reported (Consumer
+// marks it dead for its target with the reason, and Inspect with verify lists
+// it); it is never delivered as garbage and never stops the records after it:
+// reading a damaged log resynchronises on the next whole frame. A torn frame
+// at the end of the head (a crash inside write(2)) is cut off at start with a
+// warning; a lost or short .idx is rebuilt from the log.
 //
 // # Durability
 //
 // One goroutine per queue owns every write (group commit, after nsq's ioLoop):
 // Append and Complete hand it a request and wait; it gathers whatever requests
-// are waiting, writes them in one bbolt transaction per touched segment and,
-// with SyncAlways, returns only after fsync. Many requests share one fsync, so
-// throughput grows with concurrency while each acknowledgement stays durable.
-// SyncInterval acknowledges after the write(2) and fsyncs every Interval: a
-// kill -9 loses nothing, a power loss may lose the last Interval. SyncNever
-// leaves flushing to the kernel.
+// are waiting, appends their frames to the head's log with one write(2) and,
+// with SyncAlways, one fdatasync, and only then acknowledges. Many requests
+// share one fdatasync, so throughput grows with concurrency while each
+// acknowledgement stays durable. Delivery outcomes are committed to the
+// segments' .db files by the same goroutine, in one bbolt transaction per
+// touched segment. SyncInterval acknowledges after the write(2) and syncs every
+// Interval: a kill -9 loses nothing, a power loss may lose the last Interval.
+// SyncNever leaves flushing to the kernel.
 //
 // # Delivery state
 //
@@ -66,6 +77,8 @@
 //
 // Memory is bounded by in-flight work (at most what consumers have fetched but
 // not completed) plus a few words per segment; it does not grow with the
-// backlog. Start-up opens each segment file and reads its last key and retry
-// counts; it never scans messages.
+// backlog; the head's frame index costs 12 bytes a message, at most one
+// segment's worth. Start-up opens each sealed segment's .db and reads its
+// seal and retry counts without touching its messages; only the head's log
+// (at most Config.SegmentBytes) is read once, to rebuild its index and keys.
 package buffer

@@ -7,14 +7,15 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Idempotency keys. Queue.AppendDraft stores a message's key in the segment
-// that holds it, as SHA-256(key)[:16] -> seq in bucket "k", in the same
-// transaction as the message, so a key is exactly as durable as its message
-// and expires with its segment. A repeated key answers the first message's
-// id and stores nothing. The caller searches the closed segments (newest
-// first, in parallel with other callers); the writer searches the head and
-// anything that rolled since, and the batch being written, so concurrent
-// duplicates of one key store one message.
+// Idempotency keys. A keyed message's key travels in its record, so it is
+// exactly as durable as the message and expires with its segment. The head
+// keeps its keys in memory (SHA-256(key)[:16] -> seq | id tag), rebuilt from
+// its log at start; sealing a segment writes them to bucket "k" of its .db
+// before the seal. A repeated key answers the first message's id and stores
+// nothing. The caller searches the sealed segments (newest first, in
+// parallel with other callers); the writer searches the head and anything
+// that rolled since, and the batch being written, so concurrent duplicates
+// of one key store one message.
 //
 // Cost: one bbolt lookup per segment per keyed request. With the default
 // 64 MiB segments that is a few dozen lookups for a day of heavy traffic; a
