@@ -1,11 +1,16 @@
 package buffer
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // servedSeqs drains consumer name of q and returns the seqs delivered and the
@@ -47,6 +52,16 @@ func TestDamagedLogFiles(t *testing.T) {
 	for range 12 {
 		appendN(t, q, 25)
 		total += 25
+	}
+	must(t, s.Close())
+	// Where the last roll falls depends on how appends batch: the head may
+	// be empty. Reopen with room to spare so the head holds the next five.
+	cfg.SegmentBytes = 1 << 20
+	s, q = openTest(t, cfg, "a")
+	for i := range 5 {
+		_, err := q.Append(t.Context(), &Message{Method: "POST", URI: fmt.Sprintf("/head?i=%d", i), Body: kib})
+		must(t, err)
+		total++
 	}
 	must(t, s.Close())
 	qdir := filepath.Join(dir, "queues", "orders")
@@ -188,4 +203,48 @@ func FuzzScanLog(f *testing.F) {
 			t.Fatal("scan ends with a missing seq")
 		}
 	})
+}
+
+// A segment of the older format (messages inside bbolt, bucket "m") is
+// refused with an error that says so, and is neither moved nor changed.
+func TestOldFormatRefused(t *testing.T) {
+	dir := t.TempDir()
+	qdir := filepath.Join(dir, "queues", "orders")
+	must(t, os.MkdirAll(qdir, 0o755))
+	path := filepath.Join(qdir, segmentName(1))
+	db, err := bolt.Open(path, 0o600, nil)
+	must(t, err)
+	must(t, db.Update(func(tx *bolt.Tx) error {
+		m, err := tx.CreateBucket(bucketOldRecords)
+		if err != nil {
+			return err
+		}
+		if err := m.Put(seqKey(1), EncodeRecord(nil, &Message{Method: "POST", URI: "/o"})); err != nil {
+			return err
+		}
+		info, err := tx.CreateBucket(bucketInfo)
+		if err != nil {
+			return err
+		}
+		return info.Put(keyFirst, seqKey(1))
+	}))
+	must(t, db.Close())
+	before, err := os.ReadFile(path)
+	must(t, err)
+
+	s, err := Open(Config{Dir: dir})
+	must(t, err)
+	defer s.Close()
+	_, err = s.Queue("orders", []string{"a"})
+	if err == nil || !strings.Contains(err.Error(), "older format") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("opening an old-format segment: err = %v, want one naming the file and the older format", err)
+	}
+	after, err := os.ReadFile(path)
+	must(t, err)
+	if !bytes.Equal(before, after) {
+		t.Fatal("the old-format segment was changed")
+	}
+	if _, err := os.Stat(filepath.Join(qdir, logName(1))); !os.IsNotExist(err) {
+		t.Fatalf("a log file was created beside the old segment: %v", err)
+	}
 }

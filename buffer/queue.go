@@ -167,6 +167,9 @@ func (q *Queue) load() error {
 	q.removeLeftovers(firsts)
 	for _, first := range firsts {
 		seg, err := openSegment(q.dir, first, q.targets, q.cfg, q.log)
+		if errors.Is(err, errOldFormat) {
+			return err // the caller closes what is open; nothing is moved
+		}
 		if err != nil {
 			// A damaged segment must not take the healthy ones down with it.
 			// Move it aside (kept for forensics) so its name is free and

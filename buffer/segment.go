@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,7 +19,15 @@ var (
 	keyFirst   = []byte("first")
 	keyLastAt  = []byte("last_append")
 	keySealed  = []byte("sealed") // message count, written when the segment stops being the head
+
+	// bucketOldRecords held the messages before they moved to .log files.
+	bucketOldRecords = []byte("m")
 )
+
+// errOldFormat: a segment written by a version that kept messages in bbolt.
+// Start-up refuses it whole rather than treat it as damage: nothing is moved
+// or deleted.
+var errOldFormat = errors.New("buffer: data directory of an older format")
 
 func stateBucket(target string) []byte { return []byte("s/" + target) }
 func retryBucket(target string) []byte { return []byte("r/" + target) }
@@ -197,6 +206,9 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config, logger
 	s := &segment{first: first, last: first - 1, path: path, db: db, opened: cfg.Now(), retries: make([]int, len(targets)), parked: make([]int, len(targets))}
 	var sealed uint64
 	err = safeUpdate(db, func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketOldRecords) != nil {
+			return fmt.Errorf("%w: segment %s keeps its messages inside bbolt (bucket \"m\"); this version reads them from .log files. Drain the queue with the version that wrote it, or move the data directory away", errOldFormat, path)
+		}
 		info := tx.Bucket(bucketInfo)
 		if info == nil {
 			return fmt.Errorf("%w: segment %s has no info bucket", ErrCorrupt, path)
