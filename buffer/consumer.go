@@ -139,7 +139,7 @@ func (c *Consumer) Fetch(max int, now time.Time) ([]*Delivery, error) {
 			q.damaged += skipped
 			q.mu.Unlock()
 			q.log.Error("damaged segment: skipping its remaining messages for this target",
-				"target", c.target, "segment", segmentName(seg.first), "skipped", skipped, "err", err)
+				"target", c.target, "segment", segLabel(seg.first), "skipped", skipped, "err", err)
 			continue
 		}
 		if err != nil {

@@ -180,7 +180,7 @@ func (q *Queue) load() error {
 				}
 			}
 			q.log.Error("segment is damaged; moved aside as .damaged, its messages are not served",
-				"segment", segmentName(first), "err", err)
+				"segment", segLabel(first), "err", err)
 			continue
 		}
 		q.segs = append(q.segs, seg)
@@ -483,7 +483,7 @@ func (q *Queue) syncDirty(dirty map[*segment]bool) {
 			q.log.Error("fsync failed", "segment", logName(s.first), "err", err)
 		}
 		if err := s.db.Sync(); err != nil {
-			q.log.Error("fsync failed", "segment", segmentName(s.first), "err", err)
+			q.log.Error("fsync failed", "segment", segLabel(s.first), "err", err)
 		}
 		delete(dirty, s)
 	}
@@ -494,7 +494,7 @@ func (q *Queue) closeFiles() {
 	defer q.mu.Unlock()
 	for _, s := range q.segs {
 		if err := s.close(); err != nil {
-			q.log.Error("close segment", "segment", segmentName(s.first), "err", err)
+			q.log.Error("close segment", "segment", segLabel(s.first), "err", err)
 		}
 	}
 	q.segs = nil
@@ -625,7 +625,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			return nil
 		})
 		if err != nil {
-			q.log.Error("state commit failed", "segment", segmentName(s.first), "err", err)
+			q.log.Error("state commit failed", "segment", segLabel(s.first), "err", err)
 			err = fmt.Errorf("%w: %v", ErrIO, err)
 		} else {
 			dirty[s] = true
@@ -808,7 +808,7 @@ func (q *Queue) roll(dirty map[*segment]bool) {
 	q.segs = append(q.segs, seg)
 	q.mu.Unlock()
 	q.bytes.Add(seg.size)
-	q.log.Info("segment rolled", "segment", segmentName(first))
+	q.log.Info("segment rolled", "segment", segLabel(first))
 }
 
 // segmentFor returns the segment holding seq, or nil. Caller holds q.mu.
@@ -920,15 +920,15 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 		delete(dirty, s)
 		s.close()
 		if err := removeSegmentFiles(q.dir, s.first); err != nil {
-			q.log.Error("delete segment", "segment", segmentName(s.first), "err", err)
+			q.log.Error("delete segment", "segment", segLabel(s.first), "err", err)
 		}
 		if early {
 			q.log.Warn("storage full: deleted a finished segment before its retention; status lookups of its messages end",
-				"segment", segmentName(s.first))
+				"segment", segLabel(s.first))
 		} else if undelivered > 0 {
-			q.log.Warn("retention expired undelivered messages", "segment", segmentName(s.first), "undelivered", undelivered)
+			q.log.Warn("retention expired undelivered messages", "segment", segLabel(s.first), "undelivered", undelivered)
 		} else {
-			q.log.Info("segment deleted after retention", "segment", segmentName(s.first))
+			q.log.Info("segment deleted after retention", "segment", segLabel(s.first))
 		}
 	}
 }

@@ -89,6 +89,9 @@ func removeSegmentFiles(dir string, first uint64) error {
 
 func segmentName(first uint64) string { return fmt.Sprintf("seg-%016x.db", first) }
 
+// segLabel names a segment (all three of its files) in log lines.
+func segLabel(first uint64) string { return fmt.Sprintf("seg-%016x", first) }
+
 // listSegments returns the segment files of dir by first seq.
 func listSegments(dir string) ([]uint64, error) {
 	ents, err := os.ReadDir(dir)
@@ -269,7 +272,7 @@ func (s *segment) openLog(dir string, sealed uint64, logger interface{ Warn(stri
 			s.log, s.last = l, s.first+sealed-1
 			return nil
 		}
-		logger.Warn("segment index unreadable; rebuilding it from the log", "segment", segmentName(s.first), "err", err)
+		logger.Warn("segment index unreadable; rebuilding it from the log", "segment", segLabel(s.first), "err", err)
 	}
 	sc, err := scanLog(lpath, s.first, !s.sealed)
 	if err != nil {
@@ -277,12 +280,12 @@ func (s *segment) openLog(dir string, sealed uint64, logger interface{ Warn(stri
 		return err
 	}
 	for _, d := range sc.damaged {
-		logger.Warn("segment log damaged; the messages in the damaged region are not served", "segment", segmentName(s.first), "damage", d.Err)
+		logger.Warn("segment log damaged; the messages in the damaged region are not served", "segment", segLabel(s.first), "damage", d.Err)
 	}
 	l.n, l.end = uint64(len(sc.locs)), sc.end
 	if s.sealed {
 		if l.n != sealed {
-			logger.Warn("segment log holds a different count than its seal", "segment", segmentName(s.first), "sealed", sealed, "log", l.n)
+			logger.Warn("segment log holds a different count than its seal", "segment", segLabel(s.first), "sealed", sealed, "log", l.n)
 		}
 		ipath := filepath.Join(dir, idxName(s.first))
 		if err = writeIndex(ipath, sc.locs); err == nil {
@@ -296,7 +299,7 @@ func (s *segment) openLog(dir string, sealed uint64, logger interface{ Warn(stri
 		if sc.tail > 0 {
 			// A torn write from a crash (with SyncAlways never acknowledged),
 			// or damage at the very end; either way nothing after it is whole.
-			logger.Warn("segment log: cutting off an incomplete frame at its end", "segment", segmentName(s.first), "bytes", sc.tail)
+			logger.Warn("segment log: cutting off an incomplete frame at its end", "segment", segLabel(s.first), "bytes", sc.tail)
 			if err := l.f.Truncate(sc.end); err != nil {
 				l.f.Close()
 				return err
