@@ -127,7 +127,9 @@ func inspectQueue(dir, name string, verify bool) (*QueueReport, error) {
 	for _, first := range firsts {
 		sr := SegmentReport{File: segmentName(first), First: first, Last: first - 1}
 		path := filepath.Join(dir, sr.File)
-		sr.FileBytes = allocated(path)
+		for _, f := range segmentFiles(dir, first) {
+			sr.FileBytes += allocated(f)
+		}
 		qr.Bytes += sr.FileBytes
 		db, err := openReadOnly(path)
 		if err != nil {
@@ -193,7 +195,6 @@ func inspectSegment(tx *bolt.Tx, dir string, sr *SegmentReport, qr *QueueReport,
 		sealed = binary.BigEndian.Uint64(v)
 	}
 	lpath := filepath.Join(dir, logName(sr.First))
-	sr.FileBytes += allocated(lpath) + allocated(filepath.Join(dir, idxName(sr.First)))
 	var n, total uint64
 	if len(v) == 8 && !verify {
 		// Sealed: the count is recorded; read only the first record.

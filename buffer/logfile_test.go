@@ -71,6 +71,18 @@ func TestDamagedLogFiles(t *testing.T) {
 		t.Fatalf("want at least 4 segments, got %d", len(logs))
 	}
 
+	// Sizes on disk count the logs, which hold the payloads.
+	rep0, err := Inspect(dir, false)
+	must(t, err)
+	segFiles, _ := filepath.Glob(filepath.Join(qdir, "seg-*"))
+	var onDisk int64
+	for _, f := range segFiles {
+		onDisk += allocated(f)
+	}
+	if rep0.Queues[0].Bytes != onDisk {
+		t.Fatalf("inspect counts %d bytes for the segments; their files take %d", rep0.Queues[0].Bytes, onDisk)
+	}
+
 	// 1. Flip a bit in the record of the 3rd frame of the second segment.
 	sc, err := scanLog(logs[1], firstOf(t, logs[1]), false)
 	must(t, err)
