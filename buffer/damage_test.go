@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"sort"
 	"testing"
-	"time"
 )
 
 // A truncated segment and a segment with garbage written over its middle:
@@ -56,21 +55,7 @@ func TestDamagedSegmentFiles(t *testing.T) {
 	// The store opens and serves what is healthy.
 	s2, q2 := openTest(t, Config{Dir: dir, SegmentBytes: 64 << 10}, "a")
 	defer s2.Close()
-	a, _ := q2.Consumer("a")
-	got := map[uint64]bool{}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		ds, err := a.Fetch(64, time.Now())
-		if err != nil {
-			t.Fatalf("Fetch: %v", err)
-		}
-		if len(ds) == 0 {
-			break
-		}
-		for _, d := range ds {
-			got[d.Seq] = true
-		}
-	}
+	got := servedSeqs(t, q2, "a")
 	// Every message of the first (healthy) segment is served.
 	var second uint64
 	fmt.Sscanf(filepath.Base(files[1]), "seg-%016x.db", &second)

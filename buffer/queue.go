@@ -480,7 +480,7 @@ func (q *Queue) writer() {
 func (q *Queue) syncDirty(dirty map[*segment]bool) {
 	for s := range dirty {
 		if err := fdatasync(s.log.f); err != nil {
-			q.log.Error("fsync failed", "segment", logName(s.first), "err", err)
+			q.log.Error("fsync failed", "file", logName(s.first), "err", err)
 		}
 		if err := s.db.Sync(); err != nil {
 			q.log.Error("fsync failed", "segment", segLabel(s.first), "err", err)

@@ -75,6 +75,22 @@ func main() {
 	log.Fatal(s.ListenAndServe(*addr))
 }
 
+// gather adds to batch whatever is already waiting in reqs, up to its
+// capacity, after yielding once as sluice's writer does to let the other
+// senders in.
+func gather[T any](reqs chan T, batch []T) []T {
+	runtime.Gosched()
+	for len(batch) < cap(batch) {
+		select {
+		case r := <-reqs:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
 // batcher starts the model of a group commit and returns the function a
 // handler calls to join the next batch and wait for it.
 func batcher(d time.Duration) func() {
@@ -82,17 +98,7 @@ func batcher(d time.Duration) func() {
 	go func() {
 		batch := make([]chan struct{}, 0, 4096)
 		for r := range reqs {
-			batch = append(batch[:0], r)
-			runtime.Gosched() // as sluice's writer does: let the other senders in
-		gather:
-			for len(batch) < cap(batch) {
-				select {
-				case r := <-reqs:
-					batch = append(batch, r)
-				default:
-					break gather
-				}
-			}
+			batch = gather(reqs, append(batch[:0], r))
 			if d > 0 {
 				time.Sleep(d)
 			}
@@ -138,17 +144,7 @@ func logger(path string, zeroed int64, writers int) func([]byte) {
 			batch := make([]req, 0, 4096)
 			var buf []byte
 			for r := range reqs {
-				batch = append(batch[:0], r)
-				runtime.Gosched()
-			gather:
-				for len(batch) < cap(batch) {
-					select {
-					case r := <-reqs:
-						batch = append(batch, r)
-					default:
-						break gather
-					}
-				}
+				batch = gather(reqs, append(batch[:0], r))
 				buf = buf[:0]
 				for _, r := range batch {
 					buf = append(buf, r.body...)
