@@ -23,8 +23,17 @@ func TestTryDirectSharesBucketAndSlots(t *testing.T) {
 	if _, ok := d.TryDirect(); ok {
 		t.Fatal("TryDirect before Run")
 	}
+	select {
+	case <-d.Ready():
+		t.Fatal("Ready closed before Run")
+	default:
+	}
 	stop := run(t, d)
-	waitFor(t, 5*time.Second, "the run loop to apply the rate", func() bool { return d.lim.Load() != nil })
+	select { // Ready promises that TryDirect can succeed from then on
+	case <-d.Ready():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Ready not closed 5s after Run started")
+	}
 
 	rel1, ok1 := d.TryDirect()
 	rel2, ok2 := d.TryDirect()

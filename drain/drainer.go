@@ -109,6 +109,9 @@ type Drainer struct {
 	kick    chan struct{} // wakes the run loop; capacity 1
 	running atomic.Bool
 
+	readyOnce sync.Once
+	ready     chan struct{} // closed when Run first applies the rate (Ready)
+
 	delivered, retried, dead, attempts, unrecorded atomic.Uint64
 	parked                                         atomic.Uint64 // ordering: deliveries parked behind their key
 	sending                                        atomic.Int64
@@ -240,6 +243,7 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		ep:     newEndpoint(t.URL),
 		base:   t.Rate,
 		kick:   make(chan struct{}, 1),
+		ready:  make(chan struct{}),
 	}
 	if d.log == nil {
 		d.log = slog.Default()
@@ -388,6 +392,12 @@ type Stats struct {
 	// dropped because too many were under way).
 	CallbacksSent, CallbacksFailed uint64
 }
+
+// Ready is closed once Run has started and applied the rate in force for the
+// first time: from then on TryDirect can succeed. A node opens its listener
+// after its drainers are ready, so a spillover route does not store the
+// first requests only because its drainer had not been scheduled yet.
+func (d *Drainer) Ready() <-chan struct{} { return d.ready }
 
 // Stats returns the drainer's counters and the rate in force.
 func (d *Drainer) Stats() Stats {
@@ -657,6 +667,7 @@ func (r *runner) loop(ctx context.Context) error {
 		gen := d.control.Load()
 		now := d.now()
 		paused, wasPaused := r.applyRate(now)
+		d.readyOnce.Do(func() { close(d.ready) })
 		if err := ctx.Err(); err != nil {
 			return nil
 		}

@@ -112,6 +112,18 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (*node, 
 			}
 		}()
 	}
+	// Accept once every drainer runs: until then a spillover route would
+	// store every request (TryDirect fails before Run applies the rate).
+	// Bounded: a drainer that is slow to start costs only that.
+	readyBy, cancelReady := context.WithTimeout(ctx, 5*time.Second)
+	defer cancelReady()
+	for _, d := range n.drainers {
+		select {
+		case <-d.Ready():
+		case <-readyBy.Done():
+			log.Warn("a drainer has not started after 5s; accepting anyway", "target", d.Target().Name)
+		}
+	}
 	go func() { n.serveErr <- srv.Serve(ln) }()
 	return n, nil
 }
