@@ -57,7 +57,7 @@ type TargetReport struct {
 
 // Damage is one failed check.
 type Damage struct {
-	Segment string
+	Segment string // the file that failed: a segment's .db, .log or .idx
 	Seq     uint64 // 0 when the damage is not tied to one record
 	Err     string
 }
@@ -230,11 +230,11 @@ func inspectSegment(tx *bolt.Tx, dir string, sr *SegmentReport, qr *QueueReport,
 		}
 		if verify {
 			for _, d := range sc.damaged {
-				d.Segment = sr.File
+				d.Segment = logName(sr.First)
 				qr.Damaged = append(qr.Damaged, d)
 			}
 			if sc.tail > 0 {
-				qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Seq: sr.First + n,
+				qr.Damaged = append(qr.Damaged, Damage{Segment: logName(sr.First), Seq: sr.First + n,
 					Err: fmt.Sprintf("log: %d bytes after the last whole frame (a torn write, or damage)", sc.tail)})
 			}
 			if len(v) == 8 {
@@ -305,7 +305,7 @@ func verifyIndex(dir string, sr *SegmentReport, locs []recLoc, sealed uint64, qr
 	}
 	idx, err := openIndex(filepath.Join(dir, idxName(sr.First)), sealed)
 	if err != nil {
-		qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Err: "index: " + err.Error()})
+		qr.Damaged = append(qr.Damaged, Damage{Segment: idxName(sr.First), Err: "index: " + err.Error()})
 		return nil
 	}
 	defer idx.Close()
@@ -313,11 +313,11 @@ func verifyIndex(dir string, sr *SegmentReport, locs []recLoc, sealed uint64, qr
 	err = eachIndexed(idx, func(i uint64, l recLoc) {
 		if i < uint64(len(locs)) && locs[i] != l && bad < 10 {
 			bad++
-			qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Seq: sr.First + i, Err: "index entry does not match the log"})
+			qr.Damaged = append(qr.Damaged, Damage{Segment: idxName(sr.First), Seq: sr.First + i, Err: "index entry does not match the log"})
 		}
 	})
 	if err != nil {
-		qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Err: "index: " + err.Error()})
+		qr.Damaged = append(qr.Damaged, Damage{Segment: idxName(sr.First), Err: "index: " + err.Error()})
 	}
 	return nil
 }

@@ -109,10 +109,11 @@ func TestDamagedLogFiles(t *testing.T) {
 	var sawFlip, sawTail bool
 	for _, d := range rep.Queues[0].Damaged {
 		t.Logf("damage: %+v", d)
-		if d.Seq == flipped {
+		// A log's damage names the .log file, not the segment's .db.
+		if d.Seq == flipped && strings.HasSuffix(d.Segment, ".log") {
 			sawFlip = true
 		}
-		if d.Seq == lastSeq {
+		if d.Seq == lastSeq && strings.HasSuffix(d.Segment, ".log") {
 			sawTail = true
 		}
 	}
