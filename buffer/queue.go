@@ -483,7 +483,7 @@ func (q *Queue) syncDirty(dirty map[*segment]bool) {
 			q.log.Error("fsync failed", "file", logName(s.first), "err", err)
 		}
 		if err := s.db.Sync(); err != nil {
-			q.log.Error("fsync failed", "segment", segLabel(s.first), "err", err)
+			q.log.Error("fsync failed", "file", segmentName(s.first), "err", err)
 		}
 		delete(dirty, s)
 	}
