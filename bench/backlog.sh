@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000000} WINDOW=${WINDOW:-10} CONNS=${CONNS:-256} DIR=${DIR:-$(mktemp -d -p "${TMPDIR:-/tmp}" sluice-backlog-XXXX)}
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
+. bench/lib.sh # steal_ticks
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
 go build -o "$DIR/sluice" ./cmd/sluice
 
@@ -50,10 +51,13 @@ pid=$(start); wait_ready >/dev/null
 echo "empty queue: RSS $(rss $pid)"
 total=0; first=""; last=""; w=0
 while [ "$total" -lt "$N" ]; do
+  s0=$(steal_ticks)
   out=$(wrk -t2 -c"$CONNS" -d"${WINDOW}s" -s bench/post.lua http://127.0.0.1:18082/api/orders)
+  s1=$(steal_ticks)
+  st=$(steal_pct "$s0" "$s1")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out"); rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   total=$((total + reqs)); w=$((w + 1)); last=$rps; [ -z "$first" ] && first=$rps
-  echo "window $w: $rps req/s, total $total"
+  echo "window $w: $rps req/s, total $total, CPU steal $st%"
 done
 echo "backlog of $total: RSS $(rss $pid)"
 echo "ingest: first window $first req/s, last window $last req/s, last/first $(awk -v a="$first" -v b="$last" 'BEGIN{printf "%.2f", b/a}')"
@@ -68,7 +72,7 @@ stop $pid
 segs=$(ls "$DIR"/data/queues/orders/seg-*.db | wc -l)
 policy 1s
 t0=$(date +%s.%N); pid=$(start info)
-while [ "$(ls "$DIR"/data/queues/orders/seg-*.db | wc -l)" -gt 2 ]; do sleep 0.2; done
+while [ "$(ls "$DIR"/data/queues/orders/seg-*.db 2>/dev/null | wc -l)" -gt 2 ]; do sleep 0.2; done
 t1=$(date +%s.%N)
 stop $pid
 awk -v a="$t0" -v b="$t1" -v n="$segs" 'BEGIN{printf "expiry: %d segments (of undelivered messages, each counted) expired in %.1f s: %.3f s per segment\n", n-2, b-a, (b-a)/(n-2)}'

@@ -25,7 +25,7 @@ go build -o "$work/noop" ./bench/noop
 
 machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; noop vs noop -commit-wait W (no storage)"
-printf '%-12s %-4s %12s %9s %9s %7s %11s\n' server run req/s p50_ms p99_ms non2xx cpu_us/req
+printf '%-12s %-4s %12s %9s %9s %7s %11s %7s\n' server run req/s p50_ms p99_ms non2xx cpu_us/req steal%
 configs="plain log log-zeroed log-2w log-4w"
 for w in $WAITS; do configs="$configs wait=$w"; done
 for i in $(seq "$RUNS"); do
@@ -41,7 +41,7 @@ for i in $(seq "$RUNS"); do
     "$work/noop" -listen 127.0.0.1:18080 "${args[@]}" & np=$!
     wait_port 18080
     r=$(wrk_post 18080 $np); echo "$r" >> "$work/$c.txt"
-    printf '%-12s %-4s %12s %9s %9s %7s %11s\n' "$c" "$i" $r
+    printf '%-12s %-4s %12s %9s %9s %7s %11s %7s\n' "$c" "$i" $r
     kill $np; wait $np 2>/dev/null || true
   done
 done

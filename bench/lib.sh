@@ -8,15 +8,23 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v+0} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000} else print v }'; }
 median() { sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
+# steal_ticks: "steal total" clock ticks of all CPUs so far (/proc/stat).
+# On a virtual machine, steal is the time the host ran someone else while
+# this guest had work: a run with much steal measured the neighbours.
+steal_ticks() { awk '$1=="cpu" { t=0; for (i=2;i<=NF;i++) t+=$i; print $9, t; exit }' /proc/stat; }
+# steal_pct BEFORE AFTER: steal as a % of all CPU time between two steal_ticks
+steal_pct() { awk -v a="$1" -v b="$2" 'BEGIN{ split(a,x," "); split(b,y," "); d=y[2]-x[2]; printf "%.0f", (d > 0 ? (y[1]-x[1])*100/d : 0) }'; }
+
 # wrk_post PORT PID: one wrk run of 1 KiB POSTs (THREADS, CONNS, DURATION);
-# prints "rps p50 p99 non2xx cpu_us_per_req" (latencies in ms). CPU per
-# request is the server's user + system time over the requests wrk
-# completed: on a shared machine it moves less than req/s.
+# prints "rps p50 p99 non2xx cpu_us_per_req steal_pct" (latencies in ms).
+# CPU per request is the server's user + system time over the requests wrk
+# completed: on a shared machine it moves less than req/s. steal_pct is the
+# share of the run's CPU time the host took away (see steal_ticks).
 wrk_post() {
-  local out c0 c1
-  c0=$(cpu_ticks "$2")
+  local out c0 c1 s0 s1
+  c0=$(cpu_ticks "$2"); s0=$(steal_ticks)
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s bench/post.lua "http://127.0.0.1:$1/api/orders")
-  c1=$(cpu_ticks "$2")
+  c1=$(cpu_ticks "$2"); s1=$(steal_ticks)
   local rps p50 p99 non2xx reqs cpr
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
@@ -24,7 +32,9 @@ wrk_post() {
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   cpr=$(awk -v a="$c0" -v b="$c1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN{ printf "%.1f", (b-a)/hz*1e6/n }')
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${non2xx:-0} $cpr"
+  local st
+  st=$(steal_pct "$s0" "$s1")
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${non2xx:-0} $cpr $st"
 }
 
 # writer_cycle LOG: "requests_per_commit avg_commit_ms" from the line sluice's

@@ -80,13 +80,13 @@ wait_port 18080
 
 machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; upstream bench/noop; $("$NGINX" -v 2>&1)"
-printf '%-6s %-4s %12s %9s %9s %7s\n' server run req/s p50_ms p99_ms non2xx
+printf '%-6s %-4s %12s %9s %9s %7s %11s %7s\n' server run req/s p50_ms p99_ms non2xx cpu_us/req steal%
 : > "$work/nginx.txt"; : > "$work/sluice.txt"
 for i in $(seq "$RUNS"); do
   "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" 2>>"$work/nginx/error.log" & xp=$!
   wait_port 18083
   r=$(run 18083); echo "$r" >> "$work/nginx.txt"
-  printf '%-6s %-4s %12s %9s %9s %7s\n' nginx "$i" $r
+  printf '%-6s %-4s %12s %9s %9s %7s %11s %7s\n' nginx "$i" $r
   kill -QUIT $xp; wait $xp 2>/dev/null || true
 
   prof=()
@@ -94,7 +94,7 @@ for i in $(seq "$RUNS"); do
   "$work/sluice" serve --policy "$work/policy.yaml" --log-level error "${prof[@]}" & sp=$!
   wait_port 18082
   r=$(run 18082); echo "$r" >> "$work/sluice.txt"
-  printf '%-6s %-4s %12s %9s %9s %7s\n' sluice "$i" $r
+  printf '%-6s %-4s %12s %9s %9s %7s %11s %7s\n' sluice "$i" $r
   kill $sp; wait $sp 2>/dev/null || true
 done
 kill $np; wait $np 2>/dev/null || true

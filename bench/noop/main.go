@@ -31,6 +31,12 @@ func main() {
 	logPath := flag.String("log", "", "hand every request's body to a batcher that appends each batch to this file with one write and one fdatasync")
 	logWriters := flag.Int("log-writers", 1, "batchers appending to the -log file side by side (each commits its own batch)")
 	logZero := flag.Int64("log-zeroed", 0, "write this many zero bytes to the -log file (and fsync) before serving, so batches overwrite allocated blocks")
+	// The same timeouts as sluice's defaults (policies.Default*Timeout): with
+	// them fasthttp arms a read and a write deadline on every request, as it
+	// does in sluice. 0 sets none.
+	readTimeout := flag.Duration("read-timeout", 30*time.Second, "fasthttp.Server.ReadTimeout (0: none)")
+	writeTimeout := flag.Duration("write-timeout", 30*time.Second, "fasthttp.Server.WriteTimeout (0: none)")
+	idleTimeout := flag.Duration("idle-timeout", 2*time.Minute, "fasthttp.Server.IdleTimeout (0: none)")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -71,7 +77,8 @@ func main() {
 		ctx.SetStatusCode(fasthttp.StatusAccepted)
 		ctx.SetBodyString(`{"id":"` + id + `","status":"queued","status_url":"/_sluice/v1/messages/` + id + `"}` + "\n")
 	}
-	s := &fasthttp.Server{Handler: h, Name: "noop", MaxRequestBodySize: 1 << 20}
+	s := &fasthttp.Server{Handler: h, Name: "noop", MaxRequestBodySize: 1 << 20,
+		ReadTimeout: *readTimeout, WriteTimeout: *writeTimeout, IdleTimeout: *idleTimeout}
 	log.Fatal(s.ListenAndServe(*addr))
 }
 
