@@ -443,29 +443,16 @@ func (c *Consumer) changeStates(ctx context.Context, seqs []uint64, build func(s
 		if r == nil {
 			continue
 		}
-		select {
-		case q.reqs <- r:
+		if err := q.hand(ctx, r); err != nil {
+			errs[i] = err
+		} else {
 			taken[i] = true
-		case <-q.closing:
-			errs[i] = ErrClosed
-		case <-ctx.Done():
-			errs[i] = ctx.Err()
 		}
 	}
 	for i, r := range rs {
-		if !taken[i] {
-			continue
-		}
-		select {
-		case <-r.done:
+		if taken[i] {
+			<-r.done // hand guarantees an answer, even across Close
 			errs[i] = r.err
-		case <-q.stopped:
-			select {
-			case <-r.done:
-				errs[i] = r.err
-			default:
-				errs[i], taken[i] = ErrClosed, false // never committed
-			}
 		}
 	}
 	q.mu.Lock()

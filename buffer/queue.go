@@ -72,6 +72,8 @@ type Queue struct {
 	targets []string
 
 	reqs    chan *request
+	senders atomic.Int64  // hand-offs under way (see hand)
+	closed  atomic.Bool   // set by Close, before closing is closed
 	closing chan struct{} // closed by Close
 	stopped chan struct{} // closed when the writer has exited
 	once    sync.Once
@@ -372,30 +374,55 @@ func putRequest(r *request) {
 
 // do hands r to the writer and waits for it.
 func (q *Queue) do(ctx context.Context, r *request) error {
-	select {
-	case q.reqs <- r:
-	case <-q.closing:
+	if err := q.hand(ctx, r); err != nil {
+		return err
+	}
+	<-r.done // hand guarantees an answer, even across Close
+	return r.err
+}
+
+// handPause, when set (by tests only), is called by hand between its check
+// for Close and its send: the window a racing Close must not lose r in.
+var handPause func()
+
+// hand gives r to the writer. It returns ErrClosed once Close has begun, or
+// ctx's error if the writer is too far behind to take r before ctx ends; then
+// r was not handed over. A request it hands over is always answered (r.done):
+// the writer stops only once no hand-off is under way and it has committed
+// everything handed over (see writer, closing).
+//
+// The hot path is one atomic add, one load and one channel send: a select
+// over the shared closing and ctx.Done channels as well would lock them, and
+// park every waiter on them, on each of hundreds of concurrent requests.
+func (q *Queue) hand(ctx context.Context, r *request) error {
+	q.senders.Add(1)
+	defer q.senders.Add(-1)
+	if q.closed.Load() {
 		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
+	}
+	if handPause != nil {
+		handPause()
 	}
 	select {
-	case <-r.done:
-		return r.err
-	case <-q.stopped:
-		select {
-		case <-r.done:
-			return r.err
-		default:
-			return ErrClosed
-		}
+	case q.reqs <- r:
+		return nil
+	default:
+	}
+	select {
+	case q.reqs <- r:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
 // Close stops the writer after it has committed every request already handed
 // to it, persists the consumer floors, syncs and closes the files.
 func (q *Queue) Close() error {
-	q.once.Do(func() { close(q.closing) })
+	q.once.Do(func() {
+		q.closed.Store(true) // before closing: a hand-off that misses it is waited for
+		close(q.closing)
+	})
 	<-q.stopped
 	return nil
 }
@@ -453,15 +480,16 @@ func (q *Queue) writer() {
 				q.dropMappings()
 			}
 		case <-q.closing:
-			// Commit what was handed over before Close; later senders see closing.
+			// Commit everything handed over. closed is set, so no hand-off
+			// begins now; one under way (blocked on a full channel, say) is
+			// let in until none is left, and what it sent is committed too.
 			for {
-				select {
-				case r := <-q.reqs:
-					q.commit([]*request{r}, dirty)
-					continue
-				default:
+				q.commitQueued(dirty)
+				if q.senders.Load() == 0 {
+					q.commitQueued(dirty)
+					break
 				}
-				break
+				runtime.Gosched()
 			}
 			q.syncDirty(dirty)
 			q.saveFloors()
@@ -472,6 +500,18 @@ func (q *Queue) writer() {
 					"avg_commit", (ws.Time / time.Duration(ws.Commits)).Round(time.Microsecond),
 					"failed_commits", ws.FailedCommits, "refused", ws.Refused)
 			}
+			return
+		}
+	}
+}
+
+// commitQueued commits, one by one, every request waiting in reqs.
+func (q *Queue) commitQueued(dirty map[*segment]bool) {
+	for {
+		select {
+		case r := <-q.reqs:
+			q.commit([]*request{r}, dirty)
+		default:
 			return
 		}
 	}
@@ -962,12 +1002,7 @@ func (q *Queue) countUnfinished(s *segment, next []uint64) int {
 // complete hands an outcome to the writer; wait says whether to wait for it.
 func (q *Queue) complete(ctx context.Context, r *request, wait bool) error {
 	if !wait {
-		select {
-		case q.reqs <- r:
-			return nil
-		case <-q.closing:
-			return ErrClosed
-		}
+		return q.hand(context.Background(), r)
 	}
 	return q.do(ctx, r)
 }
