@@ -94,6 +94,7 @@ type Queue struct {
 	commitFails  failureLog // writer only: append commits that failed
 	wbuf         []byte     // writer only: the frames of one commit
 	wlocs        []recLoc   // writer only: where they go
+	wapps        []*request // writer only: the appends of one commit
 
 	// Group-commit figures since Open, for WriterStats.
 	commits, committed, commitNanos, failedCommits, refused atomic.Uint64
@@ -546,8 +547,9 @@ func (q *Queue) closeFiles() {
 // commit writes one batch: the appends in one transaction on the head, the
 // state changes in one transaction per segment they touch.
 func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
-	var apps []*request
-	bySeg := map[*segment][]*request{}
+	apps := q.wapps[:0] // writer-owned, reused: no allocation per commit
+	defer func() { clear(apps); q.wapps = apps[:0] }()
+	var bySeg map[*segment][]*request // only for state changes
 	q.mu.Lock()
 	head := q.segs[len(q.segs)-1]
 	for _, r := range batch {
@@ -556,6 +558,9 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			apps = append(apps, r)
 		case opState:
 			if s := q.segmentFor(r.seq); s != nil {
+				if bySeg == nil {
+					bySeg = map[*segment][]*request{}
+				}
 				bySeg[s] = append(bySeg[s], r)
 			} else {
 				r.err = fmt.Errorf("%w: seq %d (expired)", ErrNotFound, r.seq)
@@ -594,7 +599,9 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	for s := range bySeg {
 		segs = append(segs, s)
 	}
-	sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
+	if len(segs) > 1 {
+		sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
+	}
 	for _, s := range segs {
 		rs := bySeg[s]
 		err := safeUpdate(s.db, func(tx *bolt.Tx) error {

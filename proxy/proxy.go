@@ -274,6 +274,7 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 	d.Method = ctx.Method()
 	d.URI = ctx.URI().RequestURI()
 	d.Body = body
+	d.EnqueuedAt = now // the estimates' clock; one clock read a request is ~0.1-0.2 µs on a VM
 	addStoredHeaders(ctx, d, db.fwd[:0])
 	if r.IdempotencyHeader != "" {
 		d.IdempotencyKey = ctx.Request.Header.Peek(r.IdempotencyHeader)
