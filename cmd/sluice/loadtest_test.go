@@ -60,7 +60,10 @@ routes:
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"loadtest", "run",
 		"--target", "http://" + ln.Addr().String() + "/api/orders",
-		"--rate", "600", "--duration", "1s", "--idempotency",
+		// --workers 600: every request of the run may be in flight at once, so
+		// a slow machine (fsync always under -race, CPU steal) makes requests
+		// slower but never drops one at the generator as saturated.
+		"--rate", "600", "--duration", "1s", "--idempotency", "--workers", "600",
 		"--downstream-listen", dsAddr, "--downstream-rate", fmt.Sprint(rate), "--downstream-burst", fmt.Sprint(burst),
 		"--drain-timeout", "15s", "--report-dir", reportDir, "--json", "--progress", "plain",
 	}, &stdout, &stderr)
@@ -74,8 +77,8 @@ routes:
 	}
 	v, d := r.Verdict, r.Downstream
 	if r.Load.Accepted != 600 || v.Accepted != 600 || v.Delivered != 600 || v.Lost != 0 || r.Unverified {
-		t.Errorf("accepted %d, verdict %+v, unverified %v; want 600 accepted and delivered, 0 lost",
-			r.Load.Accepted, v, r.Unverified)
+		t.Errorf("accepted %d, verdict %+v, unverified %v; want 600 accepted and delivered, 0 lost; load %+v",
+			r.Load.Accepted, v, r.Unverified, r.Load)
 	}
 	// sluice kept to its rate: not only the 2xx answers (which the mock
 	// caps itself) but every request it sent.

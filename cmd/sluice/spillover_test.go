@@ -134,9 +134,12 @@ func TestSpilloverKeepsRateUnderBurst(t *testing.T) {
 	ds.mu.Unlock()
 	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
 	// In every window of one second starting at an arrival: at most
-	// burst + rate x (1s + 20ms); the 20ms allow for the time between taking a
-	// token and the request's arrival, which varies from one to the next.
-	worst, limit := 0, burst+rate+rate*20/1000
+	// burst + rate x (1s + 100ms). The 100ms allow for the time between taking
+	// a token and the request's arrival, which varies from one to the next and
+	// reaches tens of ms on a loaded 2-vCPU machine under -race (CI saw 114
+	// against a 20ms allowance of 112). A limiter that the direct path did not
+	// share would give ~2x the rate, far above it.
+	worst, limit := 0, burst+rate+rate*100/1000
 	for i := range at {
 		j, _ := slices.BinarySearchFunc(at, at[i].Add(time.Second), func(a, b time.Time) int { return a.Compare(b) })
 		worst = max(worst, j-i)
