@@ -79,3 +79,56 @@ func BenchmarkAppend(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkIdempotentAppendSegments measures what an Idempotency-Key costs an
+// append when the queue holds N sealed segments: a new key is looked up in
+// every sealed segment's key bucket (one bbolt read transaction each) before
+// it is stored, so the cost grows with the segments the retention keeps. One
+// appender, fsync never, 64 KiB segments (so N is reached quickly); each op
+// is one append with a new key and one without, and lookup-µs is the
+// difference between the two, so commits and segment rolls cancel out.
+//
+//	go test -run '^$' -bench IdempotentAppendSegments -benchtime 2000x ./buffer/
+func BenchmarkIdempotentAppendSegments(b *testing.B) {
+	for _, segs := range []int{1, 30, 200} {
+		b.Run(fmt.Sprintf("segments=%d", segs), func(b *testing.B) {
+			st, err := Open(Config{Dir: b.TempDir(), Sync: SyncNever, SegmentBytes: 64 << 10, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+			q, err := st.Queue("orders", []string{"a"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			body := make([]byte, 1024)
+			add := func(key []byte) {
+				d := &Draft{Method: []byte("POST"), URI: []byte("/o"), IdempotencyKey: key, Body: body}
+				if _, err := q.AppendDraft(context.Background(), d); err != nil {
+					b.Fatal(err)
+				}
+				if d.Duplicate {
+					b.Fatalf("new key %q taken for a duplicate", key)
+				}
+			}
+			for i := 0; q.Stats().Segments < segs+1; i++ {
+				if i > segs*200 {
+					b.Fatalf("%d appends made only %d segments", i, q.Stats().Segments)
+				}
+				add(fmt.Appendf(nil, "fill-%d", i))
+			}
+			b.ResetTimer()
+			var keyed, plain time.Duration
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				add(fmt.Appendf(nil, "new-%d", i))
+				t1 := time.Now()
+				add(nil)
+				keyed, plain = keyed+t1.Sub(t0), plain+time.Since(t1)
+			}
+			b.ReportMetric(float64(keyed.Microseconds())/float64(b.N), "keyed-µs")
+			b.ReportMetric(float64(plain.Microseconds())/float64(b.N), "plain-µs")
+			b.ReportMetric(float64((keyed-plain).Microseconds())/float64(b.N), "lookup-µs")
+		})
+	}
+}
