@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -66,6 +67,7 @@ type segment struct {
 	db         *bolt.DB
 	log        *segLog
 	sealed     bool
+	keyf       atomic.Pointer[keyFilter] // sealed: its keys' filter; nil: unknown, ask the bbolt file
 }
 
 // files are the segment's files, the bbolt file last: a segment exists as
@@ -208,6 +210,7 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config, logger
 	}
 	s := &segment{first: first, last: first - 1, path: path, db: db, opened: cfg.Now(), retries: make([]int, len(targets)), parked: make([]int, len(targets))}
 	var sealed uint64
+	var filterErr error
 	err = safeUpdate(db, func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketOldRecords) != nil {
 			return fmt.Errorf("%w: segment %s keeps its messages inside bbolt (bucket \"m\"); this version reads them from .log files. Drain the queue with the version that wrote it, or move the data directory away", errOldFormat, path)
@@ -221,6 +224,13 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config, logger
 		}
 		if v := info.Get(keySealed); len(v) == 8 {
 			s.sealed, sealed = true, binary.BigEndian.Uint64(v)
+			if v := info.Get(keyKeyFilter); v != nil {
+				if f, ferr := unmarshalKeyFilter(v); ferr == nil {
+					s.keyf.Store(f)
+				} else {
+					filterErr = ferr
+				}
+			}
 		}
 		for i, t := range targets {
 			if _, err := tx.CreateBucketIfNotExists(stateBucket(t)); err != nil {
@@ -238,6 +248,11 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config, logger
 		s.dbSize = tx.Size()
 		return nil
 	})
+	if filterErr != nil {
+		// Costs time, never a duplicate: the segment's keys are looked up in
+		// its bbolt file, as for a segment sealed before filters existed.
+		logger.Warn("segment key filter unreadable; idempotency keys are looked up in its bbolt file", "segment", segLabel(first), "err", filterErr)
+	}
 	if err == nil {
 		err = s.openLog(dir, sealed, logger)
 	}
@@ -337,6 +352,10 @@ func (s *segment) seal(dir string) error {
 	if err != nil {
 		return err
 	}
+	kf := newKeyFilter(len(l.keys))
+	for k := range l.keys {
+		kf.add(k)
+	}
 	err = safeUpdate(s.db, func(tx *bolt.Tx) error {
 		if len(l.keys) > 0 {
 			kb, err := tx.CreateBucketIfNotExists(bucketKeys)
@@ -354,6 +373,9 @@ func (s *segment) seal(dir string) error {
 		if err := info.Put(keyLastAt, seqKey(uint64(s.lastAppend.UnixNano()))); err != nil {
 			return err
 		}
+		if err := info.Put(keyKeyFilter, kf.marshal()); err != nil {
+			return err
+		}
 		return info.Put(keySealed, seqKey(n))
 	})
 	if err == nil {
@@ -368,6 +390,7 @@ func (s *segment) seal(dir string) error {
 	l.idx, l.mem = idx, nil
 	l.mu.Unlock()
 	l.keys = nil
+	s.keyf.Store(kf)
 	s.sealed = true
 	return nil
 }
