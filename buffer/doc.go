@@ -26,8 +26,10 @@
 //	"p/<target>" parked messages (behind an idempotency key in flight)
 //	"k"          SHA-256(idempotency key)[:16] -> seq | id tag (sealed segments;
 //	             the head's keys are in memory, rebuilt from its log at start)
-//	"info"       first seq, time of the last append, and "sealed": the message
-//	             count, written last when the segment stops being the head
+//	"info"       first seq, time of the last append, "key_filter": a Bloom
+//	             filter of the segment's keys with a CRC-32C (see keyFilter),
+//	             and "sealed": the message count, written last when the
+//	             segment stops being the head
 //
 // Everything a message needs (its bytes, its per-target outcome, its place in
 // the retry schedule) lives in the segment that holds it, so deleting a segment
@@ -78,7 +80,9 @@
 // Memory is bounded by in-flight work (at most what consumers have fetched but
 // not completed) plus a few words per segment; it does not grow with the
 // backlog; the head's frame index costs 12 bytes a message, at most one
-// segment's worth. Start-up opens each sealed segment's .db and reads its
+// segment's worth. The exception: the key filters of the sealed segments, 10
+// bits per keyed message (none for a queue without idempotency keys), which
+// spare a keyed append one bbolt transaction per sealed segment. Start-up opens each sealed segment's .db and reads its
 // seal and retry counts without touching its messages; only the head's log
 // (at most Config.SegmentBytes) is read once, to rebuild its index and keys.
 package buffer
