@@ -89,6 +89,19 @@ func TestKeyFilterSealedSegmentsAndDamage(t *testing.T) {
 		t.Fatalf("want several sealed segments, got %d", q.Stats().Segments)
 	}
 	must(t, s.Close())
+	damage := func() []Damage {
+		t.Helper()
+		rep, err := Inspect(dir, true)
+		must(t, err)
+		var ds []Damage
+		for _, qr := range rep.Queues {
+			ds = append(ds, qr.Damaged...)
+		}
+		return ds
+	}
+	if ds := damage(); len(ds) != 0 {
+		t.Fatalf("inspect --verify of sound keyed segments reports damage: %+v", ds)
+	}
 
 	// Damage the stored filter of the first segment.
 	segs, err := listSegments(filepath.Join(dir, "queues", "orders"))
@@ -105,6 +118,11 @@ func TestKeyFilterSealedSegmentsAndDamage(t *testing.T) {
 		return info.Put(keyKeyFilter, v)
 	}))
 	must(t, db.Close())
+
+	ds := damage()
+	if len(ds) != 1 || ds[0].Segment != segmentName(segs[0]) || !strings.Contains(ds[0].Err, "key filter") {
+		t.Fatalf("inspect --verify after the filter of %s was damaged: %+v, want one entry naming it", segmentName(segs[0]), ds)
+	}
 
 	var logs strings.Builder
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -125,4 +143,45 @@ func TestKeyFilterSealedSegmentsAndDamage(t *testing.T) {
 	if got := q2.Stats().Appended - before; got != 0 {
 		t.Fatalf("%d repeated keys were stored again", got)
 	}
+}
+
+// inspect --verify checks a sound-looking filter against the segment's keys:
+// a filter that misses one (it would let a duplicate through) is reported,
+// with the message's seq.
+func TestVerifyFindsFilterMissingKeys(t *testing.T) {
+	dir := t.TempDir()
+	s, q := openTest(t, Config{Dir: dir, SegmentBytes: 64 << 10}, "a")
+	for i := range 120 {
+		d := draft(fmt.Sprintf("key-%d", i), i)
+		d.Body = kib
+		_, err := q.AppendDraft(context.Background(), d)
+		must(t, err)
+	}
+	must(t, s.Close())
+	qdir := filepath.Join(dir, "queues", "orders")
+	segs, err := listSegments(qdir)
+	must(t, err)
+	db, err := bolt.Open(filepath.Join(qdir, segmentName(segs[0])), 0o600, nil)
+	must(t, err)
+	must(t, db.Update(func(tx *bolt.Tx) error {
+		// Well formed, checksum and all, but with no bit set.
+		return tx.Bucket(bucketInfo).Put(keyKeyFilter, newKeyFilter(100).marshal())
+	}))
+	must(t, db.Close())
+	rep, err := Inspect(dir, true)
+	must(t, err)
+	var misses int
+	for _, qr := range rep.Queues {
+		for _, d := range qr.Damaged {
+			if d.Segment != segmentName(segs[0]) || !strings.Contains(d.Err, "key filter misses") || d.Seq < segs[0] || d.Seq >= segs[1] {
+				t.Errorf("unexpected damage entry %+v", d)
+				continue
+			}
+			misses++
+		}
+	}
+	if misses == 0 {
+		t.Fatal("inspect --verify did not notice a filter that holds none of the segment's keys")
+	}
+	t.Logf("%d keys reported missing from the filter of %s", misses, segmentName(segs[0]))
 }
