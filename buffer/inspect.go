@@ -368,15 +368,21 @@ func verifyKeyFilter(tx *bolt.Tx, info *bolt.Bucket, sr *SegmentReport, qr *Queu
 	if kb == nil {
 		return
 	}
+	missed := 0
 	kb.ForEach(func(k, val []byte) error {
 		if len(k) != 16 || f.mayContain([16]byte(k)) {
 			return nil
 		}
-		var seq uint64
-		if len(val) >= 8 {
-			seq = binary.BigEndian.Uint64(val)
+		if missed++; missed <= 10 { // as verifyIndex: the first few, then a count
+			var seq uint64
+			if len(val) >= 8 {
+				seq = binary.BigEndian.Uint64(val)
+			}
+			qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Seq: seq, Err: "key filter misses the idempotency key of this message"})
 		}
-		qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Seq: seq, Err: "key filter misses the idempotency key of this message"})
 		return nil
 	})
+	if missed > 10 {
+		qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Err: fmt.Sprintf("key filter misses %d idempotency keys in all (the first 10 are listed)", missed)})
+	}
 }

@@ -37,7 +37,8 @@ func newKeyFilter(n int) *keyFilter {
 	return &keyFilter{blocks: make([]uint64, nb*8)}
 }
 
-// probe returns key's block offset and its bit positions mixed into one word.
+// positions returns key's block (its first word's index) and the word its
+// bit positions are taken from, 9 bits a probe.
 func (f *keyFilter) positions(key [16]byte) (block int, bits uint64) {
 	nb := uint64(len(f.blocks) / 8)
 	block = int(binary.BigEndian.Uint64(key[:8])%nb) * 8

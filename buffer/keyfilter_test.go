@@ -170,18 +170,30 @@ func TestVerifyFindsFilterMissingKeys(t *testing.T) {
 	must(t, db.Close())
 	rep, err := Inspect(dir, true)
 	must(t, err)
-	var misses int
+	// The segment holds segs[1]-segs[0] keyed messages, all missed: the
+	// first 10 are listed with their seqs, then the count.
+	keys := int(segs[1] - segs[0])
+	var listed int
+	var total string
 	for _, qr := range rep.Queues {
 		for _, d := range qr.Damaged {
-			if d.Segment != segmentName(segs[0]) || !strings.Contains(d.Err, "key filter misses") || d.Seq < segs[0] || d.Seq >= segs[1] {
+			switch {
+			case d.Segment != segmentName(segs[0]) || !strings.Contains(d.Err, "key filter misses"):
 				t.Errorf("unexpected damage entry %+v", d)
-				continue
+			case d.Seq == 0:
+				total = d.Err
+			case d.Seq < segs[0] || d.Seq >= segs[1]:
+				t.Errorf("damage entry names seq %d, outside the segment %d..%d", d.Seq, segs[0], segs[1]-1)
+			default:
+				listed++
 			}
-			misses++
 		}
 	}
-	if misses == 0 {
+	if listed == 0 {
 		t.Fatal("inspect --verify did not notice a filter that holds none of the segment's keys")
 	}
-	t.Logf("%d keys reported missing from the filter of %s", misses, segmentName(segs[0]))
+	if want := fmt.Sprintf("misses %d idempotency keys", keys); keys > 10 && (listed != 10 || !strings.Contains(total, want)) {
+		t.Fatalf("listed %d, summary %q; want 10 listed and %q", listed, total, want)
+	}
+	t.Logf("%d of %d missed keys listed; %s", listed, keys, total)
 }
