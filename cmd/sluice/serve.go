@@ -47,7 +47,7 @@ func storeConfig(st policies.Storage, log *slog.Logger) buffer.Config {
 	}
 	switch st.Fsync.Mode {
 	case policies.FsyncAlways:
-		cfg.Sync = buffer.SyncAlways
+		cfg.Sync, cfg.CommitDelay = buffer.SyncAlways, st.CommitDelay
 	case policies.FsyncInterval:
 		cfg.Sync, cfg.SyncInterval = buffer.SyncInterval, st.Fsync.Interval
 	case policies.FsyncNever:
