@@ -254,7 +254,10 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 // TestFanOut: two targets get everything, each at its own pace.
 func TestFanOut(t *testing.T) {
 	fast := newDownstream(t, nil)
-	slow := newDownstream(t, func(h *hit, ctx *fasthttp.RequestCtx) { time.Sleep(20 * ms) })
+	// 50ms a request: the slow target takes at least 1s, long enough that a
+	// loaded CI machine (-race, a few hundred ms for the fast one) cannot
+	// make the fast target look held back.
+	slow := newDownstream(t, func(h *hit, ctx *fasthttp.RequestCtx) { time.Sleep(50 * ms) })
 	_, q, _ := newQueue(t, "fast", "slow")
 	const n = 40
 	msgs := appendN(t, q, n, order)
@@ -275,8 +278,8 @@ func TestFanOut(t *testing.T) {
 		return fastDone > 0 && slowDone > 0
 	})
 	t.Logf("fast target done after %v, slow after %v", fastDone, slowDone)
-	if slowDone < n/2*20*ms {
-		t.Errorf("slow target done after %v; it cannot take less than %v", slowDone, n/2*20*ms)
+	if slowDone < n/2*50*ms {
+		t.Errorf("slow target done after %v; it cannot take less than %v", slowDone, n/2*50*ms)
 	}
 	if fastDone*2 > slowDone {
 		t.Errorf("fast target done after %v, slow after %v: the slow one held the fast one back", fastDone, slowDone)
