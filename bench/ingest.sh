@@ -7,7 +7,8 @@
 # checksum) and `sluice serve` with a buffered route, under the same wrk load
 # (-t2 -c256, 1 KiB POST bodies), RUNS times each, and prints requests/s and
 # latency for each run, the medians, and the ratios sluice/noop and
-# sluice/floor. The floor prices what this machine's disk and scheduler cost
+# sluice/floor (of the medians, and round by round: median and range of the
+# ratios of runs seconds apart, which a noisy host disturbs less). The floor prices what this machine's disk and scheduler cost
 # any store that acknowledges after fdatasync; sluice/floor is what sluice's
 # own code costs beyond that. The route's target is paused (rate 0) so only
 # ingest is measured. FLOOR=0 leaves the floor out.
@@ -85,9 +86,18 @@ if [ "$FLOOR" = 1 ]; then
   f_cpu=$(cut -d' ' -f5 "$work/floor.txt" | median)
   echo "median floor:  $f_rps req/s, p99 $f_p99 ms, $f_cpu CPU-us/req (bench/noop -log: write + fdatasync per batch)"
 fi
+# paired A B: the ratio B/A of req/s round by round (runs of one round are
+# seconds apart, so a noisy spell of the host falls on both): "median (range)".
+paired() {
+  paste -d' ' <(cut -d' ' -f1 "$work/$1.txt") <(cut -d' ' -f1 "$work/$2.txt") | awk '{ printf "%.2f\n", $2/$1 }' | sort -g > "$work/pair.txt"
+  echo "$(median < "$work/pair.txt") ($(head -1 "$work/pair.txt")-$(tail -1 "$work/pair.txt"))"
+}
 awk -v s="$s_rps" -v n="$n_rps" 'BEGIN{ printf "ratio sluice/noop: %.2f\n", s/n }'
+echo "ratio sluice/noop round by round: $(paired noop sluice)"
 awk -v s="$s_cpu" -v n="$n_cpu" 'BEGIN{ printf "CPU per request sluice/noop: %.2f\n", s/n }'
 if [ "$FLOOR" = 1 ]; then
   awk -v f="$f_rps" -v n="$n_rps" 'BEGIN{ printf "ratio floor/noop: %.2f\n", f/n }'
   awk -v s="$s_rps" -v f="$f_rps" 'BEGIN{ printf "ratio sluice/floor: %.2f\n", s/f }'
+  echo "ratio floor/noop round by round: $(paired noop floor)"
+  echo "ratio sluice/floor round by round: $(paired floor sluice)"
 fi
