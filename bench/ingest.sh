@@ -8,9 +8,10 @@
 # (-t2 -c256, 1 KiB POST bodies), RUNS times each, and prints requests/s and
 # latency for each run, the medians, and the ratios sluice/noop and
 # sluice/floor (of the medians, and round by round: median and range of the
-# ratios of runs seconds apart, which a noisy host disturbs less). The floor prices what this machine's disk and scheduler cost
-# any store that acknowledges after fdatasync; sluice/floor is what sluice's
-# own code costs beyond that. The route's target is paused (rate 0) so only
+# ratios of runs seconds apart, which a noisy host disturbs less). The floor
+# prices what this machine's disk and scheduler cost any store that
+# acknowledges after fdatasync; sluice/floor is what sluice's own code costs
+# beyond that. The route's target is paused (rate 0) so only
 # ingest is measured. FLOOR=0 leaves the floor out.
 #
 #   bench/ingest.sh                 # fsync always, 3 runs of 10s each
