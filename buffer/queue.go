@@ -471,7 +471,7 @@ func (q *Queue) writer() {
 			if delay > 0 && pace.wait(len(batch)) {
 				// With fsync always the fsync is most of a commit's cost:
 				// under load, wait a little so that it covers more requests
-				// (BENCHMARKS.md, "commit delay"). pacer says when.
+				// (BENCHMARKS.md, "fourth set: commit delay"). pacer says when.
 				t := time.Now()
 				yieldFor(t, delay)
 				q.delayNanos.Add(uint64(time.Since(t)))

@@ -173,7 +173,7 @@ func (d *decoder) storage(top *mapping) Storage {
 	field(d, m, "max_bytes", "", parseSize(0, maxSize), &s.MaxBytes)
 	field(d, m, "min_free_bytes", "", parseSize(0, maxSize), &s.MinFreeBytes)
 	field(d, m, "segment_bytes", "", parseSize(MinSegmentBytes, MaxSegmentBytes), &s.SegmentBytes)
-	if field(d, m, "commit_delay", "", parseCommitDelay, &s.CommitDelay) && s.Fsync.Mode != FsyncAlways {
+	if field(d, m, "commit_delay", "", parseCommitDelay, &s.CommitDelay) && s.CommitDelay > 0 && s.Fsync.Mode != FsyncAlways {
 		d.errorf(m.vals["commit_delay"].Line, m.field("commit_delay"), "commit_delay applies only with fsync: always (it shares one fsync among more requests)")
 	}
 	return s
