@@ -38,6 +38,7 @@ YAML
 export WORK SLUICE NOOP POLICY DATA
 
 . bench/lib.sh
+port_free 18081
 machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; $ROUNDS rounds"
 printf '%-10s %-4s %10s %8s %8s %7s %10s %6s %11s %9s\n' server round req/s p50_ms p99_ms non2xx cpu_us/req steal% msgs/commit commit_ms

@@ -17,8 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000000} WINDOW=${WINDOW:-10} CONNS=${CONNS:-256} DIR=${DIR:-$(mktemp -d -p "${TMPDIR:-/tmp}" sluice-backlog-XXXX)}
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
-. bench/lib.sh # steal_ticks
+. bench/lib.sh # steal_ticks, port_free
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
+port_free 18082
 go build -o "$DIR/sluice" ./cmd/sluice
 
 policy() {

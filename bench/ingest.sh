@@ -39,6 +39,7 @@ routes:
 YAML
 
 . bench/lib.sh
+port_free 18080 18081
 
 machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; sluice fsync: $FSYNC"

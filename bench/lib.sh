@@ -1,5 +1,17 @@
 # bench/lib.sh: helpers shared by the ingest scripts (source it).
 
+# port_free PORT...: fail if something already listens on a port, e.g. a
+# server left from an earlier run, which would take this run's load unseen.
+port_free() {
+  local p
+  for p in "$@"; do
+    if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+      echo "port $p is already in use (a server left from an earlier run?): stop it first" >&2
+      return 1
+    fi
+  done
+}
+
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 # cpu_ticks PID: user + system CPU of a process so far, in clock ticks

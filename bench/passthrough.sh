@@ -62,6 +62,7 @@ http {
 CONF
 
 . bench/lib.sh
+port_free 18080 18082 18083
 
 # run PORT: one wrk run; prints "rps p50 p99 non2xx" (latencies in ms)
 run() {
