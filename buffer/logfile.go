@@ -81,6 +81,7 @@ type segLog struct {
 	n   uint64   // messages indexed (seq first..first+n-1)
 
 	end  int64                  // writer only: where the next frame goes
+	wb   int64                  // writer only, SyncNever: writeback started up to here
 	keys map[[16]byte]keyTarget // writer only, head: idempotency keys of the head's messages
 }
 

@@ -5,6 +5,7 @@ import (
 	"syscall"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // dropMapped tells the kernel that this process no longer needs the pages
@@ -26,3 +27,10 @@ func dropMapped(db *bolt.DB, size int64) {
 
 // fdatasync flushes f's data (and only the metadata needed to read it back).
 func fdatasync(f *os.File) error { return syscall.Fdatasync(int(f.Fd())) }
+
+// startWriteback asks the kernel to start writing f's dirty pages in
+// [off, off+n) to disk, and returns at once: no wait, no durability point
+// (sync_file_range with SYNC_FILE_RANGE_WRITE only).
+func startWriteback(f *os.File, off, n int64) error {
+	return unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+}

@@ -92,6 +92,7 @@ type Queue struct {
 	lastPressure time.Time  // writer only: last retention pass forced by ErrFull
 	rollFails    failureLog // writer only: segment rolls that failed
 	commitFails  failureLog // writer only: append commits that failed
+	wbFail       failureLog // writer only, SyncNever: writeback starts that failed
 	wbuf         []byte     // writer only: the frames of one commit
 	wlocs        []recLoc   // writer only: where they go
 	wapps        []*request // writer only: the appends of one commit
@@ -99,6 +100,7 @@ type Queue struct {
 	// Group-commit figures since Open, for WriterStats.
 	commits, committed, commitNanos, failedCommits, refused atomic.Uint64
 	delays, delayNanos                                      atomic.Uint64
+	writebacks                                              atomic.Uint64 // SyncNever: writeback starts, for tests
 }
 
 // WriterStats is what the queue's writer has done since Open: how many
@@ -439,7 +441,7 @@ func (q *Queue) Close() error {
 func (q *Queue) writer() {
 	defer close(q.stopped)
 	var syncTick <-chan time.Time
-	if q.cfg.Sync == SyncInterval {
+	if q.cfg.Sync == SyncInterval || q.cfg.Sync == SyncNever {
 		t := time.NewTicker(q.cfg.SyncInterval)
 		defer t.Stop()
 		syncTick = t.C
@@ -488,6 +490,10 @@ func (q *Queue) writer() {
 			q.committed.Add(uint64(len(batch)))
 			clear(batch)
 		case <-syncTick:
+			if q.cfg.Sync == SyncNever {
+				q.startWriteback(dirty)
+				continue
+			}
 			q.syncDirty(dirty)
 		case <-cursorTick.C:
 			q.saveFloors()
@@ -629,6 +635,29 @@ func (q *Queue) syncDirty(dirty map[*segment]bool) {
 			q.log.Error("fsync failed", "file", segmentName(s.first), "err", err)
 		}
 		delete(dirty, s)
+	}
+}
+
+// startWriteback, with SyncNever, has the kernel start writing what the
+// logs got since the last call, without waiting for it (sync_file_range):
+// no fsync and no durability point, as SyncNever promises, but the dirty
+// pages no longer pile up until the kernel's own flush. Piled up they made
+// the ack p99 ~45-60 ms at 256 clients, against ~15 ms with this
+// (BENCHMARKS.md, "fsync: never p99"). dirty keeps its segments: Close
+// still fsyncs them all.
+func (q *Queue) startWriteback(dirty map[*segment]bool) {
+	for s := range dirty {
+		l := s.log
+		if l.end <= l.wb {
+			continue
+		}
+		if err := startWriteback(l.f, l.wb, l.end-l.wb); err != nil {
+			q.wbFail.failed(q.log, "starting the writeback of a segment log failed", err, 0)
+			continue
+		}
+		q.wbFail.recovered(q.log, "starting the writeback of segment logs works again")
+		l.wb = l.end
+		q.writebacks.Add(1)
 	}
 }
 

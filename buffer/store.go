@@ -22,7 +22,8 @@ const (
 	// SyncInterval acknowledges after the write and fsyncs every SyncInterval.
 	// kill -9 loses nothing; a power loss may lose the last interval.
 	SyncInterval
-	// SyncNever never calls fsync; the kernel flushes when it likes.
+	// SyncNever never calls fsync; every SyncInterval the writer starts the
+	// kernel's writeback of the new log data (sync_file_range, no wait).
 	SyncNever
 )
 
@@ -30,7 +31,7 @@ const (
 type Config struct {
 	Dir          string        // data directory; created if missing
 	Sync         SyncMode      // default SyncAlways
-	SyncInterval time.Duration // for SyncInterval; default 10ms
+	SyncInterval time.Duration // for SyncInterval (and SyncNever's writeback starts); default 10ms
 	SegmentBytes int64         // roll the head segment past this size; default 64 MiB, at least 64 KiB
 	Retention    time.Duration // segments older than this are deleted; default 72h
 	// SegmentAge rolls a non-empty head after this long, so that data is
