@@ -26,19 +26,11 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 SLUICE=$WORK/sluice NOOP=$WORK/noop POLICY=$WORK/policy.yaml DATA=$WORK/data
 go build -o "$SLUICE" ./cmd/sluice
 go build -o "$NOOP" ./bench/noop
-cat > "$POLICY" <<YAML
-listen: 127.0.0.1:18081
-storage: { dir: $DATA, fsync: "$FSYNC" }
-routes:
-  - name: orders
-    match: { path: /api/orders, methods: [POST] }
-    targets:
-      - { name: paused, url: "http://127.0.0.1:9", rate: 0 }
-YAML
 export WORK SLUICE NOOP POLICY DATA
 
 . bench/lib.sh
 port_free 18081
+paused_policy "$POLICY" 18081 "$DATA" "$FSYNC"
 machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; $ROUNDS rounds"
 printf '%-10s %-4s %10s %8s %8s %7s %10s %6s %11s %9s\n' server round req/s p50_ms p99_ms non2xx cpu_us/req steal% msgs/commit commit_ms

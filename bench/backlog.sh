@@ -17,22 +17,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000000} WINDOW=${WINDOW:-10} CONNS=${CONNS:-256} DIR=${DIR:-$(mktemp -d -p "${TMPDIR:-/tmp}" sluice-backlog-XXXX)}
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
-. bench/lib.sh # steal_ticks, port_free
+. bench/lib.sh # steal_ticks, port_free, paused_policy
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
 port_free 18082
 go build -o "$DIR/sluice" ./cmd/sluice
 
-policy() {
-cat > "$DIR/policy.yaml" <<YAML
-listen: 127.0.0.1:18082
-storage: { dir: $DIR/data, fsync: always, retention: $1 }
-routes:
-  - name: orders
-    match: { path: /api/orders, methods: [POST] }
-    targets:
-      - { name: paused, url: "http://127.0.0.1:9", rate: 0 }
-YAML
-}
+policy() { paused_policy "$DIR/policy.yaml" 18082 "$DIR/data" always "retention: $1"; }
 wait_ready() { # prints seconds until a POST is answered 202
   local t0=$(date +%s.%N)
   for _ in $(seq 6000); do

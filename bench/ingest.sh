@@ -28,18 +28,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/sluice" ./cmd/sluice
 go build -o "$work/noop" ./bench/noop
 
-cat > "$work/policy.yaml" <<YAML
-listen: 127.0.0.1:18081
-storage: { dir: $work/data, fsync: "$FSYNC" }
-routes:
-  - name: orders
-    match: { path: /api/orders, methods: [POST] }
-    targets:
-      - { name: paused, url: "http://127.0.0.1:9", rate: 0 }
-YAML
-
 . bench/lib.sh
 port_free 18080 18081
+paused_policy "$work/policy.yaml" 18081 "$work/data" "$FSYNC"
 
 machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; sluice fsync: $FSYNC"

@@ -12,6 +12,23 @@ port_free() {
   done
 }
 
+# paused_policy FILE PORT DATA FSYNC [STORAGE...]: a policy with one buffered
+# route, /api/orders, whose target is paused (rate 0), so that only ingest
+# runs; STORAGE adds keys to the storage mapping (such as "retention: 1h").
+paused_policy() {
+  local file=$1 port=$2 data=$3 fsync=$4; shift 4
+  local extra=""; for kv in "$@"; do extra="$extra, $kv"; done
+  cat > "$file" <<YAML
+listen: 127.0.0.1:$port
+storage: { dir: $data, fsync: "$fsync"$extra }
+routes:
+  - name: orders
+    match: { path: /api/orders, methods: [POST] }
+    targets:
+      - { name: paused, url: "http://127.0.0.1:9", rate: 0 }
+YAML
+}
+
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 # cpu_ticks PID: user + system CPU of a process so far, in clock ticks

@@ -69,14 +69,7 @@ func TestPacer(t *testing.T) {
 func TestCommitDelay(t *testing.T) {
 	dir := t.TempDir()
 	const delay = 2 * time.Millisecond
-	s, err := Open(Config{Dir: dir, CommitDelay: delay})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := s.Queue("q", []string{"t"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, q := openTest(t, Config{Dir: dir, CommitDelay: delay}, "t")
 	ctx := context.Background()
 	for i := 0; i < 20; i++ {
 		if _, err := q.Append(ctx, &Message{Method: "POST", URI: "/", Body: []byte("lone")}); err != nil {
@@ -117,15 +110,8 @@ func TestCommitDelay(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(Config{Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, q = openTest(t, Config{Dir: dir}, "t")
 	defer s.Close()
-	q, err = s.Queue("q", []string{"t"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if n := q.Appended(); n != 20+64*30 {
 		t.Fatalf("after a reopen the queue holds %d messages, want %d", n, 20+64*30)
 	}

@@ -594,7 +594,9 @@ func (p *pacer) committed(n int) {
 // every P idle the runtime waits in epoll_pwait, whose timeout is whole
 // milliseconds, and a 250µs sleep takes 1ms (measured: 1.007ms on average
 // with 16 clients). Under load the goroutines that yieldFor lets run are
-// the handlers whose requests the commit then takes.
+// the handlers whose requests the commit then takes; with nothing else to
+// run it spins for d, which the pacer keeps to one probe in paceProbe
+// commits when waiting does not pay.
 func yieldFor(t time.Time, d time.Duration) {
 	for time.Since(t) < d {
 		runtime.Gosched()
@@ -642,9 +644,9 @@ func (q *Queue) syncDirty(dirty map[*segment]bool) {
 // logs got since the last call, without waiting for it (sync_file_range):
 // no fsync and no durability point, as SyncNever promises, but the dirty
 // pages no longer pile up until the kernel's own flush. Piled up they made
-// the ack p99 ~45-60 ms at 256 clients, against ~15 ms with this
-// (BENCHMARKS.md, "fsync: never p99"). dirty keeps its segments: Close
-// still fsyncs them all.
+// the ack p99 39.8 ms at 256 clients, against 11.5 ms with this
+// (BENCHMARKS.md, fourth set, "fsync: never p99 was the dirty pages").
+// dirty keeps its segments: Close still fsyncs them all.
 func (q *Queue) startWriteback(dirty map[*segment]bool) {
 	for s := range dirty {
 		l := s.log

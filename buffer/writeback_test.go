@@ -15,14 +15,7 @@ func TestNeverStartsWriteback(t *testing.T) {
 		t.Skip("sync_file_range is Linux only; elsewhere SyncNever leaves it all to the OS")
 	}
 	dir := t.TempDir()
-	s, err := Open(Config{Dir: dir, Sync: SyncNever})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := s.Queue("q", []string{"t"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, q := openTest(t, Config{Dir: dir, Sync: SyncNever}, "t")
 	ctx := context.Background()
 	for i := 0; i < 100; i++ {
 		if _, err := q.Append(ctx, &Message{Method: "POST", URI: "/", Body: make([]byte, 1024)}); err != nil {
@@ -45,14 +38,8 @@ func TestNeverStartsWriteback(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(Config{Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, q = openTest(t, Config{Dir: dir}, "t")
 	defer s.Close()
-	if q, err = s.Queue("q", []string{"t"}); err != nil {
-		t.Fatal(err)
-	}
 	if got := q.Appended(); got != 100 {
 		t.Fatalf("after a reopen the queue holds %d messages, want 100", got)
 	}
