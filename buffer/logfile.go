@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -187,11 +186,11 @@ func scanLog(path string, first uint64, keys bool) (*scanned, error) {
 	if size == 0 {
 		return sc, nil
 	}
-	data, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
+	data, unmap, err := mapFile(f, size)
 	if err != nil {
 		return nil, fmt.Errorf("map %s: %w", path, err)
 	}
-	defer syscall.Munmap(data)
+	defer unmap()
 	name := path
 	next := first
 	off := int64(0)

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -104,6 +103,12 @@ func Open(cfg Config) (*Store, error) {
 	cfg.setDefaults()
 	if err := os.MkdirAll(filepath.Join(cfg.Dir, "queues"), 0o755); err != nil {
 		return nil, fmt.Errorf("buffer: create data directory: %w", err)
+	}
+	if cfg.MinFreeBytes > 0 {
+		// A free-disk floor that cannot be read would refuse every append.
+		if _, err := diskFree(cfg.Dir); err != nil {
+			return nil, fmt.Errorf("buffer: MinFreeBytes is set but the free space of %s cannot be read: %w", cfg.Dir, err)
+		}
 	}
 	return &Store{cfg: cfg, queues: make(map[string]*Queue)}, nil
 }
@@ -212,9 +217,8 @@ func (s *Store) free() int64 {
 	s.freeMu.Lock()
 	defer s.freeMu.Unlock()
 	if now := time.Now(); now.Sub(s.freeAt) > 250*time.Millisecond {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(s.cfg.Dir, &st); err == nil {
-			s.freeBytes = int64(st.Bavail) * int64(st.Bsize)
+		if free, err := diskFree(s.cfg.Dir); err == nil {
+			s.freeBytes = free
 		}
 		s.freeAt = now
 	}

@@ -159,7 +159,7 @@ func logger(path string, zeroed int64, writers int) func([]byte) {
 				if _, err := f.WriteAt(buf, end.Add(int64(len(buf)))-int64(len(buf))); err != nil {
 					log.Fatal(err)
 				}
-				if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+				if err := fdatasync(f); err != nil {
 					log.Fatal(err)
 				}
 				for _, r := range batch {
