@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -134,4 +137,94 @@ func openBenchQueue(b *testing.B, cfg Config) *Queue {
 		b.Fatal(err)
 	}
 	return q
+}
+
+// BenchmarkAppendOnSpares compares heads on new log files with heads that
+// write over spare logs (deleted segments' files, see takeSpare), fsync
+// always: an fdatasync then flushes data alone, not the file's new size and
+// blocks. "spare-cold" drops the spares' pages from the page cache first,
+// as after days on disk: a write that ends inside a page the cache lacks
+// reads it first. Run a fixed count, so that the spares (3 of 64 MiB) are
+// made once and outlast the run:
+//
+//	go test -run '^$' -bench AppendOnSpares -benchtime 100000x ./buffer/
+func BenchmarkAppendOnSpares(b *testing.B) {
+	for _, log := range []string{"new", "spare", "spare-cold"} {
+		for _, conc := range []int{16, 256} {
+			b.Run(fmt.Sprintf("log=%s/appenders=%d", log, conc), func(b *testing.B) {
+				cfg := Config{Dir: b.TempDir(), Logger: slog.New(slog.DiscardHandler), SegmentBytes: 64 << 20}
+				if log != "new" {
+					qdir := filepath.Join(cfg.Dir, "queues", "bench")
+					if err := os.MkdirAll(qdir, 0o755); err != nil {
+						b.Fatal(err)
+					}
+					for i := range 3 {
+						writeSpare(b, filepath.Join(qdir, spareName(uint64(1+i))), cfg.SegmentBytes, log == "spare-cold")
+					}
+				}
+				s, err := Open(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.Close()
+				q, err := s.Queue("bench", []string{"t"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				body := make([]byte, 1024)
+				var n atomic.Int64
+				b.SetBytes(int64(len(body)))
+				b.ResetTimer()
+				start := time.Now()
+				var wg sync.WaitGroup
+				for range conc {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for n.Add(1) <= int64(b.N) {
+							if _, err := q.Append(context.Background(), &Message{Method: "POST", URI: "/api/orders", Body: body}); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				el := time.Since(start)
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
+				if ws := q.WriterStats(); ws.Commits > 0 {
+					b.ReportMetric(float64(ws.Requests)/float64(ws.Commits), "msgs/commit")
+					b.ReportMetric(float64(ws.Time.Microseconds())/float64(ws.Commits), "µs/commit")
+				}
+			})
+		}
+	}
+}
+
+// writeSpare writes a spare log of size bytes of old frames (seq 0, below
+// any bound), synced, and with cold drops its pages from the page cache.
+func writeSpare(b *testing.B, path string, size int64, cold bool) {
+	b.Helper()
+	rec := EncodeRecord(nil, &Message{Method: "POST", URI: "/old", Body: make([]byte, 1000)})
+	var chunk []byte
+	for len(chunk) < 1<<20 {
+		chunk = appendFrame(chunk, 0, rec)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	for off := int64(0); off < size; off += int64(len(chunk)) {
+		if _, err := f.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	if cold {
+		dropCache(f)
+	}
 }

@@ -14,6 +14,7 @@
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.log  the segment's messages, append-only
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.idx  where each frame starts (sealed segments)
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.db   bbolt: the segment's delivery state
+//	DIR/queues/<queue>/spare-<bound:016x>.log   a deleted segment's log, kept for a new head
 //
 // The .log is a sequence of frames (len | seq | CRC-32C of both | record,
 // see logfile.go), written once and never rewritten. The .db holds, in buckets:
@@ -35,6 +36,11 @@
 // the retry schedule) lives in the segment that holds it, so deleting a segment
 // is deleting three files, never rows (the .db first: a segment exists while
 // its .db does, and start-up removes the leftovers of an interrupted deletion).
+// Up to two deleted logs are kept as spares (not while the free-disk floor
+// is near): a new head writes over a spare's blocks instead of growing a new
+// file, so that an fsync flushes the data alone (see takeSpare). A spare's
+// old frames all have seqs below its bound, recorded in the segment that
+// takes it; reading stops at the first of them, and sealing cuts them off.
 // The log rolls to a new segment when the head passes Config.SegmentBytes or,
 // if it holds anything, Config.SegmentAge. A segment is deleted once it is older
 // than the retention (undelivered messages in it are counted and logged as

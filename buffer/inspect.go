@@ -32,6 +32,10 @@ type QueueReport struct {
 	LastSeq   uint64
 	FirstSeq  uint64
 	OpenError string // cursors.db could not be read
+	// Spares are deleted segments' logs kept for new heads to write over
+	// (see takeSpare): disk the queue holds beyond Bytes.
+	Spares     int
+	SpareBytes int64
 }
 
 // SegmentReport describes one segment file.
@@ -122,6 +126,11 @@ func inspectQueue(dir, name string, verify bool) (*QueueReport, error) {
 	firsts, err := listSegments(dir)
 	if err != nil {
 		return nil, err
+	}
+	spareLogs, _ := spares(dir)
+	for _, p := range spareLogs {
+		qr.Spares++
+		qr.SpareBytes += allocated(p)
 	}
 	for _, first := range firsts {
 		sr := SegmentReport{File: segmentName(first), First: first, Last: first - 1}
@@ -221,7 +230,11 @@ func inspectSegment(tx *bolt.Tx, dir string, sr *SegmentReport, qr *QueueReport,
 			idx.Close()
 		}
 	} else {
-		sc, err := scanLog(lpath, sr.First, false)
+		var staleBelow uint64
+		if v := info.Get(keyStaleBelow); len(v) == 8 {
+			staleBelow = min(binary.BigEndian.Uint64(v), sr.First)
+		}
+		sc, err := scanLog(lpath, sr.First, staleBelow, false)
 		if err != nil {
 			return fmt.Errorf("%w: log: %v", ErrCorrupt, err)
 		}

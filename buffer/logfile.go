@@ -79,6 +79,8 @@ type segLog struct {
 	idx *os.File // the seal index; nil while the head
 	n   uint64   // messages indexed (seq first..first+n-1)
 
+	staleBelow uint64 // recycled file: its old frames have seqs below this; 0 if not
+
 	end  int64                  // writer only: where the next frame goes
 	wb   int64                  // writer only, SyncNever: writeback started up to here
 	keys map[[16]byte]keyTarget // writer only, head: idempotency keys of the head's messages
@@ -161,14 +163,22 @@ type scanned struct {
 	oldestAt time.Time // enqueue time of the first message
 	keys     map[[16]byte]keyTarget
 	damaged  []Damage // regions skipped (Seq: the first seq missing)
-	tail     int64    // bytes after the last whole frame (a torn write, or damage)
+	tail     int64    // bytes after the last whole frame, up to stale (a torn write, or damage)
+	stale    int64    // bytes at the end that a recycled file held before (frames of seqs below first)
 }
 
 // scanLog reads the log at path from its start. Frames must carry the seqs
 // first, first+1, ... A frame that fails its checks is skipped by searching
 // for the next whole frame with a higher seq; the seqs in between are
 // marked missing and reported. With keys it also collects idempotency keys.
-func scanLog(path string, first uint64, keys bool) (*scanned, error) {
+//
+// staleBelow > 0 says the file was recycled (see takeSpare) and that what
+// it held before are frames of seqs below staleBelow (<= first): the log
+// ends at the first such frame where a frame of its own would start, and
+// the rest is counted as stale, not as damage. Past damage, the search for
+// the next frame steps over stale frames, so that a damaged frame of the
+// log's own cannot cut off the frames after it.
+func scanLog(path string, first, staleBelow uint64, keys bool) (*scanned, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -194,27 +204,53 @@ func scanLog(path string, first uint64, keys bool) (*scanned, error) {
 	name := path
 	next := first
 	off := int64(0)
+	// whole says whether a frame at at is whole and may follow what was
+	// read: a seq from next on, or a stale one.
 	whole := func(at int64) (uint32, uint64, bool) {
 		n, seq, ok := parseFrameHeader(data[at:])
-		if !ok || at+frameHeader+int64(n) > size || seq < next {
+		if !ok || at+frameHeader+int64(n) > size || (seq < next && seq >= staleBelow) {
 			return 0, 0, false
 		}
 		return n, seq, recordSound(data[at+frameHeader : at+frameHeader+int64(n)])
 	}
 	for off+frameHeader <= size {
 		n, seq, ok := whole(off)
+		if ok && seq < staleBelow {
+			sc.stale = size - off
+			break // a recycled file's old content
+		}
 		if !ok {
 			// Damage, or the torn tail a crash leaves: find the next whole
-			// frame after it, if any.
-			found := int64(-1)
+			// frame of this log after it, if any.
+			found, staleAt := int64(-1), int64(-1)
 			for at := off + 1; at+frameHeader <= size; at++ {
-				if _, _, ok := whole(at); ok {
+				n, seq, ok := whole(at)
+				if !ok {
+					continue
+				}
+				if seq >= staleBelow {
 					found = at
 					break
 				}
+				if staleAt < 0 {
+					staleAt = at
+				}
+				at += frameHeader + int64(n) - 1
 			}
 			if found < 0 {
-				break // the tail: sc.end stays at the last whole frame
+				// The tail: sc.end stays at the last whole frame. In a
+				// recycled file, bytes that do not start a frame of this
+				// log's own are the rest of an old frame (the new end falls
+				// inside one), all stale; a header of its own whose frame
+				// fails is a torn write or damage, reported as the tail.
+				if staleAt >= 0 {
+					if _, seq, ok := parseFrameHeader(data[off:]); ok && seq >= next {
+						sc.stale = size - staleAt
+					} else {
+						sc.stale = size - off
+					}
+				}
+				break
 			}
 			_, seq, _ = whole(found)
 			sc.damaged = append(sc.damaged, Damage{Segment: name, Seq: next,
@@ -239,7 +275,7 @@ func scanLog(path string, first uint64, keys bool) (*scanned, error) {
 		off += frameHeader + int64(n)
 		sc.end = off
 	}
-	sc.tail = size - sc.end
+	sc.tail = size - sc.end - sc.stale
 	return sc, nil
 }
 

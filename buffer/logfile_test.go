@@ -86,7 +86,7 @@ func TestDamagedLogFiles(t *testing.T) {
 	}
 
 	// 1. Flip a bit in the record of the 3rd frame of the second segment.
-	sc, err := scanLog(logs[1], firstOf(t, logs[1]), false)
+	sc, err := scanLog(logs[1], firstOf(t, logs[1]), 0, false)
 	must(t, err)
 	flipped := firstOf(t, logs[1]) + 2
 	loc := sc.locs[2]
@@ -97,7 +97,7 @@ func TestDamagedLogFiles(t *testing.T) {
 
 	// 3. Tear the head's last frame: cut it in the middle.
 	head := logs[len(logs)-1]
-	hs, err := scanLog(head, firstOf(t, head), false)
+	hs, err := scanLog(head, firstOf(t, head), 0, false)
 	must(t, err)
 	if len(hs.locs) < 2 {
 		t.Fatalf("head holds %d messages; want at least 2", len(hs.locs))
@@ -181,35 +181,117 @@ func FuzzScanLog(f *testing.F) {
 	bad[len(good)/2] ^= 1
 	f.Add(bad)
 	f.Add([]byte{})
+	// A recycled file: frames 5 and 6 written over frames 1..3 of before,
+	// whole and torn.
+	recycled := recycledLog(f, 5, 2, 1, 3)
+	f.Add(recycled)
+	f.Add(recycled[:len(recycled)-5])
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		path := filepath.Join(dir, "seg.log")
 		must(t, os.WriteFile(path, data, 0o600))
-		sc, err := scanLog(path, 1, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		size := int64(len(data))
-		if sc.end > size || sc.tail != size-sc.end || sc.end < 0 {
-			t.Fatalf("end %d tail %d size %d", sc.end, sc.tail, size)
-		}
-		for i, l := range sc.locs {
-			if l.off == missing {
-				continue
+		// As a fresh log (first 1), and as a recycled one (first 5, old
+		// frames below 4).
+		for _, c := range []struct{ first, staleBelow uint64 }{{1, 0}, {5, 4}} {
+			sc, err := scanLog(path, c.first, c.staleBelow, true)
+			if err != nil {
+				t.Fatal(err)
 			}
-			fr := data[l.off:]
-			n, seq, ok := parseFrameHeader(fr)
-			if !ok || seq != 1+uint64(i) || n != l.n || int64(l.off)+frameHeader+int64(n) > sc.end {
-				t.Fatalf("loc %d (%+v) is not a whole frame of seq %d", i, l, 1+i)
+			size := int64(len(data))
+			if sc.end > size || sc.end < 0 || sc.tail < 0 || sc.stale < 0 || sc.end+sc.tail+sc.stale != size {
+				t.Fatalf("end %d tail %d stale %d size %d", sc.end, sc.tail, sc.stale, size)
 			}
-			if !recordSound(fr[frameHeader : frameHeader+n]) {
-				t.Fatalf("loc %d accepted with a bad record checksum", i)
+			if c.staleBelow == 0 && sc.stale != 0 {
+				t.Fatalf("stale %d in a log that was not recycled", sc.stale)
 			}
-		}
-		if len(sc.locs) > 0 && sc.locs[len(sc.locs)-1].off == missing {
-			t.Fatal("scan ends with a missing seq")
+			for i, l := range sc.locs {
+				if l.off == missing {
+					continue
+				}
+				fr := data[l.off:]
+				n, seq, ok := parseFrameHeader(fr)
+				if !ok || seq != c.first+uint64(i) || n != l.n || int64(l.off)+frameHeader+int64(n) > sc.end {
+					t.Fatalf("loc %d (%+v) is not a whole frame of seq %d", i, l, c.first+uint64(i))
+				}
+				if !recordSound(fr[frameHeader : frameHeader+n]) {
+					t.Fatalf("loc %d accepted with a bad record checksum", i)
+				}
+			}
+			if len(sc.locs) > 0 && sc.locs[len(sc.locs)-1].off == missing {
+				t.Fatal("scan ends with a missing seq")
+			}
 		}
 	})
+}
+
+// recycledLog returns a log file as a recycled one looks: frames of seqs
+// first..first+n-1 written over frames oldFirst..oldFirst+oldN-1 of before
+// (the old ones a little larger, so that the new end falls inside an old
+// frame).
+func recycledLog(t testing.TB, first uint64, n int, oldFirst uint64, oldN int) []byte {
+	t.Helper()
+	var old, cur []byte
+	for i := range oldN {
+		old = appendFrame(old, oldFirst+uint64(i), EncodeRecord(nil, &Message{Method: "POST", URI: "/old", Body: make([]byte, 100+i)}))
+	}
+	for i := range n {
+		cur = appendFrame(cur, first+uint64(i), EncodeRecord(nil, &Message{Method: "POST", URI: "/new", Body: []byte{byte(i)}}))
+	}
+	if len(cur) > len(old) {
+		return cur
+	}
+	return append(cur, old[len(cur):]...)
+}
+
+// A recycled log (a spare taken over by a new head) ends at its first old
+// frame: the old frames are stale, not damage, and never served. Damage
+// inside the new frames is still reported and skipped, with the frames
+// after it kept, and a torn new frame is a tail before the stale bytes.
+func TestScanRecycledLog(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "seg.log")
+	data := recycledLog(t, 100, 5, 10, 40)
+	must(t, os.WriteFile(path, data, 0o600))
+	var newEnd int64 // just past the 5 new frames
+	for range 5 {
+		n, _, _ := parseFrameHeader(data[newEnd:])
+		newEnd += frameHeader + int64(n)
+	}
+
+	sc, err := scanLog(path, 100, 50, true)
+	must(t, err)
+	if len(sc.locs) != 5 || sc.end != newEnd || sc.tail != 0 || sc.stale != int64(len(data))-newEnd || len(sc.damaged) != 0 {
+		t.Fatalf("recycled: %d locs, end %d (want %d), tail %d, stale %d, damage %v", len(sc.locs), sc.end, newEnd, sc.tail, sc.stale, sc.damaged)
+	}
+	// The same bytes read as a log that was not recycled: the old frames
+	// are neither served nor taken for stale.
+	sc, err = scanLog(path, 100, 0, true)
+	must(t, err)
+	if len(sc.locs) != 5 || sc.stale != 0 || sc.tail != int64(len(data))-newEnd {
+		t.Fatalf("not recycled: %d locs, tail %d, stale %d", len(sc.locs), sc.tail, sc.stale)
+	}
+
+	// Damage in the second new frame: reported, the three after it kept.
+	bad := append([]byte(nil), data...)
+	n0, _, _ := parseFrameHeader(bad)
+	bad[frameHeader+int(n0)+frameHeader+1] ^= 0xff
+	must(t, os.WriteFile(path, bad, 0o600))
+	sc, err = scanLog(path, 100, 50, true)
+	must(t, err)
+	if len(sc.locs) != 5 || sc.locs[1].off != missing || sc.locs[4].off == missing || len(sc.damaged) != 1 || sc.end != newEnd || sc.tail != 0 {
+		t.Fatalf("damaged: locs %+v, damage %v, end %d, tail %d", sc.locs, sc.damaged, sc.end, sc.tail)
+	}
+
+	// The last new frame torn (its tail bytes still the old file's): a
+	// tail of that frame's length, then the stale bytes.
+	torn := append([]byte(nil), data...)
+	torn[newEnd-3] ^= 0xff
+	must(t, os.WriteFile(path, torn, 0o600))
+	sc, err = scanLog(path, 100, 50, true)
+	must(t, err)
+	if len(sc.locs) != 4 || sc.tail <= 0 || sc.stale <= 0 || sc.end+sc.tail+sc.stale != int64(len(torn)) {
+		t.Fatalf("torn: %d locs, end %d, tail %d, stale %d", len(sc.locs), sc.end, sc.tail, sc.stale)
+	}
 }
 
 // A segment of the older format (messages inside bbolt, bucket "m") is

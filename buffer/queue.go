@@ -1099,7 +1099,7 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 		q.bytes.Add(-s.size)
 		delete(dirty, s)
 		s.close()
-		if err := removeSegmentFiles(q.dir, s.first); err != nil {
+		if err := retireSegmentFiles(q.dir, s.first, q.spareBound(s)); err != nil {
 			q.log.Error("delete segment", "segment", segLabel(s.first), "err", err)
 		}
 		if early {
@@ -1111,6 +1111,22 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 			q.log.Info("segment deleted after retention", "segment", segLabel(s.first))
 		}
 	}
+}
+
+// spareBound says whether the log of s, being deleted, is kept as a spare
+// (see takeSpare): its bound, or 0 to delete it. Spares are kept up to
+// maxSpares, and only while the free-disk floor is not near.
+func (q *Queue) spareBound(s *segment) uint64 {
+	if q.cfg.noSpares || s.log == nil || s.log.end == 0 {
+		return 0
+	}
+	if paths, _ := spares(q.dir); len(paths) >= maxSpares {
+		return 0
+	}
+	if min := q.cfg.MinFreeBytes; min > 0 && q.store.free() < min+2*q.cfg.SegmentBytes {
+		return 0
+	}
+	return s.last + 1
 }
 
 // countUnfinished counts (message, target) pairs in s that were neither

@@ -20,6 +20,9 @@ var (
 	keyFirst   = []byte("first")
 	keyLastAt  = []byte("last_append")
 	keySealed  = []byte("sealed") // message count, written when the segment stops being the head
+	// keyStaleBelow is set when the segment's log is a recycled file: its
+	// old frames all have seqs below this (see takeSpare).
+	keyStaleBelow = []byte("stale_below")
 
 	// bucketOldRecords held the messages before they moved to .log files.
 	bucketOldRecords = []byte("m")
@@ -79,14 +82,70 @@ func segmentFiles(dir string, first uint64) []string {
 // removeSegmentFiles deletes a segment: the bbolt file first, so that a
 // crash half-way leaves files that start-up recognises as leftovers.
 func removeSegmentFiles(dir string, first uint64) error {
+	return retireSegmentFiles(dir, first, 0)
+}
+
+// retireSegmentFiles deletes a segment as removeSegmentFiles does, but with
+// spareBound > 0 keeps its log as a spare for a later head (see takeSpare):
+// every seq in it is below spareBound.
+func retireSegmentFiles(dir string, first, spareBound uint64) error {
 	fs := segmentFiles(dir, first)
 	err := os.Remove(fs[2])
+	if err == nil && spareBound > 0 {
+		if rerr := os.Rename(fs[1], filepath.Join(dir, spareName(spareBound))); rerr == nil {
+			fs = fs[:1]
+		}
+	}
 	for _, f := range fs[:2] {
 		if rerr := os.Remove(f); rerr != nil && !os.IsNotExist(rerr) && err == nil {
 			err = rerr
 		}
 	}
 	return err
+}
+
+// Spare logs. Appending to a new file makes every fdatasync also commit
+// the file system's metadata (the file's size, its new blocks); writing over
+// blocks a file already has makes it flush the data alone, which on the
+// machine of BENCHMARKS.md ("a log on blocks that are already written") costs
+// half as much. So, as PostgreSQL recycles WAL segments, a deleted segment's
+// log is renamed spare-<bound>.log (bound: every seq in it is below that)
+// and the next new head takes it over instead of creating an empty file.
+// Its old frames are told from the new ones by their seqs: scanLog stops at
+// the first frame below the bound recorded in the segment (keyStaleBelow),
+// and sealing truncates the log to what it holds.
+const maxSpares = 2
+
+func spareName(bound uint64) string { return fmt.Sprintf("spare-%016x.log", bound) }
+
+// spares returns dir's spare logs by bound, lowest first.
+func spares(dir string) (paths []string, bounds []uint64) {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		var b uint64
+		if _, err := fmt.Sscanf(e.Name(), "spare-%016x.log", &b); err == nil && e.Name() == spareName(b) {
+			paths, bounds = append(paths, filepath.Join(dir, e.Name())), append(bounds, b)
+		}
+	}
+	return paths, bounds
+}
+
+// takeSpare picks a spare log for a new segment whose first seq is first
+// and returns its path and bound, or "" and 0 when there is none. A spare
+// whose bound is above first (seqs that could pass for the new segment's)
+// is deleted, never used. The caller records the bound in the segment
+// before it renames the spare to the segment's log: a crash in between
+// leaves a segment without a log, which opens as empty.
+func takeSpare(dir string, first uint64) (string, uint64) {
+	paths, bounds := spares(dir)
+	for i := len(paths) - 1; i >= 0; i-- {
+		if bounds[i] > first || bounds[i] == 0 {
+			os.Remove(paths[i])
+			continue
+		}
+		return paths[i], bounds[i]
+	}
+	return "", 0
 }
 
 func segmentName(first uint64) string { return fmt.Sprintf("seg-%016x.db", first) }
@@ -153,6 +212,11 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 	}
 	now := cfg.Now()
 	var size int64
+	var spare string
+	var staleBelow uint64
+	if !cfg.noSpares {
+		spare, staleBelow = takeSpare(dir, first)
+	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(bucketInfo); err != nil {
 			return err
@@ -169,12 +233,26 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 		if err := info.Put(keyFirst, seqKey(first)); err != nil {
 			return err
 		}
+		if staleBelow > 0 {
+			if err := info.Put(keyStaleBelow, seqKey(staleBelow)); err != nil {
+				return err
+			}
+		}
 		size = tx.Size()
 		return info.Put(keyLastAt, seqKey(uint64(now.UnixNano())))
 	})
 	var lf *os.File
 	if err == nil {
-		lf, err = os.OpenFile(filepath.Join(dir, logName(first)), os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
+		lpath, flags := filepath.Join(dir, logName(first)), os.O_CREATE|os.O_TRUNC|os.O_RDWR
+		if spare != "" && os.Rename(spare, lpath) == nil {
+			flags = os.O_RDWR // a spare: its blocks are what it is for
+		}
+		lf, err = os.OpenFile(lpath, flags, 0o600)
+		if err == nil && flags == os.O_RDWR {
+			if fi, serr := lf.Stat(); serr == nil {
+				prefetch(lf, fi.Size())
+			}
+		}
 	}
 	if err != nil {
 		db.Close()
@@ -183,7 +261,7 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 	}
 	syncDir(dir)
 	return &segment{first: first, last: first - 1, lastAppend: now, opened: now, size: size, dbSize: size, path: path, db: db,
-		log:     &segLog{f: lf, path: filepath.Join(dir, logName(first)), first: first, mem: []recLoc{}, keys: map[[16]byte]keyTarget{}},
+		log:     &segLog{f: lf, path: filepath.Join(dir, logName(first)), first: first, staleBelow: staleBelow, mem: []recLoc{}, keys: map[[16]byte]keyTarget{}},
 		retries: make([]int, len(targets)), parked: make([]int, len(targets))}, nil
 }
 
@@ -209,7 +287,7 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config, logger
 		return nil, err
 	}
 	s := &segment{first: first, last: first - 1, path: path, db: db, opened: cfg.Now(), retries: make([]int, len(targets)), parked: make([]int, len(targets))}
-	var sealed uint64
+	var sealed, staleBelow uint64
 	var filterErr error
 	err = safeUpdate(db, func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketOldRecords) != nil {
@@ -221,6 +299,11 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config, logger
 		}
 		if v := info.Get(keyLastAt); len(v) == 8 {
 			s.lastAppend = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+		}
+		if v := info.Get(keyStaleBelow); len(v) == 8 {
+			// Never above first: frames of the segment's own seqs must
+			// not pass for stale, whatever the file says.
+			staleBelow = min(binary.BigEndian.Uint64(v), first)
 		}
 		if v := info.Get(keySealed); len(v) == 8 {
 			s.sealed, sealed = true, binary.BigEndian.Uint64(v)
@@ -254,7 +337,7 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config, logger
 		logger.Warn("segment key filter unreadable; idempotency keys are looked up in its bbolt file", "segment", segLabel(first), "err", filterErr)
 	}
 	if err == nil {
-		err = s.openLog(dir, sealed, logger)
+		err = s.openLog(dir, sealed, staleBelow, logger)
 	}
 	if err != nil {
 		db.Close()
@@ -264,9 +347,9 @@ func openSegment(dir string, first uint64, targets []string, cfg *Config, logger
 	return s, nil
 }
 
-func (s *segment) openLog(dir string, sealed uint64, logger interface{ Warn(string, ...any) }) error {
+func (s *segment) openLog(dir string, sealed, staleBelow uint64, logger interface{ Warn(string, ...any) }) error {
 	lpath := filepath.Join(dir, logName(s.first))
-	l := &segLog{path: lpath, first: s.first}
+	l := &segLog{path: lpath, first: s.first, staleBelow: staleBelow}
 	fi, err := os.Stat(lpath)
 	if os.IsNotExist(err) && (!s.sealed || sealed == 0) {
 		// Created but never written (a crash inside createSegment).
@@ -289,7 +372,7 @@ func (s *segment) openLog(dir string, sealed uint64, logger interface{ Warn(stri
 		}
 		logger.Warn("segment index unreadable; rebuilding it from the log", "segment", segLabel(s.first), "err", err)
 	}
-	sc, err := scanLog(lpath, s.first, !s.sealed)
+	sc, err := scanLog(lpath, s.first, staleBelow, !s.sealed)
 	if err != nil {
 		l.f.Close()
 		return err
@@ -311,6 +394,8 @@ func (s *segment) openLog(dir string, sealed uint64, logger interface{ Warn(stri
 			return err
 		}
 	} else {
+		// A recycled file's stale frames (sc.stale) stay: the head writes
+		// over them.
 		if sc.tail > 0 {
 			// A torn write from a crash (with SyncAlways never acknowledged),
 			// or damage at the very end; either way nothing after it is whole.
@@ -341,6 +426,14 @@ func (s *segment) seal(dir string) error {
 	locs := l.mem
 	n := l.n
 	l.mu.RUnlock()
+	if l.staleBelow > 0 {
+		// A recycled file: cut off what it held before, so that a sealed
+		// log is exactly its frames (its size is its length in the
+		// accounting, and nothing stale is left for a later scan).
+		if err := l.f.Truncate(l.end); err != nil {
+			return err
+		}
+	}
 	if err := l.f.Sync(); err != nil {
 		return err
 	}

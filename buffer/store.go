@@ -52,7 +52,8 @@ type Config struct {
 	Logger         *slog.Logger     // default slog.Default()
 	Now            func() time.Time // clock; default time.Now
 
-	maxFileBytes int // tests: a size limit on each segment's log and bbolt file, to inject a write failure like ENOSPC
+	noSpares     bool // tests and benchmarks: delete logs instead of keeping spares (see takeSpare)
+	maxFileBytes int  // tests: a size limit on each segment's log and bbolt file, to inject a write failure like ENOSPC
 }
 
 func (c *Config) setDefaults() {

@@ -51,6 +51,9 @@ func printInspect(w io.Writer, rep *buffer.InspectReport, verify bool) {
 	for _, q := range rep.Queues {
 		fmt.Fprintf(w, "\nqueue %s: %d segments, %s on disk, %d messages (seq %d..%d)\n",
 			q.Name, len(q.Segments), humanize.IBytes(uint64(q.Bytes)), q.Messages, q.FirstSeq, q.LastSeq)
+		if q.Spares > 0 {
+			fmt.Fprintf(w, "  spare logs: %d, %s (deleted segments' logs that new segments write over)\n", q.Spares, humanize.IBytes(uint64(q.SpareBytes)))
+		}
 		if !q.Oldest.IsZero() {
 			fmt.Fprintf(w, "  oldest message: %s (%s ago)\n", q.Oldest.UTC().Format(time.RFC3339), time.Since(q.Oldest).Round(time.Second))
 		}

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package buffer
+
+import "os"
+
+func dropCache(f *os.File) {}
