@@ -143,8 +143,9 @@ func openBenchQueue(b *testing.B, cfg Config) *Queue {
 // write over spare logs (deleted segments' files, see takeSpare), fsync
 // always: an fdatasync then flushes data alone, not the file's new size and
 // blocks. "spare-cold" drops the spares' pages from the page cache first,
-// as after days on disk: a write that ends inside a page the cache lacks
-// reads it first. Run a fixed count, so that the spares (3 of 64 MiB) are
+// as after days on disk; readKiB is what the process read from disk (a
+// write ending inside a page the cache lacks reads it first; padWrite
+// prevents that). Run a fixed count, so that the spares (3 of 64 MiB) are
 // made once and outlast the run:
 //
 //	go test -run '^$' -bench AppendOnSpares -benchtime 100000x ./buffer/
@@ -172,6 +173,7 @@ func BenchmarkAppendOnSpares(b *testing.B) {
 					b.Fatal(err)
 				}
 				body := make([]byte, 1024)
+				rb0 := readBytes()
 				var n atomic.Int64
 				b.SetBytes(int64(len(body)))
 				b.ResetTimer()
@@ -193,6 +195,9 @@ func BenchmarkAppendOnSpares(b *testing.B) {
 				el := time.Since(start)
 				b.StopTimer()
 				b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
+				if rb := readBytes(); rb >= 0 && rb0 >= 0 {
+					b.ReportMetric(float64(rb-rb0)/1024, "readKiB")
+				}
 				if ws := q.WriterStats(); ws.Commits > 0 {
 					b.ReportMetric(float64(ws.Requests)/float64(ws.Commits), "msgs/commit")
 					b.ReportMetric(float64(ws.Time.Microseconds())/float64(ws.Commits), "µs/commit")

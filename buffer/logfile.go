@@ -80,6 +80,7 @@ type segLog struct {
 	n   uint64   // messages indexed (seq first..first+n-1)
 
 	staleBelow uint64 // recycled file: its old frames have seqs below this; 0 if not
+	recycled   int64  // writer only: the recycled file's size, up to which writes are padded (see padWrite); 0 if none
 
 	end  int64                  // writer only: where the next frame goes
 	wb   int64                  // writer only, SyncNever: writeback started up to here
@@ -145,6 +146,32 @@ func (l *segLog) read(seq uint64, buf []byte) ([]byte, error) {
 	}
 	copy(buf[start:], buf[start+frameHeader:])
 	return buf[:start+int(n)], nil
+}
+
+// pageSize is the unit of the page cache that padWrite rounds writes to.
+const pageSize = 4096
+
+var zeroPage [pageSize]byte
+
+// padWrite returns buf, the frames of one commit to be written at l.end,
+// with zeros after them up to the next page boundary when the head writes
+// over a recycled file: a write that ends inside a page the page cache no
+// longer holds (a spare that has been on disk for days) makes the kernel
+// read that page first, inside write(2), which made commits on such a
+// spare slower than on a new file (BenchmarkAppendOnSpares, spare-cold).
+// The next commit writes over the zeros; a scan reads them as the end of
+// the log (no frame of its own starts there). Nothing is padded past the
+// file's size, where no page needs reading.
+func (l *segLog) padWrite(buf []byte) []byte {
+	if l.recycled == 0 {
+		return buf
+	}
+	end := l.end + int64(len(buf))
+	pad := (pageSize - end%pageSize) % pageSize
+	if pad == 0 || end+pad > l.recycled {
+		return buf
+	}
+	return append(buf, zeroPage[:pad]...)
 }
 
 // appendLocs records frames the writer has written and synced.

@@ -34,12 +34,3 @@ func fdatasync(f *os.File) error { return syscall.Fdatasync(int(f.Fd())) }
 func startWriteback(f *os.File, off, n int64) error {
 	return unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
-
-// prefetch starts reading f's first n bytes into the page cache and returns
-// at once (posix_fadvise WILLNEED). A head that writes over a spare log
-// needs it: a write that ends inside a page the cache lacks reads that page
-// first, synchronously, which made commits on a cold spare slower than on a
-// new file (BenchmarkAppendOnSpares, spare-cold).
-func prefetch(f *os.File, n int64) error {
-	return unix.Fadvise(int(f.Fd()), 0, n, unix.FADV_WILLNEED)
-}

@@ -13,5 +13,3 @@ func dropMapped(db *bolt.DB, size int64) {}
 func fdatasync(f *os.File) error { return f.Sync() }
 
 func startWriteback(f *os.File, off, n int64) error { return nil }
-
-func prefetch(f *os.File, n int64) error { return nil }

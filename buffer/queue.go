@@ -912,7 +912,7 @@ func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty 
 	if max := int64(q.cfg.maxFileBytes); max > 0 && l.end+int64(len(buf)) > max {
 		err = fmt.Errorf("write %s: %w (test limit of %d bytes)", l.path, syscall.ENOSPC, max)
 	} else {
-		_, err = l.f.WriteAt(buf, l.end)
+		_, err = l.f.WriteAt(l.padWrite(buf), l.end)
 	}
 	if err == nil && q.cfg.Sync == SyncAlways {
 		err = fdatasync(l.f)

@@ -242,16 +242,18 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 		return info.Put(keyLastAt, seqKey(uint64(now.UnixNano())))
 	})
 	var lf *os.File
+	flags := os.O_CREATE | os.O_TRUNC | os.O_RDWR
 	if err == nil {
-		lpath, flags := filepath.Join(dir, logName(first)), os.O_CREATE|os.O_TRUNC|os.O_RDWR
+		lpath := filepath.Join(dir, logName(first))
 		if spare != "" && os.Rename(spare, lpath) == nil {
 			flags = os.O_RDWR // a spare: its blocks are what it is for
 		}
 		lf, err = os.OpenFile(lpath, flags, 0o600)
-		if err == nil && flags == os.O_RDWR {
-			if fi, serr := lf.Stat(); serr == nil {
-				prefetch(lf, fi.Size())
-			}
+	}
+	var recycled int64
+	if err == nil && flags == os.O_RDWR {
+		if fi, serr := lf.Stat(); serr == nil {
+			recycled = fi.Size()
 		}
 	}
 	if err != nil {
@@ -261,7 +263,7 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 	}
 	syncDir(dir)
 	return &segment{first: first, last: first - 1, lastAppend: now, opened: now, size: size, dbSize: size, path: path, db: db,
-		log:     &segLog{f: lf, path: filepath.Join(dir, logName(first)), first: first, staleBelow: staleBelow, mem: []recLoc{}, keys: map[[16]byte]keyTarget{}},
+		log:     &segLog{f: lf, path: filepath.Join(dir, logName(first)), first: first, staleBelow: staleBelow, recycled: recycled, mem: []recLoc{}, keys: map[[16]byte]keyTarget{}},
 		retries: make([]int, len(targets)), parked: make([]int, len(targets))}, nil
 }
 
@@ -396,6 +398,9 @@ func (s *segment) openLog(dir string, sealed, staleBelow uint64, logger interfac
 	} else {
 		// A recycled file's stale frames (sc.stale) stay: the head writes
 		// over them.
+		if sc.stale > 0 && sc.tail == 0 {
+			l.recycled = fi.Size()
+		}
 		if sc.tail > 0 {
 			// A torn write from a crash (with SyncAlways never acknowledged),
 			// or damage at the very end; either way nothing after it is whole.

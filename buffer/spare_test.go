@@ -71,11 +71,22 @@ func TestSpareLogsRecycled(t *testing.T) {
 		}
 	}
 
-	// New messages roll the head onto the spares.
+	// New messages roll the head onto the spares, and stop with a head on
+	// a recycled log, so that the restart reads one (padded commits, then
+	// the old frames).
 	var ids []ID
-	for range 8 {
-		ids = append(ids, appendN(t, q, 20)...)
+	headRecycled := func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.segs[len(q.segs)-1].log.recycled > 0
 	}
+	for i := 0; !headRecycled() || len(ids) < 100; i++ {
+		if i == 50 {
+			t.Fatalf("%d appends, and the head is not on a recycled log", len(ids))
+		}
+		ids = append(ids, appendN(t, q, 10)...)
+	}
+	ids = append(ids, appendN(t, q, 5)...)
 	must(t, s.Close())
 	rec := recycledHeads(t, qdir)
 	if len(rec) == 0 {
@@ -157,5 +168,27 @@ func TestSpareAboveFirstNotTaken(t *testing.T) {
 	must(t, os.Remove(low))
 	if p, b := takeSpare(dir, 50); p != "" || b != 0 {
 		t.Fatalf("takeSpare with none = %q, %d", p, b)
+	}
+}
+
+// Commits on a recycled log are padded with zeros to a page boundary (no
+// page is read before it is written), never past the file's size, and not
+// at all on a new file.
+func TestPadWrite(t *testing.T) {
+	l := &segLog{end: 100, recycled: 3 * pageSize}
+	if got := len(l.padWrite(make([]byte, 50))); got != pageSize-100 {
+		t.Fatalf("padded to %d bytes, want %d", got, pageSize-100)
+	}
+	l.end = pageSize - 50
+	if got := len(l.padWrite(make([]byte, 50))); got != 50 {
+		t.Fatalf("a write ending on a boundary padded to %d", got)
+	}
+	l.end, l.recycled = 3*pageSize-100, 3*pageSize-20
+	if got := len(l.padWrite(make([]byte, 50))); got != 50 {
+		t.Fatalf("padded past the file's size: %d", got)
+	}
+	l.recycled, l.end = 0, 100
+	if got := len(l.padWrite(make([]byte, 50))); got != 50 {
+		t.Fatalf("a new file's write padded to %d", got)
 	}
 }
