@@ -209,7 +209,7 @@ func BenchmarkAppendOnSpares(b *testing.B) {
 
 // writeSpare writes a spare log of size bytes of old frames (seq 0, below
 // any bound), synced, and with cold drops its pages from the page cache.
-func writeSpare(b *testing.B, path string, size int64, cold bool) {
+func writeSpare(b testing.TB, path string, size int64, cold bool) {
 	b.Helper()
 	rec := EncodeRecord(nil, &Message{Method: "POST", URI: "/old", Body: make([]byte, 1000)})
 	var chunk []byte

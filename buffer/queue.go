@@ -919,6 +919,7 @@ func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty 
 	}
 	if err != nil {
 		l.f.Truncate(l.end) // best effort; a restart cuts off a torn frame anyway
+		l.recycled = 0      // the old frames are gone with the truncation: nothing to pad over
 		return err
 	}
 	l.end += int64(len(buf))
@@ -988,7 +989,7 @@ func (q *Queue) roll(dirty map[*segment]bool) {
 	q.segs = append(q.segs, seg)
 	q.mu.Unlock()
 	q.bytes.Add(seg.size)
-	q.log.Info("segment rolled", "segment", segLabel(first))
+	q.log.Info("segment rolled", "segment", segLabel(first), "on_spare_log", seg.log.recycled > 0)
 }
 
 // segmentFor returns the segment holding seq, or nil. Caller holds q.mu.

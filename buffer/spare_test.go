@@ -1,7 +1,9 @@
 package buffer
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -190,5 +192,50 @@ func TestPadWrite(t *testing.T) {
 	l.recycled, l.end = 0, 100
 	if got := len(l.padWrite(make([]byte, 50))); got != 50 {
 		t.Fatalf("a new file's write padded to %d", got)
+	}
+}
+
+// A write that fails on a head over a spare log fails only that commit, as
+// on a new file; the truncation that follows drops the old frames, so the
+// head stops padding, and after a restart exactly the acknowledged
+// messages are there.
+func TestWriteErrorOnSpareLog(t *testing.T) {
+	dir := t.TempDir()
+	qdir := filepath.Join(dir, "queues", "orders")
+	must(t, os.MkdirAll(qdir, 0o755))
+	writeSpare(t, filepath.Join(qdir, spareName(1)), 2<<20, false)
+	s, q := openTest(t, Config{Dir: dir, SegmentBytes: 8 << 20, maxFileBytes: 1 << 20}, "a")
+	q.mu.Lock()
+	head := q.segs[0].log
+	q.mu.Unlock()
+	if head.recycled < 2<<20 {
+		t.Fatalf("head did not take the 2 MiB spare: recycled = %d", head.recycled)
+	}
+	var acked []ID
+	var err error
+	for range 5000 {
+		var id ID
+		if id, err = q.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); err != nil {
+			break
+		}
+		acked = append(acked, id)
+	}
+	if !errors.Is(err, ErrIO) {
+		t.Fatalf("after %d appends: err = %v, want ErrIO", len(acked), err)
+	}
+	must(t, s.Close())
+	fi, err := os.Stat(head.path)
+	must(t, err)
+	if head.recycled != 0 || fi.Size() != head.end {
+		t.Fatalf("after the failed write: recycled %d, file %d bytes for %d of frames", head.recycled, fi.Size(), head.end)
+	}
+	s2, q2 := openTest(t, Config{Dir: dir, SegmentBytes: 8 << 20}, "a")
+	defer s2.Close()
+	if _, err := q2.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); err != nil {
+		t.Fatalf("append after space freed: %v", err)
+	}
+	a, _ := q2.Consumer("a")
+	if got := len(fetchAll(t, a)); got != len(acked)+1 {
+		t.Fatalf("fetched %d, want %d", got, len(acked)+1)
 	}
 }
