@@ -206,30 +206,3 @@ func BenchmarkAppendOnSpares(b *testing.B) {
 		}
 	}
 }
-
-// writeSpare writes a spare log of size bytes of old frames (seq 0, below
-// any bound), synced, and with cold drops its pages from the page cache.
-func writeSpare(b testing.TB, path string, size int64, cold bool) {
-	b.Helper()
-	rec := EncodeRecord(nil, &Message{Method: "POST", URI: "/old", Body: make([]byte, 1000)})
-	var chunk []byte
-	for len(chunk) < 1<<20 {
-		chunk = appendFrame(chunk, 0, rec)
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	for off := int64(0); off < size; off += int64(len(chunk)) {
-		if _, err := f.Write(chunk); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := f.Sync(); err != nil {
-		b.Fatal(err)
-	}
-	if cold {
-		dropCache(f)
-	}
-}

@@ -191,7 +191,7 @@ type scanned struct {
 	keys     map[[16]byte]keyTarget
 	damaged  []Damage // regions skipped (Seq: the first seq missing)
 	tail     int64    // bytes after the last whole frame, up to stale (a torn write, or damage)
-	stale    int64    // bytes at the end that a recycled file held before (frames of seqs below first)
+	stale    int64    // bytes at the end that a recycled file held before (frames of seqs below its bound)
 }
 
 // scanLog reads the log at path from its start. Frames must carry the seqs

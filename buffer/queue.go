@@ -900,8 +900,10 @@ func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty 
 		locs = append(locs, recLoc{off: uint64(l.end) + uint64(len(buf)), n: uint32(len(r.rec))})
 		buf = appendFrame(buf, r.seq, r.rec)
 	}
-	if cap(buf) <= 8<<20 { // keep the buffers unless one huge batch grew them
-		q.wbuf, q.wlocs = buf[:0], locs[:0]
+	n := len(buf) // the frames; out may add padding after them
+	out := l.padWrite(buf)
+	if cap(out) <= 8<<20 { // keep the buffers (with room for the padding) unless one huge batch grew them
+		q.wbuf, q.wlocs = out[:0], locs[:0]
 	} else {
 		q.wbuf, q.wlocs = nil, nil
 	}
@@ -909,10 +911,10 @@ func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty 
 		return nil // all duplicates
 	}
 	var err error
-	if max := int64(q.cfg.maxFileBytes); max > 0 && l.end+int64(len(buf)) > max {
+	if max := int64(q.cfg.maxFileBytes); max > 0 && l.end+int64(n) > max {
 		err = fmt.Errorf("write %s: %w (test limit of %d bytes)", l.path, syscall.ENOSPC, max)
 	} else {
-		_, err = l.f.WriteAt(l.padWrite(buf), l.end)
+		_, err = l.f.WriteAt(out, l.end)
 	}
 	if err == nil && q.cfg.Sync == SyncAlways {
 		err = fdatasync(l.f)
@@ -922,7 +924,7 @@ func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty 
 		l.recycled = 0      // the old frames are gone with the truncation: nothing to pad over
 		return err
 	}
-	l.end += int64(len(buf))
+	l.end += int64(n)
 	for _, r := range apps {
 		if r.hasKey && !r.dup {
 			l.keys[r.key] = keyTarget{seq: r.seq, tag: r.tag}

@@ -441,6 +441,21 @@ func TestFullFreesFinishedSegmentsEarly(t *testing.T) {
 func TestWriteErrorFailsOnlyThatCommit(t *testing.T) {
 	dir := t.TempDir()
 	s, q := openTest(t, Config{Dir: dir, SegmentBytes: 8 << 20, maxFileBytes: 1 << 20}, "a")
+	acked := appendUntilIOError(t, q)
+	// Still serving reads; every acknowledged message is intact.
+	for _, id := range acked {
+		if _, _, err := q.Lookup(id); err != nil {
+			t.Fatalf("acknowledged %v after the write error: %v", id, err)
+		}
+	}
+	must(t, s.Close())
+	reopenServesAll(t, dir, len(acked))
+}
+
+// appendUntilIOError appends 1 KiB messages until one fails (5000 at most),
+// requires that failure to be ErrIO, and returns the acknowledged ids.
+func appendUntilIOError(t *testing.T, q *Queue) []ID {
+	t.Helper()
 	var acked []ID
 	var err error
 	for range 5000 {
@@ -453,22 +468,22 @@ func TestWriteErrorFailsOnlyThatCommit(t *testing.T) {
 	if !errors.Is(err, ErrIO) {
 		t.Fatalf("after %d appends: err = %v, want ErrIO", len(acked), err)
 	}
-	// Still serving reads; every acknowledged message is intact.
-	for _, id := range acked {
-		if _, _, err := q.Lookup(id); err != nil {
-			t.Fatalf("acknowledged %v after the write error: %v", id, err)
-		}
-	}
-	must(t, s.Close())
-	// "Disk freed": reopen without the limit.
-	s2, q2 := openTest(t, Config{Dir: dir, SegmentBytes: 8 << 20}, "a")
-	defer s2.Close()
-	if _, err := q2.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); err != nil {
+	return acked
+}
+
+// reopenServesAll reopens dir as if the disk had been freed (no size limit),
+// appends one message, and requires target a to be handed the acked ones
+// and that one.
+func reopenServesAll(t *testing.T, dir string, acked int) {
+	t.Helper()
+	s, q := openTest(t, Config{Dir: dir, SegmentBytes: 8 << 20}, "a")
+	defer s.Close()
+	if _, err := q.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); err != nil {
 		t.Fatalf("append after space freed: %v", err)
 	}
-	a, _ := q2.Consumer("a")
-	if got := len(fetchAll(t, a)); got != len(acked)+1 {
-		t.Fatalf("fetched %d, want %d", got, len(acked)+1)
+	a, _ := q.Consumer("a")
+	if got := len(fetchAll(t, a)); got != acked+1 {
+		t.Fatalf("fetched %d, want %d", got, acked+1)
 	}
 }
 

@@ -242,18 +242,19 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 		return info.Put(keyLastAt, seqKey(uint64(now.UnixNano())))
 	})
 	var lf *os.File
-	flags := os.O_CREATE | os.O_TRUNC | os.O_RDWR
+	var recycled int64 // the spare's size, when the log is one
 	if err == nil {
 		lpath := filepath.Join(dir, logName(first))
-		if spare != "" && os.Rename(spare, lpath) == nil {
-			flags = os.O_RDWR // a spare: its blocks are what it is for
+		onSpare := spare != "" && os.Rename(spare, lpath) == nil
+		flags := os.O_CREATE | os.O_TRUNC | os.O_RDWR
+		if onSpare {
+			flags = os.O_RDWR // its blocks are what it is for
 		}
 		lf, err = os.OpenFile(lpath, flags, 0o600)
-	}
-	var recycled int64
-	if err == nil && flags == os.O_RDWR {
-		if fi, serr := lf.Stat(); serr == nil {
-			recycled = fi.Size()
+		if err == nil && onSpare {
+			if fi, serr := lf.Stat(); serr == nil {
+				recycled = fi.Size()
+			}
 		}
 	}
 	if err != nil {

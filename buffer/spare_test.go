@@ -1,9 +1,7 @@
 package buffer
 
 import (
-	"context"
 	"encoding/binary"
-	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -211,31 +209,39 @@ func TestWriteErrorOnSpareLog(t *testing.T) {
 	if head.recycled < 2<<20 {
 		t.Fatalf("head did not take the 2 MiB spare: recycled = %d", head.recycled)
 	}
-	var acked []ID
-	var err error
-	for range 5000 {
-		var id ID
-		if id, err = q.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); err != nil {
-			break
-		}
-		acked = append(acked, id)
-	}
-	if !errors.Is(err, ErrIO) {
-		t.Fatalf("after %d appends: err = %v, want ErrIO", len(acked), err)
-	}
+	acked := appendUntilIOError(t, q)
 	must(t, s.Close())
 	fi, err := os.Stat(head.path)
 	must(t, err)
 	if head.recycled != 0 || fi.Size() != head.end {
 		t.Fatalf("after the failed write: recycled %d, file %d bytes for %d of frames", head.recycled, fi.Size(), head.end)
 	}
-	s2, q2 := openTest(t, Config{Dir: dir, SegmentBytes: 8 << 20}, "a")
-	defer s2.Close()
-	if _, err := q2.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); err != nil {
-		t.Fatalf("append after space freed: %v", err)
+	reopenServesAll(t, dir, len(acked))
+}
+
+// writeSpare writes a spare log of size bytes of old frames (seq 0, below
+// any bound), synced, and with cold drops its pages from the page cache.
+func writeSpare(b testing.TB, path string, size int64, cold bool) {
+	b.Helper()
+	rec := EncodeRecord(nil, &Message{Method: "POST", URI: "/old", Body: make([]byte, 1000)})
+	var chunk []byte
+	for len(chunk) < 1<<20 {
+		chunk = appendFrame(chunk, 0, rec)
 	}
-	a, _ := q2.Consumer("a")
-	if got := len(fetchAll(t, a)); got != len(acked)+1 {
-		t.Fatalf("fetched %d, want %d", got, len(acked)+1)
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	for off := int64(0); off < size; off += int64(len(chunk)) {
+		if _, err := f.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	if cold {
+		dropCache(f)
 	}
 }

@@ -108,7 +108,7 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.MinFreeBytes > 0 {
 		// A free-disk floor that cannot be read would refuse every append.
 		if _, err := diskFree(cfg.Dir); err != nil {
-			return nil, fmt.Errorf("buffer: MinFreeBytes is set but the free space of %s cannot be read: %w", cfg.Dir, err)
+			return nil, fmt.Errorf("buffer: a free-disk floor (MinFreeBytes, storage.min_free_bytes) is set, but the free space of %s cannot be read: %w", cfg.Dir, err)
 		}
 	}
 	return &Store{cfg: cfg, queues: make(map[string]*Queue)}, nil
