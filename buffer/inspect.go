@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -105,7 +106,16 @@ func inspectQueue(dir, name string, verify bool) (*QueueReport, error) {
 			return nil, err
 		}
 		qr.OpenError = err.Error()
+		qr.Damaged = append(qr.Damaged, Damage{Segment: "cursors.db", Err: "cannot open: " + err.Error()})
 	} else {
+		if verify {
+			safeView(db, func(tx *bolt.Tx) error {
+				for cerr := range tx.Check() {
+					qr.Damaged = append(qr.Damaged, Damage{Segment: "cursors.db", Err: "bbolt check: " + cerr.Error()})
+				}
+				return nil
+			})
+		}
 		safeView(db, func(tx *bolt.Tx) error {
 			if b := tx.Bucket(bucketFloors); b != nil {
 				b.ForEach(func(k, v []byte) error {
@@ -171,12 +181,38 @@ func inspectQueue(dir, name string, verify bool) (*QueueReport, error) {
 	for _, p := range aside {
 		qr.Damaged = append(qr.Damaged, Damage{Segment: filepath.Base(p), Err: "moved aside at start-up as damaged"})
 	}
-	for _, s := range qr.Segments {
+	have := map[uint64]bool{}
+	for _, f := range firsts {
+		have[f] = true
+	}
+	marked, _ := filepath.Glob(filepath.Join(dir, "seg-*.deleting"))
+	for _, first := range orphanLogs(dir, have) {
+		if slices.Contains(marked, filepath.Join(dir, deletingName(first))) {
+			continue // a deletion under way (or interrupted): start-up finishes it
+		}
+		qr.Damaged = append(qr.Damaged, Damage{Segment: logName(first),
+			Err: "segment log without its state file: start-up rebuilds the state file from the log and delivers its messages again"})
+	}
+	// Seqs only grow and segments are deleted oldest first, so a hole
+	// between two segments is damage (a segment lost or moved aside).
+	var prevLast uint64
+	for i, s := range qr.Segments {
 		if s.Error == "" && s.Last >= s.First {
 			if qr.FirstSeq == 0 {
 				qr.FirstSeq = s.First
 			}
 			qr.LastSeq = s.Last
+		}
+		if i > 0 && s.First > prevLast+1 && qr.Segments[i-1].Error == "" {
+			qr.Damaged = append(qr.Damaged, Damage{Segment: s.File,
+				Err: fmt.Sprintf("seqs %d to %d are missing before this segment (a segment was lost or moved aside)", prevLast+1, s.First-1)})
+		}
+		prevLast = max(prevLast, s.Last)
+	}
+	for _, t := range targets {
+		if t.Floor > prevLast+1 && len(qr.Segments) > 0 {
+			qr.Damaged = append(qr.Damaged, Damage{Segment: "cursors.db",
+				Err: fmt.Sprintf("target %q's floor %d is past the end of the log (last seq %d): the log's tail was lost; start-up starts new messages after the floor", t.Name, t.Floor, prevLast)})
 		}
 	}
 	for _, t := range targets {

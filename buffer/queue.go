@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -89,6 +90,7 @@ type Queue struct {
 	expired   uint64 // messages expired undelivered, summed over targets
 	damaged   uint64 // messages skipped in damaged segments, summed over targets
 
+	savedNext    uint64     // writer only: the next seq as last persisted with the floors
 	lastPressure time.Time  // writer only: last retention pass forced by ErrFull
 	rollFails    failureLog // writer only: segment rolls that failed
 	commitFails  failureLog // writer only: append commits that failed
@@ -165,40 +167,106 @@ func openQueue(s *Store, name string, targets []string) (*Queue, error) {
 	return q, nil
 }
 
-// load opens the segments and the floors; it reads no messages.
+// load opens the floors and the segments; it reads no messages but the
+// head's log (and the log of a segment it has to rebuild).
+//
+// Damage to one file loses at most what that file alone held:
+//   - a segment log without its bbolt file (deleted, or never made) that no
+//     deletion marker explains, and a segment whose bbolt file is damaged,
+//     get a new bbolt file made from the log; the delivery state the old
+//     one held is lost, so every target whose floor had passed the segment
+//     is moved back to its first seq, and its messages are delivered again
+//     (at least once: duplicates, never a loss);
+//   - new messages start above every floor and above the last seq ever
+//     handed out (as persisted with the floors), so a lost log tail never
+//     makes a new message look delivered;
+//   - messages that no longer exist at or above a target's floor (a lost
+//     tail, a segment moved aside) are counted as damaged and logged.
 func (q *Queue) load() error {
 	var err error
 	q.floorsDB, err = bolt.Open(filepath.Join(q.dir, "cursors.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return fmt.Errorf("open cursors: %s is held by another process: is a sluice still running on this data directory?", filepath.Join(q.dir, "cursors.db"))
+	}
 	if err != nil {
 		return fmt.Errorf("open cursors: %w", err)
+	}
+	floors, hwm, err := q.readFloors()
+	if err != nil {
+		return fmt.Errorf("read cursors: %w", err)
+	}
+	for _, first := range finishDeletions(q.dir) {
+		q.log.Info("finished deleting a segment whose deletion was interrupted", "segment", segLabel(first))
 	}
 	firsts, err := listSegments(q.dir)
 	if err != nil {
 		return err
 	}
-	q.removeLeftovers(firsts)
+	have := map[uint64]bool{}
+	for _, f := range firsts {
+		have[f] = true
+	}
+	var rebuilt []uint64 // segments whose delivery state was lost
+	for _, first := range orphanLogs(q.dir, have) {
+		n, err := rebuildSegment(q.dir, first, q.targets, q.cfg)
+		if err != nil {
+			q.moveAside(first, err)
+			continue
+		}
+		if n == 0 {
+			q.log.Warn("removed an empty segment log that had no state file", "segment", segLabel(first))
+			continue
+		}
+		q.log.Error("segment state file missing: rebuilt it from the segment's log; its messages will be delivered again",
+			"segment", segLabel(first), "messages", n)
+		firsts = append(firsts, first)
+		rebuilt = append(rebuilt, first)
+	}
+	sort.Slice(firsts, func(i, j int) bool { return firsts[i] < firsts[j] })
 	for _, first := range firsts {
 		seg, err := openSegment(q.dir, first, q.targets, q.cfg, q.log)
 		if errors.Is(err, errOldFormat) {
 			return err // the caller closes what is open; nothing is moved
 		}
-		if err != nil {
-			// A damaged segment must not take the healthy ones down with it.
-			// Move it aside (kept for forensics) so its name is free and
-			// the healthy segments are served.
-			for _, path := range segmentFiles(q.dir, first) {
-				if rerr := os.Rename(path, path+".damaged"); rerr != nil && !os.IsNotExist(rerr) {
-					q.log.Error("cannot move a damaged segment aside", "file", filepath.Base(path), "err", rerr)
+		if err != nil && !slices.Contains(rebuilt, first) {
+			// The state file is damaged; the log may not be. Keep the old
+			// file aside and rebuild from the log.
+			dbPath := filepath.Join(q.dir, segmentName(first))
+			if rerr := os.Rename(dbPath, dbPath+".damaged"); rerr == nil {
+				if n, rerr := rebuildSegment(q.dir, first, q.targets, q.cfg); rerr == nil && n > 0 {
+					q.log.Error("segment state file damaged: moved aside as .damaged and rebuilt from the segment's log; its messages will be delivered again",
+						"segment", segLabel(first), "messages", n, "err", err)
+					rebuilt = append(rebuilt, first)
+					seg, err = openSegment(q.dir, first, q.targets, q.cfg, q.log)
 				}
 			}
-			q.log.Error("segment is damaged; moved aside as .damaged, its messages are not served",
-				"segment", segLabel(first), "err", err)
+		}
+		if err != nil {
+			q.moveAside(first, err)
 			continue
 		}
 		q.segs = append(q.segs, seg)
 	}
+	// A rebuilt segment's outcomes are gone: every target whose floor
+	// passed it goes back to its start. Persisted before anything else is
+	// written, so that a crash now cannot leave the new state file and the
+	// old floors.
+	for t, f := range floors {
+		for _, first := range rebuilt {
+			if f > first {
+				q.log.Error("target moved back to deliver a rebuilt segment again", "target", t, "segment", segLabel(first), "from", f)
+				f = first
+			}
+		}
+		floors[t] = f
+	}
+	if len(rebuilt) > 0 {
+		if err := q.writeFloors(floors, hwm); err != nil {
+			return fmt.Errorf("write cursors: %w", err)
+		}
+	}
 	// Only the last segment may be unsealed: one before it is a roll that a
-	// crash interrupted; seal it now. A sealed last segment gets a new head.
+	// crash interrupted (or a rebuilt segment); seal it now.
 	for _, seg := range q.segs {
 		if !seg.sealed && seg != q.segs[len(q.segs)-1] {
 			if err := seg.seal(q.dir); err != nil {
@@ -206,12 +274,26 @@ func (q *Queue) load() error {
 			}
 		}
 	}
-	if n := len(q.segs); n == 0 || q.segs[n-1].sealed {
-		first := uint64(1)
-		if n > 0 {
-			first = q.segs[n-1].last + 1
+	// The next seq: above what the log holds, every floor, and the last
+	// seq handed out as of the last save. A head that ends below it is
+	// sealed (a segment's seqs have no holes) and a new one begins there.
+	next := max(uint64(1), hwm)
+	for _, f := range floors {
+		next = max(next, f)
+	}
+	if n := len(q.segs); n > 0 {
+		next = max(next, q.segs[n-1].last+1)
+	}
+	if n := len(q.segs); n > 0 && !q.segs[n-1].sealed && q.segs[n-1].last+1 < next {
+		head := q.segs[n-1]
+		q.log.Error("the log ends below the last seq handed out (its tail was lost); new messages start after it",
+			"segment", segLabel(head.first), "last", head.last, "next", next)
+		if err := head.seal(q.dir); err != nil {
+			return fmt.Errorf("seal segment %s: %w", segmentName(head.first), err)
 		}
-		seg, err := createSegment(q.dir, first, q.targets, q.cfg)
+	}
+	if n := len(q.segs); n == 0 || q.segs[n-1].sealed {
+		seg, err := createSegment(q.dir, next, q.targets, q.cfg)
 		if err != nil {
 			return fmt.Errorf("create segment: %w", err)
 		}
@@ -223,41 +305,29 @@ func (q *Queue) load() error {
 	for _, s := range q.segs {
 		q.bytes.Add(s.size)
 	}
-
-	floors := map[string]uint64{}
-	err = q.floorsDB.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketFloors)
-		if err != nil {
-			return err
+	// A target seen for the first time starts at the end of the log, and
+	// that start is recorded now, so a restart cannot move it.
+	added := false
+	for _, t := range q.targets {
+		if _, ok := floors[t]; !ok {
+			floors[t], added = q.nextSeq, true
 		}
-		err = b.ForEach(func(k, v []byte) error {
-			if len(v) == 8 {
-				floors[string(k)] = binary.BigEndian.Uint64(v)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		// A target seen for the first time starts at the end of the log, and
-		// that start is recorded now, so a restart cannot move it.
-		for _, t := range q.targets {
-			if _, ok := floors[t]; !ok {
-				floors[t] = q.nextSeq
-				if err := b.Put([]byte(t), seqKey(q.nextSeq)); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("read cursors: %w", err)
 	}
+	if added || hwm < q.nextSeq {
+		if err := q.writeFloors(floors, q.nextSeq); err != nil {
+			return fmt.Errorf("write cursors: %w", err)
+		}
+	}
+	q.savedNext = q.nextSeq
 	for i, t := range q.targets {
 		floor := floors[t]
 		if floor < q.segs[0].first {
 			floor = q.segs[0].first
+		}
+		if lost := q.missingFrom(floor); lost > 0 {
+			q.damaged += lost
+			q.log.Error("messages at or above the target's floor are missing from the log (a lost tail or a segment moved aside); they cannot be delivered",
+				"target", t, "floor", floor, "missing", lost)
 		}
 		q.consumers = append(q.consumers, &Consumer{
 			q: q, target: t, idx: i, next: floor, saved: floor,
@@ -270,25 +340,78 @@ func (q *Queue) load() error {
 	return nil
 }
 
-// removeLeftovers deletes the .log and .idx files of segments whose bbolt
-// file is gone: a deletion that a crash interrupted (the bbolt file goes first).
-func (q *Queue) removeLeftovers(firsts []uint64) {
-	have := map[uint64]bool{}
-	for _, f := range firsts {
-		have[f] = true
+// missingFrom counts the seqs from floor up to nextSeq that no segment
+// holds. Caller owns q (load).
+func (q *Queue) missingFrom(floor uint64) uint64 {
+	var lost uint64
+	at := floor
+	for _, s := range q.segs {
+		if s.first > at {
+			lost += s.first - at
+		}
+		at = max(at, s.last+1)
 	}
-	for _, pat := range []string{"seg-*.log", "seg-*.idx"} {
-		paths, _ := filepath.Glob(filepath.Join(q.dir, pat))
-		for _, p := range paths {
-			var first uint64
-			if _, err := fmt.Sscanf(filepath.Base(p), "seg-%016x.", &first); err != nil || have[first] {
-				continue
-			}
-			if err := os.Remove(p); err == nil {
-				q.log.Info("removed the leftover of a deleted segment", "file", filepath.Base(p))
-			}
+	return lost
+}
+
+// moveAside renames a segment's files with a .damaged suffix (kept for
+// forensics) so its name is free and the healthy segments are served.
+func (q *Queue) moveAside(first uint64, cause error) {
+	for _, path := range segmentFiles(q.dir, first) {
+		if rerr := os.Rename(path, path+".damaged"); rerr != nil && !os.IsNotExist(rerr) {
+			q.log.Error("cannot move a damaged segment aside", "file", filepath.Base(path), "err", rerr)
 		}
 	}
+	q.log.Error("segment is damaged; moved aside as .damaged, its messages are not served",
+		"segment", segLabel(first), "err", cause)
+}
+
+var (
+	bucketMeta = []byte("meta")
+	keyNextSeq = []byte("next_seq") // the next seq as of the last save: never handed out again
+)
+
+// readFloors reads the persisted floors and the next seq as of the last save.
+func (q *Queue) readFloors() (map[string]uint64, uint64, error) {
+	floors := map[string]uint64{}
+	var hwm uint64
+	err := q.floorsDB.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketFloors); b != nil {
+			b.ForEach(func(k, v []byte) error {
+				if len(v) == 8 {
+					floors[string(k)] = binary.BigEndian.Uint64(v)
+				}
+				return nil
+			})
+		}
+		if b := tx.Bucket(bucketMeta); b != nil {
+			if v := b.Get(keyNextSeq); len(v) == 8 {
+				hwm = binary.BigEndian.Uint64(v)
+			}
+		}
+		return nil
+	})
+	return floors, hwm, err
+}
+
+// writeFloors persists floors (every one given) and the next seq.
+func (q *Queue) writeFloors(floors map[string]uint64, next uint64) error {
+	return q.floorsDB.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketFloors)
+		if err != nil {
+			return err
+		}
+		for t, f := range floors {
+			if err := b.Put([]byte(t), seqKey(f)); err != nil {
+				return err
+			}
+		}
+		m, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		return m.Put(keyNextSeq, seqKey(next))
+	})
 }
 
 // Name returns the queue's name.
@@ -1021,8 +1144,9 @@ func (q *Queue) saveFloors() {
 			moved = append(moved, fl{c, f})
 		}
 	}
+	next := q.nextSeq
 	q.mu.Unlock()
-	if len(moved) == 0 {
+	if len(moved) == 0 && next == q.savedNext {
 		return
 	}
 	err := q.floorsDB.Update(func(tx *bolt.Tx) error {
@@ -1032,7 +1156,11 @@ func (q *Queue) saveFloors() {
 				return err
 			}
 		}
-		return nil
+		mb, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		return mb.Put(keyNextSeq, seqKey(next))
 	})
 	if err != nil {
 		q.log.Error("saving cursors failed; will retry", "err", err)
@@ -1043,6 +1171,7 @@ func (q *Queue) saveFloors() {
 		m.c.saved = m.floor
 	}
 	q.mu.Unlock()
+	q.savedNext = next
 }
 
 // enforceRetention deletes segments older than the retention, oldest first.

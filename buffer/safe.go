@@ -53,15 +53,15 @@ func checkLength(path string) error {
 		pageSize  uint32
 	}
 	buf := make([]byte, 16+64)
-	for i := range 2 {
-		off := int64(0)
-		if i == 1 {
-			if best.pageSize == 0 {
-				off = 4096
-			} else {
-				off = int64(best.pageSize)
-			}
-		}
+	// Meta page 0 is at offset 0; meta page 1 at one page size, which the
+	// damaged page 0 may no longer tell: try every size bbolt can use
+	// (1 KiB to 64 KiB), and believe a meta page only where it says its
+	// page size is its offset.
+	offs := []int64{0}
+	for ps := int64(1 << 10); ps <= 1<<16; ps <<= 1 {
+		offs = append(offs, ps)
+	}
+	for _, off := range offs {
 		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
 			continue
 		}
@@ -74,11 +74,15 @@ func checkLength(path string) error {
 		if h.Sum64() != binary.LittleEndian.Uint64(m[56:]) {
 			continue
 		}
+		pageSize := binary.LittleEndian.Uint32(m[8:])
+		if off != 0 && int64(pageSize) != off {
+			continue
+		}
 		txid := binary.LittleEndian.Uint64(m[48:])
 		if !best.ok || txid > best.txid {
 			best.ok, best.txid = true, txid
 			best.hwm = binary.LittleEndian.Uint64(m[40:])
-			best.pageSize = binary.LittleEndian.Uint32(m[8:])
+			best.pageSize = pageSize
 		}
 	}
 	if !best.ok {

@@ -79,29 +79,145 @@ func segmentFiles(dir string, first uint64) []string {
 	return []string{filepath.Join(dir, idxName(first)), filepath.Join(dir, logName(first)), filepath.Join(dir, segmentName(first))}
 }
 
-// removeSegmentFiles deletes a segment: the bbolt file first, so that a
-// crash half-way leaves files that start-up recognises as leftovers.
+// deletingName is the marker of a segment deletion under way: written
+// (and its directory synced) before the first of the segment's files goes,
+// removed after the last. It is the only proof start-up accepts that a log
+// without its bbolt file is the leftover of sluice's own deletion; any other
+// such log holds messages and is recovered (see rebuildSegment).
+func deletingName(first uint64) string { return fmt.Sprintf("seg-%016x.deleting", first) }
+
+// removeSegmentFiles deletes a segment (see retireSegmentFiles).
 func removeSegmentFiles(dir string, first uint64) error {
 	return retireSegmentFiles(dir, first, 0)
 }
 
-// retireSegmentFiles deletes a segment as removeSegmentFiles does, but with
-// spareBound > 0 keeps its log as a spare for a later head (see takeSpare):
-// every seq in it is below spareBound.
+// retireSegmentFiles deletes a segment: the deletion marker first, then the
+// bbolt file, the log and the index, then the marker, so that a crash
+// half-way leaves files that start-up recognises as the leftovers of a
+// deletion. With spareBound > 0 the log is kept as a spare for a later head
+// (see takeSpare): every seq in it is below spareBound.
 func retireSegmentFiles(dir string, first, spareBound uint64) error {
+	marker := filepath.Join(dir, deletingName(first))
+	if err := os.WriteFile(marker, nil, 0o600); err != nil {
+		return fmt.Errorf("mark segment for deletion: %w", err)
+	}
+	syncDir(dir)
 	fs := segmentFiles(dir, first)
 	err := os.Remove(fs[2])
+	if os.IsNotExist(err) {
+		err = nil
+	}
 	if err == nil && spareBound > 0 {
 		if rerr := os.Rename(fs[1], filepath.Join(dir, spareName(spareBound))); rerr == nil {
 			fs = fs[:1]
 		}
 	}
-	for _, f := range fs[:2] {
+	for _, f := range fs[:min(2, len(fs))] {
 		if rerr := os.Remove(f); rerr != nil && !os.IsNotExist(rerr) && err == nil {
 			err = rerr
 		}
 	}
+	if err == nil {
+		syncDir(dir)
+		err = os.Remove(marker)
+	}
 	return err
+}
+
+// finishDeletions completes the segment deletions a crash interrupted: every
+// segment with a deletion marker loses what is left of its files. It returns
+// the first seqs of the segments it removed.
+func finishDeletions(dir string) []uint64 {
+	paths, _ := filepath.Glob(filepath.Join(dir, "seg-*.deleting"))
+	var done []uint64
+	for _, p := range paths {
+		var first uint64
+		if _, err := fmt.Sscanf(filepath.Base(p), "seg-%016x.deleting", &first); err != nil || filepath.Base(p) != deletingName(first) {
+			continue
+		}
+		if removeSegmentFiles(dir, first) == nil {
+			done = append(done, first)
+		}
+	}
+	return done
+}
+
+// orphanLogs returns the first seqs of dir's segment logs that have no bbolt
+// file (and no deletion marker: finishDeletions ran first), by first seq.
+func orphanLogs(dir string, have map[uint64]bool) []uint64 {
+	paths, _ := filepath.Glob(filepath.Join(dir, "seg-*.log"))
+	var out []uint64
+	for _, p := range paths {
+		var first uint64
+		if _, err := fmt.Sscanf(filepath.Base(p), "seg-%016x.log", &first); err != nil || filepath.Base(p) != logName(first) || have[first] {
+			continue
+		}
+		out = append(out, first)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// rebuildSegment gives the segment whose first seq is first a new bbolt
+// file, made from its log, when its own is missing or damaged: the messages
+// are all in the log (its frames carry their seqs and checksums); what is
+// lost is the delivery state the old file held, so the caller must have
+// every target deliver the segment again (see Queue.load). The new file is
+// unsealed: opening it scans the log and rebuilds the index and the
+// idempotency keys; sealing (if it is not the head) writes them. It returns
+// the number of messages the log holds; with none, the log is removed and no
+// segment is made.
+func rebuildSegment(dir string, first uint64, targets []string, cfg *Config) (uint64, error) {
+	lpath := filepath.Join(dir, logName(first))
+	// Frames below first are a recycled file's old content (a spare's seqs
+	// are all below the first of the segment that took it).
+	sc, err := scanLog(lpath, first, first, false)
+	if err != nil {
+		return 0, err
+	}
+	n := uint64(len(sc.locs))
+	if n == 0 {
+		return 0, removeSegmentFiles(dir, first)
+	}
+	path := filepath.Join(dir, segmentName(first))
+	os.Remove(filepath.Join(dir, idxName(first))) // made again at seal
+	opts := boltOptions(cfg)
+	opts.NoSync = false
+	db, err := bolt.Open(path, 0o600, opts)
+	if err != nil {
+		os.Remove(path)
+		return 0, err
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		info, err := tx.CreateBucketIfNotExists(bucketInfo)
+		if err != nil {
+			return err
+		}
+		for _, t := range targets {
+			if _, err := tx.CreateBucketIfNotExists(stateBucket(t)); err != nil {
+				return err
+			}
+			if _, err := tx.CreateBucketIfNotExists(retryBucket(t)); err != nil {
+				return err
+			}
+		}
+		if err := info.Put(keyFirst, seqKey(first)); err != nil {
+			return err
+		}
+		if err := info.Put(keyStaleBelow, seqKey(first)); err != nil {
+			return err
+		}
+		return info.Put(keyLastAt, seqKey(uint64(sc.lastAt.UnixNano())))
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return 0, err
+	}
+	syncDir(dir)
+	return n, nil
 }
 
 // Spare logs. Appending to a new file makes every fdatasync also commit
