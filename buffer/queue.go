@@ -840,7 +840,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 				q.failedCommits.Add(1)
 				q.refused.Add(uint64(len(apps)))
 				q.commitFails.failed(q.log, "append commit failed; refusing its requests", err, len(apps))
-				err = fmt.Errorf("%w: %v", ErrIO, err)
+				err = fmt.Errorf("%w: %w", ErrIO, err)
 			} else {
 				q.commitFails.recovered(q.log, "append commits succeed again")
 			}
@@ -929,7 +929,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		})
 		if err != nil {
 			q.log.Error("state commit failed", "segment", segLabel(s.first), "err", err)
-			err = fmt.Errorf("%w: %v", ErrIO, err)
+			err = fmt.Errorf("%w: %w", ErrIO, err)
 		} else {
 			dirty[s] = true
 			q.mu.Lock()

@@ -2,7 +2,6 @@ package drain
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"strconv"
@@ -156,9 +155,7 @@ func (d *Drainer) attemptBatch(batch []*buffer.Delivery, probe bool, events chan
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
-			errs[i] = d.src.Complete(ctx, dl, outs[i])
-			cancel()
+			errs[i] = d.record(dl, outs[i])
 		}()
 	}
 	wg.Wait()

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1010,5 +1011,39 @@ func TestUnrecordedGivenBackAtRunEnd(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOutcomeRetriedUntilRecorded: writes of outcomes that fail with ErrIO
+// (a full disk) are tried again until they succeed: every message is sent
+// once and recorded, none is given back to be sent again.
+func TestOutcomeRetriedUntilRecorded(t *testing.T) {
+	ds := newDownstream(t, nil)
+	_, q, _ := newQueue(t, "a")
+	msgs := appendN(t, q, 6, order)
+	var fails atomic.Int32
+	fails.Store(5) // the first five writes fail, whichever outcomes they carry
+	src := &failingComplete{Consumer: consumer(t, q, "a"), err: fmt.Errorf("%w: injected: %w", buffer.ErrIO, syscall.ENOSPC), fail: func(*buffer.Delivery) bool {
+		return fails.Add(-1) >= 0
+	}}
+	d, err := New(Config{Route: "orders", Target: testTarget("a", ds.url), Logger: quietLogger()}, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, d)
+	waitFor(t, 10*time.Second, "outcomes", func() bool { return d.Stats().Delivered == 6 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if st := d.Stats(); st.Unrecorded != 0 {
+		t.Fatalf("%d outcomes unrecorded; failed writes must be retried", st.Unrecorded)
+	}
+	if n := ds.count(); n != 6 {
+		t.Fatalf("downstream got %d requests for 6 messages", n)
+	}
+	for _, m := range msgs {
+		if ph := status(t, q, m.ID, "a").Phase; ph != buffer.Delivered {
+			t.Errorf("%s is %s", m.ID, ph)
+		}
 	}
 }

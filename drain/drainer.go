@@ -90,6 +90,9 @@ const (
 // Run; Pause, Resume, SetRate, ResetRate and Stats may be called at any time
 // from any goroutine.
 type Drainer struct {
+	// halt is closed when the current Run stops fetching: an outcome that
+	// cannot be recorded is retried until then (see record).
+	halt atomic.Pointer[chan struct{}]
 	route  string
 	target policies.Target // defaulted; never changed after New
 	src    Source
@@ -471,7 +474,10 @@ func (d *Drainer) Run(ctx context.Context) error {
 	if p, ok := d.src.(Parker); ok && d.target.Ordering == nil && d.target.Fairness == nil {
 		leftovers.Go(func() { d.unparkLeftovers(lctx, p) })
 	}
+	halt := make(chan struct{})
+	d.halt.Store(&halt)
 	err := r.loop(ctx)
+	close(halt)
 	lcancel()
 	leftovers.Wait()
 	r.stopping = true
@@ -925,9 +931,7 @@ func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) 
 	d.rndMu.Unlock()
 	out := decide(&d.target, dl.Attempt, res, rnd)
 
-	ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
-	err := d.src.Complete(ctx, dl, out)
-	cancel()
+	err := d.record(dl, out)
 	// The logger with the message's attributes is made only when something
 	// is logged: With costs allocations on every delivery otherwise.
 	log := func() *slog.Logger {
@@ -959,6 +963,44 @@ func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) 
 		ev.unrecorded = []*buffer.Delivery{dl}
 	}
 	events <- ev
+}
+
+// record hands the outcome of dl to the store. A write that fails (ErrIO:
+// a full disk, an I/O error) is tried again, 50 ms apart doubling to 2 s,
+// until it succeeds or this Run stops fetching (then once more): the
+// attempt keeps its slot meanwhile, so a store that cannot record holds the
+// drain back instead of having messages sent again. Other errors (the store
+// closed) return at once.
+func (d *Drainer) record(dl *buffer.Delivery, out buffer.Outcome) error {
+	var halt <-chan struct{}
+	if h := d.halt.Load(); h != nil {
+		halt = *h
+	}
+	wait := 50 * time.Millisecond
+	for tries := 1; ; tries++ {
+		ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
+		err := d.src.Complete(ctx, dl, out)
+		cancel()
+		if err == nil || !errors.Is(err, buffer.ErrIO) {
+			if err == nil && tries > 1 {
+				d.log.Info("outcome recorded after failed writes", "id", dl.ID.String(), "tries", tries)
+			}
+			return err
+		}
+		if tries == 1 {
+			d.log.Warn("cannot record the outcome; trying again until it is recorded or the drainer stops",
+				"id", dl.ID.String(), "err", err)
+		}
+		select {
+		case <-halt:
+			ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
+			err = d.src.Complete(ctx, dl, out)
+			cancel()
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // send makes one HTTP attempt of dl.

@@ -425,10 +425,14 @@ func TestOrderingUnkeyed(t *testing.T) {
 type failingComplete struct {
 	*buffer.Consumer
 	fail func(dl *buffer.Delivery) bool
+	err  error // what a failure returns; nil: an error that is not retried
 }
 
 func (f *failingComplete) Complete(ctx context.Context, dl *buffer.Delivery, out buffer.Outcome) error {
 	if f.fail(dl) {
+		if f.err != nil {
+			return f.err
+		}
 		return fmt.Errorf("injected: cannot record the outcome of seq %d", dl.Seq)
 	}
 	return f.Consumer.Complete(ctx, dl, out)

@@ -61,6 +61,10 @@ func TestFullDiskAnswers503(t *testing.T) {
 			ids = append(ids, ab.ID)
 		case code == 503 && json.Unmarshal(resp.Body(), &eb) == nil && eb.Error.Code != "" && len(resp.Header.Peek("Retry-After")) > 0:
 			refused++
+			if eb.Error.Code != "storage_full" {
+				// A full disk is said as such, not as a generic storage error.
+				bad = append(bad, "code "+eb.Error.Code+": "+string(resp.Body()))
+			}
 		default:
 			bad = append(bad, string(resp.Body()))
 		}

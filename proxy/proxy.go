@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"syscall"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -311,6 +312,11 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *route, err error) {
 		ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(wait.Round(time.Second)/time.Second)))
 		writeError(ctx, fasthttp.StatusServiceUnavailable, "storage_full",
 			err.Error()+"; nothing was stored, retry after "+wait.Round(time.Second).String())
+	case errors.Is(err, syscall.ENOSPC):
+		// The disk filled before admission control saw it coming.
+		ctx.Response.Header.Set("Retry-After", "5")
+		writeError(ctx, fasthttp.StatusServiceUnavailable, "storage_full",
+			"the disk is full; nothing was stored, retry after 5s")
 	case errors.Is(err, buffer.ErrTooLarge):
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large", err.Error())
 	case errors.Is(err, buffer.ErrClosed):
