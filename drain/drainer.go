@@ -92,7 +92,7 @@ const (
 type Drainer struct {
 	// halt is closed when the current Run stops fetching: an outcome that
 	// cannot be recorded is retried until then (see record).
-	halt atomic.Pointer[chan struct{}]
+	halt   atomic.Pointer[chan struct{}]
 	route  string
 	target policies.Target // defaulted; never changed after New
 	src    Source

@@ -8,10 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"syscall"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
