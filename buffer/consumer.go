@@ -28,6 +28,13 @@ type Consumer struct {
 	inflight map[uint64]struct{} // fetched, outcome not yet committed
 	saved    uint64              // floor last persisted
 	retrying int                 // entries in the retry schedule, over all segments
+	// hwm is one past the highest seq Fetch has read as new in this run:
+	// below it, a message is in flight, finished, or given back by Release
+	// (released), and only the last are handed out again. At or above it
+	// and at or above Queue.openedNext, a message was never attempted, so
+	// reading it needs no look at bbolt.
+	hwm      uint64
+	released map[uint64]struct{}
 
 	rate      float64 // messages finished per second (EWMA), for Retry-After
 	rateAt    time.Time
@@ -164,13 +171,36 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 	last = next - 1
 	var corrupt []uint64
 	end := seg.first + seg.log.count() // messages visible now: seg.first..end-1
-	err = c.snapshotView(seg, func(tx *bolt.Tx, busyAtStart map[uint64]struct{}) error {
-		sb := tx.Bucket(stateBucket(c.target))
+	q.mu.Lock()
+	hwm := c.hwm
+	var released map[uint64]struct{}
+	if next < hwm && len(c.released) > 0 {
+		released = maps.Clone(c.released)
+	}
+	q.mu.Unlock()
+	// view runs fn in a read transaction of seg when some seq from next on
+	// may have a state record (written in an earlier run, or an outcome of
+	// this one: below hwm); past both, the messages were never attempted
+	// and only the log is read.
+	view := c.snapshotView
+	if next >= hwm && next >= q.openedNext {
+		view = func(_ *segment, fn func(*bolt.Tx, map[uint64]struct{}) error) error { return fn(nil, nil) }
+	}
+	err = view(seg, func(tx *bolt.Tx, busyAtStart map[uint64]struct{}) error {
+		var sb *bolt.Bucket
+		if tx != nil {
+			sb = tx.Bucket(stateBucket(c.target))
+		}
 		var buf []byte
 		for seq := next; seq < end && len(out) < max; seq++ {
 			last = seq
-			k := seqKey(seq)
-			if sb.Get(k) != nil {
+			if seq < hwm {
+				// Read in this run already: only a message given back
+				// without an outcome is handed out again.
+				if _, ok := released[seq]; !ok {
+					continue
+				}
+			} else if sb != nil && seq < q.openedNext && sb.Get(seqKey(seq)) != nil {
 				continue // finished before a restart; its retry, if any, is in the schedule
 			}
 			if _, busy := busyAtStart[seq]; busy { // possible after Release rewound the cursor
@@ -201,9 +231,14 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 	q.mu.Lock()
 	for _, d := range out {
 		c.inflight[d.Seq] = struct{}{}
+		delete(c.released, d.Seq)
 	}
 	for _, seq := range corrupt {
 		c.inflight[seq] = struct{}{}
+		delete(c.released, seq)
+	}
+	if last+1 > c.hwm {
+		c.hwm = last + 1
 	}
 	q.mu.Unlock()
 	for _, seq := range corrupt {
@@ -375,6 +410,9 @@ func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error
 	if d.prior != nil && d.prior.Phase == Retrying {
 		r.oldRetry = d.prior.NextTry
 	}
+	// A first outcome that is Delivered touches no index (no retry entry
+	// to remove, no dead letter to list): the journal takes it.
+	r.fast = d.prior == nil && out.Phase == Delivered
 	return c.q.complete(ctx, r, true)
 }
 
@@ -388,9 +426,10 @@ func (c *Consumer) Release(d *Delivery) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	delete(c.inflight, d.Seq)
-	if d.prior == nil && d.Seq < c.next {
+	if d.prior == nil {
 		// A first attempt: rewind so the cursor reads it again.
-		c.next = d.Seq
+		c.released[d.Seq] = struct{}{}
+		c.next = min(c.next, d.Seq)
 	}
 }
 

@@ -22,6 +22,15 @@ func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
 		return nil, nil, ErrClosed
 	}
 	seg := q.segmentFor(id.seq)
+	// Outcomes in the journal and not yet in bbolt (see journal.go): read
+	// before the transaction, since a checkpoint moves them to bbolt first
+	// and only then drops them here.
+	pend := make([][]byte, len(q.targets))
+	if seg != nil {
+		for i := range q.targets {
+			pend[i] = q.pendingState(seg, i, id.seq)
+		}
+	}
 	q.mu.Unlock()
 	if seg == nil {
 		return nil, nil, ErrNotFound
@@ -41,7 +50,11 @@ func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
 		}
 		m.Seq, m.ID.seq = id.seq, id.seq
 		for i, t := range q.targets {
-			if sv := tx.Bucket(stateBucket(t)).Get(seqKey(id.seq)); sv != nil {
+			sv := tx.Bucket(stateBucket(t)).Get(seqKey(id.seq))
+			if sv == nil {
+				sv = pend[i]
+			}
+			if sv != nil {
 				if states[i], err = decodeState(sv); err != nil {
 					return fmt.Errorf("target %q: %w", t, err)
 				}
@@ -57,6 +70,12 @@ func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
 	defer q.mu.Unlock()
 	for i, c := range q.consumers {
 		ts := TargetStatus{Target: c.target}
+		if states[i] == nil {
+			// Completed while the transaction ran.
+			if sv := q.pendingState(seg, i, id.seq); sv != nil {
+				states[i], _ = decodeState(sv)
+			}
+		}
 		if states[i] != nil {
 			ts.State = *states[i]
 		} else {

@@ -54,6 +54,10 @@ type request struct {
 	parkKey  *[16]byte // Park: index the message under this key
 	unpark   *[16]byte // Unpark: remove it from the index under this key
 
+	// fast: a first outcome that is Delivered: it goes to the outcome
+	// journal, not to bbolt (see journal.go)
+	fast bool
+
 	// set by the writer
 	skipped      bool // a precondition checked in the transaction failed (ErrNotFound)
 	retryRemoved bool // oldRetry was in the schedule and is gone
@@ -90,7 +94,16 @@ type Queue struct {
 	expired   uint64 // messages expired undelivered, summed over targets
 	damaged   uint64 // messages skipped in damaged segments, summed over targets
 
-	savedNext    uint64     // writer only: the next seq as last persisted with the floors
+	savedNext  uint64     // writer only: the next seq as last persisted with the floors
+	openedNext uint64     // nextSeq when the queue was opened: later messages have no state record from an earlier run
+	jrn        *journal   // writer only: the outcome journal
+	jbuf       []byte     // writer only: the journal frames of one commit
+	ckptFails  failureLog // writer only: checkpoints that failed
+	// pending holds the outcomes in the journal that are not yet in their
+	// segments' bbolt files, by segment and (target index, seq): the
+	// encoded state. Written by the writer under mu; read under mu.
+	pending      map[*segment]map[pendKey][]byte
+	npending     int
 	lastPressure time.Time  // writer only: last retention pass forced by ErrFull
 	rollFails    failureLog // writer only: segment rolls that failed
 	commitFails  failureLog // writer only: append commits that failed
@@ -101,6 +114,7 @@ type Queue struct {
 
 	// Group-commit figures since Open, for WriterStats.
 	commits, committed, commitNanos, failedCommits, refused atomic.Uint64
+	checkpoints                                             atomic.Uint64
 	delays, delayNanos                                      atomic.Uint64
 	writebacks                                              atomic.Uint64 // SyncNever: writeback starts, for tests
 }
@@ -319,6 +333,11 @@ func (q *Queue) load() error {
 		}
 	}
 	q.savedNext = q.nextSeq
+	q.openedNext = q.nextSeq
+	q.pending = map[*segment]map[pendKey][]byte{}
+	if err := q.replayJournals(); err != nil {
+		return err
+	}
 	for i, t := range q.targets {
 		floor := floors[t]
 		if floor < q.segs[0].first {
@@ -331,7 +350,7 @@ func (q *Queue) load() error {
 		}
 		q.consumers = append(q.consumers, &Consumer{
 			q: q, target: t, idx: i, next: floor, saved: floor,
-			inflight: map[uint64]struct{}{}, ready: make(chan struct{}, 1),
+			inflight: map[uint64]struct{}{}, released: map[uint64]struct{}{}, ready: make(chan struct{}, 1),
 		})
 		for _, s := range q.segs {
 			q.consumers[i].retrying += s.retries[i]
@@ -618,9 +637,11 @@ func (q *Queue) writer() {
 				continue
 			}
 			q.syncDirty(dirty)
+			q.syncJournal()
 		case <-cursorTick.C:
 			q.saveFloors()
 		case <-retentionTick.C:
+			q.checkpoint()
 			q.rollByAge(dirty)
 			q.enforceRetention(dirty)
 			if ticks++; ticks%10 == 0 {
@@ -639,6 +660,8 @@ func (q *Queue) writer() {
 				runtime.Gosched()
 			}
 			q.syncDirty(dirty)
+			q.syncJournal()
+			q.checkpoint()
 			q.saveFloors()
 			q.closeFiles()
 			if ws := q.WriterStats(); ws.Commits > 0 {
@@ -798,6 +821,9 @@ func (q *Queue) closeFiles() {
 	if q.floorsDB != nil {
 		q.floorsDB.Close()
 	}
+	if q.jrn != nil && q.jrn.f != nil {
+		q.jrn.f.Close()
+	}
 }
 
 // commit writes one batch: the appends in one transaction on the head, the
@@ -806,6 +832,8 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	apps := q.wapps[:0] // writer-owned, reused: no allocation per commit
 	defer func() { clear(apps); q.wapps = apps[:0] }()
 	var bySeg map[*segment][]*request // only for state changes
+	var fast []*request               // first outcomes, Delivered: to the journal
+	var fastSeg []*segment
 	q.mu.Lock()
 	head := q.segs[len(q.segs)-1]
 	for _, r := range batch {
@@ -813,7 +841,10 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		case opAppend:
 			apps = append(apps, r)
 		case opState:
-			if s := q.segmentFor(r.seq); s != nil {
+			if s := q.segmentFor(r.seq); s != nil && r.fast {
+				fast = append(fast, r)
+				fastSeg = append(fastSeg, s)
+			} else if s != nil {
 				if bySeg == nil {
 					bySeg = map[*segment][]*request{}
 				}
@@ -848,6 +879,27 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		for _, r := range apps {
 			r.err = err
 			r.rec = nil
+		}
+	}
+
+	// First outcomes that are Delivered: one write (and fdatasync) of the
+	// journal for all of them; their bbolt records wait for a checkpoint.
+	var encoded [][]byte
+	if len(fast) > 0 {
+		buf := make([]byte, 0, len(fast)*96) // kept: pending sub-slices it
+		encoded = make([][]byte, len(fast))
+		for i, r := range fast {
+			st := encodeState(r.state)
+			buf = appendJournalFrame(buf, q.jrn.gen, r.seq, q.targets[r.target], st)
+			encoded[i] = buf[len(buf)-len(st):]
+		}
+		err := q.writeOutcomes(buf)
+		if err != nil {
+			q.log.Error("outcome journal write failed", "file", journalName(q.jrn.gen), "err", err)
+			err = fmt.Errorf("%w: %w", ErrIO, err)
+		}
+		for _, r := range fast {
+			r.err = err
 		}
 	}
 
@@ -965,6 +1017,18 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	// In-flight bookkeeping: an outcome leaves the in-flight set only once it
 	// is committed (or failed), so a persisted floor never passes it early.
 	q.mu.Lock()
+	for i, r := range fast {
+		if r.err != nil {
+			continue
+		}
+		m := q.pending[fastSeg[i]]
+		if m == nil {
+			m = map[pendKey][]byte{}
+			q.pending[fastSeg[i]] = m
+		}
+		m[pendKey{r.target, r.seq}] = encoded[i]
+		q.npending++
+	}
 	for _, r := range batch {
 		// A failed write leaves the message in flight: the floor stays below
 		// it, so it is attempted again after a restart (at least once).
@@ -985,6 +1049,9 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	}
 	if roll {
 		q.roll(dirty)
+	}
+	if q.npending >= checkpointAt {
+		q.checkpoint()
 	}
 }
 
@@ -1186,6 +1253,17 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 			return
 		}
 		s := q.segs[0]
+		if len(q.pending[s]) > 0 {
+			// Its delivered outcomes go to bbolt first: the count of
+			// what expires undelivered reads them there.
+			q.mu.Unlock()
+			q.checkpoint()
+			q.mu.Lock()
+			if len(q.pending[s]) > 0 {
+				q.mu.Unlock()
+				return
+			}
+		}
 		early := false
 		if now.Sub(s.lastAppend) < q.cfg.Retention {
 			// Under admission pressure a segment every target has finished

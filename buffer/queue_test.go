@@ -397,14 +397,22 @@ func TestFailedOutcomeKeepsFloor(t *testing.T) {
 	q.mu.Lock()
 	seg := q.segs[0]
 	q.mu.Unlock()
-	// Break the segment's file under the writer: the state commit fails.
-	must(t, seg.db.Close())
+	// Break the outcome journal under the writer: a Delivered outcome
+	// (journalled) fails.
+	must(t, q.jrn.f.Close())
 	err := a.Complete(context.Background(), ds[0], Outcome{Phase: Delivered, Attempt: Attempt{Status: 200}})
+	if !errors.Is(err, ErrIO) {
+		t.Fatalf("Complete with a broken journal: %v, want ErrIO", err)
+	}
+	// Break the segment's file under the writer: a Dead outcome (written
+	// to bbolt) fails.
+	must(t, seg.db.Close())
+	err = a.Complete(context.Background(), ds[1], Outcome{Phase: Dead, Attempt: Attempt{Status: 400}})
 	if !errors.Is(err, ErrIO) {
 		t.Fatalf("Complete on a broken segment: %v, want ErrIO", err)
 	}
 	if f := q.Stats().Targets[0].Floor; f != ds[0].Seq {
-		t.Fatalf("floor = %d after a failed outcome, want it held at %d", f, ds[0].Seq)
+		t.Fatalf("floor = %d after failed outcomes, want it held at %d", f, ds[0].Seq)
 	}
 }
 

@@ -74,6 +74,10 @@ func BenchmarkDrainNoop(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+			if ws := q.WriterStats(); ws.Commits > 0 {
+				b.ReportMetric(float64(ws.Requests)/float64(ws.Commits), "reqs/commit")
+				b.ReportMetric(float64(ws.Time.Microseconds())/float64(ws.Commits), "µs/commit")
+			}
 		})
 	}
 }

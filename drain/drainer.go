@@ -82,6 +82,12 @@ const (
 	fetchErrorPause = time.Second
 	// recordTimeout bounds the wait to hand an outcome to the store.
 	recordTimeout = time.Minute
+	// recordWindow bounds the attempts whose HTTP call is over and whose
+	// outcome waits for the store's commit. They share commits (and
+	// fsyncs), so the window must hold what arrives during one commit at
+	// full speed (~100k/s x ~2 ms); their bodies are dropped once sent, so
+	// each costs its headers.
+	recordWindow = 1024
 	// maxResponseBody bounds the response body read (and thrown away) per attempt.
 	maxResponseBody = 16 << 20
 )
@@ -694,7 +700,7 @@ func (r *runner) loop(ctx context.Context) error {
 			r.fair.releaseAll()
 		}
 		if !paused && !blocked && (!idle || len(r.pending) > 0 || (r.fair != nil && r.fair.held > 0)) && !now.Before(fetchAfter) {
-			free := min(conc-int(d.slots.Load()), 2*conc-r.outstanding) // direct calls hold slots too
+			free := min(conc-int(d.slots.Load()), conc+recordWindow-r.outstanding) // direct calls hold slots too
 			if allow >= 0 {
 				free = min(free, allow)
 			}
@@ -924,6 +930,7 @@ func (r *runner) launch(dl *buffer.Delivery, now time.Time) {
 // attempt sends dl once, records the outcome and tells the run loop.
 func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) {
 	res := d.send(dl)
+	dl.Body = nil // sent: only the outcome is left to record (see recordWindow)
 	events <- event{res: res, probe: probe}
 
 	d.rndMu.Lock()

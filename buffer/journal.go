@@ -1,0 +1,368 @@
+package buffer
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"sort"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The outcome journal. A message's first outcome for a target, when it is
+// Delivered (the common case: no retry entry to remove, no dead-letter
+// index to update), is not written into the segment's bbolt file by the
+// commit that makes it durable. It is appended, with the queue's group
+// commit, to the journal, DIR/queues/<queue>/outcomes-<gen:016x>.log: one
+// write(2) and, with SyncAlways, one fdatasync for every outcome of the
+// commit, where a bbolt transaction costs two fsyncs and a page rewrite per
+// touched segment. Until it reaches bbolt the outcome is also kept in
+// memory (Queue.pending), where Lookup and the retention count read it.
+//
+// A checkpoint (every second, at 64Ki pending outcomes, before retention
+// deletes a segment, and at Close) writes the pending outcomes into their
+// segments' bbolt files in one transaction per segment without fsync,
+// fsyncs each file once, then starts a new journal and deletes the old
+// one. At start-up every journal left is applied the same way before
+// anything is read (a crash between the bbolt fsync and the deletion only
+// applies it twice). A journal record never overwrites a state record:
+// it is a first outcome, so a record already there was written later, by a
+// change that went to bbolt directly (a replay, a purge).
+//
+// Frame: len u32 | CRC-32C(payload) u32 | payload; payload: gen u64 |
+// seq u64 | len(target) u8 | target | state record (encodeState). A torn
+// or damaged frame ends the journal: what follows it was never
+// acknowledged to a drainer (the write failed or the process died inside
+// it), so those messages are still in flight and are attempted again.
+//
+// A checkpoint renames the old journal to the new generation's name and
+// writes over it, as spare logs are (see takeSpare): an fdatasync of blocks
+// a file already has flushes the data alone, where one that grows the file
+// also commits its new size and blocks, about twice the cost. Its old
+// frames carry the old generation, so reading stops at the first of them.
+// A queue's first journal is filled with zeros up front, for the same
+// reason.
+
+const (
+	journalHeader = 8
+	// checkpointAt is how many pending outcomes trigger a checkpoint
+	// before the next tick: it bounds the memory they take (~100 bytes
+	// each) and the work of one checkpoint.
+	checkpointAt = 64 << 10
+	// journalPrefill is what a new journal is zero-filled to: about a
+	// second of outcomes at full speed.
+	journalPrefill = 4 << 20
+)
+
+func journalName(gen uint64) string { return fmt.Sprintf("outcomes-%016x.log", gen) }
+
+// journal is the open outcome journal. Writer only.
+type journal struct {
+	dir  string
+	gen  uint64
+	f    *os.File
+	end  int64 // bytes written
+	sync int64 // bytes fdatasynced (SyncInterval)
+}
+
+// pendKey names one pending outcome.
+type pendKey struct {
+	target int
+	seq    uint64
+}
+
+// appendJournalFrame appends one outcome's frame of generation gen to buf.
+func appendJournalFrame(buf []byte, gen, seq uint64, target string, state []byte) []byte {
+	n := 16 + 1 + len(target) + len(state)
+	buf = binary.BigEndian.AppendUint32(buf, uint32(n))
+	at := len(buf)
+	buf = append(buf, 0, 0, 0, 0)
+	p := len(buf)
+	buf = binary.BigEndian.AppendUint64(buf, gen)
+	buf = binary.BigEndian.AppendUint64(buf, seq)
+	buf = append(buf, byte(len(target)))
+	buf = append(buf, target...)
+	buf = append(buf, state...)
+	binary.BigEndian.PutUint32(buf[at:], crc32.Checksum(buf[p:], castagnoli))
+	return buf
+}
+
+// journalRecord is one outcome read back from a journal.
+type journalRecord struct {
+	seq    uint64
+	target string
+	state  []byte
+}
+
+// readJournal returns the whole frames of generation gen in the journal at
+// path, in order, and the offset where they end.
+func readJournal(path string, gen uint64) ([]journalRecord, int64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	recs, end := parseJournal(data, gen)
+	return recs, end, nil
+}
+
+// parseJournal reads frames of generation gen from data until the first
+// that is torn, damaged, or of another generation.
+func parseJournal(data []byte, gen uint64) ([]journalRecord, int64) {
+	var out []journalRecord
+	off := 0
+	for off+journalHeader <= len(data) {
+		n := int(binary.BigEndian.Uint32(data[off:]))
+		if n < 17 || off+journalHeader+n > len(data) {
+			break
+		}
+		p := data[off+journalHeader : off+journalHeader+n]
+		if crc32.Checksum(p, castagnoli) != binary.BigEndian.Uint32(data[off+4:]) {
+			break
+		}
+		if binary.BigEndian.Uint64(p) != gen {
+			break // a recycled file's old content
+		}
+		tl := int(p[16])
+		if 17+tl > len(p) {
+			break
+		}
+		out = append(out, journalRecord{seq: binary.BigEndian.Uint64(p[8:]), target: string(p[17 : 17+tl]), state: p[17+tl:]})
+		off += journalHeader + n
+	}
+	return out, int64(off)
+}
+
+// journals returns the generations of dir's journals, oldest first.
+func journals(dir string) []uint64 {
+	paths, _ := filepath.Glob(filepath.Join(dir, "outcomes-*.log"))
+	var gens []uint64
+	for _, p := range paths {
+		var g uint64
+		if _, err := fmt.Sscanf(filepath.Base(p), "outcomes-%016x.log", &g); err == nil && filepath.Base(p) == journalName(g) {
+			gens = append(gens, g)
+		}
+	}
+	sort.Slice(gens, func(i, j int) bool { return gens[i] < gens[j] })
+	return gens
+}
+
+// replayJournals applies every journal in the queue's directory to the
+// segments' bbolt files (record absent only), fsyncs them, removes the
+// journals and opens a new, empty one. Called by load, before the writer
+// starts and before anything reads a state.
+func (q *Queue) replayJournals() error {
+	gens := journals(q.dir)
+	bySeg := map[*segment][]journalRecord{}
+	var applied, dropped int
+	for _, g := range gens {
+		recs, _, err := readJournal(filepath.Join(q.dir, journalName(g)), g)
+		if err != nil {
+			return fmt.Errorf("read outcome journal %s: %w", journalName(g), err)
+		}
+		for _, r := range recs {
+			if s := q.segmentFor(r.seq); s != nil {
+				bySeg[s] = append(bySeg[s], r)
+			} else {
+				dropped++ // its segment was deleted since
+			}
+		}
+	}
+	for s, recs := range bySeg {
+		err := q.applyOutcomes(s, func(put func(target string, seq uint64, state []byte) error) error {
+			for _, r := range recs {
+				if err := put(r.target, r.seq, r.state); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("apply outcome journal to %s: %w", segLabel(s.first), err)
+		}
+		applied += len(recs)
+	}
+	if len(gens) > 0 && applied+dropped > 0 {
+		q.log.Info("applied the outcome journal left by the last run", "outcomes", applied, "of_deleted_segments", dropped)
+	}
+	if len(gens) == 0 {
+		return q.openJournal(1, "")
+	}
+	// Everything is applied: the newest journal is written over by the
+	// next generation, the others go.
+	for _, g := range gens[:len(gens)-1] {
+		if err := os.Remove(filepath.Join(q.dir, journalName(g))); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	last := gens[len(gens)-1]
+	return q.openJournal(last+1, filepath.Join(q.dir, journalName(last)))
+}
+
+// openJournal makes the journal of generation gen current: the file at
+// recycle renamed (its frames are all of older generations), or a new
+// file filled with zeros.
+func (q *Queue) openJournal(gen uint64, recycle string) error {
+	path := filepath.Join(q.dir, journalName(gen))
+	var f *os.File
+	var err error
+	if recycle != "" {
+		if err = os.Rename(recycle, path); err == nil {
+			f, err = os.OpenFile(path, os.O_RDWR, 0)
+		}
+	} else {
+		f, err = os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
+		if err == nil {
+			if _, err = f.WriteAt(make([]byte, journalPrefill), 0); err == nil {
+				err = fdatasync(f)
+			}
+			if err != nil {
+				// A full disk: an empty journal works, only slower.
+				q.log.Warn("cannot zero-fill a new outcome journal", "err", err)
+				err = f.Truncate(0)
+			}
+		}
+	}
+	if err != nil {
+		if f != nil {
+			f.Close()
+		}
+		return fmt.Errorf("open outcome journal: %w", err)
+	}
+	syncDir(q.dir)
+	q.jrn = &journal{dir: q.dir, gen: gen, f: f}
+	return nil
+}
+
+// applyOutcomes writes outcomes into s's bbolt file, each only where the
+// target has no state record yet, in one transaction without fsync, then
+// fsyncs the file once. Writer only (or load).
+func (q *Queue) applyOutcomes(s *segment, each func(put func(target string, seq uint64, state []byte) error) error) error {
+	noSync := s.db.NoSync
+	s.db.NoSync = true
+	err := safeUpdate(s.db, func(tx *bolt.Tx) error {
+		return each(func(target string, seq uint64, state []byte) error {
+			b := tx.Bucket(stateBucket(target))
+			if b == nil {
+				return nil // a target no longer in the policy
+			}
+			k := seqKey(seq)
+			if b.Get(k) != nil {
+				return nil
+			}
+			return b.Put(k, state)
+		})
+	})
+	s.db.NoSync = noSync
+	if err == nil {
+		err = s.db.Sync()
+	}
+	return err
+}
+
+// writeOutcomes appends the frames of one commit's outcomes to the
+// journal and, with SyncAlways, fdatasyncs it. A failed write is cut off
+// again, so that no frame of an outcome reported as failed can be applied
+// at a restart after a later frame was written over its torn end.
+func (q *Queue) writeOutcomes(frames []byte) error {
+	j := q.jrn
+	if _, err := j.f.WriteAt(frames, j.end); err != nil {
+		j.f.Truncate(j.end)
+		return err
+	}
+	if q.cfg.Sync == SyncAlways {
+		if err := fdatasync(j.f); err != nil {
+			j.f.Truncate(j.end)
+			return err
+		}
+	}
+	j.end += int64(len(frames))
+	return nil
+}
+
+// syncJournal fdatasyncs what the journal got since the last sync
+// (SyncInterval, Close).
+func (q *Queue) syncJournal() {
+	j := q.jrn
+	if j == nil || j.end == j.sync {
+		return
+	}
+	if err := fdatasync(j.f); err != nil {
+		q.log.Error("fsync failed", "file", journalName(j.gen), "err", err)
+		return
+	}
+	j.sync = j.end
+}
+
+// checkpoint writes every pending outcome into its segment's bbolt file,
+// then starts a new journal and deletes the old one. Writer only. On
+// failure the outcomes stay pending and in the journal, and the next
+// checkpoint tries again.
+func (q *Queue) checkpoint() {
+	if len(q.pending) == 0 {
+		return
+	}
+	segs := make([]*segment, 0, len(q.pending))
+	for s := range q.pending {
+		segs = append(segs, s)
+	}
+	sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
+	keys := make([]pendKey, 0, 1024)
+	for _, s := range segs {
+		m := q.pending[s]
+		keys = keys[:0]
+		for k := range m {
+			keys = append(keys, k)
+		}
+		// Key order: bbolt appends to each bucket's right edge.
+		sort.Slice(keys, func(i, j int) bool {
+			if keys[i].target != keys[j].target {
+				return keys[i].target < keys[j].target
+			}
+			return keys[i].seq < keys[j].seq
+		})
+		err := q.applyOutcomes(s, func(put func(string, uint64, []byte) error) error {
+			for _, k := range keys {
+				if err := put(q.targets[k.target], k.seq, m[k]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			q.ckptFails.failed(q.log, "checkpoint of delivered outcomes failed; they stay in the journal", err, len(keys))
+			return
+		}
+	}
+	q.ckptFails.recovered(q.log, "checkpoints of delivered outcomes succeed again")
+	old := q.jrn
+	old.f.Close()
+	if err := q.openJournal(old.gen+1, filepath.Join(q.dir, journalName(old.gen))); err != nil {
+		// The old journal is applied; a new, empty one will do.
+		if err = q.openJournal(old.gen+1, ""); err != nil {
+			q.ckptFails.failed(q.log, "checkpoint: cannot start a new outcome journal", err, 0)
+			f, ferr := os.OpenFile(filepath.Join(q.dir, journalName(old.gen)), os.O_RDWR, 0)
+			if ferr == nil {
+				old.f = f
+			}
+			q.jrn = old
+			return
+		}
+		os.Remove(filepath.Join(q.dir, journalName(old.gen)))
+	}
+	q.mu.Lock()
+	q.pending = map[*segment]map[pendKey][]byte{}
+	q.npending = 0
+	q.mu.Unlock()
+	q.checkpoints.Add(1)
+}
+
+// pendingState returns the outcome of seq for target index t that is in the
+// journal but not yet in bbolt, or nil. Caller holds q.mu.
+func (q *Queue) pendingState(s *segment, t int, seq uint64) []byte {
+	if m := q.pending[s]; m != nil {
+		return m[pendKey{t, seq}]
+	}
+	return nil
+}
