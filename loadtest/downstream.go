@@ -102,6 +102,9 @@ type Delivery struct {
 	At         time.Time `json:"at"`          // arrival, by DownstreamConfig.Now
 	EnqueuedAt time.Time `json:"enqueued_at"` // X-Sluice-Enqueued-At; zero if absent or malformed
 	Attempt    int       `json:"attempt"`     // X-Sluice-Attempt; 0 if absent
+	// IdempotencyKey is the Idempotency-Key header sluice sends on (the
+	// client's, or the id): every copy of one message must carry the same.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
 }
 
 // DownstreamStats is a copy of what a Downstream has counted so far.
@@ -285,6 +288,7 @@ func (d *Downstream) handle(ctx *fasthttp.RequestCtx) {
 	h := &ctx.Request.Header
 	del := Delivery{ID: string(h.Peek("X-Sluice-Id")), At: now}
 	del.Attempt, _ = strconv.Atoi(string(h.Peek("X-Sluice-Attempt")))
+	del.IdempotencyKey = string(h.Peek("Idempotency-Key"))
 	del.EnqueuedAt, _ = time.Parse(time.RFC3339Nano, string(h.Peek("X-Sluice-Enqueued-At")))
 	d.mu.Lock()
 	d.stats.Received++
