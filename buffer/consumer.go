@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/sluice-proxy/sluice/store"
 	"maps"
 	"os"
 	"runtime/debug"
@@ -40,16 +41,6 @@ type Consumer struct {
 	rateAt    time.Time
 	rateFloor uint64
 }
-
-// Delivery is a message handed out by Fetch for one attempt.
-type Delivery struct {
-	*Message
-	Attempt int    // 1 for the first attempt
-	prior   *State // the recorded state before this attempt; nil if none
-}
-
-// Prior returns the state recorded before this attempt (nil on a first attempt).
-func (d *Delivery) Prior() *State { return d.prior }
 
 // Consumer returns the consumer of the named target.
 func (q *Queue) Consumer(target string) (*Consumer, error) {
@@ -220,7 +211,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 				continue
 			}
 			m.Seq = seq
-			m.ID.seq = seq
+			m.ID = store.NewID(seq, m.ID.Tag())
 			out = append(out, &Delivery{Message: m, Attempt: 1})
 		}
 		return nil
@@ -333,14 +324,14 @@ func (c *Consumer) load(seg *segment, sb *bolt.Bucket, seq uint64) (*Delivery, e
 	if err != nil {
 		return nil, err
 	}
-	m.Seq, m.ID.seq = seq, seq
+	m.Seq, m.ID = seq, store.NewID(seq, m.ID.Tag())
 	d := &Delivery{Message: m, Attempt: 1}
 	if sv := sb.Get(seqKey(seq)); sv != nil {
 		st, err := decodeState(sv)
 		if err != nil {
 			return nil, err
 		}
-		d.prior = st
+		d.Prior = st
 		d.Attempt = st.Attempts + 1
 	}
 	return d, nil
@@ -373,14 +364,6 @@ func (c *Consumer) NextRetry() (time.Time, bool) {
 	return best, !best.IsZero()
 }
 
-// Outcome is what an attempt came to.
-type Outcome struct {
-	Phase    Phase     // Delivered, Retrying or Dead
-	NextTry  time.Time // when Phase is Retrying
-	Attempt  Attempt   // this attempt: time, status, error, duration
-	Response *Response // optional: the target's answer, kept with the state
-}
-
 // Complete records the outcome of the attempt d and returns once it is
 // committed (durable with SyncAlways). If it fails, the message stays in
 // flight in memory and is attempted again after a restart.
@@ -398,8 +381,8 @@ func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error
 	if out.Phase == Retrying {
 		st.NextTry = out.NextTry
 	}
-	if d.prior != nil {
-		st.History = append(st.History, d.prior.History...)
+	if d.Prior != nil {
+		st.History = append(st.History, d.Prior.History...)
 	}
 	out.Attempt.N = d.Attempt
 	st.History = append(st.History, out.Attempt)
@@ -407,12 +390,12 @@ func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error
 		st.History = st.History[len(st.History)-maxHistory:]
 	}
 	r := &request{kind: opState, seq: d.Seq, target: c.idx, state: st, done: make(chan struct{}, 1)}
-	if d.prior != nil && d.prior.Phase == Retrying {
-		r.oldRetry = d.prior.NextTry
+	if d.Prior != nil && d.Prior.Phase == Retrying {
+		r.oldRetry = d.Prior.NextTry
 	}
 	// A first outcome that is Delivered touches no index (no retry entry
 	// to remove, no dead letter to list): the journal takes it.
-	r.fast = d.prior == nil && out.Phase == Delivered
+	r.fast = d.Prior == nil && out.Phase == Delivered
 	return c.q.complete(ctx, r, true)
 }
 
@@ -426,7 +409,7 @@ func (c *Consumer) Release(d *Delivery) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	delete(c.inflight, d.Seq)
-	if d.prior == nil {
+	if d.Prior == nil {
 		// A first attempt: rewind so the cursor reads it again.
 		c.released[d.Seq] = struct{}{}
 		c.next = min(c.next, d.Seq)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/sluice-proxy/sluice/store"
 	"os"
 	"os/exec"
 	"sync"
@@ -115,7 +116,7 @@ func idOf(t *testing.T, q *Queue, seq uint64) ID {
 	must(t, err)
 	m, err := DecodeRecord(v)
 	must(t, err)
-	return ID{seq: seq, tag: m.ID.tag}
+	return store.NewID(seq, m.ID.Tag())
 }
 
 func drainChild() {

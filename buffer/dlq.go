@@ -4,17 +4,11 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/sluice-proxy/sluice/store"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
-
-// DeadLetter is a message that failed for good for one target.
-type DeadLetter struct {
-	Target  string
-	Message *Message
-	State   State
-}
 
 // DeadLetters lists up to limit dead letters of target with seq above after,
 // oldest first. It reads the dead-letter index, not every state.
@@ -41,12 +35,12 @@ func (q *Queue) DeadLetters(target string, after uint64, limit int) ([]DeadLette
 				dl := DeadLetter{Target: target}
 				if v, err := seg.log.read(seq, nil); err == nil {
 					if m, err := DecodeRecord(v); err == nil {
-						m.Seq, m.ID.seq = seq, seq
+						m.Seq, m.ID = seq, store.NewID(seq, m.ID.Tag())
 						dl.Message = m
 					}
 				}
 				if dl.Message == nil { // damaged record: list it with what is known
-					dl.Message = &Message{Seq: seq, ID: ID{seq: seq}}
+					dl.Message = &Message{Seq: seq, ID: store.NewID(seq, [8]byte{})}
 				}
 				if sv := tx.Bucket(stateBucket(target)).Get(k); sv != nil {
 					if st, err := decodeState(sv); err == nil {

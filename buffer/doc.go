@@ -1,5 +1,8 @@
-// Package buffer is sluice's durable store: one append-only queue per route,
-// read independently by one consumer per target.
+// Package buffer is sluice's embedded storage engine: one append-only queue
+// per route, read independently by one consumer per target. It implements
+// the contract of package store (Queue, Consumer, Parker, DeadLetters) and
+// passes its conformance suite (conformance_test.go); the value types it
+// uses (Message, ID, State, ...) are store's, under the same names.
 //
 // # Model
 //
@@ -15,6 +18,8 @@
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.idx  where each frame starts (sealed segments)
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.db   bbolt: the segment's delivery state
 //	DIR/queues/<queue>/spare-<bound:016x>.log   a deleted segment's log, kept for a new head
+//	DIR/queues/<queue>/outcomes-<gen:016x>.log  first Delivered outcomes not yet in the .db files
+//	DIR/queues/<queue>/seg-<firstSeq:016x>.deleting  marks a segment deletion under way
 //
 // The .log is a sequence of frames (len | seq | CRC-32C of both | record,
 // see logfile.go), written once and never rewritten. The .db holds, in buckets:
@@ -82,6 +87,23 @@
 // has a state record, so only attempts that were in flight at the crash (and
 // whose outcome was not yet committed) are sent again — at least once, with the
 // same id and so the same Idempotency-Key.
+//
+// The common outcome, a message Delivered at its first attempt, is not a
+// bbolt transaction: it is a frame in the outcome journal written by the same
+// group commit (one write(2), and with SyncAlways one fdatasync, for every
+// outcome of the commit), kept in memory (~100 bytes each, at most 64Ki)
+// until a checkpoint writes them into the segments' .db files with one
+// fsync per file, at least once a second (see journal.go). Retries, dead
+// letters and parking, which update indexes, commit to bbolt directly.
+// Start-up applies any journal left before anything is read. Within one run
+// the consumer remembers how far it has read (and what Release gave back),
+// so reading new messages costs no bbolt transaction.
+//
+// Who owns what: the writer goroutine owns every file (logs, .db files,
+// journal, cursors.db) and the head; Queue.mu guards the in-memory views the
+// others read (segments list, next seq, each consumer's cursor, in-flight
+// set and released set, the pending outcomes); Consumer.fetchMu serialises
+// Fetch and Release of one consumer.
 //
 // # Costs
 //

@@ -1,8 +1,8 @@
 package buffer
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
+	"github.com/sluice-proxy/sluice/store"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -23,11 +23,7 @@ import (
 // readable filter (sealed by an older version, or the filter is damaged).
 var bucketKeys = []byte("k")
 
-func keyHash(key []byte) (h [16]byte) {
-	sum := sha256.Sum256(key)
-	copy(h[:], sum[:16])
-	return h
-}
+func keyHash(key []byte) [16]byte { return store.KeyHash(key) }
 
 // keyIn looks the key up in one segment's transaction and returns the
 // message's seq and id tag.
@@ -68,7 +64,7 @@ func (q *Queue) findKey(key [16]byte) (id ID, below uint64, found bool) {
 			return nil
 		})
 		if ok {
-			return ID{seq: seq, tag: tag}, below, true
+			return store.NewID(seq, tag), below, true
 		}
 	}
 	return ID{}, below, false

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/sluice-proxy/sluice/store"
 	"hash/crc32"
 	"io"
 	"os"
@@ -63,9 +64,7 @@ func parseFrameHeader(h []byte) (n uint32, seq uint64, ok bool) {
 }
 
 // recordSound reports whether rec's trailing checksum holds.
-func recordSound(rec []byte) bool {
-	return len(rec) >= 4 && crc32.Checksum(rec[:len(rec)-4], castagnoli) == binary.BigEndian.Uint32(rec[len(rec)-4:])
-}
+func recordSound(rec []byte) bool { return store.RecordSound(rec) }
 
 // segLog is a segment's log file and its index. The writer goroutine is the
 // only one that appends; readers may call read concurrently.
@@ -306,28 +305,7 @@ func scanLog(path string, first, staleBelow uint64, keys bool) (*scanned, error)
 	return sc, nil
 }
 
-// recordHead returns a sound record's enqueue time, id tag and idempotency
-// key (aliasing rec) without decoding the rest.
-func recordHead(rec []byte) (time.Time, [8]byte, []byte) {
-	var tag [8]byte
-	if len(rec) < 1+8+8+4 {
-		return time.Time{}, tag, nil
-	}
-	copy(tag[:], rec[1:9])
-	at := time.Unix(0, int64(binary.BigEndian.Uint64(rec[9:17])))
-	d := decoder{b: rec[17 : len(rec)-4]}
-	d.bytes() // method
-	d.bytes() // uri
-	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
-		d.bytes()
-		d.bytes()
-	}
-	key := d.bytes()
-	if d.err != nil {
-		return at, tag, nil
-	}
-	return at, tag, key
-}
+func recordHead(rec []byte) (time.Time, [8]byte, []byte) { return store.RecordHead(rec) }
 
 // writeIndex writes locs to path as a seal index and fsyncs it.
 func writeIndex(path string, locs []recLoc) error {

@@ -2,15 +2,10 @@ package buffer
 
 import (
 	"fmt"
+	"github.com/sluice-proxy/sluice/store"
 
 	bolt "go.etcd.io/bbolt"
 )
-
-// TargetStatus is where a message stands for one target.
-type TargetStatus struct {
-	Target string
-	State
-}
 
 // Lookup returns the message named by id and its status for every target.
 // It returns ErrNotFound for an id this queue does not hold (including a
@@ -21,14 +16,14 @@ func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
 		q.mu.Unlock()
 		return nil, nil, ErrClosed
 	}
-	seg := q.segmentFor(id.seq)
+	seg := q.segmentFor(id.Seq())
 	// Outcomes in the journal and not yet in bbolt (see journal.go): read
 	// before the transaction, since a checkpoint moves them to bbolt first
 	// and only then drops them here.
 	pend := make([][]byte, len(q.targets))
 	if seg != nil {
 		for i := range q.targets {
-			pend[i] = q.pendingState(seg, i, id.seq)
+			pend[i] = q.pendingState(seg, i, id.Seq())
 		}
 	}
 	q.mu.Unlock()
@@ -38,19 +33,19 @@ func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
 	var m *Message
 	states := make([]*State, len(q.targets))
 	err := safeView(seg.db, func(tx *bolt.Tx) error {
-		v, err := seg.log.read(id.seq, nil)
+		v, err := seg.log.read(id.Seq(), nil)
 		if err != nil {
 			return err
 		}
 		if m, err = DecodeRecord(v); err != nil {
 			return err
 		}
-		if m.ID.tag != id.tag {
+		if m.ID.Tag() != id.Tag() {
 			return ErrNotFound
 		}
-		m.Seq, m.ID.seq = id.seq, id.seq
+		m.Seq, m.ID = id.Seq(), store.NewID(id.Seq(), m.ID.Tag())
 		for i, t := range q.targets {
-			sv := tx.Bucket(stateBucket(t)).Get(seqKey(id.seq))
+			sv := tx.Bucket(stateBucket(t)).Get(seqKey(id.Seq()))
 			if sv == nil {
 				sv = pend[i]
 			}
@@ -72,7 +67,7 @@ func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
 		ts := TargetStatus{Target: c.target}
 		if states[i] == nil {
 			// Completed while the transaction ran.
-			if sv := q.pendingState(seg, i, id.seq); sv != nil {
+			if sv := q.pendingState(seg, i, id.Seq()); sv != nil {
 				states[i], _ = decodeState(sv)
 			}
 		}
@@ -81,32 +76,12 @@ func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
 		} else {
 			ts.Phase = Queued
 		}
-		if _, ok := c.inflight[id.seq]; ok {
+		if _, ok := c.inflight[id.Seq()]; ok {
 			ts.Phase = InFlight
 		}
 		out[i] = ts
 	}
 	return m, out, nil
-}
-
-// QueueStats is a snapshot of a queue's size and progress.
-type QueueStats struct {
-	Name     string
-	Segments int
-	Bytes    int64
-	Appended uint64 // seq of the last committed message
-	Expired  uint64 // (message, target) pairs expired undelivered since start
-	Damaged  uint64 // (message, target) pairs skipped in damaged segments since start
-	Targets  []TargetStats
-}
-
-// TargetStats is one consumer's progress.
-type TargetStats struct {
-	Target   string
-	Floor    uint64 // lowest seq not finished
-	Pending  uint64 // messages not yet attempted: the backlog ahead of the cursor
-	InFlight int
-	Retrying int // messages waiting in the retry schedule
 }
 
 // Stats returns a snapshot without touching the disk, in O(targets).

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/sluice-proxy/sluice/store"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -20,19 +21,19 @@ import (
 // early, and expire with it at the retention.
 
 // KeyHash is the 16-byte hash under which messages are parked.
-func KeyHash(key []byte) [16]byte { return keyHash(key) }
+func KeyHash(key []byte) [16]byte { return store.KeyHash(key) }
 
 // Park takes the fetched delivery d out of the flow of its target, under key,
 // until Unpark. It returns once that is committed.
 func (c *Consumer) Park(ctx context.Context, d *Delivery, key [16]byte) error {
 	st := &State{Phase: Parked}
-	if d.prior != nil {
-		st.Attempts = d.prior.Attempts
-		st.History = d.prior.History
+	if d.Prior != nil {
+		st.Attempts = d.Prior.Attempts
+		st.History = d.Prior.History
 	}
 	r := &request{kind: opState, seq: d.Seq, target: c.idx, state: st, parkKey: &key, done: make(chan struct{}, 1)}
-	if d.prior != nil && d.prior.Phase == Retrying {
-		r.oldRetry = d.prior.NextTry
+	if d.Prior != nil && d.Prior.Phase == Retrying {
+		r.oldRetry = d.Prior.NextTry
 	}
 	return c.q.complete(ctx, r, true)
 }
@@ -217,7 +218,7 @@ func (c *Consumer) EachRetry(fn func(m *Message, due time.Time) bool) error {
 				if err != nil {
 					return nil // Fetch reports and buries damaged ones
 				}
-				m.Seq, m.ID.seq = seq, seq
+				m.Seq, m.ID = seq, store.NewID(seq, m.ID.Tag())
 				if !fn(m, due) {
 					stop = true
 					return errStop

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/sluice-proxy/sluice/store"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -450,13 +451,14 @@ func (q *Queue) Targets() []string { return append([]string(nil), q.targets...) 
 // may not have been written, but a caller that got an error has promised
 // nothing to its client.
 func (q *Queue) Append(ctx context.Context, m *Message) (ID, error) {
-	m.ID.tag = newTag()
+	tag := newTag()
+	m.ID = store.NewID(0, tag)
 	if m.EnqueuedAt.IsZero() {
 		m.EnqueuedAt = q.cfg.Now()
 	}
-	id, err := q.appendRecord(ctx, m.ID.tag, EncodeRecord(nil, m))
+	id, err := q.appendRecord(ctx, tag, EncodeRecord(nil, m))
 	if err == nil {
-		m.Seq, m.ID = id.seq, id
+		m.Seq, m.ID = id.Seq(), id
 	}
 	return id, err
 }
@@ -481,17 +483,17 @@ func (q *Queue) AppendDraft(ctx context.Context, d *Draft) (ID, error) {
 	if d.EnqueuedAt.IsZero() {
 		d.EnqueuedAt = q.cfg.Now()
 	}
-	d.buf = appendRecord(d.buf[:0], tag, d.EnqueuedAt, d.Method, d.URI, d.headers, d.IdempotencyKey, d.Body)
-	if len(d.buf) > MaxRecordBytes {
+	rec := d.Encode(tag)
+	if len(rec) > MaxRecordBytes {
 		return ID{}, ErrTooLarge
 	}
 	r := getRequest()
-	r.kind, r.rec, r.tag = opAppend, d.buf, tag
+	r.kind, r.rec, r.tag = opAppend, rec, tag
 	r.key, r.hasKey, r.checkedBelow = key, hasKey, checkedBelow
 	if err := q.do(ctx, r); err != nil {
 		return ID{}, err
 	}
-	id := ID{seq: r.seq, tag: r.tag}
+	id := store.NewID(r.seq, r.tag)
 	d.Duplicate = r.dup
 	putRequest(r)
 	return id, nil
@@ -507,7 +509,7 @@ func (q *Queue) appendRecord(ctx context.Context, tag [8]byte, rec []byte) (ID, 
 	if err != nil {
 		return ID{}, err
 	}
-	id := ID{seq: r.seq, tag: tag}
+	id := store.NewID(r.seq, tag)
 	putRequest(r)
 	return id, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/sluice-proxy/sluice/store"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -127,12 +128,13 @@ func TestLookupRejectsGuessedID(t *testing.T) {
 	s, q := openTest(t, Config{})
 	defer s.Close()
 	ids := appendN(t, q, 1)
-	guess := ids[0]
-	guess.tag[0] ^= 1
+	tag := ids[0].Tag()
+	tag[0] ^= 1
+	guess := store.NewID(ids[0].Seq(), tag)
 	if _, _, err := q.Lookup(guess); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("guessed id: err = %v, want ErrNotFound", err)
 	}
-	if _, _, err := q.Lookup(ID{seq: 999}); !errors.Is(err, ErrNotFound) {
+	if _, _, err := q.Lookup(store.NewID(999, [8]byte{})); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown seq: err = %v", err)
 	}
 	m, st, err := q.Lookup(ids[0])
@@ -155,7 +157,7 @@ func TestRetryScheduleAndDead(t *testing.T) {
 
 	due, err := c.Fetch(10, now)
 	must(t, err)
-	if len(due) != 1 || due[0].Seq != ds[1].Seq || due[0].Attempt != 2 || due[0].Prior().Phase != Retrying {
+	if len(due) != 1 || due[0].Seq != ds[1].Seq || due[0].Attempt != 2 || due[0].Prior.Phase != Retrying {
 		t.Fatalf("due = %+v", due)
 	}
 	// In flight: not handed out twice.
@@ -535,7 +537,7 @@ func TestCapturedResponseKeptWithState(t *testing.T) {
 	ids := appendN(t, q, 1)
 	a, _ := q.Consumer("a")
 	ds := fetchAll(t, a)
-	resp := &Response{Status: 201, Header: []Header{{"Location", "/orders/9"}}, Body: []byte(`{"order_no":9}`)}
+	resp := &Response{Status: 201, Header: []Header{{Name: "Location", Value: "/orders/9"}}, Body: []byte(`{"order_no":9}`)}
 	must(t, a.Complete(context.Background(), ds[0], Outcome{Phase: Delivered, Attempt: Attempt{Status: 201}, Response: resp}))
 	_, st, err := q.Lookup(ids[0])
 	must(t, err)

@@ -160,19 +160,6 @@ func (s *Store) Bytes() int64 {
 	return n
 }
 
-// FullError is the error of an Append refused by admission control. It
-// matches ErrFull with errors.Is.
-type FullError struct {
-	Reason string
-	// RetryAfter estimates when space will free: when the oldest segment
-	// will be finished by every target at the current delivery rate
-	// (bounded to [1s, 1h]; 30s when nothing is being delivered).
-	RetryAfter time.Duration
-}
-
-func (e *FullError) Error() string        { return ErrFull.Error() + ": " + e.Reason }
-func (e *FullError) Is(target error) bool { return target == ErrFull }
-
 // admit returns a *FullError when admission control refuses new messages.
 func (s *Store) admit() error {
 	reason := s.full()

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
 )
 
@@ -44,7 +44,7 @@ func ndjsonLine(body []byte) ([]byte, error) {
 }
 
 // addPending adds fetched messages to the batch being filled.
-func (r *runner) addPending(got []*buffer.Delivery, now time.Time) {
+func (r *runner) addPending(got []*store.Delivery, now time.Time) {
 	if len(got) == 0 {
 		return
 	}
@@ -86,7 +86,7 @@ func (r *runner) startBatch(now time.Time, gen uint64) {
 		n++
 		size += line
 	}
-	batch := make([]*buffer.Delivery, n)
+	batch := make([]*store.Delivery, n)
 	copy(batch, r.pending[:n])
 	rest := copy(r.pending, r.pending[n:])
 	clear(r.pending[rest:])
@@ -102,9 +102,9 @@ func (r *runner) startBatch(now time.Time, gen uint64) {
 
 // attemptBatch sends one batch, records the outcome of every message in it
 // and tells the run loop.
-func (d *Drainer) attemptBatch(batch []*buffer.Delivery, probe bool, events chan<- event) {
+func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<- event) {
 	var body bytes.Buffer
-	var sent, refused []*buffer.Delivery
+	var sent, refused []*store.Delivery
 	maxAttempt := 0
 	for _, dl := range batch {
 		line, err := ndjsonLine(dl.Body)
@@ -123,7 +123,7 @@ func (d *Drainer) attemptBatch(batch []*buffer.Delivery, probe bool, events chan
 	}
 	events <- event{res: res, probe: probe, none: len(sent) == 0}
 
-	outs := make([]buffer.Outcome, 0, len(batch))
+	outs := make([]store.Outcome, 0, len(batch))
 	if len(sent) > 0 {
 		// One verdict for the whole batch, one retry time for all of it, so
 		// the batch comes back together; only the count of attempts differs.
@@ -134,7 +134,7 @@ func (d *Drainer) attemptBatch(batch []*buffer.Delivery, probe bool, events chan
 		nextTry := res.at.Add(res.dur).Add(Backoff(d.target.Retry, maxAttempt, res.retryAfter, rnd))
 		for _, dl := range sent {
 			out := judged
-			if out.Phase != buffer.Delivered {
+			if out.Phase != store.Delivered {
 				out = finish(&d.target, judged, retryable, dl.Attempt, nextTry)
 			}
 			outs = append(outs, out)
@@ -142,7 +142,7 @@ func (d *Drainer) attemptBatch(batch []*buffer.Delivery, probe bool, events chan
 	}
 	now := d.now()
 	for range refused {
-		outs = append(outs, buffer.Outcome{Phase: buffer.Dead, Attempt: buffer.Attempt{At: now, Error: errNotOneLine.Error()}})
+		outs = append(outs, store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: now, Error: errNotOneLine.Error()}})
 	}
 	all := append(sent, refused...)
 
@@ -161,7 +161,7 @@ func (d *Drainer) attemptBatch(batch []*buffer.Delivery, probe bool, events chan
 	wg.Wait()
 
 	retrying := false
-	var unrecorded []*buffer.Delivery
+	var unrecorded []*store.Delivery
 	for i, dl := range all {
 		out, err := outs[i], errs[i]
 		log := d.log.With("id", dl.ID.String(), "attempt", dl.Attempt, "status", res.status, "batch", len(sent))
@@ -171,9 +171,9 @@ func (d *Drainer) attemptBatch(batch []*buffer.Delivery, probe bool, events chan
 			unrecorded = append(unrecorded, dl)
 			log.Error("cannot record the outcome; the message stays in flight until the drainer stops, then is attempted again",
 				"outcome", string(out.Phase), "err", err)
-		case out.Phase == buffer.Delivered:
+		case out.Phase == store.Delivered:
 			d.delivered.Add(1)
-		case out.Phase == buffer.Retrying:
+		case out.Phase == store.Retrying:
 			d.retried.Add(1)
 			retrying = true
 			if i == 0 {

@@ -13,7 +13,7 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-const benchConcurrency = 16
+const benchConcurrency = 64
 
 // noopServer answers 200 to everything, on 127.0.0.1.
 func noopServer(b *testing.B) string {

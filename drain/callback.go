@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
 )
 
@@ -83,9 +83,9 @@ func (c *callbacks) init(cfg Config) {
 
 // callback starts the callback of dl's final outcome out, if the message
 // names an allowed callback URL. It never blocks.
-func (d *Drainer) callback(dl *buffer.Delivery, out *buffer.Outcome) {
+func (d *Drainer) callback(dl *store.Delivery, out *store.Outcome) {
 	c := &d.cb
-	if c.header == "" || (out.Phase != buffer.Delivered && out.Phase != buffer.Dead) {
+	if c.header == "" || (out.Phase != store.Delivered && out.Phase != store.Dead) {
 		return
 	}
 	target := ""
@@ -111,7 +111,7 @@ func (d *Drainer) callback(dl *buffer.Delivery, out *buffer.Outcome) {
 		ID: dl.ID.String(), Route: d.route, Target: d.target.Name, Status: string(out.Phase),
 		StatusCode: out.Attempt.Status, Attempts: dl.Attempt, At: out.Attempt.At.UTC(),
 	}
-	if out.Phase == buffer.Dead {
+	if out.Phase == store.Dead {
 		ev.Error = out.Attempt.Error
 	}
 	body, err := json.Marshal(ev)

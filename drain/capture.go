@@ -3,7 +3,7 @@ package drain
 import (
 	"bytes"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
 )
 
@@ -25,8 +25,8 @@ var hopResponseHeaders = [][]byte{
 // received (a compressed body stays compressed; Content-Encoding says so).
 // tooLarge says the body was too large to be read at all: it is then empty
 // and Truncated.
-func capture(resp *fasthttp.Response, maxBytes int64, tooLarge bool) *buffer.Response {
-	out := &buffer.Response{Status: resp.StatusCode(), Truncated: tooLarge}
+func capture(resp *fasthttp.Response, maxBytes int64, tooLarge bool) *store.Response {
+	out := &store.Response{Status: resp.StatusCode(), Truncated: tooLarge}
 	var named [][]byte
 	for _, v := range resp.Header.PeekAll("Connection") {
 		for _, t := range bytes.Split(v, []byte(",")) {
@@ -39,7 +39,7 @@ func capture(resp *fasthttp.Response, maxBytes int64, tooLarge bool) *buffer.Res
 		if isHopName(k, hopResponseHeaders) || isHopName(k, named) {
 			continue
 		}
-		out.Header = append(out.Header, buffer.Header{Name: string(k), Value: string(v)})
+		out.Header = append(out.Header, store.Header{Name: string(k), Value: string(v)})
 	}
 	body := resp.Body()
 	if int64(len(body)) > maxBytes {

@@ -6,7 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
 )
 
@@ -88,10 +88,10 @@ var ErrForwardStatus = errors.New("drain: target answered with a failure status"
 // retry reports whether the drainer would retry this outcome (a connection
 // failure, a timeout, or a status in Target.Retry.On): the caller should
 // then store m rather than give up. err is nil only for a 2xx answer.
-func (d *Drainer) Forward(m *buffer.Message, resp *fasthttp.Response) (retry bool, err error) {
+func (d *Drainer) Forward(m *store.Message, resp *fasthttp.Response) (retry bool, err error) {
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
-	buildRequest(req, &d.ep, &buffer.Delivery{Message: m, Attempt: 1})
+	buildRequest(req, &d.ep, &store.Delivery{Message: m, Attempt: 1})
 	res := d.do(req, resp)
 	if res.err == nil && res.status >= 200 && res.status <= 299 {
 		d.forwarded.Add(1)

@@ -2,7 +2,7 @@
 // pace each target can take.
 //
 // A Drainer serves one target of one route. It reads the target's view of the
-// route's queue through a Source (a *buffer.Consumer), sends every message to
+// route's queue through a Source (a *store.Consumer), sends every message to
 // the target as an HTTP request, and records each attempt's outcome back in the
 // store: delivered, retrying at a later time, or dead. Fan-out is one Drainer
 // per target; drainers share nothing but the store, so a slow or broken target

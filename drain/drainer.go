@@ -13,29 +13,27 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/time/rate"
 )
 
 // Source is what a drainer needs from the store: one target's view of a
-// route's queue. *buffer.Consumer implements it.
+// route's queue. *store.Consumer implements it.
 type Source interface {
 	// Fetch returns up to max messages to attempt now; each is in flight
 	// until Complete or Release.
-	Fetch(max int, now time.Time) ([]*buffer.Delivery, error)
+	Fetch(max int, now time.Time) ([]*store.Delivery, error)
 	// Ready is signalled after new messages are committed.
 	Ready() <-chan struct{}
 	// NextRetry returns when the earliest retry not in flight is due.
 	NextRetry() (time.Time, bool)
 	// Complete records the outcome of an attempt.
-	Complete(ctx context.Context, d *buffer.Delivery, out buffer.Outcome) error
+	Complete(ctx context.Context, d *store.Delivery, out store.Outcome) error
 	// Release gives back a fetched message that was not attempted.
-	Release(d *buffer.Delivery)
+	Release(d *store.Delivery)
 }
-
-var _ Source = (*buffer.Consumer)(nil)
 
 // Config configures a Drainer.
 type Config struct {
@@ -178,7 +176,7 @@ func New(cfg Config, src Source) (*Drainer, error) {
 	}
 	if t.Ordering != nil || t.Fairness != nil {
 		if _, ok := src.(Parker); !ok {
-			return nil, fail("ordering and fairness need a source that can park messages (a *buffer.Consumer)")
+			return nil, fail("ordering and fairness need a source that can park messages (a *store.Consumer)")
 		}
 	}
 	for i, w := range t.Windows {
@@ -512,13 +510,13 @@ type event struct {
 
 	// With recorded true, for ordering: the message and whether its
 	// outcome is final (delivered or dead) and was recorded.
-	dl       *buffer.Delivery
+	dl       *store.Delivery
 	final    bool
 	recordOK bool
 
 	// With recorded true: the messages whose outcome could not be
 	// recorded (Complete failed); they are still in flight in the store.
-	unrecorded []*buffer.Delivery
+	unrecorded []*store.Delivery
 
 	// With recorded false:
 	res   result // what the HTTP attempt came to
@@ -552,10 +550,10 @@ type runner struct {
 
 	// Messages whose outcome could not be recorded: in flight in the store
 	// (so not fetched again) until Run ends and gives them back.
-	unrecorded []*buffer.Delivery
+	unrecorded []*store.Delivery
 
 	// Batch mode: messages fetched for the next batch, not yet sent.
-	pending      []*buffer.Delivery
+	pending      []*store.Delivery
 	pendingBytes int64     // their bodies' bytes, one newline each included
 	pendingSince time.Time // when the first of them was fetched
 }
@@ -710,7 +708,7 @@ func (r *runner) loop(ctx context.Context) error {
 					lastFetch = now
 				}
 				if fr.err != nil {
-					if errors.Is(fr.err, buffer.ErrClosed) {
+					if errors.Is(fr.err, store.ErrClosed) {
 						return fr.err
 					}
 					d.log.Error("fairness: fetch, park or unpark failed; trying again shortly", "err", fr.err)
@@ -739,7 +737,7 @@ func (r *runner) loop(ctx context.Context) error {
 						lastFetch = now
 						r.addPending(got, now)
 						if err != nil {
-							if errors.Is(err, buffer.ErrClosed) {
+							if errors.Is(err, store.ErrClosed) {
 								return err
 							}
 							d.log.Error("fetch failed; trying again shortly", "err", err)
@@ -783,7 +781,7 @@ func (r *runner) loop(ctx context.Context) error {
 						}
 					}
 					if err != nil {
-						if errors.Is(err, buffer.ErrClosed) {
+						if errors.Is(err, store.ErrClosed) {
 							return err
 						}
 						d.log.Error("fetch failed; trying again shortly", "err", err)
@@ -897,7 +895,7 @@ func earliest(a, b time.Time) time.Time {
 // start takes a token and a slot for dl and sends it in a new goroutine. It
 // gives dl back (and returns false) if a control call came in since gen or
 // the bucket is empty.
-func (r *runner) start(dl *buffer.Delivery, now time.Time, gen uint64) bool {
+func (r *runner) start(dl *store.Delivery, now time.Time, gen uint64) bool {
 	if !r.take(now, gen) {
 		r.d.src.Release(dl)
 		return false
@@ -921,14 +919,14 @@ func (r *runner) take(now time.Time, gen uint64) bool {
 }
 
 // launch sends dl in a new goroutine, with the slot and token take took.
-func (r *runner) launch(dl *buffer.Delivery, now time.Time) {
+func (r *runner) launch(dl *store.Delivery, now time.Time) {
 	r.sending++
 	r.outstanding++
 	go r.d.attempt(dl, r.br.Started(now), r.events)
 }
 
 // attempt sends dl once, records the outcome and tells the run loop.
-func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) {
+func (d *Drainer) attempt(dl *store.Delivery, probe bool, events chan<- event) {
 	res := d.send(dl)
 	dl.Body = nil // sent: only the outcome is left to record (see recordWindow)
 	events <- event{res: res, probe: probe}
@@ -949,12 +947,12 @@ func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) 
 		d.unrecorded.Add(1)
 		log().Error("cannot record the outcome; the message stays in flight until the drainer stops, then is attempted again",
 			"outcome", string(out.Phase), "err", err)
-	case out.Phase == buffer.Delivered:
+	case out.Phase == store.Delivered:
 		d.delivered.Add(1)
 		if d.log.Enabled(context.Background(), slog.LevelDebug) {
 			log().Debug("delivered", "duration", res.dur)
 		}
-	case out.Phase == buffer.Retrying:
+	case out.Phase == store.Retrying:
 		d.retried.Add(1)
 		log().Info("attempt failed; will retry", "err", out.Attempt.Error, "next_try", out.NextTry)
 	default:
@@ -964,10 +962,10 @@ func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) 
 	if err == nil {
 		d.callback(dl, &out)
 	}
-	ev := event{recorded: true, retrying: err == nil && out.Phase == buffer.Retrying,
-		dl: dl, recordOK: err == nil, final: out.Phase != buffer.Retrying}
+	ev := event{recorded: true, retrying: err == nil && out.Phase == store.Retrying,
+		dl: dl, recordOK: err == nil, final: out.Phase != store.Retrying}
 	if err != nil {
-		ev.unrecorded = []*buffer.Delivery{dl}
+		ev.unrecorded = []*store.Delivery{dl}
 	}
 	events <- ev
 }
@@ -978,7 +976,7 @@ func (d *Drainer) attempt(dl *buffer.Delivery, probe bool, events chan<- event) 
 // attempt keeps its slot meanwhile, so a store that cannot record holds the
 // drain back instead of having messages sent again. Other errors (the store
 // closed) return at once.
-func (d *Drainer) record(dl *buffer.Delivery, out buffer.Outcome) error {
+func (d *Drainer) record(dl *store.Delivery, out store.Outcome) error {
 	var halt <-chan struct{}
 	if h := d.halt.Load(); h != nil {
 		halt = *h
@@ -988,7 +986,7 @@ func (d *Drainer) record(dl *buffer.Delivery, out buffer.Outcome) error {
 		ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
 		err := d.src.Complete(ctx, dl, out)
 		cancel()
-		if err == nil || !errors.Is(err, buffer.ErrIO) {
+		if err == nil || !errors.Is(err, store.ErrIO) {
 			if err == nil && tries > 1 {
 				d.log.Info("outcome recorded after failed writes", "id", dl.ID.String(), "tries", tries)
 			}
@@ -1011,7 +1009,7 @@ func (d *Drainer) record(dl *buffer.Delivery, out buffer.Outcome) error {
 }
 
 // send makes one HTTP attempt of dl.
-func (d *Drainer) send(dl *buffer.Delivery) result {
+func (d *Drainer) send(dl *store.Delivery) result {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)

@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // Fairness between keys (Target.Fairness).
@@ -67,12 +67,12 @@ const (
 
 // noKey is the tenant of messages without the key header: the hash of the
 // empty value, which headerKey never returns for a message with the header.
-var noKey = buffer.KeyHash(nil)
+var noKey = store.KeyHash(nil)
 
 // tenant is one key's state in the fairer.
 type tenant struct {
 	key       [16]byte
-	ready     []*buffer.Delivery   // fetched, waiting for a token and a slot
+	ready     []*store.Delivery    // fetched, waiting for a token and a slot
 	parked    bool                 // may have parked messages in the store
 	unparking map[uint64]time.Time // unparked, not yet fetched back -> when
 	inRing    bool
@@ -82,7 +82,7 @@ type tenant struct {
 type fairer struct {
 	d   *Drainer
 	p   Parker
-	key func(*buffer.Message) ([16]byte, bool)
+	key func(*store.Message) ([16]byte, bool)
 
 	perKey, total int
 
@@ -128,9 +128,9 @@ func (f *fairer) room() int { return f.total - f.held }
 // admit takes the fetched deliveries: each goes to its key's ready queue,
 // or is parked if that is full. Parks are committed concurrently (they
 // share commits); a delivery that cannot be parked is given back.
-func (f *fairer) admit(got []*buffer.Delivery, now time.Time) error {
+func (f *fairer) admit(got []*store.Delivery, now time.Time) error {
 	type parking struct {
-		dl *buffer.Delivery
+		dl *store.Delivery
 		k  [16]byte
 	}
 	var toPark []parking
@@ -181,7 +181,7 @@ func (f *fairer) admit(got []*buffer.Delivery, now time.Time) error {
 }
 
 // next returns the ready message of the key whose turn it is, or nil.
-func (f *fairer) next() *buffer.Delivery {
+func (f *fairer) next() *store.Delivery {
 	if len(f.ring) == 0 {
 		return nil
 	}

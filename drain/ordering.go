@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // Per-key ordering (Target.Ordering).
@@ -73,10 +73,10 @@ import (
 // cursor below the released message, so the check stays conservative).
 
 // Parker is what ordering needs from the store beyond Source.
-// *buffer.Consumer implements it.
+// *store.Consumer implements it.
 type Parker interface {
 	// Park takes the fetched delivery d out of the flow, under key, until Unpark.
-	Park(ctx context.Context, d *buffer.Delivery, key [16]byte) error
+	Park(ctx context.Context, d *store.Delivery, key [16]byte) error
 	// NextParked returns the oldest message parked under key.
 	NextParked(key [16]byte) (seq uint64, ok bool, err error)
 	// ParkedKeys calls fn with every key that has parked messages and its oldest.
@@ -89,19 +89,17 @@ type Parker interface {
 	// Cursor returns the seq of the next message never fetched.
 	Cursor() uint64
 	// EachRetry calls fn with every message in the retry schedule, not in flight.
-	EachRetry(fn func(m *buffer.Message, due time.Time) bool) error
+	EachRetry(fn func(m *store.Message, due time.Time) bool) error
 }
-
-var _ Parker = (*buffer.Consumer)(nil)
 
 // headerKey returns the value of the header name (case-insensitive) as a
 // key hash, and false if the message has no such header or it is empty.
-func headerKey(name string) func(*buffer.Message) ([16]byte, bool) {
-	return func(m *buffer.Message) ([16]byte, bool) {
+func headerKey(name string) func(*store.Message) ([16]byte, bool) {
+	return func(m *store.Message) ([16]byte, bool) {
 		for _, h := range m.Header {
 			if strings.EqualFold(h.Name, name) {
 				if v := strings.TrimSpace(h.Value); v != "" {
-					return buffer.KeyHash([]byte(v)), true
+					return store.KeyHash([]byte(v)), true
 				}
 				return [16]byte{}, false
 			}
@@ -114,7 +112,7 @@ func headerKey(name string) func(*buffer.Message) ([16]byte, bool) {
 type orderer struct {
 	d   *Drainer
 	p   Parker
-	key func(*buffer.Message) ([16]byte, bool)
+	key func(*store.Message) ([16]byte, bool)
 
 	active     map[[16]byte]uint64 // key -> the seq that owns it
 	recovering bool                // retries of a previous run may still own keys
@@ -155,7 +153,7 @@ func (o *orderer) begin() error {
 func (o *orderer) retryOwners() (owners map[[16]byte]uint64, sure bool, err error) {
 	cur := o.p.Cursor()
 	owners, sure = map[[16]byte]uint64{}, true
-	err = o.p.EachRetry(func(m *buffer.Message, _ time.Time) bool {
+	err = o.p.EachRetry(func(m *store.Message, _ time.Time) bool {
 		k, ok := o.key(m)
 		if !ok {
 			return true
@@ -206,7 +204,7 @@ func (o *orderer) retryIdle(pending bool) error {
 
 // admit decides about a fetched delivery: true to send it now (it owns its
 // key, or has none), false if it was parked. On an error dl was given back.
-func (o *orderer) admit(dl *buffer.Delivery, now time.Time) (bool, error) {
+func (o *orderer) admit(dl *store.Delivery, now time.Time) (bool, error) {
 	k, ok := o.key(dl.Message)
 	if !ok {
 		return true, nil
@@ -241,7 +239,7 @@ func (o *orderer) admit(dl *buffer.Delivery, now time.Time) (bool, error) {
 	return true, nil
 }
 
-func (o *orderer) park(dl *buffer.Delivery, k [16]byte) error {
+func (o *orderer) park(dl *store.Delivery, k [16]byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
 	defer cancel()
 	if err := o.p.Park(ctx, dl, k); err != nil {
@@ -257,7 +255,7 @@ func (o *orderer) unpark(k [16]byte, seq uint64, now time.Time) error {
 	ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
 	defer cancel()
 	if err := o.p.Unpark(ctx, seq, k, now); err != nil {
-		if errors.Is(err, buffer.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			delete(o.orphans, k)
 			return nil // expired with its segment, or no longer parked
 		}
@@ -273,7 +271,7 @@ func (o *orderer) unpark(k [16]byte, seq uint64, now time.Time) error {
 // done is called when the outcome of dl is recorded (final: delivered or
 // dead) or could not be recorded (recorded false). stopping: Run is
 // shutting down, so successors are left parked for the next start.
-func (o *orderer) done(dl *buffer.Delivery, recorded, final, stopping bool, now time.Time) {
+func (o *orderer) done(dl *store.Delivery, recorded, final, stopping bool, now time.Time) {
 	k, ok := o.key(dl.Message)
 	if !ok || o.active[k] != dl.Seq || !recorded || !final {
 		return // unordered; or still owning its key (retrying, or in flight in the store)

@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
 )
 
@@ -182,20 +182,20 @@ func shortError(err error) string {
 
 // result is what one HTTP attempt came to.
 type result struct {
-	at         time.Time        // when it started (Config.Now)
-	dur        time.Duration    // how long it took
-	status     int              // 0 if no response
-	err        error            // transport failure; nil if a response arrived
-	retryAfter time.Duration    // from a 429 or 503 with Retry-After; else 0
-	tooLarge   bool             // the body exceeded what the client reads (16 MiB) and was not read
-	resp       *buffer.Response // the captured answer (capture_response, 2xx only); else nil
+	at         time.Time       // when it started (Config.Now)
+	dur        time.Duration   // how long it took
+	status     int             // 0 if no response
+	err        error           // transport failure; nil if a response arrived
+	retryAfter time.Duration   // from a 429 or 503 with Retry-After; else 0
+	tooLarge   bool            // the body exceeded what the client reads (16 MiB) and was not read
+	resp       *store.Response // the captured answer (capture_response, 2xx only); else nil
 }
 
 // decide turns an attempt's result into the outcome to record. rnd is a
 // random number in [0, 1) for the backoff's jitter.
-func decide(t *policies.Target, attempt int, res result, rnd float64) buffer.Outcome {
+func decide(t *policies.Target, attempt int, res result, rnd float64) store.Outcome {
 	out, retryable := judge(t, res)
-	if out.Phase == buffer.Delivered {
+	if out.Phase == store.Delivered {
 		return out
 	}
 	return finish(t, out, retryable, attempt, res.at.Add(res.dur).Add(Backoff(t.Retry, attempt, res.retryAfter, rnd)))
@@ -203,15 +203,15 @@ func decide(t *policies.Target, attempt int, res result, rnd float64) buffer.Out
 
 // judge classifies a result: Delivered (2xx), or a failure that is retryable
 // or not, with the Attempt filled in. Phase is left empty for failures.
-func judge(t *policies.Target, res result) (out buffer.Outcome, retryable bool) {
-	out = buffer.Outcome{Attempt: buffer.Attempt{At: res.at, Status: res.status, Duration: res.dur}}
+func judge(t *policies.Target, res result) (out store.Outcome, retryable bool) {
+	out = store.Outcome{Attempt: store.Attempt{At: res.at, Status: res.status, Duration: res.dur}}
 	switch {
 	case res.err != nil:
 		kind, text := classify(res.err, t.Timeout)
 		out.Attempt.Error = text
 		retryable = kind == failTimeout && t.Retry.On.Timeout || kind == failConnect && t.Retry.On.Connect
 	case res.status >= 200 && res.status <= 299:
-		out.Phase = buffer.Delivered
+		out.Phase = store.Delivered
 		out.Response = res.resp
 	default:
 		out.Attempt.Error = "status " + strconv.Itoa(res.status)
@@ -222,15 +222,15 @@ func judge(t *policies.Target, res result) (out buffer.Outcome, retryable bool) 
 
 // finish makes a judged failure of attempt number attempt Retrying at
 // nextTry, or Dead if it is not retryable or was the last attempt allowed.
-func finish(t *policies.Target, out buffer.Outcome, retryable bool, attempt int, nextTry time.Time) buffer.Outcome {
+func finish(t *policies.Target, out store.Outcome, retryable bool, attempt int, nextTry time.Time) store.Outcome {
 	if !retryable || attempt >= t.Retry.MaxAttempts {
-		out.Phase = buffer.Dead
+		out.Phase = store.Dead
 		if retryable {
 			out.Attempt.Error += fmt.Sprintf(" (gave up after %d attempts)", attempt)
 		}
 		return out
 	}
-	out.Phase = buffer.Retrying
+	out.Phase = store.Retrying
 	out.NextTry = nextTry
 	return out
 }

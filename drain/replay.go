@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
 )
 
@@ -45,9 +45,9 @@ var skipHeaders = map[string]bool{
 
 // forwardHeaders returns the stored headers to send on: all but skipHeaders
 // and the headers named in Connection.
-func forwardHeaders(hs []buffer.Header) []buffer.Header {
+func forwardHeaders(hs []store.Header) []store.Header {
 	named := connectionNamed(hs)
-	out := make([]buffer.Header, 0, len(hs))
+	out := make([]store.Header, 0, len(hs))
 	for _, h := range hs {
 		if !skipHeader(h.Name, named) {
 			out = append(out, h)
@@ -58,7 +58,7 @@ func forwardHeaders(hs []buffer.Header) []buffer.Header {
 
 // connectionNamed returns the header names, in lower case, that the
 // Connection headers of hs list; nil (no allocation) if there are none.
-func connectionNamed(hs []buffer.Header) []string {
+func connectionNamed(hs []store.Header) []string {
 	var named []string
 	for _, h := range hs {
 		if strings.EqualFold(h.Name, "Connection") {
@@ -185,7 +185,7 @@ func (e *endpoint) batchURI() string {
 }
 
 // buildRequest fills req with the replay of d to e.
-func buildRequest(req *fasthttp.Request, e *endpoint, d *buffer.Delivery) {
+func buildRequest(req *fasthttp.Request, e *endpoint, d *store.Delivery) {
 	req.Header.DisableNormalizing()
 	req.Header.SetNoDefaultContentType(true)
 	method := d.Method

@@ -45,7 +45,7 @@ routes:
 				b.Fatal(err)
 			}
 			defer st.Close()
-			s, err := New(Config{Policy: pol, Store: st})
+			s, err := New(Config{Policy: pol, Queues: openQueues(b, st, pol)})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -76,7 +76,7 @@ routes:
 			})
 			b.StopTimer()
 			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
-			if n := s.Queue("orders").Stats().Appended; n < uint64(b.N) {
+			if n := s.testQueue("orders").Stats().Appended; n < uint64(b.N) {
 				b.Fatalf("%d appended, want at least %d", n, b.N)
 			}
 		})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // policyServer runs a Server for the policy text (storage is added) on a
@@ -25,7 +26,7 @@ func policyServer(t *testing.T, text string) (string, *Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Policy: pol, Store: st})
+	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +40,7 @@ func policyServer(t *testing.T, text string) (string, *Server) {
 }
 
 // fill appends n messages to the route's queue directly.
-func fill(t *testing.T, q *buffer.Queue, n int) {
+func fill(t *testing.T, q store.Queue, n int) {
 	t.Helper()
 	for i := range n {
 		if _, err := q.Append(context.Background(), &buffer.Message{Method: "POST", URI: "/api/orders", Body: []byte(strconv.Itoa(i))}); err != nil {
@@ -81,7 +82,7 @@ routes:
 // unlimited one, the backlog at the rate for a slow one, none for a paused one.
 func TestAcceptedETA(t *testing.T) {
 	base, s := policyServer(t, etaPolicy)
-	fill(t, s.Queue("orders"), 30)
+	fill(t, s.testQueue("orders"), 30)
 	now := time.Now()
 	resp := do(t, "POST", base+"/api/orders", `{}`, nil)
 	if resp.StatusCode() != 202 {
@@ -122,7 +123,7 @@ func TestAcceptedETA(t *testing.T) {
 	}
 
 	// A retrying message goes at its next try.
-	c, _ := s.Queue("orders").Consumer("fast")
+	c, _ := s.testQueue("orders").Consumer("fast")
 	ds, err := c.Fetch(1, time.Now())
 	if err != nil || len(ds) != 1 {
 		t.Fatalf("fetch: %v %v", ds, err)
@@ -169,7 +170,7 @@ routes:
     targets:
       - { name: a, url: "http://127.0.0.1:1" }
 `)
-	q := s.Queue("orders")
+	q := s.testQueue("orders")
 	fill(t, q, 50) // 50 minutes ahead at 1/m: still accepted
 	if resp := do(t, "POST", base+"/api/orders", `{}`, nil); resp.StatusCode() != 202 {
 		t.Fatalf("within max_wait: %d %s", resp.StatusCode(), resp.Body())
@@ -198,7 +199,7 @@ routes:
 		string(resp.Header.Peek("Retry-After")) != "3600" {
 		t.Fatalf("paused: %d %s Retry-After %q", resp.StatusCode(), resp.Body(), resp.Header.Peek("Retry-After"))
 	}
-	if got := s.Queue("paused").Stats().Appended; got != 0 {
+	if got := s.testQueue("paused").Stats().Appended; got != 0 {
 		t.Errorf("paused: %d stored", got)
 	}
 
@@ -210,7 +211,7 @@ routes:
 	if err := s.SetEstimator("wired", "nope", fakeEstimator{}); err == nil {
 		t.Error("SetEstimator accepted an unknown target")
 	}
-	fill(t, s.Queue("wired"), 11)
+	fill(t, s.testQueue("wired"), 11)
 	resp = do(t, "POST", base+"/api/wired", `{}`, nil)
 	if ra := string(resp.Header.Peek("Retry-After")); resp.StatusCode() != 503 || ra != "60" {
 		t.Fatalf("wired: %d %s Retry-After %q, want 503 and 60", resp.StatusCode(), resp.Body(), ra)
@@ -245,7 +246,7 @@ routes:
 			t.Errorf("%s with %s: %d %s, want 400 callback_not_allowed", c.path, c.url, resp.StatusCode(), resp.Body())
 		}
 	}
-	if a, b := s.Queue("orders").Stats().Appended, s.Queue("refunds").Stats().Appended; a != 0 || b != 0 {
+	if a, b := s.testQueue("orders").Stats().Appended, s.testQueue("refunds").Stats().Appended; a != 0 || b != 0 {
 		t.Fatalf("refused requests stored %d and %d messages", a, b)
 	}
 	resp := do(t, "POST", base+"/api/orders", `{}`, map[string]string{"X-Sluice-Callback": "http://127.0.0.1:9000/hook?t=1"})
@@ -253,7 +254,7 @@ routes:
 		t.Fatalf("allowed: %d %s", resp.StatusCode(), resp.Body())
 	}
 	id, _ := buffer.ParseID(string(resp.Header.Peek("X-Sluice-Id")))
-	m, _, err := s.Queue("orders").Lookup(id)
+	m, _, err := s.testQueue("orders").Lookup(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +281,7 @@ routes:
     targets:
       - { name: a, url: "http://127.0.0.1:1", capture_response: {} }
 `)
-	q := s.Queue("orders")
+	q := s.testQueue("orders")
 	fill(t, q, 3)
 	c, _ := q.Consumer("a")
 	ds, err := c.Fetch(3, time.Now())

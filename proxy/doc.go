@@ -3,7 +3,7 @@
 // serves the status API (GET /_sluice/v1/messages/{id}).
 //
 // Guarantees:
-//   - A buffered request is answered 202 only after buffer.Queue.Append
+//   - A buffered request is answered 202 only after store.Queue.Append
 //     returned, i.e. once the request is durable under the store's sync mode.
 //     Every other outcome (full storage, write error, shutdown, timeout) is a
 //     4xx/5xx with a JSON error body; nothing is acknowledged that was not

@@ -8,13 +8,13 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // Estimated delivery times ("tell the producer when").
 //
 // A new message for a target waits behind that target's backlog: the
-// messages of its queue pending, in flight and retrying (buffer.Queue.Stats).
+// messages of its queue pending, in flight and retrying (store.Queue.Stats).
 // Its ETA is when the target's schedule in force (its rate, windows, and an
 // operator's SetRate or Pause) has let that many through
 // (policies.Target.ETA). The 202 carries it per target; the status API
@@ -167,9 +167,9 @@ func (c *etaCache) fresh(now time.Time, appended uint64) bool {
 // count a few too many); for a retrying one, the first instant at or after
 // its next try at which the schedule lets a message through, since due
 // retries are fetched before new messages. Other phases have none.
-func (r *route) statusETA(i int, seq uint64, st *buffer.TargetStatus, qs *buffer.QueueStats, now time.Time) (time.Time, bool) {
+func (r *route) statusETA(i int, seq uint64, st *store.TargetStatus, qs *store.QueueStats, now time.Time) (time.Time, bool) {
 	switch st.Phase {
-	case buffer.Queued:
+	case store.Queued:
 		var ahead uint64
 		if i < len(qs.Targets) {
 			ts := qs.Targets[i]
@@ -179,7 +179,7 @@ func (r *route) statusETA(i int, seq uint64, st *buffer.TargetStatus, qs *buffer
 			}
 		}
 		return r.eta(i, now, ahead)
-	case buffer.Retrying:
+	case store.Retrying:
 		return r.eta(i, later(now, st.NextTry), 0)
 	}
 	return time.Time{}, false
@@ -235,7 +235,7 @@ func overMaxWait(ctx *fasthttp.RequestCtx, r *route, etas []targetETA, now time.
 // storedETAs estimates every target of r for the stored message id, as the
 // status API does; a target with no estimate (delivered, dead, in flight) is
 // listed without one. If the lookup fails, it lists the targets only.
-func (r *route) storedETAs(dst []targetETA, id buffer.ID, now time.Time) []targetETA {
+func (r *route) storedETAs(dst []targetETA, id store.ID, now time.Time) []targetETA {
 	_, sts, err := r.queue.Lookup(id)
 	qs := r.queue.Stats()
 	for i := range r.Targets {

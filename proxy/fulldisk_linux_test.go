@@ -105,7 +105,7 @@ func TestFullDiskAnswers503(t *testing.T) {
 	if code != 202 {
 		t.Fatalf("still refused after space was freed: last status %d", code)
 	}
-	q := s.Queue("orders")
+	q := s.testQueue("orders")
 	for _, sid := range ids {
 		id, err := buffer.ParseID(sid)
 		if err != nil {

@@ -39,7 +39,7 @@ func startPolicy(t *testing.T, text string) (addr string, s *Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err = New(Config{Policy: pol, Store: st})
+	s, err = New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -138,7 +138,7 @@ func TestDefaultUpstream(t *testing.T) {
 	if got := up.requests(); len(got) != 1 || got[0] != "GET "+up.addr+" /elsewhere?x=1" {
 		t.Fatalf("upstream saw %q", got)
 	}
-	if n := s.Queue("orders").Stats().Appended; n != 0 {
+	if n := s.testQueue("orders").Stats().Appended; n != 0 {
 		t.Fatalf("%d stored", n)
 	}
 }
@@ -148,7 +148,7 @@ func TestDefaultUpstream(t *testing.T) {
 func TestHostileRequests(t *testing.T) {
 	up := startUpstream(t, 200)
 	addr, s := startPolicy(t, fmt.Sprintf(hostilePolicy, up.addr, up.addr))
-	q := s.Queue("orders")
+	q := s.testQueue("orders")
 	for _, c := range []struct {
 		name, req, want string
 	}{
@@ -250,7 +250,7 @@ func TestSlowClient(t *testing.T) {
 	if answer != "" && !strings.HasPrefix(answer, "HTTP/1.1 408 ") {
 		t.Fatalf("slow request: want 408 or a closed connection, got %q", answer)
 	}
-	if n := s.Queue("orders").Stats().Appended; n != 0 {
+	if n := s.testQueue("orders").Stats().Appended; n != 0 {
 		t.Fatalf("%d stored", n)
 	}
 }
@@ -304,7 +304,7 @@ routes:
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 	id, _ := buffer.ParseID(resp.Header.Get("X-Sluice-Id"))
-	m, _, err := s.Queue("orders").Lookup(id)
+	m, _, err := s.testQueue("orders").Lookup(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +321,7 @@ routes:
 	if got := raw(t, addr, "POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"); strings.HasPrefix(got, "202") {
 		t.Fatalf("plain HTTP accepted: %q", got)
 	}
-	if n := s.Queue("orders").Stats().Appended; n != 1 {
+	if n := s.testQueue("orders").Stats().Appended; n != 1 {
 		t.Fatalf("%d stored, want 1", n)
 	}
 }

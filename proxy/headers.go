@@ -6,7 +6,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // hopHeaders are the hop-by-hop headers of RFC 9110 section 7.6.1 (and the
@@ -53,8 +53,8 @@ func connectionTokens(h *fasthttp.RequestHeader) [][]byte {
 
 // storedHeaders returns the end-to-end headers of req to keep with a buffered
 // message (see addStoredHeaders).
-func storedHeaders(ctx *fasthttp.RequestCtx) []buffer.Header {
-	var d buffer.Draft
+func storedHeaders(ctx *fasthttp.RequestCtx) []store.Header {
+	var d store.Draft
 	addStoredHeaders(ctx, &d, nil)
 	m := d.Message()
 	return m.Header
@@ -65,7 +65,7 @@ func storedHeaders(ctx *fasthttp.RequestCtx) []buffer.Header {
 // target), and X-Forwarded-For/-Proto/-Host are added so the target learns
 // who the client was. scratch is reused for the X-Forwarded-For value; it
 // must stay valid, like d's other slices, until d is appended.
-func addStoredHeaders(ctx *fasthttp.RequestCtx, d *buffer.Draft, scratch []byte) {
+func addStoredHeaders(ctx *fasthttp.RequestCtx, d *store.Draft, scratch []byte) {
 	h := &ctx.Request.Header
 	var toks [][]byte
 	if len(h.Peek("Connection")) > 0 {

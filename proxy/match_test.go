@@ -89,7 +89,7 @@ routes:
 		t.Fatal(err)
 	}
 	defer st.Close()
-	s, err := New(Config{Policy: pol, Store: st})
+	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ routes:
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { st.Close() })
-	s, err := New(Config{Policy: pol, Store: st})
+	s, err := New(Config{Policy: pol, Queues: openQueues(b, st, pol)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -17,8 +17,8 @@ import (
 	"github.com/valyala/fasthttp"
 	"golang.org/x/time/rate"
 
-	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // StatusPrefix is the path of the status API on the public listener.
@@ -27,8 +27,10 @@ const StatusPrefix = "/_sluice/v1/messages/"
 // Config configures a Server.
 type Config struct {
 	Policy *policies.Policy
-	Store  *buffer.Store // the queues of buffer routes are opened here
-	Logger *slog.Logger  // default slog.Default()
+	// Queues holds the queue of every buffer and spillover route, by route
+	// name, opened by the caller (cmd/sluice opens them in the store).
+	Queues map[string]store.Queue
+	Logger *slog.Logger // default slog.Default()
 }
 
 // Server is sluice's public listener.
@@ -51,7 +53,7 @@ type Server struct {
 
 type route struct {
 	policies.Route
-	queue    *buffer.Queue                  // buffer and spillover modes
+	queue    store.Queue                    // buffer and spillover modes
 	upstream *fasthttp.HostClient           // passthrough mode
 	limiter  *rate.Limiter                  // passthrough with a finite rate
 	direct   atomic.Pointer[directTarget]   // spillover: set by SetDirect
@@ -59,11 +61,10 @@ type route struct {
 	etaCache atomic.Pointer[etaCache]       // the last estimates for a new message (newETAs)
 }
 
-// New opens the queue of every buffer route and builds the server. It does
-// not listen; call Serve.
+// New builds the server. It does not listen; call Serve.
 func New(cfg Config) (*Server, error) {
-	if cfg.Policy == nil || cfg.Store == nil {
-		return nil, errors.New("proxy: Config.Policy and Config.Store are required")
+	if cfg.Policy == nil {
+		return nil, errors.New("proxy: Config.Policy is required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -75,13 +76,9 @@ func New(cfg Config) (*Server, error) {
 		r := &route{Route: pr}
 		switch pr.Mode {
 		case policies.ModeBuffer, policies.ModeSpillover:
-			names := make([]string, len(pr.Targets))
-			for i, t := range pr.Targets {
-				names[i] = t.Name
-			}
-			q, err := cfg.Store.Queue(pr.Name, names)
-			if err != nil {
-				return nil, fmt.Errorf("route %q: %w", pr.Name, err)
+			q := cfg.Queues[pr.Name]
+			if q == nil {
+				return nil, fmt.Errorf("route %q: no queue in Config.Queues", pr.Name)
 			}
 			r.queue = q
 			r.est = make([]atomic.Pointer[estimatorBox], len(pr.Targets))
@@ -154,16 +151,6 @@ func (s *Server) passesThrough() bool {
 		}
 	}
 	return false
-}
-
-// Queue returns the queue of a buffer route.
-func (s *Server) Queue(route string) *buffer.Queue {
-	for _, r := range s.routes {
-		if r.Name == route {
-			return r.queue
-		}
-	}
-	return nil
 }
 
 // Serve accepts connections on ln until Shutdown, with TLS if the policy's
@@ -247,7 +234,7 @@ func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfi
 // draftBuf is a pooled Draft with room for the X-Forwarded-For value it
 // refers to (on the stack, that room would move to the heap).
 type draftBuf struct {
-	d   buffer.Draft
+	d   store.Draft
 	fwd [64]byte
 }
 
@@ -303,9 +290,9 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 // refuse answers a request that could not be stored. It is never 202.
 func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *route, err error) {
 	switch {
-	case errors.Is(err, buffer.ErrFull):
+	case errors.Is(err, store.ErrFull):
 		wait := 5 * time.Second
-		var fe *buffer.FullError
+		var fe *store.FullError
 		if errors.As(err, &fe) && fe.RetryAfter > 0 {
 			wait = fe.RetryAfter
 		}
@@ -317,9 +304,9 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *route, err error) {
 		ctx.Response.Header.Set("Retry-After", "5")
 		writeError(ctx, fasthttp.StatusServiceUnavailable, "storage_full",
 			"the disk is full; nothing was stored, retry after 5s")
-	case errors.Is(err, buffer.ErrTooLarge):
+	case errors.Is(err, store.ErrTooLarge):
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large", err.Error())
-	case errors.Is(err, buffer.ErrClosed):
+	case errors.Is(err, store.ErrClosed):
 		ctx.Response.Header.Set("Retry-After", "1")
 		writeError(ctx, fasthttp.StatusServiceUnavailable, "shutting_down", "sluice is shutting down; the request was not stored")
 	case errors.Is(err, context.DeadlineExceeded):

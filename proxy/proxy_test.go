@@ -12,7 +12,41 @@ import (
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 )
+
+// openQueues opens the queue of every buffer and spillover route of pol in
+// st, as cmd/sluice does.
+func openQueues(tb testing.TB, st *buffer.Store, pol *policies.Policy) map[string]store.Queue {
+	tb.Helper()
+	qs := map[string]store.Queue{}
+	for _, r := range pol.Routes {
+		if r.Mode != policies.ModeBuffer && r.Mode != policies.ModeSpillover {
+			continue
+		}
+		names := make([]string, len(r.Targets))
+		for i, t := range r.Targets {
+			names[i] = t.Name
+		}
+		q, err := st.Queue(r.Name, names)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		qs[r.Name] = q
+	}
+	return qs
+}
+
+// testQueue returns the buffer queue of a route.
+func (s *Server) testQueue(route string) *buffer.Queue {
+	for _, r := range s.routes {
+		if r.Name == route {
+			q, _ := r.queue.(*buffer.Queue)
+			return q
+		}
+	}
+	return nil
+}
 
 func TestPathMatches(t *testing.T) {
 	for _, c := range []struct {
@@ -141,7 +175,7 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Policy: pol, Store: st})
+	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +227,7 @@ func TestBufferAcceptAndStatus(t *testing.T) {
 	}
 	// It is stored, with its idempotency key and query.
 	id, _ := buffer.ParseID(body.ID)
-	m, _, err := s.Queue("orders").Lookup(id)
+	m, _, err := s.testQueue("orders").Lookup(id)
 	if err != nil || m.IdempotencyKey != "k-1" || m.URI != "/api/orders?x=1" || string(m.Body) != `{"a":1}` {
 		t.Fatalf("stored %+v, %v", m, err)
 	}
@@ -215,7 +249,7 @@ func TestRefusalsAreJSONAndNeverAccepted(t *testing.T) {
 	if resp.StatusCode() != 413 || !strings.Contains(string(resp.Body()), "body_too_large") {
 		t.Fatalf("big body: %d %s", resp.StatusCode(), resp.Body())
 	}
-	if got := s.Queue("orders").Stats().Appended; got != 0 {
+	if got := s.testQueue("orders").Stats().Appended; got != 0 {
 		t.Fatalf("%d messages stored by refused requests", got)
 	}
 }
@@ -279,7 +313,7 @@ func TestIdempotencyKeyAnswersFirstID(t *testing.T) {
 	if len(first.Header.Peek("X-Sluice-Duplicate")) != 0 || string(other.Body()) == string(first.Body()) {
 		t.Fatalf("first or other key marked duplicate")
 	}
-	if got := s.Queue("orders").Stats().Appended; got != 2 {
+	if got := s.testQueue("orders").Stats().Appended; got != 2 {
 		t.Fatalf("stored %d, want 2", got)
 	}
 }

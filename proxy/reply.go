@@ -8,7 +8,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // acceptedBody is the JSON body of a 202.
@@ -31,7 +31,7 @@ type acceptedTarget struct {
 // [a-z0-9_-], so nothing needs escaping, and this runs once per accepted
 // request. etas lists every target of the route with its estimated delivery
 // time, RFC 3339 in UTC, to the second.
-func writeAccepted(ctx *fasthttp.RequestCtx, id buffer.ID, etas []targetETA) {
+func writeAccepted(ctx *fasthttp.RequestCtx, id store.ID, etas []targetETA) {
 	var idb [32]byte
 	ids := id.AppendTo(idb[:0])
 	var lb [64]byte
@@ -110,17 +110,17 @@ type messageStatus struct {
 }
 
 type targetStatus struct {
-	Target     string       `json:"target"`
-	Status     buffer.Phase `json:"status"`
-	Attempts   int          `json:"attempts"`
-	StatusCode int          `json:"status_code,omitempty"` // of the last attempt
-	At         *time.Time   `json:"at,omitempty"`          // time of the last attempt (delivery time when delivered)
-	NextTry    *time.Time   `json:"next_try,omitempty"`
+	Target     string      `json:"target"`
+	Status     store.Phase `json:"status"`
+	Attempts   int         `json:"attempts"`
+	StatusCode int         `json:"status_code,omitempty"` // of the last attempt
+	At         *time.Time  `json:"at,omitempty"`          // time of the last attempt (delivery time when delivered)
+	NextTry    *time.Time  `json:"next_try,omitempty"`
 	// ETA is the estimated delivery time of a queued or retrying message.
 	ETA       *time.Time        `json:"eta,omitempty"`
 	LastError string            `json:"last_error,omitempty"`
 	Response  *capturedResponse `json:"response,omitempty"` // capture_response: the answer to the delivery
-	History   []buffer.Attempt  `json:"history,omitempty"`
+	History   []store.Attempt   `json:"history,omitempty"`
 }
 
 // capturedResponse is a target's answer as the status API shows it. The body
@@ -134,7 +134,7 @@ type capturedResponse struct {
 	Truncated  bool              `json:"truncated,omitempty"` // the body was cut at capture_response.max_bytes
 }
 
-func newCapturedResponse(r *buffer.Response) *capturedResponse {
+func newCapturedResponse(r *store.Response) *capturedResponse {
 	out := &capturedResponse{Status: r.Status, Truncated: r.Truncated}
 	if len(r.Header) > 0 {
 		out.Headers = make(map[string]string, len(r.Header))
@@ -174,7 +174,7 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	raw := string(ctx.Path()[len(StatusPrefix):])
-	id, err := buffer.ParseID(raw)
+	id, err := store.ParseID(raw)
 	if err != nil {
 		writeError(ctx, fasthttp.StatusBadRequest, "bad_id", err.Error())
 		return
@@ -184,7 +184,7 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
 			continue
 		}
 		m, sts, err := r.queue.Lookup(id)
-		if errors.Is(err, buffer.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			continue
 		}
 		if err != nil {
@@ -208,7 +208,7 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
 				at := last.At.UTC()
 				ts.At, ts.StatusCode, ts.LastError = &at, last.Status, last.Error
 			}
-			if st.Phase == buffer.Retrying {
+			if st.Phase == store.Retrying {
 				nt := st.NextTry.UTC()
 				ts.NextTry = &nt
 			}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // Spillover (mode: spillover, one target).
@@ -40,7 +40,7 @@ type Direct interface {
 	TryDirect() (release func(), ok bool)
 	// Forward sends m once and reads the answer into resp; retry reports
 	// whether the outcome is one the drainer would retry.
-	Forward(m *buffer.Message, resp *fasthttp.Response) (retry bool, err error)
+	Forward(m *store.Message, resp *fasthttp.Response) (retry bool, err error)
 }
 
 type directTarget struct{ Direct }
@@ -100,7 +100,7 @@ func (s *Server) tryForward(ctx *fasthttp.RequestCtx, r *route) bool {
 	}
 	defer release()
 
-	var d buffer.Draft
+	var d store.Draft
 	d.Method, d.URI = ctx.Method(), ctx.URI().RequestURI()
 	addStoredHeaders(ctx, &d, nil)
 	m := d.Message()
@@ -126,7 +126,7 @@ func (s *Server) tryForward(ctx *fasthttp.RequestCtx, r *route) bool {
 
 // queueIdle reports whether q has nothing pending, in flight or retrying for
 // any target (a spillover route has one).
-func queueIdle(q *buffer.Queue) bool {
+func queueIdle(q store.Queue) bool {
 	for _, t := range q.Stats().Targets {
 		if t.Pending != 0 || t.InFlight != 0 || t.Retrying != 0 {
 			return false

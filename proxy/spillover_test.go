@@ -63,7 +63,7 @@ routes:
     targets: [{ name: inv, url: "http://127.0.0.1:1" }]
 `)
 	base := "http://" + addr + "/api/orders"
-	q := s.Queue("orders")
+	q := s.testQueue("orders")
 
 	// Before SetDirect everything is buffered.
 	r := do(t, "POST", base, `{"n":0}`, nil)

@@ -295,7 +295,7 @@ func TestPassthroughUploadLimits(t *testing.T) {
 			}
 		})
 	}
-	if n := s.Queue("orders").Stats().Appended; n != 0 {
+	if n := s.testQueue("orders").Stats().Appended; n != 0 {
 		t.Fatalf("%d stored", n)
 	}
 }
@@ -498,7 +498,7 @@ routes:
 }
 
 func testBufferedBodiesWhole(t *testing.T, addr string, s *Server) {
-	q := s.Queue("orders")
+	q := s.testQueue("orders")
 	hc := &fasthttp.HostClient{Addr: addr, MaxConns: 1} // one connection, kept alive
 
 	var mp bytes.Buffer

@@ -165,7 +165,7 @@ func TestPassthroughStreamsLargeResponse(t *testing.T) {
 	if got := raw(t, addr, "POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"); !strings.HasPrefix(got, `413 {"error":{"code":"body_too_large"`) {
 		t.Fatalf("oversized body on a buffer route: %q", got)
 	}
-	if n := s.Queue("orders").Stats().Appended; n != 0 {
+	if n := s.testQueue("orders").Stats().Appended; n != 0 {
 		t.Fatalf("%d stored", n)
 	}
 }

@@ -118,7 +118,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		ds: ds,
 		// sluice's own count: what is stored and not yet delivered.
 		backlog: func() uint64 {
-			q := n.proxy.Queue("orders").Stats()
+			q := n.queues["orders"].Stats()
 			tg := q.Targets[0]
 			return tg.Pending + uint64(tg.InFlight) + uint64(tg.Retrying)
 		},

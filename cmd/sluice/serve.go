@@ -20,6 +20,7 @@ import (
 	"github.com/sluice-proxy/sluice/drain"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/proxy"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // node is one running sluice: the store, the public listener and a drainer
@@ -27,6 +28,7 @@ import (
 type node struct {
 	log      *slog.Logger
 	store    *buffer.Store
+	queues   map[string]*buffer.Queue // of the buffer and spillover routes, by route
 	proxy    *proxy.Server
 	ln       net.Listener
 	drainers []*drain.Drainer
@@ -56,46 +58,75 @@ func storeConfig(st policies.Storage, log *slog.Logger) buffer.Config {
 	return cfg
 }
 
-// startNode opens the store, starts the drainers and serves on ln.
-func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (*node, error) {
-	store, err := buffer.Open(storeConfig(pol.Storage, log))
-	if err != nil {
-		return nil, err
-	}
-	srv, err := proxy.New(proxy.Config{Policy: pol, Store: store, Logger: log})
-	if err != nil {
-		store.Close()
-		return nil, err
-	}
-	n := &node{log: log, store: store, proxy: srv, ln: ln, serveErr: make(chan error, 1)}
+// openQueues opens the queue of every buffer and spillover route of pol.
+func openQueues(st *buffer.Store, pol *policies.Policy) (map[string]*buffer.Queue, error) {
+	qs := map[string]*buffer.Queue{}
 	for _, r := range pol.Routes {
 		if r.Mode != policies.ModeBuffer && r.Mode != policies.ModeSpillover {
 			continue
 		}
-		q := srv.Queue(r.Name)
+		names := make([]string, len(r.Targets))
+		for i, t := range r.Targets {
+			names[i] = t.Name
+		}
+		q, err := st.Queue(r.Name, names)
+		if err != nil {
+			return nil, fmt.Errorf("route %q: %w", r.Name, err)
+		}
+		qs[r.Name] = q
+	}
+	return qs, nil
+}
+
+// startNode opens the store, starts the drainers and serves on ln.
+func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (*node, error) {
+	st, err := buffer.Open(storeConfig(pol.Storage, log))
+	if err != nil {
+		return nil, err
+	}
+	queues, err := openQueues(st, pol)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	contract := make(map[string]store.Queue, len(queues))
+	for name, q := range queues {
+		contract[name] = q
+	}
+	srv, err := proxy.New(proxy.Config{Policy: pol, Queues: contract, Logger: log})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	n := &node{log: log, store: st, queues: queues, proxy: srv, ln: ln, serveErr: make(chan error, 1)}
+	for _, r := range pol.Routes {
+		q := queues[r.Name]
+		if q == nil {
+			continue // passthrough
+		}
 		for _, t := range r.Targets {
 			c, err := q.Consumer(t.Name)
 			if err != nil {
-				store.Close()
+				st.Close()
 				return nil, err
 			}
 			d, err := drain.New(drain.Config{Route: r.Name, Target: t, Logger: log, CallbackHeader: r.CallbackHeader, Callbacks: r.Callbacks}, c)
 			if err != nil {
-				store.Close()
+				st.Close()
 				return nil, fmt.Errorf("route %q: target %q: %w", r.Name, t.Name, err)
 			}
 			n.drainers = append(n.drainers, d)
 			// Estimated delivery times (202 body, status API, max_wait)
 			// follow the rate in force, SetRate and Pause included.
 			if err := srv.SetEstimator(r.Name, t.Name, d); err != nil {
-				store.Close()
+				st.Close()
 				return nil, err
 			}
 			if r.Mode == policies.ModeSpillover {
 				// The route forwards straight to this target when it has
 				// room; the drainer's bucket and slots cover both paths.
 				if err := srv.SetDirect(r.Name, d); err != nil {
-					store.Close()
+					st.Close()
 					return nil, err
 				}
 			}

@@ -1,6 +1,7 @@
-package buffer
+package store
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -94,6 +95,13 @@ func (d *Draft) Message() *Message {
 		m.Header = append(m.Header, Header{Name: string(h[0]), Value: string(h[1])})
 	}
 	return m
+}
+
+// Encode encodes d as a record with the id tag tag into d's own buffer and
+// returns it (valid until the next Encode or Reset).
+func (d *Draft) Encode(tag [8]byte) []byte {
+	d.buf = appendRecord(d.buf[:0], tag, d.EnqueuedAt, d.Method, d.URI, d.headers, d.IdempotencyKey, d.Body)
+	return d.buf
 }
 
 // Reset clears d for reuse, keeping its buffers.
@@ -192,3 +200,39 @@ func (d *decoder) bytes() []byte {
 }
 
 func (d *decoder) str() string { return string(d.bytes()) }
+
+// RecordSound reports whether rec's checksum holds.
+func RecordSound(rec []byte) bool {
+	return len(rec) >= 4 && crc32.Checksum(rec[:len(rec)-4], castagnoli) == binary.BigEndian.Uint32(rec[len(rec)-4:])
+}
+
+// RecordHead returns a sound record's enqueue time, id tag and idempotency
+// key (aliasing rec) without decoding the rest.
+func RecordHead(rec []byte) (time.Time, [8]byte, []byte) {
+	var tag [8]byte
+	if len(rec) < 1+8+8+4 {
+		return time.Time{}, tag, nil
+	}
+	copy(tag[:], rec[1:9])
+	at := time.Unix(0, int64(binary.BigEndian.Uint64(rec[9:17])))
+	d := decoder{b: rec[17 : len(rec)-4]}
+	d.bytes() // method
+	d.bytes() // uri
+	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
+		d.bytes()
+		d.bytes()
+	}
+	key := d.bytes()
+	if d.err != nil {
+		return at, tag, nil
+	}
+	return at, tag, key
+}
+
+// KeyHash is the 16-byte hash (SHA-256, truncated) under which an
+// idempotency key is indexed and messages are parked.
+func KeyHash(key []byte) (h [16]byte) {
+	sum := sha256.Sum256(key)
+	copy(h[:], sum[:16])
+	return h
+}

@@ -1,4 +1,4 @@
-package buffer
+package store
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ func sampleMessage() *Message {
 		EnqueuedAt:     time.Unix(1700000000, 123456789),
 		Method:         "POST",
 		URI:            "/api/orders?x=1&y=%20",
-		Header:         []Header{{"Content-Type", "application/json"}, {"X-Customer-Id", "c-42"}},
+		Header:         []Header{{Name: "Content-Type", Value: "application/json"}, {Name: "X-Customer-Id", Value: "c-42"}},
 		IdempotencyKey: "key-1",
 		Body:           []byte(`{"order":1}`),
 	}
@@ -62,7 +62,7 @@ func TestRecordDetectsDamage(t *testing.T) {
 }
 
 func TestIDRoundTrip(t *testing.T) {
-	id := ID{seq: 1234567, tag: newTag()}
+	id := ID{seq: 1234567, tag: NewTag()}
 	s := id.String()
 	if len(s) != idLen {
 		t.Fatalf("len(%q) = %d", s, len(s))
@@ -75,20 +75,6 @@ func TestIDRoundTrip(t *testing.T) {
 		if _, err := ParseID(bad); err == nil {
 			t.Errorf("ParseID(%q) succeeded", bad)
 		}
-	}
-}
-
-func TestStateRoundTrip(t *testing.T) {
-	st := &State{Phase: Retrying, Attempts: 2, NextTry: time.Unix(1700000000, 0).UTC(),
-		History: []Attempt{{N: 1, At: time.Unix(1, 0).UTC(), Status: 503, Error: "status 503", Duration: time.Millisecond}}}
-	b := encodeState(st)
-	got, err := decodeState(b)
-	if err != nil || !reflect.DeepEqual(got, st) {
-		t.Fatalf("got %+v, %v", got, err)
-	}
-	b[len(b)-2] ^= 1
-	if _, err := decodeState(b); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("damaged state: err = %v", err)
 	}
 }
 

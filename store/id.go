@@ -1,4 +1,4 @@
-package buffer
+package store
 
 import (
 	"crypto/rand"
@@ -21,12 +21,19 @@ var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadd
 // idLen is the length of ID.String: 16 bytes in base32.
 const idLen = 26
 
-func newTag() (t [8]byte) {
+// NewTag returns 64 random bits for a new message's id.
+func NewTag() (t [8]byte) {
 	if _, err := rand.Read(t[:]); err != nil {
-		panic("buffer: crypto/rand failed: " + err.Error()) // never on Linux; nothing sane to do
+		panic("store: crypto/rand failed: " + err.Error()) // never on Linux; nothing sane to do
 	}
 	return t
 }
+
+// NewID makes the id of the message seq whose random tag is tag.
+func NewID(seq uint64, tag [8]byte) ID { return ID{seq: seq, tag: tag} }
+
+// Tag returns the id's random part.
+func (id ID) Tag() [8]byte { return id.tag }
 
 // Seq returns the message's position in its queue.
 func (id ID) Seq() uint64 { return id.seq }
