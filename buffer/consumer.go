@@ -170,14 +170,17 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 	}
 	q.mu.Unlock()
 	// view runs fn in a read transaction of seg when some seq from next on
-	// may have a state record (written in an earlier run, or an outcome of
-	// this one: below hwm); past both, the messages were never attempted
-	// and only the log is read.
-	view := c.snapshotView
-	if next >= hwm && next >= q.openedNext {
-		view = func(_ *segment, fn func(*bolt.Tx, map[uint64]struct{}) error) error { return fn(nil, nil) }
+	// may have a state record written in an earlier run; past that, the
+	// messages were never attempted before this run and only the log is
+	// read. No copy of the in-flight set is needed (unlike fetchRetries):
+	// a seq at or above hwm was never handed out in this run, so it is
+	// neither in flight nor finished in it, and below hwm only what
+	// Release gave back (not in flight) is handed out again.
+	view := func(seg *segment, fn func(*bolt.Tx) error) error { return safeView(seg.db, fn) }
+	if next >= q.openedNext {
+		view = func(_ *segment, fn func(*bolt.Tx) error) error { return fn(nil) }
 	}
-	err = view(seg, func(tx *bolt.Tx, busyAtStart map[uint64]struct{}) error {
+	err = view(seg, func(tx *bolt.Tx) error {
 		var sb *bolt.Bucket
 		if tx != nil {
 			sb = tx.Bucket(stateBucket(c.target))
@@ -193,9 +196,6 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 				}
 			} else if sb != nil && seq < q.openedNext && sb.Get(seqKey(seq)) != nil {
 				continue // finished before a restart; its retry, if any, is in the schedule
-			}
-			if _, busy := busyAtStart[seq]; busy { // possible after Release rewound the cursor
-				continue
 			}
 			var err error
 			if buf, err = seg.log.read(seq, buf[:0]); errors.Is(err, ErrClosed) {

@@ -65,6 +65,11 @@ func (r *runner) releasePending() {
 	}
 	clear(r.pending)
 	r.pending, r.pendingBytes = r.pending[:0], 0
+	for _, dl := range r.ahead {
+		r.d.src.Release(dl)
+	}
+	clear(r.ahead)
+	r.ahead = r.ahead[:0]
 }
 
 // startBatch takes a token and a slot and sends the first messages of the

@@ -552,6 +552,9 @@ type runner struct {
 	// (so not fetched again) until Run ends and gives them back.
 	unrecorded []*store.Delivery
 
+	// Plain mode, unlimited rate: messages fetched ahead, not yet sent.
+	ahead []*store.Delivery
+
 	// Batch mode: messages fetched for the next batch, not yet sent.
 	pending      []*store.Delivery
 	pendingBytes int64     // their bodies' bytes, one newline each included
@@ -691,7 +694,7 @@ func (r *runner) loop(ctx context.Context) error {
 		if !openUntil.IsZero() {
 			wake = openUntil
 		}
-		if (paused || blocked) && len(r.pending) > 0 {
+		if (paused || blocked) && len(r.pending)+len(r.ahead) > 0 {
 			r.releasePending() // held back: back to the queue, not in flight
 		}
 		if (paused || blocked) && r.fair != nil && r.fair.held > 0 {
@@ -757,8 +760,31 @@ func (r *runner) loop(ctx context.Context) error {
 						wake = earliest(wake, due)
 					}
 				} else {
-					got, err := d.src.Fetch(k, now)
-					lastFetch = now
+					// With no rate limit and no ordering, fetch a whole
+					// round of slots at once and keep what cannot start
+					// yet (in flight in the store, released at a pause or
+					// the end): one Fetch per round instead of one per
+					// freed slot.
+					var got []*store.Delivery
+					var err error
+					short := false
+					if len(r.ahead) == 0 {
+						want := k
+						if r.lim == nil && r.ord == nil {
+							want = max(k, conc)
+						}
+						got, err = d.src.Fetch(want, now)
+						lastFetch = now
+						short = len(got) < want
+						if len(got) > k {
+							r.ahead = append(r.ahead[:0], got[k:]...)
+							got = got[:k]
+						}
+					} else {
+						n := min(k, len(r.ahead))
+						got = append([]*store.Delivery(nil), r.ahead[:n]...)
+						r.ahead = r.ahead[n:]
+					}
 					for i, dl := range got {
 						if r.ord != nil {
 							send, oerr := r.ord.admit(dl, now)
@@ -788,7 +814,7 @@ func (r *runner) loop(ctx context.Context) error {
 						fetchAfter = now.Add(fetchErrorPause)
 						continue
 					}
-					if len(got) == k {
+					if !short {
 						continue // there may be more; slots and tokens decide
 					}
 					idle, checkRetry = true, true

@@ -7,6 +7,9 @@
 // waits D (the commit's wall time: writes and fsyncs) and releases the batch.
 // bench/ceiling.sh uses it to show what a given commit cycle costs in
 // throughput under the same closed-loop load, whatever the storage does.
+//
+// GET /_count answers how many requests it has answered (bench/drain.sh
+// counts deliveries with it).
 package main
 
 import (
@@ -65,6 +68,11 @@ func main() {
 		logTo = logger(*logPath, *logZero, *logWriters)
 	}
 	h := func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/_count" {
+			// For bench/drain.sh: how many requests this server answered.
+			ctx.SetBodyString(strconv.FormatUint(n.Load(), 10))
+			return
+		}
 		if logTo != nil {
 			logTo(ctx.PostBody())
 		} else {
