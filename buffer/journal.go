@@ -261,24 +261,33 @@ func (q *Queue) applyOutcomes(s *segment, each func(put func(target string, seq 
 	return err
 }
 
-// writeOutcomes appends the frames of one commit's outcomes to the
-// journal and, with SyncAlways, fdatasyncs it. A failed write is cut off
-// again, so that no frame of an outcome reported as failed can be applied
-// at a restart after a later frame was written over its torn end.
-func (q *Queue) writeOutcomes(frames []byte) error {
+// writeOutcomes appends the frames of one commit's outcomes to the journal
+// and, with SyncAlways, starts its fdatasync in another goroutine, so that
+// it overlaps the log's in the same commit; the commit waits for it with
+// the function returned. A failed write or sync is cut off again, so that
+// no frame of an outcome reported as failed can be applied at a restart
+// after a later frame was written over its torn end.
+func (q *Queue) writeOutcomes(frames []byte) (wait func() error) {
 	j := q.jrn
 	if _, err := j.f.WriteAt(frames, j.end); err != nil {
 		j.f.Truncate(j.end)
-		return err
+		return func() error { return err }
 	}
-	if q.cfg.Sync == SyncAlways {
-		if err := fdatasync(j.f); err != nil {
+	end := j.end + int64(len(frames))
+	if q.cfg.Sync != SyncAlways {
+		j.end = end
+		return func() error { return nil }
+	}
+	done := make(chan error, 1)
+	go func() { done <- fdatasync(j.f) }()
+	return func() error {
+		if err := <-done; err != nil {
 			j.f.Truncate(j.end)
 			return err
 		}
+		j.end = end
+		return nil
 	}
-	j.end += int64(len(frames))
-	return nil
 }
 
 // syncJournal fdatasyncs what the journal got since the last sync

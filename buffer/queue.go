@@ -859,15 +859,38 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	first := q.nextSeq
 	q.mu.Unlock()
 
+	var appErr error
 	if len(apps) > 0 {
-		err := q.store.admit()
-		if err != nil && time.Since(q.lastPressure) > 50*time.Millisecond {
+		appErr = q.store.admit()
+		if appErr != nil && time.Since(q.lastPressure) > 50*time.Millisecond {
 			// Refused for space: free what every target has finished now,
-			// not at the next retention tick, and look again.
+			// not at the next retention tick, and look again. (Before the
+			// journal write below: retention may checkpoint, which starts
+			// a new journal.)
 			q.lastPressure = time.Now()
 			q.enforceRetention(dirty)
-			err = q.store.admit()
+			appErr = q.store.admit()
 		}
+	}
+
+	// First outcomes that are Delivered: one write of the journal for all
+	// of them, its fdatasync started now, overlapping the log's; their
+	// bbolt records wait for a checkpoint.
+	var encoded [][]byte
+	var waitOutcomes func() error
+	if len(fast) > 0 {
+		buf := make([]byte, 0, len(fast)*96) // kept: pending sub-slices it
+		encoded = make([][]byte, len(fast))
+		for i, r := range fast {
+			st := encodeState(r.state)
+			buf = appendJournalFrame(buf, q.jrn.gen, r.seq, q.targets[r.target], st)
+			encoded[i] = buf[len(buf)-len(st):]
+		}
+		waitOutcomes = q.writeOutcomes(buf)
+	}
+
+	if len(apps) > 0 {
+		err := appErr
 		if err == nil {
 			if err = q.appendBatch(head, first, apps, dirty); err != nil {
 				q.failedCommits.Add(1)
@@ -884,18 +907,10 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		}
 	}
 
-	// First outcomes that are Delivered: one write (and fdatasync) of the
-	// journal for all of them; their bbolt records wait for a checkpoint.
-	var encoded [][]byte
-	if len(fast) > 0 {
-		buf := make([]byte, 0, len(fast)*96) // kept: pending sub-slices it
-		encoded = make([][]byte, len(fast))
-		for i, r := range fast {
-			st := encodeState(r.state)
-			buf = appendJournalFrame(buf, q.jrn.gen, r.seq, q.targets[r.target], st)
-			encoded[i] = buf[len(buf)-len(st):]
-		}
-		err := q.writeOutcomes(buf)
+	// First outcomes that are Delivered: waited for here, after the appends
+	// (their fdatasyncs overlap).
+	if waitOutcomes != nil {
+		err := waitOutcomes()
 		if err != nil {
 			q.log.Error("outcome journal write failed", "file", journalName(q.jrn.gen), "err", err)
 			err = fmt.Errorf("%w: %w", ErrIO, err)

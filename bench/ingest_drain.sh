@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# bench/ingest_drain.sh: ingest while a target drains, as a ratio of the
+# same ingest with that target paused, in the same run.
+#
+# `sluice serve` with one buffered route and one target at bench/noop
+# (concurrency 64), fsync FSYNC; wrk -t2 -cCONNS, 1 KiB POSTs, DURATION.
+# "paused": the target's rate is 0 (only ingest runs). "draining": its rate
+# is unlimited, so every accepted request is also delivered while wrk
+# runs; the script prints how many the downstream got against how many
+# were accepted (the drain keeping pace: 1.00). Alternating, RUNS rounds,
+# a fresh data directory each run.
+#
+#   bench/ingest_drain.sh
+#   RUNS=5 CONNS=64 DURATION=10s bench/ingest_drain.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3} DURATION=${DURATION:-10s} CONNS=${CONNS:-64} THREADS=${THREADS:-2} FSYNC=${FSYNC:-always}
+command -v wrk >/dev/null && command -v curl >/dev/null || { echo "wrk and curl are required: apt-get install wrk curl" >&2; exit 1; }
+. bench/lib.sh
+port_free 18080 18082
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+go build -o "$work/sluice" ./cmd/sluice
+go build -o "$work/noop" ./bench/noop
+go build -o "$work/blast" ./bench/blast
+
+policy() { # FILE RATE
+  cat > "$1" <<YAML
+listen: 127.0.0.1:18080
+storage: { dir: $work/data, fsync: "$FSYNC" }
+routes:
+  - name: orders
+    match: { path: /api/orders, methods: [POST] }
+    targets:
+      - { name: store, url: "http://127.0.0.1:18082", rate: $2, concurrency: 64 }
+YAML
+}
+policy "$work/paused.yaml" 0
+policy "$work/draining.yaml" unlimited
+
+machine
+echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; fsync $FSYNC; target concurrency 64 to bench/noop"
+printf '%-9s %-4s %10s %9s %9s %11s %7s %12s\n' target run req/s p50_ms p99_ms cpu_us/req steal% delivered/acc
+: > "$work/paused.txt"; : > "$work/draining.txt"
+"$work/noop" -listen 127.0.0.1:18082 & np=$!
+wait_port 18082
+for i in $(seq "$RUNS"); do
+  for mode in paused draining; do
+    rm -rf "$work/data"
+    before=$(curl -s http://127.0.0.1:18082/_count)
+    "$work/sluice" serve --policy "$work/$mode.yaml" 2>"$work/$mode.log" & sp=$!
+    wait_port 18080
+    r=$(wrk_post 18080 $sp)
+    after=$(curl -s http://127.0.0.1:18082/_count)
+    kill -TERM $sp; wait $sp 2>/dev/null || true
+    echo "$r" >> "$work/$mode.txt"
+    set -- $r
+    acc=$(awk -v r="$1" -v d="$DURATION" 'BEGIN{ sub(/s$/,"",d); printf "%.0f", r*d }')
+    pace=$(awk -v a="$acc" -v b="$before" -v c="$after" 'BEGIN{ printf "%.2f", (c-b)/(a>0?a:1) }')
+    printf '%-9s %-4s %10s %9s %9s %11s %7s %12s\n' "$mode" "$i" "$1" "$2" "$3" "$5" "$6" "$pace"
+  done
+done
+p=$(cut -d' ' -f1 "$work/paused.txt" | median); d=$(cut -d' ' -f1 "$work/draining.txt" | median)
+paste -d' ' "$work/draining.txt" "$work/paused.txt" | awk '{ printf "%.2f\n", $1/$7 }' > "$work/ratio.txt"
+echo "medians: paused $p req/s, draining $d req/s"
+echo "ratio draining/paused: $(awk -v a="$d" -v b="$p" 'BEGIN{ printf "%.2f", a/b }') (round by round: $(tr '\n' ' ' < "$work/ratio.txt"))"
