@@ -20,14 +20,13 @@ import (
 //
 // With SyncInterval and SyncNever the acknowledgement comes before fsync, but
 // after the write(2): a process crash (unlike a power loss) still loses
-// nothing, and that is tested too. "always+delay" is SyncAlways with the
-// commit delay on (Config.CommitDelay), which holds commits back under load.
+// nothing, and that is tested too.
 func TestCrashLosesNothingAcknowledged(t *testing.T) {
 	if os.Getenv("SLUICE_CRASH_CHILD") != "" {
 		crashChild()
 		return
 	}
-	for _, mode := range []string{"always", "always+delay", "interval", "never"} {
+	for _, mode := range []string{"always", "interval", "never"} {
 		t.Run("fsync="+mode, func(t *testing.T) { crashRounds(t, mode) })
 	}
 }
@@ -88,8 +87,6 @@ func crashChild() {
 		cfg.Sync = SyncInterval
 	case "never":
 		cfg.Sync = SyncNever
-	case "always+delay":
-		cfg.CommitDelay = 250 * time.Microsecond
 	}
 	s, err := Open(cfg)
 	if err != nil {

@@ -116,7 +116,6 @@ type Queue struct {
 	// Group-commit figures since Open, for WriterStats.
 	commits, committed, commitNanos, failedCommits, refused atomic.Uint64
 	checkpoints                                             atomic.Uint64
-	delays, delayNanos                                      atomic.Uint64
 	writebacks                                              atomic.Uint64 // SyncNever: writeback starts, for tests
 }
 
@@ -126,17 +125,13 @@ type Queue struct {
 // commits back to back, so Time/Commits is the group-commit cycle that every
 // acknowledgement waits for. FailedCommits and Refused count the append
 // commits that failed to write (e.g. ENOSPC) and the appends they refused
-// with ErrIO; the log shows them at most once a second. Delays and
-// DelayTime count the commits the writer held back (Config.CommitDelay) and
-// the wall time it waited for them, which Time does not include.
+// with ErrIO; the log shows them at most once a second.
 type WriterStats struct {
 	Commits       uint64
 	Requests      uint64
 	Time          time.Duration
 	FailedCommits uint64
 	Refused       uint64
-	Delays        uint64
-	DelayTime     time.Duration
 }
 
 // WriterStats returns the writer's figures so far.
@@ -147,8 +142,6 @@ func (q *Queue) WriterStats() WriterStats {
 		Time:          time.Duration(q.commitNanos.Load()),
 		FailedCommits: q.failedCommits.Load(),
 		Refused:       q.refused.Load(),
-		Delays:        q.delays.Load(),
-		DelayTime:     time.Duration(q.delayNanos.Load()),
 	}
 }
 
@@ -598,11 +591,6 @@ func (q *Queue) writer() {
 	dirty := map[*segment]bool{} // written since the last sync (SyncInterval)
 	ticks := 0
 	batch := make([]*request, 0, maxBatch)
-	pace := newPacer()
-	delay := time.Duration(0)
-	if q.cfg.Sync == SyncAlways && q.cfg.CommitDelay > 0 {
-		delay = q.cfg.CommitDelay
-	}
 	for {
 		select {
 		case r := <-q.reqs:
@@ -614,19 +602,6 @@ func (q *Queue) writer() {
 			// dominates with SyncNever); idle, Gosched returns at once.
 			runtime.Gosched()
 			batch = q.gather(batch)
-			if delay > 0 && pace.wait(len(batch)) {
-				// With fsync always the fsync is most of a commit's cost:
-				// under load, wait a little so that it covers more requests
-				// (BENCHMARKS.md, "fourth set: commit delay"). pacer says when.
-				t := time.Now()
-				yieldFor(t, delay)
-				q.delayNanos.Add(uint64(time.Since(t)))
-				q.delays.Add(1)
-				n := len(batch)
-				batch = q.gather(batch)
-				pace.waited(len(batch) - n)
-			}
-			pace.committed(len(batch))
 			t0 := time.Now()
 			q.commit(batch, dirty)
 			q.commitNanos.Add(uint64(time.Since(t0)))
@@ -670,84 +645,10 @@ func (q *Queue) writer() {
 				q.log.Info("writer stopped", "commits", ws.Commits,
 					"requests_per_commit", fmt.Sprintf("%.1f", float64(ws.Requests)/float64(ws.Commits)),
 					"avg_commit", (ws.Time / time.Duration(ws.Commits)).Round(time.Microsecond),
-					"failed_commits", ws.FailedCommits, "refused", ws.Refused,
-					"delayed_commits", ws.Delays, "avg_delay", avgDelay(ws))
+					"failed_commits", ws.FailedCommits, "refused", ws.Refused)
 			}
 			return
 		}
-	}
-}
-
-func avgDelay(ws WriterStats) time.Duration {
-	if ws.Delays == 0 {
-		return 0
-	}
-	return (ws.DelayTime / time.Duration(ws.Delays)).Round(time.Microsecond)
-}
-
-// pacer decides when the writer delays a commit (Config.CommitDelay), the
-// way PostgreSQL's commit_delay and commit_siblings do, but from what the
-// delays have gathered so far rather than from a count of sessions:
-//
-//   - only under load: the previous commit carried at least paceSiblings
-//     requests, so more are likely on their way; a lone client never waits;
-//   - not when this commit already has paceFull requests to share its fsync;
-//   - only while waiting pays: when the last delays gathered fewer than
-//     paceGain requests each on average (a closed loop of clients that are
-//     all in this commit already, say), it stops waiting and only tries
-//     again every paceProbe commits; a delay that gathers paceGain or more
-//     goes on delaying.
-type pacer struct {
-	prev  int // requests in the previous commit
-	gain  int // what a delay gathered, moving average, scaled by 8
-	since int // commits since the last delay
-}
-
-const (
-	paceSiblings = 16
-	paceFull     = 128
-	paceGain     = 8
-	paceProbe    = 32
-)
-
-// newPacer starts out hopeful: the first commit under load is delayed, and
-// what that gathers decides about the next.
-func newPacer() pacer { return pacer{gain: paceGain * 8} }
-
-// wait reports whether to delay a commit that has gathered n requests.
-func (p *pacer) wait(n int) bool {
-	if p.prev < paceSiblings || n >= paceFull {
-		return false
-	}
-	return p.gain >= paceGain*8 || p.since >= paceProbe
-}
-
-// waited records that a delay gathered more requests.
-func (p *pacer) waited(more int) {
-	p.gain += more - p.gain/8 // gain/8 approaches the average of more
-	if more >= paceGain && p.gain < paceGain*8 {
-		p.gain = paceGain * 8 // a delay that paid: go on delaying
-	}
-	p.since = 0
-}
-
-// committed records a commit of n requests.
-func (p *pacer) committed(n int) {
-	p.prev = n
-	p.since++
-}
-
-// yieldFor lets the other goroutines run until d has passed since t.
-// time.Sleep would be cheaper, but below a millisecond it is not kept: with
-// every P idle the runtime waits in epoll_pwait, whose timeout is whole
-// milliseconds, and a 250µs sleep takes 1ms (measured: 1.007ms on average
-// with 16 clients). Under load the goroutines that yieldFor lets run are
-// the handlers whose requests the commit then takes; with nothing else to
-// run it spins for d, which the pacer keeps to one probe in paceProbe
-// commits when waiting does not pay.
-func yieldFor(t time.Time, d time.Duration) {
-	for time.Since(t) < d {
-		runtime.Gosched()
 	}
 }
 

@@ -41,12 +41,6 @@ type Config struct {
 	MaxBytes int64
 	// MinFreeBytes refuses appends (ErrFull) while the file system has less free; 0 = off.
 	MinFreeBytes int64
-	// CommitDelay, with SyncAlways, is how long the writer waits for more
-	// requests before a commit while it is under load, so that one fsync
-	// acknowledges more of them (PostgreSQL's commit_delay); pacer says
-	// when. 0, the default, is off: on the machine of BENCHMARKS.md
-	// ("commit delay") it bought no clear gain.
-	CommitDelay time.Duration
 	// CursorInterval is how often consumer floors are persisted; default 200ms.
 	CursorInterval time.Duration
 	Logger         *slog.Logger     // default slog.Default()

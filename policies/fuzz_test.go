@@ -81,7 +81,6 @@ func checkInvariants(t *testing.T, p *Policy) {
 	check(s.Retention > 0, "retention %v", s.Retention)
 	check(s.MaxBytes >= 0 && s.MinFreeBytes >= 0, "negative sizes %d %d", s.MaxBytes, s.MinFreeBytes)
 	check(s.SegmentBytes >= MinSegmentBytes && s.SegmentBytes <= MaxSegmentBytes, "segment_bytes %d", s.SegmentBytes)
-	check(s.CommitDelay >= 0 && s.CommitDelay <= MaxCommitDelay && (s.Fsync.Mode == FsyncAlways || s.CommitDelay == 0), "commit_delay %v with fsync %v", s.CommitDelay, s.Fsync)
 	check((s.Fsync.Mode == FsyncInterval) == (s.Fsync.Interval > 0), "fsync %+v", s.Fsync)
 	check(s.Fsync.Mode >= FsyncAlways && s.Fsync.Mode <= FsyncNever, "fsync mode %d", s.Fsync.Mode)
 	check(len(p.Routes) > 0, "no routes")

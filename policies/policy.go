@@ -77,7 +77,6 @@ type Storage struct {
 	MaxBytes     int64         // admission limit on stored bytes; 0 (the default) = unlimited
 	MinFreeBytes int64         // key min_free_bytes: free-disk floor; 0 (the default) = disabled
 	SegmentBytes int64         // key segment_bytes: log segment size; default 64MiB, 64KiB..4GiB
-	CommitDelay  time.Duration // key commit_delay: with fsync always, wait under load for more requests per fsync; default 0 (off), at most 10ms
 	Line         int           // line of the storage mapping; 0 if the file has none
 }
 

@@ -16,7 +16,6 @@ const (
 	DefaultDir          = "./data"
 	DefaultRetention    = 72 * time.Hour
 	DefaultSegmentBytes = 64 << 20
-	MaxCommitDelay      = 10 * time.Millisecond
 	DefaultMaxBody      = 1 << 20 // buffer and spillover routes
 	DefaultConcurrency  = 16
 	DefaultTimeout      = 10 * time.Second
@@ -161,7 +160,7 @@ func (d *decoder) storage(top *mapping) Storage {
 	if !ok {
 		return s
 	}
-	m := d.mapping(n, "storage", "storage", "engine", "dir", "fsync", "retention", "max_bytes", "min_free_bytes", "segment_bytes", "commit_delay")
+	m := d.mapping(n, "storage", "storage", "engine", "dir", "fsync", "retention", "max_bytes", "min_free_bytes", "segment_bytes")
 	if m == nil {
 		return s
 	}
@@ -173,9 +172,6 @@ func (d *decoder) storage(top *mapping) Storage {
 	field(d, m, "max_bytes", "", parseSize(0, maxSize), &s.MaxBytes)
 	field(d, m, "min_free_bytes", "", parseSize(0, maxSize), &s.MinFreeBytes)
 	field(d, m, "segment_bytes", "", parseSize(MinSegmentBytes, MaxSegmentBytes), &s.SegmentBytes)
-	if field(d, m, "commit_delay", "", parseCommitDelay, &s.CommitDelay) && s.CommitDelay > 0 && s.Fsync.Mode != FsyncAlways {
-		d.errorf(m.vals["commit_delay"].Line, m.field("commit_delay"), "commit_delay applies only with fsync: always (it shares one fsync among more requests)")
-	}
 	return s
 }
 

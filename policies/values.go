@@ -146,15 +146,6 @@ func positiveDuration(s string) (time.Duration, error) {
 	return d, err
 }
 
-// parseCommitDelay parses storage.commit_delay: 0s (off) to MaxCommitDelay.
-func parseCommitDelay(s string) (time.Duration, error) {
-	d, err := parseDuration(s)
-	if err == nil && (d < 0 || d > MaxCommitDelay) {
-		err = fmt.Errorf("commit_delay %s out of range: expected 0s (off) to %s, such as 250us", s, MaxCommitDelay)
-	}
-	return d, err
-}
-
 // maxSize is the largest size accepted anywhere, 1 EiB, so sizes fit in an int64.
 const maxSize = 1 << 60
 

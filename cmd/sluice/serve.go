@@ -49,7 +49,7 @@ func storeConfig(st policies.Storage, log *slog.Logger) buffer.Config {
 	}
 	switch st.Fsync.Mode {
 	case policies.FsyncAlways:
-		cfg.Sync, cfg.CommitDelay = buffer.SyncAlways, st.CommitDelay
+		cfg.Sync = buffer.SyncAlways
 	case policies.FsyncInterval:
 		cfg.Sync, cfg.SyncInterval = buffer.SyncInterval, st.Fsync.Interval
 	case policies.FsyncNever:
