@@ -456,7 +456,8 @@ func (d *Drainer) Run(ctx context.Context) error {
 		return fmt.Errorf("drain: route %q: target %q: Run is already running", d.route, d.target.Name)
 	}
 	defer d.running.Store(false)
-	r := &runner{d: d, events: make(chan event, 4*d.target.Concurrency), br: newBreaker(d.target.Breaker)}
+	r := &runner{d: d, events: make(chan event, 4*d.target.Concurrency), br: newBreaker(d.target.Breaker),
+		work: make(chan job), quit: make(chan struct{})}
 	if d.target.Adaptive != nil {
 		r.ad = newAIMD(d.target.Adaptive)
 	}
@@ -494,6 +495,8 @@ func (d *Drainer) Run(ctx context.Context) error {
 	for r.outstanding > 0 {
 		r.handle(<-r.events)
 	}
+	close(r.quit)
+	r.workers.Wait()
 	r.releaseUnrecorded()
 	d.cb.wait(d.log) // the callbacks of those outcomes
 	d.client.CloseIdleConnections()
@@ -551,6 +554,11 @@ type runner struct {
 	// Messages whose outcome could not be recorded: in flight in the store
 	// (so not fetched again) until Run ends and gives them back.
 	unrecorded []*store.Delivery
+
+	// Worker goroutines that make the attempts (see worker).
+	work    chan job
+	quit    chan struct{}
+	workers sync.WaitGroup
 
 	// Plain mode, unlimited rate: messages fetched ahead, not yet sent.
 	ahead []*store.Delivery
@@ -944,11 +952,48 @@ func (r *runner) take(now time.Time, gen uint64) bool {
 	return true
 }
 
-// launch sends dl in a new goroutine, with the slot and token take took.
+// launch sends dl, with the slot and token take took, on an idle worker
+// goroutine, or a new one if none is idle.
 func (r *runner) launch(dl *store.Delivery, now time.Time) {
 	r.sending++
 	r.outstanding++
-	go r.d.attempt(dl, r.br.Started(now), r.events)
+	j := job{dl: dl, probe: r.br.Started(now)}
+	select {
+	case r.work <- j:
+	default:
+		r.workers.Add(1)
+		go r.worker(j)
+	}
+}
+
+// job is one attempt for a worker.
+type job struct {
+	dl    *store.Delivery
+	probe bool
+}
+
+// workerIdle is how long a worker waits for its next attempt before it
+// exits. Workers are reused rather than started per attempt: a goroutine
+// that has made an HTTP call has grown its stack, and a new one would grow
+// it again (~5% of the drainer's CPU at full speed).
+const workerIdle = 2 * time.Second
+
+// worker makes attempts until none comes for workerIdle or Run ends.
+func (r *runner) worker(j job) {
+	defer r.workers.Done()
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	for {
+		r.d.attempt(j.dl, j.probe, r.events)
+		t.Reset(workerIdle)
+		select {
+		case j = <-r.work:
+		case <-t.C:
+			return
+		case <-r.quit:
+			return
+		}
+	}
 }
 
 // attempt sends dl once, records the outcome and tells the run loop.
