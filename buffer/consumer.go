@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"github.com/sluice-proxy/sluice/store"
@@ -181,9 +182,30 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 		view = func(_ *segment, fn func(*bolt.Tx) error) error { return fn(nil) }
 	}
 	err = view(seg, func(tx *bolt.Tx) error {
-		var sb *bolt.Bucket
+		// finished reports whether seq has a state record: a cursor walks
+		// the state bucket along with seq (one seek per record, not one
+		// lookup per seq).
+		finished := func(uint64) bool { return false }
 		if tx != nil {
-			sb = tx.Bucket(stateBucket(c.target))
+			cur := tx.Bucket(stateBucket(c.target)).Cursor()
+			var at uint64 // the first seq with a record at or after the last seek
+			sought := false
+			finished = func(seq uint64) bool {
+				if !sought || at < seq {
+					k, _ := cur.Seek(seqKey(seq))
+					at, sought = ^uint64(0), true
+					if len(k) == 8 {
+						at = binary.BigEndian.Uint64(k)
+					}
+				}
+				return at == seq
+			}
+		}
+		// The frames ahead are read with one pread; a seq among them that
+		// is skipped costs its bytes only.
+		_, recs, err := seg.log.readSpan(next, min(max, int(end-min(next, end))), nil)
+		if err != nil {
+			return err
 		}
 		var buf []byte
 		for seq := next; seq < end && len(out) < max; seq++ {
@@ -194,16 +216,22 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 				if _, ok := released[seq]; !ok {
 					continue
 				}
-			} else if sb != nil && seq < q.openedNext && sb.Get(seqKey(seq)) != nil {
+			} else if seq < q.openedNext && finished(seq) {
 				continue // finished before a restart; its retry, if any, is in the schedule
 			}
+			var rec []byte
 			var err error
-			if buf, err = seg.log.read(seq, buf[:0]); errors.Is(err, ErrClosed) {
-				return err
+			if i := seq - next; i < uint64(len(recs)) && recs[i] != nil {
+				rec = recs[i]
+			} else {
+				if buf, err = seg.log.read(seq, buf[:0]); errors.Is(err, ErrClosed) {
+					return err
+				}
+				rec = buf
 			}
 			var m *Message
 			if err == nil {
-				m, err = DecodeRecord(buf)
+				m, err = DecodeRecord(rec)
 			}
 			if err != nil {
 				q.log.Error("damaged record; marking it dead for this target", "target", c.target, "seq", seq, "err", err)

@@ -147,6 +147,58 @@ func (l *segLog) read(seq uint64, buf []byte) ([]byte, error) {
 	return buf[:start+int(n)], nil
 }
 
+// readSpan reads the frames of from..from+n-1 (those the log has) with one
+// pread into buf and returns buf and their records, each aliasing buf;
+// recs[i] is nil where that frame is damaged or does not match its index
+// (read it with read to get the error). ErrClosed: the segment was closed
+// under the reader.
+func (l *segLog) readSpan(from uint64, n int, buf []byte) ([]byte, [][]byte, error) {
+	l.mu.RLock()
+	n = int(min(uint64(n), l.first+l.n-min(from, l.first+l.n)))
+	locs := make([]recLoc, 0, n)
+	for i := range n {
+		loc, err := l.locLocked(from + uint64(i))
+		if err != nil {
+			l.mu.RUnlock()
+			return buf, nil, err
+		}
+		locs = append(locs, loc)
+	}
+	l.mu.RUnlock()
+	recs := make([][]byte, n)
+	if n == 0 {
+		return buf, recs, nil
+	}
+	// The span from the first whole frame to the end of the last.
+	lo, hi := uint64(missing), uint64(0)
+	for _, loc := range locs {
+		if loc.off != missing {
+			lo = min(lo, loc.off)
+			hi = max(hi, loc.off+frameHeader+uint64(loc.n))
+		}
+	}
+	if lo == missing || hi-lo > 64<<20 {
+		return buf, recs, nil // nothing whole, or too far apart: one by one
+	}
+	buf = append(buf[:0], make([]byte, hi-lo)...)
+	if _, err := l.f.ReadAt(buf, int64(lo)); err != nil {
+		if errors.Is(err, os.ErrClosed) {
+			return buf, nil, fmt.Errorf("%w: %v", ErrClosed, err)
+		}
+		return buf, recs, nil // read them one by one, with the error each gets
+	}
+	for i, loc := range locs {
+		if loc.off == missing {
+			continue
+		}
+		f := buf[loc.off-lo : loc.off-lo+frameHeader+uint64(loc.n)]
+		if fn, fseq, ok := parseFrameHeader(f); ok && fseq == from+uint64(i) && fn == loc.n {
+			recs[i] = f[frameHeader:]
+		}
+	}
+	return buf, recs, nil
+}
+
 // pageSize is the unit of the page cache that padWrite rounds writes to.
 const pageSize = 4096
 

@@ -337,3 +337,34 @@ func TestOldFormatRefused(t *testing.T) {
 		t.Fatalf("a log file was created beside the old segment: %v", err)
 	}
 }
+
+// readSpan returns, for every seq of the span, the record read returns,
+// on the head and on a sealed segment.
+func TestReadSpanMatchesRead(t *testing.T) {
+	s, q := openTest(t, Config{SegmentBytes: 64 << 10}, "a")
+	defer s.Close()
+	for range 6 {
+		appendN(t, q, 25)
+	}
+	q.mu.Lock()
+	segs := append([]*segment(nil), q.segs...)
+	q.mu.Unlock()
+	if len(segs) < 2 {
+		t.Fatalf("want a sealed segment and a head, got %d segments", len(segs))
+	}
+	for _, seg := range []*segment{segs[0], segs[len(segs)-1]} {
+		n := int(seg.log.count())
+		_, recs, err := seg.log.readSpan(seg.first, n+5, nil)
+		must(t, err)
+		if len(recs) != n {
+			t.Fatalf("segment %d: %d records for %d messages", seg.first, len(recs), n)
+		}
+		for i, rec := range recs {
+			want, err := seg.log.read(seg.first+uint64(i), nil)
+			must(t, err)
+			if !bytes.Equal(rec, want) {
+				t.Fatalf("segment %d seq %d: readSpan and read differ", seg.first, seg.first+uint64(i))
+			}
+		}
+	}
+}
