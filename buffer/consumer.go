@@ -396,14 +396,49 @@ func (c *Consumer) NextRetry() (time.Time, bool) {
 // committed (durable with SyncAlways). If it fails, the message stays in
 // flight in memory and is attempted again after a restart.
 func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error {
+	r, err := c.completeRequest(d, out)
+	if err != nil {
+		return err
+	}
+	return c.q.complete(ctx, r, true)
+}
+
+// CompleteBatch is Complete for many attempts: every request is handed to
+// the writer before any is waited for, so they share its commits and the
+// caller wakes once. errs[i] is the outcome for ds[i].
+func (c *Consumer) CompleteBatch(ctx context.Context, ds []*Delivery, outs []Outcome) []error {
+	errs := make([]error, len(ds))
+	rs := make([]*request, len(ds))
+	for i, d := range ds {
+		r, err := c.completeRequest(d, outs[i])
+		if err == nil {
+			err = c.q.hand(ctx, r)
+		}
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		rs[i] = r
+	}
+	for i, r := range rs {
+		if r != nil {
+			<-r.done // hand guarantees an answer, even across Close
+			errs[i] = r.err
+		}
+	}
+	return errs
+}
+
+// completeRequest builds the state change that records out for d.
+func (c *Consumer) completeRequest(d *Delivery, out Outcome) (*request, error) {
 	switch out.Phase {
 	case Delivered, Dead:
 	case Retrying:
 		if out.NextTry.IsZero() {
-			return fmt.Errorf("buffer: Complete: retrying without NextTry")
+			return nil, fmt.Errorf("buffer: Complete: retrying without NextTry")
 		}
 	default:
-		return fmt.Errorf("buffer: Complete: invalid phase %q", out.Phase)
+		return nil, fmt.Errorf("buffer: Complete: invalid phase %q", out.Phase)
 	}
 	st := &State{Phase: out.Phase, Attempts: d.Attempt, Response: out.Response}
 	if out.Phase == Retrying {
@@ -424,7 +459,7 @@ func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error
 	// A first outcome that is Delivered touches no index (no retry entry
 	// to remove, no dead letter to list): the journal takes it.
 	r.fast = d.Prior == nil && out.Phase == Delivered
-	return c.q.complete(ctx, r, true)
+	return r, nil
 }
 
 // Release gives a fetched delivery back without an outcome (for example at

@@ -8,10 +8,11 @@ import (
 
 // buffer implements the store contract.
 var (
-	_ store.Queue       = (*Queue)(nil)
-	_ store.Consumer    = (*Consumer)(nil)
-	_ store.Parker      = (*Consumer)(nil)
-	_ store.DeadLetters = (*Queue)(nil)
+	_ store.Queue          = (*Queue)(nil)
+	_ store.Consumer       = (*Consumer)(nil)
+	_ store.Parker         = (*Consumer)(nil)
+	_ store.BatchCompleter = (*Consumer)(nil)
+	_ store.DeadLetters    = (*Queue)(nil)
 )
 
 // The contract's value types under their old names, used inside buffer.

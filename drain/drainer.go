@@ -457,7 +457,9 @@ func (d *Drainer) Run(ctx context.Context) error {
 	}
 	defer d.running.Store(false)
 	r := &runner{d: d, events: make(chan event, 4*d.target.Concurrency), br: newBreaker(d.target.Breaker),
-		work: make(chan job), quit: make(chan struct{})}
+		work: make(chan job), quit: make(chan struct{}),
+		recq: make(chan recItem, d.target.Concurrency+recordWindow), recDone: make(chan struct{})}
+	go r.recorder()
 	if d.target.Adaptive != nil {
 		r.ad = newAIMD(d.target.Adaptive)
 	}
@@ -497,6 +499,8 @@ func (d *Drainer) Run(ctx context.Context) error {
 	}
 	close(r.quit)
 	r.workers.Wait()
+	close(r.recq) // empty: nothing is outstanding
+	<-r.recDone
 	r.releaseUnrecorded()
 	d.cb.wait(d.log) // the callbacks of those outcomes
 	d.client.CloseIdleConnections()
@@ -555,10 +559,13 @@ type runner struct {
 	// (so not fetched again) until Run ends and gives them back.
 	unrecorded []*store.Delivery
 
-	// Worker goroutines that make the attempts (see worker).
+	// Worker goroutines that make the attempts (see worker), and the
+	// recorder that records their outcomes (see recorder).
 	work    chan job
 	quit    chan struct{}
 	workers sync.WaitGroup
+	recq    chan recItem
+	recDone chan struct{}
 
 	// Plain mode, unlimited rate: messages fetched ahead, not yet sent.
 	ahead []*store.Delivery
@@ -984,7 +991,7 @@ func (r *runner) worker(j job) {
 	t := time.NewTimer(workerIdle)
 	defer t.Stop()
 	for {
-		r.d.attempt(j.dl, j.probe, r.events)
+		r.attempt(j)
 		t.Reset(workerIdle)
 		select {
 		case j = <-r.work:
@@ -996,18 +1003,91 @@ func (r *runner) worker(j job) {
 	}
 }
 
-// attempt sends dl once, records the outcome and tells the run loop.
-func (d *Drainer) attempt(dl *store.Delivery, probe bool, events chan<- event) {
-	res := d.send(dl)
-	dl.Body = nil // sent: only the outcome is left to record (see recordWindow)
-	events <- event{res: res, probe: probe}
+// attempt sends j's message once, tells the run loop that the call is over
+// and hands the outcome to the recorder.
+func (r *runner) attempt(j job) {
+	d := r.d
+	res := d.send(j.dl)
+	j.dl.Body = nil // sent: only the outcome is left to record (see recordWindow)
+	r.events <- event{res: res, probe: j.probe}
 
 	d.rndMu.Lock()
 	rnd := d.rnd()
 	d.rndMu.Unlock()
-	out := decide(&d.target, dl.Attempt, res, rnd)
+	r.recq <- recItem{dl: j.dl, out: decide(&d.target, j.dl.Attempt, res, rnd), res: res}
+}
 
-	err := d.record(dl, out)
+// recItem is an outcome waiting to be recorded.
+type recItem struct {
+	dl  *store.Delivery
+	out store.Outcome
+	res result
+}
+
+// maxRecordBatch bounds the outcomes one recorder round hands to the store.
+const maxRecordBatch = 256
+
+// recorder records the outcomes the workers hand it, as many at once as
+// are waiting (they share the store's commits, and the recorder wakes once
+// for them), then tells the run loop about each. It returns when recq is
+// closed (Run's end, once nothing is outstanding).
+func (r *runner) recorder() {
+	defer close(r.recDone)
+	batch := make([]recItem, 0, maxRecordBatch)
+	for it := range r.recq {
+		batch = append(batch[:0], it)
+	more:
+		for len(batch) < maxRecordBatch {
+			select {
+			case it, ok := <-r.recq:
+				if !ok {
+					break more
+				}
+				batch = append(batch, it)
+			default:
+				break more
+			}
+		}
+		errs := r.d.recordBatch(batch)
+		for i, it := range batch {
+			r.d.finish(it.dl, it.out, it.res, errs[i], r.events)
+		}
+		clear(batch)
+	}
+}
+
+// recordBatch records the outcomes of batch: with the consumer's
+// CompleteBatch when it has one (any that fails with ErrIO goes on through
+// record's retries), else each with record, side by side.
+func (d *Drainer) recordBatch(batch []recItem) []error {
+	errs := make([]error, len(batch))
+	if bc, ok := d.src.(store.BatchCompleter); ok && len(batch) > 1 {
+		ds := make([]*store.Delivery, len(batch))
+		outs := make([]store.Outcome, len(batch))
+		for i, it := range batch {
+			ds[i], outs[i] = it.dl, it.out
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
+		errs = bc.CompleteBatch(ctx, ds, outs)
+		cancel()
+		for i, err := range errs {
+			if errors.Is(err, store.ErrIO) {
+				errs[i] = d.record(batch[i].dl, batch[i].out)
+			}
+		}
+		return errs
+	}
+	var wg sync.WaitGroup
+	for i, it := range batch {
+		wg.Go(func() { errs[i] = d.record(it.dl, it.out) })
+	}
+	wg.Wait()
+	return errs
+}
+
+// finish counts and logs a recorded (or unrecordable) outcome, calls the
+// callback, and tells the run loop.
+func (d *Drainer) finish(dl *store.Delivery, out store.Outcome, res result, err error, events chan<- event) {
 	// The logger with the message's attributes is made only when something
 	// is logged: With costs allocations on every delivery otherwise.
 	log := func() *slog.Logger {

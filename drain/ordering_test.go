@@ -428,6 +428,15 @@ type failingComplete struct {
 	err  error // what a failure returns; nil: an error that is not retried
 }
 
+// CompleteBatch goes through Complete, so that batches fail as it says.
+func (f *failingComplete) CompleteBatch(ctx context.Context, ds []*buffer.Delivery, outs []buffer.Outcome) []error {
+	errs := make([]error, len(ds))
+	for i, dl := range ds {
+		errs[i] = f.Complete(ctx, dl, outs[i])
+	}
+	return errs
+}
+
 func (f *failingComplete) Complete(ctx context.Context, dl *buffer.Delivery, out buffer.Outcome) error {
 	if f.fail(dl) {
 		if f.err != nil {

@@ -53,6 +53,13 @@ type Consumer interface {
 	Release(d *Delivery)
 }
 
+// BatchCompleter is an optional extension of Consumer: Complete for many
+// attempts at once, sharing the engine's commits; errs[i] is Complete's
+// error for ds[i]. A drainer records with it when the consumer has it.
+type BatchCompleter interface {
+	CompleteBatch(ctx context.Context, ds []*Delivery, outs []Outcome) (errs []error)
+}
+
 // Parker is an optional extension of Consumer for ordering and fairness: a
 // message can wait (parked) behind an earlier one with the same key hash
 // (KeyHash) without holding a slot, and be made due again later.
