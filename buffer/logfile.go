@@ -117,6 +117,32 @@ func (l *segLog) locLocked(seq uint64) (recLoc, error) {
 	return recLoc{off: binary.BigEndian.Uint64(b[:8]), n: binary.BigEndian.Uint32(b[8:])}, nil
 }
 
+// locsLocked returns where the frames of from..from+n-1 are (all in the
+// log): from the head's index in memory, or with one pread of a sealed
+// segment's index file. Caller holds l.mu (read).
+func (l *segLog) locsLocked(from uint64, n int) ([]recLoc, error) {
+	if from < l.first || from-l.first+uint64(n) > l.n {
+		return nil, ErrNotFound
+	}
+	locs := make([]recLoc, n)
+	if n == 0 {
+		return locs, nil
+	}
+	i := from - l.first
+	if l.mem != nil {
+		copy(locs, l.mem[i:i+uint64(n)])
+		return locs, nil
+	}
+	b := make([]byte, n*idxEntry)
+	if _, err := l.idx.ReadAt(b, int64(i*idxEntry)); err != nil {
+		return nil, fmt.Errorf("%w: index of %s: %v", ErrCorrupt, l.path, err)
+	}
+	for k := range locs {
+		locs[k] = recLoc{off: binary.BigEndian.Uint64(b[k*idxEntry:]), n: binary.BigEndian.Uint32(b[k*idxEntry+8:])}
+	}
+	return locs, nil
+}
+
 // read appends seq's record to buf and returns it. ErrNotFound: seq is not
 // in this log; ErrCorrupt: its frame is damaged; ErrClosed: the segment was
 // closed (or deleted) under the reader.
@@ -155,16 +181,11 @@ func (l *segLog) read(seq uint64, buf []byte) ([]byte, error) {
 func (l *segLog) readSpan(from uint64, n int, buf []byte) ([]byte, [][]byte, error) {
 	l.mu.RLock()
 	n = int(min(uint64(n), l.first+l.n-min(from, l.first+l.n)))
-	locs := make([]recLoc, 0, n)
-	for i := range n {
-		loc, err := l.locLocked(from + uint64(i))
-		if err != nil {
-			l.mu.RUnlock()
-			return buf, nil, err
-		}
-		locs = append(locs, loc)
-	}
+	locs, err := l.locsLocked(from, n)
 	l.mu.RUnlock()
+	if err != nil {
+		return buf, nil, err
+	}
 	recs := make([][]byte, n)
 	if n == 0 {
 		return buf, recs, nil
