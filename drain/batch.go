@@ -212,5 +212,5 @@ func (d *Drainer) sendBatch(n, attempt int, body []byte) result {
 	req.Header.Set(HeaderBatchSize, strconv.Itoa(n))
 	req.Header.Set(HeaderAttempt, strconv.Itoa(attempt))
 	req.SetBodyRaw(body)
-	return d.do(req, resp)
+	return d.do(req, resp, 0) // the answer's body is not used
 }

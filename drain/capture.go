@@ -2,6 +2,7 @@ package drain
 
 import (
 	"bytes"
+	"io"
 
 	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
@@ -20,13 +21,13 @@ var hopResponseHeaders = [][]byte{
 	[]byte("Trailer"), []byte("Transfer-Encoding"), []byte("Upgrade"),
 }
 
-// capture copies resp's status, its end-to-end headers (hop-by-hop ones and
-// those named in Connection removed) and at most maxBytes of its body, as
-// received (a compressed body stays compressed; Content-Encoding says so).
-// tooLarge says the body was too large to be read at all: it is then empty
-// and Truncated.
-func capture(resp *fasthttp.Response, maxBytes int64, tooLarge bool) *store.Response {
-	out := &store.Response{Status: resp.StatusCode(), Truncated: tooLarge}
+// capture copies resp's status and its end-to-end headers (hop-by-hop ones
+// and those named in Connection removed), with body, the first
+// capture_response.max_bytes of the body as received (a compressed body
+// stays compressed; Content-Encoding says so), read by readBody; truncated
+// says the body went on beyond it.
+func capture(resp *fasthttp.Response, body []byte, truncated bool) *store.Response {
+	out := &store.Response{Status: resp.StatusCode(), Truncated: truncated}
 	var named [][]byte
 	for _, v := range resp.Header.PeekAll("Connection") {
 		for _, t := range bytes.Split(v, []byte(",")) {
@@ -41,14 +42,34 @@ func capture(resp *fasthttp.Response, maxBytes int64, tooLarge bool) *store.Resp
 		}
 		out.Header = append(out.Header, store.Header{Name: string(k), Value: string(v)})
 	}
-	body := resp.Body()
-	if int64(len(body)) > maxBytes {
-		body, out.Truncated = body[:maxBytes], true
-	}
 	if len(body) > 0 {
-		out.Body = bytes.Clone(body)
+		out.Body = body
 	}
 	return out
+}
+
+// readBody reads an answer's streamed body: the first keep bytes are
+// returned (truncated says more followed), the rest is read and thrown away
+// as it arrives, through io.Discard's pooled 8 KiB buffers, so an attempt
+// holds at most keep bytes of the answer whatever its size. The connection's
+// read deadline (the attempt's timeout) bounds the reading; a body that
+// fails or does not end in time leaves the status as it was received (the
+// downstream has answered) and closes the connection when the stream is
+// closed. The caller closes the stream.
+func readBody(stream io.Reader, keep int64) (body []byte, truncated bool) {
+	if keep > 0 {
+		var buf bytes.Buffer
+		buf.Grow(int(min(keep, 4<<10)))
+		if n, _ := buf.ReadFrom(io.LimitReader(stream, keep)); n > 0 {
+			body = buf.Bytes()
+		}
+		var one [1]byte
+		if n, _ := io.ReadFull(stream, one[:]); n > 0 {
+			truncated = true
+		}
+	}
+	io.Copy(io.Discard, stream)
+	return body, truncated
 }
 
 func isHopName(name []byte, list [][]byte) bool {

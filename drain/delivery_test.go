@@ -70,8 +70,7 @@ func TestCaptureHeaders(t *testing.T) {
 	resp.Header.Set("Keep-Alive", "timeout=5")
 	resp.Header.Set("Upgrade", "h2c")
 	resp.Header.Set("X-Order", "42")
-	resp.SetBodyString("hello")
-	got := capture(&resp, 64, false)
+	got := capture(&resp, []byte("hello"), false)
 	for _, h := range got.Header {
 		if h.Name == "Keep-Alive" || h.Name == "Upgrade" {
 			t.Errorf("kept %+v", h)
@@ -80,8 +79,8 @@ func TestCaptureHeaders(t *testing.T) {
 	if got.Status != 200 || string(got.Body) != "hello" || got.Truncated || !hasHeader(got.Header, "X-Order", "42") {
 		t.Errorf("capture = %+v", got)
 	}
-	if got := capture(&resp, 64, true); !got.Truncated {
-		t.Errorf("a body too large to read: %+v, want Truncated", got)
+	if got := capture(&resp, []byte("hel"), true); !got.Truncated || string(got.Body) != "hel" {
+		t.Errorf("a body cut at max_bytes: %+v, want Truncated", got)
 	}
 }
 

@@ -92,7 +92,7 @@ func (d *Drainer) Forward(m *store.Message, resp *fasthttp.Response) (retry bool
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
 	buildRequest(req, &d.ep, &store.Delivery{Message: m, Attempt: 1})
-	res := d.do(req, resp)
+	res := d.do(req, resp, -1) // the body is the client's answer: read whole
 	if res.err == nil && res.status >= 200 && res.status <= 299 {
 		d.forwarded.Add(1)
 		return false, nil

@@ -86,7 +86,8 @@ const (
 	// full speed (~100k/s x ~2 ms); their bodies are dropped once sent, so
 	// each costs its headers.
 	recordWindow = 1024
-	// maxResponseBody bounds the response body read (and thrown away) per attempt.
+	// maxResponseBody bounds the response body Forward reads whole (a
+	// replay streams its answer and keeps at most capture_response.max_bytes).
 	maxResponseBody = 16 << 20
 )
 
@@ -1166,19 +1167,40 @@ func (d *Drainer) send(dl *store.Delivery) result {
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	buildRequest(req, &d.ep, dl)
-	res := d.do(req, resp)
-	if c := d.target.CaptureResponse; c != nil && res.err == nil && res.status >= 200 && res.status <= 299 {
-		res.resp = capture(resp, c.MaxBytes, res.tooLarge)
+	var keep int64
+	if c := d.target.CaptureResponse; c != nil {
+		keep = c.MaxBytes
 	}
-	return res
+	return d.do(req, resp, keep)
 }
 
 // do sends req once, as one attempt, and reads the answer into resp.
-func (d *Drainer) do(req *fasthttp.Request, resp *fasthttp.Response) result {
+//
+// keep >= 0 streams the answer's body: only its status line and headers are
+// held, keep bytes of a 2xx body are captured (capture_response) and the
+// rest is discarded as it arrives (readBody), so memory per attempt does not
+// grow with the answer's size. keep < 0 reads the body whole into resp, up
+// to 16 MiB (Forward, which hands it to the client).
+//
+// The attempt ends at the target's timeout: the connection's deadlines are
+// set to it, and a request not answered by then fails with a timeout and its
+// connection is closed, so the downstream sees the client leave rather than
+// keep working for an attempt nobody waits for.
+func (d *Drainer) do(req *fasthttp.Request, resp *fasthttp.Response, keep int64) result {
 	d.attempts.Add(1)
 	d.sending.Add(1)
 	at := d.now()
+	resp.StreamBody = keep >= 0
 	err := d.client.DoDeadline(req, resp, time.Now().Add(d.target.Timeout))
+	var body []byte
+	var truncated bool
+	if stream := resp.BodyStream(); stream != nil && err == nil {
+		if s := resp.StatusCode(); s < 200 || s > 299 {
+			keep = 0 // only a delivery's answer is captured
+		}
+		body, truncated = readBody(stream, keep)
+	}
+	resp.CloseBodyStream() // back to the pool when read to its end; else the connection is closed
 	res := result{at: at, dur: d.now().Sub(at)}
 	d.sending.Add(-1)
 
@@ -1191,6 +1213,9 @@ func (d *Drainer) do(req *fasthttp.Request, resp *fasthttp.Response) result {
 		return res
 	}
 	res.status = resp.StatusCode()
+	if keep > 0 && res.status >= 200 && res.status <= 299 {
+		res.resp = capture(resp, body, truncated)
+	}
 	if res.status == fasthttp.StatusTooManyRequests || res.status == fasthttp.StatusServiceUnavailable {
 		for k, v := range resp.Header.All() {
 			if bytes.EqualFold(k, []byte("Retry-After")) {

@@ -1,0 +1,167 @@
+package drain
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/policies"
+	"github.com/valyala/fasthttp"
+)
+
+// bigBody streams n bytes of 'x' as the answer, chunked, in 64 KiB writes.
+func bigBody(ctx *fasthttp.RequestCtx, n int) {
+	ctx.SetContentType("text/plain")
+	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		chunk := []byte(strings.Repeat("x", 64<<10))
+		for sent := 0; sent < n; sent += len(chunk) {
+			if _, err := w.Write(chunk[:min(len(chunk), n-sent)]); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// heapPeak samples the live heap every 2ms until stop is called and returns
+// the highest HeapInuse seen above the level at the start.
+func heapPeak() (stop func() uint64) {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapInuse
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var m runtime.MemStats
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > base && m.HeapInuse-base > peak.Load() {
+				peak.Store(m.HeapInuse - base)
+			}
+		}
+	})
+	return func() uint64 { close(done); wg.Wait(); return peak.Load() }
+}
+
+// TestLargeResponsesDiscarded: a downstream answering every delivery with a
+// 48 MiB body (chunked, and with a Content-Length below the old 16 MiB read
+// limit) at concurrency 4. The drainer reads the status line and headers,
+// captures capture_response.max_bytes of the body when set, and discards the
+// rest as it streams: the heap grows by far less than one body per attempt,
+// and every message is delivered with its status and captured prefix.
+func TestLargeResponsesDiscarded(t *testing.T) {
+	const chunked, sized = 48 << 20, 12 << 20
+	sizedBody := []byte(strings.Repeat("y", sized)) // shared: the test's downstream should cost little heap
+	ds := newDownstream(t, func(h *hit, ctx *fasthttp.RequestCtx) {
+		if strings.Contains(h.uri, "x=1") || strings.Contains(h.uri, "x=3") {
+			ctx.SetStatusCode(201)
+			ctx.Response.SetBodyRaw(sizedBody) // Content-Length, under 16 MiB
+			return
+		}
+		ctx.SetStatusCode(200)
+		bigBody(ctx, chunked)
+	})
+	_, q, _ := newQueue(t, "a", "b")
+	msgs := appendN(t, q, 8, order)
+	ta := testTarget("a", ds.url)
+	ta.Concurrency, ta.Timeout = 4, 20*time.Second
+	tb := ta
+	tb.Name = "b"
+	tb.CaptureResponse = &policies.Capture{MaxBytes: 100}
+	stop := heapPeak()
+	da, _ := startDrainer(t, Config{Target: ta}, consumer(t, q, "a"))
+	db, _ := startDrainer(t, Config{Target: tb}, consumer(t, q, "b"))
+	waitFor(t, 60*time.Second, "deliveries", func() bool {
+		return da.Stats().Delivered == 8 && db.Stats().Delivered == 8
+	})
+	peak := stop()
+	t.Logf("heap peak above start: %.1f MiB (8 concurrent attempts, bodies of 48 and 12 MiB)", float64(peak)/(1<<20))
+	// Before: each attempt buffered up to 16 MiB (and a 12 MiB body whole,
+	// grown by doubling): well over 100 MiB at 8 attempts in flight.
+	if peak > 24<<20 {
+		t.Errorf("heap grew by %d MiB while draining large answers; want under 24 MiB", peak>>20)
+	}
+	for _, m := range msgs {
+		st := status(t, q, m.ID, "b")
+		r := st.Response
+		if st.Phase != buffer.Delivered || r == nil {
+			t.Fatalf("%s: b: state %+v", m.ID, st.State)
+		}
+		want := strings.Repeat("x", 100)
+		if r.Status == 201 {
+			want = strings.Repeat("y", 100)
+		}
+		if string(r.Body) != want || !r.Truncated {
+			t.Errorf("%s: b: captured %d bytes (truncated %v), want the first 100", m.ID, len(r.Body), r.Truncated)
+		}
+		if st := status(t, q, m.ID, "a"); st.Phase != buffer.Delivered || st.Response != nil {
+			t.Errorf("%s: a: state %+v", m.ID, st.State)
+		}
+	}
+}
+
+// TestTimeoutClosesConnection: a downstream that takes requests and never
+// answers (silent), or answers 200 and never ends the body (trickle). Each
+// attempt closes its connection at the timeout, so the downstream sees the
+// client gone then: no request stays open at the downstream much past the
+// attempt's timeout.
+func TestTimeoutClosesConnection(t *testing.T) {
+	for _, mode := range []string{"silent", "trickle"} {
+		t.Run(mode, func(t *testing.T) { testTimeoutCloses(t, mode == "trickle") })
+	}
+}
+
+func testTimeoutCloses(t *testing.T, trickle bool) {
+	var total, late atomic.Int64
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		total.Add(1)
+		io.Copy(io.Discard, r.Body)
+		if trickle {
+			w.WriteHeader(200)
+			w.Write([]byte("partial"))
+			w.(http.Flusher).Flush()
+		}
+		select { // a handler that notices its client left
+		case <-r.Context().Done():
+		case <-time.After(time.Second):
+			late.Add(1) // still connected 1s after the 150ms timeout
+			<-r.Context().Done()
+		}
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	_, q, _ := newQueue(t, "a")
+	appendN(t, q, 8, order)
+	ta := testTarget("a", "http://"+ln.Addr().String())
+	ta.Concurrency, ta.Timeout = 4, 150*ms
+	ta.Retry.MaxAttempts = 1000
+	d, _ := startDrainer(t, Config{Target: ta}, consumer(t, q, "a"))
+	want := uint64(24)
+	if trickle {
+		want = 8 // each is delivered (200), after its timeout
+	}
+	waitFor(t, 20*time.Second, "timed-out attempts", func() bool { return d.Stats().Attempts >= want })
+	time.Sleep(1200 * ms) // let the last attempts' handlers see their end, or count as late
+	if n := late.Load(); n > 0 {
+		t.Errorf("%d of %d requests were still connected at the downstream 1s after their attempt timed out (150ms)", n, total.Load())
+	}
+}
