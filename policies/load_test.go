@@ -183,6 +183,7 @@ func TestFullPolicy(t *testing.T) {
 			Upstream: mustURL("http://127.0.0.1:8081"),
 			Rate:     Rate{Unlimited: true},
 			Burst:    1,
+			Timeout:  DefaultUpstreamTimeout,
 			Line:     31,
 		}},
 	}

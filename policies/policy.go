@@ -131,6 +131,10 @@ type Route struct {
 	// Rate (key absent) is unlimited here: Rate.Unlimited is set.
 	Rate  Rate
 	Burst int // default max(1, ceil(rate/10)) for a finite rate, else 1
+	// Timeout (key timeout; passthrough only) bounds one request to
+	// Upstream: its answer must be read within it, else 504. Default
+	// DefaultUpstreamTimeout; 0 on other modes.
+	Timeout time.Duration
 	// MaxWait (key max_wait; buffer and spillover) refuses new requests with
 	// 503 when the estimated delivery time of some target exceeds it; 0 (the
 	// default) = never refuse for that.

@@ -19,9 +19,12 @@ const (
 	DefaultMaxBody      = 1 << 20 // buffer and spillover routes
 	DefaultConcurrency  = 16
 	DefaultTimeout      = 10 * time.Second
-	DefaultMaxAttempts  = 10
-	DefaultInitial      = 500 * time.Millisecond
-	DefaultMaxBackoff   = 5 * time.Minute
+	// DefaultUpstreamTimeout is a passthrough route's timeout: its upstream's
+	// answer must be read within it.
+	DefaultUpstreamTimeout = 60 * time.Second
+	DefaultMaxAttempts     = 10
+	DefaultInitial         = 500 * time.Millisecond
+	DefaultMaxBackoff      = 5 * time.Minute
 
 	DefaultAdaptiveDecrease   = 0.7
 	DefaultAdaptiveIncreasePc = 5 // percent of the ceiling per second, when increase is not set
@@ -178,12 +181,13 @@ func (d *decoder) storage(top *mapping) Storage {
 // route decodes routes[i]; names maps route names seen so far to their lines. It returns
 // the line of the route's match too.
 func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route, int) {
-	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "max_wait", "callback_header", "callbacks", "targets")
+	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "timeout", "max_wait", "callback_header", "callbacks", "targets")
 	if m == nil {
 		return nil, 0
 	}
 	matchLine := m.line
 	r := &Route{Mode: ModeBuffer, MaxBody: DefaultMaxBody, Rate: unlimited, Burst: 1, Line: m.line}
+
 	if field(d, m, "name", "a route name such as orders", parseName, &r.Name) {
 		line := m.vals["name"].Line
 		if first, dup := names[r.Name]; dup {
@@ -220,13 +224,15 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 		if !field(d, m, "burst", "", parseInt(1, MaxRate), &r.Burst) {
 			r.Burst = defaultBurst(r.Rate)
 		}
+		r.Timeout = DefaultUpstreamTimeout
+		field(d, m, "timeout", "", positiveDuration, &r.Timeout)
 	default:
 		if n := m.vals["upstream"]; n != nil {
 			d.errorf(n.Line, m.field("upstream"), "upstream is only used with mode passthrough; a %s route delivers to targets", r.Mode)
 		}
-		for _, key := range []string{"rate", "burst"} {
+		for _, key := range []string{"rate", "burst", "timeout"} {
 			if n, ok := m.vals[key]; ok {
-				d.errorf(n.Line, m.field(key), "a route's %s limits passthrough only; set the %s of each target instead", key, key)
+				d.errorf(n.Line, m.field(key), "a route's %s applies to passthrough only; set the %s of each target instead", key, key)
 				m.bad[key] = true
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -386,5 +387,144 @@ routes:
 	}
 	if n := len(up.requests()); n != 2 {
 		t.Fatalf("upstream saw %d requests, want 2", n)
+	}
+}
+
+// blackHole accepts connections and reads from them, never answering; it
+// counts the requests it got (request lines seen).
+type blackHole struct {
+	addr     string
+	requests atomic.Int64
+}
+
+func startBlackHole(t *testing.T) *blackHole {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blackHole{addr: ln.Addr().String()}
+	var wg sync.WaitGroup
+	var conns sync.Map
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Store(c, true)
+			wg.Go(func() {
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					if f := strings.Fields(sc.Text()); len(f) == 3 && strings.HasPrefix(f[2], "HTTP/1.") {
+						b.requests.Add(1)
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+		wg.Wait()
+	})
+	return b
+}
+
+// TestPassthroughOneAttempt: an upstream that takes requests and never
+// answers gets each request once, and the client gets 504 at the route's
+// timeout (fasthttp resent idempotent requests up to five times, each after
+// its own timeout).
+func TestPassthroughOneAttempt(t *testing.T) {
+	for _, method := range []string{"PUT", "GET", "POST"} {
+		t.Run(method, func(t *testing.T) {
+			bh := startBlackHole(t)
+			addr, _ := startPolicy(t, fmt.Sprintf(`
+routes:
+  - name: catalog
+    match: { path: /api/ }
+    mode: passthrough
+    upstream: http://%s
+    timeout: 300ms
+`, bh.addr))
+			start := time.Now()
+			got := raw(t, addr, method+" /api/items/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+			took := time.Since(start)
+			if !strings.HasPrefix(got, "504 ") || !strings.Contains(got, "upstream_timeout") {
+				t.Fatalf("answer %q, want 504 upstream_timeout", got)
+			}
+			if took < 250*time.Millisecond || took > 1500*time.Millisecond {
+				t.Errorf("answered after %v, want about the 300ms timeout", took)
+			}
+			time.Sleep(400 * time.Millisecond) // a resend would have come by now
+			if n := bh.requests.Load(); n != 1 {
+				t.Errorf("the upstream got the request %d times, want 1", n)
+			}
+		})
+	}
+}
+
+// TestPassthroughStaleConnection: an upstream that closes a kept-alive
+// connection when the next request arrives on it, without answering (an
+// idle timeout racing the request). A GET is resent once on a new
+// connection and answered; a POST is not resent (502).
+func TestPassthroughStaleConnection(t *testing.T) {
+	for _, tc := range []struct {
+		method string
+		want   string
+		sent   int64
+	}{{"GET", "200 ok", 2}, {"POST", "502 ", 1}} {
+		t.Run(tc.method, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var requests atomic.Int64
+			var wg sync.WaitGroup
+			t.Cleanup(func() { ln.Close(); wg.Wait() })
+			wg.Go(func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					wg.Go(func() {
+						defer c.Close()
+						c.SetDeadline(time.Now().Add(time.Second))
+						br := bufio.NewReader(c)
+						for n := 0; ; n++ {
+							req, err := http.ReadRequest(br)
+							if err != nil {
+								return
+							}
+							io.Copy(io.Discard, req.Body)
+							requests.Add(1)
+							if n > 0 {
+								return // closed without an answer
+							}
+							io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+						}
+					})
+				}
+			})
+			addr, _ := startPolicy(t, fmt.Sprintf(`
+routes:
+  - name: catalog
+    match: { path: /api/ }
+    mode: passthrough
+    upstream: http://%s
+    timeout: 2s
+`, ln.Addr().String()))
+			// The first request leaves a pooled connection; the second meets it closed.
+			if got := raw(t, addr, tc.method+" /api/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"); got != "200 ok" {
+				t.Fatalf("first request: %q", got)
+			}
+			if got := raw(t, addr, tc.method+" /api/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"); !strings.HasPrefix(got, tc.want) {
+				t.Errorf("on a closed pooled connection: %q, want %q", got, tc.want)
+			}
+			if n := requests.Load(); n != 1+tc.sent {
+				t.Errorf("the upstream got %d requests, want %d", n, 1+tc.sent)
+			}
+		})
 	}
 }

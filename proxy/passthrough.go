@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/url"
@@ -19,8 +20,18 @@ import (
 // progressConn): a streamed upload may take longer in all, while it moves.
 const upstreamWriteTimeout = 60 * time.Second
 
-// newUpstream returns a keep-alive pool to a passthrough route's upstream.
-func newUpstream(u *url.URL) *fasthttp.HostClient {
+// newUpstream returns a keep-alive pool to a passthrough route's upstream,
+// whose answers must be read within timeout (the route's timeout; 0: the
+// default).
+//
+// One request is one attempt: fasthttp would resend an idempotent request
+// (GET, HEAD, PUT) up to five times, each after its own timeout, so an
+// upstream that takes requests and never answers got a PUT five times and
+// the client waited five timeouts. The only resend is retryStale's.
+func newUpstream(u *url.URL, timeout time.Duration) *fasthttp.HostClient {
+	if timeout <= 0 {
+		timeout = policies.DefaultUpstreamTimeout
+	}
 	addr := u.Host
 	if u.Port() == "" {
 		if u.Scheme == "https" {
@@ -34,7 +45,10 @@ func newUpstream(u *url.URL) *fasthttp.HostClient {
 		IsTLS:                         u.Scheme == "https",
 		MaxConns:                      1024,
 		MaxIdleConnDuration:           30 * time.Second,
-		ReadTimeout:                   60 * time.Second,
+		ReadTimeout:                   timeout,
+		MaxIdemponentCallAttempts:     2, // the first, and at most one retryStale allows
+		RetryIfErr:                    retryStale,
+		SecureErrorLogMessage:         true, // fasthttp's errors quote no request or response bytes
 		WriteTimeout:                  upstreamWriteTimeout,
 		DisableHeaderNamesNormalizing: true,
 		DisablePathNormalizing:        true,
@@ -61,6 +75,22 @@ func newUpstream(u *url.URL) *fasthttp.HostClient {
 		// whole answer (they keep it).
 		StreamResponseBody: true,
 	}
+}
+
+// retryStale allows the one resend of a request: an idempotent one (RFC 9110
+// section 9.2.2) without a streamed body, whose connection was closed before
+// any byte of an answer came. That is what a pooled keep-alive connection
+// the upstream has just closed as idle looks like; a timeout or any other
+// failure is never resent.
+func retryStale(req *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
+	if attempts > 1 || req.IsBodyStream() || !(errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF)) {
+		return false, false
+	}
+	switch string(req.Header.Method()) {
+	case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodOptions, fasthttp.MethodPut, fasthttp.MethodDelete, fasthttp.MethodTrace:
+		return false, true
+	}
+	return false, false
 }
 
 // newLimiter returns the token bucket of a passthrough route's rate, or nil
@@ -94,9 +124,10 @@ func newLimiter(r policies.Rate, burst int) *rate.Limiter {
 // malformed or too slow (see progressBytes) aborts the upstream request and
 // is answered 400 or 408. If the upstream fails while the body is still
 // arriving, the answer is 502 (504 on a timeout) and the client's connection
-// is closed, since the rest of the body is still on it. A streamed request is
-// never retried on another pooled connection (its body is gone); a small
-// idempotent one may be, as before. The pool writes the whole request before
+// is closed, since the rest of the body is still on it. A request is sent
+// once: only a small idempotent one whose pooled connection closed before any
+// answer is resent, once (retryStale); a timeout is never resent, so the
+// client waits at most the route's timeout for the answer. The pool writes the whole request before
 // it reads the answer, so an upstream that answers early (say its own 413)
 // and stops reading is seen as a failed write: 502, or 504 once a write has
 // made no progress for 60s.
@@ -105,7 +136,7 @@ func newLimiter(r policies.Rate, burst int) *rate.Limiter {
 // returns, and its body is copied to the client after this handler returns,
 // as it arrives, so memory does not grow with its size. The upstream
 // connection is held until the body is written, within the server's
-// write_timeout and the pool's 60s read timeout. If the upstream fails in the
+// write_timeout and the route's timeout (default 60s). If the upstream fails in the
 // middle of the body, the client's connection is closed (the status line has
 // gone out), so a truncated answer is never taken for a whole one.
 func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route) {

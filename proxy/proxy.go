@@ -83,7 +83,7 @@ func New(cfg Config) (*Server, error) {
 			r.queue = q
 			r.est = make([]atomic.Pointer[estimatorBox], len(pr.Targets))
 		case policies.ModePassthrough:
-			r.upstream = newUpstream(pr.Upstream)
+			r.upstream = newUpstream(pr.Upstream, pr.Timeout)
 			r.limiter = newLimiter(pr.Rate, pr.Burst)
 		default:
 			return nil, fmt.Errorf("route %q: mode %q is not supported", pr.Name, pr.Mode)
@@ -93,8 +93,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	if u := cfg.Policy.DefaultUpstream; u != nil {
 		s.fallback = &route{
-			Route:    policies.Route{Name: "default_upstream", Mode: policies.ModePassthrough, MaxBody: policies.DefaultPassthroughMaxBody, Upstream: u},
-			upstream: newUpstream(u),
+			Route:    policies.Route{Name: "default_upstream", Mode: policies.ModePassthrough, MaxBody: policies.DefaultPassthroughMaxBody, Upstream: u, Timeout: policies.DefaultUpstreamTimeout},
+			upstream: newUpstream(u, policies.DefaultUpstreamTimeout),
 		}
 		maxBody = max(maxBody, policies.DefaultPassthroughMaxBody)
 	}
