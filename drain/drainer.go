@@ -278,6 +278,10 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		DisableHeaderNamesNormalizing: true,
 		DisablePathNormalizing:        true,
 		NoDefaultUserAgentHeader:      true,
+		// Transport errors become last_error (status API) and log lines:
+		// without this, fasthttp quotes a snippet of the answer (Set-Cookie
+		// and all) in them.
+		SecureErrorLogMessage: true,
 		// One attempt is one request: fasthttp must not resend on its own,
 		// or the target could see more than the rate allows.
 		MaxIdemponentCallAttempts: 1,

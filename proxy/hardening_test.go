@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -32,6 +33,12 @@ import (
 // startPolicy runs a Server for the policy text on a loopback listener.
 func startPolicy(t *testing.T, text string) (addr string, s *Server) {
 	t.Helper()
+	return startPolicyWith(t, text, nil)
+}
+
+// startPolicyWith is startPolicy with the Server's Config changed by edit.
+func startPolicyWith(t *testing.T, text string, edit func(*Config)) (addr string, s *Server) {
+	t.Helper()
 	pol, err := policies.Parse("test.yaml", []byte(text))
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +47,11 @@ func startPolicy(t *testing.T, text string) (addr string, s *Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err = New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
+	cfg := Config{Policy: pol, Queues: openQueues(t, st, pol)}
+	if edit != nil {
+		edit(&cfg)
+	}
+	s, err = New(cfg)
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -280,8 +291,27 @@ routes:
 		}
 		resp.Body.Close()
 	}
-	if got := raw(t, addr, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"); !strings.HasPrefix(got, "503 ") && !strings.HasPrefix(got, "no response") {
-		t.Fatalf("third connection: %q", got)
+	// The third is answered 503 with a JSON error and Retry-After, and closed.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("third connection: no answer: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 503 || resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("Retry-After") != "1" ||
+		!strings.HasPrefix(string(body), `{"error":{"code":"too_many_connections"`) {
+		t.Fatalf("third connection: %d %v %q, want 503 with a JSON error and Retry-After", resp.StatusCode, resp.Header, body)
+	}
+	// A place freed is taken again.
+	conns[0].Close()
+	time.Sleep(50 * time.Millisecond)
+	if got := raw(t, addr, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"); !strings.HasPrefix(got, "404 ") {
+		t.Fatalf("after one closed: %q", got)
 	}
 }
 
@@ -526,5 +556,101 @@ routes:
 				t.Errorf("the upstream got %d requests, want %d", n, 1+tc.sent)
 			}
 		})
+	}
+}
+
+// lockedBuffer is a log sink for tests.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestNoEcho: malformed requests carrying a credential are answered with a
+// JSON error that quotes nothing of the request, and the debug log holds none
+// of it either (fasthttp's errors carry a snippet of the request).
+func TestNoEcho(t *testing.T) {
+	up := startUpstream(t, 200)
+	var logs lockedBuffer
+	addr, _ := startPolicyWith(t, fmt.Sprintf(hostilePolicy, up.addr, up.addr), func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	const secret = "sekrit-7f3a"
+	for _, req := range []string{
+		"POST /api/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secret + "\r\nBad Header Line\r\nContent-Length: 2\r\n\r\n{}",
+		"POST /api/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secret + "\r\nContent-Length: abc\r\n\r\n{}",
+		"POST /api/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secret + "\r\nTransfer-Encoding: chunked\r\n\r\nzz" + secret + "\r\n0\r\n\r\n",
+		"GARBAGE " + secret + "\r\n\r\n",
+		"GET " + secret + ".example:80 HTTP/1.1\r\nHost: x\r\n\r\n",
+		"DELETE /api/orders/" + secret + " HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /_sluice/v1/messages/" + secret + " HTTP/1.1\r\nHost: x\r\n\r\n",
+	} {
+		got := raw(t, addr, req)
+		if !strings.HasPrefix(got, "4") || strings.Contains(got, secret) {
+			t.Errorf("request %.50q...: answer %q, want a 4xx quoting nothing of the request", req, got)
+		}
+	}
+	if l := logs.String(); strings.Contains(l, secret) {
+		t.Errorf("the log holds request bytes:\n%s", l)
+	}
+}
+
+// TestBareLF: a request whose lines end in a bare LF is answered 400 at once,
+// not after read_timeout (fasthttp waits for CRLF CRLF); a CRLF request on
+// another connection is served as usual.
+func TestBareLF(t *testing.T) {
+	addr, s := startPolicy(t, `
+server: { read_timeout: 10s }
+routes:
+  - name: orders
+    match: { path: /api/orders }
+    targets: [{ name: inv, url: "http://127.0.0.1:1", rate: 0 }]
+`)
+	start := time.Now()
+	got := raw(t, addr, "POST /api/orders HTTP/1.1\nHost: x\nContent-Length: 2\n\n{}")
+	if took := time.Since(start); !strings.HasPrefix(got, "400 ") || !strings.Contains(got, "bare LF") || took > 2*time.Second {
+		t.Fatalf("bare LF request: %q after %v, want 400 at once", got, took)
+	}
+	if got := raw(t, addr, "POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"); !strings.HasPrefix(got, "202 ") {
+		t.Fatalf("CRLF request: %q", got)
+	}
+	if n := s.testQueue("orders").Stats().Appended; n != 1 {
+		t.Fatalf("%d stored, want 1", n)
+	}
+}
+
+// TestLineCheck: the first LF of a connection decides, wherever the reads
+// split the bytes.
+func TestLineCheck(t *testing.T) {
+	for _, c := range []struct {
+		reads []string
+		bad   bool
+	}{
+		{[]string{"GET / HTTP/1.1\r\n"}, false},
+		{[]string{"GET / HTTP/1.1\n"}, true},
+		{[]string{"GET / HTTP/1.1\r", "\nHost: x\n\n"}, false}, // later bare LFs are not looked at
+		{[]string{"GET / HTTP/1.1", "\n"}, true},
+		{[]string{"\n"}, true},
+		{[]string{"GET /", " HTTP/1.1\r\n"}, false},
+	} {
+		var lc lineCheck
+		for _, r := range c.reads {
+			p := []byte(r)
+			lc.read(p, len(p), nil)
+		}
+		if lc.bad != c.bad {
+			t.Errorf("reads %q: bad %v, want %v", c.reads, lc.bad, c.bad)
+		}
 	}
 }

@@ -21,6 +21,10 @@ import (
 	"github.com/sluice-proxy/sluice/store"
 )
 
+// concurrencyMargin is how far fasthttp's own connection limit lies above
+// server.max_connections (see limitListener).
+const concurrencyMargin = 64
+
 // StatusPrefix is the path of the status API on the public listener.
 const StatusPrefix = "/_sluice/v1/messages/"
 
@@ -43,6 +47,7 @@ type Server struct {
 	tls      *tls.Config // nil: plain HTTP
 
 	maxHeader int64 // server.max_header_bytes, for the 431 message
+	maxConns  int   // server.max_connections, applied by limitListener
 
 	readTimeout   time.Duration // server.read_timeout; see upload (reqbody.go)
 	tooLargeToken string        // marks a request refused by refuseBody
@@ -107,19 +112,24 @@ func New(cfg Config) (*Server, error) {
 		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	s.srv = &fasthttp.Server{
-		Handler:               s.handle,
-		ErrorHandler:          s.handleError,
-		HeaderReceived:        s.headerReceived,
-		Name:                  "sluice",
-		MaxRequestBodySize:    bodyLimitInt(maxBody),
-		ReadBufferSize:        int(sv.MaxHeaderBytes), // also the limit on request line + headers
-		ReadTimeout:           sv.ReadTimeout,         // an absolute deadline per request: a slow sender gains nothing (a streamed upload: see upload)
-		WriteTimeout:          sv.WriteTimeout,
-		IdleTimeout:           sv.IdleTimeout,
-		Concurrency:           sv.MaxConnections, // connections beyond it are answered 503 and closed
+		Handler:            s.handle,
+		ErrorHandler:       s.handleError,
+		HeaderReceived:     s.headerReceived,
+		Name:               "sluice",
+		MaxRequestBodySize: bodyLimitInt(maxBody),
+		ReadBufferSize:     int(sv.MaxHeaderBytes), // also the limit on request line + headers
+		ReadTimeout:        sv.ReadTimeout,         // an absolute deadline per request: a slow sender gains nothing (a streamed upload: see upload)
+		WriteTimeout:       sv.WriteTimeout,
+		IdleTimeout:        sv.IdleTimeout,
+		// limitListener answers the connections beyond max_connections
+		// (with a JSON 503); fasthttp's own limit, with its text/plain
+		// answer, is left a margin for connections closing while new ones
+		// are accepted, so that it never answers first.
+		Concurrency:           sv.MaxConnections + concurrencyMargin,
 		NoDefaultServerHeader: false,
 		CloseOnShutdown:       true,
 		Logger:                fasthttpLogger{s.log},
+		SecureErrorLogMessage: true, // fasthttp's errors quote no request bytes
 
 		// Request bodies are streamed when some route passes requests
 		// through, so that it can forward uploads as they arrive; buffer and
@@ -134,6 +144,7 @@ func New(cfg Config) (*Server, error) {
 		DisablePreParseMultipartForm: true,
 	}
 	s.maxHeader = sv.MaxHeaderBytes
+	s.maxConns = sv.MaxConnections
 	s.readTimeout = sv.ReadTimeout
 	s.tooLargeToken = newToken()
 	return s, nil
@@ -156,10 +167,7 @@ func (s *Server) passesThrough() bool {
 // Serve accepts connections on ln until Shutdown, with TLS if the policy's
 // server.tls names a certificate.
 func (s *Server) Serve(ln net.Listener) error {
-	if s.tls != nil {
-		ln = tls.NewListener(ln, s.tls)
-	}
-	return s.srv.Serve(ln)
+	return s.srv.Serve(&limitListener{Listener: ln, max: int64(s.maxConns), tls: s.tls})
 }
 
 // Shutdown stops accepting and waits for requests in progress (each of which
@@ -193,10 +201,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		if allowed != nil {
 			ctx.Response.Header.Set("Allow", strings.Join(allowed, ", "))
 			writeError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed",
-				fmt.Sprintf("method %s is not allowed on %s; allowed: %s", ctx.Method(), path, strings.Join(allowed, ", ")))
+				"the request's method is not allowed on this path; allowed: "+strings.Join(allowed, ", "))
 			return
 		}
-		writeError(ctx, fasthttp.StatusNotFound, "no_route", fmt.Sprintf("no route matches %s %s", ctx.Method(), path))
+		writeError(ctx, fasthttp.StatusNotFound, "no_route", "no route matches the request's path and method")
 		return
 	}
 	switch r.Mode {
@@ -319,6 +327,9 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *route, err error) {
 	}
 }
 
+// handleError answers a request fasthttp could not read. The answer never
+// quotes the request (fasthttp's errors carry a snippet of it, headers such
+// as Authorization included): it names what is wrong in words of its own.
 func (s *Server) handleError(ctx *fasthttp.RequestCtx, err error) {
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
@@ -326,19 +337,38 @@ func (s *Server) handleError(ctx *fasthttp.RequestCtx, err error) {
 	case errors.As(err, new(*fasthttp.ErrSmallBuffer)):
 		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "headers_too_large",
 			fmt.Sprintf("request line and headers exceed %d bytes (server.max_header_bytes)", s.maxHeader))
+	case errors.Is(err, errBareLF):
+		writeError(ctx, fasthttp.StatusBadRequest, "bad_request",
+			"the request line ends in a bare LF; HTTP/1.1 lines end in CRLF (RFC 9112 section 2.2); nothing was stored or forwarded")
+		ctx.SetConnectionClose()
 	default:
 		var te interface{ Timeout() bool }
 		if errors.As(err, &te) && te.Timeout() {
 			writeError(ctx, fasthttp.StatusRequestTimeout, "timeout", "request not received in time")
 			return
 		}
-		writeError(ctx, fasthttp.StatusBadRequest, "bad_request", "malformed request: "+err.Error())
+		writeError(ctx, fasthttp.StatusBadRequest, "bad_request",
+			"malformed request: its request line, headers or body framing (Content-Length, chunked encoding) could not be parsed; nothing was stored or forwarded")
 	}
 }
 
-// fasthttpLogger routes fasthttp's own messages to slog.
+// fasthttpLogger routes fasthttp's own messages to slog, at debug level,
+// without their string and error arguments: fasthttp formats a snippet of
+// the request (headers such as Authorization included) into its errors.
 type fasthttpLogger struct{ l *slog.Logger }
 
 func (f fasthttpLogger) Printf(format string, args ...any) {
-	f.l.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+	if !f.l.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	safe := make([]any, len(args))
+	for i, a := range args {
+		switch a.(type) {
+		case net.Addr, int, int64, uint64, time.Duration:
+			safe[i] = a
+		default:
+			safe[i] = "[omitted]"
+		}
+	}
+	f.l.Debug(fmt.Sprintf(format, safe...), "component", "fasthttp")
 }

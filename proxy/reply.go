@@ -175,8 +175,9 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
 	}
 	raw := string(ctx.Path()[len(StatusPrefix):])
 	id, err := store.ParseID(raw)
-	if err != nil {
-		writeError(ctx, fasthttp.StatusBadRequest, "bad_id", err.Error())
+	if err != nil || id.String() != raw {
+		// Only the canonical spelling: one message, one URL.
+		writeError(ctx, fasthttp.StatusBadRequest, "bad_id", "not a message id: an id is 26 characters of lower-case base32 (0-9, a-z without i, l, o, u), as the 202 gave it")
 		return
 	}
 	for _, r := range s.routes {
@@ -217,5 +218,5 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
 		writeJSON(ctx, fasthttp.StatusOK, out)
 		return
 	}
-	writeError(ctx, fasthttp.StatusNotFound, "not_found", "no message with id "+raw+" (never accepted, or expired)")
+	writeError(ctx, fasthttp.StatusNotFound, "not_found", "no message with this id (never accepted, or expired)")
 }

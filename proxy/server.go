@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"fmt"
-
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-proxy/sluice/policies"
@@ -43,7 +41,7 @@ func (s *Server) originForm(ctx *fasthttp.RequestCtx) bool {
 	}
 	if p := pathOf(ctx.Request.Header.RequestURI()); len(p) == 0 || p[0] != '/' {
 		writeError(ctx, fasthttp.StatusBadRequest, "bad_request",
-			fmt.Sprintf("request target %q is not a path; nothing was stored or forwarded", ctx.Request.Header.RequestURI()))
+			"the request target is not a path (authority or asterisk form); nothing was stored or forwarded")
 		return false
 	}
 	return true
