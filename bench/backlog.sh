@@ -50,6 +50,7 @@ while [ "$total" -lt "$N" ]; do
   total=$((total + reqs)); w=$((w + 1)); last=$rps; [ -z "$first" ] && first=$rps
   echo "window $w: $rps req/s, total $total, CPU steal $st%"
 done
+filled=$(date +%s)
 echo "backlog of $total: RSS $(rss $pid)"
 echo "ingest: first window $first req/s, last window $last req/s, last/first $(awk -v a="$first" -v b="$last" 'BEGIN{printf "%.2f", b/a}')"
 stop $pid
@@ -61,7 +62,8 @@ echo "disk: $bytes bytes allocated ($apparent apparent) for $total x 1 KiB paylo
 pid=$(start); echo "restart with the backlog: ready (first 202) after $(wait_ready) s; RSS $(rss $pid)"
 stop $pid
 segs=$(ls "$DIR"/data/queues/orders/seg-*.db | wc -l)
-policy 1s
+policy 1m # the floor of storage.retention: wait until the newest message is older
+while [ $(( $(date +%s) - filled )) -le 61 ]; do sleep 1; done
 t0=$(date +%s.%N); pid=$(start info)
 while [ "$(ls "$DIR"/data/queues/orders/seg-*.db 2>/dev/null | wc -l)" -gt 2 ]; do sleep 0.2; done
 t1=$(date +%s.%N)

@@ -55,6 +55,9 @@ const DefaultPassthroughMaxBody = NoBodyLimit
 
 // Limits of a policy file.
 const (
+	// MinRetention is the shortest storage.retention: below it an
+	// acknowledged message could expire before a drainer first tries it.
+	MinRetention    = time.Minute
 	MinSegmentBytes = 64 << 10
 	MaxSegmentBytes = 4 << 30
 	MaxBodyLimit    = 256 << 20
@@ -171,7 +174,7 @@ func (d *decoder) storage(top *mapping) Storage {
 	field(d, m, "engine", "", parseEngine, &s.Engine)
 	field(d, m, "dir", "", parseDir, &s.Dir)
 	field(d, m, "fsync", "", parseFsync, &s.Fsync)
-	field(d, m, "retention", "", positiveDuration, &s.Retention)
+	field(d, m, "retention", "", parseRetention, &s.Retention)
 	field(d, m, "max_bytes", "", parseSize(0, maxSize), &s.MaxBytes)
 	field(d, m, "min_free_bytes", "", parseSize(0, maxSize), &s.MinFreeBytes)
 	field(d, m, "segment_bytes", "", parseSize(MinSegmentBytes, MaxSegmentBytes), &s.SegmentBytes)

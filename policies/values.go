@@ -146,6 +146,15 @@ func positiveDuration(s string) (time.Duration, error) {
 	return d, err
 }
 
+// parseRetention parses storage.retention: at least MinRetention.
+func parseRetention(s string) (time.Duration, error) {
+	d, err := positiveDuration(s)
+	if err == nil && d < MinRetention {
+		err = fmt.Errorf("retention %s is below the floor of 1m: acknowledged messages would expire before they could be delivered; use hours or days, such as 72h or 3d", s)
+	}
+	return d, err
+}
+
 // maxSize is the largest size accepted anywhere, 1 EiB, so sizes fit in an int64.
 const maxSize = 1 << 60
 
