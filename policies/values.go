@@ -230,6 +230,27 @@ func parsePath(s string) (string, error) {
 	if i := strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '?' || r == '#' }); i >= 0 {
 		return "", fmt.Errorf("invalid path %q: no spaces, control characters, ? or # allowed", s)
 	}
+	// Requests are matched on their path normalised (RFC 3986 section
+	// 6.2.2; see proxy/path.go): a path in another form would never match.
+	for _, seg := range strings.Split(s[1:], "/") {
+		if seg == "." || seg == ".." {
+			return "", fmt.Errorf("invalid path %q: no . or .. segments (requests are matched with them resolved)", s)
+		}
+	}
+	const upperHex = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			continue
+		}
+		if i+2 >= len(s) || strings.IndexByte(upperHex, s[i+1]) < 0 || strings.IndexByte(upperHex, s[i+2]) < 0 {
+			return "", fmt.Errorf("invalid path %q: %% must be followed by two upper-case hex digits, such as %%2F", s)
+		}
+		c := byte(strings.IndexByte(upperHex, s[i+1])<<4 | strings.IndexByte(upperHex, s[i+2]))
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' {
+			return "", fmt.Errorf("invalid path %q: write %s as %c (requests are matched with unreserved characters decoded)", s, s[i:i+3], c)
+		}
+		i += 2
+	}
 	return s, nil
 }
 

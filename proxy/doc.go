@@ -33,9 +33,15 @@
 //   - A route's callback_header names a callback URL that must match the
 //     policy's callbacks.allow (400 callback_not_allowed otherwise, nothing
 //     stored); the drainers make the callbacks.
+//   - A request's path is normalised once (path.go: unreserved characters
+//     decoded, dot segments removed, an encoded slash kept encoded); that
+//     one form is routed, stored and replayed, or forwarded, so routing and
+//     forwarding never see different paths.
+//   - Error bodies never quote the request, and neither do log lines.
 //   - The listener's limits (server: read_timeout, max_header_bytes,
-//     max_connections) bound what one client can hold; see match.go for
-//     route matching.
+//     max_connections) bound what one client can hold; one connection over
+//     max_connections gets a JSON 503 (listener.go); see match.go for route
+//     matching.
 //
 // Costs: one goroutine per connection (fasthttp's worker pool); a buffered
 // request waits for one group commit.

@@ -654,3 +654,69 @@ func TestLineCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestNormalisedPath: the path is normalised once (unreserved characters
+// decoded, dot segments removed, an encoded slash kept encoded), and that
+// form is routed, stored and forwarded; the body limit before the body is
+// read is the same route's.
+func TestNormalisedPath(t *testing.T) {
+	up := startUpstream(t, 200)
+	addr, s := startPolicy(t, fmt.Sprintf(`
+routes:
+  - name: orders
+    match: { path: /orders, methods: [POST] }
+    max_body: 1KiB
+    targets: [{ name: inv, url: "http://127.0.0.1:1", rate: 0 }]
+  - name: files
+    match: { path: /api/ }
+    mode: passthrough
+    upstream: http://%s
+`, up.addr))
+	q := s.testQueue("orders")
+	post := func(target string, body string) string {
+		return raw(t, addr, fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", target, len(body), body))
+	}
+	// Dot segments, encoded or not, are resolved: this is /orders, stored as such.
+	got := post("/api/%2e%2E/orders?a=%2F", "{}")
+	if !strings.HasPrefix(got, "202 ") {
+		t.Fatalf("/api/%%2e%%2E/orders: %q, want 202 on route orders", got)
+	}
+	id, err := buffer.ParseID(strings.Split(strings.SplitN(got, `"id":"`, 2)[1], `"`)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _, err := q.Lookup(id); err != nil || m.URI != "/orders?a=%2F" {
+		t.Fatalf("stored URI %q (%v), want /orders?a=%%2F: the path as routed, the query as sent", m.URI, err)
+	}
+	// An encoded slash is no segment boundary: one segment, no route.
+	if got := post("/api%2F..%2Forders", "{}"); !strings.HasPrefix(got, "404 ") {
+		t.Errorf("/api%%2F..%%2Forders: %q, want 404", got)
+	}
+	// The body limit applied before the body is read is the route's that
+	// the normalised path matches (orders: 1 KiB), not the raw path's.
+	if got := raw(t, addr, "POST /api/../orders HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"); !strings.HasPrefix(got, "413 ") {
+		t.Errorf("/api/../orders with 5000 bytes: %q, want 413 from route orders", got)
+	}
+	if n := q.Stats().Appended; n != 1 {
+		t.Errorf("%d stored, want 1", n)
+	}
+	// Passthrough forwards the path it routed.
+	for target, want := range map[string]string{
+		"/api/files/a%2fb?x=%2F":        "/api/files/a%2Fb?x=%2F",
+		"/api/./files/%7Euser/../b":     "/api/files/b",
+		"http://evil/api/x/%2e/y?q=1":   "/api/x/y?q=1",
+		"/api/files/%41%62%2D%5F%2e%7e": "/api/files/Ab-_.~",
+	} {
+		if got := raw(t, addr, "GET "+target+" HTTP/1.1\r\nHost: x\r\n\r\n"); !strings.HasPrefix(got, "200 ") {
+			t.Errorf("GET %s: %q", target, got)
+			continue
+		}
+		r := up.requests()
+		if last := r[len(r)-1]; !strings.HasSuffix(last, " "+want) {
+			t.Errorf("GET %s reached the upstream as %q, want %s", target, last, want)
+		}
+	}
+	if got := raw(t, addr, "GET /api/%zz HTTP/1.1\r\nHost: x\r\n\r\n"); !strings.HasPrefix(got, "400 ") {
+		t.Errorf("malformed percent-encoding: %q, want 400", got)
+	}
+}

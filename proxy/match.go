@@ -16,7 +16,8 @@ import (
 //     without its port and without case; an absolute request URI's host wins
 //     over the Host header (RFC 9112 section 3.2.2).
 //   - match.path: a prefix on segment boundaries (see pathMatches), or with
-//     match.exact the whole path, byte for byte (query excluded).
+//     match.exact the whole path, byte for byte (query excluded); the
+//     request's path as normalised by normalizeURI (path.go).
 //   - match.methods: when host and path match but the method does not, the
 //     request is answered 405 with the methods allowed, even when a default
 //     upstream is set: a path the policy names is never passed elsewhere.

@@ -139,7 +139,7 @@ func newLimiter(r policies.Rate, burst int) *rate.Limiter {
 // write_timeout and the route's timeout (default 60s). If the upstream fails in the
 // middle of the body, the client's connection is closed (the status line has
 // gone out), so a truncated answer is never taken for a whole one.
-func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route) {
+func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route, uri []byte) {
 	req := &ctx.Request
 	var up *upload
 	if stream := req.BodyStream(); stream != nil {
@@ -179,10 +179,13 @@ func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route) {
 	}
 	req.Header.SetBytesV("X-Forwarded-Host", host)
 
+	// The normalised path (path.go), as routed, in origin form whatever the
+	// client sent. uri may lie in the header's own request-URI buffer: the
+	// copy into it is a memmove, safe when they overlap.
 	if base := r.Upstream.Path; base == "" || base == "/" {
-		req.SetRequestURIBytes(ctx.URI().RequestURI()) // origin form, whatever the client sent
+		req.SetRequestURIBytes(uri)
 	} else {
-		req.SetRequestURI(joinPath(base, string(ctx.URI().RequestURI())))
+		req.SetRequestURI(joinPath(base, string(uri)))
 	}
 	req.Header.SetHost(r.Upstream.Host)
 	req.URI().SetScheme(r.Upstream.Scheme)

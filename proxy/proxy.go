@@ -188,9 +188,16 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if !s.originForm(ctx) {
 		return
 	}
-	path := ctx.Path()
+	// The one form of the path that is routed, stored and forwarded (path.go).
+	uri, ok := normalizeURI(ctx.Request.Header.RequestURI())
+	if !ok {
+		writeError(ctx, fasthttp.StatusBadRequest, "bad_request",
+			"the request's path has a malformed percent-encoding (% must be followed by two hex digits); nothing was stored or forwarded")
+		return
+	}
+	path := pathPart(uri)
 	if strings.HasPrefix(string(path), StatusPrefix) {
-		s.handleStatus(ctx)
+		s.handleStatus(ctx, path)
 		return
 	}
 	r, allowed := s.match(ctx.Method(), requestHost(&ctx.Request.Header), path)
@@ -210,13 +217,13 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	switch r.Mode {
 	case policies.ModeBuffer:
 		if s.readBody(ctx, r.MaxBody) {
-			s.handleBuffer(ctx, r)
+			s.handleBuffer(ctx, r, uri)
 		}
 	case policies.ModePassthrough:
-		s.handlePassthrough(ctx, r) // streams a large body
+		s.handlePassthrough(ctx, r, uri) // streams a large body
 	case policies.ModeSpillover:
 		if s.readBody(ctx, r.MaxBody) {
-			s.handleSpillover(ctx, r)
+			s.handleSpillover(ctx, r, uri)
 		}
 	}
 }
@@ -225,7 +232,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 // read: a Content-Length over it is refused (413) without reading any of the
 // body (refuseBody); a chunked body is held to it as it is read.
 func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-	r, _ := s.match(h.Method(), requestHost(h), pathOf(h.RequestURI()))
+	uri, _ := normalizeURI(h.RequestURI()) // as handle will route it
+	r, _ := s.match(h.Method(), requestHost(h), pathPart(uri))
 	if r == nil {
 		r = s.fallback
 	}
@@ -248,7 +256,8 @@ type draftBuf struct {
 
 var draftPool = sync.Pool{New: func() any { return new(draftBuf) }}
 
-func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
+// handleBuffer stores a request of route r whose request-URI, normalised, is uri.
+func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route, uri []byte) {
 	body := ctx.PostBody()
 	if int64(len(body)) > r.MaxBody {
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large",
@@ -268,7 +277,7 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route) {
 	defer func() { db.d.Reset(); draftPool.Put(db) }()
 	d := &db.d
 	d.Method = ctx.Method()
-	d.URI = ctx.URI().RequestURI()
+	d.URI = uri
 	d.Body = body
 	d.EnqueuedAt = now // the estimates' clock; one clock read a request is ~0.1-0.2 µs on a VM
 	addStoredHeaders(ctx, d, db.fwd[:0])

@@ -42,7 +42,7 @@ func writeAccepted(ctx *fasthttp.RequestCtx, id store.ID, etas []targetETA) {
 	ctx.Response.Header.SetContentType("application/json")
 	ctx.SetStatusCode(fasthttp.StatusAccepted)
 	// Built on the stack (up to a few targets) and copied once into the
-	// response's pooled body buffer.
+	// response's pooled body store.
 	var bb [512]byte
 	body := append(bb[:0], `{"id":"`...)
 	body = append(body, ids...)
@@ -167,13 +167,13 @@ func newCapturedResponse(r *store.Response) *capturedResponse {
 	return out
 }
 
-func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
+func (s *Server) handleStatus(ctx *fasthttp.RequestCtx, path []byte) {
 	if !ctx.IsGet() && !ctx.IsHead() {
 		ctx.Response.Header.Set("Allow", "GET, HEAD")
 		writeError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", "the status API answers GET and HEAD")
 		return
 	}
-	raw := string(ctx.Path()[len(StatusPrefix):])
+	raw := string(path[len(StatusPrefix):])
 	id, err := store.ParseID(raw)
 	if err != nil || id.String() != raw {
 		// Only the canonical spelling: one message, one URL.

@@ -73,14 +73,14 @@ type spillKeyType struct{}
 
 var spillKey spillKeyType
 
-func (s *Server) handleSpillover(ctx *fasthttp.RequestCtx, r *route) {
+func (s *Server) handleSpillover(ctx *fasthttp.RequestCtx, r *route, uri []byte) {
 	if !checkCallback(ctx, r) { // before a direct attempt too: 400 whichever way it would go
 		return
 	}
-	if int64(len(ctx.PostBody())) <= r.MaxBody && s.tryForward(ctx, r) {
+	if int64(len(ctx.PostBody())) <= r.MaxBody && s.tryForward(ctx, r, uri) {
 		return
 	}
-	s.handleBuffer(ctx, r)
+	s.handleBuffer(ctx, r, uri)
 	if ctx.Response.StatusCode() == fasthttp.StatusAccepted {
 		ctx.Response.Header.Set(HeaderMode, ModeBuffered)
 	}
@@ -89,7 +89,7 @@ func (s *Server) handleSpillover(ctx *fasthttp.RequestCtx, r *route) {
 // tryForward makes the direct attempt if the target has room and nothing is
 // queued for it. It reports whether the request is answered; if not, the
 // request must be stored.
-func (s *Server) tryForward(ctx *fasthttp.RequestCtx, r *route) bool {
+func (s *Server) tryForward(ctx *fasthttp.RequestCtx, r *route, uri []byte) bool {
 	dt := r.direct.Load()
 	if dt == nil || !queueIdle(r.queue) {
 		return false
@@ -101,7 +101,7 @@ func (s *Server) tryForward(ctx *fasthttp.RequestCtx, r *route) bool {
 	defer release()
 
 	var d store.Draft
-	d.Method, d.URI = ctx.Method(), ctx.URI().RequestURI()
+	d.Method, d.URI = ctx.Method(), uri
 	addStoredHeaders(ctx, &d, nil)
 	m := d.Message()
 	m.Body = ctx.PostBody() // Forward only reads it, before this handler returns
