@@ -169,7 +169,7 @@ func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<
 	var unrecorded []*store.Delivery
 	for i, dl := range all {
 		out, err := outs[i], errs[i]
-		log := d.log.With("id", dl.ID.String(), "attempt", dl.Attempt, "status", res.status, "batch", len(sent))
+		log := d.log.With("seq", dl.ID.Seq(), "attempt", dl.Attempt, "status", res.status, "batch", len(sent))
 		switch {
 		case err != nil:
 			d.unrecorded.Add(1)

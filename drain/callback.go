@@ -99,7 +99,7 @@ func (d *Drainer) callback(dl *store.Delivery, out *store.Outcome) {
 		return
 	}
 	log := func() *slog.Logger {
-		return d.log.With("id", dl.ID.String(), "callback_host", callbackHost(target))
+		return d.log.With("seq", dl.ID.Seq(), "callback_host", callbackHost(target))
 	}
 	if !c.allow.Allows(target) {
 		// Allowed at ingest, not by the policy in force now.

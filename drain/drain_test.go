@@ -234,9 +234,15 @@ func TestDelivery(t *testing.T) {
 	if strings.Contains(out, "body-secret") || strings.Contains(out, "X-Hop") || strings.Contains(out, "Zm9v") {
 		t.Errorf("logs contain bodies or headers:\n%s", out)
 	}
-	for _, attr := range []string{`"route":"orders"`, `"target":"a"`, `"id":"` + msgs[0].ID.String() + `"`, `"attempt":1`, `"status":200`} {
+	for _, attr := range []string{`"route":"orders"`, `"target":"a"`, `"seq":` + strconv.FormatUint(msgs[0].ID.Seq(), 10) + `,`, `"attempt":1`, `"status":200`} {
 		if !strings.Contains(out, attr) {
 			t.Errorf("logs lack %s:\n%.2000s", attr, out)
+		}
+	}
+	// An id opens the message's status: logs name messages by seq only.
+	for _, m := range msgs {
+		if strings.Contains(out, m.ID.String()) {
+			t.Fatalf("logs hold the id %s:\n%.2000s", m.ID, out)
 		}
 	}
 }

@@ -1096,7 +1096,7 @@ func (d *Drainer) finish(dl *store.Delivery, out store.Outcome, res result, err 
 	// The logger with the message's attributes is made only when something
 	// is logged: With costs allocations on every delivery otherwise.
 	log := func() *slog.Logger {
-		return d.log.With("id", dl.ID.String(), "attempt", dl.Attempt, "status", res.status)
+		return d.log.With("seq", dl.ID.Seq(), "attempt", dl.Attempt, "status", res.status)
 	}
 	switch {
 	case err != nil:

@@ -215,7 +215,7 @@ func (o *orderer) admit(dl *store.Delivery, now time.Time) (bool, error) {
 		}
 		if dl.Seq < owner {
 			o.d.log.Warn("ordering: an older message of a key arrived after a newer one took it; parking it",
-				"id", dl.ID.String(), "owner_seq", owner)
+				"seq", dl.ID.Seq(), "owner_seq", owner)
 		}
 		return false, o.park(dl, k)
 	}

@@ -127,6 +127,7 @@ func TestFullPolicy(t *testing.T) {
 		Listen: ":8080",
 		Server: Server{ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 			MaxHeaderBytes: 16 << 10, MaxConnections: 10000},
+		StatusAPI: StatusAPI{Enabled: true, RedactHeaders: DefaultRedactHeaders},
 		Storage: Storage{
 			Engine:       "bbolt",
 			Dir:          "./data",

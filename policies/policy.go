@@ -17,11 +17,46 @@ type Policy struct {
 	// DefaultUpstream (key default_upstream) receives, passed through, every
 	// request no route matches; nil (the default) answers those 404.
 	DefaultUpstream *url.URL
+	// StatusAPI (key status_api) says who may read the status API and what
+	// it shows.
+	StatusAPI StatusAPI
 	// Callbacks (key callbacks) is the allow-list of delivery callback URLs
 	// for routes that set callback_header and no callbacks of their own; nil
 	// (the default) = none.
 	Callbacks *Callbacks
 }
+
+// StatusAPI configures GET /_sluice/v1/messages/{id} on the public listener.
+// Anyone holding a message's id can read its status, so by default it shows
+// no query values, no credential headers and no captured bodies.
+type StatusAPI struct {
+	// Enabled (key enabled) serves the status API; default true. false
+	// answers its path 404.
+	Enabled bool
+	// Token (key token) is the bearer token a status request must carry
+	// (Authorization: Bearer ...); "" (the default) = none needed. At least
+	// MinStatusToken characters.
+	Token string
+	// RedactHeaders (key redact_headers) are the header names whose values
+	// the status API replaces with "redacted" in a captured response:
+	// DefaultRedactHeaders and the names listed, in canonical form
+	// (textproto.CanonicalMIMEHeaderKey), without repeats.
+	RedactHeaders []string
+	// ShowQuery (key show_query) shows the request's query values; false (the
+	// default) shows each parameter's name with the value "redacted".
+	ShowQuery bool
+	Line      int // line of the status_api mapping; 0 if the file has none
+}
+
+// DefaultRedactHeaders are the headers whose values the status API never
+// shows: credentials and session cookies.
+var DefaultRedactHeaders = []string{
+	"Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie",
+	"X-Api-Key", "X-Auth-Token", "X-Csrf-Token", "X-Amz-Security-Token",
+}
+
+// MinStatusToken is the shortest status_api.token accepted.
+const MinStatusToken = 16
 
 // Callbacks lists where delivery callbacks may go: a callback URL named by a
 // producer must start with one of Allow.

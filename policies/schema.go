@@ -3,6 +3,7 @@ package policies
 import (
 	"fmt"
 	"math"
+	"net/textproto"
 	"slices"
 	"strings"
 	"time"
@@ -80,10 +81,11 @@ func DefaultRetryOn() RetryOn {
 
 func (d *decoder) policy(root *yaml.Node) *Policy {
 	p := &Policy{File: d.file, Listen: DefaultListen}
-	m := d.mapping(root, "", "top level", "listen", "server", "storage", "routes", "default_upstream", "callbacks")
+	m := d.mapping(root, "", "top level", "listen", "server", "storage", "routes", "default_upstream", "callbacks", "status_api")
 	if m == nil {
 		return nil
 	}
+	p.StatusAPI = d.statusAPI(m)
 	field(d, m, "listen", "", parseListen, &p.Listen)
 	p.Server = d.server(m)
 	p.Storage = d.storage(m)
@@ -117,6 +119,45 @@ func (d *decoder) policy(root *yaml.Node) *Policy {
 	}
 	d.checkOverlaps(p.Routes, matchLines)
 	return p
+}
+
+// statusAPI decodes the status_api block.
+func (d *decoder) statusAPI(top *mapping) StatusAPI {
+	s := StatusAPI{Enabled: true, RedactHeaders: slices.Clone(DefaultRedactHeaders)}
+	n, ok := top.vals["status_api"]
+	if !ok {
+		return s
+	}
+	m := d.mapping(n, "status_api", "status_api", "enabled", "token", "redact_headers", "show_query")
+	if m == nil {
+		return s
+	}
+	s.Line = m.line
+	field(d, m, "enabled", "", parseBool, &s.Enabled)
+	field(d, m, "show_query", "", parseBool, &s.ShowQuery)
+	if t, line, ok := d.text(m, "token", ""); ok && t != "" {
+		if len(t) < MinStatusToken {
+			d.errorf(line, m.field("token"), "status_api token is %d characters long; at least %d are needed (e.g. openssl rand -hex 16)", len(t), MinStatusToken)
+		} else {
+			s.Token = t
+		}
+	}
+	for i, n := range d.list(m, "redact_headers") {
+		at := fmt.Sprintf("%s[%d]", m.field("redact_headers"), i)
+		v, ok := d.item(n, at)
+		if !ok {
+			continue
+		}
+		h, err := parseToken("header name")(v)
+		if err != nil {
+			d.errorf(n.Line, at, "%v", err)
+			continue
+		}
+		if h = textproto.CanonicalMIMEHeaderKey(h); !slices.Contains(s.RedactHeaders, h) {
+			s.RedactHeaders = append(s.RedactHeaders, h)
+		}
+	}
+	return s
 }
 
 func (d *decoder) server(top *mapping) Server {

@@ -18,6 +18,12 @@ import (
 // loopback listener.
 func policyServer(t *testing.T, text string) (string, *Server) {
 	t.Helper()
+	return policyServerWith(t, text, nil)
+}
+
+// policyServerWith is policyServer with the Config changed by edit.
+func policyServerWith(t *testing.T, text string, edit func(*Config)) (string, *Server) {
+	t.Helper()
 	pol, err := policies.Parse("test.yaml", []byte(text))
 	if err != nil {
 		t.Fatal(err)
@@ -26,7 +32,11 @@ func policyServer(t *testing.T, text string) (string, *Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
+	cfg := Config{Policy: pol, Queues: openQueues(t, st, pol)}
+	if edit != nil {
+		edit(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,15 +282,16 @@ routes:
 
 // TestStatusShowsCapturedResponse: a captured answer appears per target,
 // the body as text when it is UTF-8 (a character cut at the limit trimmed),
-// else base64.
+// else base64, to a request with the admin token.
 func TestStatusShowsCapturedResponse(t *testing.T) {
-	base, s := policyServer(t, `
+	const admin = "admin-token-0123456789"
+	base, s := policyServerWith(t, `
 routes:
   - name: orders
     match: { path: /api/orders }
     targets:
       - { name: a, url: "http://127.0.0.1:1", capture_response: {} }
-`)
+`, func(c *Config) { c.AdminToken = admin })
 	q := s.testQueue("orders")
 	fill(t, q, 3)
 	c, _ := q.Consumer("a")
@@ -304,7 +315,7 @@ routes:
 		}
 	}
 	get := func(d *buffer.Delivery) (map[string]any, string) {
-		st := do(t, "GET", base+StatusPrefix+d.ID.String(), "", nil)
+		st := do(t, "GET", base+StatusPrefix+d.ID.String(), "", map[string]string{"Authorization": "Bearer " + admin})
 		var v struct {
 			Targets []struct {
 				Response map[string]any `json:"response"`

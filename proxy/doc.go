@@ -1,6 +1,8 @@
 // Package proxy is sluice's public listener: it matches each request to a
 // route of the policy and buffers it, passes it through, or refuses it, and it
-// serves the status API (GET /_sluice/v1/messages/{id}).
+// serves the status API (GET /_sluice/v1/messages/{id}; status.go: it can
+// be turned off or need a token, and it hides query values, credential
+// headers and, without the admin token, captured bodies).
 //
 // Guarantees:
 //   - A buffered request is answered 202 only after store.Queue.Append

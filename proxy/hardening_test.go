@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -718,5 +719,95 @@ routes:
 	}
 	if got := raw(t, addr, "GET /api/%zz HTTP/1.1\r\nHost: x\r\n\r\n"); !strings.HasPrefix(got, "400 ") {
 		t.Errorf("malformed percent-encoding: %q, want 400", got)
+	}
+}
+
+// TestStatusAPIAccess: what an id holder sees. With status_api.token, no
+// token or a wrong one is 401; the query's values, credential headers of the
+// captured answer and its body are hidden unless the admin token is given
+// (the body) or show_query is set; only the canonical spelling of an id is
+// taken; enabled: false turns the API off.
+func TestStatusAPIAccess(t *testing.T) {
+	const (
+		statusTok = "status-token-0123456789"
+		adminTok  = "admin-token-0123456789"
+	)
+	policy := `
+status_api: { token: ` + statusTok + `, redact_headers: [X-Session] %s }
+routes:
+  - name: orders
+    match: { path: /api/orders }
+    targets: [{ name: a, url: "http://127.0.0.1:1", capture_response: {} }]
+`
+	setup := func(t *testing.T, extra string) (string, string) {
+		base, s := policyServerWith(t, fmt.Sprintf(policy, extra), func(c *Config) { c.AdminToken = adminTok })
+		q := s.testQueue("orders")
+		id, err := q.Append(context.Background(), &buffer.Message{Method: "POST", URI: "/api/orders?api_key=k-123&n=7&flag", Body: []byte("{}")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := q.Consumer("a")
+		ds, err := c.Fetch(1, time.Now())
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("fetch: %v %v", ds, err)
+		}
+		r := &buffer.Response{Status: 201, Header: []buffer.Header{
+			{Name: "Set-Cookie", Value: "sid=s3cret"}, {Name: "authorization", Value: "Bearer up-s3cret"},
+			{Name: "X-Session", Value: "sess-s3cret"}, {Name: "Location", Value: "/orders/7"}},
+			Body: []byte(`{"card":"4111-s3cret"}`)}
+		if err := c.Complete(context.Background(), ds[0], buffer.Outcome{Phase: buffer.Delivered, Attempt: buffer.Attempt{At: time.Now(), Status: 201}, Response: r}); err != nil {
+			t.Fatal(err)
+		}
+		return base, id.String()
+	}
+	get := func(t *testing.T, url, tok string) (int, string) {
+		hdr := map[string]string{}
+		if tok != "" {
+			hdr["Authorization"] = "Bearer " + tok
+		}
+		r := do(t, "GET", url, "", hdr)
+		return r.StatusCode(), string(r.Body())
+	}
+
+	base, id := setup(t, "")
+	url := base + StatusPrefix + id
+	for _, tok := range []string{"", "wrong-token-0123456789", statusTok[:len(statusTok)-1]} {
+		if code, body := get(t, url, tok); code != 401 || strings.Contains(body, "s3cret") {
+			t.Errorf("token %q: %d %s, want 401", tok, code, body)
+		}
+	}
+	code, body := get(t, url, statusTok)
+	if code != 200 {
+		t.Fatalf("status token: %d %s", code, body)
+	}
+	for _, want := range []string{`"uri":"/api/orders?api_key=redacted\u0026n=redacted\u0026flag"`, `"Set-Cookie":"redacted"`,
+		`"authorization":"redacted"`, `"X-Session":"redacted"`, `"Location":"/orders/7"`, `"body_omitted":true`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("status token: %s lacks %s", body, want)
+		}
+	}
+	if strings.Contains(body, "s3cret") || strings.Contains(body, "k-123") {
+		t.Errorf("status token: secrets shown: %s", body)
+	}
+	if code, body := get(t, url, adminTok); code != 200 || !strings.Contains(body, `"body":"{\"card\":\"4111-s3cret\"}"`) || strings.Contains(body, "sid=") {
+		t.Errorf("admin token: %d %s, want the body and still no credential headers", code, body)
+	}
+	// Other spellings of the same id: uppercase, and Crockford's look-alikes.
+	for _, other := range []string{strings.ToUpper(id), strings.NewReplacer("0", "o", "1", "l").Replace(id)} {
+		if other == id {
+			continue
+		}
+		if code, _ := get(t, base+StatusPrefix+other, statusTok); code != 400 {
+			t.Errorf("id spelled %q: %d, want 400", other, code)
+		}
+	}
+
+	base, id = setup(t, ", show_query: true")
+	if _, body := get(t, base+StatusPrefix+id, statusTok); !strings.Contains(body, `api_key=k-123`) {
+		t.Errorf("show_query: %s", body)
+	}
+	base, id = setup(t, ", enabled: false")
+	if code, _ := get(t, base+StatusPrefix+id, adminTok); code != 404 {
+		t.Errorf("enabled: false: %d, want 404", code)
 	}
 }

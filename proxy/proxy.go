@@ -35,6 +35,10 @@ type Config struct {
 	// name, opened by the caller (cmd/sluice opens them in the store).
 	Queues map[string]store.Queue
 	Logger *slog.Logger // default slog.Default()
+	// AdminToken is the operators' token (admin.token): a status request
+	// that carries it (Authorization: Bearer) sees captured response bodies,
+	// and passes status_api.token. "" = captured bodies are never shown.
+	AdminToken string
 }
 
 // Server is sluice's public listener.

@@ -132,14 +132,21 @@ type capturedResponse struct {
 	Body       *string           `json:"body,omitempty"`
 	BodyBase64 []byte            `json:"body_base64,omitempty"`
 	Truncated  bool              `json:"truncated,omitempty"` // the body was cut at capture_response.max_bytes
+	// BodyOmitted says there is a captured body, shown only to a request
+	// with the admin token.
+	BodyOmitted bool `json:"body_omitted,omitempty"`
 }
 
-func newCapturedResponse(r *store.Response) *capturedResponse {
+// newCapturedResponse shows r: the values of headers in
+// status_api.redact_headers as "redacted", the body only if bodies.
+func (s *Server) newCapturedResponse(r *store.Response, bodies bool) *capturedResponse {
 	out := &capturedResponse{Status: r.Status, Truncated: r.Truncated}
 	if len(r.Header) > 0 {
 		out.Headers = make(map[string]string, len(r.Header))
 		for _, h := range r.Header {
-			if prev, ok := out.Headers[h.Name]; ok {
+			if s.redactHeader(h.Name) {
+				out.Headers[h.Name] = redacted
+			} else if prev, ok := out.Headers[h.Name]; ok {
 				out.Headers[h.Name] = prev + ", " + h.Value
 			} else {
 				out.Headers[h.Name] = h.Value
@@ -147,6 +154,10 @@ func newCapturedResponse(r *store.Response) *capturedResponse {
 		}
 	}
 	body := r.Body
+	if !bodies {
+		out.BodyOmitted = len(body) > 0
+		return out
+	}
 	if r.Truncated && !utf8.Valid(body) {
 		// The cut may have split the last character: drop its bytes.
 		for i := 1; i <= utf8.UTFMax && i <= len(body); i++ {
@@ -168,6 +179,17 @@ func newCapturedResponse(r *store.Response) *capturedResponse {
 }
 
 func (s *Server) handleStatus(ctx *fasthttp.RequestCtx, path []byte) {
+	sa := s.cfg.Policy.StatusAPI
+	if !sa.Enabled {
+		writeError(ctx, fasthttp.StatusNotFound, "no_route", "the status API is turned off (status_api.enabled: false)")
+		return
+	}
+	access := s.statusAccess(ctx)
+	if !access.ok {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="sluice status"`)
+		writeError(ctx, fasthttp.StatusUnauthorized, "unauthorized", "the status API needs Authorization: Bearer with status_api.token (or the admin token)")
+		return
+	}
 	if !ctx.IsGet() && !ctx.IsHead() {
 		ctx.Response.Header.Set("Allow", "GET, HEAD")
 		writeError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", "the status API answers GET and HEAD")
@@ -189,11 +211,14 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx, path []byte) {
 			continue
 		}
 		if err != nil {
-			s.log.Error("status lookup failed", "route", r.Name, "id", raw, "err", err)
+			s.log.Error("status lookup failed", "route", r.Name, "seq", id.Seq(), "err", err)
 			writeError(ctx, fasthttp.StatusInternalServerError, "lookup_failed", "the message's record could not be read: "+err.Error())
 			return
 		}
 		out := messageStatus{ID: raw, Route: r.Name, Method: m.Method, URI: m.URI, EnqueuedAt: m.EnqueuedAt.UTC()}
+		if !sa.ShowQuery {
+			out.URI = redactQuery(out.URI)
+		}
 		now := time.Now()
 		qs := r.queue.Stats()
 		for i, st := range sts {
@@ -203,7 +228,7 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx, path []byte) {
 				ts.ETA = &eta
 			}
 			if st.Response != nil {
-				ts.Response = newCapturedResponse(st.Response)
+				ts.Response = s.newCapturedResponse(st.Response, access.bodies)
 			}
 			if last, ok := st.Last(); ok {
 				at := last.At.UTC()
