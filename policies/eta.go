@@ -16,8 +16,9 @@ const week = 7 * 24 * time.Hour
 // ETA estimates when a target delivers the message that arrives at now
 // behind backlog messages: the instant at which the target's schedule
 // (RateAt, window by window via NextChange) has let backlog messages
-// through, starting at now. An unlimited rate delivers at once, a paused
-// window (rate 0) lets nothing through until it ends, and a finite rate
+// through, starting at now, and then lets this one through: an unlimited
+// rate delivers at once, a paused window (rate 0) lets nothing through
+// until it ends (not even a message with nothing ahead), and a finite rate
 // lets r×seconds through. ok is false when the estimate is unknown: the
 // target is paused with no end (rate 0 and no window ever opens), or the
 // delivery is more than ten years away.
@@ -50,10 +51,9 @@ func (t *Target) ETA(now time.Time, backlog float64) (time.Time, bool) {
 		}
 		span := next.Sub(at).Seconds()
 		can := r.PerSecond * span
-		if left <= can {
-			if left == 0 {
-				return at, true
-			}
+		// A paused span (rate 0) lets nothing through, not even this
+		// message with nothing ahead of it: it waits for the span's end.
+		if left <= can && r.PerSecond > 0 {
 			return addSeconds(at, left/r.PerSecond, limit)
 		}
 		left -= can

@@ -24,6 +24,9 @@ func TestETA(t *testing.T) {
 		{"unlimited window", Target{Rate: rate(0), Windows: []Window{between("22:00", "06:00", unlimited)}}, mon21, 1e6, at(u, 2025, 3, 3, 22, 0)},
 		{"paused, no end", Target{Rate: rate(0)}, mon21, 1, time.Time{}},
 		{"paused, no end, empty backlog", Target{Rate: rate(0)}, mon21, 0, time.Time{}},
+		// Nothing ahead, but a paused window: delivered when it ends, not now.
+		{"paused window, empty backlog", Target{Rate: rate(10), Windows: []Window{between("21:00", "23:00", rate(0))}}, mon21, 0, at(u, 2025, 3, 3, 23, 0)},
+		{"night window, empty backlog", Target{Rate: rate(0), Windows: night}, mon21, 0, at(u, 2025, 3, 3, 22, 0)},
 		{"paused window", Target{Rate: rate(10), Windows: []Window{between("21:00", "23:00", rate(0))}}, mon21, 600, at(u, 2025, 3, 3, 23, 1)},
 		{"paused every day", Target{Rate: rate(5), Windows: []Window{between("00:00", "23:59", rate(0)), between("23:59", "00:00", rate(0))}}, mon21, 1, time.Time{}},
 		// Only the night window drains: 22:00 + 3600 s.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -92,5 +93,40 @@ routes:
 	etas(bounded, now)
 	if bounded.etaCache.Load() != nil {
 		t.Error("bounded: cached")
+	}
+}
+
+// TestMaxWaitPausedWindowEmptyQueue: the first message into an empty queue
+// while a paused window is open is estimated at the window's end, not now,
+// so max_wait refuses it as it refuses the second; here the windows pause
+// the target all day, so the estimate is unknown and the 202 carries none.
+func TestMaxWaitPausedWindowEmptyQueue(t *testing.T) {
+	base, s := policyServer(t, `
+routes:
+  - name: bounded
+    match: { path: /bounded }
+    max_wait: 1h
+    targets:
+      - name: paused
+        url: "http://127.0.0.1:1"
+        rate: 10/s
+        windows: [{ between: "00:00-12:00", rate: 0 }, { between: "12:00-00:00", rate: 0 }]
+  - name: open
+    match: { path: /open }
+    targets:
+      - name: paused
+        url: "http://127.0.0.1:1"
+        rate: 10/s
+        windows: [{ between: "00:00-12:00", rate: 0 }, { between: "12:00-00:00", rate: 0 }]
+`)
+	if r := do(t, "POST", base+"/bounded", "{}", nil); r.StatusCode() != 503 || !strings.Contains(string(r.Body()), "backlog_too_long") {
+		t.Errorf("first message, paused all day, max_wait 1h: %d %s, want 503 backlog_too_long", r.StatusCode(), r.Body())
+	}
+	if n := s.testQueue("bounded").Stats().Appended; n != 0 {
+		t.Errorf("%d stored", n)
+	}
+	r := do(t, "POST", base+"/open", "{}", nil)
+	if r.StatusCode() != 202 || strings.Contains(string(r.Body()), `"eta"`) {
+		t.Errorf("first message, paused all day: %d %s, want 202 without an eta", r.StatusCode(), r.Body())
 	}
 }
