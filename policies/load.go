@@ -47,6 +47,7 @@ func ParseWith(file string, data []byte, lookup func(string) (string, bool)) (*P
 		slices.SortStableFunc(d.errs, func(a, b *Error) int { return a.Line - b.Line })
 		return nil, &d.errs
 	}
+	p.Warnings = d.warns
 	return p, nil
 }
 
@@ -59,6 +60,11 @@ type decoder struct {
 	file   string
 	lookup func(string) (string, bool)
 	errs   Errors
+	warns  Errors // what is allowed but likely a mistake: Policy.Warnings
+}
+
+func (d *decoder) warnf(line int, field, format string, args ...any) {
+	d.warns = append(d.warns, &Error{File: d.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
 func (d *decoder) errorf(line int, field, format string, args ...any) {

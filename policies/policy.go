@@ -17,6 +17,10 @@ type Policy struct {
 	// DefaultUpstream (key default_upstream) receives, passed through, every
 	// request no route matches; nil (the default) answers those 404.
 	DefaultUpstream *url.URL
+	// Warnings are what the file allows but is likely a mistake (such as a
+	// buffer route taking GET), each with file:line; check prints them and
+	// serve logs them.
+	Warnings Errors
 	// StatusAPI (key status_api) says who may read the status API and what
 	// it shows.
 	StatusAPI StatusAPI

@@ -73,6 +73,11 @@ const (
 	MaxCallbackURL  = 2048 // longest callback URL a producer may name
 )
 
+// DefaultBufferMethods are the methods a buffer or spillover route takes
+// when its match names none: those whose request has a body to deliver. A
+// GET or HEAD asks for an answer, which a stored request never gets back.
+var DefaultBufferMethods = []string{"POST", "PUT", "PATCH", "DELETE"}
+
 // DefaultRetryOn is what a target retries when its retry.on is not set:
 // 5xx, 408, 425, 429, timeout and connect.
 func DefaultRetryOn() RetryOn {
@@ -254,6 +259,13 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 	}
 
 	modeKnown := !m.bad["mode"]
+	if modeKnown && (r.Mode == ModeBuffer || r.Mode == ModeSpillover) && !m.bad["match"] {
+		if len(r.Match.Methods) == 0 {
+			r.Match.Methods = slices.Clone(DefaultBufferMethods)
+		} else if slices.Contains(r.Match.Methods, "GET") || slices.Contains(r.Match.Methods, "HEAD") {
+			d.warnf(matchLine, m.field("match.methods"), "a %s route stores GET and HEAD requests and answers them 202: the client never gets the target's answer (a version probe becomes a message); use a passthrough route for reads", r.Mode)
+		}
+	}
 	switch {
 	case !modeKnown:
 	case r.Mode == ModePassthrough:

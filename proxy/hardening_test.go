@@ -811,3 +811,36 @@ routes:
 		t.Errorf("enabled: false: %d, want 404", code)
 	}
 }
+
+// TestBufferRouteRefusesReads: a buffer route without methods takes the
+// methods with a body to deliver; a GET or HEAD (a log shipper's version
+// probe) gets 405 with Allow, and nothing is stored.
+func TestBufferRouteRefusesReads(t *testing.T) {
+	addr, s := startPolicy(t, `
+routes:
+  - name: orders
+    match: { path: /api/orders }
+    targets: [{ name: inv, url: "http://127.0.0.1:1", rate: 0 }]
+`)
+	for _, m := range []string{"GET", "HEAD"} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, m+" /api/orders HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: m})
+		c.Close()
+		if err != nil || resp.StatusCode != 405 || resp.Header.Get("Allow") != "POST, PUT, PATCH, DELETE" {
+			t.Errorf("%s on a buffer route: %v %v, want 405 with Allow", m, resp, err)
+		}
+	}
+	for _, m := range []string{"POST", "PUT", "PATCH", "DELETE"} {
+		if got := raw(t, addr, m+" /api/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"); !strings.HasPrefix(got, "202 ") {
+			t.Errorf("%s: %q", m, got)
+		}
+	}
+	if n := s.testQueue("orders").Stats().Appended; n != 4 {
+		t.Errorf("%d stored, want 4", n)
+	}
+}

@@ -276,8 +276,14 @@ func TestCheckReportsFileLine(t *testing.T) {
 	}
 	good := filepath.Join(dir, "good.yaml")
 	os.WriteFile(good, []byte("routes:\n  - name: orders\n    match: { path: /api/orders }\n    targets:\n      - name: inv\n        url: http://127.0.0.1:1\n"), 0o644)
-	if out, err := exec.Command(sluiceBin, "check", "--policy", good).CombinedOutput(); err != nil || !strings.Contains(string(out), "ok") {
+	if out, err := exec.Command(sluiceBin, "check", "--policy", good).CombinedOutput(); err != nil || !strings.Contains(string(out), "ok") || strings.Contains(string(out), "warning") {
 		t.Fatalf("check of a good policy: %v\n%s", err, out)
+	}
+	// A buffer route that lists GET: valid, with a warning naming the line.
+	get := filepath.Join(dir, "get.yaml")
+	os.WriteFile(get, []byte("routes:\n  - name: orders\n    match: { path: /api/orders, methods: [GET, POST] }\n    targets:\n      - name: inv\n        url: http://127.0.0.1:1\n"), 0o644)
+	if out, err := exec.Command(sluiceBin, "check", "--policy", get).CombinedOutput(); err != nil || !strings.Contains(string(out), "warning: "+get+":3: routes[0].match.methods") {
+		t.Fatalf("check of a buffer route listing GET: %v\n%s", err, out)
 	}
 }
 

@@ -233,6 +233,9 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	for _, w := range pol.Warnings {
+		log.Warn("policy: " + w.Error())
+	}
 	if *listen != "" {
 		pol.Listen = *listen
 	}
@@ -278,6 +281,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
+	}
+	for _, w := range pol.Warnings {
+		fmt.Fprintln(stderr, "warning:", w)
 	}
 	targets := 0
 	for _, r := range pol.Routes {
