@@ -113,11 +113,33 @@ func (d *decoder) document(data []byte) *yaml.Node {
 	return root
 }
 
+// parserProblems are the problems the YAML parser (as opposed to its
+// scanner) reports. The yaml package counts a scanner error's line from 1
+// and a parser error's from 0 (its decode.go, parser.fail), so a policy with
+// a key indented one space too little was reported one line early.
+var parserProblems = []string{
+	"did not find expected <document start>",
+	"did not find expected key",
+	"did not find expected '-' indicator",
+	"did not find expected ',' or ']'",
+	"did not find expected ',' or '}'",
+	"did not find expected node content",
+	"found undefined tag handle",
+	"found duplicate %YAML directive",
+	"found incompatible YAML document",
+	"found duplicate %TAG directive",
+}
+
+func parserProblem(msg string) bool { return slices.Contains(parserProblems, msg) }
+
 // syntaxError reports a YAML parser error, with its line when the parser gives one.
 func (d *decoder) syntaxError(data []byte, err error) {
 	msg := err.Error()
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
+		if parserProblem(m[2]) {
+			line++ // the yaml package gives a parser error's line counted from 0
+		}
 		d.errorf(line, "", "invalid YAML: %s", m[2])
 		return
 	}
