@@ -144,7 +144,11 @@
 // One goroutine per drainer runs the schedule; each attempt runs in its own
 // goroutine, at most 2*Concurrency at once (Concurrency sending, up to
 // Concurrency more waiting for their outcome to be committed). Memory is
-// bounded by those attempts' messages. The drainer wakes on new messages
+// bounded by those attempts' messages: an attempt reads its answer's status
+// line and headers and discards the body as it streams (keeping at most
+// capture_response.max_bytes of it), so answers of any size cost a few KiB
+// each. An attempt ends at the target's timeout and closes its connection.
+// The drainer wakes on new messages
 // (Source.Ready), when the earliest retry is due, at window boundaries, on
 // control calls and every 500ms as a safety net; it never spins. Each wake-up
 // costs one Fetch; a busy drainer does one Fetch per batch of free slots.
