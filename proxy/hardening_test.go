@@ -596,6 +596,9 @@ func TestNoEcho(t *testing.T) {
 		"GET " + secret + ".example:80 HTTP/1.1\r\nHost: x\r\n\r\n",
 		"DELETE /api/orders/" + secret + " HTTP/1.1\r\nHost: x\r\n\r\n",
 		"GET /_sluice/v1/messages/" + secret + " HTTP/1.1\r\nHost: x\r\n\r\n",
+		// A streamed passthrough body whose trailer is malformed.
+		"POST /api/catalog HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000\r\n" + strings.Repeat("a", 0x10000) +
+			"\r\n0\r\nAuthorization: Bearer " + secret + "\x01\r\n\r\n",
 	} {
 		got := raw(t, addr, req)
 		if !strings.HasPrefix(got, "4") || strings.Contains(got, secret) {

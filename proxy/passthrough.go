@@ -201,7 +201,7 @@ func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route, uri []byt
 	case up != nil && up.err != nil:
 		// The client's side failed (body too large, cut, malformed or too
 		// slow); the upstream request was aborted with it.
-		s.log.Info("passthrough: request body failed; upstream request aborted", "route", r.Name, "err", up.err)
+		s.log.Info("passthrough: request body failed; upstream request aborted", "route", r.Name, "reason", clientErrorKind(up.err))
 		s.bodyError(ctx, up.err)
 	case err != nil:
 		ctx.Response.Reset()

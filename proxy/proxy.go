@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -363,6 +364,21 @@ func (s *Server) handleError(ctx *fasthttp.RequestCtx, err error) {
 		writeError(ctx, fasthttp.StatusBadRequest, "bad_request",
 			"malformed request: its request line, headers or body framing (Content-Length, chunked encoding) could not be parsed; nothing was stored or forwarded")
 	}
+}
+
+// clientErrorKind names, for a log line, what went wrong reading a request,
+// without the error's text (fasthttp quotes the request in some errors).
+func clientErrorKind(err error) string {
+	var te interface{ Timeout() bool }
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		return "body too large"
+	case errors.As(err, &te) && te.Timeout():
+		return "timeout"
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return "body cut short"
+	}
+	return "malformed"
 }
 
 // fasthttpLogger routes fasthttp's own messages to slog, at debug level,
