@@ -236,7 +236,6 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 	}
 	matchLine := m.line
 	r := &Route{Mode: ModeBuffer, MaxBody: DefaultMaxBody, Rate: unlimited, Burst: 1, Line: m.line}
-
 	if field(d, m, "name", "a route name such as orders", parseName, &r.Name) {
 		line := m.vals["name"].Line
 		if first, dup := names[r.Name]; dup {

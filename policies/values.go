@@ -150,7 +150,8 @@ func positiveDuration(s string) (time.Duration, error) {
 func parseRetention(s string) (time.Duration, error) {
 	d, err := positiveDuration(s)
 	if err == nil && d < MinRetention {
-		err = fmt.Errorf("retention %s is below the floor of 1m: acknowledged messages would expire before they could be delivered; use hours or days, such as 72h or 3d", s)
+		err = fmt.Errorf("retention %s is below the floor of %s: acknowledged messages would expire before they could be delivered; use hours or days, such as 72h or 3d",
+			s, strings.TrimSuffix(MinRetention.String(), "0s"))
 	}
 	return d, err
 }
