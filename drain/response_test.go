@@ -165,3 +165,45 @@ func testTimeoutCloses(t *testing.T, trickle bool) {
 		t.Errorf("%d of %d requests were still connected at the downstream 1s after their attempt timed out (150ms)", n, total.Load())
 	}
 }
+
+// TestAnswersKeepConnections: an answer read to its end (sized or chunked,
+// captured or not) leaves its connection in the pool: 200 deliveries at
+// concurrency 4 use a handful of connections, not one each.
+func TestAnswersKeepConnections(t *testing.T) {
+	var conns atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(strings.Repeat("z", 10<<10))
+	ds := &fasthttp.Server{
+		Handler: func(ctx *fasthttp.RequestCtx) {
+			if strings.Contains(string(ctx.RequestURI()), "x=1") {
+				bigBody(ctx, 100<<10) // chunked
+				return
+			}
+			ctx.Response.SetBodyRaw(body)
+		},
+		ConnState: func(_ net.Conn, s fasthttp.ConnState) {
+			if s == fasthttp.StateNew {
+				conns.Add(1)
+			}
+		},
+	}
+	go ds.Serve(ln)
+	t.Cleanup(func() { ds.Shutdown() })
+	_, q, _ := newQueue(t, "a", "b")
+	appendN(t, q, 100, order)
+	ta := testTarget("a", "http://"+ln.Addr().String())
+	ta.Concurrency = 2
+	tb := ta
+	tb.Name = "b"
+	tb.CaptureResponse = &policies.Capture{MaxBytes: 16}
+	da, _ := startDrainer(t, Config{Target: ta}, consumer(t, q, "a"))
+	db, _ := startDrainer(t, Config{Target: tb}, consumer(t, q, "b"))
+	waitFor(t, 20*time.Second, "deliveries", func() bool { return da.Stats().Delivered == 100 && db.Stats().Delivered == 100 })
+	t.Logf("%d connections", conns.Load())
+	if n := conns.Load(); n > 8 {
+		t.Errorf("%d connections for 200 deliveries at concurrency 2+2: answers read to the end did not go back to the pool", n)
+	}
+}
