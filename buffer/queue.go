@@ -694,7 +694,7 @@ func (q *Queue) syncDirty(dirty map[*segment]bool) {
 // no fsync and no durability point, as SyncNever promises, but the dirty
 // pages no longer pile up until the kernel's own flush. Piled up they made
 // the ack p99 39.8 ms at 256 clients, against 11.5 ms with this
-// (BENCHMARKS.md, fourth set, "fsync: never p99 was the dirty pages").
+// (bench/journal/2026-12-01-to-05.md, fourth set, "fsync: never p99 was the dirty pages").
 // dirty keeps its segments: Close still fsyncs them all.
 func (q *Queue) startWriteback(dirty map[*segment]bool) {
 	for s := range dirty {

@@ -223,7 +223,7 @@ func rebuildSegment(dir string, first uint64, targets []string, cfg *Config) (ui
 // Spare logs. Appending to a new file makes every fdatasync also commit
 // the file system's metadata (the file's size, its new blocks); writing over
 // blocks a file already has makes it flush the data alone, which on the
-// machine of BENCHMARKS.md ("a log on blocks that are already written") costs
+// machine of bench/journal/2026-12-01-to-05.md ("a log on blocks that are already written") costs
 // half as much. So, as PostgreSQL recycles WAL segments, a deleted segment's
 // log is renamed spare-<bound>.log (bound: every seq in it is below that)
 // and the next new head takes it over instead of creating an empty file.
