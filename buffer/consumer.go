@@ -338,7 +338,7 @@ type retryRef struct {
 // reader by Close) to ErrClosed, so callers can match it.
 func closedErr(err error) error {
 	if errors.Is(err, bolt.ErrDatabaseNotOpen) || errors.Is(err, os.ErrClosed) {
-		return fmt.Errorf("%w: %v", ErrClosed, err)
+		return fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	return err
 }

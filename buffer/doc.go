@@ -74,9 +74,11 @@
 // segments' .db files by the same goroutine, in one bbolt transaction per
 // touched segment. SyncInterval acknowledges after the write(2) and syncs every
 // Interval: a kill -9 loses nothing, a power loss may lose the last Interval.
-// SyncNever never fsyncs: every 10ms (Config.SyncInterval) the writer only
-// starts the kernel's writeback of what the logs got (sync_file_range, no
-// wait), so that dirty pages do not pile up and stall acknowledgements.
+// SyncNever never fsyncs before an acknowledgement: every 10ms
+// (Config.SyncInterval) the writer only starts the kernel's writeback of what
+// the logs got (sync_file_range, no wait), so that dirty pages do not pile up
+// and stall acknowledgements; rolls, seals, checkpoints and Close still fsync
+// what they finish.
 //
 // # Delivery state
 //

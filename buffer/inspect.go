@@ -16,54 +16,54 @@ import (
 
 // InspectReport describes a data directory, read offline.
 type InspectReport struct {
-	Dir    string
-	Queues []QueueReport
+	Dir    string        `json:"dir"`
+	Queues []QueueReport `json:"queues"`
 }
 
 // QueueReport describes one queue on disk.
 type QueueReport struct {
-	Name      string
-	Segments  []SegmentReport
-	Bytes     int64     // file bytes of all segments
-	Messages  uint64    // messages in readable segments
-	Oldest    time.Time // enqueue time of the oldest readable message; zero if none
-	Targets   []TargetReport
-	Damaged   []Damage // with verify: every record or structure that failed its check
-	Verified  bool
-	LastSeq   uint64
-	FirstSeq  uint64
-	OpenError string // cursors.db could not be read
+	Name      string          `json:"name"`
+	Segments  []SegmentReport `json:"segments"`
+	Bytes     int64           `json:"bytes"`    // file bytes of all segments
+	Messages  uint64          `json:"messages"` // messages in readable segments
+	Oldest    time.Time       `json:"oldest"`   // enqueue time of the oldest readable message; zero if none
+	Targets   []TargetReport  `json:"targets"`
+	Damaged   []Damage        `json:"damaged,omitempty"` // with verify: every record or structure that failed its check
+	Verified  bool            `json:"verified"`
+	LastSeq   uint64          `json:"last_seq"`
+	FirstSeq  uint64          `json:"first_seq"`
+	OpenError string          `json:"open_error,omitempty"` // cursors.db could not be read
 	// Spares are deleted segments' logs kept for new heads to write over
 	// (see takeSpare): disk the queue holds beyond Bytes.
-	Spares     int
-	SpareBytes int64
+	Spares     int   `json:"spares"`
+	SpareBytes int64 `json:"spare_bytes"`
 }
 
 // SegmentReport describes one segment file.
 type SegmentReport struct {
-	File       string
-	First      uint64
-	Last       uint64 // First-1 when empty
-	FileBytes  int64  // bytes allocated on disk (bbolt files are sparse)
-	LastAppend time.Time
-	Error      string // the file could not be opened or read
+	File       string    `json:"file"`
+	First      uint64    `json:"first"`
+	Last       uint64    `json:"last"`       // First-1 when empty
+	FileBytes  int64     `json:"file_bytes"` // bytes allocated on disk (bbolt files are sparse)
+	LastAppend time.Time `json:"last_append"`
+	Error      string    `json:"error,omitempty"` // the file could not be opened or read
 }
 
 // TargetReport is one consumer's position and outcome counts.
 type TargetReport struct {
-	Name      string
-	Floor     uint64 // lowest seq not finished (as last persisted)
-	Backlog   uint64 // messages at or above the floor (an upper bound: some may be finished)
-	Delivered int
-	Retrying  int
-	Dead      int
+	Name      string `json:"name"`
+	Floor     uint64 `json:"floor"`   // lowest seq not finished (as last persisted)
+	Backlog   uint64 `json:"backlog"` // messages at or above the floor (an upper bound: some may be finished)
+	Delivered int    `json:"delivered"`
+	Retrying  int    `json:"retrying"`
+	Dead      int    `json:"dead"`
 }
 
 // Damage is one failed check.
 type Damage struct {
-	Segment string // the file that failed: a segment's .db, .log or .idx
-	Seq     uint64 // 0 when the damage is not tied to one record
-	Err     string
+	Segment string `json:"segment"` // the file that failed: a segment's .db, .log or .idx
+	Seq     uint64 `json:"seq"`     // 0 when the damage is not tied to one record
+	Err     string `json:"err"`
 }
 
 // Inspect reads the data directory dir without changing it. With verify it

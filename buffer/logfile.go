@@ -161,7 +161,7 @@ func (l *segLog) read(seq uint64, buf []byte) ([]byte, error) {
 	buf = append(buf, make([]byte, need)...)
 	if _, err := l.f.ReadAt(buf[start:], int64(loc.off)); err != nil {
 		if errors.Is(err, os.ErrClosed) {
-			return buf[:start], fmt.Errorf("%w: %v", ErrClosed, err)
+			return buf[:start], fmt.Errorf("%w: %w", ErrClosed, err)
 		}
 		return buf[:start], fmt.Errorf("%w: seq %d at offset %d of %s: %v", ErrCorrupt, seq, loc.off, l.path, err)
 	}
@@ -204,7 +204,7 @@ func (l *segLog) readSpan(from uint64, n int, buf []byte) ([]byte, [][]byte, err
 	buf = append(buf[:0], make([]byte, hi-lo)...)
 	if _, err := l.f.ReadAt(buf, int64(lo)); err != nil {
 		if errors.Is(err, os.ErrClosed) {
-			return buf, nil, fmt.Errorf("%w: %v", ErrClosed, err)
+			return buf, nil, fmt.Errorf("%w: %w", ErrClosed, err)
 		}
 		return buf, recs, nil // read them one by one, with the error each gets
 	}

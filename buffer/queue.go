@@ -96,6 +96,7 @@ type Queue struct {
 	damaged   uint64 // messages skipped in damaged segments, summed over targets
 
 	savedNext  uint64     // writer only: the next seq as last persisted with the floors
+	closeErr   error      // set by the writer before it stops: what the final sync and closes failed
 	openedNext uint64     // nextSeq when the queue was opened: later messages have no state record from an earlier run
 	jrn        *journal   // writer only: the outcome journal
 	jbuf       []byte     // writer only: the journal frames of one commit
@@ -564,14 +565,15 @@ func (q *Queue) hand(ctx context.Context, r *request) error {
 }
 
 // Close stops the writer after it has committed every request already handed
-// to it, persists the consumer floors, syncs and closes the files.
+// to it, persists the consumer floors, syncs and closes the files. It returns
+// what the final sync and the closes failed to do (nil when all went well).
 func (q *Queue) Close() error {
 	q.once.Do(func() {
 		q.closed.Store(true) // before closing: a hand-off that misses it is waited for
 		close(q.closing)
 	})
 	<-q.stopped
-	return nil
+	return q.closeErr
 }
 
 // writer is the one goroutine that writes the queue's files.
@@ -636,11 +638,11 @@ func (q *Queue) writer() {
 				}
 				runtime.Gosched()
 			}
-			q.syncDirty(dirty)
+			err := q.syncDirty(dirty)
 			q.syncJournal()
 			q.checkpoint()
 			q.saveFloors()
-			q.closeFiles()
+			q.closeErr = errors.Join(err, q.closeFiles())
 			if ws := q.WriterStats(); ws.Commits > 0 {
 				q.log.Info("writer stopped", "commits", ws.Commits,
 					"requests_per_commit", fmt.Sprintf("%.1f", float64(ws.Requests)/float64(ws.Commits)),
@@ -677,16 +679,20 @@ func (q *Queue) commitQueued(dirty map[*segment]bool) {
 	}
 }
 
-func (q *Queue) syncDirty(dirty map[*segment]bool) {
+func (q *Queue) syncDirty(dirty map[*segment]bool) error {
+	var errs []error
 	for s := range dirty {
 		if err := fdatasync(s.log.f); err != nil {
 			q.log.Error("fsync failed", "file", logName(s.first), "err", err)
+			errs = append(errs, fmt.Errorf("%w: fsync %s: %w", ErrIO, logName(s.first), err))
 		}
 		if err := s.db.Sync(); err != nil {
 			q.log.Error("fsync failed", "file", segmentName(s.first), "err", err)
+			errs = append(errs, fmt.Errorf("%w: fsync %s: %w", ErrIO, segmentName(s.first), err))
 		}
 		delete(dirty, s)
 	}
+	return errors.Join(errs...)
 }
 
 // startWriteback, with SyncNever, has the kernel start writing what the
@@ -712,21 +718,29 @@ func (q *Queue) startWriteback(dirty map[*segment]bool) {
 	}
 }
 
-func (q *Queue) closeFiles() {
+// closeFiles closes every file of the queue and returns what failed.
+func (q *Queue) closeFiles() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	var errs []error
 	for _, s := range q.segs {
 		if err := s.close(); err != nil {
 			q.log.Error("close segment", "segment", segLabel(s.first), "err", err)
+			errs = append(errs, fmt.Errorf("close %s: %w", segLabel(s.first), err))
 		}
 	}
 	q.segs = nil
 	if q.floorsDB != nil {
-		q.floorsDB.Close()
+		if err := q.floorsDB.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close cursors.db: %w", err))
+		}
 	}
 	if q.jrn != nil && q.jrn.f != nil {
-		q.jrn.f.Close()
+		if err := q.jrn.f.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close %s: %w", journalName(q.jrn.gen), err))
+		}
 	}
+	return errors.Join(errs...)
 }
 
 // commit writes one batch: the appends in one transaction on the head, the

@@ -21,8 +21,11 @@ const (
 	// SyncInterval acknowledges after the write and fsyncs every SyncInterval.
 	// kill -9 loses nothing; a power loss may lose the last interval.
 	SyncInterval
-	// SyncNever never calls fsync; every SyncInterval the writer starts the
-	// kernel's writeback of the new log data (sync_file_range, no wait).
+	// SyncNever acknowledges after the write and never fsyncs on the way
+	// to an acknowledgement: every SyncInterval the writer only starts the
+	// kernel's writeback of new log data (sync_file_range, no wait). Rolls,
+	// seals, checkpoints and Close still fsync what they finish, so a
+	// sealed segment is whole after a power loss; the head may not be.
 	SyncNever
 )
 

@@ -5,7 +5,9 @@
 //	sluice serve --policy policy.yaml   run the proxy
 //	sluice check --policy policy.yaml   validate a policy file
 //	sluice demo                         a burst, a slow downstream and the drain, in one process
+//	sluice loadtest run|downstream      offer load and verify delivery; or a mock downstream
 //	sluice inspect --data DIR           report on a data directory offline
+//	sluice dlq list|show|replay|purge   dead letters, with the server stopped
 //	sluice version                      print the version
 package main
 
