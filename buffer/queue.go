@@ -743,8 +743,11 @@ func (q *Queue) closeFiles() error {
 	return errors.Join(errs...)
 }
 
-// commit writes one batch: the appends in one transaction on the head, the
-// state changes in one transaction per segment they touch.
+// commit writes one batch: the appends with one write to the head's log,
+// first Delivered outcomes with one write to the journal (their fsyncs
+// overlap), the other state changes in one bbolt transaction per segment
+// they touch (commitStates, apply); then it ends the in-flight claims of
+// what it recorded and answers every request.
 func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	apps := q.wapps[:0] // writer-owned, reused: no allocation per commit
 	defer func() { clear(apps); q.wapps = apps[:0] }()
@@ -794,14 +797,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	var encoded [][]byte
 	var waitOutcomes func() error
 	if len(fast) > 0 {
-		buf := make([]byte, 0, len(fast)*96) // kept: pending sub-slices it
-		encoded = make([][]byte, len(fast))
-		for i, r := range fast {
-			st := encodeState(r.state)
-			buf = appendJournalFrame(buf, q.jrn.gen, r.seq, q.targets[r.target], st)
-			encoded[i] = buf[len(buf)-len(st):]
-		}
-		waitOutcomes = q.writeOutcomes(buf)
+		encoded, waitOutcomes = q.journalOutcomes(fast)
 	}
 
 	if len(apps) > 0 {
@@ -835,116 +831,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		}
 	}
 
-	segs := make([]*segment, 0, len(bySeg))
-	for s := range bySeg {
-		segs = append(segs, s)
-	}
-	if len(segs) > 1 {
-		sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
-	}
-	for _, s := range segs {
-		rs := bySeg[s]
-		err := safeUpdate(s.db, func(tx *bolt.Tx) error {
-			for _, r := range rs {
-				t := q.targets[r.target]
-				r.skipped, r.retryRemoved = false, false
-				// Transitions that callers check before asking are checked
-				// again here, atomically: two Unparks (or Revives) of one
-				// message must not both apply.
-				if r.unpark != nil {
-					if pb := tx.Bucket(parkBucket(t)); pb == nil || pb.Get(parkKey(*r.unpark, r.seq)) == nil {
-						r.skipped = true
-						continue
-					}
-				}
-				if r.wasDead {
-					if db := tx.Bucket(deadBucket(t)); db == nil || db.Get(seqKey(r.seq)) == nil {
-						r.skipped = true
-						continue
-					}
-				}
-				if err := tx.Bucket(stateBucket(t)).Put(seqKey(r.seq), encodeState(r.state)); err != nil {
-					return err
-				}
-				rb := tx.Bucket(retryBucket(t))
-				if !r.oldRetry.IsZero() {
-					if k := retryKey(r.oldRetry, r.seq); rb.Get(k) != nil {
-						if err := rb.Delete(k); err != nil {
-							return err
-						}
-						r.retryRemoved = true
-					}
-				}
-				if r.state.Phase == Retrying {
-					if err := rb.Put(retryKey(r.state.NextTry, r.seq), nil); err != nil {
-						return err
-					}
-				}
-				if r.parkKey != nil || r.unpark != nil {
-					pb, err := tx.CreateBucketIfNotExists(parkBucket(t))
-					if err != nil {
-						return err
-					}
-					if r.unpark != nil {
-						err = pb.Delete(parkKey(*r.unpark, r.seq))
-					} else {
-						err = pb.Put(parkKey(*r.parkKey, r.seq), nil)
-					}
-					if err != nil {
-						return err
-					}
-				}
-				if r.wasDead || (r.state.Phase == Dead && !r.purge) {
-					db, err := tx.CreateBucketIfNotExists(deadBucket(t))
-					if err != nil {
-						return err
-					}
-					if r.wasDead {
-						err = db.Delete(seqKey(r.seq))
-					} else {
-						err = db.Put(seqKey(r.seq), nil)
-					}
-					if err != nil {
-						return err
-					}
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			q.log.Error("state commit failed", "segment", segLabel(s.first), "err", err)
-			err = fmt.Errorf("%w: %w", ErrIO, err)
-		} else {
-			dirty[s] = true
-			q.mu.Lock()
-			for _, r := range rs {
-				if r.skipped {
-					continue
-				}
-				if r.retryRemoved {
-					s.retries[r.target]--
-					q.consumers[r.target].retrying--
-				}
-				if r.state.Phase == Retrying {
-					s.retries[r.target]++
-					q.consumers[r.target].retrying++
-				}
-				if r.parkKey != nil {
-					s.parked[r.target]++
-				}
-				if r.unpark != nil {
-					s.parked[r.target]--
-				}
-			}
-			q.mu.Unlock()
-		}
-		for _, r := range rs {
-			r.err = err
-			if err == nil && r.skipped {
-				r.err = fmt.Errorf("%w: seq %d is no longer in that state", ErrNotFound, r.seq)
-			}
-		}
-	}
+	q.commitStates(bySeg, dirty)
 
 	// In-flight bookkeeping: an outcome leaves the in-flight set only once it
 	// is committed (or failed), so a persisted floor never passes it early.
@@ -985,6 +872,150 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	if q.npending >= checkpointAt {
 		q.checkpoint()
 	}
+}
+
+// journalOutcomes writes the frames of first Delivered outcomes to the
+// journal with one write and starts its fdatasync (see writeOutcomes). It
+// returns each outcome's encoded state (kept in Queue.pending until a
+// checkpoint) and the wait for the sync. Writer only.
+func (q *Queue) journalOutcomes(fast []*request) ([][]byte, func() error) {
+	buf := make([]byte, 0, len(fast)*96) // kept: pending sub-slices it
+	encoded := make([][]byte, len(fast))
+	for i, r := range fast {
+		st := encodeState(r.state)
+		buf = appendJournalFrame(buf, q.jrn.gen, r.seq, q.targets[r.target], st)
+		encoded[i] = buf[len(buf)-len(st):]
+	}
+	return encoded, q.writeOutcomes(buf)
+}
+
+// commitStates commits the state changes that go to bbolt (retries, dead
+// letters, parking, revivals and purges), in one transaction per segment,
+// oldest segment first, and updates the counts they change. Writer only.
+func (q *Queue) commitStates(bySeg map[*segment][]*request, dirty map[*segment]bool) {
+	segs := make([]*segment, 0, len(bySeg))
+	for s := range bySeg {
+		segs = append(segs, s)
+	}
+	if len(segs) > 1 {
+		sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
+	}
+	for _, s := range segs {
+		rs := bySeg[s]
+		err := safeUpdate(s.db, func(tx *bolt.Tx) error {
+			for _, r := range rs {
+				if err := q.apply(tx, r); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			q.log.Error("state commit failed", "segment", segLabel(s.first), "err", err)
+			err = fmt.Errorf("%w: %w", ErrIO, err)
+		} else {
+			dirty[s] = true
+			q.mu.Lock()
+			for _, r := range rs {
+				if r.skipped {
+					continue
+				}
+				if r.retryRemoved {
+					s.retries[r.target]--
+					q.consumers[r.target].retrying--
+				}
+				if r.state.Phase == Retrying {
+					s.retries[r.target]++
+					q.consumers[r.target].retrying++
+				}
+				if r.parkKey != nil {
+					s.parked[r.target]++
+				}
+				if r.unpark != nil {
+					s.parked[r.target]--
+				}
+			}
+			q.mu.Unlock()
+		}
+		for _, r := range rs {
+			r.err = err
+			if err == nil && r.skipped {
+				r.err = fmt.Errorf("%w: seq %d is no longer in that state", ErrNotFound, r.seq)
+			}
+		}
+	}
+
+}
+
+// apply makes the state change r in tx, the transaction of the segment that
+// holds r.seq: the state record, the retry schedule, the parked index and
+// the dead-letter list. A transition whose precondition no longer holds
+// (two Unparks, or Revives, of one message) sets r.skipped and changes
+// nothing. Writer only.
+func (q *Queue) apply(tx *bolt.Tx, r *request) error {
+	t := q.targets[r.target]
+	r.skipped, r.retryRemoved = false, false
+	// Transitions that callers check before asking are checked
+	// again here, atomically: two Unparks (or Revives) of one
+	// message must not both apply.
+	if r.unpark != nil {
+		if pb := tx.Bucket(parkBucket(t)); pb == nil || pb.Get(parkKey(*r.unpark, r.seq)) == nil {
+			r.skipped = true
+			return nil
+		}
+	}
+	if r.wasDead {
+		if db := tx.Bucket(deadBucket(t)); db == nil || db.Get(seqKey(r.seq)) == nil {
+			r.skipped = true
+			return nil
+		}
+	}
+	if err := tx.Bucket(stateBucket(t)).Put(seqKey(r.seq), encodeState(r.state)); err != nil {
+		return err
+	}
+	rb := tx.Bucket(retryBucket(t))
+	if !r.oldRetry.IsZero() {
+		if k := retryKey(r.oldRetry, r.seq); rb.Get(k) != nil {
+			if err := rb.Delete(k); err != nil {
+				return err
+			}
+			r.retryRemoved = true
+		}
+	}
+	if r.state.Phase == Retrying {
+		if err := rb.Put(retryKey(r.state.NextTry, r.seq), nil); err != nil {
+			return err
+		}
+	}
+	if r.parkKey != nil || r.unpark != nil {
+		pb, err := tx.CreateBucketIfNotExists(parkBucket(t))
+		if err != nil {
+			return err
+		}
+		if r.unpark != nil {
+			err = pb.Delete(parkKey(*r.unpark, r.seq))
+		} else {
+			err = pb.Put(parkKey(*r.parkKey, r.seq), nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if r.wasDead || (r.state.Phase == Dead && !r.purge) {
+		db, err := tx.CreateBucketIfNotExists(deadBucket(t))
+		if err != nil {
+			return err
+		}
+		if r.wasDead {
+			err = db.Delete(seqKey(r.seq))
+		} else {
+			err = db.Put(seqKey(r.seq), nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // appendBatch writes the appends of one commit to the head's log as frames,
