@@ -1354,8 +1354,16 @@ func (q *Queue) trackRates(now time.Time) {
 		f := c.floorLocked()
 		if !c.rateAt.IsZero() {
 			if dt := now.Sub(c.rateAt).Seconds(); dt > 0 {
+				// An average that follows a change within a few samples
+				// (CursorInterval apart), and starts from the first one:
+				// starting from 0 it said 11s where space came back in
+				// 0.5s after a start or an idle spell.
 				inst := float64(f-min(f, c.rateFloor)) / dt
-				c.rate = 0.8*c.rate + 0.2*inst
+				if c.rate < 0.01 {
+					c.rate = inst
+				} else {
+					c.rate = 0.5*c.rate + 0.5*inst
+				}
 			}
 		}
 		c.rateAt, c.rateFloor = now, f

@@ -545,3 +545,35 @@ func TestCapturedResponseKeptWithState(t *testing.T) {
 		t.Fatalf("captured response = %+v", st[0].Response)
 	}
 }
+
+// Retry-After follows the delivery rate from its first sample: with 20
+// messages finished in the first second of a drain, it says how long the
+// rest of the oldest segment takes at 20/s (the average started from 0
+// said five times that).
+func TestRetryAfterFollowsDrainRate(t *testing.T) {
+	s, q := openTest(t, Config{SegmentBytes: 64 << 10}, "a")
+	defer s.Close()
+	for range 4 {
+		appendN(t, q, 50)
+	}
+	q.mu.Lock()
+	t0 := time.Now()
+	q.trackRates(t0)
+	q.mu.Unlock()
+	a, _ := q.Consumer("a")
+	ds, err := a.Fetch(20, time.Now())
+	must(t, err)
+	deliver(t, a, ds)
+	q.mu.Lock()
+	q.trackRates(t0.Add(time.Second))
+	left := q.segs[0].last + 1 - a.floorLocked()
+	q.mu.Unlock()
+	if len(q.segs) < 2 || left == 0 {
+		t.Fatalf("want a sealed oldest segment with messages left (%d segments, %d left)", len(q.segs), left)
+	}
+	want := time.Duration(left) * time.Second / 20
+	d, ok := q.retryAfter()
+	if !ok || d < want*8/10 || d > want*12/10 {
+		t.Fatalf("retryAfter = %v, %v; want ~%v (%d left at 20/s)", d, ok, want, left)
+	}
+}
