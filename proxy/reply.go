@@ -85,8 +85,14 @@ type errorDetail struct {
 
 // writeError answers with status and a JSON error body naming what is wrong.
 func writeError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
+	ctx.SetUserValue(errCodeKey, code) // for the Observer
 	writeJSON(ctx, status, errorBody{Error: errorDetail{Code: code, Message: msg}})
 }
+
+// errCodeKey is the user value under which writeError leaves its code.
+type errCodeKeyType struct{}
+
+var errCodeKey errCodeKeyType
 
 func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
 	b, err := json.Marshal(v)
@@ -202,7 +208,8 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx, path []byte) {
 		writeError(ctx, fasthttp.StatusBadRequest, "bad_id", "not a message id: an id is 26 characters of lower-case base32 (0-9, a-z without i, l, o, u), as the 202 gave it")
 		return
 	}
-	for _, r := range s.routes {
+	t := s.table.Load()
+	for _, r := range append(t.routes[:len(t.routes):len(t.routes)], t.retired...) {
 		if r.queue == nil {
 			continue
 		}
