@@ -269,7 +269,7 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 		case errors.As(err, &se):
 			msg = fmt.Sprintf("invalid JSON at byte %d", se.Offset)
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			msg = "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ")
+			msg = "the body has a field this endpoint does not take (see the README's admin API)"
 		}
 		writeError(w, http.StatusBadRequest, "bad_request", msg)
 		return false

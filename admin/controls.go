@@ -209,7 +209,7 @@ func (c *Controls) Resume(route, target string) (Override, error) {
 // policy file ("100/s", "0", "unlimited").
 func (c *Controls) SetRate(route, target, rate string, until time.Time) (Override, error) {
 	if _, err := policies.ParseRate(rate); err != nil {
-		return Override{}, err
+		return Override{}, errors.New(`invalid rate: expected N/s, N/m, N/h, 0 (paused), unlimited, or "policy"`)
 	}
 	now := c.now()
 	if !until.IsZero() && !until.After(now) {

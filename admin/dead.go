@@ -96,7 +96,7 @@ func (f *deadFilter) check() error {
 	switch f.Class {
 	case "", "5xx", "4xx", "3xx", "2xx", "1xx", "timeout", "connect", "damaged", "other":
 	default:
-		return fmt.Errorf("class %q: expected 5xx, 4xx, 3xx, timeout, connect, damaged or other", f.Class)
+		return errors.New("class: expected 5xx, 4xx, 3xx, timeout, connect, damaged or other")
 	}
 	if f.Status != 0 && (f.Status < 100 || f.Status > 599) {
 		return fmt.Errorf("status %d: expected an HTTP status code, 100 to 599", f.Status)
@@ -302,7 +302,7 @@ func (s *Server) deadAct(w http.ResponseWriter, r *http.Request, replay bool) {
 		}
 		rate, err := policies.ParseRate(rs)
 		if err != nil || rate.Paused() {
-			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("rate %q: expected a rate above 0 such as 10/s, or unlimited", rs))
+			writeError(w, http.StatusBadRequest, "bad_request", "rate: expected a rate above 0 such as 10/s, or unlimited")
 			return
 		}
 		if !rate.Unlimited {

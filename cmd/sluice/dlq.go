@@ -46,7 +46,13 @@ The server must be stopped: these open its data directory.
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	log, _ := newLogger(stderr, "warn")
+	log, _ := newLogger(stderr, "warn", "text")
+	lock, err := lockDir(pol.Storage.Dir)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice dlq:", err)
+		return 1
+	}
+	defer lock.release()
 	store, err := buffer.Open(storeConfig(pol.Storage, log))
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice dlq:", err)
