@@ -113,7 +113,7 @@ func (c *Controls) Attach(ts Targets) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.targets = ts
-	c.expireLocked()
+	expired := c.expireLocked()
 	for _, o := range c.entries {
 		t, ok := ts.Target(o.Route, o.Target)
 		if !ok {
@@ -121,7 +121,10 @@ func (c *Controls) Attach(ts Targets) error {
 		}
 		apply(t, o)
 	}
-	return c.saveLocked()
+	if expired {
+		return c.saveLocked()
+	}
+	return nil
 }
 
 func apply(t Target, o *Override) {

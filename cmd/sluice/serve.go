@@ -386,6 +386,12 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	// Signals are caught before anything listens: a SIGHUP that a health
+	// check's success triggers must find the handler (Go's default for
+	// SIGHUP ends the process).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	ln, err := net.Listen("tcp", pol.Listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice serve: listen %s: %v\n", pol.Listen, err)
@@ -405,9 +411,6 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("sluice serving", attrs...)
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 wait:
 	for {
 		select {
