@@ -85,16 +85,18 @@ type errorDetail struct {
 
 // writeError answers with status and a JSON error body naming what is wrong.
 func writeError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
-	ctx.SetUserValue(errCodeKey, code) // for the Observer
 	writeJSON(ctx, status, errorBody{Error: errorDetail{Code: code, Message: msg}})
 }
 
-// errCodeKey is the user value under which writeError leaves its code.
+// errCodeKey is the user value under which writeJSON leaves an error's code.
 type errCodeKeyType struct{}
 
 var errCodeKey errCodeKeyType
 
 func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	if e, ok := v.(errorBody); ok {
+		ctx.SetUserValue(errCodeKey, e.Error.Code) // for the Observer
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		b = []byte(`{"error":{"code":"internal","message":"encoding the reply failed"}}`)

@@ -107,7 +107,8 @@ func (o *observed) Observe(route string, status int, code string, elapsed time.D
 }
 
 // TestObserver: the Observer hears of accepted and refused requests of a
-// buffer route, with the refusal's code.
+// buffer route, with the refusal's code (also for refusals written with
+// writeJSON, such as backlog_too_long).
 func TestObserver(t *testing.T) {
 	o := &observed{}
 	pol, err := policies.Parse("test.yaml", []byte(`
@@ -117,6 +118,11 @@ routes:
     max_body: 1KiB
     targets:
       - { name: inv, url: "http://127.0.0.1:1" }
+  - name: slow
+    match: { path: /api/slow }
+    max_wait: 1s
+    targets:
+      - { name: inv, url: "http://127.0.0.1:1", rate: 0 }
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -131,10 +137,12 @@ routes:
 		t.Fatal(err)
 	}
 	h := s.Handler()
-	call := func(body string) {
+	var callPath func(path, body string)
+	call := func(body string) { callPath("/api/orders", body) }
+	callPath = func(path, body string) {
 		var ctx fasthttp.RequestCtx
 		ctx.Request.Header.SetMethod("POST")
-		ctx.Request.SetRequestURI("/api/orders")
+		ctx.Request.SetRequestURI(path)
 		ctx.Request.SetBodyString(body)
 		h(&ctx)
 	}
@@ -142,9 +150,10 @@ routes:
 	for range 5 { // over max_body
 		call(string(make([]byte, 2048)))
 	}
+	callPath("/api/slow", "{}")
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if len(o.seen) != 6 || o.seen[0] != "orders 202 " || o.seen[5] != "orders 413 body_too_large" {
+	if len(o.seen) != 7 || o.seen[0] != "orders 202 " || o.seen[5] != "orders 413 body_too_large" || o.seen[6] != "slow 503 backlog_too_long" {
 		t.Errorf("observed %q", o.seen)
 	}
 }

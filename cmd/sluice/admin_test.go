@@ -299,7 +299,7 @@ func TestAdminMetrics(t *testing.T) {
 	dir := t.TempDir()
 	down := startCountingDown(t)
 	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, adminPolicy(dir, down.url, "unlimited", ""))
+	writeFile(t, path, strings.Replace(adminPolicy(dir, down.url, "unlimited", ""), "    targets:", "    max_wait: 1h\n    targets:", 1))
 	tn := startTestNode(t, path)
 	defer tn.n.stop(10 * time.Second)
 
@@ -308,12 +308,21 @@ func TestAdminMetrics(t *testing.T) {
 	if !waitFor(10*time.Second, func() bool { return len(down.delivered()) == n }) {
 		t.Fatalf("delivered %d of %d", len(down.delivered()), n)
 	}
-	// A refusal: a body over max_body (1MiB) is 413 body_too_large.
-	resp, err := http.Post(tn.base+"/api/orders", "text/plain", strings.NewReader(strings.Repeat("x", 1<<20+1)))
-	if err != nil {
-		t.Fatal(err)
+	// Refusals: with the target paused (no end), the route's max_wait
+	// refuses new requests with 503 backlog_too_long.
+	if code, body := apiCall(t, "POST", tn.admin+"/v1/routes/orders/targets/inv/pause", testToken, nil); code != 200 {
+		t.Fatalf("pause: %d %v", code, body)
 	}
-	resp.Body.Close()
+	for range 3 {
+		resp, err := http.Post(tn.base+"/api/orders", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 503 {
+			t.Fatalf("POST to a paused target with max_wait: %d, want 503", resp.StatusCode)
+		}
+	}
 
 	var fams map[string]*dtoFamily
 	waitFor(5*time.Second, func() bool {
@@ -330,17 +339,20 @@ func TestAdminMetrics(t *testing.T) {
 		{"sluice_target_delivered_total", []string{"route", "orders", "target", "inv"}, n},
 		{"sluice_target_backlog_messages", []string{"target", "inv"}, 0},
 		{"sluice_target_dead_total", []string{"target", "inv"}, 0},
-		{"sluice_target_operator_paused", []string{"target", "inv"}, 0},
+		{"sluice_route_refused_total", []string{"route", "orders", "reason", "backlog_too_long"}, 3},
+		{"sluice_target_operator_paused", []string{"target", "inv"}, 1},
+		{"sluice_target_rate_per_second", []string{"target", "inv"}, 0},
 		{"sluice_target_breaker_state", []string{"target", "inv", "state", "closed"}, 1},
-		{"sluice_target_rate_reason", []string{"target", "inv", "reason", "policy"}, 1},
+		{"sluice_target_breaker_state", []string{"target", "inv", "state", "open"}, 0},
+		{"sluice_target_rate_reason", []string{"target", "inv", "reason", "operator_pause"}, 1},
 	}
 	for _, c := range checks {
 		if got := value(fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
-	if got := count(fams, "sluice_route_ack_seconds", "route", "orders"); got != n {
-		t.Errorf("sluice_route_ack_seconds count = %v, want %d (the 413 is refused before the body is read)", got, n)
+	if got := count(fams, "sluice_route_ack_seconds", "route", "orders"); got != n+3 {
+		t.Errorf("sluice_route_ack_seconds count = %v, want %d", got, n+3)
 	}
 	if got := value(fams, "sluice_store_bytes"); got <= 0 {
 		t.Errorf("sluice_store_bytes = %v", got)
