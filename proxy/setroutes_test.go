@@ -127,7 +127,7 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := buffer.Open(buffer.Config{Dir: t.TempDir(), })
+	st, err := buffer.Open(buffer.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
