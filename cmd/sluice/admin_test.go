@@ -689,3 +689,44 @@ next:
 	}
 	return nil
 }
+
+// TestSpilloverDeadLetters: a spillover route's dead letters are listed
+// and replayed through the admin API while it runs, and by the offline
+// 'sluice dlq' once it is stopped (it used to say "no buffer route").
+func TestSpilloverDeadLetters(t *testing.T) {
+	dir := t.TempDir()
+	down := startCountingDown(t)
+	path := filepath.Join(dir, "policy.yaml")
+	writeFile(t, path, strings.Replace(adminPolicy(dir, down.url, "unlimited", ""), "    targets:", "    mode: spillover\n    targets:", 1))
+	tn := startTestNode(t, path)
+	stopped := false
+	defer func() {
+		if !stopped {
+			tn.n.stop(10 * time.Second)
+		}
+	}()
+	// Paused, the route stores every request; failing, they die.
+	apiCall(t, "POST", tn.admin+"/v1/routes/orders/targets/inv/pause", testToken, nil)
+	ids := postOrders(t, tn.base, 4, true)
+	down.failing.Store(true)
+	apiCall(t, "POST", tn.admin+"/v1/routes/orders/targets/inv/resume", testToken, nil)
+	if !waitFor(10*time.Second, func() bool { return down.refused.Load() == 4 }) {
+		t.Fatalf("attempts: %d", down.refused.Load())
+	}
+	code, list := apiCall(t, "GET", tn.admin+"/v1/routes/orders/targets/inv/dead", testToken, nil)
+	if code != 200 || len(list["dead_letters"].([]any)) != 4 {
+		t.Fatalf("spillover dead letters: %d %v", code, list)
+	}
+	code, res := apiCall(t, "POST", tn.admin+"/v1/routes/orders/targets/inv/dead/purge", testToken, map[string]any{"ids": []string{ids[0]}})
+	if code != 200 || res["purged"].(float64) != 1 {
+		t.Fatalf("purge: %d %v", code, res)
+	}
+	if err := tn.n.stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
+	var out, errb bytes.Buffer
+	if code := run([]string{"dlq", "list", "--policy", path}, &out, &errb); code != 0 || !strings.Contains(out.String(), "3 dead letters") || !strings.Contains(out.String(), ids[1]) {
+		t.Errorf("offline dlq list: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+}
