@@ -192,10 +192,10 @@ func (n *node) targetState(q *buffer.Queue, run *targetRun, ts buffer.TargetStat
 // deadCounts caches each target's dead-letter count: counting reads the
 // list, so it is done at most every deadCountTTL (and after a replay or
 // purge).
-var deadCounts = struct {
-	sync.Mutex
-	m map[runKey]deadCount
-}{m: map[runKey]deadCount{}}
+type deadCounts struct {
+	mu sync.Mutex
+	m  map[runKey]deadCount
+}
 
 type deadCount struct {
 	n  int
@@ -206,9 +206,9 @@ const deadCountTTL = 5 * time.Second
 
 func (n *node) deadCount(q *buffer.Queue, route, target string, now time.Time) int {
 	key := runKey{route, target}
-	deadCounts.Lock()
-	c, ok := deadCounts.m[key]
-	deadCounts.Unlock()
+	n.dead.mu.Lock()
+	c, ok := n.dead.m[key]
+	n.dead.mu.Unlock()
 	if ok && now.Sub(c.at) < deadCountTTL {
 		return c.n
 	}
@@ -225,16 +225,20 @@ func (n *node) deadCount(q *buffer.Queue, route, target string, now time.Time) i
 		}
 		after = page[len(page)-1].Message.Seq
 	}
-	deadCounts.Lock()
-	deadCounts.m[key] = deadCount{n: min(count, admin.DeadLetterCountLimit), at: now}
-	deadCounts.Unlock()
-	return min(count, admin.DeadLetterCountLimit)
+	count = min(count, admin.DeadLetterCountLimit)
+	n.dead.mu.Lock()
+	if n.dead.m == nil {
+		n.dead.m = map[runKey]deadCount{}
+	}
+	n.dead.m[key] = deadCount{n: count, at: now}
+	n.dead.mu.Unlock()
+	return count
 }
 
-func forgetDeadCount(route, target string) {
-	deadCounts.Lock()
-	delete(deadCounts.m, runKey{route, target})
-	deadCounts.Unlock()
+func (n *node) forgetDeadCount(route, target string) {
+	n.dead.mu.Lock()
+	delete(n.dead.m, runKey{route, target})
+	n.dead.mu.Unlock()
 }
 
 // deadLetters adapts the store's dead-letter lists to admin.DeadLetters.
@@ -285,7 +289,7 @@ func (a deadLetters) Revive(ctx context.Context, route, target string, seq uint6
 	if err != nil {
 		return err
 	}
-	defer forgetDeadCount(route, target)
+	defer a.n.forgetDeadCount(route, target)
 	return storeNotFound(q.Revive(ctx, target, seq, at))
 }
 
@@ -294,7 +298,7 @@ func (a deadLetters) Purge(ctx context.Context, route, target string, seq uint64
 	if err != nil {
 		return err
 	}
-	defer forgetDeadCount(route, target)
+	defer a.n.forgetDeadCount(route, target)
 	return storeNotFound(q.Purge(ctx, target, seq))
 }
 

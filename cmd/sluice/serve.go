@@ -51,6 +51,7 @@ type node struct {
 	adminLn  net.Listener
 	adminErr chan error
 	stopCtl  chan struct{} // stops the controls' expiry loop
+	dead     deadCounts    // the state's dead-letter counts
 
 	ctx      context.Context // the drainers' parent
 	cancel   context.CancelFunc
