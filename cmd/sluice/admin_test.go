@@ -730,3 +730,47 @@ func TestSpilloverDeadLetters(t *testing.T) {
 		t.Errorf("offline dlq list: exit %d\n%s%s", code, out.String(), errb.String())
 	}
 }
+
+// TestPauseSurvivesKill9: a pause acknowledged by the admin API survives a
+// SIGKILL of the real binary right after: restarted, the target stays
+// paused (nothing delivered, requests still accepted) until resumed; then
+// every accepted message arrives once.
+func TestPauseSurvivesKill9(t *testing.T) {
+	dir := t.TempDir()
+	down := startCountingDown(t)
+	path := filepath.Join(dir, "policy.yaml")
+	listen, adminAddr := freePort(t), freePort(t)
+	pol := strings.Replace(adminPolicy(dir, down.url, "unlimited", ""), "127.0.0.1:0", adminAddr, 1)
+	writeFile(t, path, fmt.Sprintf("listen: %q\n", listen)+pol)
+	admin := "http://" + adminAddr
+	base := "http://" + listen
+
+	p := startSluice(t, path, listen)
+	ids := postOrders(t, base, 5, false)
+	if !waitFor(10*time.Second, func() bool { return len(down.delivered()) == 5 }) {
+		t.Fatalf("delivered %d of 5", len(down.delivered()))
+	}
+	if code, body := apiCall(t, "POST", admin+"/v1/routes/orders/targets/inv/pause", testToken, nil); code != 200 {
+		t.Fatalf("pause: %d %v", code, body)
+	}
+	p.cmd.Process.Kill() // SIGKILL
+	p.cmd.Wait()
+
+	p = startSluice(t, path, listen)
+	ids = append(ids, postOrders(t, base, 10, false)...)
+	time.Sleep(700 * time.Millisecond)
+	if got := len(down.delivered()); got != 5 {
+		t.Fatalf("%d delivered after kill -9 and restart; the pause was lost", got)
+	}
+	if code, body := apiCall(t, "POST", admin+"/v1/routes/orders/targets/inv/resume", testToken, nil); code != 200 {
+		t.Fatalf("resume: %d %v", code, body)
+	}
+	if !waitFor(10*time.Second, func() bool { return len(down.delivered()) == len(ids) }) {
+		t.Fatalf("delivered %d of %d after resume; logs:\n%s", len(down.delivered()), len(ids), p.output())
+	}
+	for _, id := range ids {
+		if c := down.delivered()[id]; c != 1 {
+			t.Errorf("id %s delivered %d times", id, c)
+		}
+	}
+}
