@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -112,6 +113,9 @@ type Config struct {
 	Metrics  *Metrics
 	Logger   *slog.Logger
 	Now      func() time.Time // default time.Now
+	// HistoryEvery is how often the dashboard's history is sampled while
+	// Serve runs; default DefaultHistoryEvery. HistoryKeep of it is kept.
+	HistoryEvery time.Duration
 }
 
 // Server is the admin HTTP server.
@@ -121,6 +125,9 @@ type Server struct {
 	token [32]byte // sha256 of the token
 	mux   *http.ServeMux
 	srv   *http.Server
+	hist  *history
+
+	sampling sync.WaitGroup
 }
 
 // New builds the server; it does not listen.
@@ -134,7 +141,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, token: sha256.Sum256([]byte(cfg.Token)), mux: http.NewServeMux()}
+	if cfg.HistoryEvery <= 0 {
+		cfg.HistoryEvery = DefaultHistoryEvery
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, token: sha256.Sum256([]byte(cfg.Token)), mux: http.NewServeMux(),
+		hist: &history{max: max(1, int(HistoryKeep/cfg.HistoryEvery))}}
 	s.routes()
 	s.srv = &http.Server{
 		Handler:           s.mux,
@@ -151,8 +162,12 @@ func New(cfg Config) (*Server, error) {
 // Handler returns the server's handler, for tests.
 func (s *Server) Handler() http.Handler { return s.mux }
 
-// Serve serves on ln until Shutdown.
+// Serve serves on ln until Shutdown, and samples the dashboard's history
+// meanwhile.
 func (s *Server) Serve(ln net.Listener) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.sampling.Go(func() { s.sampleLoop(ctx) })
+	defer func() { cancel(); s.sampling.Wait() }()
 	err := s.srv.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -160,7 +175,8 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// Shutdown stops the server, letting requests in progress finish within ctx.
+// Shutdown stops the server, letting requests in progress finish within
+// ctx; Serve returns once the sampling has stopped too.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
 
 func (s *Server) routes() {
@@ -184,6 +200,7 @@ func (s *Server) routes() {
 
 	auth("GET /metrics", promhttp.HandlerFor(s.cfg.Metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}).ServeHTTP)
 	auth("GET /v1/routes", s.getRoutes)
+	auth("GET /v1/history", s.getHistory)
 	auth("POST /v1/routes/{route}/targets/{target}/pause", s.pause)
 	auth("POST /v1/routes/{route}/targets/{target}/resume", s.resume)
 	auth("POST /v1/routes/{route}/targets/{target}/rate", s.setRate)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -128,6 +129,7 @@ type fixture struct {
 	controls *Controls
 	srv      *httptest.Server
 	dir      string
+	server   *Server
 	urls     []string // request URIs seen
 	mu       sync.Mutex
 }
@@ -156,6 +158,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.server = s
 	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.urls = append(f.urls, r.URL.String())
@@ -414,4 +417,60 @@ func FuzzOpenControls(f *testing.F) {
 		}
 		c.Attach(&fakeNode{inv: &fakeTarget{}})
 	})
+}
+
+// TestHistory: while Serve runs, the state is sampled for the dashboard;
+// Serve returns after Shutdown with the sampling stopped.
+func TestHistory(t *testing.T) {
+	node := &fakeNode{inv: &fakeTarget{}, backlog: 42}
+	c, err := OpenControls(t.TempDir(), nil, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Token: token, Node: node, Controls: c, Metrics: NewMetrics(node.State), Logger: quiet, HistoryEvery: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	time.Sleep(100 * time.Millisecond)
+	req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/v1/history", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct{ Samples []Sample }
+	json.NewDecoder(resp.Body).Decode(&h)
+	resp.Body.Close()
+	if len(h.Samples) < 3 || h.Samples[0].Backlog["orders/inv"] != 42 || h.Samples[0].Appended != 100 || h.Samples[0].Delivered != 58 {
+		t.Fatalf("history: %+v", h.Samples)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+	n := len(s.hist.all())
+	time.Sleep(50 * time.Millisecond)
+	if len(s.hist.all()) != n {
+		t.Errorf("still sampling after Serve returned")
+	}
+	// The ring keeps HistoryKeep of samples.
+	for range s.hist.max + 10 {
+		s.hist.add(Sample{})
+	}
+	if len(s.hist.all()) != s.hist.max || s.hist.max != int(HistoryKeep/(10*time.Millisecond)) {
+		t.Errorf("ring holds %d, max %d", len(s.hist.all()), s.hist.max)
+	}
 }

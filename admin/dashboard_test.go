@@ -69,8 +69,14 @@ func TestDashboardInChromium(t *testing.T) {
 	ctx, cancelT := context.WithTimeout(ctx, 30*time.Second)
 	defer cancelT()
 
+	// Some history, as the server samples it, for the charts.
+	now := time.Now()
+	for i := range 30 {
+		f.server.hist.add(Sample{At: now.Add(time.Duration(i-30) * 2 * time.Second), Appended: uint64(100 * i), Delivered: uint64(60 * i),
+			Backlog: map[string]uint64{"orders/inv": uint64(40 * i)}})
+	}
 	row := `tr[data-route="orders"][data-target="inv"]`
-	var backlog, charts string
+	var backlog, charts, legend string
 	steps := []struct {
 		name string
 		act  chromedp.Action
@@ -83,6 +89,7 @@ func TestDashboardInChromium(t *testing.T) {
 		{"read its backlog", chromedp.Text(row+` td.backlog`, &backlog, chromedp.ByQuery)},
 		{"draw the charts", chromedp.WaitVisible(`#chart-backlog .uplot`, chromedp.ByQuery)},
 		{"count the charts", chromedp.Evaluate(`document.querySelectorAll(".uplot").length + ""`, &charts)},
+		{"read the backlog chart's legend", chromedp.Evaluate(`document.querySelector("#chart-backlog .u-legend").textContent`, &legend)},
 	}
 	for _, s := range steps {
 		if err := chromedp.Run(ctx, s.act); err != nil {
@@ -96,6 +103,9 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 	if charts != "2" {
 		t.Errorf("%s charts drawn, want 2 (backlog, rates)", charts)
+	}
+	if !strings.Contains(legend, "orders/inv") {
+		t.Errorf("the backlog chart has no series orders/inv: legend %q", legend)
 	}
 	if p, _ := f.node.inv.state(); p {
 		t.Fatal("paused before the click")

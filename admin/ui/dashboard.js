@@ -4,12 +4,11 @@
 (function () {
   "use strict";
   var KEY = "sluice.admin.token";
-  var POLL_MS = 2000, KEEP_S = 600;
+  var POLL_MS = 2000;
   var tokenInput = document.getElementById("token");
   var statusEl = document.getElementById("status");
   var tbody = document.querySelector("#targets tbody");
   var history = { t: [], backlog: {}, ingress: [], delivery: [] };
-  var last = null; // previous sample, for rates
   var charts = {};
 
   document.getElementById("login").addEventListener("submit", function (e) {
@@ -93,38 +92,32 @@
     });
   }
 
-  function sample(state) {
-    var now = Date.now() / 1000;
-    var appended = 0, delivered = 0;
-    state.routes.forEach(function (r) {
-      appended += r.appended;
-      (r.targets || []).forEach(function (t) {
-        delivered += t.delivered;
-        var k = r.name + "/" + t.name;
+  // fromSamples turns the server's history (GET /v1/history: a sample
+  // every few seconds for the last ten minutes) into the charts' columns.
+  function fromSamples(samples) {
+    history = { t: [], backlog: {}, ingress: [], delivery: [] };
+    samples.forEach(function (smp) {
+      Object.keys(smp.backlog || {}).forEach(function (k) {
         if (!history.backlog[k]) history.backlog[k] = history.t.map(function () { return null; });
       });
     });
-    history.t.push(now);
-    Object.keys(history.backlog).forEach(function (k) {
-      var v = null;
-      state.routes.forEach(function (r) {
-        (r.targets || []).forEach(function (t) { if (r.name + "/" + t.name === k) v = t.backlog; });
+    var prev = null;
+    samples.forEach(function (smp) {
+      var t = Date.parse(smp.t) / 1000;
+      history.t.push(t);
+      Object.keys(history.backlog).forEach(function (k) {
+        var v = smp.backlog ? smp.backlog[k] : undefined;
+        history.backlog[k].push(v === undefined ? null : v);
       });
-      history.backlog[k].push(v);
+      if (prev && t > prev.t) {
+        history.ingress.push(Math.max(0, (smp.appended - prev.appended) / (t - prev.t)));
+        history.delivery.push(Math.max(0, (smp.delivered - prev.delivered) / (t - prev.t)));
+      } else {
+        history.ingress.push(null);
+        history.delivery.push(null);
+      }
+      prev = { t: t, appended: smp.appended, delivered: smp.delivered };
     });
-    if (last) {
-      var dt = Math.max(now - last.t, 0.001);
-      history.ingress.push(Math.max(0, (appended - last.appended) / dt));
-      history.delivery.push(Math.max(0, (delivered - last.delivered) / dt));
-    } else {
-      history.ingress.push(null);
-      history.delivery.push(null);
-    }
-    last = { t: now, appended: appended, delivered: delivered };
-    while (history.t.length && history.t[0] < now - KEEP_S) {
-      history.t.shift(); history.ingress.shift(); history.delivery.shift();
-      Object.keys(history.backlog).forEach(function (k) { history.backlog[k].shift(); });
-    }
   }
 
   var palette = ["#1d3557", "#e63946", "#2a9d8f", "#f4a261", "#6a4c93", "#457b9d", "#8ab17d", "#bc6c25"];
@@ -190,7 +183,9 @@
   function poll() {
     return api("GET", "/v1/routes").then(function (state) {
       render(state);
-      sample(state);
+      return api("GET", "/v1/history");
+    }).then(function (h) {
+      fromSamples(h.samples || []);
       drawCharts();
       setStatus("updated " + new Date().toLocaleTimeString(), false);
     }, function (e) {

@@ -50,6 +50,7 @@ type node struct {
 	admin    *admin.Server
 	adminLn  net.Listener
 	adminErr chan error
+	adminEnd chan struct{} // closed when the admin server's Serve has returned
 	stopCtl  chan struct{} // stops the controls' expiry loop
 	dead     deadCounts    // the state's dead-letter counts
 
@@ -162,7 +163,7 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (n *node
 		}()
 	}
 	n = &node{log: log, ln: ln, lock: lock, pol: pol, runs: map[runKey]*targetRun{}, controls: controls,
-		serveErr: make(chan error, 1), adminErr: make(chan error, 1), stopCtl: make(chan struct{})}
+		serveErr: make(chan error, 1), adminErr: make(chan error, 1), adminEnd: make(chan struct{}), stopCtl: make(chan struct{})}
 	n.metrics = admin.NewMetrics(n.State)
 	st, err := buffer.Open(storeConfig(pol.Storage, log))
 	if err != nil {
@@ -227,7 +228,10 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (n *node
 			st.Close()
 			return nil, err
 		}
-		go func() { n.adminErr <- n.admin.Serve(adminLn) }()
+		go func() {
+			defer close(n.adminEnd)
+			n.adminErr <- n.admin.Serve(adminLn)
+		}()
 	}
 	go func() { n.serveErr <- srv.Serve(ln) }()
 	return n, nil
@@ -296,6 +300,7 @@ func (n *node) stop(timeout time.Duration) error {
 		if err := n.admin.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("admin listener: %w", err))
 		}
+		<-n.adminEnd // its sampling of the state has stopped: the store may close
 	}
 	n.reloadMu.Lock() // no reload starts drainers from here on
 	defer n.reloadMu.Unlock()
