@@ -206,10 +206,7 @@ func (n *node) apply(cur, eff *policies.Policy, res *admin.ReloadResult) error {
 			n.mu.Unlock()
 			if old != nil && !old.retired && reflect.DeepEqual(withoutLines(old.target), withoutLines(t)) &&
 				old.route.CallbackHeader == r.CallbackHeader && reflect.DeepEqual(old.route.Callbacks, r.Callbacks) {
-				n.mu.Lock()
-				old.route = r // for the state: match and limits as now
-				n.mu.Unlock()
-				continue
+				continue // unchanged: the drainer runs on (its route and target never change)
 			}
 			run, err := n.newRun(r, t, drain.Stats{})
 			if err != nil {
