@@ -33,6 +33,7 @@ type countingDown struct {
 	got     map[string]int // 2xx answers per X-Sluice-Id
 	failing atomic.Bool
 	refused atomic.Int64 // 500s answered
+	delay   atomic.Int64 // nanoseconds to wait before answering
 	url     string
 	srv     *fasthttp.Server
 }
@@ -41,6 +42,7 @@ func startCountingDown(t *testing.T) *countingDown {
 	t.Helper()
 	d := &countingDown{got: map[string]int{}}
 	d.srv = &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		time.Sleep(time.Duration(d.delay.Load()))
 		if d.failing.Load() && len(ctx.Request.Header.Peek("X-Fail")) > 0 {
 			d.refused.Add(1)
 			ctx.SetStatusCode(500)

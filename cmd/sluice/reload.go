@@ -205,7 +205,7 @@ func (n *node) apply(cur, eff *policies.Policy, res *admin.ReloadResult) error {
 			old := n.runs[key]
 			n.mu.Unlock()
 			if old != nil && !old.retired && reflect.DeepEqual(withoutLines(old.target), withoutLines(t)) &&
-				old.route.CallbackHeader == r.CallbackHeader && reflect.DeepEqual(old.route.Callbacks, r.Callbacks) {
+				old.route.CallbackHeader == r.CallbackHeader && reflect.DeepEqual(withoutLines(old.route.Callbacks), withoutLines(r.Callbacks)) {
 				continue // unchanged: the drainer runs on (its route and target never change)
 			}
 			run, err := n.newRun(r, t, drain.Stats{})

@@ -44,10 +44,12 @@ routes:
 // under steady load: no request refused, each new rate in force within a
 // second, the invalid policy keeps the old one, a new route accepts, a
 // removed one stops accepting and its messages are still delivered;
-// every accepted message is delivered once.
+// every accepted message is delivered once. The downstream takes 50ms per
+// request, so deliveries are in flight at every reload.
 func TestReloadUnderLoad(t *testing.T) {
 	dir := t.TempDir()
 	down := startCountingDown(t)
+	down.delay.Store(int64(50 * time.Millisecond))
 	path := filepath.Join(dir, "policy.yaml")
 	listen := freePort(t)
 	writeFile(t, path, reloadPolicy(dir, down.url, listen, "50/s", 1, false))
