@@ -3,6 +3,7 @@ package admin
 import (
 	"math"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,13 @@ type Metrics struct {
 	accepted *prometheus.CounterVec
 	refused  *prometheus.CounterVec
 	ack      *prometheus.HistogramVec
+	routes   sync.Map // route name -> *routeSeries: skips the label lookup per request
+}
+
+// routeSeries are a route's series that every request touches.
+type routeSeries struct {
+	accepted prometheus.Counter
+	ack      prometheus.Observer
 }
 
 // NewMetrics registers sluice's series, the Go runtime's and the process's;
@@ -53,10 +61,15 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Observe counts one answered request; it implements proxy.Observer.
 func (m *Metrics) Observe(route string, status int, code string, elapsed time.Duration) {
-	m.ack.WithLabelValues(route).Observe(elapsed.Seconds())
+	rs, ok := m.routes.Load(route)
+	if !ok {
+		rs, _ = m.routes.LoadOrStore(route, &routeSeries{accepted: m.accepted.WithLabelValues(route), ack: m.ack.WithLabelValues(route)})
+	}
+	r := rs.(*routeSeries)
+	r.ack.Observe(elapsed.Seconds())
 	switch {
 	case status >= 200 && status <= 299:
-		m.accepted.WithLabelValues(route).Inc()
+		r.accepted.Inc()
 	case code != "":
 		m.refused.WithLabelValues(route, code).Inc()
 	default:
