@@ -71,10 +71,22 @@ type TargetState struct {
 	DrainETA        *time.Time `json:"drain_eta,omitempty"`
 	DrainETASeconds float64    `json:"drain_eta_seconds"` // -1 when unknown
 
+	// Outcomes counts delivered, retried and dead by the class of the last
+	// attempt's status since start ("none": no answer); zeros are left out.
+	Outcomes []OutcomeCount `json:"outcomes,omitempty"`
+
 	Delivered   uint64 `json:"delivered"`    // since start
 	Retried     uint64 `json:"retried"`      // since start
 	Dead        uint64 `json:"dead"`         // since start
 	DeadLetters int    `json:"dead_letters"` // in the dead-letter list now (counted up to DeadLetterCountLimit)
+}
+
+// OutcomeCount is how many attempts ended as Outcome (delivered, retried,
+// dead) with a status of Class (2xx, 5xx, ..., or none: no answer).
+type OutcomeCount struct {
+	Outcome string `json:"outcome"`
+	Class   string `json:"class"`
+	N       uint64 `json:"n"`
 }
 
 // DeadLetterCountLimit bounds the dead letters counted per target for the

@@ -95,6 +95,7 @@ var (
 	descDelivered = rtd("sluice_target_delivered_total", "Messages delivered (2xx) since start.")
 	descRetried   = rtd("sluice_target_retried_total", "Attempts that failed and were rescheduled, since start.")
 	descDead      = rtd("sluice_target_dead_total", "Messages that became dead letters since start.")
+	descOutcomes  = rtd("sluice_target_outcomes_total", "Messages delivered, retried or dead since start, by the class of the last attempt's status (none: no answer: timeout, connection failure, damaged record).", "outcome", "class")
 	descDeadNow   = rtd("sluice_target_dead_letters", "Dead letters in the target's list now (counted up to 100000).")
 
 	descAppended = prometheus.NewDesc("sluice_route_appended_total", "Messages stored by the route's queue since start.", []string{"route"}, nil)
@@ -112,7 +113,7 @@ type stateCollector struct{ state func() State }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBacklog, descPending, descRetrying, descInFlight, descRate, descRateWhy,
-		descPaused, descBreaker, descETA, descDelivered, descRetried, descDead, descDeadNow,
+		descPaused, descBreaker, descETA, descDelivered, descRetried, descDead, descOutcomes, descDeadNow,
 		descAppended, descExpired, descCommits, descCommReq, descCommSec, descCommFail, descBytes, descFree} {
 		ch <- d
 	}
@@ -154,6 +155,9 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descRetried, float64(t.Retried), l...)
 			counter(descDead, float64(t.Dead), l...)
 			gauge(descDeadNow, float64(t.DeadLetters), l...)
+			for _, o := range t.Outcomes {
+				counter(descOutcomes, float64(o.N), r.Name, t.Name, o.Outcome, o.Class)
+			}
 		}
 	}
 	gauge(descBytes, float64(st.StoreBytes))

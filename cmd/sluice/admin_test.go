@@ -341,6 +341,7 @@ func TestAdminMetrics(t *testing.T) {
 		{"sluice_target_delivered_total", []string{"route", "orders", "target", "inv"}, n},
 		{"sluice_target_backlog_messages", []string{"target", "inv"}, 0},
 		{"sluice_target_dead_total", []string{"target", "inv"}, 0},
+		{"sluice_target_outcomes_total", []string{"target", "inv", "outcome", "delivered", "class", "2xx"}, n},
 		{"sluice_route_refused_total", []string{"route", "orders", "reason", "backlog_too_long"}, 3},
 		{"sluice_target_operator_paused", []string{"target", "inv"}, 1},
 		{"sluice_target_rate_per_second", []string{"target", "inv"}, 0},
@@ -479,6 +480,9 @@ func TestAdminReplayWhileTrafficFlows(t *testing.T) {
 		return targetState(t, tn, "orders", "inv")["dead"].(float64) == 30
 	}) {
 		t.Fatalf("dead letters: %v", targetState(t, tn, "orders", "inv"))
+	}
+	if v := value(scrape(t, tn.admin), "sluice_target_outcomes_total", "target", "inv", "outcome", "dead", "class", "5xx"); v != 30 {
+		t.Errorf("sluice_target_outcomes_total{outcome=dead,class=5xx} = %v, want 30", v)
 	}
 	code, list := apiCall(t, "GET", tn.admin+"/v1/routes/orders/targets/inv/dead?status=500&limit=7", testToken, nil)
 	if code != 200 || len(list["dead_letters"].([]any)) != 7 || list["next"] == nil {

@@ -149,6 +149,8 @@ func (n *node) targetState(q *buffer.Queue, run *targetRun, ts buffer.TargetStat
 		Paused:   ds.Paused,
 		Breaker:  ds.Breaker.String(),
 
+		Outcomes: outcomes(addStats(run.base, ds).ByClass),
+
 		Delivered: run.base.Delivered + ds.Delivered,
 		Retried:   run.base.Retried + ds.Retried,
 		Dead:      run.base.Dead + ds.Dead,
@@ -187,6 +189,24 @@ func (n *node) targetState(q *buffer.Queue, run *targetRun, ts buffer.TargetStat
 	}
 	t.DeadLetters = n.deadCount(q, run.route.Name, ts.Target, now)
 	return t
+}
+
+// outcomes turns drain's counts by class into the state's.
+func outcomes(by [3][6]uint64) []admin.OutcomeCount {
+	var out []admin.OutcomeCount
+	for o, name := range [3]string{drain.OutcomeDelivered: "delivered", drain.OutcomeRetried: "retried", drain.OutcomeDead: "dead"} {
+		for c, n := range by[o] {
+			if n == 0 {
+				continue
+			}
+			class := "none"
+			if c > 0 {
+				class = strconv.Itoa(c) + "xx"
+			}
+			out = append(out, admin.OutcomeCount{Outcome: name, Class: class, N: n})
+		}
+	}
+	return out
 }
 
 // deadCounts caches each target's dead-letter count: counting reads the

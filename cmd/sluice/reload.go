@@ -265,6 +265,11 @@ func addStats(a, b drain.Stats) drain.Stats {
 	a.Attempts += b.Attempts
 	a.Forwarded += b.Forwarded
 	a.ForwardFailed += b.ForwardFailed
+	for i := range a.ByClass {
+		for j := range a.ByClass[i] {
+			a.ByClass[i][j] += b.ByClass[i][j]
+		}
+	}
 	return a
 }
 
