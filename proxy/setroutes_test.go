@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,34 +19,6 @@ import (
 // refused for the swap; a new route accepts at once; a removed buffer route
 // answers 404 and its stored messages keep their status.
 func TestSetRoutes(t *testing.T) {
-	base, s := testServer(t, "http://127.0.0.1:1", buffer.Config{})
-	resp := do(t, "POST", base+"/api/orders", `{}`, nil)
-	if resp.StatusCode() != 202 {
-		t.Fatalf("POST: %d", resp.StatusCode())
-	}
-	oldID := string(resp.Header.Peek("X-Sluice-Id"))
-
-	var refused atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for i := 0; i < 2000; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			// The catalog route is in every policy below.
-			req, r := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-			req.Header.SetMethod("POST")
-			req.SetRequestURI(base + "/api/orders")
-			if err := fasthttp.DoTimeout(req, r, 5*time.Second); err != nil || r.StatusCode() != 202 {
-				refused.Add(1)
-			}
-			fasthttp.ReleaseRequest(req)
-			fasthttp.ReleaseResponse(r)
-		}
-	})
 	policy := func(extra string) *policies.Policy {
 		pol, err := policies.Parse("test.yaml", fmt.Appendf(nil, `
 routes:
@@ -64,17 +37,66 @@ routes:
     targets:
       - { name: log, url: "http://127.0.0.1:1" }
 `
-	for range 20 {
-		must(t, s.SetRoutes(policy(audit)))
-		must(t, s.SetRoutes(policy("")))
+	st, err := buffer.Open(buffer.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
 	}
-	must(t, s.SetRoutes(policy(audit)))
+	defer st.Close()
+	s, err := New(Config{Policy: policy(""), Queues: openQueues(t, st, policy(""))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	defer s.srv.Shutdown()
+	base := "http://" + ln.Addr().String()
+	swap := func(extra string) {
+		t.Helper()
+		pol := policy(extra)
+		must(t, s.SetRoutes(pol, openQueues(t, st, pol)))
+	}
+
+	resp := do(t, "POST", base+"/api/orders", `{}`, nil)
+	if resp.StatusCode() != 202 {
+		t.Fatalf("POST: %d", resp.StatusCode())
+	}
+	oldID := string(resp.Header.Peek("X-Sluice-Id"))
+
+	var refused atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; i < 2000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// The orders route is in every policy below.
+			req, r := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			req.Header.SetMethod("POST")
+			req.SetRequestURI(base + "/api/orders")
+			if err := fasthttp.DoTimeout(req, r, 5*time.Second); err != nil || r.StatusCode() != 202 {
+				refused.Add(1)
+			}
+			fasthttp.ReleaseRequest(req)
+			fasthttp.ReleaseResponse(r)
+		}
+	})
+	for range 20 {
+		swap(audit)
+		swap("")
+	}
+	swap(audit)
 	resp = do(t, "POST", base+"/api/audit", `{}`, nil)
 	if resp.StatusCode() != 202 {
 		t.Fatalf("new route: %d %s", resp.StatusCode(), resp.Body())
 	}
 	auditID := string(resp.Header.Peek("X-Sluice-Id"))
-	must(t, s.SetRoutes(policy("")))
+	swap("")
 	close(stop)
 	wg.Wait()
 	if n := refused.Load(); n > 0 {
@@ -90,8 +112,8 @@ routes:
 			t.Errorf("status of %s after the swaps: %d %s", id, st.StatusCode(), st.Body())
 		}
 	}
-	if s.Queue("audit") == nil {
-		t.Errorf("the removed route's queue is gone")
+	if rt := s.table.Load().retired; len(rt) != 1 || rt[0].Name != "audit" {
+		t.Errorf("retired routes: %v", rt)
 	}
 }
 
@@ -132,7 +154,7 @@ routes:
 		t.Fatal(err)
 	}
 	defer st.Close()
-	s, err := New(Config{Policy: pol, Store: st, Observer: o})
+	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol), Observer: o})
 	if err != nil {
 		t.Fatal(err)
 	}
