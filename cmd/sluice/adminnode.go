@@ -18,9 +18,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/sluice-proxy/sluice/admin"
-	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/drain"
 	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // Target implements admin.Targets: the drainer in force for a target,
@@ -138,7 +138,7 @@ func (n *node) State() admin.State {
 	return st
 }
 
-func (n *node) targetState(q *buffer.Queue, run *targetRun, ts buffer.TargetStats, now time.Time) admin.TargetState {
+func (n *node) targetState(q store.DeadLetters, run *targetRun, ts store.TargetStats, now time.Time) admin.TargetState {
 	ds := run.d.Stats()
 	t := admin.TargetState{
 		Name:     ts.Target,
@@ -224,7 +224,7 @@ type deadCount struct {
 
 const deadCountTTL = 5 * time.Second
 
-func (n *node) deadCount(q *buffer.Queue, route, target string, now time.Time) int {
+func (n *node) deadCount(q store.DeadLetters, route, target string, now time.Time) int {
 	key := runKey{route, target}
 	n.dead.mu.Lock()
 	c, ok := n.dead.m[key]
@@ -261,10 +261,17 @@ func (n *node) forgetDeadCount(route, target string) {
 	n.dead.mu.Unlock()
 }
 
-// deadLetters adapts the store's dead-letter lists to admin.DeadLetters.
+// deadLetters adapts the store contract's dead-letter lists to
+// admin.DeadLetters.
 type deadLetters struct{ n *node }
 
-func (a deadLetters) queue(route, target string) (*buffer.Queue, error) {
+// deadQueue is a queue with dead letters, as the store contract names it.
+type deadQueue interface {
+	store.Queue
+	store.DeadLetters
+}
+
+func (a deadLetters) queue(route, target string) (deadQueue, error) {
 	q := a.n.queue(route)
 	if q == nil || !slices.Contains(q.Targets(), target) {
 		return nil, fmt.Errorf("%w: route %q has no buffered target %q", admin.ErrNoTarget, route, target)
@@ -290,7 +297,7 @@ func (a deadLetters) Get(route, target, id string) (admin.DeadLetter, error) {
 	if err != nil {
 		return admin.DeadLetter{}, err
 	}
-	pid, err := buffer.ParseID(id)
+	pid, err := store.ParseID(id)
 	if err != nil || pid.Seq() == 0 {
 		return admin.DeadLetter{}, fmt.Errorf("%w: %q is not a message id", admin.ErrNotFound, id)
 	}
@@ -323,13 +330,13 @@ func (a deadLetters) Purge(ctx context.Context, route, target string, seq uint64
 }
 
 func storeNotFound(err error) error {
-	if errors.Is(err, buffer.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
 	}
 	return err
 }
 
-func toDeadLetter(dl *buffer.DeadLetter, full bool) admin.DeadLetter {
+func toDeadLetter(dl *store.DeadLetter, full bool) admin.DeadLetter {
 	m := dl.Message
 	d := admin.DeadLetter{ID: m.ID.String(), Seq: m.Seq, Method: m.Method, URI: m.URI, EnqueuedAt: m.EnqueuedAt, Attempts: dl.State.Attempts}
 	if m.Method == "" && m.URI == "" {
