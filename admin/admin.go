@@ -292,7 +292,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 		msg := "the body is not valid JSON for this endpoint"
 		var ute *json.UnmarshalTypeError
 		var se *json.SyntaxError
+		var pe *time.ParseError
 		switch {
+		case errors.As(err, &pe):
+			msg = "a time is not RFC 3339: expected such as 2026-12-05T06:00:00Z"
 		case errors.As(err, &ute):
 			msg = fmt.Sprintf("field %q: expected %s", ute.Field, ute.Type)
 		case errors.As(err, &se):

@@ -594,6 +594,9 @@ func TestAdminBadInput(t *testing.T) {
 		if strings.Contains(string(data), "SECRET") {
 			t.Errorf("POST %s: the reply echoes the request: %s", c.path, data)
 		}
+		if strings.Contains(c.body, `"until":"SECRET`) && !strings.Contains(string(data), "RFC 3339") {
+			t.Errorf("POST %s with a bad time: %s, want it to say RFC 3339", c.path, data)
+		}
 	}
 	if st := targetState(t, tn, "orders", "inv"); st["paused"] != false || st["rate"] != "unlimited" {
 		t.Errorf("bad requests changed the target: %v", st)
