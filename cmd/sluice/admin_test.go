@@ -783,3 +783,42 @@ func TestPauseSurvivesKill9(t *testing.T) {
 		}
 	}
 }
+
+// TestReadyz: ready while appends are accepted; 503 with the reason once
+// storage.max_bytes is reached (buffered routes answer 503 then too), and
+// while shutting down; /healthz stays 200 throughout.
+func TestReadyz(t *testing.T) {
+	dir := t.TempDir()
+	down := startCountingDown(t)
+	path := filepath.Join(dir, "policy.yaml")
+	writeFile(t, path, strings.Replace(adminPolicy(dir, down.url, "0", ""), "storage: {", "storage: { max_bytes: 1MiB,", 1))
+	tn := startTestNode(t, path)
+	defer tn.n.stop(10 * time.Second)
+	if code, body := apiCall(t, "GET", tn.admin+"/readyz", "", nil); code != 200 {
+		t.Fatalf("readyz: %d %v", code, body)
+	}
+	// Fill past max_bytes (the target is paused by its rate 0).
+	big := strings.Repeat("x", 64<<10)
+	for range 64 {
+		resp, err := http.Post(tn.base+"/api/orders", "text/plain", strings.NewReader(big))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == 503 {
+			break
+		}
+	}
+	code, body := apiCall(t, "GET", tn.admin+"/readyz", "", nil)
+	if code != 503 || !strings.Contains(fmt.Sprint(body), "storage full") {
+		t.Fatalf("readyz past max_bytes: %d %v", code, body)
+	}
+	if code, _ := apiCall(t, "GET", tn.admin+"/healthz", "", nil); code != 200 {
+		t.Errorf("healthz: %d", code)
+	}
+	tn.n.stopping.Store(true)
+	if code, _ := apiCall(t, "GET", tn.admin+"/readyz", "", nil); code != 503 {
+		t.Errorf("readyz while stopping: %d, want 503", code)
+	}
+	tn.n.stopping.Store(false)
+}
