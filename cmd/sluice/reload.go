@@ -178,7 +178,7 @@ func (n *node) apply(cur, eff *policies.Policy, res *admin.ReloadResult) error {
 		}
 	}
 	// Queues first (new routes' are opened; open ones are reused), then
-	// the proxy's routes.
+	// the new drainers, then the proxy's routes.
 	qs, err := openQueues(n.store, eff)
 	if err != nil {
 		return err
@@ -188,9 +188,6 @@ func (n *node) apply(cur, eff *policies.Policy, res *admin.ReloadResult) error {
 		n.queues[name] = q
 	}
 	n.mu.Unlock()
-	if err := n.proxy.SetRoutes(eff, contract(qs)); err != nil {
-		return err
-	}
 
 	// Drainers: new ones for new targets and changed ones.
 	var fresh, replaced []*targetRun
@@ -226,6 +223,11 @@ func (n *node) apply(cur, eff *policies.Policy, res *admin.ReloadResult) error {
 			replaced = append(replaced, run)
 			olds = append(olds, old)
 		}
+	}
+	// Every drainer is built: nothing can fail from here on but the swap
+	// of routes, which only builds them from the policy and queues above.
+	if err := n.proxy.SetRoutes(eff, contract(qs)); err != nil {
+		return err
 	}
 	// Stop the drainers being replaced: their attempts in flight finish
 	// and are recorded before the new ones fetch.
