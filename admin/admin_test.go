@@ -134,7 +134,7 @@ type fixture struct {
 	mu       sync.Mutex
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{node: &fakeNode{inv: &fakeTarget{}, backlog: 42}, dead: &fakeDead{}, dir: t.TempDir()}
 	for i := 1; i <= 1200; i++ {
@@ -169,7 +169,7 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) call(t *testing.T, method, path, tok, body string) (int, map[string]any) {
+func (f *fixture) call(t testing.TB, method, path, tok, body string) (int, map[string]any) {
 	t.Helper()
 	req, _ := http.NewRequest(method, f.srv.URL+path, strings.NewReader(body))
 	if tok != "" {
@@ -350,8 +350,8 @@ func TestDeadLetterFilters(t *testing.T) {
 		}
 		seenSeq[s] = true
 	}
-	code, body = f.call(t, "POST", "/v1/routes/orders/targets/inv/dead/purge", token, `{"ids":["id-0001","id-0003","nope"]}`)
-	if code != 200 || body["purged"].(float64) != 1 || len(body["not_found"].([]any)) != 2 {
+	code, body = f.call(t, "POST", "/v1/routes/orders/targets/inv/dead/purge", token, `{"ids":["id-0001","id-0003","nope","<script>"]}`)
+	if code != 200 || body["purged"].(float64) != 1 || len(body["not_found"].([]any)) != 2 || body["invalid"].(float64) != 1 {
 		t.Errorf("purge by ids: %d %v", code, body)
 	}
 	code, body = f.call(t, "POST", "/v1/routes/orders/targets/inv/dead/purge", token, `{"all":true}`)
@@ -473,4 +473,40 @@ func TestHistory(t *testing.T) {
 	if len(s.hist.all()) != s.hist.max || s.hist.max != int(HistoryKeep/(10*time.Millisecond)) {
 		t.Errorf("ring holds %d, max %d", len(s.hist.all()), s.hist.max)
 	}
+}
+
+// FuzzRequestBodies sends arbitrary bodies to every POST endpoint: the
+// answer is never a 5xx (the fake store does not fail), always JSON, and
+// never echoes the body.
+func FuzzRequestBodies(f *testing.F) {
+	for _, seed := range []string{``, `{}`, `{"until":"2030-01-01T00:00:00Z"}`, `{"rate":"5/s"}`, `{"rate":"policy"}`,
+		`{"ids":["id-0001"]}`, `{"filter":{"status":500,"class":"5xx"}}`, `{"all":true,"rate":"unlimited"}`, `[`, `{"rate":1}`, "\x00\xff"} {
+		f.Add(seed)
+	}
+	fx := newFixture(f)
+	paths := []string{"pause", "resume", "rate", "dead/replay", "dead/purge"}
+	f.Fuzz(func(t *testing.T, body string) {
+		if len(body) < 4 || strings.Contains(body, "SLUICEFUZZ") {
+			body += "SLUICEFUZZ" // a marker that must not come back
+		}
+		for _, p := range paths {
+			req := httptest.NewRequest("POST", "/v1/routes/orders/targets/inv/"+p, strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+token)
+			rec := httptest.NewRecorder()
+			fx.server.Handler().ServeHTTP(rec, req)
+			if rec.Code >= 500 {
+				t.Fatalf("%s: %d %s", p, rec.Code, rec.Body)
+			}
+			var v map[string]any
+			if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil {
+				t.Fatalf("%s: not JSON: %s", p, rec.Body)
+			}
+			if strings.Contains(rec.Body.String(), "SLUICEFUZZ") {
+				t.Fatalf("%s: the error echoes the body: %s", p, rec.Body)
+			}
+		}
+		// Whatever happened, resume and reset so the next input starts clean.
+		fx.controls.Resume("orders", "inv")
+		fx.controls.ResetRate("orders", "inv")
+	})
 }

@@ -77,6 +77,20 @@ func ClassOf(status int, errText string) string {
 	return "other"
 }
 
+// wellFormedID reports whether id looks like a message id (lower-case
+// letters and digits, at most 64), so that an answer may name it.
+func wellFormedID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // deadFilter selects dead letters.
 type deadFilter struct {
 	Status int       `json:"status,omitempty"` // the last attempt's status code
@@ -254,7 +268,8 @@ type deadAction struct {
 type deadResult struct {
 	Replayed int      `json:"replayed,omitempty"`
 	Purged   int      `json:"purged,omitempty"`
-	NotFound []string `json:"not_found,omitempty"`
+	NotFound []string `json:"not_found,omitempty"` // well-formed ids that are not dead letters of the target
+	Invalid  int      `json:"invalid,omitempty"`   // ids that are not message ids at all (not echoed)
 	Errors   []string `json:"errors,omitempty"`
 	// Done is false when the scan stopped at its bound (1000000 looked
 	// at): run the same request again for the rest.
@@ -333,6 +348,10 @@ func (s *Server) deadAct(w http.ResponseWriter, r *http.Request, replay bool) {
 	}
 	if len(a.IDs) > 0 {
 		for _, id := range a.IDs {
+			if !wellFormedID(id) {
+				res.Invalid++
+				continue
+			}
 			d, err := s.cfg.Dead.Get(route, target, id)
 			if err == nil {
 				err = act(&d)
