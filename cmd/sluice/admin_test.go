@@ -398,12 +398,27 @@ func TestAdminPauseResumeSurvivesRestart(t *testing.T) {
 		t.Errorf("pause of an unknown target: %d %v, want 404", code, body)
 	}
 	ids := postOrders(t, tn.base, 20, false)
+	// Each new message's ETA says so: none while paused with no end.
+	resp, err := http.Post(tn.base+"/api/orders", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted struct {
+		ID      string
+		Targets []map[string]any
+	}
+	json.NewDecoder(resp.Body).Decode(&accepted)
+	resp.Body.Close()
+	if resp.StatusCode != 202 || len(accepted.Targets) != 1 || accepted.Targets[0]["eta"] != nil {
+		t.Errorf("202 while paused: %d %+v, want no eta", resp.StatusCode, accepted)
+	}
+	ids = append(ids, accepted.ID)
 	time.Sleep(500 * time.Millisecond)
 	if got := len(down.delivered()); got != 0 {
 		t.Fatalf("%d delivered while paused", got)
 	}
 	st := targetState(t, tn, "orders", "inv")
-	if st["paused"] != true || st["rate_reason"] != "operator_pause" || st["backlog"].(float64) != 20 || st["drain_eta_seconds"].(float64) != -1 {
+	if st["paused"] != true || st["rate_reason"] != "operator_pause" || st["backlog"].(float64) != 21 || st["drain_eta_seconds"].(float64) != -1 {
 		t.Errorf("state while paused: %v", st)
 	}
 	if err := tn.n.stop(10 * time.Second); err != nil {
