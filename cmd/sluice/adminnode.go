@@ -222,14 +222,22 @@ type deadCount struct {
 	at time.Time
 }
 
-const deadCountTTL = 5 * time.Second
+const (
+	deadCountTTL      = 5 * time.Second
+	deadCountLarge    = 10000
+	deadCountLargeTTL = time.Minute
+)
 
 func (n *node) deadCount(q store.DeadLetters, route, target string, now time.Time) int {
 	key := runKey{route, target}
 	n.dead.mu.Lock()
 	c, ok := n.dead.m[key]
 	n.dead.mu.Unlock()
-	if ok && now.Sub(c.at) < deadCountTTL {
+	ttl := deadCountTTL
+	if c.n >= deadCountLarge {
+		ttl = deadCountLargeTTL // counting reads every letter's record: not every few seconds for a long list
+	}
+	if ok && now.Sub(c.at) < ttl {
 		return c.n
 	}
 	count := 0
