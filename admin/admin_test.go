@@ -69,6 +69,7 @@ type fakeDead struct {
 	mu      sync.Mutex
 	letters []DeadLetter // by seq
 	revived []uint64
+	busy    int // the next busy changes fail as "in flight; try again"
 }
 
 func (f *fakeDead) List(route, target string, after uint64, limit int) ([]DeadLetter, error) {
@@ -100,6 +101,10 @@ func (f *fakeDead) Get(route, target, id string) (DeadLetter, error) {
 func (f *fakeDead) remove(seq uint64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.busy > 0 {
+		f.busy--
+		return fmt.Errorf("seq %d is in flight; try again", seq)
+	}
 	for i, d := range f.letters {
 		if d.Seq == seq {
 			f.letters = append(f.letters[:i], f.letters[i+1:]...)
@@ -509,4 +514,24 @@ func FuzzRequestBodies(f *testing.F) {
 		fx.controls.Resume("orders", "inv")
 		fx.controls.ResetRate("orders", "inv")
 	})
+}
+
+// TestDeadLetterBusyIsTriedAgain: a letter held for a moment (its death
+// still being recorded) is replayed after a few tries; one that stays
+// busy is reported as an error, not as done.
+func TestDeadLetterBusyIsTriedAgain(t *testing.T) {
+	f := newFixture(t)
+	f.dead.busy = 2
+	code, body := f.call(t, "POST", "/v1/routes/orders/targets/inv/dead/replay", token, `{"ids":["id-0001"]}`)
+	if code != 200 || body["replayed"].(float64) != 1 {
+		t.Fatalf("replay of a busy letter: %d %v", code, body)
+	}
+	f.dead.busy = 100
+	code, body = f.call(t, "POST", "/v1/routes/orders/targets/inv/dead/purge", token, `{"ids":["id-0002"]}`)
+	if code != 500 || body["errors"] == nil {
+		t.Fatalf("purge of a letter that stays busy: %d %v", code, body)
+	}
+	if f.dead.busy != 100-changeTries {
+		t.Errorf("%d tries, want %d", 100-f.dead.busy, changeTries)
+	}
 }

@@ -119,6 +119,7 @@ func (f *deadFilter) check() error {
 }
 
 const (
+	changeTries  = 5       // tries of one replay or purge whose letter is busy
 	pageSize     = 500     // dead letters read from the store at a time
 	maxListLimit = 1000    // a list answers at most this many
 	maxScan      = 1000000 // dead letters one request looks at, at most
@@ -331,7 +332,7 @@ func (s *Server) deadAct(w http.ResponseWriter, r *http.Request, replay bool) {
 	ctx := r.Context()
 	res := deadResult{Done: true}
 	at := s.cfg.Now()
-	act := func(d *DeadLetter) error {
+	once := func(d *DeadLetter) error {
 		if replay {
 			err := s.cfg.Dead.Revive(ctx, route, target, d.Seq, at)
 			if err == nil {
@@ -343,6 +344,19 @@ func (s *Server) deadAct(w http.ResponseWriter, r *http.Request, replay bool) {
 		err := s.cfg.Dead.Purge(ctx, route, target, d.Seq)
 		if err == nil {
 			res.Purged++
+		}
+		return err
+	}
+	// A letter whose death is still being recorded is held by its drainer
+	// for a moment (the store says "in flight; try again"): it is tried
+	// again a few times, for up to ~0.3 s, before the error is reported.
+	act := func(d *DeadLetter) error {
+		var err error
+		for try := range changeTries {
+			if err = once(d); err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrNoTarget) || ctx.Err() != nil {
+				return err
+			}
+			time.Sleep(time.Duration(try+1) * 20 * time.Millisecond)
 		}
 		return err
 	}

@@ -737,7 +737,13 @@ func TestSpilloverDeadLetters(t *testing.T) {
 	if !waitFor(10*time.Second, func() bool { return down.refused.Load() == 4 }) {
 		t.Fatalf("attempts: %d", down.refused.Load())
 	}
-	code, list := apiCall(t, "GET", tn.admin+"/v1/routes/orders/targets/inv/dead", testToken, nil)
+	// The outcomes are recorded after the answers: wait for all four.
+	var code int
+	var list map[string]any
+	waitFor(5*time.Second, func() bool {
+		code, list = apiCall(t, "GET", tn.admin+"/v1/routes/orders/targets/inv/dead", testToken, nil)
+		return code == 200 && len(list["dead_letters"].([]any)) == 4
+	})
 	if code != 200 || len(list["dead_letters"].([]any)) != 4 {
 		t.Fatalf("spillover dead letters: %d %v", code, list)
 	}
