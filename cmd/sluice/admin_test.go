@@ -843,3 +843,21 @@ func TestReadyz(t *testing.T) {
 	}
 	tn.n.stopping.Store(false)
 }
+
+// TestStatusAPIAcceptsAdminToken: with status_api.token set, a status
+// request needs a token; the admin token is one (serve passes it to the
+// proxy), a wrong one is not.
+func TestStatusAPIAcceptsAdminToken(t *testing.T) {
+	dir := t.TempDir()
+	down := startCountingDown(t)
+	path := filepath.Join(dir, "policy.yaml")
+	writeFile(t, path, "status_api: { token: status-token-0123456789 }\n"+adminPolicy(dir, down.url, "0", ""))
+	tn := startTestNode(t, path)
+	defer tn.n.stop(10 * time.Second)
+	id := postOrders(t, tn.base, 1, false)[0]
+	for tok, want := range map[string]int{"": 401, "wrong-token-0123456789": 401, "status-token-0123456789": 200, testToken: 200} {
+		if code, body := apiCall(t, "GET", tn.base+"/_sluice/v1/messages/"+id, tok, nil); code != want {
+			t.Errorf("status with token %q: %d %v, want %d", tok, code, body, want)
+		}
+	}
+}

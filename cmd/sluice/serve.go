@@ -174,7 +174,11 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (n *node
 		st.Close()
 		return nil, err
 	}
-	srv, err := proxy.New(proxy.Config{Policy: pol, Queues: contract(queues), Logger: log, Observer: n.metrics})
+	var adminToken string // also opens the status API to operators (see proxy.Config)
+	if pol.Admin != nil {
+		adminToken = pol.Admin.Token
+	}
+	srv, err := proxy.New(proxy.Config{Policy: pol, Queues: contract(queues), Logger: log, Observer: n.metrics, AdminToken: adminToken})
 	if err != nil {
 		st.Close()
 		return nil, err
