@@ -18,10 +18,14 @@ func (q *Queue) DeadLetters(target string, after uint64, limit int) ([]DeadLette
 	}
 	q.mu.Lock()
 	segs := append([]*segment(nil), q.segs...)
+	lasts := make([]uint64, len(segs)) // the writer moves the head's last under q.mu
+	for i, seg := range segs {
+		lasts[i] = seg.last
+	}
 	q.mu.Unlock()
 	var out []DeadLetter
-	for _, seg := range segs {
-		if seg.last <= after && seg.last >= seg.first {
+	for i, seg := range segs {
+		if lasts[i] <= after && lasts[i] >= seg.first {
 			continue
 		}
 		err := safeView(seg.db, func(tx *bolt.Tx) error {

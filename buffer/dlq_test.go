@@ -55,3 +55,29 @@ func TestDeadLettersListReviveAndPurge(t *testing.T) {
 		t.Fatalf("revived message status = %+v", st[0])
 	}
 }
+
+// TestDeadLettersWhileAppending lists dead letters while the writer
+// appends (an admin API lists them while traffic flows): under -race, the
+// list must not read a segment's last seq unlocked.
+func TestDeadLettersWhileAppending(t *testing.T) {
+	s, q := openTest(t, Config{}, "a")
+	defer s.Close()
+	stop, listed := make(chan struct{}), make(chan error, 1)
+	go func() {
+		for {
+			if _, err := q.DeadLetters("a", 0, 10); err != nil {
+				listed <- err
+				return
+			}
+			select {
+			case <-stop:
+				listed <- nil
+				return
+			default:
+			}
+		}
+	}()
+	appendN(t, q, 200)
+	close(stop)
+	must(t, <-listed)
+}

@@ -178,14 +178,17 @@ func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<
 				"outcome", string(out.Phase), "err", err)
 		case out.Phase == store.Delivered:
 			d.delivered.Add(1)
+			d.countClass(OutcomeDelivered, res.status)
 		case out.Phase == store.Retrying:
 			d.retried.Add(1)
+			d.countClass(OutcomeRetried, res.status)
 			retrying = true
 			if i == 0 {
 				log.Info("batch failed; will retry it", "err", out.Attempt.Error, "next_try", out.NextTry)
 			}
 		default:
 			d.dead.Add(1)
+			d.countClass(OutcomeDead, res.status)
 			log.Warn("message is dead", "err", out.Attempt.Error)
 		}
 		if err == nil {

@@ -375,6 +375,9 @@ func TestDeadAfterMaxAttempts(t *testing.T) {
 	if st := d.Stats(); st.Retried != 2*n || st.Delivered != 0 || st.Attempts != 3*n {
 		t.Errorf("stats %+v", st)
 	}
+	if st := d.Stats(); st.ByClass[OutcomeRetried][5] != 2*n || st.ByClass[OutcomeDead][5] != n || st.ByClass[OutcomeDelivered] != [6]uint64{} {
+		t.Errorf("by class %v", st.ByClass)
+	}
 }
 
 // TestDeadOnClientError: a 400 is not retried.
@@ -385,6 +388,9 @@ func TestDeadOnClientError(t *testing.T) {
 	d, _ := startDrainer(t, Config{Target: testTarget("a", ds.url)}, consumer(t, q, "a"))
 	waitFor(t, 10*time.Second, "dead letters", func() bool { return d.Stats().Dead == 3 })
 	time.Sleep(100 * ms)
+	if st := d.Stats(); st.ByClass[OutcomeDead][4] != 3 || st.ByClass[OutcomeDead][5] != 0 {
+		t.Errorf("by class %v", st.ByClass)
+	}
 	for _, m := range msgs {
 		if got := ds.ids()[m.ID.String()]; got != 1 {
 			t.Errorf("%s: %d attempts, want 1", m.ID, got)

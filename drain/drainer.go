@@ -121,7 +121,8 @@ type Drainer struct {
 	ready     chan struct{} // closed when Run first applies the rate (Ready)
 
 	delivered, retried, dead, attempts, unrecorded atomic.Uint64
-	parked                                         atomic.Uint64 // ordering: deliveries parked behind their key
+	byClass                                        [3][6]atomic.Uint64 // Stats.ByClass
+	parked                                         atomic.Uint64       // ordering: deliveries parked behind their key
 	sending                                        atomic.Int64
 
 	// Shared with TryDirect (direct.go): the run loop's token bucket (nil
@@ -384,7 +385,12 @@ type Stats struct {
 	// Parked counts deliveries parked behind an earlier message of their
 	// key (Target.Ordering), or behind the full ready queue of their key
 	// (Target.Fairness); a parked message spends no attempt.
-	Parked   uint64
+	Parked uint64
+	// ByClass splits Delivered, Retried and Dead (the first index: the
+	// Outcome* constants) by the class of the last attempt's status: index
+	// 0 for no answer (timeout, connection failure, a damaged record), 1
+	// to 5 for 1xx to 5xx.
+	ByClass  [3][6]uint64
 	InFlight int     // HTTP requests open to the target now; at most Concurrency
 	Rate     float64 // requests per second in force now: +Inf if unlimited, 0 if paused
 	Paused   bool    // Pause is in force
@@ -403,6 +409,22 @@ type Stats struct {
 	// those given up (after their tries, refused by the allow-list, or
 	// dropped because too many were under way).
 	CallbacksSent, CallbacksFailed uint64
+}
+
+// Outcomes, the first index of Stats.ByClass.
+const (
+	OutcomeDelivered = iota
+	OutcomeRetried
+	OutcomeDead
+)
+
+// countClass counts an outcome by its status class (0: no answer).
+func (d *Drainer) countClass(outcome, status int) {
+	class := 0
+	if status >= 100 && status <= 599 {
+		class = status / 100
+	}
+	d.byClass[outcome][class].Add(1)
 }
 
 // Ready is closed once Run has started and applied the rate in force for the
@@ -435,6 +457,11 @@ func (d *Drainer) Stats() Stats {
 
 		CallbacksSent:   d.cb.sent.Load(),
 		CallbacksFailed: d.cb.failed.Load(),
+	}
+	for i := range d.byClass {
+		for j := range d.byClass[i] {
+			st.ByClass[i][j] = d.byClass[i][j].Load()
+		}
 	}
 	if d.target.Adaptive != nil {
 		st.AdaptiveRate = math.Float64frombits(d.adaptiveRate.Load())
@@ -1105,14 +1132,17 @@ func (d *Drainer) finish(dl *store.Delivery, out store.Outcome, res result, err 
 			"outcome", string(out.Phase), "err", err)
 	case out.Phase == store.Delivered:
 		d.delivered.Add(1)
+		d.countClass(OutcomeDelivered, res.status)
 		if d.log.Enabled(context.Background(), slog.LevelDebug) {
 			log().Debug("delivered", "duration", res.dur)
 		}
 	case out.Phase == store.Retrying:
 		d.retried.Add(1)
+		d.countClass(OutcomeRetried, res.status)
 		log().Info("attempt failed; will retry", "err", out.Attempt.Error, "next_try", out.NextTry)
 	default:
 		d.dead.Add(1)
+		d.countClass(OutcomeDead, res.status)
 		log().Warn("message is dead", "err", out.Attempt.Error)
 	}
 	if err == nil {

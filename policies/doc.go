@@ -9,7 +9,9 @@
 // A *Policy returned without error is fully defaulted and validated: every field holds a
 // usable value (the defaults are documented on the fields), names are unique where they
 // must be, every URL is an absolute http or https URL, and every target has Burst >= 1,
-// Concurrency >= 1 and a Timezone. Callers need not check again.
+// Concurrency >= 1 and a Timezone. An admin listener that other hosts can reach has a
+// token (IsLoopback says which addresses are local), and is never the public listener's
+// address. Callers need not check again.
 //
 // On failure Load and Parse return *Errors, which lists every problem found, not only the
 // first. Each problem carries the file, the line (1-based) and the field path, such as

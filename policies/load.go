@@ -328,10 +328,6 @@ func (d *decoder) set(m *mapping, key string, v *yaml.Node) {
 }
 
 func (d *decoder) unknownKey(k *yaml.Node, field, where string, keys []string) {
-	if where == "top level" && k.Value == "admin" {
-		d.errorf(k.Line, field, "admin listener is not supported yet")
-		return
-	}
 	hint := ""
 	for _, key := range keys {
 		if editDistance(k.Value, key) <= 2 {

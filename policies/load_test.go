@@ -20,9 +20,10 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 // testEnv is the environment every testdata file is parsed with.
 func testEnv(name string) (string, bool) {
 	v, ok := map[string]string{
-		"SLUICE_RATE":  "200/s",
-		"SLUICE_PORT":  "8081",
-		"SLUICE_EMPTY": "",
+		"SLUICE_RATE":        "200/s",
+		"SLUICE_PORT":        "8081",
+		"SLUICE_EMPTY":       "",
+		"SLUICE_ADMIN_TOKEN": "0123456789abcdef0123",
 	}[name]
 	return v, ok
 }
@@ -125,6 +126,7 @@ func TestFullPolicy(t *testing.T) {
 	want := &Policy{
 		File:   "full.yaml",
 		Listen: ":8080",
+		Admin:  &Admin{Listen: "127.0.0.1:9090", Token: "0123456789abcdef0123", Line: 4},
 		Server: Server{ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 			MaxHeaderBytes: 16 << 10, MaxConnections: 10000},
 		StatusAPI: StatusAPI{Enabled: true, RedactHeaders: DefaultRedactHeaders},
@@ -135,7 +137,7 @@ func TestFullPolicy(t *testing.T) {
 			Retention:    72 * time.Hour,
 			MaxBytes:     50 << 30,
 			SegmentBytes: 64 << 20,
-			Line:         4,
+			Line:         7,
 		},
 		Routes: []Route{{
 			Name:              "orders",
@@ -145,7 +147,7 @@ func TestFullPolicy(t *testing.T) {
 			MaxBody:           1 << 20,
 			Rate:              Rate{Unlimited: true},
 			Burst:             1,
-			Line:              10,
+			Line:              13,
 			Targets: []Target{{
 				Name:        "inventory",
 				URL:         mustURL("http://127.0.0.1:8081"),
@@ -155,14 +157,14 @@ func TestFullPolicy(t *testing.T) {
 				Timeout:     5 * time.Second,
 				Timezone:    shanghai,
 				Windows: []Window{
-					{From: 22 * 60, To: 6 * 60, HasBetween: true, Rate: Rate{PerSecond: 2000}, Line: 24},
-					{Days: []time.Weekday{time.Saturday, time.Sunday}, Rate: Rate{PerSecond: 1000}, Line: 25},
-					{From: 10 * 60, To: 12 * 60, HasBetween: true, Rate: Rate{}, Line: 26},
+					{From: 22 * 60, To: 6 * 60, HasBetween: true, Rate: Rate{PerSecond: 2000}, Line: 27},
+					{Days: []time.Weekday{time.Saturday, time.Sunday}, Rate: Rate{PerSecond: 1000}, Line: 28},
+					{From: 10 * 60, To: 12 * 60, HasBetween: true, Rate: Rate{}, Line: 29},
 				},
 				Retry: Retry{MaxAttempts: 12, Initial: 500 * time.Millisecond, Max: 5 * time.Minute,
 					On: RetryOn{Codes: map[int]bool{429: true}, Class5xx: true, Timeout: true, Connect: true}},
 				Breaker: Breaker{Failures: 20, Cooldown: 5 * time.Second, MaxCooldown: 5 * time.Minute},
-				Line:    16,
+				Line:    19,
 			}, {
 				Name:        "delivery",
 				URL:         mustURL("http://127.0.0.1:8082"),
@@ -174,7 +176,7 @@ func TestFullPolicy(t *testing.T) {
 				Retry: Retry{MaxAttempts: 10, Initial: 500 * time.Millisecond, Max: 5 * time.Minute,
 					On: RetryOn{Codes: map[int]bool{408: true, 425: true, 429: true}, Class5xx: true, Timeout: true, Connect: true}},
 				Breaker: Breaker{Failures: 20, Cooldown: 5 * time.Second, MaxCooldown: 5 * time.Minute},
-				Line:    28,
+				Line:    31,
 			}},
 		}, {
 			Name:     "catalog",
@@ -185,7 +187,7 @@ func TestFullPolicy(t *testing.T) {
 			Rate:     Rate{Unlimited: true},
 			Burst:    1,
 			Timeout:  DefaultUpstreamTimeout,
-			Line:     31,
+			Line:     34,
 		}},
 	}
 	if got, want := dump(p), dump(want); got != want {

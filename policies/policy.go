@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 type Policy struct {
 	File    string  // the path it was read from, as given to Load or Parse
 	Listen  string  // public listener address; default ":8080"
+	Admin   *Admin  // key admin: the operators' listener; nil (the default) = none
 	Server  Server  // key server: limits and TLS of the public listener
 	Storage Storage // default: bbolt in ./data
 	Routes  []Route // at least one
@@ -86,6 +88,35 @@ func (c *Callbacks) Allows(u string) bool {
 		}
 	}
 	return false
+}
+
+// Admin is the operators' listener (metrics, state, live control, reload),
+// never served on the public one.
+type Admin struct {
+	Listen string // key listen: host:port; required
+	// Token (key token) is the bearer token every endpoint but the health
+	// checks requires; "" = none, allowed only on a loopback address
+	// (IsLoopback). At least MinAdminToken characters.
+	Token string
+	Line  int // line of the admin mapping
+}
+
+// MinAdminToken is the shortest admin token accepted.
+const MinAdminToken = 16
+
+// IsLoopback reports whether the listen address host:port can be reached
+// from this host only: 127.0.0.0/8, ::1 or localhost. An empty host (":9090")
+// listens on every interface, so it is not.
+func IsLoopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Server holds the limits of the public listener, which bound what one client can

@@ -86,12 +86,16 @@ func DefaultRetryOn() RetryOn {
 
 func (d *decoder) policy(root *yaml.Node) *Policy {
 	p := &Policy{File: d.file, Listen: DefaultListen}
-	m := d.mapping(root, "", "top level", "listen", "server", "storage", "routes", "default_upstream", "callbacks", "status_api")
+	m := d.mapping(root, "", "top level", "listen", "admin", "server", "storage", "routes", "default_upstream", "callbacks", "status_api")
 	if m == nil {
 		return nil
 	}
 	p.StatusAPI = d.statusAPI(m)
 	field(d, m, "listen", "", parseListen, &p.Listen)
+	if p.Admin = d.admin(m); p.Admin != nil && p.Admin.Listen == p.Listen {
+		d.errorf(m.vals["admin"].Line, "admin.listen", "admin listener %q is the public listener: the admin API must never be reachable through it; choose another port", p.Listen)
+		p.Admin = nil
+	}
 	p.Server = d.server(m)
 	p.Storage = d.storage(m)
 	field(d, m, "default_upstream", "", parseURL, &p.DefaultUpstream)
@@ -163,6 +167,36 @@ func (d *decoder) statusAPI(top *mapping) StatusAPI {
 		}
 	}
 	return s
+}
+
+// admin decodes the admin block: a listener for operators, apart from the
+// public one. A listener that other hosts can reach must have a token.
+func (d *decoder) admin(top *mapping) *Admin {
+	n, ok := top.vals["admin"]
+	if !ok {
+		return nil
+	}
+	m := d.mapping(n, "admin", "admin", "listen", "token")
+	if m == nil {
+		return nil
+	}
+	a := &Admin{Line: m.line}
+	if !field(d, m, "listen", "the admin listener's address, such as \"127.0.0.1:9090\"", parseListen, &a.Listen) {
+		return nil
+	}
+	if s, line, ok := d.text(m, "token", ""); ok {
+		if len(s) < MinAdminToken {
+			d.errorf(line, m.field("token"), "admin token is %d characters long; at least %d are needed (e.g. openssl rand -hex 16)", len(s), MinAdminToken)
+			return nil
+		}
+		a.Token = s
+	}
+	if a.Token == "" && !m.bad["token"] && !IsLoopback(a.Listen) {
+		d.errorf(m.vals["listen"].Line, m.field("listen"),
+			"admin listener %q is reachable from other hosts and has no token: set admin.token (e.g. token: ${SLUICE_ADMIN_TOKEN}) or listen on 127.0.0.1", a.Listen)
+		return nil
+	}
+	return a
 }
 
 func (d *decoder) server(top *mapping) Server {

@@ -37,7 +37,7 @@ type estimatorBox struct{ Estimator }
 // SetEstimator connects the named target of a buffer or spillover route to
 // its drainer, so that estimates follow the rate in force.
 func (s *Server) SetEstimator(route, target string, e Estimator) error {
-	for _, r := range s.routes {
+	for _, r := range s.routes() {
 		if r.Name != route {
 			continue
 		}

@@ -43,7 +43,7 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	quick, slow, bounded := s.routes[0], s.routes[1], s.routes[2]
+	quick, slow, bounded := s.routes()[0], s.routes()[1], s.routes()[2]
 	now := time.Now()
 	etas := func(r *route, at time.Time) []targetETA { return r.newETAs(nil, at) }
 

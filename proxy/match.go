@@ -27,7 +27,7 @@ import (
 // methods those routes allow (for 405).
 func (s *Server) match(method, host, path []byte) (*route, []string) {
 	var allowed []string
-	for _, r := range s.routes {
+	for _, r := range s.routes() {
 		if !hostMatches(r.Match.Host, host) || !r.pathMatches(path) {
 			continue
 		}

@@ -45,7 +45,7 @@ routes:
 	req.SetBody(bytes.Repeat([]byte("x"), 1024))
 	ctx := new(fasthttp.RequestCtx)
 	ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, nil)
-	return s, s.routes[0], ctx
+	return s, s.routes()[0], ctx
 }
 
 func BenchmarkMicroWriteAccepted(b *testing.B) {

@@ -40,14 +40,26 @@ type Config struct {
 	// that carries it (Authorization: Bearer) sees captured response bodies,
 	// and passes status_api.token. "" = captured bodies are never shown.
 	AdminToken string
+	// Observer, if set, is told the outcome of every request that matched
+	// a buffer or spillover route, for metrics. Default none.
+	Observer Observer
+}
+
+// Observer receives the outcome of each request to a buffer or spillover
+// route once its reply is written: status is the HTTP status, code the
+// error code of a refusal ("" when accepted or forwarded), elapsed the time
+// from the request's arrival (after its headers and body were read) to its
+// reply. It is called on the request's goroutine and must not block.
+type Observer interface {
+	Observe(route string, status int, code string, elapsed time.Duration)
 }
 
 // Server is sluice's public listener.
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
-	routes   []*route
-	fallback *route // default_upstream as a passthrough route; nil if none
+	table    atomic.Pointer[routeTable] // swapped whole by SetRoutes
+	fallback *route                     // default_upstream as a passthrough route; nil if none
 	srv      *fasthttp.Server
 	tls      *tls.Config // nil: plain HTTP
 
@@ -81,26 +93,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger}
 	s.appendCtx, s.stop = context.WithCancel(context.Background())
-	var maxBody int64
-	for _, pr := range cfg.Policy.Routes {
-		r := &route{Route: pr}
-		switch pr.Mode {
-		case policies.ModeBuffer, policies.ModeSpillover:
-			q := cfg.Queues[pr.Name]
-			if q == nil {
-				return nil, fmt.Errorf("route %q: no queue in Config.Queues", pr.Name)
-			}
-			r.queue = q
-			r.est = make([]atomic.Pointer[estimatorBox], len(pr.Targets))
-		case policies.ModePassthrough:
-			r.upstream = newUpstream(pr.Upstream, pr.Timeout)
-			r.limiter = newLimiter(pr.Rate, pr.Burst)
-		default:
-			return nil, fmt.Errorf("route %q: mode %q is not supported", pr.Name, pr.Mode)
-		}
-		maxBody = max(maxBody, pr.MaxBody)
-		s.routes = append(s.routes, r)
+	routes, maxBody, err := s.buildRoutes(cfg.Policy, cfg.Queues, nil)
+	if err != nil {
+		return nil, err
 	}
+	s.table.Store(&routeTable{routes: routes})
 	if u := cfg.Policy.DefaultUpstream; u != nil {
 		s.fallback = &route{
 			Route:    policies.Route{Name: "default_upstream", Mode: policies.ModePassthrough, MaxBody: policies.DefaultPassthroughMaxBody, Upstream: u, Timeout: policies.DefaultUpstreamTimeout},
@@ -155,13 +152,94 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// routeTable is the routes in force. A request uses the table it loaded
+// first to the end, so a swap (SetRoutes) never shows it half of each.
+type routeTable struct {
+	routes  []*route // in the policy's order: the first match wins
+	retired []*route // buffer and spillover routes removed by SetRoutes: status lookups only
+}
+
+// buildRoutes builds the routes of pol; each buffer and spillover route
+// takes its queue from queues. A target of old (the routes in force) keeps
+// its estimator and a spillover route its direct target, so estimates do
+// not fall back to the policy while the caller re-connects them.
+func (s *Server) buildRoutes(pol *policies.Policy, queues map[string]store.Queue, old []*route) ([]*route, int64, error) {
+	var maxBody int64
+	var routes []*route
+	for _, pr := range pol.Routes {
+		r := &route{Route: pr}
+		switch pr.Mode {
+		case policies.ModeBuffer, policies.ModeSpillover:
+			q := queues[pr.Name]
+			if q == nil {
+				return nil, 0, fmt.Errorf("route %q: no queue in Config.Queues", pr.Name)
+			}
+			r.queue = q
+			r.est = make([]atomic.Pointer[estimatorBox], len(pr.Targets))
+			for _, o := range old {
+				if o.Name != pr.Name || o.queue == nil {
+					continue
+				}
+				for i, t := range pr.Targets {
+					for j, ot := range o.Targets {
+						if ot.Name == t.Name && j < len(o.est) {
+							r.est[i].Store(o.est[j].Load())
+						}
+					}
+				}
+				r.direct.Store(o.direct.Load())
+			}
+		case policies.ModePassthrough:
+			r.upstream = newUpstream(pr.Upstream, pr.Timeout)
+			r.limiter = newLimiter(pr.Rate, pr.Burst)
+		default:
+			return nil, 0, fmt.Errorf("route %q: mode %q is not supported", pr.Name, pr.Mode)
+		}
+		maxBody = max(maxBody, pr.MaxBody)
+		routes = append(routes, r)
+	}
+	return routes, maxBody, nil
+}
+
+// SetRoutes replaces the routes in force with those of pol, atomically: a
+// request is matched against the old routes or the new ones, never refused
+// for the swap. queues holds the queue of every buffer and spillover route
+// of pol (as Config.Queues). Only routes change: the listener's settings
+// (listen, server, storage, default_upstream) stay as New set them. A
+// buffer or spillover route that pol no longer has stops matching (404
+// no_route); its messages keep their status. The caller checks that the
+// change is one a running server can make (a queue keeps its targets).
+func (s *Server) SetRoutes(pol *policies.Policy, queues map[string]store.Queue) error {
+	cur := s.table.Load()
+	routes, _, err := s.buildRoutes(pol, queues, cur.routes)
+	if err != nil {
+		return err
+	}
+	next := &routeTable{routes: routes}
+	kept := map[string]bool{}
+	for _, r := range routes {
+		kept[r.Name] = true
+	}
+	for _, r := range append(append([]*route(nil), cur.routes...), cur.retired...) {
+		if r.queue != nil && !kept[r.Name] {
+			next.retired = append(next.retired, r)
+			kept[r.Name] = true
+		}
+	}
+	s.table.Store(next)
+	return nil
+}
+
+// routes returns the routes in force.
+func (s *Server) routes() []*route { return s.table.Load().routes }
+
 // passesThrough reports whether some request may be passed through (a
 // passthrough route or a default upstream): only then are bodies streamed.
 func (s *Server) passesThrough() bool {
 	if s.fallback != nil {
 		return true
 	}
-	for _, r := range s.routes {
+	for _, r := range s.routes() {
 		if r.Mode == policies.ModePassthrough {
 			return true
 		}
@@ -222,15 +300,27 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	switch r.Mode {
 	case policies.ModeBuffer:
 		if s.readBody(ctx, r.MaxBody) {
+			start := time.Now()
 			s.handleBuffer(ctx, r, uri)
+			s.observe(ctx, r, start)
 		}
 	case policies.ModePassthrough:
 		s.handlePassthrough(ctx, r, uri) // streams a large body
 	case policies.ModeSpillover:
 		if s.readBody(ctx, r.MaxBody) {
+			start := time.Now()
 			s.handleSpillover(ctx, r, uri)
+			s.observe(ctx, r, start)
 		}
 	}
+}
+
+func (s *Server) observe(ctx *fasthttp.RequestCtx, r *route, start time.Time) {
+	if s.cfg.Observer == nil {
+		return
+	}
+	code, _ := ctx.UserValue(errCodeKey).(string)
+	s.cfg.Observer.Observe(r.Name, ctx.Response.StatusCode(), code, time.Since(start))
 }
 
 // headerReceived applies the matched route's body limit before the body is

@@ -39,7 +39,7 @@ func openQueues(tb testing.TB, st *buffer.Store, pol *policies.Policy) map[strin
 
 // testQueue returns the buffer queue of a route.
 func (s *Server) testQueue(route string) *buffer.Queue {
-	for _, r := range s.routes {
+	for _, r := range s.routes() {
 		if r.Name == route {
 			q, _ := r.queue.(*buffer.Queue)
 			return q

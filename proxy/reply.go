@@ -88,7 +88,15 @@ func writeError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
 	writeJSON(ctx, status, errorBody{Error: errorDetail{Code: code, Message: msg}})
 }
 
+// errCodeKey is the user value under which writeJSON leaves an error's code.
+type errCodeKeyType struct{}
+
+var errCodeKey errCodeKeyType
+
 func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	if e, ok := v.(errorBody); ok {
+		ctx.SetUserValue(errCodeKey, e.Error.Code) // for the Observer
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		b = []byte(`{"error":{"code":"internal","message":"encoding the reply failed"}}`)
@@ -202,7 +210,8 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx, path []byte) {
 		writeError(ctx, fasthttp.StatusBadRequest, "bad_id", "not a message id: an id is 26 characters of lower-case base32 (0-9, a-z without i, l, o, u), as the 202 gave it")
 		return
 	}
-	for _, r := range s.routes {
+	t := s.table.Load()
+	for _, r := range append(t.routes[:len(t.routes):len(t.routes)], t.retired...) {
 		if r.queue == nil {
 			continue
 		}

@@ -48,7 +48,7 @@ type directTarget struct{ Direct }
 // SetDirect connects the spillover route named route to its target's
 // drainer. Until then the route stores every request, as a buffer route does.
 func (s *Server) SetDirect(route string, d Direct) error {
-	for _, r := range s.routes {
+	for _, r := range s.routes() {
 		if r.Name == route {
 			if r.Mode != "spillover" {
 				return fmt.Errorf("proxy: route %q is not a spillover route", route)

@@ -57,7 +57,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice demo:", err)
 		return 2
 	}
-	log, err := newLogger(stderr, *level)
+	log, err := newLogger(stderr, *level, "text")
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice demo:", err)
 		return 2

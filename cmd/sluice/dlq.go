@@ -15,8 +15,8 @@ import (
 )
 
 // cmdDlq lists, shows, replays and purges dead letters in the data directory
-// of a policy. It opens the store itself, so the server must be stopped (an
-// admin API for a running server comes later).
+// of a policy. It opens the store itself, so the server must be stopped; a
+// running server's are reached through its admin API (sluice ctl dead).
 func cmdDlq(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprint(stderr, `usage:
@@ -46,7 +46,13 @@ The server must be stopped: these open its data directory.
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	log, _ := newLogger(stderr, "warn")
+	log, _ := newLogger(stderr, "warn", "text")
+	lock, err := lockDir(pol.Storage.Dir)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice dlq:", err)
+		return 1
+	}
+	defer lock.release()
 	store, err := buffer.Open(storeConfig(pol.Storage, log))
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice dlq:", err)
@@ -55,7 +61,8 @@ The server must be stopped: these open its data directory.
 	defer store.Close()
 	queues := map[string]*buffer.Queue{}
 	for _, r := range pol.Routes {
-		if r.Mode != policies.ModeBuffer || (*route != "" && r.Name != *route) {
+		queued := r.Mode == policies.ModeBuffer || r.Mode == policies.ModeSpillover
+		if !queued || (*route != "" && r.Name != *route) {
 			continue
 		}
 		var names []string
@@ -70,7 +77,7 @@ The server must be stopped: these open its data directory.
 		queues[r.Name] = q
 	}
 	if len(queues) == 0 {
-		fmt.Fprintf(stderr, "sluice dlq: no buffer route %q in %s\n", *route, pol.File)
+		fmt.Fprintf(stderr, "sluice dlq: no buffer or spillover route %q in %s\n", *route, pol.File)
 		return 1
 	}
 	ctx := context.Background()

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -23,6 +24,14 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if _, err := os.Stat(*dir); err == nil {
+		lock, err := lockDir(*dir)
+		if err != nil {
+			fmt.Fprintln(stderr, "sluice inspect:", err)
+			return 1
+		}
+		defer lock.release()
 	}
 	rep, err := buffer.Inspect(*dir, *verify)
 	if err != nil {

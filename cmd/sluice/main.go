@@ -8,6 +8,7 @@
 //	sluice loadtest run|downstream      offer load and verify delivery; or a mock downstream
 //	sluice inspect --data DIR           report on a data directory offline
 //	sluice dlq list|show|replay|purge   dead letters, with the server stopped
+//	sluice ctl routes|pause|resume|rate|dead|reload   a running server, through its admin API
 //	sluice version                      print the version
 package main
 
@@ -34,6 +35,7 @@ Usage:
   sluice loadtest run|downstream offer load to a proxy and verify delivery; or run a mock downstream
   sluice inspect --data DIR      report on a data directory offline (--verify checks every record)
   sluice dlq list|show|replay|purge --policy FILE ...   dead letters (server stopped)
+  sluice ctl [--admin URL] COMMAND  a running server, through its admin API: routes, pause, resume, rate, dead, reload
   sluice version                 print the version
 
 Run 'sluice COMMAND -h' for the flags of a command.
@@ -57,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdInspect(args[1:], stdout, stderr)
 	case "dlq":
 		return cmdDlq(args[1:], stdout, stderr)
+	case "ctl":
+		return cmdCtl(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "sluice", versionString())
 		return 0

@@ -13,9 +13,11 @@ import (
 	"runtime/pprof"
 	"runtime/trace"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/sluice-proxy/sluice/admin"
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/drain"
 	"github.com/sluice-proxy/sluice/policies"
@@ -23,19 +25,56 @@ import (
 	"github.com/sluice-proxy/sluice/store"
 )
 
-// node is one running sluice: the store, the public listener and a drainer
-// per (route, target). serve and demo both run one.
+// node is one running sluice: the store, the public listener, a drainer
+// per (route, target) and, if the policy has one, the admin listener.
+// serve and demo both run one.
 type node struct {
-	log      *slog.Logger
-	store    *buffer.Store
-	queues   map[string]*buffer.Queue // of the buffer and spillover routes, by route
-	proxy    *proxy.Server
-	ln       net.Listener
-	drainers []*drain.Drainer
+	log   *slog.Logger
+	store *buffer.Store
+	proxy *proxy.Server
+	ln    net.Listener
+	lock  *dirLock // the data directory's lock; nil if not taken (tests on a temporary directory)
 
+	// reload reads the policy again (nil: reload is not available); it is
+	// set by serve, which knows the file and the flags over it.
+	reload   func() (*policies.Policy, error)
+	reloadMu sync.Mutex // one reload at a time
+
+	mu     sync.Mutex // guards pol, queues and runs
+	pol    *policies.Policy
+	queues map[string]*buffer.Queue // of the buffer and spillover routes, by route; a reload adds, never removes
+	runs   map[runKey]*targetRun
+
+	controls *admin.Controls
+	metrics  *admin.Metrics
+	admin    *admin.Server
+	adminLn  net.Listener
+	adminErr chan error
+	adminEnd chan struct{} // closed when the admin server's Serve has returned
+	stopCtl  chan struct{} // stops the controls' expiry loop
+	dead     deadCounts    // the state's dead-letter counts
+
+	ctx      context.Context // the drainers' parent
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	serveErr chan error
+	stopping atomic.Bool
+}
+
+// runKey names a target of a route.
+type runKey struct{ route, target string }
+
+// targetRun is the drainer of one target. A reload that changes the target
+// replaces the drainer (the old one's attempts in flight finish and are
+// recorded first); base keeps the counters of the drainers before it.
+type targetRun struct {
+	route   policies.Route // the route as the drainer was configured
+	target  policies.Target
+	d       *drain.Drainer
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when Run returns
+	base    drain.Stats   // counters of earlier drainers of this target
+	retired bool          // the route was removed by a reload: still drains, accepts nothing
 }
 
 func storeConfig(st policies.Storage, log *slog.Logger) buffer.Config {
@@ -78,8 +117,54 @@ func openQueues(st *buffer.Store, pol *policies.Policy) (map[string]*buffer.Queu
 	return qs, nil
 }
 
-// startNode opens the store, starts the drainers and serves on ln.
-func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (*node, error) {
+// contract returns the queues as the proxy takes them.
+func contract(queues map[string]*buffer.Queue) map[string]store.Queue {
+	out := make(map[string]store.Queue, len(queues))
+	for name, q := range queues {
+		out[name] = q
+	}
+	return out
+}
+
+// queue returns the queue of a buffer or spillover route (one a reload
+// removed too); nil if none.
+func (n *node) queue(route string) *buffer.Queue {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.queues[route]
+}
+
+// startNode takes the data directory's lock, opens the store, starts the
+// drainers (with the operators' controls applied), the admin listener if
+// the policy has one, and serves on ln.
+func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (n *node, err error) {
+	lock, err := lockDir(pol.Storage.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			lock.release()
+		}
+	}()
+	controls, err := admin.OpenControls(pol.Storage.Dir, nil, log)
+	if err != nil {
+		return nil, err
+	}
+	var adminLn net.Listener
+	if pol.Admin != nil {
+		if adminLn, err = net.Listen("tcp", pol.Admin.Listen); err != nil {
+			return nil, fmt.Errorf("admin listener: %w", err)
+		}
+		defer func() {
+			if err != nil {
+				adminLn.Close()
+			}
+		}()
+	}
+	n = &node{log: log, ln: ln, lock: lock, pol: pol, runs: map[runKey]*targetRun{}, controls: controls,
+		serveErr: make(chan error, 1), adminErr: make(chan error, 1), adminEnd: make(chan struct{}), stopCtl: make(chan struct{})}
+	n.metrics = admin.NewMetrics(n.State)
 	st, err := buffer.Open(storeConfig(pol.Storage, log))
 	if err != nil {
 		return nil, err
@@ -89,101 +174,165 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (*node, 
 		st.Close()
 		return nil, err
 	}
-	contract := make(map[string]store.Queue, len(queues))
-	for name, q := range queues {
-		contract[name] = q
+	var adminToken string // also opens the status API to operators (see proxy.Config)
+	if pol.Admin != nil {
+		adminToken = pol.Admin.Token
 	}
-	srv, err := proxy.New(proxy.Config{Policy: pol, Queues: contract, Logger: log})
+	srv, err := proxy.New(proxy.Config{Policy: pol, Queues: contract(queues), Logger: log, Observer: n.metrics, AdminToken: adminToken})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	n := &node{log: log, store: st, queues: queues, proxy: srv, ln: ln, serveErr: make(chan error, 1)}
+	n.store, n.queues, n.proxy = st, queues, srv
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	var started []*targetRun
 	for _, r := range pol.Routes {
-		q := queues[r.Name]
-		if q == nil {
-			continue // passthrough
+		if r.Mode != policies.ModeBuffer && r.Mode != policies.ModeSpillover {
+			continue
 		}
 		for _, t := range r.Targets {
-			c, err := q.Consumer(t.Name)
+			run, err := n.newRun(r, t, drain.Stats{})
 			if err != nil {
+				n.cancel()
 				st.Close()
 				return nil, err
 			}
-			d, err := drain.New(drain.Config{Route: r.Name, Target: t, Logger: log, CallbackHeader: r.CallbackHeader, Callbacks: r.Callbacks}, c)
-			if err != nil {
-				st.Close()
-				return nil, fmt.Errorf("route %q: target %q: %w", r.Name, t.Name, err)
-			}
-			n.drainers = append(n.drainers, d)
-			// Estimated delivery times (202 body, status API, max_wait)
-			// follow the rate in force, SetRate and Pause included.
-			if err := srv.SetEstimator(r.Name, t.Name, d); err != nil {
-				st.Close()
-				return nil, err
-			}
-			if r.Mode == policies.ModeSpillover {
-				// The route forwards straight to this target when it has
-				// room; the drainer's bucket and slots cover both paths.
-				if err := srv.SetDirect(r.Name, d); err != nil {
-					st.Close()
-					return nil, err
-				}
-			}
+			n.runs[runKey{r.Name, t.Name}] = run
+			started = append(started, run)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
-	for _, d := range n.drainers {
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			if err := d.Run(ctx); err != nil {
-				log.Error("drainer stopped", "err", err)
-			}
-		}()
+	// An operator's pause survives a restart: applied before any drainer runs.
+	if err := controls.Attach(n); err != nil {
+		n.cancel()
+		st.Close()
+		return nil, err
+	}
+	for _, run := range started {
+		n.start(run)
 	}
 	// Accept once every drainer runs: until then a spillover route would
 	// store every request (TryDirect fails before Run applies the rate).
 	// Bounded: a drainer that is slow to start costs only that.
-	readyBy, cancelReady := context.WithTimeout(ctx, 5*time.Second)
+	readyBy, cancelReady := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancelReady()
-	for _, d := range n.drainers {
+	for _, run := range started {
 		select {
-		case <-d.Ready():
+		case <-run.d.Ready():
 		case <-readyBy.Done():
-			log.Warn("a drainer has not started after 5s; accepting anyway", "target", d.Target().Name)
+			log.Warn("a drainer has not started after 5s; accepting anyway", "target", run.target.Name)
 		}
+	}
+	go controls.Run(n.stopCtl)
+	if adminLn != nil {
+		n.adminLn = adminLn
+		if n.admin, err = admin.New(admin.Config{Token: pol.Admin.Token, Node: n, Controls: controls, Dead: deadLetters{n}, Reload: n.reloadAPI, Metrics: n.metrics, Logger: log}); err != nil {
+			close(n.stopCtl)
+			n.cancel()
+			n.wg.Wait()
+			st.Close()
+			return nil, err
+		}
+		go func() {
+			defer close(n.adminEnd)
+			n.adminErr <- n.admin.Serve(adminLn)
+		}()
 	}
 	go func() { n.serveErr <- srv.Serve(ln) }()
 	return n, nil
 }
 
+// newRun builds the drainer of target t of route r and connects it to the
+// proxy's estimates (and the spillover route's direct path). It does not
+// start it.
+func (n *node) newRun(r policies.Route, t policies.Target, base drain.Stats) (*targetRun, error) {
+	q := n.queue(r.Name)
+	if q == nil {
+		return nil, fmt.Errorf("route %q: no queue", r.Name)
+	}
+	c, err := q.Consumer(t.Name)
+	if err != nil {
+		return nil, fmt.Errorf("route %q: %w", r.Name, err)
+	}
+	d, err := drain.New(drain.Config{Route: r.Name, Target: t, Logger: n.log, CallbackHeader: r.CallbackHeader, Callbacks: r.Callbacks}, c)
+	if err != nil {
+		return nil, fmt.Errorf("route %q: target %q: %w", r.Name, t.Name, err)
+	}
+	return &targetRun{route: r, target: t, d: d, base: base, done: make(chan struct{})}, nil
+}
+
+// start runs run's drainer and points the proxy's estimates (and a
+// spillover route's direct path) at it.
+func (n *node) start(run *targetRun) {
+	ctx, cancel := context.WithCancel(n.ctx)
+	run.cancel = cancel
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		defer close(run.done)
+		if err := run.d.Run(ctx); err != nil {
+			n.log.Error("drainer stopped", "err", err)
+		}
+	}()
+	// Estimated delivery times (202 body, status API, max_wait) follow the
+	// rate in force, SetRate and Pause included.
+	if err := n.proxy.SetEstimator(run.route.Name, run.target.Name, run.d); err != nil && !run.retired {
+		n.log.Warn("estimates", "route", run.route.Name, "target", run.target.Name, "err", err)
+	}
+	if run.route.Mode == policies.ModeSpillover {
+		// The route forwards straight to this target when it has room; the
+		// drainer's bucket and slots cover both paths.
+		if err := n.proxy.SetDirect(run.route.Name, run.d); err != nil && !run.retired {
+			n.log.Warn("spillover", "route", run.route.Name, "err", err)
+		}
+	}
+}
+
 // stop shuts down in the order that loses nothing: stop accepting (requests
 // in progress finish: each is acknowledged after its commit or refused), stop
 // the drainers (attempts in flight are recorded), then close the store
-// (pending commits are written and synced).
+// (pending commits are written and synced), then release the data
+// directory's lock.
 func (n *node) stop(timeout time.Duration) error {
+	n.stopping.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var errs []error
 	if err := n.proxy.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("listener: %w", err))
 	}
+	if n.admin != nil {
+		if err := n.admin.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("admin listener: %w", err))
+		}
+		<-n.adminEnd // its sampling of the state has stopped: the store may close
+	}
+	n.reloadMu.Lock() // no reload starts drainers from here on
+	defer n.reloadMu.Unlock()
+	close(n.stopCtl)
 	n.cancel()
 	n.wg.Wait()
 	if err := n.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("store: %w", err))
 	}
+	n.lock.release()
 	return errors.Join(errs...)
 }
 
-func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+// newLogger returns a logger at level writing format: "text" (key=value,
+// the default) or "json" (one object per line).
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
@@ -192,12 +341,13 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	policyPath := fs.String("policy", "policy.yaml", "policy file")
 	listen := fs.String("listen", "", "override the policy's listen address")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
 	traceFile := fs.String("trace", "", "write a runtime execution trace (go tool trace) to this file until shutdown")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	log, err := newLogger(stderr, *level)
+	log, err := newLogger(stderr, *level, *logFormat)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice serve:", err)
 		return 2
@@ -228,17 +378,30 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		}
 		defer trace.Stop()
 	}
-	pol, err := policies.Load(*policyPath)
+	load := func() (*policies.Policy, error) {
+		pol, err := policies.Load(*policyPath)
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range pol.Warnings {
+			log.Warn("policy: " + w.Error())
+		}
+		if *listen != "" {
+			pol.Listen = *listen
+		}
+		return pol, nil
+	}
+	pol, err := load()
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	for _, w := range pol.Warnings {
-		log.Warn("policy: " + w.Error())
-	}
-	if *listen != "" {
-		pol.Listen = *listen
-	}
+	// Signals are caught before anything listens: a SIGHUP that a health
+	// check's success triggers must find the handler (Go's default for
+	// SIGHUP ends the process).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	ln, err := net.Listen("tcp", pol.Listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice serve: listen %s: %v\n", pol.Listen, err)
@@ -250,17 +413,34 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice serve:", err)
 		return 1
 	}
-	log.Info("sluice serving", "version", versionString(), "listen", ln.Addr().String(),
-		"policy", pol.File, "data", pol.Storage.Dir, "fsync", pol.Storage.Fsync.String(), "routes", len(pol.Routes))
+	n.reload = load
+	attrs := []any{"version", versionString(), "listen", ln.Addr().String(),
+		"policy", pol.File, "data", pol.Storage.Dir, "fsync", pol.Storage.Fsync.String(), "routes", len(pol.Routes)}
+	if n.adminLn != nil {
+		attrs = append(attrs, "admin", n.adminLn.Addr().String())
+	}
+	log.Info("sluice serving", attrs...)
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	select {
-	case s := <-sigs:
-		log.Info("shutting down", "signal", s.String())
-	case err := <-n.serveErr:
-		log.Error("listener failed", "err", err)
+wait:
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				log.Info("reloading the policy", "signal", s.String(), "policy", pol.File)
+				n.doReload() // logs what changed, or the errors
+				continue
+			}
+			log.Info("shutting down", "signal", s.String())
+			break wait
+		case err := <-n.serveErr:
+			log.Error("listener failed", "err", err)
+			break wait
+		case err := <-n.adminErr:
+			if err != nil {
+				log.Error("admin listener failed", "err", err)
+				break wait
+			}
+		}
 	}
 	if err := n.stop(30 * time.Second); err != nil {
 		log.Error("shutdown", "err", err)

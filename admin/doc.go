@@ -1,0 +1,31 @@
+// Package admin is sluice's operators' listener: health checks, Prometheus
+// metrics, the state of every route and target, live control of targets
+// (pause, resume, rate), dead letters (list, show, replay, purge), policy
+// reload, and a dashboard, all over HTTP on an address of its own
+// (admin.listen), never on the public listener.
+//
+// It defines the small interfaces it needs (Node, Targets, DeadLetters,
+// Reloader); cmd/sluice adapts the drainers and the store to them, so this
+// package knows neither.
+//
+// Guarantees:
+//   - Every endpoint but /healthz, /readyz and the dashboard's static files
+//     needs "Authorization: Bearer <token>" when a token is set; the check
+//     compares SHA-256 digests in constant time. Refusals are 401 with a JSON
+//     error. Errors never echo request bodies.
+//   - An operator's pause or rate (Controls) is written to controls.json in
+//     the data directory (temporary file, fsync, rename, fsync of the
+//     directory) before it is applied and before the API answers, so it
+//     survives a crash or restart; one whose end ("until") has passed is
+//     dropped on the next start or when it ends.
+//   - A replay or purge by filter reads the dead-letter list in seq order
+//     ahead of its changes: no letter is replayed twice by one request.
+//     Replayed letters go back into the target's retry schedule, due one
+//     after another at the replay's rate; the target's own limiter still
+//     paces their delivery.
+//
+// Costs: request counts and the ack-latency histogram are updated per
+// request (atomic adds); every other series and GET /v1/routes read the
+// node's counters at scrape time (O(routes × targets), plus a count of each
+// target's dead-letter list, bounded by DeadLetterCountLimit).
+package admin

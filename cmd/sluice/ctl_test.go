@@ -1,0 +1,69 @@
+package main
+
+import (
+	"bytes"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCtl drives a running node through 'sluice ctl': routes, pause,
+// rate, resume, dead letters, reload; and a wrong token is an error.
+func TestCtl(t *testing.T) {
+	dir := t.TempDir()
+	down := startCountingDown(t)
+	down.failing.Store(true)
+	path := filepath.Join(dir, "policy.yaml")
+	writeFile(t, path, adminPolicy(dir, down.url, "unlimited", ""))
+	tn := startTestNode(t, path)
+	defer tn.n.stop(10 * time.Second)
+	ctl := func(want int, args ...string) string {
+		t.Helper()
+		var out, errb bytes.Buffer
+		code := run(append([]string{"ctl", "--admin", tn.admin, "--token", testToken}, args...), &out, &errb)
+		if code != want {
+			t.Fatalf("ctl %v: exit %d, want %d; stderr %s", args, code, want, errb.String())
+		}
+		return out.String() + errb.String()
+	}
+	postOrders(t, tn.base, 3, true)
+	waitFor(5*time.Second, func() bool { return targetState(t, tn, "orders", "inv")["dead_letters"].(float64) == 3 })
+
+	if out := ctl(0, "routes"); !strings.Contains(out, "orders") || !strings.Contains(out, "inv") {
+		t.Errorf("routes: %s", out)
+	}
+	ctl(0, "pause", "orders", "inv", "--until", time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	if out := ctl(0, "routes"); !strings.Contains(out, "operator_pause until") {
+		t.Errorf("routes after pause: %s", out)
+	}
+	ctl(0, "rate", "orders", "inv", "5/s")
+	if st := targetState(t, tn, "orders", "inv"); st["operator_rate"] != "5/s" || st["paused"] != true {
+		t.Errorf("state: %v", st)
+	}
+	ctl(0, "resume", "orders", "inv")
+	ctl(0, "rate", "orders", "inv", "policy")
+	if out := ctl(0, "dead", "list", "orders", "inv", "--class", "5xx"); strings.Count(out, "status 500") != 3 {
+		t.Errorf("dead list: %s", out)
+	}
+	down.failing.Store(false)
+	if out := ctl(0, "dead", "replay", "orders", "inv", "--status", "500", "--rate", "unlimited"); !strings.Contains(out, "replayed 3") {
+		t.Errorf("dead replay: %s", out)
+	}
+	if !waitFor(5*time.Second, func() bool { return len(down.delivered()) == 3 }) {
+		t.Errorf("replayed letters not delivered: %d", len(down.delivered()))
+	}
+	if out := ctl(0, "reload"); !strings.Contains(out, "reloaded: 0 changes") {
+		t.Errorf("reload: %s", out)
+	}
+	if out := ctl(1, "rate", "orders", "inv", "fast"); !strings.Contains(out, "invalid rate") {
+		t.Errorf("bad rate: %s", out)
+	}
+	if out := ctl(2, "pause", "orders"); !strings.Contains(out, "expected ROUTE TARGET") {
+		t.Errorf("usage: %s", out)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"ctl", "--admin", tn.admin, "--token", "wrong-token-0123456789", "routes"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "401") {
+		t.Errorf("wrong token: exit %d, %s", code, errb.String())
+	}
+}
