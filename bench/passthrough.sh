@@ -16,8 +16,8 @@
 #   - access_log off (sluice logs no request either);
 #   - worker_processes 1 and auto (one per CPU) are both measured each round,
 #     and the one with the higher median req/s is the reference: which wins
-#     depends on the machine (on 2 CPUs shared with wrk and the upstream, one
-#     worker often does, since a second contends with them).
+#     depends on the machine and its load (on 2 shared CPUs, 2026-12-05,
+#     auto won by a third at -c128; issue 27's figures were against one).
 # Each round runs nginx (1), nginx (auto) and sluice in turn, RUNS rounds;
 # the script prints every run, the medians, the ratio of the medians and
 # the ratio of each round (sluice / the reference's run of that round).
