@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"iter"
 	"net"
 
 	"github.com/valyala/fasthttp"
@@ -187,27 +188,94 @@ func clientIP(ctx *fasthttp.RequestCtx) string {
 	return host
 }
 
-// stripHop removes hop-by-hop headers from a request about to be forwarded.
-func stripHop(h *fasthttp.RequestHeader) {
-	toks := connectionTokens(h)
-	for _, t := range toks {
-		h.DelBytes(t)
+// hopByLen is hopHeaders by the length of the name, so that a header name is
+// compared only with the hop-by-hop names of its length.
+var hopByLen = func() (m [20][]string) {
+	for _, h := range hopHeaders {
+		m[len(h)] = append(m[len(h)], h)
 	}
-	for _, name := range hopHeaders {
-		h.Del(name)
+	return m
+}()
+
+// isHopName reports whether a header named k (in any case) is one of
+// hopHeaders, comparing it only with the names of its length.
+func isHopName(k []byte) bool {
+	if len(k) >= len(hopByLen) {
+		return false
 	}
+	for _, h := range hopByLen[len(k)] {
+		if bytes.EqualFold(k, []byte(h)) {
+			return true
+		}
+	}
+	return false
 }
 
-// stripHopResponse removes hop-by-hop headers from a response about to be relayed.
-func stripHopResponse(h *fasthttp.ResponseHeader) {
-	for _, v := range h.PeekAll("Connection") {
-		for _, t := range bytes.Split(v, []byte(",")) {
-			if t = bytes.TrimSpace(t); len(t) > 0 {
-				h.DelBytes(t)
+// anyHop reports whether any of the headers is hop-by-hop: one pass over
+// them. Without one there is no Connection header either, so no header it
+// names.
+func anyHop(all iter.Seq2[[]byte, []byte]) bool {
+	for k := range all {
+		if isHopName(k) {
+			return true
+		}
+	}
+	return false
+}
+
+// hopNames returns the names, as spelled, of the hop-by-hop headers among
+// all: those of hopHeaders and those the Connection header names, in any
+// case. The upstream pool keeps names as the upstream spelled them
+// (DisableHeaderNamesNormalizing), and a header is deleted by its exact
+// spelling there, so "keep-alive" is not "Keep-Alive" to Del.
+func hopNames(all iter.Seq2[[]byte, []byte]) [][]byte {
+	var toks, names [][]byte
+	for k, v := range all {
+		if bytes.EqualFold(k, []byte("Connection")) {
+			for t := range bytes.SplitSeq(v, []byte(",")) {
+				if t = bytes.TrimSpace(t); len(t) > 0 {
+					toks = append(toks, bytes.Clone(t))
+				}
 			}
 		}
 	}
+	for k := range all {
+		hop := isHopName(k)
+		for _, t := range toks {
+			hop = hop || bytes.EqualFold(k, t)
+		}
+		if hop {
+			names = append(names, bytes.Clone(k))
+		}
+	}
+	return names
+}
+
+// stripHop removes hop-by-hop headers from a request about to be forwarded.
+// Most requests have none: one pass finds that, instead of a lookup of each
+// hop-by-hop name.
+func stripHop(h *fasthttp.RequestHeader) {
+	if !anyHop(h.All()) {
+		return
+	}
+	for _, n := range hopNames(h.All()) {
+		h.DelBytes(n)
+	}
 	for _, name := range hopHeaders {
-		h.Del(name)
+		h.Del(name) // the ones fasthttp keeps apart (Connection: close, Trailer)
+	}
+}
+
+// stripHopResponse removes hop-by-hop headers from a response about to be
+// relayed, in whatever case the upstream spelled them.
+func stripHopResponse(h *fasthttp.ResponseHeader) {
+	if !anyHop(h.All()) {
+		return
+	}
+	for _, n := range hopNames(h.All()) {
+		h.DelBytes(n)
+	}
+	for _, name := range hopHeaders {
+		h.Del(name) // the ones fasthttp keeps apart (Connection: close, Trailer)
 	}
 }
