@@ -55,6 +55,9 @@ type TargetState struct {
 	Pending  uint64 `json:"pending"`  // never attempted yet
 	Retrying int    `json:"retrying"` // waiting for a retry
 	InFlight int    `json:"in_flight"`
+	// OldestPendingAge is how long the oldest message not yet finished for
+	// the target has waited, in seconds; 0 with nothing pending.
+	OldestPendingAge float64 `json:"oldest_pending_age_seconds"`
 
 	Rate       float64 `json:"-"`           // requests per second in force: +Inf unlimited, 0 paused
 	RateText   string  `json:"rate"`        // the same as text: "200/s", "unlimited", "0"

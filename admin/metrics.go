@@ -87,6 +87,7 @@ var (
 	descPending   = rtd("sluice_target_pending_messages", "Messages never attempted yet for the target.")
 	descRetrying  = rtd("sluice_target_retrying_messages", "Messages waiting for a retry.")
 	descInFlight  = rtd("sluice_target_in_flight_requests", "Requests open to the target now.")
+	descOldest    = rtd("sluice_target_oldest_pending_age_seconds", "How long the oldest message the target has not finished has waited (0: none).")
 	descRate      = rtd("sluice_target_rate_per_second", "Requests per second in force now (+Inf unlimited, 0 paused).")
 	descRateWhy   = rtd("sluice_target_rate_reason", "1 for the reason of the rate in force: policy, window, adaptive, operator, paused (a window or rate 0) or operator_pause.", "reason")
 	descPaused    = rtd("sluice_target_operator_paused", "1 while an operator's pause is in force.")
@@ -112,7 +113,7 @@ var (
 type stateCollector struct{ state func() State }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBacklog, descPending, descRetrying, descInFlight, descRate, descRateWhy,
+	for _, d := range []*prometheus.Desc{descBacklog, descOldest, descPending, descRetrying, descInFlight, descRate, descRateWhy,
 		descPaused, descBreaker, descETA, descDelivered, descRetried, descDead, descOutcomes, descDeadNow,
 		descAppended, descExpired, descCommits, descCommReq, descCommSec, descCommFail, descBytes, descFree} {
 		ch <- d
@@ -137,6 +138,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, t := range r.Targets {
 			l := []string{r.Name, t.Name}
 			gauge(descBacklog, float64(t.Backlog), l...)
+			gauge(descOldest, t.OldestPendingAge, l...)
 			gauge(descPending, float64(t.Pending), l...)
 			gauge(descRetrying, float64(t.Retrying), l...)
 			gauge(descInFlight, float64(t.InFlight), l...)

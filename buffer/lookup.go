@@ -3,6 +3,7 @@ package buffer
 import (
 	"fmt"
 	"github.com/sluice-proxy/sluice/store"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -98,4 +99,44 @@ func (q *Queue) Stats() QueueStats {
 		st.Targets = append(st.Targets, ts)
 	}
 	return st
+}
+
+// OldestPending returns when the oldest message target has not finished was
+// accepted (the message at its floor), and false when it has none. It reads
+// one record head from the log: cheap enough per metrics scrape, not per
+// request (Stats is that).
+func (q *Queue) OldestPending(target string) (time.Time, bool) {
+	c, err := q.Consumer(target)
+	if err != nil {
+		return time.Time{}, false
+	}
+	q.mu.Lock()
+	if q.segs == nil {
+		q.mu.Unlock()
+		return time.Time{}, false
+	}
+	f := c.floorLocked()
+	if f >= q.nextSeq {
+		q.mu.Unlock()
+		return time.Time{}, false
+	}
+	seg := q.segmentFor(f)
+	for _, s := range q.segs { // f fell in a gap: the next segment's first
+		if seg != nil {
+			break
+		}
+		if s.first > f {
+			seg, f = s, s.first
+		}
+	}
+	q.mu.Unlock()
+	if seg == nil {
+		return time.Time{}, false
+	}
+	rec, err := seg.log.read(f, nil)
+	if err != nil {
+		return time.Time{}, false
+	}
+	at, _, _ := recordHead(rec)
+	return at, !at.IsZero()
 }

@@ -577,3 +577,29 @@ func TestRetryAfterFollowsDrainRate(t *testing.T) {
 		t.Fatalf("retryAfter = %v, %v; want ~%v (%d left at 20/s)", d, ok, want, left)
 	}
 }
+
+// OldestPending names the acceptance time of the message at the target's
+// floor, and nothing once everything is finished.
+func TestOldestPending(t *testing.T) {
+	s, q := openTest(t, Config{}, "a")
+	defer s.Close()
+	t0 := time.Unix(1_800_000_000, 0)
+	for i := range 3 {
+		_, err := q.Append(context.Background(), &Message{Method: "POST", URI: "/", EnqueuedAt: t0.Add(time.Duration(i) * time.Second)})
+		must(t, err)
+	}
+	if at, ok := q.OldestPending("a"); !ok || !at.Equal(t0) {
+		t.Fatalf("OldestPending = %v %v, want %v", at, ok, t0)
+	}
+	a, _ := q.Consumer("a")
+	ds, err := a.Fetch(1, time.Now())
+	must(t, err)
+	deliver(t, a, ds)
+	if at, ok := q.OldestPending("a"); !ok || !at.Equal(t0.Add(time.Second)) {
+		t.Fatalf("after one delivery: %v %v, want %v", at, ok, t0.Add(time.Second))
+	}
+	deliver(t, a, fetchAll(t, a))
+	if at, ok := q.OldestPending("a"); ok {
+		t.Fatalf("nothing pending, yet OldestPending = %v", at)
+	}
+}

@@ -340,6 +340,7 @@ func TestAdminMetrics(t *testing.T) {
 		{"sluice_route_appended_total", []string{"route", "orders"}, n},
 		{"sluice_target_delivered_total", []string{"route", "orders", "target", "inv"}, n},
 		{"sluice_target_backlog_messages", []string{"target", "inv"}, 0},
+		{"sluice_target_oldest_pending_age_seconds", []string{"target", "inv"}, 0},
 		{"sluice_target_dead_total", []string{"target", "inv"}, 0},
 		{"sluice_target_outcomes_total", []string{"target", "inv", "outcome", "delivered", "class", "2xx"}, n},
 		{"sluice_route_refused_total", []string{"route", "orders", "reason", "backlog_too_long"}, 3},

@@ -138,6 +138,12 @@ func (n *node) State() admin.State {
 	return st
 }
 
+// oldestPending is what an engine may tell of a target's oldest unfinished
+// message (buffer does).
+type oldestPending interface {
+	OldestPending(target string) (time.Time, bool)
+}
+
 func (n *node) targetState(q store.DeadLetters, run *targetRun, ts store.TargetStats, now time.Time) admin.TargetState {
 	ds := run.d.Stats()
 	t := admin.TargetState{
@@ -154,6 +160,11 @@ func (n *node) targetState(q store.DeadLetters, run *targetRun, ts store.TargetS
 		Delivered: run.base.Delivered + ds.Delivered,
 		Retried:   run.base.Retried + ds.Retried,
 		Dead:      run.base.Dead + ds.Dead,
+	}
+	if op, ok := q.(oldestPending); ok {
+		if at, ok := op.OldestPending(ts.Target); ok {
+			t.OldestPendingAge = max(0, now.Sub(at).Seconds())
+		}
 	}
 	t.Rate = ds.Rate
 	if run.target.Adaptive != nil && ds.AdaptiveRate < ds.Rate {
