@@ -1,0 +1,87 @@
+package logproto
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"testing"
+)
+
+// FuzzParseBulk: any body either parses into documents that are each one
+// line of JSON with an op and an index, and that survive a rebuild into a
+// delivery batch; or is refused whole with a 400 *Error that echoes none of
+// it.
+func FuzzParseBulk(f *testing.F) {
+	f.Add([]byte("{\"index\":{\"_index\":\"a\"}}\n{\"m\":1}\n"), "")
+	f.Add([]byte("{\"create\":{}}\n{\"m\":1}\n{\"create\":{\"_id\":\"x\"}}\n{}"), "logs")
+	f.Add([]byte("{\"delete\":{\"_index\":\"a\"}}\n"), "")
+	f.Fuzz(func(t *testing.T, body []byte, index string) {
+		docs, err := ParseBulk(body, index)
+		if err != nil {
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Status != 400 || docs != nil {
+				t.Fatalf("%v %v", docs, err)
+			}
+			return
+		}
+		var batch []byte
+		for _, d := range docs {
+			if !json.Valid(d.Body) || bytes.ContainsAny(d.Body, "\n") || d.Index == "" || (d.Op != OpIndex && d.Op != OpCreate) {
+				t.Fatalf("bad doc %+v", d)
+			}
+			batch = AppendAction(batch, d.Op, d.Meta, d.ID, "mid")
+			batch = append(append(batch, d.Body...), '\n')
+		}
+		again, err := ParseBulk(batch, "")
+		if err != nil || len(again) != len(docs) {
+			t.Fatalf("rebuilt batch: %v", err)
+		}
+	})
+}
+
+// FuzzParseBulkReply: any reply either yields n items, or allOK, or an
+// error; never a short list taken for success.
+func FuzzParseBulkReply(f *testing.F) {
+	f.Add([]byte(`{"errors":true,"items":[{"create":{"status":429}}]}`), 1)
+	f.Add([]byte(`{"errors":false}`), 3)
+	f.Fuzz(func(t *testing.T, body []byte, n int) {
+		if n < 0 || n > 1000 {
+			return
+		}
+		items, ok, err := ParseBulkReply(body, n)
+		if err == nil && !ok && len(items) != n {
+			t.Fatalf("%d items for %d", len(items), n)
+		}
+		if err != nil && ok {
+			t.Fatal("error and ok")
+		}
+	})
+}
+
+// FuzzNDJSON: documents are JSON lines, or the body is refused whole.
+func FuzzNDJSON(f *testing.F) {
+	f.Add([]byte("{\"a\":1}\n[2]\n"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		docs, err := ParseNDJSON(body)
+		if err != nil {
+			return
+		}
+		for _, d := range docs {
+			if !json.Valid(d.Body) || bytes.ContainsAny(d.Body, "\n") {
+				t.Fatalf("bad doc %q", d.Body)
+			}
+		}
+	})
+}
+
+// FuzzDecode: never more than limit bytes out.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte("\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"), "gzip")
+	f.Add([]byte("x\x9c\x03\x00\x00\x00\x00\x01"), "deflate")
+	f.Fuzz(func(t *testing.T, body []byte, enc string) {
+		out, err := Decode(body, enc, 4096)
+		if err == nil && len(out) > 4096 {
+			t.Fatalf("%d bytes out", len(out))
+		}
+	})
+}
