@@ -147,6 +147,7 @@ func TestFullPolicy(t *testing.T) {
 			MaxBody:           1 << 20,
 			Rate:              Rate{Unlimited: true},
 			Burst:             1,
+			Protocol:          ProtocolHTTP,
 			Line:              13,
 			Targets: []Target{{
 				Name:        "inventory",
@@ -163,8 +164,9 @@ func TestFullPolicy(t *testing.T) {
 				},
 				Retry: Retry{MaxAttempts: 12, Initial: 500 * time.Millisecond, Max: 5 * time.Minute,
 					On: RetryOn{Codes: map[int]bool{429: true}, Class5xx: true, Timeout: true, Connect: true}},
-				Breaker: Breaker{Failures: 20, Cooldown: 5 * time.Second, MaxCooldown: 5 * time.Minute},
-				Line:    19,
+				Breaker:  Breaker{Failures: 20, Cooldown: 5 * time.Second, MaxCooldown: 5 * time.Minute},
+				Protocol: ProtocolHTTP,
+				Line:     19,
 			}, {
 				Name:        "delivery",
 				URL:         mustURL("http://127.0.0.1:8082"),
@@ -175,8 +177,9 @@ func TestFullPolicy(t *testing.T) {
 				Timezone:    time.UTC,
 				Retry: Retry{MaxAttempts: 10, Initial: 500 * time.Millisecond, Max: 5 * time.Minute,
 					On: RetryOn{Codes: map[int]bool{408: true, 425: true, 429: true}, Class5xx: true, Timeout: true, Connect: true}},
-				Breaker: Breaker{Failures: 20, Cooldown: 5 * time.Second, MaxCooldown: 5 * time.Minute},
-				Line:    31,
+				Breaker:  Breaker{Failures: 20, Cooldown: 5 * time.Second, MaxCooldown: 5 * time.Minute},
+				Protocol: ProtocolHTTP,
+				Line:     31,
 			}},
 		}, {
 			Name:     "catalog",
@@ -187,6 +190,7 @@ func TestFullPolicy(t *testing.T) {
 			Rate:     Rate{Unlimited: true},
 			Burst:    1,
 			Timeout:  DefaultUpstreamTimeout,
+			Protocol: ProtocolHTTP,
 			Line:     34,
 		}},
 	}

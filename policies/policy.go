@@ -218,8 +218,30 @@ type Route struct {
 	// own (key callbacks), else the policy's top-level one. Set when
 	// CallbackHeader is.
 	Callbacks *Callbacks
-	Line      int // line of the route's mapping
+	// Protocol (key protocol; buffer only) is what the route's clients
+	// speak: ProtocolHTTP (the default: one message per request, answered
+	// 202) or a log protocol, whose requests are split into one message per
+	// document and answered in the protocol's own shape.
+	Protocol string
+	Line     int // line of the route's mapping
 }
+
+// Ingest protocols of a route (key protocol).
+const (
+	ProtocolHTTP          = "http"          // one message per request, 202 (the default)
+	ProtocolElasticsearch = "elasticsearch" // the _bulk API and the calls Elasticsearch outputs make
+	ProtocolNDJSON        = "ndjson"        // one JSON document per line
+)
+
+// Delivery protocols of a target (key protocol). ProtocolHTTP and
+// ProtocolNDJSON are shared with routes.
+const (
+	ProtocolElasticsearchBulk = "elasticsearch-bulk" // _bulk batches with an _id per document, read item by item
+)
+
+// PlannedProtocols are protocol names the policy reserves but sluice does not
+// speak yet: a policy naming one is refused with that said.
+var PlannedProtocols = []string{"splunk-hec", "loki", "otlp"}
 
 // Match selects requests by host, path and method.
 type Match struct {
@@ -257,6 +279,12 @@ type Target struct {
 	// backlog, round robin; nil (the default) = off. Not with batch or
 	// ordering, nor on a spillover route.
 	Fairness *Fairness
+	// Protocol (key protocol) is how messages are sent: ProtocolHTTP (the
+	// default: each request replayed as it came, or NDJSON lines with
+	// batch), ProtocolNDJSON (batches of NDJSON lines) or
+	// ProtocolElasticsearchBulk (_bulk batches). Any protocol but http
+	// implies Batch (with its defaults if the key is absent).
+	Protocol string
 	Line     int // line of the target's mapping
 }
 

@@ -264,12 +264,12 @@ func (d *decoder) storage(top *mapping) Storage {
 // route decodes routes[i]; names maps route names seen so far to their lines. It returns
 // the line of the route's match too.
 func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route, int) {
-	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "timeout", "max_wait", "callback_header", "callbacks", "targets")
+	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "timeout", "max_wait", "callback_header", "callbacks", "targets", "protocol")
 	if m == nil {
 		return nil, 0
 	}
 	matchLine := m.line
-	r := &Route{Mode: ModeBuffer, MaxBody: DefaultMaxBody, Rate: unlimited, Burst: 1, Line: m.line}
+	r := &Route{Mode: ModeBuffer, MaxBody: DefaultMaxBody, Rate: unlimited, Burst: 1, Protocol: ProtocolHTTP, Line: m.line}
 	if field(d, m, "name", "a route name such as orders", parseName, &r.Name) {
 		line := m.vals["name"].Line
 		if first, dup := names[r.Name]; dup {
@@ -342,6 +342,17 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 			d.errorf(n.Line, m.field("callbacks"), "callbacks on a route is only used with callback_header (the request header that names the callback URL)")
 		}
 	}
+	if field(d, m, "protocol", "", parseProtocol(ProtocolHTTP, ProtocolElasticsearch, ProtocolNDJSON), &r.Protocol) && r.Protocol != ProtocolHTTP {
+		line := m.vals["protocol"].Line
+		if modeKnown && r.Mode != ModeBuffer {
+			d.errorf(line, m.field("protocol"), "protocol %s is only used with mode buffer (a %s route answers with its target's reply)", r.Protocol, r.Mode)
+		}
+		for _, key := range []string{"idempotency_header", "callback_header"} {
+			if n, ok := m.vals[key]; ok && !m.bad[key] {
+				d.errorf(n.Line, m.field(key), "%s cannot be used with protocol %s: a request holds many documents, each stored as its own message", key, r.Protocol)
+			}
+		}
+	}
 	if m.bad["targets"] {
 		return r, matchLine
 	}
@@ -368,7 +379,9 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 			if r.Mode == ModeSpillover && t.Fairness != nil {
 				d.errorf(t.Fairness.Line, fmt.Sprintf("%s.targets[%d].fairness", path, i), "a spillover route forwards requests as they come; fairness is only used with mode buffer")
 			}
-			if r.Mode == ModeSpillover && t.Batch != nil {
+			if r.Mode == ModeSpillover && t.Protocol != ProtocolHTTP {
+				d.errorf(t.Line, fmt.Sprintf("%s.targets[%d].protocol", path, i), "a spillover route forwards one request at a time; protocol %s is only used with mode buffer", t.Protocol)
+			} else if r.Mode == ModeSpillover && t.Batch != nil {
 				d.errorf(t.Batch.Line, fmt.Sprintf("%s.targets[%d].batch", path, i), "a spillover route forwards one request at a time; batch is only used with mode buffer")
 			}
 			r.Targets = append(r.Targets, *t)
@@ -433,11 +446,12 @@ func methodsOverlap(a, b []string) bool {
 
 // target decodes one target; names maps the route's target names seen so far to their lines.
 func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Target {
-	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch", "capture_response", "ordering", "fairness")
+	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch", "capture_response", "ordering", "fairness", "protocol")
 	if m == nil {
 		return nil
 	}
 	t := &Target{
+		Protocol:    ProtocolHTTP,
 		Rate:        unlimited,
 		Concurrency: DefaultConcurrency,
 		Timeout:     DefaultTimeout,
@@ -478,6 +492,11 @@ func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Targe
 	}
 	if n, ok := m.vals["batch"]; ok {
 		t.Batch = d.batch(n, m.field("batch"))
+	}
+	if field(d, m, "protocol", "", parseProtocol(ProtocolHTTP, ProtocolNDJSON, ProtocolElasticsearchBulk), &t.Protocol) &&
+		t.Protocol != ProtocolHTTP && t.Batch == nil && !m.bad["batch"] {
+		// A log protocol sends batches: the batch defaults apply.
+		t.Batch = &Batch{MaxMessages: DefaultBatchMaxMessages, MaxBytes: DefaultBatchMaxBytes, MaxWait: DefaultBatchMaxWait, Format: FormatNDJSON, Line: m.vals["protocol"].Line}
 	}
 	if n, ok := m.vals["capture_response"]; ok {
 		t.CaptureResponse = d.capture(n, m.field("capture_response"))

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -399,6 +400,20 @@ func parseFactor(s string) (float64, error) {
 		return 0, fmt.Errorf("invalid factor %q: expected a number between 0 and 1 (exclusive), such as 0.5", s)
 	}
 	return f, nil
+}
+
+// parseProtocol returns the parser of a route's (ingest) or a target's
+// (delivery) protocol key.
+func parseProtocol(known ...string) func(string) (string, error) {
+	return func(s string) (string, error) {
+		if slices.Contains(known, s) {
+			return s, nil
+		}
+		if slices.Contains(PlannedProtocols, s) {
+			return "", fmt.Errorf("protocol %q is planned but not built yet; expected %s", s, strings.Join(known, ", "))
+		}
+		return "", fmt.Errorf("unknown protocol %q: expected %s", s, strings.Join(known, ", "))
+	}
 }
 
 func parseFormat(s string) (string, error) {
