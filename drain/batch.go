@@ -2,14 +2,19 @@ package drain
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/sluice-proxy/sluice/logproto"
+	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
+	"golang.org/x/time/rate"
 )
 
 // Headers of a batch request.
@@ -75,12 +80,10 @@ func (r *runner) releasePending() {
 // startBatch takes a token and a slot and sends the first messages of the
 // pending batch, as many as MaxBytes allows (at least one), in a new
 // goroutine. If a control call came in since gen it sends nothing: the run
-// loop looks at the rate again first.
-func (r *runner) startBatch(now time.Time, gen uint64) {
+// loop looks at the rate again first. With a byte_rate it returns how long
+// the batch must wait for its bytes (and sends nothing); else 0.
+func (r *runner) startBatch(now time.Time, gen uint64) time.Duration {
 	d := r.d
-	if d.control.Load() != gen || (r.lim != nil && !r.lim.AllowN(now, 1)) {
-		return
-	}
 	limit := d.target.Batch.MaxBytes
 	n, size := 0, int64(0)
 	for _, dl := range r.pending {
@@ -90,6 +93,31 @@ func (r *runner) startBatch(now time.Time, gen uint64) {
 		}
 		n++
 		size += line
+	}
+	if d.control.Load() != gen {
+		return 0
+	}
+	var bytes *rate.Reservation
+	if br := d.target.ByteRate; br > 0 {
+		if r.byteLim == nil {
+			// Burst: one second of the rate, and at least one full batch.
+			r.byteLim = rate.NewLimiter(rate.Limit(br), int(max(br, limit, size)))
+		}
+		bytes = r.byteLim.ReserveN(now, int(size))
+		if !bytes.OK() { // a batch larger than the burst (one huge message): let it pass alone
+			r.byteLim.SetBurstAt(now, int(size))
+			bytes = r.byteLim.ReserveN(now, int(size))
+		}
+		if wait := bytes.DelayFrom(now); wait > 0 {
+			bytes.CancelAt(now)
+			return wait + time.Microsecond
+		}
+	}
+	if r.lim != nil && !r.lim.AllowN(now, 1) {
+		if bytes != nil {
+			bytes.CancelAt(now)
+		}
+		return 0
 	}
 	batch := make([]*store.Delivery, n)
 	copy(batch, r.pending[:n])
@@ -103,24 +131,41 @@ func (r *runner) startBatch(now time.Time, gen uint64) {
 	d.slots.Add(1) // TryDirect takes no slot of a batch target: no race
 	r.outstanding++
 	go d.attemptBatch(batch, r.br.Started(now), r.events)
+	return 0
 }
 
 // attemptBatch sends one batch, records the outcome of every message in it
 // and tells the run loop.
 func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<- event) {
+	if d.target.Protocol == policies.ProtocolElasticsearchBulk {
+		d.attemptBulk(batch, probe, events)
+		return
+	}
 	var body bytes.Buffer
 	var sent, refused []*store.Delivery
 	maxAttempt := 0
-	for _, dl := range batch {
-		line, err := ndjsonLine(dl.Body)
-		if err != nil {
-			refused = append(refused, dl)
-			continue
+	if d.target.Protocol == policies.ProtocolLoki {
+		// One push request: the entries grouped into streams by labels;
+		// Loki answers for the push as a whole.
+		docs, at := make([][]byte, len(batch)), make([]time.Time, len(batch))
+		for i, dl := range batch {
+			docs[i], at[i] = dl.Body, dl.EnqueuedAt
+			maxAttempt = max(maxAttempt, dl.Attempt)
 		}
-		body.Write(line)
-		body.WriteByte('\n')
-		sent = append(sent, dl)
-		maxAttempt = max(maxAttempt, dl.Attempt)
+		body.Write(logproto.AppendLokiPush(nil, docs, at))
+		sent = batch
+	} else {
+		for _, dl := range batch {
+			line, err := ndjsonLine(dl.Body)
+			if err != nil {
+				refused = append(refused, dl)
+				continue
+			}
+			body.Write(line)
+			body.WriteByte('\n')
+			sent = append(sent, dl)
+			maxAttempt = max(maxAttempt, dl.Attempt)
+		}
 	}
 	var res result
 	if len(sent) > 0 {
@@ -149,8 +194,13 @@ func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<
 	for range refused {
 		outs = append(outs, store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: now, Error: errNotOneLine.Error()}})
 	}
-	all := append(sent, refused...)
+	d.recordOutcomes(append(sent, refused...), outs, res.status, len(sent), events)
+}
 
+// recordOutcomes records outs[i] for all[i], logs and counts them, makes the
+// callbacks and tells the run loop. status is the batch request's HTTP
+// status (for the log); sent is how many messages it carried.
+func (d *Drainer) recordOutcomes(all []*store.Delivery, outs []store.Outcome, status, sent int, events chan<- event) {
 	errs := make([]error, len(all))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, completeParallel)
@@ -169,7 +219,7 @@ func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<
 	var unrecorded []*store.Delivery
 	for i, dl := range all {
 		out, err := outs[i], errs[i]
-		log := d.log.With("seq", dl.ID.Seq(), "attempt", dl.Attempt, "status", res.status, "batch", len(sent))
+		log := d.log.With("seq", dl.ID.Seq(), "attempt", dl.Attempt, "status", status, "batch", sent)
 		switch {
 		case err != nil:
 			d.unrecorded.Add(1)
@@ -178,17 +228,17 @@ func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<
 				"outcome", string(out.Phase), "err", err)
 		case out.Phase == store.Delivered:
 			d.delivered.Add(1)
-			d.countClass(OutcomeDelivered, res.status)
+			d.countClass(OutcomeDelivered, status)
 		case out.Phase == store.Retrying:
 			d.retried.Add(1)
-			d.countClass(OutcomeRetried, res.status)
-			retrying = true
-			if i == 0 {
-				log.Info("batch failed; will retry it", "err", out.Attempt.Error, "next_try", out.NextTry)
+			d.countClass(OutcomeRetried, status)
+			if !retrying {
+				log.Info("batch failed, whole or in part; will retry what failed", "err", out.Attempt.Error, "next_try", out.NextTry)
 			}
+			retrying = true
 		default:
 			d.dead.Add(1)
-			d.countClass(OutcomeDead, res.status)
+			d.countClass(OutcomeDead, status)
 			log.Warn("message is dead", "err", out.Attempt.Error)
 		}
 		if err == nil {
@@ -207,13 +257,47 @@ func (d *Drainer) sendBatch(n, attempt int, body []byte) result {
 	defer fasthttp.ReleaseResponse(resp)
 	req.Header.DisableNormalizing()
 	req.Header.SetMethod(fasthttp.MethodPost)
-	req.SetRequestURI(d.ep.batchURI())
+	if d.target.Protocol == policies.ProtocolLoki {
+		uri := d.ep.path
+		if !strings.HasSuffix(uri, logproto.LokiPushPath) {
+			uri += logproto.LokiPushPath
+		}
+		if d.ep.query != "" {
+			uri += "?" + d.ep.query
+		}
+		req.SetRequestURI(uri)
+		req.Header.SetContentType("application/json")
+	} else {
+		req.SetRequestURI(d.ep.batchURI())
+		req.Header.SetContentType(ContentTypeNDJSON)
+	}
 	req.URI().SetScheme(d.ep.scheme)
 	req.URI().SetHost(d.ep.host)
 	req.Header.SetHost(d.ep.host)
-	req.Header.SetContentType(ContentTypeNDJSON)
 	req.Header.Set(HeaderBatchSize, strconv.Itoa(n))
 	req.Header.Set(HeaderAttempt, strconv.Itoa(attempt))
-	req.SetBodyRaw(body)
+	d.setBatchBody(req, body)
 	return d.do(req, resp, 0) // the answer's body is not used
 }
+
+// setBatchBody sets a batch request's body, gzipped if the target asks.
+func (d *Drainer) setBatchBody(req *fasthttp.Request, body []byte) {
+	if d.target.Compression != policies.CompressionGzip {
+		req.SetBodyRaw(body)
+		return
+	}
+	zw := gzipPool.Get().(*gzip.Writer)
+	var buf bytes.Buffer
+	buf.Grow(len(body)/4 + 64)
+	zw.Reset(&buf)
+	zw.Write(body) // a bytes.Buffer does not fail
+	zw.Close()
+	gzipPool.Put(zw)
+	req.Header.Set("Content-Encoding", "gzip")
+	req.SetBodyRaw(buf.Bytes())
+}
+
+var gzipPool = sync.Pool{New: func() any {
+	zw, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed) // logs compress ~5-10x even at the fastest level
+	return zw
+}}

@@ -603,6 +603,7 @@ type runner struct {
 	ahead []*store.Delivery
 
 	// Batch mode: messages fetched for the next batch, not yet sent.
+	byteLim      *rate.Limiter // Target.ByteRate; nil if unlimited
 	pending      []*store.Delivery
 	pendingBytes int64     // their bodies' bytes, one newline each included
 	pendingSince time.Time // when the first of them was fetched
@@ -801,8 +802,11 @@ func (r *runner) loop(ctx context.Context) error {
 					if len(r.pending) > 0 {
 						due := r.pendingSince.Add(bt.MaxWait)
 						if len(r.pending) >= bt.MaxMessages || r.pendingBytes >= bt.MaxBytes || !now.Before(due) {
-							r.startBatch(now, gen)
-							continue
+							wait := r.startBatch(now, gen)
+							if wait == 0 {
+								continue
+							}
+							due = now.Add(wait) // byte_rate: the batch waits for its bytes
 						}
 						wake = earliest(wake, due)
 					}

@@ -85,29 +85,39 @@ func jsonObject(b []byte) bool {
 // refuses the whole request with a 400 *Error.
 func ParseBulk(body []byte, defaultIndex string) ([]Doc, error) {
 	docs := make([]Doc, 0, bytes.Count(body, []byte{'\n'})/2+1)
-	var pending *Doc // an action waiting for its document
+	var pending Doc // an action waiting for its document, when pendingLine > 0
 	pendingLine := 0
+	var prevAction []byte // the last action line parsed, and its result
+	var prevDoc Doc
 	err := lines(body, func(n int, line []byte) error {
-		if pending != nil {
+		if pendingLine > 0 {
 			if !jsonObject(line) {
 				return badRequest("mapper_parsing_exception", "line %d: the document of the %s action on line %d is not a JSON object", n, pending.Op, pendingLine)
 			}
 			pending.Body = line
-			docs = append(docs, *pending)
-			pending = nil
+			docs = append(docs, pending)
+			pendingLine = 0
 			return nil
 		}
-		d, err := parseAction(line, defaultIndex)
-		if err != nil {
-			return badRequest("illegal_argument_exception", "line %d: %s", n, err)
+		// Shippers repeat one action line for a whole batch: parse each
+		// distinct line once.
+		var d Doc
+		if prevAction != nil && bytes.Equal(line, prevAction) {
+			d = prevDoc
+		} else {
+			var err error
+			if d, err = parseAction(line, defaultIndex); err != nil {
+				return badRequest("illegal_argument_exception", "line %d: %s", n, err)
+			}
+			prevAction, prevDoc = line, d
 		}
-		pending, pendingLine = &d, n
+		pending, pendingLine = d, n
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	if pending != nil {
+	if pendingLine > 0 {
 		return nil, badRequest("illegal_argument_exception", "line %d: the %s action has no document line after it", pendingLine, pending.Op)
 	}
 	if len(docs) == 0 {
@@ -148,6 +158,10 @@ func parseAction(line []byte, defaultIndex string) (Doc, error) {
 		d.ID = id
 	}
 	delete(meta, "_id")
+	// Mapping types are gone from Elasticsearch 8, which refuses them; rsyslog
+	// sends "_type":"events" unless told the version. Dropped, so that what
+	// is stored can go to any Elasticsearch from 7 on.
+	delete(meta, "_type")
 	if ix, ok := meta["_index"]; ok {
 		if json.Unmarshal(ix, &d.Index) != nil || d.Index == "" {
 			return Doc{}, fmt.Errorf("the %s action's _index must be a non-empty string", d.Op)

@@ -85,3 +85,47 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseHEC: documents are one line of JSON objects, or the body is
+// refused whole with a HEC error.
+func FuzzParseHEC(f *testing.F) {
+	f.Add([]byte(`{"event":"a","time":1}{"event":{"b":2}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		docs, err := ParseHEC(body)
+		if err != nil {
+			var he *HECError
+			if !errors.As(err, &he) || docs != nil {
+				t.Fatalf("%v", err)
+			}
+			return
+		}
+		for _, d := range docs {
+			if !json.Valid(d.Body) || bytes.ContainsAny(d.Body, "\r\n") || d.Body[0] != '{' {
+				t.Fatalf("bad doc %q", d.Body)
+			}
+		}
+	})
+}
+
+// FuzzParseLoki: JSON or snappy protobuf; documents are LokiEntry JSON, or
+// the body is refused.
+func FuzzParseLoki(f *testing.F) {
+	f.Add([]byte(`{"streams":[{"stream":{"a":"b"},"values":[["1","x"]]}]}`), false)
+	f.Add(promtailBody(map[string][]string{`{a="b"}`: {"x", "y"}}), true)
+	f.Fuzz(func(t *testing.T, body []byte, proto bool) {
+		ct := "application/json"
+		if proto {
+			ct = "application/x-protobuf"
+		}
+		docs, err := ParseLoki(body, ct, 1<<16)
+		if err != nil {
+			return
+		}
+		for _, d := range docs {
+			var e LokiEntry
+			if json.Unmarshal(d.Body, &e) != nil || len(e.Labels) == 0 || !validTS(e.TS) || bytes.ContainsAny(d.Body, "\n") {
+				t.Fatalf("bad doc %q", d.Body)
+			}
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -306,5 +307,22 @@ func TestDecodeBomb(t *testing.T) {
 	w.Close()
 	if _, err := Decode(gz.Bytes(), "gzip", 1<<20); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("bomb: %v", err)
+	}
+}
+
+// BenchmarkParseBulk: a body of 500 documents of ~200 bytes, one action
+// line repeated (Filebeat's, Fluent Bit's shape).
+func BenchmarkParseBulk(b *testing.B) {
+	var body []byte
+	for i := range 500 {
+		body = append(body, "{\"create\":{\"_index\":\"logs\"}}\n"...)
+		body = append(body, fmt.Sprintf("{\"@timestamp\":\"2026-12-05T01:00:00Z\",\"msg\":\"line %d %s\"}\n", i, strings.Repeat("x", 140))...)
+	}
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseBulk(body, ""); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -231,6 +231,8 @@ const (
 	ProtocolHTTP          = "http"          // one message per request, 202 (the default)
 	ProtocolElasticsearch = "elasticsearch" // the _bulk API and the calls Elasticsearch outputs make
 	ProtocolNDJSON        = "ndjson"        // one JSON document per line
+	ProtocolSplunkHEC     = "splunk-hec"    // Splunk's HTTP Event Collector (event and raw endpoints)
+	ProtocolLoki          = "loki"          // Loki's push API (JSON, or snappy protobuf); also a delivery protocol
 )
 
 // Delivery protocols of a target (key protocol). ProtocolHTTP and
@@ -241,7 +243,7 @@ const (
 
 // PlannedProtocols are protocol names the policy reserves but sluice does not
 // speak yet: a policy naming one is refused with that said.
-var PlannedProtocols = []string{"splunk-hec", "loki", "otlp"}
+var PlannedProtocols = []string{"splunk-hec", "otlp"}
 
 // Match selects requests by host, path and method.
 type Match struct {
@@ -285,8 +287,18 @@ type Target struct {
 	// ProtocolElasticsearchBulk (_bulk batches). Any protocol but http
 	// implies Batch (with its defaults if the key is absent).
 	Protocol string
+	// Compression (key compression; batch targets only): CompressionGzip
+	// sends each batch with Content-Encoding gzip; "" (the default) = none.
+	Compression string
+	// ByteRate (key byte_rate; batch targets only) limits the bytes of
+	// request bodies sent per second, as written before compression, besides
+	// Rate's requests per second; 0 (the default) = unlimited.
+	ByteRate int64
 	Line     int // line of the target's mapping
 }
+
+// CompressionGzip is the only compression a target can ask for.
+const CompressionGzip = "gzip"
 
 // KeySource says where a message's key is read from. The only source so far
 // is a request header (written header:NAME); a message without it has no key.

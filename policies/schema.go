@@ -342,7 +342,7 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 			d.errorf(n.Line, m.field("callbacks"), "callbacks on a route is only used with callback_header (the request header that names the callback URL)")
 		}
 	}
-	if field(d, m, "protocol", "", parseProtocol(ProtocolHTTP, ProtocolElasticsearch, ProtocolNDJSON), &r.Protocol) && r.Protocol != ProtocolHTTP {
+	if field(d, m, "protocol", "", parseProtocol(ProtocolHTTP, ProtocolElasticsearch, ProtocolNDJSON, ProtocolSplunkHEC, ProtocolLoki), &r.Protocol) && r.Protocol != ProtocolHTTP {
 		line := m.vals["protocol"].Line
 		if modeKnown && r.Mode != ModeBuffer {
 			d.errorf(line, m.field("protocol"), "protocol %s is only used with mode buffer (a %s route answers with its target's reply)", r.Protocol, r.Mode)
@@ -446,7 +446,7 @@ func methodsOverlap(a, b []string) bool {
 
 // target decodes one target; names maps the route's target names seen so far to their lines.
 func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Target {
-	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch", "capture_response", "ordering", "fairness", "protocol")
+	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch", "capture_response", "ordering", "fairness", "protocol", "compression", "byte_rate")
 	if m == nil {
 		return nil
 	}
@@ -493,10 +493,17 @@ func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Targe
 	if n, ok := m.vals["batch"]; ok {
 		t.Batch = d.batch(n, m.field("batch"))
 	}
-	if field(d, m, "protocol", "", parseProtocol(ProtocolHTTP, ProtocolNDJSON, ProtocolElasticsearchBulk), &t.Protocol) &&
+	if field(d, m, "protocol", "", parseProtocol(ProtocolHTTP, ProtocolNDJSON, ProtocolElasticsearchBulk, ProtocolLoki), &t.Protocol) &&
 		t.Protocol != ProtocolHTTP && t.Batch == nil && !m.bad["batch"] {
 		// A log protocol sends batches: the batch defaults apply.
 		t.Batch = &Batch{MaxMessages: DefaultBatchMaxMessages, MaxBytes: DefaultBatchMaxBytes, MaxWait: DefaultBatchMaxWait, Format: FormatNDJSON, Line: m.vals["protocol"].Line}
+	}
+	field(d, m, "compression", "", parseCompression, &t.Compression)
+	field(d, m, "byte_rate", "", parseByteRate, &t.ByteRate)
+	for _, key := range []string{"compression", "byte_rate"} {
+		if n, ok := m.vals[key]; ok && !m.bad[key] && t.Batch == nil && !m.bad["batch"] && !m.bad["protocol"] {
+			d.errorf(n.Line, m.field(key), "%s applies to batches: set batch, or a protocol other than http", key)
+		}
 	}
 	if n, ok := m.vals["capture_response"]; ok {
 		t.CaptureResponse = d.capture(n, m.field("capture_response"))

@@ -416,6 +416,30 @@ func parseProtocol(known ...string) func(string) (string, error) {
 	}
 }
 
+func parseCompression(s string) (string, error) {
+	switch s {
+	case CompressionGzip:
+		return s, nil
+	case "none":
+		return "", nil
+	}
+	return "", fmt.Errorf("unknown compression %q: expected gzip or none", s)
+}
+
+// parseByteRate parses a rate in bytes per second: a size and "/s", such as
+// 10MiB/s.
+func parseByteRate(s string) (int64, error) {
+	size, ok := strings.CutSuffix(strings.TrimSpace(s), "/s")
+	if !ok {
+		return 0, fmt.Errorf("invalid byte rate %q: expected a size per second, such as 10MiB/s", s)
+	}
+	n, err := parseSize(MinBatchBytes, maxSize)(strings.TrimSpace(size))
+	if err != nil {
+		return 0, fmt.Errorf("invalid byte rate %q: %v", s, err)
+	}
+	return n, nil
+}
+
 func parseFormat(s string) (string, error) {
 	if s == FormatNDJSON {
 		return s, nil

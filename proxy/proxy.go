@@ -299,7 +299,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	switch r.Mode {
 	case policies.ModeBuffer:
-		if s.readBody(ctx, r.MaxBody) {
+		if r.Protocol != "" && r.Protocol != policies.ProtocolHTTP {
+			start := time.Now()
+			s.handleLogs(ctx, r) // reads the body itself: not every call has one
+			s.observe(ctx, r, start)
+		} else if s.readBody(ctx, r.MaxBody) {
 			start := time.Now()
 			s.handleBuffer(ctx, r, uri)
 			s.observe(ctx, r, start)

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluice-proxy/sluice/logproto"
+)
+
+// needShipper skips the test when a log shipper's file is missing, unless
+// CI=true, where .ci/run installed it and its absence is a failure.
+func needShipper(t *testing.T, what string, globs ...string) string {
+	t.Helper()
+	for _, g := range globs {
+		if m, _ := filepath.Glob(g); len(m) > 0 {
+			return m[0]
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is not installed (%s); .ci/run installs it", what, strings.Join(globs, ", "))
+	}
+	t.Skipf("%s is not installed (%s): apt-get install rsyslog rsyslog-elasticsearch, or run .ci/run", what, strings.Join(globs, ", "))
+	return ""
+}
+
+// esStore is a mock Elasticsearch: it keeps documents by _id, as the real
+// one does, and answers some items 429 the first time it sees them.
+type esStore struct {
+	mu       sync.Mutex
+	docs     map[string]string // _id -> document
+	seen     map[string]int    // _id -> times sent
+	rejected map[string]bool   // _ids answered 429 once
+	reject   func(doc string) bool
+	bad      []string // requests that were not a valid bulk request
+}
+
+func (s *esStore) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	index, ok := logproto.BulkIndex(r.URL.Path)
+	if !ok || r.Method != http.MethodPost {
+		s.mu.Lock()
+		s.bad = append(s.bad, r.Method+" "+r.URL.Path)
+		s.mu.Unlock()
+		http.Error(w, `{"error":"not a bulk request"}`, 400)
+		return
+	}
+	docs, err := logproto.ParseBulk(body, index)
+	if err != nil {
+		s.mu.Lock()
+		s.bad = append(s.bad, err.Error())
+		s.mu.Unlock()
+		http.Error(w, `{"error":"bad bulk body"}`, 400)
+		return
+	}
+	s.mu.Lock()
+	items := make([]logproto.ItemReply, len(docs))
+	for i, d := range docs {
+		var id string
+		if json.Unmarshal(d.ID, &id) != nil || id == "" {
+			s.bad = append(s.bad, "a document without _id")
+		}
+		s.seen[id]++
+		items[i] = logproto.ItemReply{Op: d.Op, Index: d.Index, ID: d.ID, Status: 201}
+		if !s.rejected[id] && s.reject(string(d.Body)) {
+			s.rejected[id] = true
+			items[i].Status, items[i].Type, items[i].Reason = 429, "es_rejected_execution_exception", "rejected execution (queue capacity 200)"
+			continue
+		}
+		s.docs[id] = string(d.Body)
+	}
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(logproto.AppendBulkReply(nil, time.Millisecond, items))
+}
+
+// numbers returns how many times each line number is held by the store,
+// counting distinct _ids.
+func (s *esStore) numbers(t *testing.T) map[int]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	got := map[int]int{}
+	for _, doc := range s.docs {
+		var d struct{ Msg string }
+		var n int
+		if json.Unmarshal([]byte(doc), &d) != nil {
+			t.Errorf("stored document is not the template's JSON: %q", doc)
+			continue
+		}
+		if _, err := fmt.Sscanf(d.Msg, "line %d", &n); err != nil {
+			t.Errorf("stored document %q has no line number", doc)
+			continue
+		}
+		got[n]++
+	}
+	return got
+}
+
+// TestRsyslogThroughSluice runs the real rsyslogd (imfile reading a file of
+// numbered lines, omelasticsearch in bulk mode) against sluice's
+// elasticsearch route, delivering with elasticsearch-bulk to a mock store
+// that answers some items 429. sluice is killed with SIGKILL mid-stream and
+// restarted. Every line reaches the store exactly once by its number; the
+// rejected items are sent again; rsyslog's error file stays empty.
+//
+// rsyslog sets each document's _id from the line's file offset (bulkid), so
+// that a batch it sends again after the kill (its reply lost) overwrites
+// the same document instead of adding one; rsyslog retries forever
+// (action.resumeRetryCount -1), as it must with any Elasticsearch to lose
+// nothing while the server is down.
+func TestRsyslogThroughSluice(t *testing.T) {
+	rsyslogd := needShipper(t, "rsyslogd", "/usr/sbin/rsyslogd")
+	needShipper(t, "rsyslog's omelasticsearch", "/usr/lib/*/rsyslog/omelasticsearch.so", "/usr/lib/rsyslog/omelasticsearch.so")
+
+	store := &esStore{docs: map[string]string{}, seen: map[string]int{}, rejected: map[string]bool{},
+		reject: func(doc string) bool { // lines whose number ends in 3
+			var d struct{ Msg string }
+			var n int
+			json.Unmarshal([]byte(doc), &d)
+			fmt.Sscanf(d.Msg, "line %d", &n)
+			return n%10 == 3
+		}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: store}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	dir := t.TempDir()
+	addr := freePort(t)
+	_, port, _ := net.SplitHostPort(addr)
+	policy := filepath.Join(dir, "policy.yaml")
+	must(t, os.WriteFile(policy, fmt.Appendf(nil, `listen: %q
+storage: { dir: %q, fsync: always, segment_bytes: 256KiB }
+routes:
+  - name: logs
+    match: { path: / }
+    protocol: elasticsearch
+    max_body: 10MiB
+    targets:
+      - name: store
+        url: http://%s
+        protocol: elasticsearch-bulk
+        rate: 10/s
+        concurrency: 2
+        batch: { max_messages: 100, max_wait: 50ms }
+        retry: { max_attempts: 50, initial: 50ms, max: 500ms }
+`, addr, filepath.Join(dir, "data"), ln.Addr()), 0o644))
+
+	logFile := filepath.Join(dir, "app.log")
+	errFile := filepath.Join(dir, "es-errors.log")
+	must(t, os.Mkdir(filepath.Join(dir, "rsyslog"), 0o700))
+	conf := filepath.Join(dir, "rsyslog.conf")
+	must(t, os.WriteFile(conf, fmt.Appendf(nil, `global(workDirectory=%q)
+module(load="imfile")
+module(load="omelasticsearch")
+template(name="doc" type="string" string="{\"msg\":\"%%msg:::json%%\"}")
+template(name="docid" type="string" string="app-%%$!metadata!fileoffset%%")
+input(type="imfile" File=%q Tag="app" addMetadata="on" ruleset="es")
+ruleset(name="es") {
+  action(type="omelasticsearch" server="127.0.0.1" serverport="%s" template="doc" searchIndex="app"
+         bulkmode="on" bulkid="docid" dynbulkid="on" errorfile=%q
+         action.resumeRetryCount="-1" action.resumeInterval="1"
+         queue.type="LinkedList" queue.size="100000" queue.dequeueBatchSize="256")
+}
+`, filepath.Join(dir, "rsyslog"), logFile, port, errFile), 0o644))
+	f, err := os.Create(logFile)
+	must(t, err)
+	defer f.Close()
+
+	p := startSluice(t, policy, addr)
+	rs := exec.Command(rsyslogd, "-n", "-f", conf, "-i", filepath.Join(dir, "rsyslog.pid"))
+	var rsOut bytes.Buffer
+	var rsMu sync.Mutex
+	rs.Stdout, rs.Stderr = lockedWriter{&rsMu, &rsOut}, lockedWriter{&rsMu, &rsOut}
+	must(t, rs.Start())
+	defer func() { rs.Process.Kill(); rs.Wait() }()
+
+	const n = 4000
+	var written atomic.Int64
+	write := func(from, to int) {
+		for i := from; i <= to; i++ {
+			fmt.Fprintf(f, "line %06d %s\n", i, strings.Repeat("x", 100))
+			written.Store(int64(i))
+			if i%40 == 0 {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+	write(1, n/2)
+	// Kill sluice once the store holds part of the stream, while rsyslog
+	// is still sending.
+	waitUntil(t, 30*time.Second, "the store holds 500 lines", func() bool { return len(store.numbers(t)) >= 500 })
+	go write(n/2+1, n)
+	time.Sleep(300 * time.Millisecond)
+	must(t, p.cmd.Process.Signal(syscall.SIGKILL))
+	p.cmd.Wait()
+	held, wrote := len(store.numbers(t)), written.Load()
+	time.Sleep(500 * time.Millisecond)
+	startSluice(t, policy, addr)
+	// The target's rate (10 batches of 100 a second) is below the file's
+	// (2000 lines a second): at the kill, sluice held a backlog.
+	t.Logf("killed sluice with %d lines written and %d in the store", wrote, held)
+	if held >= int(wrote) {
+		t.Errorf("the store held every line written (%d) at the kill: nothing was at stake", wrote)
+	}
+
+	waitUntil(t, 60*time.Second, "every line in the store", func() bool { return len(store.numbers(t)) == n })
+	got := store.numbers(t)
+	for i := 1; i <= n; i++ {
+		if got[i] != 1 {
+			t.Errorf("line %d is in the store %d times", i, got[i])
+		}
+	}
+	store.mu.Lock()
+	resent, rejected := 0, 0
+	for id, c := range store.seen {
+		if store.rejected[id] {
+			rejected++
+			if c < 2 {
+				t.Errorf("%s was answered 429 and never sent again", id)
+			}
+		} else if c > 1 {
+			resent++
+		}
+	}
+	if rejected < n/20 {
+		t.Errorf("only %d items were answered 429", rejected)
+	}
+	if len(store.bad) > 0 {
+		t.Errorf("the store got bad requests: %q", store.bad[:min(5, len(store.bad))])
+	}
+	store.mu.Unlock()
+	t.Logf("%d items answered 429 and retried; %d others sent more than once (in flight at the kill, or sent again by rsyslog)", rejected, resent)
+	if b, err := os.ReadFile(errFile); err == nil && len(b) > 0 {
+		t.Errorf("rsyslog's error file is not empty:\n%.2000s", b)
+	}
+	rsMu.Lock()
+	if strings.Contains(rsOut.String(), "error in elasticsearch reply") {
+		t.Errorf("rsyslog rejected a reply:\n%.2000s", rsOut.String())
+	}
+	rsMu.Unlock()
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting until %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

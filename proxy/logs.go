@@ -1,0 +1,459 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/logproto"
+	"github.com/sluice-proxy/sluice/policies"
+)
+
+// A route with a log protocol (routes[].protocol) stores one message per
+// document and answers in the protocol's own shape, only once every document
+// of the request is durable. The codecs are logproto's; this file joins them
+// to the queue and the listener.
+//
+// Back-pressure and bad payloads, per protocol (README, "Log protocols"):
+//   - elasticsearch: storage full or slow -> 429 es_rejected_execution_exception
+//     with Retry-After (what Elasticsearch answers under load; Filebeat,
+//     Logstash and Fluent Bit retry it, rsyslog with action.resumeRetryCount
+//     -1); a malformed request -> 400 with an Elasticsearch error body, nothing
+//     stored (what Elasticsearch answers to a malformed _bulk).
+//   - ndjson: storage full -> 503 with Retry-After; a line that is not JSON ->
+//     422 (syslog-ng's http() drops a 422 but retries a 400 forever).
+//   - loki: storage full -> 429 with Retry-After (Loki's rate-limit answer,
+//     which Promtail, Alloy and Fluent Bit retry); malformed -> 400 with a
+//     plain-text reason, nothing stored.
+//   - splunk-hec: storage full -> 503 {"text":"Server is busy","code":9} with
+//     Retry-After (Splunk's own answer); a malformed event -> 400 with HEC's
+//     code and invalid-event-number, nothing stored.
+//
+// The store has no batch append: each document is appended on its own, all
+// at once, so that they normally share one group commit. If a commit fails
+// between two of them (a disk error, shutdown), some documents are stored and
+// others not: an Elasticsearch reply then says so item by item (201 for the
+// stored ones, 429 for the others, which the shipper resends alone); an
+// ndjson reply is an error, and the client's resend duplicates the documents
+// that were stored.
+
+// logDraftPool holds drafts for documents.
+var logDraftPool = sync.Pool{New: func() any { return new(buffer.Draft) }}
+
+var (
+	hdrContentType = []byte("Content-Type")
+	valueJSON      = []byte("application/json")
+	hdrEsOp        = []byte(logproto.HeaderOp)
+	hdrEsMeta      = []byte(logproto.HeaderMeta)
+	hdrEsID        = []byte(logproto.HeaderID)
+)
+
+// handleLogs serves a buffer route whose protocol is not http.
+func (s *Server) handleLogs(ctx *fasthttp.RequestCtx, r *route) {
+	switch r.Protocol {
+	case policies.ProtocolElasticsearch:
+		s.handleElasticsearch(ctx, r)
+	case policies.ProtocolNDJSON:
+		s.handleNDJSON(ctx, r)
+	case policies.ProtocolSplunkHEC:
+		s.handleSplunkHEC(ctx, r)
+	case policies.ProtocolLoki:
+		s.handleLoki(ctx, r)
+	}
+}
+
+func writeText(ctx *fasthttp.RequestCtx, status int, text string) {
+	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
+	ctx.SetStatusCode(status)
+	ctx.SetBodyString(text + "\n")
+}
+
+// handleLoki serves Loki's push API: each entry is stored as one message
+// with its stream's labels, and the push is answered 204 once all are
+// durable. GET /ready is answered.
+func (s *Server) handleLoki(ctx *fasthttp.RequestCtx, r *route) {
+	path := string(ctx.Path())
+	if path != logproto.LokiPushPath {
+		path = routePath(ctx.Path(), r.Match.Path)
+	}
+	switch {
+	case path == "/ready" && (ctx.IsGet() || ctx.IsHead()):
+		writeText(ctx, fasthttp.StatusOK, "ready")
+		return
+	case path != logproto.LokiPushPath:
+		writeText(ctx, fasthttp.StatusNotFound, "404 page not found")
+		return
+	case !ctx.IsPost():
+		ctx.Response.Header.Set("Allow", "POST")
+		writeText(ctx, fasthttp.StatusMethodNotAllowed, "use POST")
+		return
+	}
+	if !s.readBody(ctx, r.MaxBody) {
+		return
+	}
+	body, perr := decodeBody(ctx, r)
+	if perr == nil {
+		var docs []logproto.Doc
+		docs, err := logproto.ParseLoki(body, string(ctx.Request.Header.ContentType()), r.MaxBody)
+		if errors.Is(err, logproto.ErrTooLarge) {
+			perr = &logproto.Error{Status: fasthttp.StatusRequestEntityTooLarge, Reason: fmt.Sprintf("the decoded body exceeds max_body %d of route %q; nothing was stored", r.MaxBody, r.Name)}
+		} else if err != nil {
+			perr = asProtoError(err)
+		} else {
+			s.lokiAppend(ctx, r, docs)
+			return
+		}
+	}
+	writeText(ctx, perr.Status, perr.Reason)
+}
+
+func (s *Server) lokiAppend(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc) {
+	_, errs := s.appendDocs(ctx, r, docs)
+	failed := 0
+	var firstErr error
+	for _, e := range errs {
+		if e != nil {
+			if failed++; firstErr == nil {
+				firstErr = e
+			}
+		}
+	}
+	if failed > 0 {
+		// Loki's own back-pressure answer; its clients retry it. A resend
+		// stores again the entries that were stored (see the top).
+		s.logRefusal(r, firstErr, failed)
+		setRetryAfter(ctx, firstErr)
+		writeText(ctx, fasthttp.StatusTooManyRequests, fmt.Sprintf("%d of %d entries were not stored (%s); send the push again", failed, len(docs), refusalReason(firstErr)))
+		return
+	}
+	ctx.SetStatusCode(fasthttp.StatusNoContent)
+}
+
+func writeHEC(ctx *fasthttp.RequestCtx, status int, body []byte) {
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(status)
+	ctx.SetBody(body)
+}
+
+// handleSplunkHEC serves Splunk's HTTP Event Collector: event and raw
+// calls are stored one message per event and answered
+// {"text":"Success","code":0} once all are durable; the health call is
+// answered. Tokens are neither checked nor stored.
+func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
+	// HEC's paths are absolute (/services/collector/...); a route under
+	// another prefix serves them below it.
+	ep := logproto.HECEndpoint(string(ctx.Path()))
+	if ep == "" {
+		ep = logproto.HECEndpoint(routePath(ctx.Path(), r.Match.Path))
+	}
+	switch {
+	case ep == "":
+		writeHEC(ctx, fasthttp.StatusNotFound, logproto.HECReply("The requested URL was not found on this server.", 404, -1))
+		return
+	case ep == "health":
+		writeHEC(ctx, fasthttp.StatusOK, logproto.HECReply("HEC is healthy", logproto.HECHealthy, -1))
+		return
+	case !ctx.IsPost():
+		ctx.Response.Header.Set("Allow", "POST")
+		writeHEC(ctx, fasthttp.StatusMethodNotAllowed, logproto.HECReply("Method not allowed; use POST", logproto.HECInvalidFormat, -1))
+		return
+	}
+	if !s.readBody(ctx, r.MaxBody) {
+		return
+	}
+	body, perr := decodeBody(ctx, r)
+	if perr != nil {
+		writeHEC(ctx, perr.Status, logproto.HECReply(perr.Reason, logproto.HECInvalidFormat, -1))
+		return
+	}
+	var docs []logproto.Doc
+	var err error
+	if ep == "raw" {
+		meta := map[string]string{}
+		for _, k := range []string{"host", "index", "source", "sourcetype"} {
+			if v := ctx.QueryArgs().Peek(k); len(v) > 0 {
+				meta[k] = string(v)
+			}
+		}
+		docs, err = logproto.ParseHECRaw(body, meta)
+	} else {
+		docs, err = logproto.ParseHEC(body)
+	}
+	if err != nil {
+		var he *logproto.HECError
+		if errors.As(err, &he) {
+			writeHEC(ctx, he.Status, he.Body())
+		} else {
+			writeHEC(ctx, fasthttp.StatusBadRequest, logproto.HECReply("Invalid data format", logproto.HECInvalidFormat, -1))
+		}
+		return
+	}
+	_, errs := s.appendDocs(ctx, r, docs)
+	failed := 0
+	var firstErr error
+	for _, e := range errs {
+		if e != nil {
+			if failed++; firstErr == nil {
+				firstErr = e
+			}
+		}
+	}
+	if failed > 0 {
+		// Splunk's own answer when its queues are full; a resend stores
+		// again the events that were stored (see the top of this file).
+		s.logRefusal(r, firstErr, failed)
+		setRetryAfter(ctx, firstErr)
+		writeHEC(ctx, fasthttp.StatusServiceUnavailable, logproto.HECReply("Server is busy", logproto.HECServerBusy, -1))
+		return
+	}
+	writeHEC(ctx, fasthttp.StatusOK, logproto.HECReply("Success", logproto.HECSuccess, -1))
+}
+
+// routePath returns the request path relative to the route's match path,
+// starting with "/".
+func routePath(path []byte, prefix string) string {
+	p := string(path)
+	if prefix == "/" || !strings.HasPrefix(p, prefix) {
+		return p
+	}
+	rel := strings.TrimPrefix(p, strings.TrimSuffix(prefix, "/"))
+	if !strings.HasPrefix(rel, "/") {
+		rel = "/" + rel
+	}
+	return rel
+}
+
+func (s *Server) handleElasticsearch(ctx *fasthttp.RequestCtx, r *route) {
+	ctx.Response.Header.Set(logproto.ProductHeader, logproto.ProductValue)
+	method := string(ctx.Method())
+	rel := routePath(ctx.Path(), r.Match.Path)
+	index, bulk := logproto.BulkIndex(rel)
+	if !bulk || (method != fasthttp.MethodPost && method != fasthttp.MethodPut) {
+		status, body, _ := logproto.Probe(method, rel)
+		ctx.Response.Header.SetContentType("application/json")
+		ctx.SetStatusCode(status)
+		ctx.SetBody(body)
+		return
+	}
+	if !s.readBody(ctx, r.MaxBody) {
+		return
+	}
+	body, perr := decodeBody(ctx, r)
+	if perr != nil {
+		writeESError(ctx, perr)
+		return
+	}
+	docs, err := logproto.ParseBulk(body, index)
+	if err != nil {
+		writeESError(ctx, asProtoError(err))
+		return
+	}
+	start := time.Now()
+	ids, errs := s.appendDocs(ctx, r, docs)
+	items := make([]logproto.ItemReply, len(docs))
+	stored := 0
+	var firstErr error
+	for i := range docs {
+		d := &docs[i]
+		it := logproto.ItemReply{Op: d.Op, Index: d.Index, ID: d.ID}
+		if errs[i] == nil {
+			stored++
+			it.Status = fasthttp.StatusCreated
+			if it.ID == nil {
+				it.ID = strconv.AppendQuote(nil, ids[i].String())
+			}
+		} else {
+			if firstErr == nil {
+				firstErr = errs[i]
+			}
+			it.Status = fasthttp.StatusTooManyRequests
+			it.Type = "es_rejected_execution_exception"
+			it.Reason = "sluice did not store this document (" + refusalReason(errs[i]) + "); send it again"
+			if it.ID == nil {
+				it.ID = []byte("null")
+			}
+		}
+		items[i] = it
+	}
+	if stored == 0 {
+		// Nothing stored: one error for the whole request, which every
+		// shipper resends whole.
+		setRetryAfter(ctx, firstErr)
+		s.logRefusal(r, firstErr, len(docs))
+		writeESError(ctx, &logproto.Error{Status: fasthttp.StatusTooManyRequests, Type: "es_rejected_execution_exception",
+			Reason: "sluice stored none of the " + strconv.Itoa(len(docs)) + " documents (" + refusalReason(firstErr) + "); nothing was stored, send the request again"})
+		return
+	}
+	if stored < len(docs) {
+		s.logRefusal(r, firstErr, len(docs)-stored)
+	}
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetBody(logproto.AppendBulkReply(make([]byte, 0, 64+160*len(items)), time.Since(start), items))
+}
+
+func (s *Server) handleNDJSON(ctx *fasthttp.RequestCtx, r *route) {
+	if !s.readBody(ctx, r.MaxBody) {
+		return
+	}
+	body, perr := decodeBody(ctx, r)
+	if perr != nil {
+		writeProtoJSONError(ctx, perr)
+		return
+	}
+	docs, err := logproto.ParseNDJSON(body)
+	if err != nil {
+		pe := asProtoError(err)
+		if pe.Status == fasthttp.StatusBadRequest {
+			pe.Status = fasthttp.StatusUnprocessableEntity // see the comment at the top
+		}
+		writeProtoJSONError(ctx, pe)
+		return
+	}
+	_, errs := s.appendDocs(ctx, r, docs)
+	failed := 0
+	var firstErr error
+	for _, e := range errs {
+		if e != nil {
+			failed++
+			if firstErr == nil {
+				firstErr = e
+			}
+		}
+	}
+	if failed > 0 {
+		s.logRefusal(r, firstErr, failed)
+		setRetryAfter(ctx, firstErr)
+		msg := fmt.Sprintf("%d of %d documents could not be stored (%s)", failed, len(docs), refusalReason(firstErr))
+		if failed < len(docs) {
+			msg += "; the others were stored, and a resend stores them again"
+		} else {
+			msg += "; nothing was stored"
+		}
+		writeError(ctx, fasthttp.StatusServiceUnavailable, refusalCode(firstErr), msg)
+		return
+	}
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetBody(strconv.AppendInt([]byte(`{"status":"queued","documents":`), int64(len(docs)), 10))
+	ctx.Response.AppendBodyString("}\n")
+}
+
+// decodeBody undoes the request's Content-Encoding within the route's
+// max_body; a body that decodes larger is a 413.
+func decodeBody(ctx *fasthttp.RequestCtx, r *route) ([]byte, *logproto.Error) {
+	body, err := logproto.Decode(ctx.PostBody(), string(ctx.Request.Header.ContentEncoding()), r.MaxBody)
+	if errors.Is(err, logproto.ErrTooLarge) {
+		return nil, &logproto.Error{Status: fasthttp.StatusRequestEntityTooLarge, Type: "content_too_long_exception",
+			Reason: fmt.Sprintf("the decoded body exceeds max_body %d of route %q; nothing was stored", r.MaxBody, r.Name)}
+	}
+	if err != nil {
+		return nil, asProtoError(err)
+	}
+	return body, nil
+}
+
+func asProtoError(err error) *logproto.Error {
+	var pe *logproto.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	return &logproto.Error{Status: fasthttp.StatusBadRequest, Type: "bad_request", Reason: err.Error()}
+}
+
+// appendDocs stores each document as one message, all at once so that they
+// share a group commit, and waits for all of them. errs[i] is nil for each
+// document stored, whose id is ids[i].
+func (s *Server) appendDocs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc) ([]buffer.ID, []error) {
+	ids := make([]buffer.ID, len(docs))
+	errs := make([]error, len(docs))
+	now := time.Now()
+	method, uri := ctx.Method(), ctx.URI().RequestURI()
+	var wg sync.WaitGroup
+	wg.Add(len(docs))
+	for i := range docs {
+		go func() {
+			defer wg.Done()
+			doc := &docs[i]
+			d := logDraftPool.Get().(*buffer.Draft)
+			d.Method, d.URI, d.Body, d.EnqueuedAt = method, uri, doc.Body, now
+			d.AddHeader(hdrContentType, valueJSON)
+			if doc.Op != "" {
+				d.AddHeader(hdrEsOp, []byte(doc.Op))
+				d.AddHeader(hdrEsMeta, doc.Meta)
+				if doc.ID != nil {
+					d.AddHeader(hdrEsID, doc.ID)
+				}
+			}
+			ids[i], errs[i] = r.queue.AppendDraft(s.appendCtx, d)
+			d.Reset()
+			logDraftPool.Put(d)
+		}()
+	}
+	wg.Wait()
+	return ids, errs
+}
+
+// refusalReason and refusalCode say why a document was not stored, in the
+// words of refuse (proxy.go), without request bytes.
+func refusalReason(err error) string {
+	switch {
+	case errors.Is(err, buffer.ErrFull):
+		return "storage is full"
+	case errors.Is(err, buffer.ErrTooLarge):
+		return "document too large"
+	case errors.Is(err, buffer.ErrClosed):
+		return "sluice is shutting down"
+	default:
+		return "storage error"
+	}
+}
+
+func refusalCode(err error) string {
+	switch {
+	case errors.Is(err, buffer.ErrFull):
+		return "storage_full"
+	case errors.Is(err, buffer.ErrClosed):
+		return "shutting_down"
+	default:
+		return "storage_error"
+	}
+}
+
+// setRetryAfter sets Retry-After from a refusal: the store's estimate when
+// full, else 1 second.
+func setRetryAfter(ctx *fasthttp.RequestCtx, err error) {
+	wait := time.Second
+	var fe *buffer.FullError
+	if errors.As(err, &fe) && fe.RetryAfter > 0 {
+		wait = fe.RetryAfter
+	} else if errors.Is(err, buffer.ErrFull) {
+		wait = 5 * time.Second
+	}
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(max(1, int(wait.Round(time.Second)/time.Second))))
+}
+
+func (s *Server) logRefusal(r *route, err error, n int) {
+	if errors.Is(err, buffer.ErrFull) || errors.Is(err, buffer.ErrClosed) {
+		return // expected under back-pressure and at shutdown; the reply says it
+	}
+	s.log.Error("append failed", "route", r.Name, "documents", n, "err", err)
+}
+
+// writeESError answers with an Elasticsearch error body.
+func writeESError(ctx *fasthttp.RequestCtx, e *logproto.Error) {
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(e.Status)
+	ctx.SetBody(logproto.ElasticsearchError(e))
+}
+
+// writeProtoJSONError answers with sluice's own JSON error body.
+func writeProtoJSONError(ctx *fasthttp.RequestCtx, e *logproto.Error) {
+	writeError(ctx, e.Status, e.Type, e.Reason)
+}

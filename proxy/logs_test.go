@@ -1,0 +1,360 @@
+package proxy
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/snappy"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/logproto"
+	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
+)
+
+const esPolicy = `
+routes:
+  - name: loki
+    match: { path: /loki }
+    protocol: loki
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
+  - name: hec
+    match: { path: /services/collector }
+    protocol: splunk-hec
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
+  - name: lines
+    match: { path: /lines }
+    protocol: ndjson
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
+  - name: logs
+    match: { path: / }
+    protocol: elasticsearch
+    max_body: 64KiB
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
+`
+
+// logsEnv is a server of esPolicy and the store its queues are in.
+type logsEnv struct {
+	*Server
+	st *buffer.Store
+}
+
+// logsServer serves esPolicy over a store opened with cfg (Dir is set).
+func logsServer(t *testing.T, cfg buffer.Config) (string, *logsEnv) {
+	t.Helper()
+	pol, err := policies.Parse("test.yaml", []byte(esPolicy))
+	must(t, err)
+	cfg.Dir = t.TempDir()
+	st, err := buffer.Open(cfg)
+	must(t, err)
+	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
+	must(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	go s.Serve(ln)
+	t.Cleanup(func() { s.srv.Shutdown(); st.Close() })
+	return "http://" + ln.Addr().String(), &logsEnv{s, st}
+}
+
+// stored returns every message of the route's queue, in order.
+func stored(t *testing.T, s *logsEnv, route string) []*store.Delivery {
+	t.Helper()
+	q, err := s.st.Queue(route, []string{"store"})
+	must(t, err)
+	c, err := q.Consumer("store")
+	must(t, err)
+	var all []*store.Delivery
+	for range 100 {
+		got, err := c.Fetch(1000, time.Now())
+		must(t, err)
+		if len(got) == 0 {
+			break
+		}
+		all = append(all, got...)
+	}
+	return all
+}
+
+func header(d *store.Delivery, name string) string {
+	for _, h := range d.Header {
+		if h.Name == name {
+			return h.Value
+		}
+	}
+	return ""
+}
+
+type bulkReply struct {
+	Took   *int  `json:"took"`
+	Errors *bool `json:"errors"`
+	Items  []map[string]struct {
+		Index  string `json:"_index"`
+		ID     string `json:"_id"`
+		Status int    `json:"status"`
+		Error  *struct{ Type, Reason string }
+	} `json:"items"`
+}
+
+// The _bulk of rsyslog (and the other shippers' shapes) is stored one
+// message per document, with its action, and answered with a bulk reply
+// whose items carry the ids delivery will use as _id.
+func TestElasticsearchBulkSplits(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	body := "{\"index\":{\"_index\":\"system\"}}\n{\"msg\":\"1\"}\n{\"create\":{\"_id\":\"own\"}}\n{\"msg\":\"2\"}\n{\"create\":{}}\n{\"msg\":\"3\"}\n"
+	resp := do(t, "POST", base+"/app/_bulk", body, map[string]string{"Content-Type": "application/x-ndjson"})
+	if resp.StatusCode() != 200 || string(resp.Header.Peek(logproto.ProductHeader)) != "Elasticsearch" {
+		t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+	}
+	var r bulkReply
+	must(t, json.Unmarshal(resp.Body(), &r))
+	if r.Took == nil || r.Errors == nil || *r.Errors || len(r.Items) != 3 {
+		t.Fatalf("reply %s", resp.Body())
+	}
+	msgs := stored(t, s, "logs")
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages stored, want 3", len(msgs))
+	}
+	// The documents of one request are appended at once: stored in any
+	// order among themselves.
+	sort.Slice(msgs, func(i, j int) bool { return string(msgs[i].Body) < string(msgs[j].Body) })
+	wantIndex := []string{"system", "app", "app"}
+	for i, m := range msgs {
+		item := r.Items[i][[]string{"index", "create", "create"}[i]]
+		if item.Status != 201 || item.Index != wantIndex[i] {
+			t.Errorf("item %d: %+v", i, item)
+		}
+		if want := fmt.Sprintf(`{"msg":"%d"}`, i+1); string(m.Body) != want {
+			t.Errorf("message %d body %s", i, m.Body)
+		}
+		if i != 1 && item.ID != m.ID.String() {
+			t.Errorf("item %d _id %q, message id %s", i, item.ID, m.ID)
+		}
+		if header(m, logproto.HeaderMeta) != `{"_index":"`+wantIndex[i]+`"}` {
+			t.Errorf("message %d meta %q", i, header(m, logproto.HeaderMeta))
+		}
+	}
+	if r.Items[1]["create"].ID != "own" || header(msgs[1], logproto.HeaderID) != `"own"` {
+		t.Errorf("own _id lost: %+v %q", r.Items[1], header(msgs[1], logproto.HeaderID))
+	}
+}
+
+// A malformed document anywhere refuses the whole request with an
+// Elasticsearch 400 that echoes none of it; nothing is stored.
+func TestElasticsearchMalformedStoresNothing(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	body := "{\"index\":{\"_index\":\"a\"}}\n{\"msg\":\"1\"}\n{\"index\":{\"_index\":\"a\"}}\n{secret-not-json\n"
+	resp := do(t, "POST", base+"/_bulk", body, nil)
+	if resp.StatusCode() != 400 || bytes.Contains(resp.Body(), []byte("secret")) || !bytes.Contains(resp.Body(), []byte(`"root_cause"`)) {
+		t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+	}
+	if n := len(stored(t, s, "logs")); n != 0 {
+		t.Fatalf("%d messages stored from a refused request", n)
+	}
+}
+
+// The calls Elasticsearch outputs make at start are answered, not stored.
+func TestElasticsearchProbes(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	for _, c := range []struct{ method, path, has string }{
+		{"GET", "/", `"number":"8.`},
+		{"HEAD", "/", ""},
+		{"GET", "/_cluster/health", `"green"`},
+		{"HEAD", "/_cat/health", ""},
+		{"GET", "/_license", `"active"`},
+		{"PUT", "/_index_template/filebeat", `"acknowledged":true`},
+		{"GET", "/_ilm/policy/filebeat", `{}`},
+	} {
+		resp := do(t, c.method, base+c.path, "", nil)
+		if resp.StatusCode() != 200 || !bytes.Contains(resp.Body(), []byte(c.has)) || string(resp.Header.Peek(logproto.ProductHeader)) != "Elasticsearch" {
+			t.Errorf("%s %s: %d %s", c.method, c.path, resp.StatusCode(), resp.Body())
+		}
+	}
+	resp := do(t, "POST", base+"/logs/_doc", `{"m":1}`, nil)
+	if resp.StatusCode() != 400 {
+		t.Errorf("POST _doc: %d %s", resp.StatusCode(), resp.Body())
+	}
+	if n := len(stored(t, s, "logs")); n != 0 {
+		t.Fatalf("%d messages stored by probes", n)
+	}
+}
+
+func gz(b []byte) []byte {
+	var buf bytes.Buffer
+	w := gzip.NewWriter(&buf)
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+// A gzip body is decoded; one that decodes past max_body (a zip bomb) is
+// 413 and stores nothing.
+func TestElasticsearchGzip(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	body := "{\"create\":{\"_index\":\"a\"}}\n{\"msg\":\"\\n\\u0000\"}\n"
+	resp := do(t, "POST", base+"/_bulk", string(gz([]byte(body))), map[string]string{"Content-Encoding": "gzip"})
+	if resp.StatusCode() != 200 {
+		t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+	}
+	bomb := strings.Repeat("{\"create\":{\"_index\":\"a\"}}\n{\"m\":1}\n", 10000) // 340 KB > 64KiB
+	resp = do(t, "POST", base+"/_bulk", string(gz([]byte(bomb))), map[string]string{"Content-Encoding": "gzip"})
+	if resp.StatusCode() != 413 || !bytes.Contains(resp.Body(), []byte("max_body")) {
+		t.Fatalf("bomb: %d %s", resp.StatusCode(), resp.Body())
+	}
+	msgs := stored(t, s, "logs")
+	if len(msgs) != 1 || string(msgs[0].Body) != `{"msg":"\n\u0000"}` {
+		t.Fatalf("stored %d", len(msgs))
+	}
+}
+
+// Storage full: Elasticsearch's own back-pressure answer (429 with
+// Retry-After), nothing acknowledged.
+func TestElasticsearchFull(t *testing.T) {
+	// Each of esPolicy's 4 routes starts with a 64 KiB segment: room for
+	// about 6 requests of 11 KB after that.
+	base, s := logsServer(t, buffer.Config{MaxBytes: (4*64 + 64) << 10, SegmentBytes: 64 << 10})
+	doc := `{"msg":"` + strings.Repeat("x", 500) + `"}`
+	body := strings.Repeat("{\"create\":{\"_index\":\"a\"}}\n"+doc+"\n", 20)
+	acked, refused := 0, 0
+	for range 30 {
+		resp := do(t, "POST", base+"/_bulk", body, nil)
+		switch resp.StatusCode() {
+		case 200:
+			var r bulkReply
+			must(t, json.Unmarshal(resp.Body(), &r))
+			for _, it := range r.Items {
+				if it["create"].Status == 201 {
+					acked++
+				}
+			}
+		case 429:
+			refused++
+			if len(resp.Header.Peek("Retry-After")) == 0 || !bytes.Contains(resp.Body(), []byte("es_rejected_execution_exception")) {
+				t.Fatalf("429 without Retry-After or type: %s", resp.Body())
+			}
+		default:
+			t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+		}
+	}
+	if n := len(stored(t, s, "logs")); n < acked || acked == 0 || refused == 0 {
+		t.Fatalf("acknowledged %d, stored %d, %d requests refused", acked, n, refused)
+	}
+}
+
+func TestNDJSONRoute(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	resp := do(t, "POST", base+"/lines", "{\"a\":1}\n{\"a\":2}\r\n\n[3]\n", nil)
+	if resp.StatusCode() != 200 || !bytes.Contains(resp.Body(), []byte(`"documents":3`)) {
+		t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+	}
+	resp = do(t, "POST", base+"/lines", "{\"a\":1}\nsecret\n", nil)
+	if resp.StatusCode() != 422 || bytes.Contains(resp.Body(), []byte("secret")) || !bytes.Contains(resp.Body(), []byte("line 2")) {
+		t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+	}
+	msgs := stored(t, s, "lines")
+	if len(msgs) != 3 {
+		t.Fatalf("stored %d", len(msgs))
+	}
+}
+
+// Splunk HEC: events stored one message each and answered HEC's success
+// once durable; a bad event refuses the whole request with HEC's code and
+// the event's number; the health call is answered, not stored.
+func TestSplunkHECRoute(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	auth := map[string]string{"Authorization": "Splunk 00000000-0000-0000-0000-000000000000"}
+	resp := do(t, "POST", base+"/services/collector/event", `{"event":"a","time":1}{"event":{"b":2}}`+"\n"+`{"event":"c","host":"h"}`, auth)
+	if resp.StatusCode() != 200 || string(resp.Body()) != "{\"text\":\"Success\",\"code\":0}\n" {
+		t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+	}
+	resp = do(t, "POST", base+"/services/collector/raw?sourcetype=app", "line one\nline two\n", auth)
+	if resp.StatusCode() != 200 {
+		t.Fatalf("raw: %d %s", resp.StatusCode(), resp.Body())
+	}
+	resp = do(t, "POST", base+"/services/collector", `{"event":"ok"}{"time":2}`, auth)
+	if resp.StatusCode() != 400 || !bytes.Contains(resp.Body(), []byte(`"code":12,"invalid-event-number":1`)) {
+		t.Fatalf("bad event: %d %s", resp.StatusCode(), resp.Body())
+	}
+	resp = do(t, "GET", base+"/services/collector/health", "", nil)
+	if resp.StatusCode() != 200 || !bytes.Contains(resp.Body(), []byte(`"code":17`)) {
+		t.Fatalf("health: %d %s", resp.StatusCode(), resp.Body())
+	}
+	msgs := stored(t, s, "hec")
+	if len(msgs) != 5 {
+		t.Fatalf("%d messages stored, want 5", len(msgs))
+	}
+	bodies := map[string]bool{}
+	for _, m := range msgs {
+		bodies[string(m.Body)] = true
+		if header(m, "Authorization") != "" {
+			t.Errorf("the token was stored")
+		}
+	}
+	for _, want := range []string{`{"event":"a","time":1}`, `{"event":{"b":2}}`, `{"event":"c","host":"h"}`, `{"sourcetype":"app","event":"line one"}`} {
+		if !bodies[want] {
+			t.Errorf("missing %s in %v", want, bodies)
+		}
+	}
+}
+
+// Loki: a JSON push and a snappy protobuf push (Promtail's) are stored one
+// message per entry with their labels and answered 204; a stream without
+// labels refuses the push, nothing stored.
+func TestLokiRoute(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	resp := do(t, "POST", base+"/loki/api/v1/push", `{"streams":[{"stream":{"job":"a"},"values":[["1710000000000000000","one"],["1710000000000000001","two"]]}]}`,
+		map[string]string{"Content-Type": "application/json"})
+	if resp.StatusCode() != 204 {
+		t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+	}
+	pb := promtailPush(t)
+	resp = do(t, "POST", base+"/loki/api/v1/push", string(pb), map[string]string{"Content-Type": "application/x-protobuf"})
+	if resp.StatusCode() != 204 {
+		t.Fatalf("protobuf: %d %s", resp.StatusCode(), resp.Body())
+	}
+	resp = do(t, "POST", base+"/loki/api/v1/push", `{"streams":[{"stream":{"job":"a"},"values":[["1","ok"]]},{"stream":{},"values":[["1","x"]]}]}`, map[string]string{"Content-Type": "application/json"})
+	if resp.StatusCode() != 400 || !bytes.Contains(resp.Body(), []byte("streams[1]: at least one label pair")) {
+		t.Fatalf("bad: %d %s", resp.StatusCode(), resp.Body())
+	}
+	if resp := do(t, "GET", base+"/loki/ready", "", nil); resp.StatusCode() != 200 {
+		t.Errorf("ready: %d", resp.StatusCode())
+	}
+	msgs := stored(t, s, "loki")
+	if len(msgs) != 3 {
+		t.Fatalf("%d stored, want 3", len(msgs))
+	}
+	lines := map[string]string{}
+	for _, m := range msgs {
+		var e logproto.LokiEntry
+		must(t, json.Unmarshal(m.Body, &e))
+		lines[e.Line] = e.Labels["job"]
+	}
+	if lines["one"] != "a" || lines["two"] != "a" || lines["from promtail"] != "promtail" {
+		t.Errorf("stored %v", lines)
+	}
+}
+
+// promtailPush is a snappy PushRequest of one entry, as Promtail sends.
+func promtailPush(t *testing.T) []byte {
+	var ts, e, st, req []byte
+	ts = protowire.AppendTag(ts, 1, protowire.VarintType)
+	ts = protowire.AppendVarint(ts, 1710000000)
+	e = protowire.AppendTag(e, 1, protowire.BytesType)
+	e = protowire.AppendBytes(e, ts)
+	e = protowire.AppendTag(e, 2, protowire.BytesType)
+	e = protowire.AppendString(e, "from promtail")
+	st = protowire.AppendTag(st, 1, protowire.BytesType)
+	st = protowire.AppendString(st, `{job="promtail"}`)
+	st = protowire.AppendTag(st, 2, protowire.BytesType)
+	st = protowire.AppendBytes(st, e)
+	req = protowire.AppendTag(req, 1, protowire.BytesType)
+	req = protowire.AppendBytes(req, st)
+	return snappy.Encode(nil, req)
+}
