@@ -108,22 +108,121 @@ func (s *esStore) numbers(t *testing.T) map[int]int {
 	return got
 }
 
+// shipper starts a log shipper that reads logFile and sends it to sluice's
+// elasticsearch route on port; dir is its own directory. check is called at
+// the end to look at the shipper's own error output.
+type shipper func(t *testing.T, dir, logFile, port string) (cmd *exec.Cmd, check func(t *testing.T))
+
 // TestRsyslogThroughSluice runs the real rsyslogd (imfile reading a file of
-// numbered lines, omelasticsearch in bulk mode) against sluice's
-// elasticsearch route, delivering with elasticsearch-bulk to a mock store
-// that answers some items 429. sluice is killed with SIGKILL mid-stream and
-// restarted. Every line reaches the store exactly once by its number; the
-// rejected items are sent again; rsyslog's error file stays empty.
-//
-// rsyslog sets each document's _id from the line's file offset (bulkid), so
-// that a batch it sends again after the kill (its reply lost) overwrites
-// the same document instead of adding one; rsyslog retries forever
-// (action.resumeRetryCount -1), as it must with any Elasticsearch to lose
-// nothing while the server is down.
+// numbered lines, omelasticsearch in bulk mode) through sluice; see
+// shipThroughSluice. rsyslog sets each document's _id from the line's file
+// offset (bulkid), so that a batch it sends again after the kill (its reply
+// lost) overwrites the same document instead of adding one; it retries
+// forever (action.resumeRetryCount -1), as it must with any Elasticsearch to
+// lose nothing while the server is down.
 func TestRsyslogThroughSluice(t *testing.T) {
 	rsyslogd := needShipper(t, "rsyslogd", "/usr/sbin/rsyslogd")
 	needShipper(t, "rsyslog's omelasticsearch", "/usr/lib/*/rsyslog/omelasticsearch.so", "/usr/lib/rsyslog/omelasticsearch.so")
+	shipThroughSluice(t, func(t *testing.T, dir, logFile, port string) (*exec.Cmd, func(t *testing.T)) {
+		errFile := filepath.Join(dir, "es-errors.log")
+		must(t, os.Mkdir(filepath.Join(dir, "work"), 0o700))
+		conf := filepath.Join(dir, "rsyslog.conf")
+		must(t, os.WriteFile(conf, fmt.Appendf(nil, `global(workDirectory=%q)
+module(load="imfile")
+module(load="omelasticsearch")
+template(name="doc" type="string" string="{\"msg\":\"%%msg:::json%%\"}")
+template(name="docid" type="string" string="app-%%$!metadata!fileoffset%%")
+input(type="imfile" File=%q Tag="app" addMetadata="on" ruleset="es")
+ruleset(name="es") {
+  action(type="omelasticsearch" server="127.0.0.1" serverport="%s" template="doc" searchIndex="app"
+         bulkmode="on" bulkid="docid" dynbulkid="on" errorfile=%q
+         action.resumeRetryCount="-1" action.resumeInterval="1"
+         queue.type="LinkedList" queue.size="100000" queue.dequeueBatchSize="256")
+}
+`, filepath.Join(dir, "work"), logFile, port, errFile), 0o644))
+		cmd := exec.Command(rsyslogd, "-n", "-f", conf, "-i", filepath.Join(dir, "rsyslog.pid"))
+		out := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		return cmd, func(t *testing.T) {
+			if b, err := os.ReadFile(errFile); err == nil && len(b) > 0 {
+				t.Errorf("rsyslog's error file is not empty:\n%.2000s", b)
+			}
+			if strings.Contains(out.String(), "error in elasticsearch reply") {
+				t.Errorf("rsyslog rejected a reply:\n%.2000s", out.String())
+			}
+		}
+	})
+}
 
+// TestSyslogNGThroughSluice runs the real syslog-ng 3.38 (a file source,
+// the elasticsearch-http() destination) through sluice; see
+// shipThroughSluice. syslog-ng conflicts with rsyslog as a package, so
+// .ci/run unpacks it into $SYSLOG_NG_ROOT (default
+// /var/cache/sluice-ci/syslog-ng). The _id is the SHA-1 of the line
+// (custom_id), so that a batch sent again after the kill writes nothing
+// twice; time-reopen(1) and retries(1000) keep it retrying while sluice is
+// down (the defaults, 60 s and 3 tries, would wait, then drop).
+func TestSyslogNGThroughSluice(t *testing.T) {
+	root := os.Getenv("SYSLOG_NG_ROOT")
+	if root == "" {
+		root = "/var/cache/sluice-ci/syslog-ng"
+	}
+	bin := needShipper(t, "syslog-ng (unpacked by .ci/run)", filepath.Join(root, "usr/sbin/syslog-ng"))
+	needShipper(t, "syslog-ng's http module", filepath.Join(root, "usr/lib/syslog-ng/3.*/libhttp.so"))
+	needShipper(t, "syslog-ng's elasticsearch-http()", filepath.Join(root, "usr/share/syslog-ng/include/scl/elasticsearch/elastic-http.conf"))
+	mods, _ := filepath.Glob(filepath.Join(root, "usr/lib/syslog-ng/3.*"))
+	shipThroughSluice(t, func(t *testing.T, dir, logFile, port string) (*exec.Cmd, func(t *testing.T)) {
+		conf := filepath.Join(dir, "syslog-ng.conf")
+		must(t, os.WriteFile(conf, fmt.Appendf(nil, `@version: 3.38
+@define include-path %q
+@include "scl/elasticsearch/elastic-http.conf"
+options { time-reopen(1); };
+source s_app { file(%q follow-freq(0.1) flags(no-parse)); };
+destination d_es {
+  elasticsearch-http(url("http://127.0.0.1:%s/_bulk") index("app") type("") custom_id("$(sha1 $MSG)")
+    template("$(format-json msg=$MSG)") batch_lines(256) batch_timeout(100) retries(1000) workers(2));
+};
+log { source(s_app); destination(d_es); };
+`, filepath.Join(root, "usr/share/syslog-ng/include"), logFile, port), 0o644))
+		cmd := exec.Command(bin, "-F", "-e", "--no-caps", "-f", conf, "--module-path="+mods[0],
+			"-R", filepath.Join(dir, "persist"), "-p", filepath.Join(dir, "pid"), "-c", filepath.Join(dir, "ctl"))
+		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(root, "usr/lib/syslog-ng"))
+		out := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		return cmd, func(t *testing.T) {
+			// A 4xx or 5xx from sluice is logged as "Server returned with a
+			// 4XX (client errors) status code" (and dropped or retried).
+			if strings.Contains(out.String(), "status code") || strings.Contains(out.String(), "Error parsing") {
+				t.Errorf("syslog-ng reported errors:\n%.3000s", out.String())
+			}
+		}
+	})
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// shipThroughSluice runs a real shipper reading a file of numbered lines,
+// through sluice's elasticsearch route, to a mock store (elasticsearch-bulk
+// delivery) that answers some items 429. sluice is killed with SIGKILL
+// mid-stream, while it holds a backlog, and restarted. Every line reaches
+// the store exactly once by its number (one _id per number); the rejected
+// items are sent again; the shipper reports no error.
+func shipThroughSluice(t *testing.T, start shipper) {
 	store := &esStore{docs: map[string]string{}, seen: map[string]int{}, rejected: map[string]bool{},
 		reject: func(doc string) bool { // lines whose number ends in 3
 			var d struct{ Msg string }
@@ -162,33 +261,16 @@ routes:
 `, addr, filepath.Join(dir, "data"), ln.Addr()), 0o644))
 
 	logFile := filepath.Join(dir, "app.log")
-	errFile := filepath.Join(dir, "es-errors.log")
-	must(t, os.Mkdir(filepath.Join(dir, "rsyslog"), 0o700))
-	conf := filepath.Join(dir, "rsyslog.conf")
-	must(t, os.WriteFile(conf, fmt.Appendf(nil, `global(workDirectory=%q)
-module(load="imfile")
-module(load="omelasticsearch")
-template(name="doc" type="string" string="{\"msg\":\"%%msg:::json%%\"}")
-template(name="docid" type="string" string="app-%%$!metadata!fileoffset%%")
-input(type="imfile" File=%q Tag="app" addMetadata="on" ruleset="es")
-ruleset(name="es") {
-  action(type="omelasticsearch" server="127.0.0.1" serverport="%s" template="doc" searchIndex="app"
-         bulkmode="on" bulkid="docid" dynbulkid="on" errorfile=%q
-         action.resumeRetryCount="-1" action.resumeInterval="1"
-         queue.type="LinkedList" queue.size="100000" queue.dequeueBatchSize="256")
-}
-`, filepath.Join(dir, "rsyslog"), logFile, port, errFile), 0o644))
 	f, err := os.Create(logFile)
 	must(t, err)
 	defer f.Close()
 
 	p := startSluice(t, policy, addr)
-	rs := exec.Command(rsyslogd, "-n", "-f", conf, "-i", filepath.Join(dir, "rsyslog.pid"))
-	var rsOut bytes.Buffer
-	var rsMu sync.Mutex
-	rs.Stdout, rs.Stderr = lockedWriter{&rsMu, &rsOut}, lockedWriter{&rsMu, &rsOut}
-	must(t, rs.Start())
-	defer func() { rs.Process.Kill(); rs.Wait() }()
+	shipDir := filepath.Join(dir, "shipper")
+	must(t, os.Mkdir(shipDir, 0o700))
+	cmd, check := start(t, shipDir, logFile, port)
+	must(t, cmd.Start())
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 
 	const n = 4000
 	var written atomic.Int64
@@ -202,8 +284,8 @@ ruleset(name="es") {
 		}
 	}
 	write(1, n/2)
-	// Kill sluice once the store holds part of the stream, while rsyslog
-	// is still sending.
+	// Kill sluice once the store holds part of the stream, while the
+	// shipper is still sending.
 	waitUntil(t, 30*time.Second, "the store holds 500 lines", func() bool { return len(store.numbers(t)) >= 500 })
 	go write(n/2+1, n)
 	time.Sleep(300 * time.Millisecond)
@@ -245,15 +327,8 @@ ruleset(name="es") {
 		t.Errorf("the store got bad requests: %q", store.bad[:min(5, len(store.bad))])
 	}
 	store.mu.Unlock()
-	t.Logf("%d items answered 429 and retried; %d others sent more than once (in flight at the kill, or sent again by rsyslog)", rejected, resent)
-	if b, err := os.ReadFile(errFile); err == nil && len(b) > 0 {
-		t.Errorf("rsyslog's error file is not empty:\n%.2000s", b)
-	}
-	rsMu.Lock()
-	if strings.Contains(rsOut.String(), "error in elasticsearch reply") {
-		t.Errorf("rsyslog rejected a reply:\n%.2000s", rsOut.String())
-	}
-	rsMu.Unlock()
+	t.Logf("%d items answered 429 and retried; %d others sent more than once (in flight at the kill, or sent again by the shipper)", rejected, resent)
+	check(t)
 }
 
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
