@@ -137,8 +137,15 @@ func (r *runner) startBatch(now time.Time, gen uint64) time.Duration {
 // attemptBatch sends one batch, records the outcome of every message in it
 // and tells the run loop.
 func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<- event) {
-	if d.target.Protocol == policies.ProtocolElasticsearchBulk {
+	switch d.target.Protocol {
+	case policies.ProtocolElasticsearchBulk:
 		d.attemptBulk(batch, probe, events)
+		return
+	case policies.ProtocolOTLP:
+		d.attemptOTLP(batch, probe, events)
+		return
+	case policies.ProtocolSplunkHEC:
+		d.attemptHEC(batch, probe, events)
 		return
 	}
 	var body bytes.Buffer
@@ -280,8 +287,10 @@ func (d *Drainer) sendBatch(n, attempt int, body []byte) result {
 	return d.do(req, resp, 0) // the answer's body is not used
 }
 
-// setBatchBody sets a batch request's body, gzipped if the target asks.
+// setBatchBody sets a batch request's body, gzipped if the target asks,
+// and the target's own headers.
 func (d *Drainer) setBatchBody(req *fasthttp.Request, body []byte) {
+	d.ep.setHeaders(req)
 	if d.target.Compression != policies.CompressionGzip {
 		req.SetBodyRaw(body)
 		return

@@ -254,6 +254,7 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		kick:   make(chan struct{}, 1),
 		ready:  make(chan struct{}),
 	}
+	d.ep.headers = t.Headers
 	if d.log == nil {
 		d.log = slog.Default()
 	}

@@ -1,6 +1,7 @@
 package drain
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -324,6 +325,118 @@ func TestLokiDelivery(t *testing.T) {
 	for i := 1; i < n; i++ {
 		if c := got[fmt.Sprintf("j%d/line %d", i%3, i)]; c != 1 {
 			t.Errorf("entry %d arrived %d times", i, c)
+		}
+	}
+}
+
+// TestOTLPDelivery: records stored by an otlp route, protobuf and JSON,
+// go out as one export per encoding; a message that is not an OTLP export
+// is dead; a failed export is retried.
+func TestOTLPDelivery(t *testing.T) {
+	var mu sync.Mutex
+	recs := map[string]int{}
+	ds := newDownstream(t, func(h *hit, ctx *fasthttp.RequestCtx) {
+		ct, _ := h.get("Content-Type")
+		if h.uri != "/otel/v1/logs" || (ct != logproto.OTLPJSON && ct != logproto.OTLPProtobuf) {
+			t.Errorf("export to %s as %q", h.uri, ct)
+		}
+		if h.attempt == 1 && ct == logproto.OTLPJSON {
+			ctx.SetStatusCode(503)
+			return
+		}
+		docs, err := logproto.ParseOTLPLogs(h.body, ct)
+		if err != nil {
+			t.Errorf("export: %v", err)
+		}
+		mu.Lock()
+		recs[ct] += len(docs)
+		mu.Unlock()
+		ctx.SetContentType(ct)
+		ctx.SetBody(logproto.OTLPSuccess(ct))
+	})
+	jsonDocs, err := logproto.ParseOTLPLogs([]byte(`{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"a"}},{"body":{"stringValue":"b"}}]}]}]}`), logproto.OTLPJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb := []byte{0x0a, 0x06, 0x12, 0x04, 0x12, 0x02, 0x2a, 0x00} // resourceLogs{scopeLogs{logRecords{body{}}}}
+	pbDocs, err := logproto.ParseOTLPLogs(pb, logproto.OTLPProtobuf)
+	if err != nil || len(pbDocs) != 1 {
+		t.Fatal(err, len(pbDocs))
+	}
+	bodies := [][]byte{jsonDocs[0].Body, jsonDocs[1].Body, pbDocs[0].Body, pbDocs[0].Body, []byte("plain text")}
+	_, q, _ := newQueue(t, "logs")
+	msgs := appendN(t, q, len(bodies), func(i int) *buffer.Message { return &buffer.Message{Method: "POST", URI: "/v1/logs", Body: bodies[i]} })
+	target := batchTarget(ds.url+"/otel", policies.Batch{MaxMessages: 100, MaxBytes: 1 << 20, MaxWait: 50 * ms, Format: policies.FormatNDJSON})
+	target.Protocol = policies.ProtocolOTLP
+	d, _ := startDrainer(t, Config{Route: "logs", Target: target}, consumer(t, q, "logs"))
+	waitFor(t, 10*time.Second, "every message delivered or dead", func() bool { st := d.Stats(); return st.Delivered+st.Dead == 5 })
+	mu.Lock()
+	defer mu.Unlock()
+	if recs[logproto.OTLPJSON] != 2 || recs[logproto.OTLPProtobuf] != 2 {
+		t.Errorf("records received %v", recs)
+	}
+	if st := status(t, q, msgs[4].ID, "logs"); st.Phase != buffer.Dead {
+		t.Errorf("plain text: %s", st.Phase)
+	}
+	if st := status(t, q, msgs[0].ID, "logs"); st.Attempts != 2 {
+		t.Errorf("JSON record attempts %d, want 2 (503 first)", st.Attempts)
+	}
+}
+
+// TestHECDelivery: events from a splunk-hec route go as they came, others
+// are wrapped; the target's headers carry the token; a 400 naming an
+// invalid event makes that event dead and sends the others again.
+func TestHECDelivery(t *testing.T) {
+	var mu sync.Mutex
+	indexed := map[string]int{}
+	ds := newDownstream(t, func(h *hit, ctx *fasthttp.RequestCtx) {
+		if auth, _ := h.get("Authorization"); auth != "Splunk tok-1" || h.uri != "/services/collector/event" {
+			t.Errorf("%s with Authorization %q", h.uri, auth)
+		}
+		docs, err := logproto.ParseHEC(h.body)
+		if err != nil {
+			t.Errorf("HEC body: %v", err)
+			ctx.SetStatusCode(400)
+			return
+		}
+		for i, d := range docs {
+			if bytes.Contains(d.Body, []byte("poison")) {
+				ctx.SetStatusCode(400)
+				ctx.SetBody(logproto.HECReply("Invalid data format", logproto.HECInvalidFormat, i))
+				return
+			}
+		}
+		mu.Lock()
+		for _, d := range docs {
+			var e struct {
+				Event any
+				Host  string
+			}
+			json.Unmarshal(d.Body, &e)
+			indexed[fmt.Sprint(e.Event)+"@"+e.Host]++
+		}
+		mu.Unlock()
+		ctx.SetBody(logproto.HECReply("Success", 0, -1))
+	})
+	bodies := []string{`{"event":"from hec","host":"h1"}`, `plain text line`, `{"event":"poison"}`, `{"msg":"json doc"}`}
+	_, q, _ := newQueue(t, "logs")
+	msgs := appendN(t, q, len(bodies), func(i int) *buffer.Message { return &buffer.Message{Method: "POST", URI: "/", Body: []byte(bodies[i])} })
+	target := batchTarget(ds.url, policies.Batch{MaxMessages: 100, MaxBytes: 1 << 20, MaxWait: 50 * ms, Format: policies.FormatNDJSON})
+	target.Protocol = policies.ProtocolSplunkHEC
+	target.Headers = []policies.HeaderField{{Name: "Authorization", Value: "Splunk tok-1"}}
+	d, _ := startDrainer(t, Config{Route: "logs", Target: target}, consumer(t, q, "logs"))
+	waitFor(t, 10*time.Second, "every message delivered or dead", func() bool { st := d.Stats(); return st.Delivered+st.Dead == 4 })
+	mu.Lock()
+	defer mu.Unlock()
+	for _, want := range []string{"from hec@h1", "plain text line@", "map[msg:json doc]@"} {
+		if indexed[want] != 1 {
+			t.Errorf("%s indexed %d times (%v)", want, indexed[want], indexed)
+		}
+	}
+	for i, m := range msgs {
+		st := status(t, q, m.ID, "logs")
+		if (i == 2) != (st.Phase == buffer.Dead) {
+			t.Errorf("message %d (%s): %s %+v", i, bodies[i], st.Phase, st.History)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
 )
@@ -111,6 +112,16 @@ type endpoint struct {
 	// callback is the route's callback_header: it names where sluice reports
 	// outcomes, which is none of the target's business; never sent on.
 	callback string
+	// headers are the target's own (key headers), set on every request.
+	headers []policies.HeaderField
+}
+
+// setHeaders sets the target's own headers on req, replacing any of the
+// same name.
+func (e *endpoint) setHeaders(req *fasthttp.Request) {
+	for _, h := range e.headers {
+		req.Header.Set(h.Name, h.Value)
+	}
 }
 
 func newEndpoint(u *url.URL) endpoint {
@@ -216,5 +227,6 @@ func buildRequest(req *fasthttp.Request, e *endpoint, d *store.Delivery) {
 	if key != "" {
 		req.Header.Set(HeaderIdempotencyKey, key)
 	}
+	e.setHeaders(req)
 	req.SetBodyRaw(d.Body)
 }

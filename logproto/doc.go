@@ -9,6 +9,9 @@
 //   - elasticsearch: the _bulk API (action line + document line pairs), the
 //     version probe on / and the health, template, ILM and license calls
 //     that Elasticsearch outputs make at start (Probe).
+//   - splunk-hec: Splunk HEC event and raw bodies, HEC replies.
+//   - loki: Loki push requests (JSON, snappy protobuf), and pushes for delivery.
+//   - otlp: OTLP/HTTP log exports split per record and joined again.
 //   - ndjson: one JSON document per line.
 //
 // Guarantees:

@@ -129,3 +129,26 @@ func FuzzParseLoki(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseOTLPLogs: every document is a request of exactly one record that
+// parses again to itself, or the body is refused.
+func FuzzParseOTLPLogs(f *testing.F) {
+	f.Add(collectorRequest(), false)
+	f.Add([]byte(`{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"x"}}]}]}]}`), true)
+	f.Fuzz(func(t *testing.T, body []byte, isJSON bool) {
+		enc := OTLPProtobuf
+		if isJSON {
+			enc = OTLPJSON
+		}
+		docs, err := ParseOTLPLogs(body, enc)
+		if err != nil {
+			return
+		}
+		for _, d := range docs {
+			again, err := ParseOTLPLogs(d.Body, enc)
+			if err != nil || len(again) != 1 || !bytes.Equal(again[0].Body, d.Body) {
+				t.Fatalf("doc %q does not parse to itself: %v", d.Body, err)
+			}
+		}
+	})
+}

@@ -233,6 +233,7 @@ const (
 	ProtocolNDJSON        = "ndjson"        // one JSON document per line
 	ProtocolSplunkHEC     = "splunk-hec"    // Splunk's HTTP Event Collector (event and raw endpoints)
 	ProtocolLoki          = "loki"          // Loki's push API (JSON, or snappy protobuf); also a delivery protocol
+	ProtocolOTLP          = "otlp"          // OTLP/HTTP logs (/v1/logs, protobuf or JSON); also a delivery protocol
 )
 
 // Delivery protocols of a target (key protocol). ProtocolHTTP and
@@ -240,10 +241,6 @@ const (
 const (
 	ProtocolElasticsearchBulk = "elasticsearch-bulk" // _bulk batches with an _id per document, read item by item
 )
-
-// PlannedProtocols are protocol names the policy reserves but sluice does not
-// speak yet: a policy naming one is refused with that said.
-var PlannedProtocols = []string{"splunk-hec", "otlp"}
 
 // Match selects requests by host, path and method.
 type Match struct {
@@ -294,7 +291,17 @@ type Target struct {
 	// request bodies sent per second, as written before compression, besides
 	// Rate's requests per second; 0 (the default) = unlimited.
 	ByteRate int64
-	Line     int // line of the target's mapping
+	// Headers (key headers) are set on every request to the target, such as
+	// the store's credentials (Authorization: ApiKey ..., Splunk ...), with
+	// ${VAR} expanded; they replace a stored header of the same name. nil
+	// (the default) = none.
+	Headers []HeaderField
+	Line    int // line of the target's mapping
+}
+
+// HeaderField is one header a target's requests carry.
+type HeaderField struct {
+	Name, Value string
 }
 
 // CompressionGzip is the only compression a target can ask for.

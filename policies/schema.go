@@ -342,7 +342,7 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 			d.errorf(n.Line, m.field("callbacks"), "callbacks on a route is only used with callback_header (the request header that names the callback URL)")
 		}
 	}
-	if field(d, m, "protocol", "", parseProtocol(ProtocolHTTP, ProtocolElasticsearch, ProtocolNDJSON, ProtocolSplunkHEC, ProtocolLoki), &r.Protocol) && r.Protocol != ProtocolHTTP {
+	if field(d, m, "protocol", "", parseProtocol(ProtocolHTTP, ProtocolElasticsearch, ProtocolNDJSON, ProtocolSplunkHEC, ProtocolLoki, ProtocolOTLP), &r.Protocol) && r.Protocol != ProtocolHTTP {
 		line := m.vals["protocol"].Line
 		if modeKnown && r.Mode != ModeBuffer {
 			d.errorf(line, m.field("protocol"), "protocol %s is only used with mode buffer (a %s route answers with its target's reply)", r.Protocol, r.Mode)
@@ -446,7 +446,7 @@ func methodsOverlap(a, b []string) bool {
 
 // target decodes one target; names maps the route's target names seen so far to their lines.
 func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Target {
-	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch", "capture_response", "ordering", "fairness", "protocol", "compression", "byte_rate")
+	m := d.mapping(n, path, "target", "name", "url", "rate", "burst", "concurrency", "timeout", "timezone", "windows", "retry", "adaptive", "breaker", "batch", "capture_response", "ordering", "fairness", "protocol", "compression", "byte_rate", "headers")
 	if m == nil {
 		return nil
 	}
@@ -493,10 +493,13 @@ func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Targe
 	if n, ok := m.vals["batch"]; ok {
 		t.Batch = d.batch(n, m.field("batch"))
 	}
-	if field(d, m, "protocol", "", parseProtocol(ProtocolHTTP, ProtocolNDJSON, ProtocolElasticsearchBulk, ProtocolLoki), &t.Protocol) &&
+	if field(d, m, "protocol", "", parseProtocol(ProtocolHTTP, ProtocolNDJSON, ProtocolElasticsearchBulk, ProtocolLoki, ProtocolOTLP, ProtocolSplunkHEC), &t.Protocol) &&
 		t.Protocol != ProtocolHTTP && t.Batch == nil && !m.bad["batch"] {
 		// A log protocol sends batches: the batch defaults apply.
 		t.Batch = &Batch{MaxMessages: DefaultBatchMaxMessages, MaxBytes: DefaultBatchMaxBytes, MaxWait: DefaultBatchMaxWait, Format: FormatNDJSON, Line: m.vals["protocol"].Line}
+	}
+	if n, ok := m.vals["headers"]; ok {
+		t.Headers = d.headers(n, m.field("headers"))
 	}
 	field(d, m, "compression", "", parseCompression, &t.Compression)
 	field(d, m, "byte_rate", "", parseByteRate, &t.ByteRate)
@@ -694,4 +697,45 @@ func (d *decoder) retry(n *yaml.Node, path string) Retry {
 		}
 	}
 	return r
+}
+
+// headersSetBySluice are headers a target's headers key may not set: they
+// describe the request's framing or identity, which sluice writes.
+var headersSetBySluice = []string{"host", "content-length", "transfer-encoding", "connection", "content-encoding", "x-sluice-id", "x-sluice-attempt", "x-sluice-batch-size"}
+
+// headers decodes a target's headers: a mapping of header names to values.
+func (d *decoder) headers(n *yaml.Node, path string) []HeaderField {
+	if n.Kind != yaml.MappingNode {
+		d.errorf(n.Line, path, "expected a mapping of header names to values, such as { Authorization: \"ApiKey ${ES_API_KEY}\" }, got %s", describe(n))
+		return nil
+	}
+	var out []HeaderField
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		at := path + "." + k.Value
+		name, err := parseToken("header name")(k.Value)
+		if err != nil {
+			d.errorf(k.Line, at, "%v", err)
+			continue
+		}
+		if slices.Contains(headersSetBySluice, strings.ToLower(name)) {
+			d.errorf(k.Line, at, "header %s is set by sluice", name)
+			continue
+		}
+		if v.Kind != yaml.ScalarNode {
+			d.errorf(v.Line, at, "expected a single value, got %s", describe(v))
+			continue
+		}
+		val, err := expand(v.Value, d.lookup)
+		if err != nil {
+			d.errorf(v.Line, at, "%v", err)
+			continue
+		}
+		if strings.ContainsAny(val, "\r\n\x00") {
+			d.errorf(v.Line, at, "a header value cannot hold a line break or NUL")
+			continue
+		}
+		out = append(out, HeaderField{Name: name, Value: val})
+	}
+	return out
 }

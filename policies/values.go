@@ -409,9 +409,6 @@ func parseProtocol(known ...string) func(string) (string, error) {
 		if slices.Contains(known, s) {
 			return s, nil
 		}
-		if slices.Contains(PlannedProtocols, s) {
-			return "", fmt.Errorf("protocol %q is planned but not built yet; expected %s", s, strings.Join(known, ", "))
-		}
 		return "", fmt.Errorf("unknown protocol %q: expected %s", s, strings.Join(known, ", "))
 	}
 }

@@ -31,6 +31,9 @@ import (
 //   - loki: storage full -> 429 with Retry-After (Loki's rate-limit answer,
 //     which Promtail, Alloy and Fluent Bit retry); malformed -> 400 with a
 //     plain-text reason, nothing stored.
+//   - otlp: storage full -> 503 with Retry-After and a google.rpc.Status
+//     (UNAVAILABLE) in the request's encoding, which OTLP exporters retry;
+//     malformed -> 400 INVALID_ARGUMENT, nothing stored.
 //   - splunk-hec: storage full -> 503 {"text":"Server is busy","code":9} with
 //     Retry-After (Splunk's own answer); a malformed event -> 400 with HEC's
 //     code and invalid-event-number, nothing stored.
@@ -65,7 +68,90 @@ func (s *Server) handleLogs(ctx *fasthttp.RequestCtx, r *route) {
 		s.handleSplunkHEC(ctx, r)
 	case policies.ProtocolLoki:
 		s.handleLoki(ctx, r)
+	case policies.ProtocolOTLP:
+		s.handleOTLP(ctx, r)
 	}
+}
+
+// gRPC status codes OTLP/HTTP answers with.
+const (
+	rpcInvalidArgument = 3
+	rpcUnavailable     = 14
+	rpcUnimplemented   = 12
+)
+
+// handleOTLP serves OTLP/HTTP logs (POST /v1/logs, protobuf or JSON):
+// each log record is stored as one message holding it with its resource and
+// scope, and the export is answered 200 with an empty
+// ExportLogsServiceResponse in the request's encoding once all are durable.
+func (s *Server) handleOTLP(ctx *fasthttp.RequestCtx, r *route) {
+	enc := logproto.OTLPEncoding(string(ctx.Request.Header.ContentType()))
+	reply := func(status int, body []byte) {
+		if enc == "" {
+			ctx.Response.Header.SetContentType(logproto.OTLPJSON)
+		} else {
+			ctx.Response.Header.SetContentType(enc)
+		}
+		ctx.SetStatusCode(status)
+		ctx.SetBody(body)
+	}
+	status := func(status, code int, msg string) {
+		e := enc
+		if e == "" {
+			e = logproto.OTLPJSON
+		}
+		reply(status, logproto.OTLPStatus(e, code, msg))
+	}
+	path := string(ctx.Path())
+	if path != logproto.OTLPLogsPath {
+		path = routePath(ctx.Path(), r.Match.Path)
+	}
+	switch {
+	case path != logproto.OTLPLogsPath:
+		status(fasthttp.StatusNotFound, rpcUnimplemented, "sluice accepts OTLP logs only, on "+logproto.OTLPLogsPath)
+		return
+	case !ctx.IsPost():
+		ctx.Response.Header.Set("Allow", "POST")
+		status(fasthttp.StatusMethodNotAllowed, rpcUnimplemented, "use POST")
+		return
+	case enc == "":
+		status(fasthttp.StatusUnsupportedMediaType, rpcInvalidArgument, "Content-Type must be application/x-protobuf or application/json")
+		return
+	}
+	if !s.readBody(ctx, r.MaxBody) {
+		return
+	}
+	body, perr := decodeBody(ctx, r)
+	if perr != nil {
+		status(perr.Status, rpcInvalidArgument, perr.Reason)
+		return
+	}
+	docs, err := logproto.ParseOTLPLogs(body, enc)
+	if err != nil {
+		pe := asProtoError(err)
+		status(pe.Status, rpcInvalidArgument, pe.Reason)
+		return
+	}
+	_, errs := s.appendDocsAs(ctx, r, docs, []byte(enc))
+	failed := 0
+	var firstErr error
+	for _, e := range errs {
+		if e != nil {
+			if failed++; firstErr == nil {
+				firstErr = e
+			}
+		}
+	}
+	if failed > 0 {
+		// A retryable answer with Retry-After, which OTLP exporters honour.
+		// A resend stores again the records that were stored (see the top).
+		s.logRefusal(r, firstErr, failed)
+		setRetryAfter(ctx, firstErr)
+		status(fasthttp.StatusServiceUnavailable, rpcUnavailable,
+			fmt.Sprintf("%d of %d log records were not stored (%s); export them again", failed, len(docs), refusalReason(firstErr)))
+		return
+	}
+	reply(fasthttp.StatusOK, logproto.OTLPSuccess(enc))
 }
 
 func writeText(ctx *fasthttp.RequestCtx, status int, text string) {
@@ -371,6 +457,11 @@ func asProtoError(err error) *logproto.Error {
 // share a group commit, and waits for all of them. errs[i] is nil for each
 // document stored, whose id is ids[i].
 func (s *Server) appendDocs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc) ([]buffer.ID, []error) {
+	return s.appendDocsAs(ctx, r, docs, valueJSON)
+}
+
+// appendDocsAs is appendDocs for documents of another Content-Type.
+func (s *Server) appendDocsAs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte) ([]buffer.ID, []error) {
 	ids := make([]buffer.ID, len(docs))
 	errs := make([]error, len(docs))
 	now := time.Now()
@@ -383,7 +474,7 @@ func (s *Server) appendDocs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.
 			doc := &docs[i]
 			d := logDraftPool.Get().(*buffer.Draft)
 			d.Method, d.URI, d.Body, d.EnqueuedAt = method, uri, doc.Body, now
-			d.AddHeader(hdrContentType, valueJSON)
+			d.AddHeader(hdrContentType, contentType)
 			if doc.Op != "" {
 				d.AddHeader(hdrEsOp, []byte(doc.Op))
 				d.AddHeader(hdrEsMeta, doc.Meta)

@@ -22,6 +22,10 @@ import (
 
 const esPolicy = `
 routes:
+  - name: otlp
+    match: { path: /v1/ }
+    protocol: otlp
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
   - name: loki
     match: { path: /loki }
     protocol: loki
@@ -217,9 +221,9 @@ func TestElasticsearchGzip(t *testing.T) {
 // Storage full: Elasticsearch's own back-pressure answer (429 with
 // Retry-After), nothing acknowledged.
 func TestElasticsearchFull(t *testing.T) {
-	// Each of esPolicy's 4 routes starts with a 64 KiB segment: room for
+	// Each of esPolicy's 5 routes starts with a 64 KiB segment: room for
 	// about 6 requests of 11 KB after that.
-	base, s := logsServer(t, buffer.Config{MaxBytes: (4*64 + 64) << 10, SegmentBytes: 64 << 10})
+	base, s := logsServer(t, buffer.Config{MaxBytes: (5*64 + 64) << 10, SegmentBytes: 64 << 10})
 	doc := `{"msg":"` + strings.Repeat("x", 500) + `"}`
 	body := strings.Repeat("{\"create\":{\"_index\":\"a\"}}\n"+doc+"\n", 20)
 	acked, refused := 0, 0
@@ -357,4 +361,54 @@ func promtailPush(t *testing.T) []byte {
 	req = protowire.AppendTag(req, 1, protowire.BytesType)
 	req = protowire.AppendBytes(req, st)
 	return snappy.Encode(nil, req)
+}
+
+// OTLP/HTTP logs: a protobuf export and a JSON export are stored one
+// message per record and answered 200 with an empty response in the
+// request's encoding; a malformed export gets 400 with a google.rpc.Status.
+func TestOTLPRoute(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	rec := func(body string) []byte {
+		var any, r []byte
+		any = protowire.AppendTag(any, 1, protowire.BytesType)
+		any = protowire.AppendString(any, body)
+		r = protowire.AppendTag(r, 5, protowire.BytesType)
+		return protowire.AppendBytes(r, any)
+	}
+	var sl, rl, req []byte
+	for _, b := range []string{"one", "two"} {
+		sl = protowire.AppendTag(sl, 2, protowire.BytesType)
+		sl = protowire.AppendBytes(sl, rec(b))
+	}
+	rl = protowire.AppendTag(rl, 2, protowire.BytesType)
+	rl = protowire.AppendBytes(rl, sl)
+	req = protowire.AppendTag(req, 1, protowire.BytesType)
+	req = protowire.AppendBytes(req, rl)
+	resp := do(t, "POST", base+"/v1/logs", string(gz(req)), map[string]string{"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"})
+	if resp.StatusCode() != 200 || len(resp.Body()) != 0 || string(resp.Header.ContentType()) != "application/x-protobuf" {
+		t.Fatalf("protobuf: %d %q %s", resp.StatusCode(), resp.Body(), resp.Header.ContentType())
+	}
+	resp = do(t, "POST", base+"/v1/logs", `{"resourceLogs":[{"resource":{},"scopeLogs":[{"scope":{"name":"s"},"logRecords":[{"body":{"stringValue":"three"}}]}]}]}`,
+		map[string]string{"Content-Type": "application/json"})
+	if resp.StatusCode() != 200 || string(resp.Body()) != "{}" {
+		t.Fatalf("json: %d %s", resp.StatusCode(), resp.Body())
+	}
+	resp = do(t, "POST", base+"/v1/logs", `{"resourceLogs":[{"scopeLogs":[{"logRecords":["x"]}]}]}`, map[string]string{"Content-Type": "application/json"})
+	if resp.StatusCode() != 400 || !bytes.Contains(resp.Body(), []byte(`"code":3`)) {
+		t.Fatalf("bad: %d %s", resp.StatusCode(), resp.Body())
+	}
+	if resp := do(t, "POST", base+"/v1/traces", "{}", map[string]string{"Content-Type": "application/json"}); resp.StatusCode() != 404 {
+		t.Errorf("traces: %d", resp.StatusCode())
+	}
+	msgs := stored(t, s, "otlp")
+	if len(msgs) != 3 {
+		t.Fatalf("%d stored, want 3", len(msgs))
+	}
+	types := map[string]int{}
+	for _, m := range msgs {
+		types[header(m, "Content-Type")]++
+	}
+	if types["application/x-protobuf"] != 2 || types["application/json"] != 1 {
+		t.Errorf("content types %v", types)
+	}
 }
