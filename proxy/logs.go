@@ -464,11 +464,49 @@ func (s *Server) appendDocs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.
 func (s *Server) appendDocsAs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte) ([]buffer.ID, []error) {
 	ids := make([]buffer.ID, len(docs))
 	errs := make([]error, len(docs))
+	todo := make([]int, len(docs))
+	for i := range todo {
+		todo[i] = i
+	}
+	deadline := time.Now().Add(s.fullWait)
+	for {
+		s.appendSome(ctx, r, docs, contentType, todo, ids, errs)
+		todo = todo[:0]
+		for i, err := range errs {
+			if errors.Is(err, buffer.ErrFull) {
+				todo = append(todo, i)
+			}
+		}
+		if len(todo) == 0 || time.Now().Add(fullPoll).After(deadline) {
+			return ids, errs
+		}
+		select {
+		case <-time.After(fullPoll):
+		case <-s.appendCtx.Done():
+			return ids, errs
+		}
+	}
+}
+
+// A request of a log protocol that finds the storage full waits up to
+// fullWait for room, trying again every fullPoll, before it is refused:
+// rsyslog's omelasticsearch writes a batch refused whole to its error file
+// (whatever the status), and Fluent Bit at its default Retry_Limit drops
+// it, so during a short peak a slower answer loses nothing where a refusal
+// would. Shippers' own timeouts are longer (Filebeat 90 s, Logstash and
+// Vector 60 s; rsyslog and Fluent Bit have none by default).
+const (
+	fullWait = 10 * time.Second
+	fullPoll = 200 * time.Millisecond
+)
+
+// appendSome appends docs[i] for each i in todo, all at once, and waits.
+func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte, todo []int, ids []buffer.ID, errs []error) {
 	now := time.Now()
 	method, uri := ctx.Method(), ctx.URI().RequestURI()
 	var wg sync.WaitGroup
-	wg.Add(len(docs))
-	for i := range docs {
+	wg.Add(len(todo))
+	for _, i := range todo {
 		go func() {
 			defer wg.Done()
 			doc := &docs[i]
@@ -488,7 +526,6 @@ func (s *Server) appendDocsAs(ctx *fasthttp.RequestCtx, r *route, docs []logprot
 		}()
 	}
 	wg.Wait()
-	return ids, errs
 }
 
 // refusalReason and refusalCode say why a document was not stored, in the

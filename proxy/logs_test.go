@@ -224,6 +224,7 @@ func TestElasticsearchFull(t *testing.T) {
 	// Each of esPolicy's 5 routes starts with a 64 KiB segment: room for
 	// about 6 requests of 11 KB after that.
 	base, s := logsServer(t, buffer.Config{MaxBytes: (5*64 + 64) << 10, SegmentBytes: 64 << 10})
+	s.fullWait = 300 * time.Millisecond // nothing frees room here: a short wait, then the refusal
 	doc := `{"msg":"` + strings.Repeat("x", 500) + `"}`
 	body := strings.Repeat("{\"create\":{\"_index\":\"a\"}}\n"+doc+"\n", 20)
 	acked, refused := 0, 0

@@ -71,6 +71,8 @@ type Server struct {
 
 	appendCtx context.Context // cancelled by Shutdown
 	stop      context.CancelFunc
+
+	fullWait time.Duration // log protocols: how long a request waits for room when full (logs.go)
 }
 
 type route struct {
@@ -91,7 +93,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger}
+	s := &Server{cfg: cfg, log: cfg.Logger, fullWait: fullWait}
 	s.appendCtx, s.stop = context.WithCancel(context.Background())
 	routes, maxBody, err := s.buildRoutes(cfg.Policy, cfg.Queues, nil)
 	if err != nil {

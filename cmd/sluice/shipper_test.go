@@ -348,3 +348,122 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestRsyslogBackPressure: sluice's storage is smaller than what rsyslog
+// sends at once, so requests find it full until the target has drained
+// enough. rsyslog writes a batch refused whole to its error file, whatever
+// the status, so sluice holds such a request (up to 10 s) until there is
+// room: every line arrives once and the error file stays empty. (Before
+// sluice waited, 512 of 3000 lines arrived; the rest were in the error
+// file.)
+func TestRsyslogBackPressure(t *testing.T) {
+	rsyslogd := needShipper(t, "rsyslogd", "/usr/sbin/rsyslogd")
+	needShipper(t, "rsyslog's omelasticsearch", "/usr/lib/*/rsyslog/omelasticsearch.so", "/usr/lib/rsyslog/omelasticsearch.so")
+	store := &esStore{docs: map[string]string{}, seen: map[string]int{}, rejected: map[string]bool{}, reject: func(string) bool { return false }}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	srv := &http.Server{Handler: store}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	// A proxy in front of sluice counts its 429s, so the test knows the
+	// back-pressure happened.
+	dir := t.TempDir()
+	addr := freePort(t)
+	policy := filepath.Join(dir, "policy.yaml")
+	must(t, os.WriteFile(policy, fmt.Appendf(nil, `listen: %q
+storage: { dir: %q, fsync: always, segment_bytes: 64KiB, max_bytes: 320KiB }
+routes:
+  - name: logs
+    match: { path: / }
+    protocol: elasticsearch
+    max_body: 10MiB
+    targets:
+      - name: store
+        url: http://%s
+        protocol: elasticsearch-bulk
+        rate: 10/s
+        concurrency: 1
+        batch: { max_messages: 50, max_wait: 20ms }
+`, addr, filepath.Join(dir, "data"), ln.Addr()), 0o644))
+	startSluice(t, policy, addr)
+	var refused, slowest atomic.Int64
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	fsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, _ := http.NewRequest(r.Method, "http://"+addr+r.URL.RequestURI(), r.Body)
+		req.Header = r.Header.Clone()
+		start := time.Now()
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if took := int64(time.Since(start)); took > slowest.Load() {
+			slowest.Store(took) // racy max; good enough to tell 0 from seconds
+		}
+		if err != nil {
+			http.Error(w, err.Error(), 502)
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == 429 {
+			refused.Add(1)
+		}
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	})}
+	go fsrv.Serve(front)
+	defer fsrv.Close()
+	_, port, _ := net.SplitHostPort(front.Addr().String())
+
+	logFile := filepath.Join(dir, "app.log")
+	const n = 3000
+	var lines bytes.Buffer
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&lines, "line %06d %s\n", i, strings.Repeat("y", 200))
+	}
+	must(t, os.WriteFile(logFile, lines.Bytes(), 0o644))
+	errFile := filepath.Join(dir, "es-errors.log")
+	must(t, os.Mkdir(filepath.Join(dir, "work"), 0o700))
+	conf := filepath.Join(dir, "rsyslog.conf")
+	must(t, os.WriteFile(conf, fmt.Appendf(nil, `global(workDirectory=%q)
+module(load="imfile")
+module(load="omelasticsearch")
+template(name="doc" type="string" string="{\"msg\":\"%%msg:::json%%\"}")
+template(name="docid" type="string" string="app-%%$!metadata!fileoffset%%")
+input(type="imfile" File=%q Tag="app" addMetadata="on" ruleset="es")
+ruleset(name="es") {
+  action(type="omelasticsearch" server="127.0.0.1" serverport="%s" template="doc" searchIndex="app"
+         bulkmode="on" bulkid="docid" dynbulkid="on" errorfile=%q
+         action.resumeRetryCount="-1" action.resumeInterval="1"
+         queue.type="LinkedList" queue.size="100000" queue.dequeueBatchSize="512")
+}
+`, filepath.Join(dir, "work"), logFile, port, errFile), 0o644))
+	cmd := exec.Command(rsyslogd, "-n", "-f", conf, "-i", filepath.Join(dir, "rsyslog.pid"))
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	must(t, cmd.Start())
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+
+	deadline := time.Now().Add(60 * time.Second)
+	for len(store.numbers(t)) < n && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	got := store.numbers(t)
+	if len(got) < n {
+		ef, _ := os.ReadFile(errFile)
+		t.Fatalf("%d of %d lines in the store after 60s; sluice answered 429 %d times; rsyslog said:\n%.3000s\nerror file:\n%.2000s", len(got), n, refused.Load(), out.String(), ef)
+	}
+	for i := 1; i <= n; i++ {
+		if got[i] != 1 {
+			t.Errorf("line %d is in the store %d times", i, got[i])
+		}
+	}
+	if refused.Load() == 0 && time.Duration(slowest.Load()) < 200*time.Millisecond {
+		t.Errorf("no request waited or was refused: the storage limit was not reached, nothing was tested")
+	}
+	t.Logf("sluice answered 429 %d times; the slowest request took %v", refused.Load(), time.Duration(slowest.Load()))
+	if b, err := os.ReadFile(errFile); err == nil && len(b) > 0 {
+		t.Errorf("rsyslog's error file is not empty:\n%.2000s", b)
+	}
+}
