@@ -116,6 +116,15 @@
 // other messages than the first try, so the downstream should de-duplicate
 // by content (for example an _id in each line).
 //
+// Target.Protocol picks the batch's wire format (the codecs are logproto's):
+// ndjson (above); elasticsearch-bulk (esbulk.go: _bulk with an _id per
+// document, the reply read item by item, each item delivered, retried alone
+// or dead on its own); loki (a JSON push, judged whole); otlp (otlp.go: one
+// export per encoding in the batch); splunk-hec (hec.go: event calls; an
+// invalid-event-number kills that event alone). Target.Compression gzips
+// batch bodies; Target.ByteRate holds a batch until a bytes-per-second
+// bucket has room for it, besides the requests-per-second one.
+//
 // # Ordering
 //
 // With Target.Ordering, messages with the same key (a header's value) go

@@ -35,11 +35,14 @@
 //   - A route's callback_header names a callback URL that must match the
 //     policy's callbacks.allow (400 callback_not_allowed otherwise, nothing
 //     stored); the drainers make the callbacks.
-//   - A request's path is normalised once (path.go: unreserved characters
-//     decoded, dot segments removed, an encoded slash kept encoded); that
-//     one form is routed, stored and replayed, or forwarded, so routing and
-//     forwarding never see different paths.
-//   - Error bodies never quote the request, and neither do log lines.
+//   - A route with a log protocol (routes[].protocol; logs.go) stores one
+//     message per document and answers in the protocol's own shape only
+//     once every document of the request is durable; a malformed request is
+//     refused whole in that shape, nothing stored. The documents of one
+//     request are appended at once (the store has no batch append), so they
+//     normally share a group commit and are stored in any order; a commit
+//     failing between them leaves some stored (an Elasticsearch reply says
+//     which). A request finding the storage full waits up to 10 s for room.
 //   - The listener's limits (server: read_timeout, max_header_bytes,
 //     max_connections) bound what one client can hold; one connection over
 //     max_connections gets a JSON 503 (listener.go); see match.go for route
