@@ -84,6 +84,19 @@ func jsonObject(b []byte) bool {
 // Any other action, a line that is not JSON, or an action without an index
 // refuses the whole request with a 400 *Error.
 func ParseBulk(body []byte, defaultIndex string) ([]Doc, error) {
+	return ParseBulkWith(body, BulkDefaults{Index: defaultIndex})
+}
+
+// BulkDefaults are what a _bulk URL says for every action that does not say
+// it itself: /{index}/_bulk, ?pipeline=, ?routing= (Fluent Bit sends its
+// Pipeline option this way). They are written into each stored action, so
+// that delivery, which posts to its own URL, keeps them.
+type BulkDefaults struct {
+	Index, Pipeline, Routing string
+}
+
+// ParseBulkWith is ParseBulk with the URL's defaults.
+func ParseBulkWith(body []byte, def BulkDefaults) ([]Doc, error) {
 	docs := make([]Doc, 0, bytes.Count(body, []byte{'\n'})/2+1)
 	var pending Doc // an action waiting for its document, when pendingLine > 0
 	pendingLine := 0
@@ -106,7 +119,7 @@ func ParseBulk(body []byte, defaultIndex string) ([]Doc, error) {
 			d = prevDoc
 		} else {
 			var err error
-			if d, err = parseAction(line, defaultIndex); err != nil {
+			if d, err = parseAction(line, def); err != nil {
 				return badRequest("illegal_argument_exception", "line %d: %s", n, err)
 			}
 			prevAction, prevDoc = line, d
@@ -127,7 +140,7 @@ func ParseBulk(body []byte, defaultIndex string) ([]Doc, error) {
 }
 
 // parseAction parses one action line: {"index":{...}} or {"create":{...}}.
-func parseAction(line []byte, defaultIndex string) (Doc, error) {
+func parseAction(line []byte, def BulkDefaults) (Doc, error) {
 	var action map[string]json.RawMessage
 	if len(line) == 0 || line[0] != '{' || json.Unmarshal(line, &action) != nil {
 		return Doc{}, fmt.Errorf("the action line is not a JSON object")
@@ -166,12 +179,17 @@ func parseAction(line []byte, defaultIndex string) (Doc, error) {
 		if json.Unmarshal(ix, &d.Index) != nil || d.Index == "" {
 			return Doc{}, fmt.Errorf("the %s action's _index must be a non-empty string", d.Op)
 		}
-	} else if defaultIndex != "" {
-		d.Index = defaultIndex
-		ixJSON, _ := json.Marshal(defaultIndex)
+	} else if def.Index != "" {
+		d.Index = def.Index
+		ixJSON, _ := json.Marshal(def.Index)
 		meta["_index"] = ixJSON
 	} else {
 		return Doc{}, fmt.Errorf("the %s action names no _index and the URL names none", d.Op)
+	}
+	for k, v := range map[string]string{"pipeline": def.Pipeline, "routing": def.Routing} {
+		if _, set := meta[k]; !set && v != "" {
+			meta[k], _ = json.Marshal(v)
+		}
 	}
 	d.Meta, _ = json.Marshal(meta) // keys sorted: the same action is stored the same way
 	return d, nil

@@ -326,3 +326,18 @@ func BenchmarkParseBulk(b *testing.B) {
 		}
 	}
 }
+
+// The URL's pipeline and routing go into each action that names none.
+func TestParseBulkURLDefaults(t *testing.T) {
+	docs, err := ParseBulkWith([]byte("{\"create\":{}}\n{\"m\":1}\n{\"create\":{\"pipeline\":\"own\"}}\n{\"m\":2}\n"),
+		BulkDefaults{Index: "logs", Pipeline: "fb-pipe", Routing: "r1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(docs[0].Meta); got != `{"_index":"logs","pipeline":"fb-pipe","routing":"r1"}` {
+		t.Errorf("meta %s", got)
+	}
+	if got := string(docs[1].Meta); got != `{"_index":"logs","pipeline":"own","routing":"r1"}` {
+		t.Errorf("meta %s", got)
+	}
+}

@@ -335,7 +335,9 @@ func (s *Server) handleElasticsearch(ctx *fasthttp.RequestCtx, r *route) {
 		writeESError(ctx, perr)
 		return
 	}
-	docs, err := logproto.ParseBulk(body, index)
+	q := ctx.QueryArgs()
+	docs, err := logproto.ParseBulkWith(body, logproto.BulkDefaults{Index: index,
+		Pipeline: string(q.Peek("pipeline")), Routing: string(q.Peek("routing"))})
 	if err != nil {
 		writeESError(ctx, asProtoError(err))
 		return
