@@ -258,6 +258,11 @@ func TestNDJSON(t *testing.T) {
 	if err != nil || len(docs) != 3 || string(docs[0].Body) != `{"a":1}` {
 		t.Fatalf("%+v %v", docs, err)
 	}
+	// A body that is one JSON array gives its elements.
+	docs, err = ParseNDJSON([]byte("[\n {\"date\": 1.5, \"log\": \"a\"},\n {\"log\": \"b\"}\n]\n"))
+	if err != nil || len(docs) != 2 || string(docs[0].Body) != `{"date": 1.5, "log": "a"}` {
+		t.Fatalf("array: %+v %v", docs, err)
+	}
 	_, err = ParseNDJSON([]byte("{\"a\":1}\nsecret\n"))
 	var pe *Error
 	if !errors.As(err, &pe) || pe.Status != 400 || pe.Reason != "line 2 is not JSON" {
