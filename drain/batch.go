@@ -48,6 +48,17 @@ func ndjsonLine(body []byte) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// storedBy reports whether a message was stored by a route of the given log
+// protocol (logproto.HeaderProtocol).
+func storedBy(dl *store.Delivery, protocol string) bool {
+	for _, h := range dl.Header {
+		if h.Name == logproto.HeaderProtocol {
+			return h.Value == protocol
+		}
+	}
+	return false
+}
+
 // addPending adds fetched messages to the batch being filled.
 func (r *runner) addPending(got []*store.Delivery, now time.Time) {
 	if len(got) == 0 {
@@ -154,12 +165,12 @@ func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<
 	if d.target.Protocol == policies.ProtocolLoki {
 		// One push request: the entries grouped into streams by labels;
 		// Loki answers for the push as a whole.
-		docs, at := make([][]byte, len(batch)), make([]time.Time, len(batch))
+		docs := make([]logproto.LokiDoc, len(batch))
 		for i, dl := range batch {
-			docs[i], at[i] = dl.Body, dl.EnqueuedAt
+			docs[i] = logproto.LokiDoc{Body: dl.Body, At: dl.EnqueuedAt, Entry: storedBy(dl, policies.ProtocolLoki)}
 			maxAttempt = max(maxAttempt, dl.Attempt)
 		}
-		body.Write(logproto.AppendLokiPush(nil, docs, at))
+		body.Write(logproto.AppendLokiPush(nil, docs))
 		sent = batch
 	} else {
 		for _, dl := range batch {

@@ -311,7 +311,7 @@ func TestLokiDelivery(t *testing.T) {
 			return &buffer.Message{Method: "POST", URI: "/", Body: []byte("plain line")}
 		}
 		b, _ := json.Marshal(logproto.LokiEntry{Labels: map[string]string{"job": fmt.Sprint("j", i%3)}, TS: fmt.Sprint(1710000000000000000 + i), Line: fmt.Sprint("line ", i)})
-		return &buffer.Message{Method: "POST", URI: "/loki/api/v1/push", Body: b}
+		return &buffer.Message{Method: "POST", URI: "/loki/api/v1/push", Body: b, Header: []buffer.Header{{Name: logproto.HeaderProtocol, Value: "loki"}}}
 	})
 	target := batchTarget(ds.url, policies.Batch{MaxMessages: 100, MaxBytes: 1 << 20, MaxWait: 50 * ms, Format: policies.FormatNDJSON})
 	target.Protocol = policies.ProtocolLoki
@@ -418,17 +418,25 @@ func TestHECDelivery(t *testing.T) {
 		mu.Unlock()
 		ctx.SetBody(logproto.HECReply("Success", 0, -1))
 	})
-	bodies := []string{`{"event":"from hec","host":"h1"}`, `plain text line`, `{"event":"poison"}`, `{"msg":"json doc"}`}
+	// Messages 0 and 2 were stored by a splunk-hec route; the others (an
+	// ECS document with its own "event" field among them) were not.
+	bodies := []string{`{"event":"from hec","host":"h1"}`, `plain text line`, `{"event":"poison"}`, `{"msg":"json doc"}`, `{"event":{"kind":"ecs"},"message":"m"}`}
 	_, q, _ := newQueue(t, "logs")
-	msgs := appendN(t, q, len(bodies), func(i int) *buffer.Message { return &buffer.Message{Method: "POST", URI: "/", Body: []byte(bodies[i])} })
+	msgs := appendN(t, q, len(bodies), func(i int) *buffer.Message {
+		m := &buffer.Message{Method: "POST", URI: "/", Body: []byte(bodies[i])}
+		if i == 0 || i == 2 {
+			m.Header = []buffer.Header{{Name: logproto.HeaderProtocol, Value: "splunk-hec"}}
+		}
+		return m
+	})
 	target := batchTarget(ds.url, policies.Batch{MaxMessages: 100, MaxBytes: 1 << 20, MaxWait: 50 * ms, Format: policies.FormatNDJSON})
 	target.Protocol = policies.ProtocolSplunkHEC
 	target.Headers = []policies.HeaderField{{Name: "Authorization", Value: "Splunk tok-1"}}
 	d, _ := startDrainer(t, Config{Route: "logs", Target: target}, consumer(t, q, "logs"))
-	waitFor(t, 10*time.Second, "every message delivered or dead", func() bool { st := d.Stats(); return st.Delivered+st.Dead == 4 })
+	waitFor(t, 10*time.Second, "every message delivered or dead", func() bool { st := d.Stats(); return st.Delivered+st.Dead == 5 })
 	mu.Lock()
 	defer mu.Unlock()
-	for _, want := range []string{"from hec@h1", "plain text line@", "map[msg:json doc]@"} {
+	for _, want := range []string{"from hec@h1", "plain text line@", "map[msg:json doc]@", "map[event:map[kind:ecs] message:m]@"} {
 		if indexed[want] != 1 {
 			t.Errorf("%s indexed %d times (%v)", want, indexed[want], indexed)
 		}

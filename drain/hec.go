@@ -9,14 +9,15 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/logproto"
+	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // A target with protocol splunk-hec gets its batches as HEC event calls to
 // the URL's path + /services/collector/event (credentials go in the
 // target's headers: Authorization: Splunk <token>). A document stored by a
-// splunk-hec route is sent as it came (its time, host, source, sourcetype,
+// splunk-hec route (logproto.HeaderProtocol) is sent as it came (its time, host, source, sourcetype,
 // index and fields kept); any other becomes {"time":<received>,"event":<the
 // document>}. A 400 naming an invalid-event-number makes that event dead,
 // with Splunk's text, and sends the others again (Splunk may have indexed
@@ -24,16 +25,11 @@ import (
 // judged for the batch as a whole.
 
 // hecEvent returns the HEC event object for a stored message.
-func hecEvent(dl *buffer.Delivery) []byte {
+func hecEvent(dl *store.Delivery) []byte {
 	body := bytes.TrimSpace(dl.Body)
-	if len(body) > 0 && body[0] == '{' && json.Valid(body) {
-		var env struct {
-			Event json.RawMessage `json:"event"`
-		}
-		if json.Unmarshal(body, &env) == nil && len(env.Event) > 0 && string(env.Event) != "null" {
-			if line, err := ndjsonLine(body); err == nil {
-				return line
-			}
+	if storedBy(dl, policies.ProtocolSplunkHEC) {
+		if line, err := ndjsonLine(body); err == nil {
+			return line // an event envelope, as it came
 		}
 	}
 	var ev json.RawMessage
@@ -51,7 +47,7 @@ func hecEvent(dl *buffer.Delivery) []byte {
 }
 
 // attemptHEC is attemptBatch for splunk-hec targets.
-func (d *Drainer) attemptHEC(batch []*buffer.Delivery, probe bool, events chan<- event) {
+func (d *Drainer) attemptHEC(batch []*store.Delivery, probe bool, events chan<- event) {
 	var body bytes.Buffer
 	maxAttempt := 0
 	for _, dl := range batch {
@@ -76,15 +72,15 @@ func (d *Drainer) attemptHEC(batch []*buffer.Delivery, probe bool, events chan<-
 	if res.status == fasthttp.StatusBadRequest && json.Unmarshal(reply, &hr) == nil && hr.Event != nil && *hr.Event >= 0 && *hr.Event < len(batch) {
 		bad = *hr.Event
 	}
-	outs := make([]buffer.Outcome, len(batch))
+	outs := make([]store.Outcome, len(batch))
 	for i, dl := range batch {
 		switch {
-		case judged.Phase == buffer.Delivered:
+		case judged.Phase == store.Delivered:
 			outs[i] = judged
 		case bad >= 0 && i == bad:
 			out := judged
 			out.Attempt.Error = fmt.Sprintf("splunk-hec: event refused: %.200s (code %d)", hr.Text, hr.Code)
-			out.Phase = buffer.Dead
+			out.Phase = store.Dead
 			outs[i] = out
 		case bad >= 0:
 			// Not this event's fault: sent again (with its own backoff).

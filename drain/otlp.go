@@ -8,8 +8,8 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/logproto"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // A target with protocol otlp gets its batches as OTLP/HTTP log exports to
@@ -25,9 +25,9 @@ import (
 var errNotOTLP = errors.New("otlp: the body is not an OTLP logs export, so it cannot be sent to an OTLP target")
 
 // attemptOTLP is attemptBatch for otlp targets.
-func (d *Drainer) attemptOTLP(batch []*buffer.Delivery, probe bool, events chan<- event) {
-	groups := map[string][]*buffer.Delivery{}
-	var refused []*buffer.Delivery
+func (d *Drainer) attemptOTLP(batch []*store.Delivery, probe bool, events chan<- event) {
+	groups := map[string][]*store.Delivery{}
+	var refused []*store.Delivery
 	for _, dl := range batch {
 		enc := logproto.OTLPProtobuf
 		if logproto.IsOTLPJSON(dl.Body) {
@@ -42,8 +42,8 @@ func (d *Drainer) attemptOTLP(batch []*buffer.Delivery, probe bool, events chan<
 	d.rndMu.Lock()
 	rnd := d.rnd()
 	d.rndMu.Unlock()
-	var all []*buffer.Delivery
-	var outs []buffer.Outcome
+	var all []*store.Delivery
+	var outs []store.Outcome
 	var signal result
 	sent := 0
 	for _, enc := range []string{logproto.OTLPProtobuf, logproto.OTLPJSON} {
@@ -64,7 +64,7 @@ func (d *Drainer) attemptOTLP(batch []*buffer.Delivery, probe bool, events chan<
 		}
 		sent += len(group)
 		judged, retryable := judge(&d.target, res)
-		if judged.Phase == buffer.Delivered {
+		if judged.Phase == store.Delivered {
 			if n, msg := logproto.ParseOTLPPartial(reply, enc); n > 0 {
 				d.log.Warn("the OTLP target rejected log records for good (partial success); OTLP says not to send them again",
 					"rejected", n, "batch", len(group), "reason", msg)
@@ -73,7 +73,7 @@ func (d *Drainer) attemptOTLP(batch []*buffer.Delivery, probe bool, events chan<
 		nextTry := res.at.Add(res.dur).Add(Backoff(d.target.Retry, maxAttempt, res.retryAfter, rnd))
 		for _, dl := range group {
 			out := judged
-			if out.Phase != buffer.Delivered {
+			if out.Phase != store.Delivered {
 				out = finish(&d.target, judged, retryable, dl.Attempt, nextTry)
 			}
 			all, outs = append(all, dl), append(outs, out)
@@ -83,7 +83,7 @@ func (d *Drainer) attemptOTLP(batch []*buffer.Delivery, probe bool, events chan<
 	now := d.now()
 	for _, dl := range refused {
 		all = append(all, dl)
-		outs = append(outs, buffer.Outcome{Phase: buffer.Dead, Attempt: buffer.Attempt{At: now, Error: errNotOTLP.Error()}})
+		outs = append(outs, store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: now, Error: errNotOTLP.Error()}})
 	}
 	d.recordOutcomes(all, outs, signal.status, sent, events)
 }

@@ -9,6 +9,12 @@ import (
 	"time"
 )
 
+// HeaderProtocol is stored with every document of a log protocol route:
+// the route's protocol, so that delivery knows the document's shape (a HEC
+// event envelope, a Loki entry, an OTLP export) without guessing it from
+// the bytes.
+const HeaderProtocol = "X-Sluice-Protocol"
+
 // Headers under which a stored Elasticsearch document keeps its action, so
 // that delivery can rebuild the action line. They are the one place these
 // names are written.

@@ -309,22 +309,29 @@ func parseLabels(s string) (map[string]string, error) {
 	return out, nil
 }
 
+// LokiDoc is a stored document to push: Entry is true for a LokiEntry
+// stored by a loki route; any other document becomes an entry of the
+// stream {source="sluice"} with the document as its line, at At.
+type LokiDoc struct {
+	Body  []byte
+	At    time.Time
+	Entry bool
+}
+
 // AppendLokiPush appends to dst a Loki push request in JSON carrying the
-// stored entries, grouped into streams by their labels (in the order each
-// label set first appears). A document that is not a LokiEntry (sent by
-// another protocol) becomes an entry of the stream {source="sluice"} with
-// the document as its line, at the time at[i] it was received.
-func AppendLokiPush(dst []byte, docs [][]byte, at []time.Time) []byte {
+// documents, grouped into streams by their labels (in the order each label
+// set first appears).
+func AppendLokiPush(dst []byte, docs []LokiDoc) []byte {
 	type stream struct {
 		labels map[string]string
 		values [][]any
 	}
 	var order []string
 	streams := map[string]*stream{}
-	for i, d := range docs {
+	for _, d := range docs {
 		var e LokiEntry
-		if json.Unmarshal(d, &e) != nil || len(e.Labels) == 0 || !validTS(e.TS) {
-			e = LokiEntry{Labels: map[string]string{"source": "sluice"}, TS: strconv.FormatInt(at[i].UnixNano(), 10), Line: validUTF8(d)}
+		if !d.Entry || json.Unmarshal(d.Body, &e) != nil || len(e.Labels) == 0 || !validTS(e.TS) {
+			e = LokiEntry{Labels: map[string]string{"source": "sluice"}, TS: strconv.FormatInt(d.At.UnixNano(), 10), Line: validUTF8(d.Body)}
 		}
 		keys := make([]string, 0, len(e.Labels))
 		for k := range e.Labels {

@@ -64,14 +64,14 @@ func TestLokiGolden(t *testing.T) {
 	golden(t, "loki/promtail.docs.golden", out)
 
 	// Delivery groups the entries into streams again.
-	var stored [][]byte
-	var at []time.Time
+	var stored []LokiDoc
 	for _, d := range docs {
-		stored, at = append(stored, d.Body), append(at, time.Unix(0, 0))
+		stored = append(stored, LokiDoc{Body: d.Body, At: time.Unix(0, 0), Entry: true})
 	}
-	stored, at = append(stored, []byte(`{"from":"elsewhere"}`)), append(at, time.Unix(1710000001, 0))
-	golden(t, "loki/push.golden", append(AppendLokiPush(nil, stored, at), '\n'))
-	again, err := ParseLoki(AppendLokiPush(nil, stored, at), "application/json", 1<<20)
+	// A document from another route, even one shaped like an entry, is a line.
+	stored = append(stored, LokiDoc{Body: []byte(`{"labels":{"a":"b"},"ts":"1","line":"x"}`), At: time.Unix(1710000001, 0)})
+	golden(t, "loki/push.golden", append(AppendLokiPush(nil, stored), '\n'))
+	again, err := ParseLoki(AppendLokiPush(nil, stored), "application/json", 1<<20)
 	if err != nil || len(again) != 3 || !bytes.Equal(again[0].Body, docs[0].Body) {
 		t.Fatalf("push does not parse back: %v", err)
 	}

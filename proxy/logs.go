@@ -10,9 +10,9 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/logproto"
 	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // A route with a log protocol (routes[].protocol) stores one message per
@@ -47,11 +47,12 @@ import (
 // that were stored.
 
 // logDraftPool holds drafts for documents.
-var logDraftPool = sync.Pool{New: func() any { return new(buffer.Draft) }}
+var logDraftPool = sync.Pool{New: func() any { return new(store.Draft) }}
 
 var (
 	hdrContentType = []byte("Content-Type")
 	valueJSON      = []byte("application/json")
+	hdrProtocol    = []byte(logproto.HeaderProtocol)
 	hdrEsOp        = []byte(logproto.HeaderOp)
 	hdrEsMeta      = []byte(logproto.HeaderMeta)
 	hdrEsID        = []byte(logproto.HeaderID)
@@ -458,13 +459,13 @@ func asProtoError(err error) *logproto.Error {
 // appendDocs stores each document as one message, all at once so that they
 // share a group commit, and waits for all of them. errs[i] is nil for each
 // document stored, whose id is ids[i].
-func (s *Server) appendDocs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc) ([]buffer.ID, []error) {
+func (s *Server) appendDocs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc) ([]store.ID, []error) {
 	return s.appendDocsAs(ctx, r, docs, valueJSON)
 }
 
 // appendDocsAs is appendDocs for documents of another Content-Type.
-func (s *Server) appendDocsAs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte) ([]buffer.ID, []error) {
-	ids := make([]buffer.ID, len(docs))
+func (s *Server) appendDocsAs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte) ([]store.ID, []error) {
+	ids := make([]store.ID, len(docs))
 	errs := make([]error, len(docs))
 	todo := make([]int, len(docs))
 	for i := range todo {
@@ -475,7 +476,7 @@ func (s *Server) appendDocsAs(ctx *fasthttp.RequestCtx, r *route, docs []logprot
 		s.appendSome(ctx, r, docs, contentType, todo, ids, errs)
 		todo = todo[:0]
 		for i, err := range errs {
-			if errors.Is(err, buffer.ErrFull) {
+			if errors.Is(err, store.ErrFull) {
 				todo = append(todo, i)
 			}
 		}
@@ -503,7 +504,7 @@ const (
 )
 
 // appendSome appends docs[i] for each i in todo, all at once, and waits.
-func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte, todo []int, ids []buffer.ID, errs []error) {
+func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte, todo []int, ids []store.ID, errs []error) {
 	now := time.Now()
 	method, uri := ctx.Method(), ctx.URI().RequestURI()
 	var wg sync.WaitGroup
@@ -512,9 +513,10 @@ func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.
 		go func() {
 			defer wg.Done()
 			doc := &docs[i]
-			d := logDraftPool.Get().(*buffer.Draft)
+			d := logDraftPool.Get().(*store.Draft)
 			d.Method, d.URI, d.Body, d.EnqueuedAt = method, uri, doc.Body, now
 			d.AddHeader(hdrContentType, contentType)
+			d.AddHeader(hdrProtocol, []byte(r.Protocol))
 			if doc.Op != "" {
 				d.AddHeader(hdrEsOp, []byte(doc.Op))
 				d.AddHeader(hdrEsMeta, doc.Meta)
@@ -534,11 +536,11 @@ func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.
 // words of refuse (proxy.go), without request bytes.
 func refusalReason(err error) string {
 	switch {
-	case errors.Is(err, buffer.ErrFull):
+	case errors.Is(err, store.ErrFull):
 		return "storage is full"
-	case errors.Is(err, buffer.ErrTooLarge):
+	case errors.Is(err, store.ErrTooLarge):
 		return "document too large"
-	case errors.Is(err, buffer.ErrClosed):
+	case errors.Is(err, store.ErrClosed):
 		return "sluice is shutting down"
 	default:
 		return "storage error"
@@ -547,9 +549,9 @@ func refusalReason(err error) string {
 
 func refusalCode(err error) string {
 	switch {
-	case errors.Is(err, buffer.ErrFull):
+	case errors.Is(err, store.ErrFull):
 		return "storage_full"
-	case errors.Is(err, buffer.ErrClosed):
+	case errors.Is(err, store.ErrClosed):
 		return "shutting_down"
 	default:
 		return "storage_error"
@@ -560,17 +562,17 @@ func refusalCode(err error) string {
 // full, else 1 second.
 func setRetryAfter(ctx *fasthttp.RequestCtx, err error) {
 	wait := time.Second
-	var fe *buffer.FullError
+	var fe *store.FullError
 	if errors.As(err, &fe) && fe.RetryAfter > 0 {
 		wait = fe.RetryAfter
-	} else if errors.Is(err, buffer.ErrFull) {
+	} else if errors.Is(err, store.ErrFull) {
 		wait = 5 * time.Second
 	}
 	ctx.Response.Header.Set("Retry-After", strconv.Itoa(max(1, int(wait.Round(time.Second)/time.Second))))
 }
 
 func (s *Server) logRefusal(r *route, err error, n int) {
-	if errors.Is(err, buffer.ErrFull) || errors.Is(err, buffer.ErrClosed) {
+	if errors.Is(err, store.ErrFull) || errors.Is(err, store.ErrClosed) {
 		return // expected under back-pressure and at shutdown; the reply says it
 	}
 	s.log.Error("append failed", "route", r.Name, "documents", n, "err", err)
