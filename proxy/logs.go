@@ -222,6 +222,34 @@ func (s *Server) lokiAppend(ctx *fasthttp.RequestCtx, r *route, docs []logproto.
 	ctx.SetStatusCode(fasthttp.StatusNoContent)
 }
 
+// logTooLarge answers 413 for a body over a log route's max_body in the
+// route's protocol's own error shape, and reports whether it did (false for
+// routes of protocol http, and ndjson, whose shape is sluice's own).
+func (s *Server) logTooLarge(ctx *fasthttp.RequestCtx, r *route) bool {
+	const status = fasthttp.StatusRequestEntityTooLarge
+	reason := fmt.Sprintf("the body exceeds max_body %d of route %q; nothing was stored", r.MaxBody, r.Name)
+	switch r.Protocol {
+	case policies.ProtocolElasticsearch:
+		ctx.Response.Header.Set(logproto.ProductHeader, logproto.ProductValue)
+		writeESError(ctx, &logproto.Error{Status: status, Type: "content_too_long_exception", Reason: reason})
+	case policies.ProtocolSplunkHEC:
+		writeHEC(ctx, status, logproto.HECReply(reason, logproto.HECInvalidFormat, -1))
+	case policies.ProtocolLoki:
+		writeText(ctx, status, reason)
+	case policies.ProtocolOTLP:
+		enc := logproto.OTLPEncoding(string(ctx.Request.Header.ContentType()))
+		if enc == "" {
+			enc = logproto.OTLPJSON
+		}
+		ctx.Response.Header.SetContentType(enc)
+		ctx.SetStatusCode(status)
+		ctx.SetBody(logproto.OTLPStatus(enc, rpcInvalidArgument, reason))
+	default:
+		return false
+	}
+	return true
+}
+
 func writeHEC(ctx *fasthttp.RequestCtx, status int, body []byte) {
 	ctx.Response.Header.SetContentType("application/json")
 	ctx.SetStatusCode(status)

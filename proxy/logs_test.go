@@ -413,3 +413,18 @@ func TestOTLPRoute(t *testing.T) {
 		t.Errorf("content types %v", types)
 	}
 }
+
+// A body over max_body (64 KiB here) is refused before it is read, in the
+// route's protocol's shape: an Elasticsearch error for an elasticsearch
+// route.
+func TestLogTooLargeInProtocolShape(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	body := strings.Repeat("{\"create\":{\"_index\":\"a\"}}\n{\"m\":1}\n", 3000)
+	resp := do(t, "POST", base+"/_bulk", body, nil)
+	if resp.StatusCode() != 413 || !bytes.Contains(resp.Body(), []byte(`"type":"content_too_long_exception"`)) || !bytes.Contains(resp.Body(), []byte(`"status":413`)) {
+		t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+	}
+	if n := len(stored(t, s, "logs")); n != 0 {
+		t.Fatalf("%d stored", n)
+	}
+}

@@ -443,6 +443,10 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *route, err error) {
 func (s *Server) handleError(ctx *fasthttp.RequestCtx, err error) {
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		h := &ctx.Request.Header
+		if r, _ := s.match(h.Method(), requestHost(h), pathOf(h.RequestURI())); r != nil && s.logTooLarge(ctx, r) {
+			return // answered in the route's log protocol's shape
+		}
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds the route's max_body")
 	case errors.As(err, new(*fasthttp.ErrSmallBuffer)):
 		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "headers_too_large",
