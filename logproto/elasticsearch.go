@@ -333,8 +333,10 @@ func Probe(method, path string) (status int, body []byte, ok bool) {
 		return 200, []byte(infoBody), true
 	case first == "_cluster" && read:
 		return 200, []byte(healthBody), true
-	case first == "_cat" && read:
+	case p == "/_cat/health" && read:
 		return 200, []byte("green\n"), true
+	case first == "_cat" && read:
+		return 200, nil, true // nothing to list
 	case first == "_license" && read:
 		return 200, []byte(licenseBody), true
 	case first == "_xpack" && read:
