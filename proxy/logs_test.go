@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"runtime"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -426,5 +428,44 @@ func TestLogTooLargeInProtocolShape(t *testing.T) {
 	}
 	if n := len(stored(t, s, "logs")); n != 0 {
 		t.Fatalf("%d stored", n)
+	}
+}
+
+// A body of many tiny documents is stored whole with at most
+// logAppendSlots appends under way at once (not one goroutine per document
+// at once: 20,000 here, a million in a 20 MiB body).
+func TestManyTinyDocuments(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	var b strings.Builder
+	const n = 20000
+	for range n {
+		b.WriteString("{}\n")
+	}
+	before := runtime.NumGoroutine()
+	var peak atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if g := int64(runtime.NumGoroutine()); g > peak.Load() {
+				peak.Store(g)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	resp := do(t, "POST", base+"/lines", b.String(), nil)
+	close(done)
+	if resp.StatusCode() != 200 || !bytes.Contains(resp.Body(), []byte(`"documents":20000`)) {
+		t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+	}
+	if p := peak.Load() - int64(before); p > int64(cap(logAppendSlots))+100 {
+		t.Errorf("%d goroutines at once for %d documents; the bound is %d", p, n, cap(logAppendSlots))
+	}
+	if got := len(stored(t, s, "lines")); got != n {
+		t.Errorf("%d stored, want %d", got, n)
 	}
 }
