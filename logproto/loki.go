@@ -33,7 +33,8 @@ func lokiError(format string, args ...any) *Error {
 // ParseLoki parses a Loki push body into one document per entry (a
 // LokiEntry as JSON). contentType picks the encoding: application/json, or
 // application/x-protobuf (a PushRequest, snappy-compressed as Loki's
-// clients send it; limit bounds its decoded size: ErrTooLarge past it). A
+// clients send it; limit bounds its decoded size: ErrTooLarge past it, as
+// past MaxExpansion times limit for the documents in all). A
 // malformed body, a stream without labels, or an entry without a valid
 // timestamp refuses the whole request with a 400 *Error.
 func ParseLoki(body []byte, contentType string, limit int64) ([]Doc, error) {
@@ -64,6 +65,21 @@ func ParseLoki(body []byte, contentType string, limit int64) ([]Doc, error) {
 	}
 	if len(entries) == 0 {
 		return nil, lokiError("the push request holds no entry")
+	}
+	// Each entry's document repeats its stream's labels: bound the total
+	// (see MaxExpansion) before building them.
+	var total int64
+	for i := range entries {
+		total += int64(len(entries[i].Line) + len(entries[i].TS) + 32)
+		for k, v := range entries[i].Labels {
+			total += int64(len(k) + len(v) + 6)
+		}
+		for k, v := range entries[i].Metadata {
+			total += int64(len(k) + len(v) + 6)
+		}
+		if total > MaxExpansion*max(limit, int64(len(body))) {
+			return nil, ErrTooLarge
+		}
 	}
 	docs := make([]Doc, len(entries))
 	for i := range entries {

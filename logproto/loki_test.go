@@ -115,3 +115,24 @@ func TestParseLabels(t *testing.T) {
 		t.Errorf("%s", b)
 	}
 }
+
+// Many tiny entries under large labels would take far more memory split
+// than whole: past MaxExpansion times the limit they are refused.
+func TestLokiExpansionBound(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"streams":[{"stream":{"big":"` + strings.Repeat("x", 10000) + `"},"values":[`)
+	for i := range 1000 {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(`["1",""]`)
+	}
+	b.WriteString("]}]}")
+	body := []byte(b.String())
+	if _, err := ParseLoki(body, "application/json", int64(len(body))); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("%d bytes split 1000 ways: %v", len(body), err)
+	}
+	if docs, err := ParseLoki(body, "application/json", 1<<20); err != nil || len(docs) != 1000 {
+		t.Fatalf("within a larger limit: %d %v", len(docs), err)
+	}
+}

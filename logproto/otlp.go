@@ -38,18 +38,32 @@ func OTLPEncoding(contentType string) string {
 // document and no error (OTLP allows an empty export). A malformed body is
 // a 400 *Error.
 func ParseOTLPLogs(body []byte, encoding string) ([]Doc, error) {
-	if encoding == OTLPJSON {
-		return parseOTLPJSON(body)
-	}
-	return parseOTLPProto(body)
+	return ParseOTLPLogsLimit(body, encoding, -1)
 }
+
+// ParseOTLPLogsLimit is ParseOTLPLogs with a bound on the documents' total
+// size: each record's document repeats its resource and scope, so a small
+// export of many records under a large resource would take far more memory
+// split than whole. Past maxTotal (if >= 0) it stops and returns
+// ErrTooLarge.
+func ParseOTLPLogsLimit(body []byte, encoding string, maxTotal int64) ([]Doc, error) {
+	if encoding == OTLPJSON {
+		return parseOTLPJSON(body, maxTotal)
+	}
+	return parseOTLPProto(body, maxTotal)
+}
+
+// MaxExpansion is how many times its request's size the documents of one
+// request may take in all (see ParseOTLPLogsLimit; ParseLoki likewise).
+const MaxExpansion = 16
 
 func otlpError(format string, args ...any) *Error {
 	return &Error{Status: 400, Type: "INVALID_ARGUMENT", Reason: fmt.Sprintf(format, args...)}
 }
 
-func parseOTLPProto(body []byte) ([]Doc, error) {
+func parseOTLPProto(body []byte, maxTotal int64) ([]Doc, error) {
 	var docs []Doc
+	var total int64
 	ri := 0
 	err := eachField(body, func(num protowire.Number, typ protowire.Type, rl []byte, _ uint64) error {
 		if num != 1 || typ != protowire.BytesType {
@@ -118,6 +132,9 @@ func parseOTLPProto(body []byte) ([]Doc, error) {
 					r = protowire.AppendTag(r, 3, protowire.BytesType)
 					r = protowire.AppendBytes(r, rschema)
 				}
+				if total += int64(len(r)) + 8; maxTotal >= 0 && total > maxTotal {
+					return ErrTooLarge
+				}
 				d := protowire.AppendTag(nil, 1, protowire.BytesType)
 				docs = append(docs, Doc{Body: protowire.AppendBytes(d, r)})
 			}
@@ -127,7 +144,7 @@ func parseOTLPProto(body []byte) ([]Doc, error) {
 	})
 	if err != nil {
 		var pe *Error
-		if asErr(err, &pe) && pe.Type == "INVALID_ARGUMENT" {
+		if err == ErrTooLarge || asErr(err, &pe) && pe.Type == "INVALID_ARGUMENT" {
 			return nil, err
 		}
 		return nil, otlpError("the protobuf body is malformed")
@@ -151,12 +168,13 @@ type otlpJSONRequest struct {
 	ResourceLogs []otlpJSONResource `json:"resourceLogs"`
 }
 
-func parseOTLPJSON(body []byte) ([]Doc, error) {
+func parseOTLPJSON(body []byte, maxTotal int64) ([]Doc, error) {
 	var req otlpJSONRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, otlpError("the body is not an OTLP logs request in JSON: %s", jsonErr(err))
 	}
 	var docs []Doc
+	var total int64
 	for ri, rl := range req.ResourceLogs {
 		if len(rl.Resource) > 0 && rl.Resource[0] != '{' && string(rl.Resource) != "null" {
 			return nil, otlpError("resourceLogs[%d].resource is not an object", ri)
@@ -174,6 +192,9 @@ func parseOTLPJSON(body []byte) ([]Doc, error) {
 					ScopeLogs: []otlpJSONScope{{Scope: sl.Scope, LogRecords: []json.RawMessage{rec}, SchemaURL: sl.SchemaURL}},
 					SchemaURL: rl.SchemaURL,
 				}}}
+				if total += int64(len(rl.Resource) + len(sl.Scope) + len(rec) + 64); maxTotal >= 0 && total > maxTotal {
+					return nil, ErrTooLarge
+				}
 				b, _ := json.Marshal(one) // RawMessage is compacted by Marshal
 				docs = append(docs, Doc{Body: b})
 			}

@@ -187,3 +187,23 @@ func TestOTLPPartial(t *testing.T) {
 		t.Errorf("empty: %d", n)
 	}
 }
+
+// An export of many tiny records under a large resource would take far
+// more memory split than whole: past the bound it is refused.
+func TestOTLPExpansionBound(t *testing.T) {
+	resource := field(nil, 1, field(field(nil, 1, []byte("k")), 2, field(nil, 1, bytes.Repeat([]byte("v"), 10000))))
+	var sl []byte
+	for range 1000 {
+		sl = field(sl, 2, []byte{})
+	}
+	var rl []byte
+	rl = field(rl, 1, resource)
+	rl = field(rl, 2, sl)
+	req := field(nil, 1, rl) // ~12 KB whole, ~10 MB split
+	if _, err := ParseOTLPLogsLimit(req, OTLPProtobuf, MaxExpansion*int64(len(req))); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("%d bytes split 1000 ways: %v", len(req), err)
+	}
+	if docs, err := ParseOTLPLogsLimit(req, OTLPProtobuf, 20<<20); err != nil || len(docs) != 1000 {
+		t.Fatalf("within a larger bound: %d %v", len(docs), err)
+	}
+}

@@ -122,13 +122,23 @@ func ParseHECRaw(body []byte, meta map[string]string) ([]Doc, error) {
 		}
 	}
 	var docs []Doc
-	lines(body, func(_ int, line []byte) error {
+	// Each event repeats the query's metadata: bound the total (see
+	// MaxExpansion), or a body of many short lines under a long query would
+	// take far more memory split than whole.
+	var total int64
+	err := lines(body, func(_ int, line []byte) error {
+		if total += int64(len(prefix) + 2*len(line) + 12); total > MaxExpansion*int64(len(body))+1<<20 {
+			return ErrTooLarge
+		}
 		b := append([]byte{'{'}, prefix...)
 		b = append(b, `"event":`...)
 		b = appendJSONString(b, strings.ToValidUTF8(string(line), "\uFFFD"))
 		docs = append(docs, Doc{Body: append(b, '}')})
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
 	if len(docs) == 0 {
 		return nil, hecError(HECNoData, -1, "No data")
 	}

@@ -80,3 +80,15 @@ func TestHECRaw(t *testing.T) {
 		}
 	}
 }
+
+// Raw events repeat the query's metadata: many short lines under a long
+// sourcetype are refused past the bound instead of taking 1000x memory.
+func TestHECRawExpansionBound(t *testing.T) {
+	body := []byte(strings.Repeat("a\n", 100000))
+	if _, err := ParseHECRaw(body, map[string]string{"sourcetype": strings.Repeat("s", 8000)}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("%v", err)
+	}
+	if docs, err := ParseHECRaw(body, map[string]string{"sourcetype": "app"}); err != nil || len(docs) != 100000 {
+		t.Fatalf("%d %v", len(docs), err)
+	}
+}

@@ -127,7 +127,12 @@ func (s *Server) handleOTLP(ctx *fasthttp.RequestCtx, r *route) {
 		status(perr.Status, rpcInvalidArgument, perr.Reason)
 		return
 	}
-	docs, err := logproto.ParseOTLPLogs(body, enc)
+	docs, err := logproto.ParseOTLPLogsLimit(body, enc, logproto.MaxExpansion*r.MaxBody)
+	if errors.Is(err, logproto.ErrTooLarge) {
+		status(fasthttp.StatusRequestEntityTooLarge, rpcInvalidArgument, fmt.Sprintf(
+			"split into one export per record, the request would take more than %d times max_body %d of route %q; nothing was stored", logproto.MaxExpansion, r.MaxBody, r.Name))
+		return
+	}
 	if err != nil {
 		pe := asProtoError(err)
 		status(pe.Status, rpcInvalidArgument, pe.Reason)
@@ -299,6 +304,10 @@ func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
 		docs, err = logproto.ParseHECRaw(body, meta)
 	} else {
 		docs, err = logproto.ParseHEC(body)
+	}
+	if errors.Is(err, logproto.ErrTooLarge) {
+		writeHEC(ctx, fasthttp.StatusRequestEntityTooLarge, logproto.HECReply("the events with the query's metadata would take too much memory; nothing was stored", logproto.HECInvalidFormat, -1))
+		return
 	}
 	if err != nil {
 		var he *logproto.HECError
