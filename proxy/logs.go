@@ -522,7 +522,7 @@ func (s *Server) appendDocsAs(ctx *fasthttp.RequestCtx, r *route, docs []logprot
 		}
 		select {
 		case <-time.After(fullPoll):
-		case <-s.appendCtx.Done():
+		case <-s.waitCtx.Done(): // shutting down: refuse now rather than hold the stop
 			return ids, errs
 		}
 	}

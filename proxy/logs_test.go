@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -467,5 +468,32 @@ func TestManyTinyDocuments(t *testing.T) {
 	}
 	if got := len(stored(t, s, "lines")); got != n {
 		t.Errorf("%d stored, want %d", got, n)
+	}
+}
+
+// A request waiting for room does not hold a graceful stop: Shutdown ends
+// the wait with the protocol's refusal.
+func TestShutdownEndsFullWait(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{MaxBytes: 1, SegmentBytes: 64 << 10}) // full from the start
+	s.fullWait = time.Minute
+	got := make(chan int, 1)
+	go func() {
+		got <- do(t, "POST", base+"/_bulk", "{\"create\":{\"_index\":\"a\"}}\n{\"m\":1}\n", nil).StatusCode()
+	}()
+	time.Sleep(500 * time.Millisecond) // the request is waiting for room
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	must(t, s.Shutdown(ctx))
+	select {
+	case code := <-got:
+		if code != 429 {
+			t.Errorf("status %d, want 429", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting request was not answered")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Shutdown took %v: it waited for the request's wait", d)
 	}
 }

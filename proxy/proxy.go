@@ -72,7 +72,9 @@ type Server struct {
 	appendCtx context.Context // cancelled by Shutdown
 	stop      context.CancelFunc
 
-	fullWait time.Duration // log protocols: how long a request waits for room when full (logs.go)
+	fullWait  time.Duration   // log protocols: how long a request waits for room when full (logs.go)
+	waitCtx   context.Context // cancelled when Shutdown begins: ends those waits
+	stopWaits context.CancelFunc
 }
 
 type route struct {
@@ -94,6 +96,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, fullWait: fullWait}
+	s.waitCtx, s.stopWaits = context.WithCancel(context.Background())
 	s.appendCtx, s.stop = context.WithCancel(context.Background())
 	routes, maxBody, err := s.buildRoutes(cfg.Policy, cfg.Queues, nil)
 	if err != nil {
@@ -258,6 +261,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown stops accepting and waits for requests in progress (each of which
 // either got its acknowledgement after a durable commit, or an error).
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopWaits() // log requests waiting for room are refused now (logs.go)
 	err := s.srv.ShutdownWithContext(ctx)
 	s.stop()
 	return err
