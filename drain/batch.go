@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,6 +58,28 @@ func storedBy(dl *store.Delivery, protocol string) bool {
 		}
 	}
 	return false
+}
+
+// batchLine returns a message's body as one NDJSON line (ndjsonLine), its
+// Content-Encoding (gzip, deflate) undone first: a compressed body stored
+// by an http route would otherwise go into a line as binary, or be dead for
+// a compressed byte that is a line break. A body that does not decode is
+// refused with the reason.
+func batchLine(dl *store.Delivery) ([]byte, error) {
+	body := dl.Body
+	for _, h := range dl.Header {
+		if strings.EqualFold(h.Name, "Content-Encoding") {
+			if enc := strings.ToLower(strings.TrimSpace(h.Value)); enc != "" && enc != "identity" {
+				b, err := logproto.Decode(body, enc, store.MaxRecordBytes)
+				if err != nil {
+					return nil, fmt.Errorf("batch: the body's Content-Encoding %.20q cannot be undone: %v", h.Value, err)
+				}
+				body = b
+			}
+			break
+		}
+	}
+	return ndjsonLine(body)
 }
 
 // addPending adds fetched messages to the batch being filled.
@@ -161,6 +184,7 @@ func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<
 	}
 	var body bytes.Buffer
 	var sent, refused []*store.Delivery
+	var refusedErr []error
 	maxAttempt := 0
 	if d.target.Protocol == policies.ProtocolLoki {
 		// One push request: the entries grouped into streams by labels;
@@ -174,9 +198,9 @@ func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<
 		sent = batch
 	} else {
 		for _, dl := range batch {
-			line, err := ndjsonLine(dl.Body)
+			line, err := batchLine(dl)
 			if err != nil {
-				refused = append(refused, dl)
+				refused, refusedErr = append(refused, dl), append(refusedErr, err)
 				continue
 			}
 			body.Write(line)
@@ -209,8 +233,8 @@ func (d *Drainer) attemptBatch(batch []*store.Delivery, probe bool, events chan<
 		}
 	}
 	now := d.now()
-	for range refused {
-		outs = append(outs, store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: now, Error: errNotOneLine.Error()}})
+	for _, err := range refusedErr {
+		outs = append(outs, store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: now, Error: err.Error()}})
 	}
 	d.recordOutcomes(append(sent, refused...), outs, res.status, len(sent), events)
 }

@@ -54,7 +54,7 @@ func (d *Drainer) attemptBulk(batch []*store.Delivery, probe bool, events chan<-
 	maxAttempt := 0
 	var action []byte
 	for _, dl := range batch {
-		line, err := ndjsonLine(dl.Body)
+		line, err := batchLine(dl)
 		if err == nil && (len(line) == 0 || line[0] != '{') {
 			err = errNotObject
 		}

@@ -2,6 +2,7 @@ package drain
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -446,5 +447,48 @@ func TestHECDelivery(t *testing.T) {
 		if (i == 2) != (st.Phase == buffer.Dead) {
 			t.Errorf("message %d (%s): %s %+v", i, bodies[i], st.Phase, st.History)
 		}
+	}
+}
+
+// TestBatchDecodesContentEncoding: a gzip or deflate body stored by an http
+// route goes into an NDJSON batch decoded, not as binary (nor dead because
+// a compressed byte is a line break); a body that does not decode is dead
+// with the reason.
+func TestBatchDecodesContentEncoding(t *testing.T) {
+	ds := newDownstream(t, nil)
+	_, q, _ := newQueue(t, "logs")
+	gzipped := func(s string) []byte {
+		var b bytes.Buffer
+		w := gzip.NewWriter(&b)
+		w.Write([]byte(s))
+		w.Close()
+		return b.Bytes()
+	}
+	// Find a document whose gzip form holds a line break, as the issue saw.
+	var withNL string
+	for i := 0; ; i++ {
+		withNL = fmt.Sprintf(`{"n":%d}`, i)
+		if bytes.IndexByte(gzipped(withNL), '\n') >= 0 {
+			break
+		}
+	}
+	bodies := [][]byte{gzipped(`{"a":1}`), gzipped(withNL), []byte("not gzip")}
+	msgs := appendN(t, q, len(bodies), func(i int) *buffer.Message {
+		return &buffer.Message{Method: "POST", URI: "/", Body: bodies[i], Header: []buffer.Header{{Name: "Content-Encoding", Value: "gzip"}}}
+	})
+	target := batchTarget(ds.url, policies.Batch{MaxMessages: 10, MaxBytes: 1 << 20, MaxWait: 20 * ms, Format: policies.FormatNDJSON})
+	d, _ := startDrainer(t, Config{Route: "logs", Target: target}, consumer(t, q, "logs"))
+	waitFor(t, 10*time.Second, "every message delivered or dead", func() bool { st := d.Stats(); return st.Delivered+st.Dead == 3 })
+	got := map[string]bool{}
+	for _, h := range ds.snapshot() {
+		for _, l := range lines(h) {
+			got[l] = true
+		}
+	}
+	if !got[`{"a":1}`] || !got[withNL] || len(got) != 2 {
+		t.Errorf("lines %v", got)
+	}
+	if st := status(t, q, msgs[2].ID, "logs"); st.Phase != buffer.Dead || !strings.Contains(st.History[0].Error, "Content-Encoding") {
+		t.Errorf("undecodable body: %s %+v", st.Phase, st.History)
 	}
 }
