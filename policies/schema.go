@@ -292,7 +292,12 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 	}
 
 	modeKnown := !m.bad["mode"]
-	if modeKnown && (r.Mode == ModeBuffer || r.Mode == ModeSpillover) && !m.bad["match"] {
+	// A log protocol route answers its clients' GET and HEAD probes itself
+	// (Elasticsearch's version probe, HEC's and Loki's health): it takes any
+	// method unless its match names some.
+	pn, hasProto := m.vals["protocol"]
+	logProto := hasProto && pn.Kind == yaml.ScalarNode && pn.Value != ProtocolHTTP
+	if modeKnown && (r.Mode == ModeBuffer || r.Mode == ModeSpillover) && !m.bad["match"] && !logProto {
 		if len(r.Match.Methods) == 0 {
 			r.Match.Methods = slices.Clone(DefaultBufferMethods)
 		} else if slices.Contains(r.Match.Methods, "GET") || slices.Contains(r.Match.Methods, "HEAD") {

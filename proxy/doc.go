@@ -35,6 +35,11 @@
 //   - A route's callback_header names a callback URL that must match the
 //     policy's callbacks.allow (400 callback_not_allowed otherwise, nothing
 //     stored); the drainers make the callbacks.
+//   - A request's path is normalised once (path.go: unreserved characters
+//     decoded, dot segments removed, an encoded slash kept encoded); that
+//     one form is routed, stored and replayed, or forwarded, so routing and
+//     forwarding never see different paths.
+//   - Error bodies never quote the request, and neither do log lines.
 //   - A route with a log protocol (routes[].protocol; logs.go) stores one
 //     message per document and answers in the protocol's own shape only
 //     once every document of the request is durable; a malformed request is

@@ -58,6 +58,18 @@ var (
 	hdrEsID        = []byte(logproto.HeaderID)
 )
 
+// logURIKey holds, as a request's user value, the normalised request-URI
+// that handle routed (path.go): the log handlers route on its path and store
+// it, as buffered requests do.
+const logURIKey = "sluice.logURI"
+
+func logURI(ctx *fasthttp.RequestCtx) []byte {
+	if u, ok := ctx.UserValue(logURIKey).([]byte); ok {
+		return u
+	}
+	return ctx.URI().RequestURI() // a caller that did not set it (a test's own handler)
+}
+
 // handleLogs serves a buffer route whose protocol is not http.
 func (s *Server) handleLogs(ctx *fasthttp.RequestCtx, r *route) {
 	switch r.Protocol {
@@ -103,9 +115,9 @@ func (s *Server) handleOTLP(ctx *fasthttp.RequestCtx, r *route) {
 		}
 		reply(status, logproto.OTLPStatus(e, code, msg))
 	}
-	path := string(ctx.Path())
+	path := string(pathPart(logURI(ctx)))
 	if path != logproto.OTLPLogsPath {
-		path = routePath(ctx.Path(), r.Match.Path)
+		path = routePath(pathPart(logURI(ctx)), r.Match.Path)
 	}
 	switch {
 	case path != logproto.OTLPLogsPath:
@@ -170,9 +182,9 @@ func writeText(ctx *fasthttp.RequestCtx, status int, text string) {
 // with its stream's labels, and the push is answered 204 once all are
 // durable. GET /ready is answered.
 func (s *Server) handleLoki(ctx *fasthttp.RequestCtx, r *route) {
-	path := string(ctx.Path())
+	path := string(pathPart(logURI(ctx)))
 	if path != logproto.LokiPushPath {
-		path = routePath(ctx.Path(), r.Match.Path)
+		path = routePath(pathPart(logURI(ctx)), r.Match.Path)
 	}
 	switch {
 	case path == "/ready" && (ctx.IsGet() || ctx.IsHead()):
@@ -268,9 +280,9 @@ func writeHEC(ctx *fasthttp.RequestCtx, status int, body []byte) {
 func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
 	// HEC's paths are absolute (/services/collector/...); a route under
 	// another prefix serves them below it.
-	ep := logproto.HECEndpoint(string(ctx.Path()))
+	ep := logproto.HECEndpoint(string(pathPart(logURI(ctx))))
 	if ep == "" {
-		ep = logproto.HECEndpoint(routePath(ctx.Path(), r.Match.Path))
+		ep = logproto.HECEndpoint(routePath(pathPart(logURI(ctx)), r.Match.Path))
 	}
 	switch {
 	case ep == "":
@@ -356,7 +368,7 @@ func routePath(path []byte, prefix string) string {
 func (s *Server) handleElasticsearch(ctx *fasthttp.RequestCtx, r *route) {
 	ctx.Response.Header.Set(logproto.ProductHeader, logproto.ProductValue)
 	method := string(ctx.Method())
-	rel := routePath(ctx.Path(), r.Match.Path)
+	rel := routePath(pathPart(logURI(ctx)), r.Match.Path)
 	index, bulk := logproto.BulkIndex(rel)
 	if !bulk || (method != fasthttp.MethodPost && method != fasthttp.MethodPut) {
 		status, body, _ := logproto.Probe(method, rel)
@@ -553,7 +565,7 @@ var logAppendSlots = make(chan struct{}, 4096)
 // logAppendSlots), and waits.
 func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte, todo []int, ids []store.ID, errs []error) {
 	now := time.Now()
-	method, uri := ctx.Method(), ctx.URI().RequestURI()
+	method, uri := ctx.Method(), logURI(ctx)
 	var wg sync.WaitGroup
 	wg.Add(len(todo))
 	for _, i := range todo {

@@ -307,7 +307,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	case policies.ModeBuffer:
 		if r.Protocol != "" && r.Protocol != policies.ProtocolHTTP {
 			start := time.Now()
-			s.handleLogs(ctx, r) // reads the body itself: not every call has one
+			ctx.SetUserValue(logURIKey, uri) // the normalised form, routed and stored (logs.go)
+			s.handleLogs(ctx, r)             // reads the body itself: not every call has one
 			s.observe(ctx, r, start)
 		} else if s.readBody(ctx, r.MaxBody) {
 			start := time.Now()
