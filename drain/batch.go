@@ -262,6 +262,10 @@ func (d *Drainer) recordOutcomes(all []*store.Delivery, outs []store.Outcome, st
 	for i, dl := range all {
 		out, err := outs[i], errs[i]
 		log := d.log.With("seq", dl.ID.Seq(), "attempt", dl.Attempt, "status", status, "batch", sent)
+		class := status // the request's; an item's own where the store answered item by item
+		if out.Attempt.Status != 0 {
+			class = out.Attempt.Status
+		}
 		switch {
 		case err != nil:
 			d.unrecorded.Add(1)
@@ -270,17 +274,17 @@ func (d *Drainer) recordOutcomes(all []*store.Delivery, outs []store.Outcome, st
 				"outcome", string(out.Phase), "err", err)
 		case out.Phase == store.Delivered:
 			d.delivered.Add(1)
-			d.countClass(OutcomeDelivered, status)
+			d.countClass(OutcomeDelivered, class)
 		case out.Phase == store.Retrying:
 			d.retried.Add(1)
-			d.countClass(OutcomeRetried, status)
+			d.countClass(OutcomeRetried, class)
 			if !retrying {
 				log.Info("batch failed, whole or in part; will retry what failed", "err", out.Attempt.Error, "next_try", out.NextTry)
 			}
 			retrying = true
 		default:
 			d.dead.Add(1)
-			d.countClass(OutcomeDead, status)
+			d.countClass(OutcomeDead, class)
 			log.Warn("message is dead", "err", out.Attempt.Error)
 		}
 		if err == nil {
