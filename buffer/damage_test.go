@@ -172,10 +172,11 @@ func TestLostHeadKeepsNewMessagesDeliverable(t *testing.T) {
 	}
 }
 
-// A sealed segment's state file deleted while its log is intact: start-up
-// must rebuild it from the log, never delete the log as a leftover. Inspect
-// with verify must name the orphan log first.
-func TestDeletedStateFileKeepsLog(t *testing.T) {
+// sealedSegments writes 300 messages of ~1 KiB over several 64 KiB
+// segments for target "a", closes the store and returns its directory,
+// config and segment state files, oldest first.
+func sealedSegments(t *testing.T) (string, Config, []string) {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := Config{Dir: dir, SegmentBytes: 64 << 10}
 	s, q := openTest(t, cfg, "a")
@@ -185,6 +186,14 @@ func TestDeletedStateFileKeepsLog(t *testing.T) {
 	must(t, s.Close())
 	dbs, _ := filepath.Glob(filepath.Join(queueDir(dir), "seg-*.db"))
 	sort.Strings(dbs)
+	return dir, cfg, dbs
+}
+
+// A sealed segment's state file deleted while its log is intact: start-up
+// must rebuild it from the log, never delete the log as a leftover. Inspect
+// with verify must name the orphan log first.
+func TestDeletedStateFileKeepsLog(t *testing.T) {
+	dir, cfg, dbs := sealedSegments(t)
 	if len(dbs) < 4 {
 		t.Fatalf("want at least 4 segments, got %d", len(dbs))
 	}
@@ -213,15 +222,7 @@ func TestDeletedStateFileKeepsLog(t *testing.T) {
 // An interrupted deletion (the marker is there) is finished at start-up:
 // its log goes, and nothing of it is served again.
 func TestInterruptedDeletionIsFinished(t *testing.T) {
-	dir := t.TempDir()
-	cfg := Config{Dir: dir, SegmentBytes: 64 << 10}
-	s, q := openTest(t, cfg, "a")
-	for range 12 {
-		appendN(t, q, 25)
-	}
-	must(t, s.Close())
-	dbs, _ := filepath.Glob(filepath.Join(queueDir(dir), "seg-*.db"))
-	sort.Strings(dbs)
+	dir, cfg, dbs := sealedSegments(t)
 	var first uint64
 	fmt.Sscanf(filepath.Base(dbs[0]), "seg-%016x.db", &first)
 	// What retireSegmentFiles leaves when a crash stops it after the bbolt file.
@@ -247,15 +248,7 @@ func TestInterruptedDeletionIsFinished(t *testing.T) {
 // pages): bbolt opens it from meta page 1, and so must the length check,
 // so the segment is served, not moved aside.
 func TestFlippedMetaPageZeroKeepsSegment(t *testing.T) {
-	dir := t.TempDir()
-	cfg := Config{Dir: dir, SegmentBytes: 64 << 10}
-	s, q := openTest(t, cfg, "a")
-	for range 12 {
-		appendN(t, q, 25)
-	}
-	must(t, s.Close())
-	dbs, _ := filepath.Glob(filepath.Join(queueDir(dir), "seg-*.db"))
-	sort.Strings(dbs)
+	_, cfg, dbs := sealedSegments(t)
 	f, err := os.OpenFile(dbs[1], os.O_RDWR, 0)
 	must(t, err)
 	b := make([]byte, 1)
