@@ -58,6 +58,9 @@ type TargetState struct {
 	// OldestPendingAge is how long the oldest message not yet finished for
 	// the target has waited, in seconds; 0 with nothing pending.
 	OldestPendingAge float64 `json:"oldest_pending_age_seconds"`
+	// Expired counts messages the retention deleted before the target
+	// finished them, since start.
+	Expired uint64 `json:"expired"`
 
 	Rate       float64 `json:"-"`           // requests per second in force: +Inf unlimited, 0 paused
 	RateText   string  `json:"rate"`        // the same as text: "200/s", "unlimited", "0"

@@ -20,6 +20,7 @@ type Metrics struct {
 	accepted *prometheus.CounterVec
 	refused  *prometheus.CounterVec
 	ack      *prometheus.HistogramVec
+	fsync    prometheus.Histogram
 	routes   sync.Map // route name -> *routeSeries: skips the label lookup per request
 }
 
@@ -47,14 +48,22 @@ func NewMetrics(state func() State) *Metrics {
 			Help:    "Time from a request's arrival (headers and body read) to its reply on buffer and spillover routes, accepted or not.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"route"}),
+		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sluice_writer_fsync_seconds",
+			Help:    "Duration of each fdatasync of a segment log or an outcome journal (the durability point of a group commit).",
+			Buckets: []float64{.0001, .0002, .0005, .001, .002, .005, .01, .02, .05, .1, .25, 1},
+		}),
 	}
-	m.reg.MustRegister(m.accepted, m.refused, m.ack,
+	m.reg.MustRegister(m.accepted, m.refused, m.ack, m.fsync,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if state != nil {
 		m.reg.MustRegister(stateCollector{state})
 	}
 	return m
 }
+
+// ObserveSync records one fdatasync's duration (the store calls it).
+func (m *Metrics) ObserveSync(d time.Duration) { m.fsync.Observe(d.Seconds()) }
 
 // Registry returns the registry, for tests that gather it.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
@@ -87,6 +96,7 @@ var (
 	descPending   = rtd("sluice_target_pending_messages", "Messages never attempted yet for the target.")
 	descRetrying  = rtd("sluice_target_retrying_messages", "Messages waiting for a retry.")
 	descInFlight  = rtd("sluice_target_in_flight_requests", "Requests open to the target now.")
+	descExpiredT  = rtd("sluice_target_expired_total", "Messages the retention deleted before the target finished them, since start.")
 	descOldest    = rtd("sluice_target_oldest_pending_age_seconds", "How long the oldest message the target has not finished has waited (0: none).")
 	descRate      = rtd("sluice_target_rate_per_second", "Requests per second in force now (+Inf unlimited, 0 paused).")
 	descRateWhy   = rtd("sluice_target_rate_reason", "1 for the reason of the rate in force: policy, window, adaptive, operator, paused (a window or rate 0) or operator_pause.", "reason")
@@ -113,7 +123,7 @@ var (
 type stateCollector struct{ state func() State }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBacklog, descOldest, descPending, descRetrying, descInFlight, descRate, descRateWhy,
+	for _, d := range []*prometheus.Desc{descBacklog, descOldest, descExpiredT, descPending, descRetrying, descInFlight, descRate, descRateWhy,
 		descPaused, descBreaker, descETA, descDelivered, descRetried, descDead, descOutcomes, descDeadNow,
 		descAppended, descExpired, descCommits, descCommReq, descCommSec, descCommFail, descBytes, descFree} {
 		ch <- d
@@ -139,6 +149,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 			l := []string{r.Name, t.Name}
 			gauge(descBacklog, float64(t.Backlog), l...)
 			gauge(descOldest, t.OldestPendingAge, l...)
+			counter(descExpiredT, float64(t.Expired), l...)
 			gauge(descPending, float64(t.Pending), l...)
 			gauge(descRetrying, float64(t.Retrying), l...)
 			gauge(descInFlight, float64(t.InFlight), l...)

@@ -38,6 +38,7 @@ type Consumer struct {
 	hwm      uint64
 	released map[uint64]struct{}
 
+	expired   uint64  // messages deleted by the retention before this target finished them, since Open
 	rate      float64 // messages finished per second (EWMA), for Retry-After
 	rateAt    time.Time
 	rateFloor uint64

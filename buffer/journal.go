@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -279,7 +280,7 @@ func (q *Queue) writeOutcomes(frames []byte) (wait func() error) {
 		return func() error { return nil }
 	}
 	done := make(chan error, 1)
-	go func() { done <- fdatasync(j.f) }()
+	go func() { done <- q.fsync(j.f) }()
 	return func() error {
 		if err := <-done; err != nil {
 			j.f.Truncate(j.end)
@@ -297,7 +298,7 @@ func (q *Queue) syncJournal() {
 	if j == nil || j.end == j.sync {
 		return
 	}
-	if err := fdatasync(j.f); err != nil {
+	if err := q.fsync(j.f); err != nil {
 		q.log.Error("fsync failed", "file", journalName(j.gen), "err", err)
 		return
 	}
@@ -374,4 +375,15 @@ func (q *Queue) pendingState(s *segment, t int, seq uint64) []byte {
 		return m[pendKey{t, seq}]
 	}
 	return nil
+}
+
+// fsync fdatasyncs f and tells Config.ObserveSync how long it took.
+func (q *Queue) fsync(f *os.File) error {
+	if q.cfg.ObserveSync == nil {
+		return fdatasync(f)
+	}
+	t := time.Now()
+	err := fdatasync(f)
+	q.cfg.ObserveSync(time.Since(t))
+	return err
 }

@@ -95,7 +95,8 @@ func (q *Queue) Stats() QueueStats {
 		if q.nextSeq > c.next {
 			ts.Pending = q.nextSeq - c.next
 		}
-		ts.Retrying = c.retrying // kept up to date: Stats is O(targets), cheap enough per request
+		ts.Retrying = c.retrying
+		ts.Expired = c.expired // kept up to date: Stats is O(targets), cheap enough per request
 		st.Targets = append(st.Targets, ts)
 	}
 	return st

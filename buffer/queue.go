@@ -682,7 +682,7 @@ func (q *Queue) commitQueued(dirty map[*segment]bool) {
 func (q *Queue) syncDirty(dirty map[*segment]bool) error {
 	var errs []error
 	for s := range dirty {
-		if err := fdatasync(s.log.f); err != nil {
+		if err := q.fsync(s.log.f); err != nil {
 			q.log.Error("fsync failed", "file", logName(s.first), "err", err)
 			errs = append(errs, fmt.Errorf("%w: fsync %s: %w", ErrIO, logName(s.first), err))
 		}
@@ -1070,7 +1070,7 @@ func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty 
 		_, err = l.f.WriteAt(out, l.end)
 	}
 	if err == nil && q.cfg.Sync == SyncAlways {
-		err = fdatasync(l.f)
+		err = q.fsync(l.f)
 	}
 	if err != nil {
 		l.f.Truncate(l.end) // best effort; a restart cuts off a torn frame anyway
@@ -1256,7 +1256,7 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 		}
 		q.mu.Unlock()
 
-		undelivered := q.countUnfinished(s, floors)
+		unfinished := q.countUnfinished(s, floors)
 		q.mu.Lock()
 		q.segs = q.segs[1:]
 		for i, c := range q.consumers {
@@ -1267,7 +1267,12 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 				c.next = s.last + 1
 			}
 		}
-		q.expired += uint64(undelivered)
+		var undelivered uint64
+		for i, n := range unfinished {
+			q.consumers[i].expired += n
+			undelivered += n
+		}
+		q.expired += undelivered
 		q.mu.Unlock()
 		q.bytes.Add(-s.size)
 		delete(dirty, s)
@@ -1304,8 +1309,8 @@ func (q *Queue) spareBound(s *segment) uint64 {
 
 // countUnfinished counts (message, target) pairs in s that were neither
 // delivered nor dead.
-func (q *Queue) countUnfinished(s *segment, next []uint64) int {
-	n := 0
+func (q *Queue) countUnfinished(s *segment, next []uint64) []uint64 {
+	n := make([]uint64, len(q.targets))
 	q.mu.Lock()
 	first, last := s.first, s.last
 	q.mu.Unlock()
@@ -1320,7 +1325,7 @@ func (q *Queue) countUnfinished(s *segment, next []uint64) int {
 						}
 					}
 				}
-				n++
+				n[i]++
 			}
 		}
 		return nil

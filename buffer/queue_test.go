@@ -285,6 +285,9 @@ func TestSegmentRollAndRetention(t *testing.T) {
 	if st.Expired == 0 {
 		t.Fatal("undelivered messages expired without being counted")
 	}
+	if got := st.Targets[0].Expired; got != st.Expired {
+		t.Fatalf("target a's expired count %d, the queue's %d (a is its only target)", got, st.Expired)
+	}
 	// The consumer skips the gap and reads what is left in the head.
 	rest := fetchAll(t, a)
 	for _, d := range rest {
@@ -601,5 +604,26 @@ func TestOldestPending(t *testing.T) {
 	deliver(t, a, fetchAll(t, a))
 	if at, ok := q.OldestPending("a"); ok {
 		t.Fatalf("nothing pending, yet OldestPending = %v", at)
+	}
+}
+
+// ObserveSync hears of every fdatasync the group commit makes.
+func TestObserveSync(t *testing.T) {
+	var mu sync.Mutex
+	var n int
+	s, q := openTest(t, Config{ObserveSync: func(d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		if d <= 0 {
+			t.Errorf("a sync of %v", d)
+		}
+		n++
+	}}, "a")
+	defer s.Close()
+	appendN(t, q, 10)
+	mu.Lock()
+	defer mu.Unlock()
+	if n == 0 {
+		t.Fatal("10 appends with fsync always, and no sync observed")
 	}
 }

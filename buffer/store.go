@@ -46,8 +46,12 @@ type Config struct {
 	MinFreeBytes int64
 	// CursorInterval is how often consumer floors are persisted; default 200ms.
 	CursorInterval time.Duration
-	Logger         *slog.Logger     // default slog.Default()
-	Now            func() time.Time // clock; default time.Now
+	Logger         *slog.Logger // default slog.Default()
+	// ObserveSync, if set, is told how long each fdatasync of a log or an
+	// outcome journal took (the metrics' fsync latency histogram). It runs
+	// on the writer's path: it must be quick and must not block.
+	ObserveSync func(time.Duration)
+	Now         func() time.Time // clock; default time.Now
 
 	noSpares     bool // tests and benchmarks: delete logs instead of keeping spares (see takeSpare)
 	maxFileBytes int  // tests: a size limit on each segment's log and bbolt file, to inject a write failure like ENOSPC

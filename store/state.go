@@ -92,5 +92,6 @@ type TargetStats struct {
 	Floor    uint64 // lowest seq not finished
 	Pending  uint64 // messages not yet attempted: the backlog ahead of the cursor
 	InFlight int
-	Retrying int // messages waiting in the retry schedule
+	Retrying int    // messages waiting in the retry schedule
+	Expired  uint64 // messages the retention deleted before the target finished them, since start
 }

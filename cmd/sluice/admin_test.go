@@ -358,6 +358,12 @@ func TestAdminMetrics(t *testing.T) {
 	if got := count(fams, "sluice_route_ack_seconds", "route", "orders"); got != n+3 {
 		t.Errorf("sluice_route_ack_seconds count = %v, want %d", got, n+3)
 	}
+	if got := count(fams, "sluice_writer_fsync_seconds"); got <= 0 {
+		t.Errorf("sluice_writer_fsync_seconds count = %v, want the commits' fsyncs", got)
+	}
+	if got := value(fams, "sluice_target_expired_total", "target", "inv"); got != 0 {
+		t.Errorf("sluice_target_expired_total = %v, want 0", got)
+	}
 	if got := value(fams, "sluice_store_bytes"); got <= 0 {
 		t.Errorf("sluice_store_bytes = %v", got)
 	}

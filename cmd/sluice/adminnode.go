@@ -151,6 +151,7 @@ func (n *node) targetState(q store.DeadLetters, run *targetRun, ts store.TargetS
 		Pending:  ts.Pending,
 		Retrying: ts.Retrying,
 		InFlight: ts.InFlight,
+		Expired:  ts.Expired,
 		Backlog:  ts.Pending + uint64(ts.Retrying) + uint64(ts.InFlight),
 		Paused:   ds.Paused,
 		Breaker:  ds.Breaker.String(),

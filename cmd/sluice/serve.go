@@ -165,7 +165,9 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (n *node
 	n = &node{log: log, ln: ln, lock: lock, pol: pol, runs: map[runKey]*targetRun{}, controls: controls,
 		serveErr: make(chan error, 1), adminErr: make(chan error, 1), adminEnd: make(chan struct{}), stopCtl: make(chan struct{})}
 	n.metrics = admin.NewMetrics(n.State)
-	st, err := buffer.Open(storeConfig(pol.Storage, log))
+	scfg := storeConfig(pol.Storage, log)
+	scfg.ObserveSync = n.metrics.ObserveSync
+	st, err := buffer.Open(scfg)
 	if err != nil {
 		return nil, err
 	}
