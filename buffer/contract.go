@@ -13,6 +13,7 @@ var (
 	_ store.Parker         = (*Consumer)(nil)
 	_ store.BatchCompleter = (*Consumer)(nil)
 	_ store.DeadLetters    = (*Queue)(nil)
+	_ store.BatchAppender  = (*Queue)(nil)
 )
 
 // The contract's value types under their old names, used inside buffer.

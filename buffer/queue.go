@@ -460,6 +460,59 @@ func (q *Queue) Append(ctx context.Context, m *Message) (ID, error) {
 // AppendDraft is Append for a Draft: the record is encoded into d's own
 // buffer, with no intermediate strings. d may be reused once it returns.
 func (q *Queue) AppendDraft(ctx context.Context, d *Draft) (ID, error) {
+	r, id, err := q.draftRequest(d)
+	if r == nil || err != nil {
+		return id, err
+	}
+	if err := q.do(ctx, r); err != nil {
+		return ID{}, err
+	}
+	id = store.NewID(r.seq, r.tag)
+	d.Duplicate = r.dup
+	putRequest(r)
+	return id, nil
+}
+
+// AppendDrafts is AppendDraft for many drafts: every request is handed to
+// the writer before any is waited for, so they share its commits and the
+// caller wakes once (no goroutine per draft). Each draft is stored or
+// refused on its own: ids[i] and errs[i] are AppendDraft's for ds[i]. The
+// drafts must stay valid until it returns.
+func (q *Queue) AppendDrafts(ctx context.Context, ds []*Draft) ([]ID, []error) {
+	ids := make([]ID, len(ds))
+	errs := make([]error, len(ds))
+	rs := make([]*request, len(ds))
+	for i, d := range ds {
+		r, id, err := q.draftRequest(d)
+		if r == nil || err != nil {
+			ids[i], errs[i] = id, err
+			continue
+		}
+		if err := q.hand(ctx, r); err != nil {
+			errs[i] = err
+			continue
+		}
+		rs[i] = r
+	}
+	for i, r := range rs {
+		if r == nil {
+			continue
+		}
+		<-r.done // hand guarantees an answer, even across Close
+		if r.err != nil {
+			errs[i] = r.err
+			continue
+		}
+		ids[i] = store.NewID(r.seq, r.tag)
+		ds[i].Duplicate = r.dup
+		putRequest(r)
+	}
+	return ids, errs
+}
+
+// draftRequest encodes d and makes its append request. A key already
+// stored returns no request and the first message's id (d.Duplicate set).
+func (q *Queue) draftRequest(d *Draft) (*request, ID, error) {
 	d.Duplicate = false
 	var key [16]byte
 	hasKey := len(d.IdempotencyKey) > 0
@@ -469,7 +522,7 @@ func (q *Queue) AppendDraft(ctx context.Context, d *Draft) (ID, error) {
 		id, below, found := q.findKey(key)
 		if found {
 			d.Duplicate = true
-			return id, nil
+			return nil, id, nil
 		}
 		checkedBelow = below
 	}
@@ -479,18 +532,12 @@ func (q *Queue) AppendDraft(ctx context.Context, d *Draft) (ID, error) {
 	}
 	rec := d.Encode(tag)
 	if len(rec) > MaxRecordBytes {
-		return ID{}, ErrTooLarge
+		return nil, ID{}, ErrTooLarge
 	}
 	r := getRequest()
 	r.kind, r.rec, r.tag = opAppend, rec, tag
 	r.key, r.hasKey, r.checkedBelow = key, hasKey, checkedBelow
-	if err := q.do(ctx, r); err != nil {
-		return ID{}, err
-	}
-	id := store.NewID(r.seq, r.tag)
-	d.Duplicate = r.dup
-	putRequest(r)
-	return id, nil
+	return r, ID{}, nil
 }
 
 func (q *Queue) appendRecord(ctx context.Context, tag [8]byte, rec []byte) (ID, error) {

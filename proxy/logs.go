@@ -561,11 +561,54 @@ const (
 // goroutines.
 var logAppendSlots = make(chan struct{}, 4096)
 
+// logChunkSlots bounds the chunks of documents (of up to 4096 each) being
+// appended at once, server-wide, where the queue appends in batches
+// (store.BatchAppender): 4 chunks keep the writer's channel full.
+var logChunkSlots = make(chan struct{}, 4)
+
 // appendSome appends docs[i] for each i in todo, all at once (within
 // logAppendSlots), and waits.
 func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte, todo []int, ids []store.ID, errs []error) {
 	now := time.Now()
 	method, uri := ctx.Method(), logURI(ctx)
+	draft := func(i int) *store.Draft {
+		doc := &docs[i]
+		d := logDraftPool.Get().(*store.Draft)
+		d.Method, d.URI, d.Body, d.EnqueuedAt = method, uri, doc.Body, now
+		d.AddHeader(hdrContentType, contentType)
+		d.AddHeader(hdrProtocol, []byte(r.Protocol))
+		if doc.Op != "" {
+			d.AddHeader(hdrEsOp, []byte(doc.Op))
+			d.AddHeader(hdrEsMeta, doc.Meta)
+			if doc.ID != nil {
+				d.AddHeader(hdrEsID, doc.ID)
+			}
+		}
+		return d
+	}
+	if ba, ok := r.queue.(store.BatchAppender); ok {
+		// The documents go to the store in chunks of at most
+		// cap(logAppendSlots), each handed over whole and waited for
+		// once: no goroutine per document, and the drafts alive at once
+		// stay bounded as before.
+		for len(todo) > 0 {
+			chunk := todo[:min(len(todo), cap(logAppendSlots))]
+			todo = todo[len(chunk):]
+			logChunkSlots <- struct{}{}
+			ds := make([]*store.Draft, len(chunk))
+			for k, i := range chunk {
+				ds[k] = draft(i)
+			}
+			got, gotErrs := ba.AppendDrafts(s.appendCtx, ds)
+			<-logChunkSlots
+			for k, i := range chunk {
+				ids[i], errs[i] = got[k], gotErrs[k]
+				ds[k].Reset()
+				logDraftPool.Put(ds[k])
+			}
+		}
+		return
+	}
 	var wg sync.WaitGroup
 	wg.Add(len(todo))
 	for _, i := range todo {
@@ -573,18 +616,7 @@ func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.
 		go func() {
 			defer wg.Done()
 			defer func() { <-logAppendSlots }()
-			doc := &docs[i]
-			d := logDraftPool.Get().(*store.Draft)
-			d.Method, d.URI, d.Body, d.EnqueuedAt = method, uri, doc.Body, now
-			d.AddHeader(hdrContentType, contentType)
-			d.AddHeader(hdrProtocol, []byte(r.Protocol))
-			if doc.Op != "" {
-				d.AddHeader(hdrEsOp, []byte(doc.Op))
-				d.AddHeader(hdrEsMeta, doc.Meta)
-				if doc.ID != nil {
-					d.AddHeader(hdrEsID, doc.ID)
-				}
-			}
+			d := draft(i)
 			ids[i], errs[i] = r.queue.AppendDraft(s.appendCtx, d)
 			d.Reset()
 			logDraftPool.Put(d)

@@ -53,6 +53,14 @@ type Consumer interface {
 	Release(d *Delivery)
 }
 
+// BatchAppender is an optional extension of Queue: AppendDraft for many
+// drafts at once, sharing the engine's commits, each stored or refused on
+// its own (ids[i], errs[i] are AppendDraft's for ds[i]). The log ingest of
+// the proxy uses it when the queue has it.
+type BatchAppender interface {
+	AppendDrafts(ctx context.Context, ds []*Draft) (ids []ID, errs []error)
+}
+
 // BatchCompleter is an optional extension of Consumer: Complete for many
 // attempts at once, sharing the engine's commits; errs[i] is Complete's
 // error for ds[i]. A drainer records with it when the consumer has it.

@@ -45,6 +45,7 @@ func Run(t *testing.T, e Engine) {
 		{"Idempotency", testIdempotency},
 		{"Restart", testRestart},
 		{"Park", testPark},
+		{"BatchAppend", testBatchAppend},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
 	}
@@ -322,5 +323,43 @@ func testPark(t *testing.T, e Engine) {
 	}
 	if got := fetchAll(t, c, now.Add(time.Second)); len(got) != 2 {
 		t.Fatalf("%d unparked messages fetched, want 2", len(got))
+	}
+}
+
+func testBatchAppend(t *testing.T, e Engine) {
+	o := open(t, e, t.TempDir(), "a")
+	ba, ok := o.Queue.(store.BatchAppender)
+	if !ok {
+		t.Skip("the engine's queues do not append in batches (optional)")
+	}
+	first, err := o.Queue.AppendDraft(ctx, &store.Draft{Method: []byte("POST"), URI: []byte("/o"), IdempotencyKey: []byte("seen"), Body: []byte("0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := make([]*store.Draft, 50)
+	for i := range ds {
+		ds[i] = &store.Draft{Method: []byte("POST"), URI: []byte(fmt.Sprintf("/o/%d", i)), Body: []byte(fmt.Sprint(i))}
+	}
+	ds[7].IdempotencyKey = []byte("seen")
+	ids, errs := ba.AppendDrafts(ctx, ds)
+	for i := range ds {
+		if errs[i] != nil {
+			t.Fatalf("draft %d: %v", i, errs[i])
+		}
+	}
+	if !ds[7].Duplicate || ids[7] != first {
+		t.Fatalf("a key stored before: dup=%v id %s, want %s", ds[7].Duplicate, ids[7], first)
+	}
+	for i, id := range ids {
+		if i == 7 {
+			continue
+		}
+		m, _, err := o.Queue.Lookup(id)
+		if err != nil || m.URI != fmt.Sprintf("/o/%d", i) {
+			t.Fatalf("draft %d: %v %+v", i, err, m)
+		}
+	}
+	if n := len(fetchAll(t, o.Consumer("a"), time.Now())); n != 50 {
+		t.Fatalf("%d messages stored, want 50 (49 drafts and the first)", n)
 	}
 }
