@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluice-proxy/sluice/internal/hop"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
@@ -20,21 +21,11 @@ const (
 )
 
 // skipHeaders are the headers, in lower case, never copied from a stored
-// message: the hop-by-hop headers of RFC 9110 section 7.6.1 (as
-// net/http/httputil names them), Expect (the body is already here; a 100
-// Continue would only confuse the client), Host and Content-Length (set from
-// the target and the body), and the headers the drainer sets itself, so a
-// client cannot forge them.
+// message besides the hop-by-hop ones (internal/hop): Expect (the body is
+// already here; a 100 Continue would only confuse the client), Host and
+// Content-Length (set from the target and the body), and the headers the
+// drainer sets itself, so a client cannot forge them.
 var skipHeaders = map[string]bool{
-	"connection":           true,
-	"proxy-connection":     true, // non-standard, sent by old clients
-	"keep-alive":           true,
-	"proxy-authenticate":   true,
-	"proxy-authorization":  true,
-	"te":                   true,
-	"trailer":              true,
-	"transfer-encoding":    true,
-	"upgrade":              true,
 	"expect":               true,
 	"host":                 true,
 	"content-length":       true,
@@ -63,20 +54,19 @@ func connectionNamed(hs []store.Header) []string {
 	var named []string
 	for _, h := range hs {
 		if strings.EqualFold(h.Name, "Connection") {
-			for _, tok := range strings.Split(h.Value, ",") {
-				if tok = strings.TrimSpace(tok); tok != "" {
-					named = append(named, strings.ToLower(tok))
-				}
-			}
+			hop.Tokens([]byte(h.Value), func(tok []byte) { named = append(named, strings.ToLower(string(tok))) })
 		}
 	}
 	return named
 }
 
-// skipHeader reports whether the header name is not sent on: one of
-// skipHeaders or of named (lower case). It does not allocate for names of up
+// skipHeader reports whether the header name is not sent on: hop-by-hop,
+// one of skipHeaders or of named (lower case). It does not allocate for names of up
 // to 64 bytes.
 func skipHeader(name string, named []string) bool {
+	if hop.IsString(name) {
+		return true
+	}
 	var buf [64]byte
 	var lower []byte
 	if len(name) <= len(buf) {

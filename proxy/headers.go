@@ -7,30 +7,13 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-proxy/sluice/internal/hop"
 	"github.com/sluice-proxy/sluice/store"
 )
 
-// hopHeaders are the hop-by-hop headers of RFC 9110 section 7.6.1 (and the
-// de-facto ones httputil also drops). They describe one connection, so a proxy
-// never stores or forwards them. Headers named in Connection are dropped too.
-var hopHeaders = []string{
-	"Connection",
-	"Proxy-Connection",
-	"Keep-Alive",
-	"Proxy-Authenticate",
-	"Proxy-Authorization",
-	"Te",
-	"Trailer",
-	"Transfer-Encoding",
-	"Upgrade",
-}
-
-func isHop(name []byte, connTokens [][]byte) bool {
-	for _, h := range hopHeaders {
-		if bytes.EqualFold(name, []byte(h)) {
-			return true
-		}
-	}
+// isNamed reports whether a header named name is one of the Connection
+// header's tokens.
+func isNamed(name []byte, connTokens [][]byte) bool {
 	for _, t := range connTokens {
 		if bytes.EqualFold(name, t) {
 			return true
@@ -43,11 +26,7 @@ func isHop(name []byte, connTokens [][]byte) bool {
 func connectionTokens(h *fasthttp.RequestHeader) [][]byte {
 	var toks [][]byte
 	for _, v := range h.PeekAll("Connection") {
-		for _, t := range bytes.Split(v, []byte(",")) {
-			if t = bytes.TrimSpace(t); len(t) > 0 {
-				toks = append(toks, t)
-			}
-		}
+		hop.Tokens(v, func(t []byte) { toks = append(toks, t) })
 	}
 	return toks
 }
@@ -84,7 +63,7 @@ func addStoredHeaders(ctx *fasthttp.RequestCtx, d *store.Draft, scratch []byte) 
 			xff = append(xff, v...)
 			continue
 		}
-		if len(toks) > 0 && isHop(k, toks) {
+		if len(toks) > 0 && isNamed(k, toks) {
 			continue
 		}
 		d.AddHeader(k, v)
@@ -119,27 +98,18 @@ const (
 )
 
 // storedKind says what addStoredHeaders does with a header named k (in any
-// case): keep it, drop it (a hop-by-hop header of hopHeaders, Host,
+// case): keep it, drop it (a hop-by-hop header of hop.Names, Host,
 // Content-Length, X-Forwarded-Proto or -Host: sluice sets those), or join it
 // to X-Forwarded-For. Names listed in Connection are checked apart. It
 // compares k only with the names of its length.
 func storedKind(k []byte) int {
+	if hop.Is(k) {
+		return dropHeader
+	}
 	eq := func(name string) bool { return bytes.EqualFold(k, []byte(name)) }
 	switch len(k) {
-	case 2:
-		if eq("Te") {
-			return dropHeader
-		}
 	case 4:
 		if eq("Host") {
-			return dropHeader
-		}
-	case 7:
-		if eq("Trailer") || eq("Upgrade") {
-			return dropHeader
-		}
-	case 10:
-		if eq("Connection") || eq("Keep-Alive") {
 			return dropHeader
 		}
 	case 14:
@@ -151,19 +121,11 @@ func storedKind(k []byte) int {
 			return forwardedFor
 		}
 	case 16:
-		if eq("Proxy-Connection") || eq("X-Forwarded-Host") {
+		if eq("X-Forwarded-Host") {
 			return dropHeader
 		}
 	case 17:
-		if eq("Transfer-Encoding") || eq("X-Forwarded-Proto") {
-			return dropHeader
-		}
-	case 18:
-		if eq("Proxy-Authenticate") {
-			return dropHeader
-		}
-	case 19:
-		if eq("Proxy-Authorization") {
+		if eq("X-Forwarded-Proto") {
 			return dropHeader
 		}
 	}
@@ -188,35 +150,12 @@ func clientIP(ctx *fasthttp.RequestCtx) string {
 	return host
 }
 
-// hopByLen is hopHeaders by the length of the name, so that a header name is
-// compared only with the hop-by-hop names of its length.
-var hopByLen = func() (m [20][]string) {
-	for _, h := range hopHeaders {
-		m[len(h)] = append(m[len(h)], h)
-	}
-	return m
-}()
-
-// isHopName reports whether a header named k (in any case) is one of
-// hopHeaders, comparing it only with the names of its length.
-func isHopName(k []byte) bool {
-	if len(k) >= len(hopByLen) {
-		return false
-	}
-	for _, h := range hopByLen[len(k)] {
-		if bytes.EqualFold(k, []byte(h)) {
-			return true
-		}
-	}
-	return false
-}
-
 // anyHop reports whether any of the headers is hop-by-hop: one pass over
 // them. Without one there is no Connection header either, so no header it
 // names.
 func anyHop(all iter.Seq2[[]byte, []byte]) bool {
 	for k := range all {
-		if isHopName(k) {
+		if hop.Is(k) {
 			return true
 		}
 	}
@@ -224,7 +163,7 @@ func anyHop(all iter.Seq2[[]byte, []byte]) bool {
 }
 
 // hopNames returns the names, as spelled, of the hop-by-hop headers among
-// all: those of hopHeaders and those the Connection header names, in any
+// all: those of hop.Names and those the Connection header names, in any
 // case. The upstream pool keeps names as the upstream spelled them
 // (DisableHeaderNamesNormalizing), and a header is deleted by its exact
 // spelling there, so "keep-alive" is not "Keep-Alive" to Del.
@@ -232,19 +171,11 @@ func hopNames(all iter.Seq2[[]byte, []byte]) [][]byte {
 	var toks, names [][]byte
 	for k, v := range all {
 		if bytes.EqualFold(k, []byte("Connection")) {
-			for t := range bytes.SplitSeq(v, []byte(",")) {
-				if t = bytes.TrimSpace(t); len(t) > 0 {
-					toks = append(toks, bytes.Clone(t))
-				}
-			}
+			hop.Tokens(v, func(t []byte) { toks = append(toks, bytes.Clone(t)) })
 		}
 	}
 	for k := range all {
-		hop := isHopName(k)
-		for _, t := range toks {
-			hop = hop || bytes.EqualFold(k, t)
-		}
-		if hop {
+		if hop.Is(k) || isNamed(k, toks) {
 			names = append(names, bytes.Clone(k))
 		}
 	}
@@ -261,7 +192,7 @@ func stripHop(h *fasthttp.RequestHeader) {
 	for _, n := range hopNames(h.All()) {
 		h.DelBytes(n)
 	}
-	for _, name := range hopHeaders {
+	for _, name := range hop.Names {
 		h.Del(name) // the ones fasthttp keeps apart (Connection: close, Trailer)
 	}
 }
@@ -275,7 +206,7 @@ func stripHopResponse(h *fasthttp.ResponseHeader) {
 	for _, n := range hopNames(h.All()) {
 		h.DelBytes(n)
 	}
-	for _, name := range hopHeaders {
+	for _, name := range hop.Names {
 		h.Del(name) // the ones fasthttp keeps apart (Connection: close, Trailer)
 	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/sluice-proxy/sluice/internal/hop"
 	"strings"
 	"testing"
 
@@ -23,7 +24,7 @@ func TestStripHopFindsEachHopHeader(t *testing.T) {
 			}
 		}
 	}
-	for _, name := range hopHeaders {
+	for _, name := range hop.Names {
 		for _, sp := range spellings(name) {
 			value := "x"
 			switch strings.ToLower(name) {

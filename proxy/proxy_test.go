@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/sluice-proxy/sluice/internal/hop"
 	"net"
 	"strings"
 	"testing"
@@ -130,13 +131,13 @@ func TestStoredHeadersDropHopByHop(t *testing.T) {
 }
 
 // TestStoredKind: storedKind, which compares a name only with those of its
-// length, drops exactly the hop-by-hop headers of hopHeaders and the ones
+// length, drops exactly the hop-by-hop headers of hop.Names and the ones
 // sluice sets, in any case.
 func TestStoredKind(t *testing.T) {
 	want := map[string]int{"Host": dropHeader, "Content-Length": dropHeader, "X-Forwarded-Proto": dropHeader,
 		"X-Forwarded-Host": dropHeader, "X-Forwarded-For": forwardedFor,
 		"Content-Type": keepHeader, "X-Customer-Id": keepHeader, "Hosts": keepHeader, "Tee": keepHeader, "": keepHeader}
-	for _, h := range hopHeaders {
+	for _, h := range hop.Names {
 		want[h] = dropHeader
 	}
 	for name, kind := range want {
