@@ -186,62 +186,18 @@ func New(cfg Config, src Source) (*Drainer, error) {
 			return nil, fail("window %d: invalid rate %v", i, w.Rate.PerSecond)
 		}
 	}
-	if t.Concurrency <= 0 {
-		t.Concurrency = 16
-	}
-	if t.Timeout <= 0 {
-		t.Timeout = 10 * time.Second
-	}
-	if t.Burst <= 0 {
-		t.Burst = 1
-		if !t.Rate.Unlimited {
-			t.Burst = max(1, int(math.Ceil(t.Rate.PerSecond/10)))
-		}
-	}
-	if t.Timezone == nil {
-		t.Timezone = time.UTC
-	}
-	if t.Retry.MaxAttempts <= 0 {
-		t.Retry.MaxAttempts = 10
-	}
-	if t.Retry.Initial <= 0 {
-		t.Retry.Initial = 500 * time.Millisecond
-	}
-	if t.Retry.Max <= 0 {
-		t.Retry.Max = 5 * time.Minute
-	}
-	t.Retry.Max = max(t.Retry.Max, t.Retry.Initial)
-	if t.Breaker.Failures <= 0 {
-		t.Breaker.Failures = policies.DefaultBreakerFailures
-	}
-	if t.Breaker.Cooldown <= 0 {
-		t.Breaker.Cooldown = policies.DefaultBreakerCooldown
-	}
-	if t.Breaker.MaxCooldown <= 0 {
-		t.Breaker.MaxCooldown = policies.DefaultBreakerMaxCooldown
-	}
-	t.Breaker.MaxCooldown = max(t.Breaker.MaxCooldown, t.Breaker.Cooldown)
 	if a := t.Adaptive; a != nil {
-		ac := *a
 		switch {
-		case ac.MinRate.Unlimited || !validRate(ac.MinRate) || ac.MinRate.PerSecond <= 0:
+		case a.MinRate.Unlimited || !validRate(a.MinRate) || a.MinRate.PerSecond <= 0:
 			return nil, fail("adaptive: min_rate must be a rate above 0, not unlimited")
-		case ac.Increase.Unlimited || !validRate(ac.Increase):
-			return nil, fail("adaptive: invalid increase %v", ac.Increase)
-		case ac.Decrease < 0 || ac.Decrease >= 1 || math.IsNaN(ac.Decrease):
-			return nil, fail("adaptive: decrease %v is not in (0, 1)", ac.Decrease)
-		}
-		if ac.Decrease == 0 {
-			ac.Decrease = policies.DefaultAdaptiveDecrease
-		}
-		t.Adaptive = &ac
-	}
-	if on := t.Retry.On; on.Codes == nil && !on.Class4xx && !on.Class5xx && !on.Timeout && !on.Connect {
-		t.Retry.On = policies.RetryOn{
-			Codes:    map[int]bool{408: true, 425: true, 429: true},
-			Class5xx: true, Timeout: true, Connect: true,
+		case a.Increase.Unlimited || !validRate(a.Increase):
+			return nil, fail("adaptive: invalid increase %v", a.Increase)
+		case a.Decrease < 0 || a.Decrease >= 1 || math.IsNaN(a.Decrease):
+			return nil, fail("adaptive: decrease %v is not in (0, 1)", a.Decrease)
 		}
 	}
+	// The policy's defaults, for a Target built in code; policies owns them.
+	t = t.WithDefaults()
 	d := &Drainer{
 		route:  cfg.Route,
 		target: t,
