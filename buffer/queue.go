@@ -55,6 +55,11 @@ type request struct {
 	parkKey  *[16]byte // Park: index the message under this key
 	unpark   *[16]byte // Unpark: remove it from the index under this key
 
+	// opAppend of many records that commit together (AppendDrafts): the
+	// writer appends the parts in one commit, so they are stored or
+	// refused together; parts are answered through this request.
+	parts []*request
+
 	// fast: a first outcome that is Delivered: it goes to the outcome
 	// journal, not to bbolt (see journal.go)
 	fast bool
@@ -473,41 +478,49 @@ func (q *Queue) AppendDraft(ctx context.Context, d *Draft) (ID, error) {
 	return id, nil
 }
 
-// AppendDrafts is AppendDraft for many drafts: every request is handed to
-// the writer before any is waited for, so they share its commits and the
-// caller wakes once (no goroutine per draft). Each draft is stored or
-// refused on its own: ids[i] and errs[i] are AppendDraft's for ds[i]. The
-// drafts must stay valid until it returns.
+// AppendDrafts is AppendDraft for many drafts, all or nothing: up to
+// maxBatch drafts are appended in one commit (one write, one fsync), so they
+// are stored together or refused together; more than that go in chunks of
+// maxBatch, each all or nothing. ids[i] and errs[i] are AppendDraft's for
+// ds[i]. The drafts must stay valid until it returns.
 func (q *Queue) AppendDrafts(ctx context.Context, ds []*Draft) ([]ID, []error) {
 	ids := make([]ID, len(ds))
 	errs := make([]error, len(ds))
-	rs := make([]*request, len(ds))
+	for from := 0; from < len(ds); from += maxBatch {
+		to := min(len(ds), from+maxBatch)
+		q.appendChunk(ctx, ds[from:to], ids[from:to], errs[from:to])
+	}
+	return ids, errs
+}
+
+// appendChunk appends ds (at most maxBatch) in one commit.
+func (q *Queue) appendChunk(ctx context.Context, ds []*Draft, ids []ID, errs []error) {
+	parts := make([]*request, 0, len(ds))
+	at := make([]int, 0, len(ds)) // parts[k] is for ds[at[k]]
 	for i, d := range ds {
 		r, id, err := q.draftRequest(d)
 		if r == nil || err != nil {
 			ids[i], errs[i] = id, err
 			continue
 		}
-		if err := q.hand(ctx, r); err != nil {
-			errs[i] = err
-			continue
-		}
-		rs[i] = r
+		parts = append(parts, r)
+		at = append(at, i)
 	}
-	for i, r := range rs {
-		if r == nil {
-			continue
-		}
-		<-r.done // hand guarantees an answer, even across Close
-		if r.err != nil {
-			errs[i] = r.err
+	if len(parts) == 0 {
+		return
+	}
+	parent := &request{kind: opAppend, parts: parts, done: make(chan struct{}, 1)}
+	err := q.do(ctx, parent)
+	for k, r := range parts {
+		i := at[k]
+		if err != nil {
+			errs[i] = err
 			continue
 		}
 		ids[i] = store.NewID(r.seq, r.tag)
 		ds[i].Duplicate = r.dup
 		putRequest(r)
 	}
-	return ids, errs
 }
 
 // draftRequest encodes d and makes its append request. A key already
@@ -806,7 +819,11 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	for _, r := range batch {
 		switch r.kind {
 		case opAppend:
-			apps = append(apps, r)
+			if r.parts != nil {
+				apps = append(apps, r.parts...)
+			} else {
+				apps = append(apps, r)
+			}
 		case opState:
 			if s := q.segmentFor(r.seq); s != nil && r.fast {
 				fast = append(fast, r)
@@ -862,6 +879,11 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		for _, r := range apps {
 			r.err = err
 			r.rec = nil
+		}
+		for _, r := range batch {
+			if r.parts != nil {
+				r.err = err // one write for all its parts
+			}
 		}
 	}
 

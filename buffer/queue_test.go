@@ -627,3 +627,40 @@ func TestObserveSync(t *testing.T) {
 		t.Fatal("10 appends with fsync always, and no sync observed")
 	}
 }
+
+// AppendDrafts is all or nothing: the drafts of one call share one write,
+// so a write that fails refuses every one of them and stores none, and a
+// write that succeeds stores them all, with consecutive seqs.
+func TestAppendDraftsAllOrNothing(t *testing.T) {
+	s, q := openTest(t, Config{maxFileBytes: 1 << 20, SegmentBytes: 8 << 20}, "a")
+	defer s.Close()
+	drafts := func(n int) []*Draft {
+		ds := make([]*Draft, n)
+		for i := range ds {
+			ds[i] = &Draft{Method: []byte("POST"), URI: []byte(fmt.Sprintf("/d/%d", i)), Body: kib}
+		}
+		return ds
+	}
+	ids, errs := q.AppendDrafts(context.Background(), drafts(20))
+	for i, err := range errs {
+		must(t, err)
+		if i > 0 && ids[i].Seq() != ids[i-1].Seq()+1 {
+			t.Fatalf("seqs of one batch are not consecutive: %d after %d", ids[i].Seq(), ids[i-1].Seq())
+		}
+	}
+	before := q.Stats().Appended
+	// 1100 more KiB do not fit under the 1 MiB limit: the write fails.
+	_, errs = q.AppendDrafts(context.Background(), drafts(1100))
+	for i, err := range errs {
+		if !errors.Is(err, ErrIO) {
+			t.Fatalf("draft %d of a batch whose write failed: %v, want ErrIO", i, err)
+		}
+	}
+	if after := q.Stats().Appended; after != before {
+		t.Fatalf("a failed batch stored %d messages", after-before)
+	}
+	a, _ := q.Consumer("a")
+	if n := len(fetchAll(t, a)); n != 20 {
+		t.Fatalf("%d messages served, want the 20 of the first batch", n)
+	}
+}
