@@ -297,33 +297,59 @@ func (d *Drainer) recordOutcomes(all []*store.Delivery, outs []store.Outcome, st
 // sendBatch makes one HTTP attempt of a batch of n messages whose highest
 // attempt number is attempt.
 func (d *Drainer) sendBatch(n, attempt int, body []byte) result {
+	path, contentType := d.ep.batchURI(), ContentTypeNDJSON
+	if d.target.Protocol == policies.ProtocolLoki {
+		path, contentType = withSuffix(d.ep.path, logproto.LokiPushPath)+query(d.ep.query), "application/json"
+	}
+	res, _ := d.postBatch(path, contentType, n, attempt, body, false)
+	return res
+}
+
+// postBatch makes one POST of a batch of n documents (attempt: the
+// highest attempt number among them) to uri on the target, with the
+// target's headers and compression, and returns the result and, with
+// readReply, a copy of the reply's body (read whole, up to 16 MiB);
+// without it the body is discarded as it arrives.
+func (d *Drainer) postBatch(uri, contentType string, n, attempt int, body []byte, readReply bool) (result, []byte) {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	req.Header.DisableNormalizing()
 	req.Header.SetMethod(fasthttp.MethodPost)
-	if d.target.Protocol == policies.ProtocolLoki {
-		uri := d.ep.path
-		if !strings.HasSuffix(uri, logproto.LokiPushPath) {
-			uri += logproto.LokiPushPath
-		}
-		if d.ep.query != "" {
-			uri += "?" + d.ep.query
-		}
-		req.SetRequestURI(uri)
-		req.Header.SetContentType("application/json")
-	} else {
-		req.SetRequestURI(d.ep.batchURI())
-		req.Header.SetContentType(ContentTypeNDJSON)
-	}
+	req.SetRequestURI(uri)
 	req.URI().SetScheme(d.ep.scheme)
 	req.URI().SetHost(d.ep.host)
 	req.Header.SetHost(d.ep.host)
+	req.Header.SetContentType(contentType)
 	req.Header.Set(HeaderBatchSize, strconv.Itoa(n))
 	req.Header.Set(HeaderAttempt, strconv.Itoa(attempt))
 	d.setBatchBody(req, body)
-	return d.do(req, resp, 0) // the answer's body is not used
+	if !readReply {
+		return d.do(req, resp, 0), nil // the answer's body is not used
+	}
+	res := d.do(req, resp, -1)
+	var reply []byte
+	if res.err == nil && !res.tooLarge {
+		reply = bytes.Clone(resp.Body())
+	}
+	return res, reply
+}
+
+// withSuffix returns path ending in suffix (unchanged if it does).
+func withSuffix(path, suffix string) string {
+	if strings.HasSuffix(path, suffix) {
+		return path
+	}
+	return path + suffix
+}
+
+// query returns "?q" for a query q, or "".
+func query(q string) string {
+	if q == "" {
+		return ""
+	}
+	return "?" + q
 }
 
 // setBatchBody sets a batch request's body, gzipped if the target asks,

@@ -155,28 +155,5 @@ func (d *Drainer) itemOutcome(res result, it logproto.ItemResult, op string, own
 // sendBulk makes one _bulk attempt of n documents and returns the result and
 // a copy of the reply's body.
 func (d *Drainer) sendBulk(n, attempt int, body []byte) (result, []byte) {
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.Header.DisableNormalizing()
-	req.Header.SetMethod(fasthttp.MethodPost)
-	uri := d.ep.path + "/_bulk"
-	if d.ep.query != "" {
-		uri += "?" + d.ep.query
-	}
-	req.SetRequestURI(uri)
-	req.URI().SetScheme(d.ep.scheme)
-	req.URI().SetHost(d.ep.host)
-	req.Header.SetHost(d.ep.host)
-	req.Header.SetContentType(ContentTypeNDJSON)
-	req.Header.Set(HeaderBatchSize, strconv.Itoa(n))
-	req.Header.Set(HeaderAttempt, strconv.Itoa(attempt))
-	d.setBatchBody(req, body)
-	res := d.do(req, resp, -1) // the reply is read: whole, up to 16 MiB
-	var reply []byte
-	if res.err == nil && !res.tooLarge {
-		reply = append([]byte(nil), resp.Body()...)
-	}
-	return res, reply
+	return d.postBatch(d.ep.path+"/_bulk"+query(d.ep.query), ContentTypeNDJSON, n, attempt, body, true)
 }

@@ -97,31 +97,9 @@ func (d *Drainer) attemptHEC(batch []*store.Delivery, probe bool, events chan<- 
 // sendHEC makes one HEC event call of n events and returns the result and
 // a copy of the reply's body.
 func (d *Drainer) sendHEC(n, attempt int, body []byte) (result, []byte) {
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.Header.DisableNormalizing()
-	req.Header.SetMethod(fasthttp.MethodPost)
 	uri := d.ep.path
 	if logproto.HECEndpoint(uri) != "event" {
 		uri += "/services/collector/event"
 	}
-	if d.ep.query != "" {
-		uri += "?" + d.ep.query
-	}
-	req.SetRequestURI(uri)
-	req.URI().SetScheme(d.ep.scheme)
-	req.URI().SetHost(d.ep.host)
-	req.Header.SetHost(d.ep.host)
-	req.Header.SetContentType("application/json")
-	req.Header.Set(HeaderBatchSize, strconv.Itoa(n))
-	req.Header.Set(HeaderAttempt, strconv.Itoa(attempt))
-	d.setBatchBody(req, body)
-	res := d.do(req, resp, -1) // the reply is read: whole, up to 16 MiB
-	var reply []byte
-	if res.err == nil && !res.tooLarge {
-		reply = bytes.Clone(resp.Body())
-	}
-	return res, reply
+	return d.postBatch(uri+query(d.ep.query), "application/json", n, attempt, body, true)
 }

@@ -1,10 +1,7 @@
 package drain
 
 import (
-	"bytes"
 	"errors"
-	"strconv"
-	"strings"
 
 	"github.com/valyala/fasthttp"
 
@@ -91,31 +88,5 @@ func (d *Drainer) attemptOTLP(batch []*store.Delivery, probe bool, events chan<-
 // sendOTLP makes one export of n records and returns the result and a copy
 // of the reply's body.
 func (d *Drainer) sendOTLP(enc string, n, attempt int, body []byte) (result, []byte) {
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.Header.DisableNormalizing()
-	req.Header.SetMethod(fasthttp.MethodPost)
-	uri := d.ep.path
-	if !strings.HasSuffix(uri, logproto.OTLPLogsPath) {
-		uri += logproto.OTLPLogsPath
-	}
-	if d.ep.query != "" {
-		uri += "?" + d.ep.query
-	}
-	req.SetRequestURI(uri)
-	req.URI().SetScheme(d.ep.scheme)
-	req.URI().SetHost(d.ep.host)
-	req.Header.SetHost(d.ep.host)
-	req.Header.SetContentType(enc)
-	req.Header.Set(HeaderBatchSize, strconv.Itoa(n))
-	req.Header.Set(HeaderAttempt, strconv.Itoa(attempt))
-	d.setBatchBody(req, body)
-	res := d.do(req, resp, -1) // the reply is read: whole, up to 16 MiB
-	var reply []byte
-	if res.err == nil && !res.tooLarge {
-		reply = bytes.Clone(resp.Body())
-	}
-	return res, reply
+	return d.postBatch(withSuffix(d.ep.path, logproto.OTLPLogsPath)+query(d.ep.query), enc, n, attempt, body, true)
 }

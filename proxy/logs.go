@@ -151,15 +151,7 @@ func (s *Server) handleOTLP(ctx *fasthttp.RequestCtx, r *route) {
 		return
 	}
 	_, errs := s.appendDocsAs(ctx, r, docs, []byte(enc))
-	failed := 0
-	var firstErr error
-	for _, e := range errs {
-		if e != nil {
-			if failed++; firstErr == nil {
-				firstErr = e
-			}
-		}
-	}
+	failed, firstErr := countFailed(errs)
 	if failed > 0 {
 		// A retryable answer with Retry-After, which OTLP exporters honour.
 		// A resend stores again the records that were stored (see the top).
@@ -219,15 +211,7 @@ func (s *Server) handleLoki(ctx *fasthttp.RequestCtx, r *route) {
 
 func (s *Server) lokiAppend(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc) {
 	_, errs := s.appendDocs(ctx, r, docs)
-	failed := 0
-	var firstErr error
-	for _, e := range errs {
-		if e != nil {
-			if failed++; firstErr == nil {
-				firstErr = e
-			}
-		}
-	}
+	failed, firstErr := countFailed(errs)
 	if failed > 0 {
 		// Loki's own back-pressure answer; its clients retry it. A resend
 		// stores again the entries that were stored (see the top).
@@ -331,15 +315,7 @@ func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
 		return
 	}
 	_, errs := s.appendDocs(ctx, r, docs)
-	failed := 0
-	var firstErr error
-	for _, e := range errs {
-		if e != nil {
-			if failed++; firstErr == nil {
-				firstErr = e
-			}
-		}
-	}
+	failed, firstErr := countFailed(errs)
 	if failed > 0 {
 		// Splunk's own answer when its queues are full; a resend stores
 		// again the events that were stored (see the top of this file).
@@ -455,16 +431,7 @@ func (s *Server) handleNDJSON(ctx *fasthttp.RequestCtx, r *route) {
 		return
 	}
 	_, errs := s.appendDocs(ctx, r, docs)
-	failed := 0
-	var firstErr error
-	for _, e := range errs {
-		if e != nil {
-			failed++
-			if firstErr == nil {
-				firstErr = e
-			}
-		}
-	}
+	failed, firstErr := countFailed(errs)
 	if failed > 0 {
 		s.logRefusal(r, firstErr, failed)
 		setRetryAfter(ctx, firstErr)
@@ -623,6 +590,18 @@ func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.
 		}()
 	}
 	wg.Wait()
+}
+
+// countFailed returns how many of errs are set, and the first of them.
+func countFailed(errs []error) (failed int, first error) {
+	for _, e := range errs {
+		if e != nil {
+			if failed++; first == nil {
+				first = e
+			}
+		}
+	}
+	return failed, first
 }
 
 // refusalReason and refusalCode say why a document was not stored, in the
