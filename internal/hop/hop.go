@@ -6,7 +6,10 @@
 // one, nor a header that Connection names. It allocates nothing.
 package hop
 
-import "bytes"
+import (
+	"bytes"
+	"strings"
+)
 
 // Names are the hop-by-hop headers, canonically spelled.
 var Names = []string{
@@ -49,7 +52,7 @@ func IsString(name string) bool {
 		return false
 	}
 	for _, h := range byLen[len(name)] {
-		if len(h) == len(name) && equalFoldASCII(h, name) {
+		if strings.EqualFold(h, name) {
 			return true
 		}
 	}
@@ -64,20 +67,4 @@ func Tokens(value []byte, fn func(tok []byte)) {
 			fn(t)
 		}
 	}
-}
-
-func equalFoldASCII(a, b string) bool {
-	for i := range len(a) {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
