@@ -446,7 +446,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 	}
 	defer d.running.Store(false)
 	r := &runner{d: d, events: make(chan event, 4*d.target.Concurrency), br: newBreaker(d.target.Breaker),
-		work: make(chan job), quit: make(chan struct{}),
+		work: make(chan job, d.target.Concurrency), quit: make(chan struct{}),
 		recq: make(chan recItem, d.target.Concurrency+recordWindow), recDone: make(chan struct{})}
 	go r.recorder()
 	if d.target.Adaptive != nil {
@@ -502,6 +502,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 // event is what an attempt goroutine tells the run loop.
 type event struct {
 	recorded bool // false: the HTTP call is over (its slot is free); true: the outcome is recorded (or failed)
+	n        int  // with recorded true and no dl: how many outcomes were recorded (0 means 1)
 	retrying bool // recorded as Retrying: the retry schedule changed
 
 	// With recorded true, for ordering: the message and whether its
@@ -550,7 +551,8 @@ type runner struct {
 
 	// Worker goroutines that make the attempts (see worker), and the
 	// recorder that records their outcomes (see recorder).
-	work    chan job
+	work    chan job     // attempts for the workers; capacity Concurrency
+	alive   atomic.Int32 // workers running
 	quit    chan struct{}
 	workers sync.WaitGroup
 	recq    chan recItem
@@ -568,7 +570,7 @@ type runner struct {
 
 func (r *runner) handle(ev event) {
 	if ev.recorded {
-		r.outstanding--
+		r.outstanding -= max(ev.n, 1)
 		r.unrecorded = append(r.unrecorded, ev.unrecorded...)
 		if r.ord != nil && ev.dl != nil {
 			r.ord.done(ev.dl, ev.recordOK, ev.final, r.stopping, r.d.now())
@@ -882,9 +884,17 @@ func (r *runner) loop(ctx context.Context) error {
 		case <-d.kick:
 			idle = false
 		case ev := <-r.events:
-			r.handle(ev)
-			if ev.retrying {
-				checkRetry = true
+			// Take every event already waiting, so that one round (one
+			// Fetch) serves all the slots they freed.
+			for n := len(r.events); ; n-- {
+				r.handle(ev)
+				if ev.retrying {
+					checkRetry = true
+				}
+				if n <= 0 {
+					break
+				}
+				ev = <-r.events
 			}
 		case <-ready:
 			idle = false
@@ -952,17 +962,19 @@ func (r *runner) take(now time.Time, gen uint64) bool {
 	return true
 }
 
-// launch sends dl, with the slot and token take took, on an idle worker
-// goroutine, or a new one if none is idle.
+// launch queues dl, with the slot and token take took, for the workers,
+// and starts one more if fewer are alive than attempts are under way. The
+// queue holds a slot's worth (Concurrency): it never blocks, and a worker
+// that finishes an attempt takes the next one without waiting for the run
+// loop to be scheduled.
 func (r *runner) launch(dl *store.Delivery, now time.Time) {
 	r.sending++
 	r.outstanding++
-	j := job{dl: dl, probe: r.br.Started(now)}
-	select {
-	case r.work <- j:
-	default:
+	r.work <- job{dl: dl, probe: r.br.Started(now)}
+	if int(r.alive.Load()) < r.sending {
+		r.alive.Add(1)
 		r.workers.Add(1)
-		go r.worker(j)
+		go r.worker()
 	}
 }
 
@@ -978,19 +990,32 @@ type job struct {
 // it again (~5% of the drainer's CPU at full speed).
 const workerIdle = 2 * time.Second
 
-// worker makes attempts until none comes for workerIdle or Run ends.
-func (r *runner) worker(j job) {
+// worker makes the attempts queued by launch until none comes for
+// workerIdle or Run ends. One that leaves counts itself out first and
+// then looks at the queue once more: launch, which queues first and counts
+// second, either saw it gone and started another, or queued before that
+// look.
+func (r *runner) worker() {
 	defer r.workers.Done()
 	t := time.NewTimer(workerIdle)
 	defer t.Stop()
 	for {
-		r.attempt(j)
-		t.Reset(workerIdle)
 		select {
-		case j = <-r.work:
+		case j := <-r.work:
+			r.attempt(j)
+			t.Reset(workerIdle)
 		case <-t.C:
-			return
+			r.alive.Add(-1)
+			select {
+			case j := <-r.work:
+				r.alive.Add(1)
+				r.attempt(j)
+				t.Reset(workerIdle)
+			default:
+				return
+			}
 		case <-r.quit:
+			r.alive.Add(-1)
 			return
 		}
 	}
@@ -1042,8 +1067,19 @@ func (r *runner) recorder() {
 			}
 		}
 		errs := r.d.recordBatch(batch)
+		// The run loop hears of each outcome it must act on (ordering, a
+		// retry, a failed record) and of the others as one count: one
+		// event per round instead of one per message.
+		plain := 0
 		for i, it := range batch {
-			r.d.finish(it.dl, it.out, it.res, errs[i], r.events)
+			if ev, alone := r.d.finish(it.dl, it.out, it.res, errs[i], r.ord != nil); alone {
+				r.events <- ev
+			} else {
+				plain++
+			}
+		}
+		if plain > 0 {
+			r.events <- event{recorded: true, n: plain}
 		}
 		clear(batch)
 	}
@@ -1078,9 +1114,11 @@ func (d *Drainer) recordBatch(batch []recItem) []error {
 	return errs
 }
 
-// finish counts and logs a recorded (or unrecordable) outcome, calls the
-// callback, and tells the run loop.
-func (d *Drainer) finish(dl *store.Delivery, out store.Outcome, res result, err error, events chan<- event) {
+// finish counts and logs a recorded (or unrecordable) outcome and calls
+// the callback. It returns the run loop's event for it, and whether the
+// loop needs that event on its own (ordered, retrying or unrecorded); the
+// others it may hear of as a count.
+func (d *Drainer) finish(dl *store.Delivery, out store.Outcome, res result, err error, ordered bool) (event, bool) {
 	// The logger with the message's attributes is made only when something
 	// is logged: With costs allocations on every delivery otherwise.
 	log := func() *slog.Logger {
@@ -1114,7 +1152,7 @@ func (d *Drainer) finish(dl *store.Delivery, out store.Outcome, res result, err 
 	if err != nil {
 		ev.unrecorded = []*store.Delivery{dl}
 	}
-	events <- ev
+	return ev, ordered || err != nil || ev.retrying
 }
 
 // record hands the outcome of dl to the store. A write that fails (ErrIO:

@@ -194,7 +194,11 @@ func buildRequest(req *fasthttp.Request, e *endpoint, d *store.Delivery) {
 		method = fasthttp.MethodGet
 	}
 	req.Header.SetMethod(method)
-	req.SetRequestURI(e.requestURI(d.URI))
+	if e.path == "" && e.query == "" && strings.HasPrefix(d.URI, "/") && !strings.Contains(d.URI, "#") {
+		req.SetRequestURI(d.URI) // the stored URI as it is (the common case): no join
+	} else {
+		req.SetRequestURI(e.requestURI(d.URI))
+	}
 	req.URI().SetScheme(e.scheme)
 	req.URI().SetHost(e.host)
 	req.Header.SetHost(e.host)
@@ -204,18 +208,21 @@ func buildRequest(req *fasthttp.Request, e *endpoint, d *store.Delivery) {
 			req.Header.Add(h.Name, h.Value)
 		}
 	}
-	key := d.IdempotencyKey
+	// The values are formatted into one stack buffer (fasthttp copies
+	// them): no allocation per attempt.
+	var buf [96]byte
+	var id []byte
 	if !d.ID.IsZero() {
-		id := d.ID.String()
-		if key == "" {
-			key = id
-		}
-		req.Header.Set(HeaderID, id)
+		id = d.ID.AppendTo(buf[:0])
+		req.Header.SetBytesV(HeaderID, id)
 	}
-	req.Header.Set(HeaderAttempt, strconv.Itoa(d.Attempt))
-	req.Header.Set(HeaderEnqueuedAt, d.EnqueuedAt.UTC().Format(time.RFC3339Nano))
-	if key != "" {
-		req.Header.Set(HeaderIdempotencyKey, key)
+	req.Header.SetBytesV(HeaderAttempt, strconv.AppendInt(buf[len(id):len(id)], int64(d.Attempt), 10))
+	req.Header.SetBytesV(HeaderEnqueuedAt, d.EnqueuedAt.UTC().AppendFormat(buf[len(id):len(id)], time.RFC3339Nano))
+	switch {
+	case d.IdempotencyKey != "":
+		req.Header.Set(HeaderIdempotencyKey, d.IdempotencyKey)
+	case id != nil:
+		req.Header.SetBytesV(HeaderIdempotencyKey, id)
 	}
 	e.setHeaders(req)
 	req.SetBodyRaw(d.Body)
