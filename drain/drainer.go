@@ -473,6 +473,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 	halt := make(chan struct{})
 	d.halt.Store(&halt)
 	err := r.loop(ctx)
+	r.setChain(false, 0, time.Time{})
 	close(halt)
 	lcancel()
 	leftovers.Wait()
@@ -516,9 +517,10 @@ type event struct {
 	unrecorded []*store.Delivery
 
 	// With recorded false:
-	res   result // what the HTTP attempt came to
-	probe bool   // the attempt was the breaker's probe
-	none  bool   // no HTTP request was made (every message of a batch was refused)
+	res     result // what the HTTP attempt came to
+	probe   bool   // the attempt was the breaker's probe
+	chained bool   // the worker kept the slot and started the next message from the chain
+	none    bool   // no HTTP request was made (every message of a batch was refused)
 }
 
 // runner is the state of one Run, owned by the goroutine running it.
@@ -544,6 +546,12 @@ type runner struct {
 	fair *fairer  // nil unless Target.Fairness
 
 	stopping bool // the loop has returned; Run waits for what is outstanding
+
+	// The chain (chain.go): fetched messages that workers start themselves.
+	ch         chain
+	chainOpen  bool      // the loop's view of ch.open
+	chainGen   uint64    // and of ch.gen
+	chainUntil time.Time // and of ch.until
 
 	// Messages whose outcome could not be recorded: in flight in the store
 	// (so not fetched again) until Run ends and gives them back.
@@ -577,8 +585,12 @@ func (r *runner) handle(ev event) {
 		}
 		return
 	}
-	r.sending--
-	r.d.slots.Add(-1)
+	if ev.chained {
+		r.outstanding++ // the slot carries on with another message
+	} else {
+		r.sending--
+		r.d.slots.Add(-1)
+	}
 	if ev.none {
 		return // nothing was sent: no news about the target
 	}
@@ -707,7 +719,11 @@ func (r *runner) loop(ctx context.Context) error {
 		if (paused || blocked) && r.fair != nil && r.fair.held > 0 {
 			r.fair.releaseAll()
 		}
-		if !paused && !blocked && (!idle || len(r.pending) > 0 || (r.fair != nil && r.fair.held > 0)) && !now.Before(fetchAfter) {
+		chainable := !paused && !blocked && allow < 0 && r.lim == nil && r.ord == nil && r.fair == nil && d.target.Batch == nil
+		if chainable != r.chainOpen || (chainable && (r.chainGen != gen || !r.chainUntil.Equal(r.nextChange))) {
+			r.setChain(chainable, gen, r.nextChange)
+		}
+		if !paused && !blocked && (!idle || len(r.pending) > 0 || (r.fair != nil && r.fair.held > 0) || (r.chainOpen && r.ch.held() > 0)) && !now.Before(fetchAfter) {
 			free := min(conc-int(d.slots.Load()), conc+recordWindow-r.outstanding) // direct calls hold slots too
 			if allow >= 0 {
 				free = min(free, allow)
@@ -734,6 +750,22 @@ func (r *runner) loop(ctx context.Context) error {
 				}
 				if !fr.wake.IsZero() {
 					wake = earliest(wake, fr.wake)
+				}
+			} else if r.chainOpen {
+				fetched, short, err := r.chainRound(now, gen, max(free, 0))
+				if fetched {
+					lastFetch = now
+				}
+				if err != nil {
+					if errors.Is(err, store.ErrClosed) {
+						return err
+					}
+					d.log.Error("fetch failed; trying again shortly", "err", err)
+					fetchAfter = now.Add(fetchErrorPause)
+					continue
+				}
+				if short {
+					idle, checkRetry = true, true
 				}
 			} else if free > 0 {
 				k, wait := r.tokens(now, free)
@@ -1022,17 +1054,28 @@ func (r *runner) worker() {
 }
 
 // attempt sends j's message once, tells the run loop that the call is over
-// and hands the outcome to the recorder.
+// and hands the outcome to the recorder; then, if the attempt succeeded
+// and the chain has a message, the same for it.
 func (r *runner) attempt(j job) {
 	d := r.d
-	res := d.send(j.dl)
-	j.dl.Body = nil // sent: only the outcome is left to record (see recordWindow)
-	r.events <- event{res: res, probe: j.probe}
+	for {
+		res := d.send(j.dl)
+		j.dl.Body = nil // sent: only the outcome is left to record (see recordWindow)
+		var next *store.Delivery
+		if res.err == nil && res.status >= 200 && res.status <= 299 {
+			next = r.ch.take(d.control.Load(), d.now())
+		}
+		r.events <- event{res: res, probe: j.probe, chained: next != nil}
 
-	d.rndMu.Lock()
-	rnd := d.rnd()
-	d.rndMu.Unlock()
-	r.recq <- recItem{dl: j.dl, out: decide(&d.target, j.dl.Attempt, res, rnd), res: res}
+		d.rndMu.Lock()
+		rnd := d.rnd()
+		d.rndMu.Unlock()
+		r.recq <- recItem{dl: j.dl, out: decide(&d.target, j.dl.Attempt, res, rnd), res: res}
+		if next == nil {
+			return
+		}
+		j = job{dl: next}
+	}
 }
 
 // recItem is an outcome waiting to be recorded.
