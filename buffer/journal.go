@@ -74,20 +74,21 @@ type pendKey struct {
 	seq    uint64
 }
 
-// appendJournalFrame appends one outcome's frame of generation gen to buf.
-func appendJournalFrame(buf []byte, gen, seq uint64, target string, state []byte) []byte {
-	n := 16 + 1 + len(target) + len(state)
-	buf = binary.BigEndian.AppendUint32(buf, uint32(n))
-	at := len(buf)
-	buf = append(buf, 0, 0, 0, 0)
+// appendJournalFrame appends one outcome's frame of generation gen to buf,
+// and returns it with the offset of the state record in it.
+func appendJournalFrame(buf []byte, gen, seq uint64, target string, state *State) ([]byte, int) {
+	start := len(buf)
+	buf = append(buf, 0, 0, 0, 0, 0, 0, 0, 0)
 	p := len(buf)
 	buf = binary.BigEndian.AppendUint64(buf, gen)
 	buf = binary.BigEndian.AppendUint64(buf, seq)
 	buf = append(buf, byte(len(target)))
 	buf = append(buf, target...)
-	buf = append(buf, state...)
-	binary.BigEndian.PutUint32(buf[at:], crc32.Checksum(buf[p:], castagnoli))
-	return buf
+	st := len(buf)
+	buf = appendState(buf, state)
+	binary.BigEndian.PutUint32(buf[start:], uint32(len(buf)-p))
+	binary.BigEndian.PutUint32(buf[start+4:], crc32.Checksum(buf[p:], castagnoli))
+	return buf, st
 }
 
 // journalRecord is one outcome read back from a journal.

@@ -948,12 +948,18 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 // returns each outcome's encoded state (kept in Queue.pending until a
 // checkpoint) and the wait for the sync. Writer only.
 func (q *Queue) journalOutcomes(fast []*request) ([][]byte, func() error) {
-	buf := make([]byte, 0, len(fast)*96) // kept: pending sub-slices it
+	n := 0
+	for _, r := range fast {
+		n += 8 + 17 + len(q.targets[r.target]) + stateSize(r.state)
+	}
+	// One buffer for the write; pending keeps sub-slices of it (were it
+	// ever to grow, those of the old array would still hold their bytes).
+	buf := make([]byte, 0, n)
 	encoded := make([][]byte, len(fast))
 	for i, r := range fast {
-		st := encodeState(r.state)
-		buf = appendJournalFrame(buf, q.jrn.gen, r.seq, q.targets[r.target], st)
-		encoded[i] = buf[len(buf)-len(st):]
+		var at int
+		buf, at = appendJournalFrame(buf, q.jrn.gen, r.seq, q.targets[r.target], r.state)
+		encoded[i] = buf[at:len(buf):len(buf)]
 	}
 	return encoded, q.writeOutcomes(buf)
 }

@@ -29,18 +29,28 @@ const maxHistory = store.MaxHistory
 const stateV2 = 0x02
 
 func encodeState(s *State) []byte {
+	return appendState(make([]byte, 0, stateSize(s)), s)
+}
+
+// stateSize is an upper bound of the record of s.
+func stateSize(s *State) int {
 	n := 4 + 1 + 1 + len(s.Phase) + 3*binary.MaxVarintLen64 + len(s.History)*(4*binary.MaxVarintLen64+8) + 1
 	for _, a := range s.History {
-		n += len(a.Error)
+		n += len(a.Error) + 2
 	}
 	if r := s.Response; r != nil {
-		n += 2*binary.MaxVarintLen64 + len(r.Body) + 2
+		n += 3*binary.MaxVarintLen64 + len(r.Body) + 1
 		for _, h := range r.Header {
-			n += len(h.Name) + len(h.Value) + 4
+			n += len(h.Name) + len(h.Value) + 2*binary.MaxVarintLen64
 		}
 	}
-	b := make([]byte, 4, n)
-	b = append(b, stateV2)
+	return n
+}
+
+// appendState appends the record of s to b.
+func appendState(b []byte, s *State) []byte {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0, stateV2)
 	b = appendStr(b, string(s.Phase))
 	b = binary.AppendUvarint(b, uint64(s.Attempts))
 	b = binary.AppendVarint(b, unixNanos(s.NextTry))
@@ -66,7 +76,7 @@ func encodeState(s *State) []byte {
 		b = append(b, r.Body...)
 		b = append(b, boolByte(r.Truncated))
 	}
-	binary.BigEndian.PutUint32(b, crc32.Checksum(b[4:], castagnoli))
+	binary.BigEndian.PutUint32(b[start:], crc32.Checksum(b[start+4:], castagnoli))
 	return b
 }
 
