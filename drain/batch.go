@@ -111,6 +111,40 @@ func (r *runner) releasePending() {
 	r.ahead = r.ahead[:0]
 }
 
+// batchRound is the round of a batch target: one request, one token. It
+// fills the pending batch (unless idle), then sends it once it is full or
+// its first message has waited MaxWait.
+func (r *runner) batchRound(now time.Time, gen uint64, free int, idle bool) (rd round) {
+	d, bt := r.d, r.d.target.Batch
+	k, wait := r.tokens(now, free)
+	if k == 0 {
+		rd.wake = now.Add(wait)
+		return rd
+	}
+	if want := bt.MaxMessages - len(r.pending); !idle && want > 0 {
+		got, err := d.src.Fetch(want, now)
+		rd.fetched = true
+		r.addPending(got, now)
+		if err != nil {
+			rd.err = err
+			return rd
+		}
+		rd.short = len(got) < want
+	}
+	if len(r.pending) > 0 {
+		due := r.pendingSince.Add(bt.MaxWait)
+		if len(r.pending) >= bt.MaxMessages || r.pendingBytes >= bt.MaxBytes || !now.Before(due) {
+			wait := r.startBatch(now, gen)
+			if wait == 0 {
+				return round{fetched: rd.fetched, more: true}
+			}
+			due = now.Add(wait) // byte_rate: the batch waits for its bytes
+		}
+		rd.wake = due
+	}
+	return rd
+}
+
 // startBatch takes a token and a slot and sends the first messages of the
 // pending batch, as many as MaxBytes allows (at least one), in a new
 // goroutine. If a control call came in since gen it sends nothing: the run

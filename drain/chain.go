@@ -119,17 +119,16 @@ func (r *runner) setChain(open bool, gen uint64, until time.Time) {
 // slots and the chain lack. The chain is topped up once a quarter of it
 // has been taken, so that workers find it full and fetches stay large. It
 // reports whether it fetched and whether the store had fewer messages
-// than asked for (the queue is drained: wait for news).
-func (r *runner) chainRound(now time.Time, gen uint64, free int) (fetched, short bool, err error) {
+// than asked for (the queue is drained: wait for news), or its error.
+func (r *runner) chainRound(now time.Time, gen uint64, free int) (rd round) {
 	d := r.d
 	conc := d.target.Concurrency
 	starts := r.ch.next(free)
 	need := free - len(starts)
 	if room := r.ch.room(conc); need > 0 || room >= max(1, conc/4) {
 		need = min(need+room, conc) // one Fetch at most Concurrency, as elsewhere
-		var got []*store.Delivery
-		got, err = d.src.Fetch(need, now)
-		fetched, short = true, len(got) < need
+		got, err := d.src.Fetch(need, now)
+		rd.fetched, rd.short, rd.err = true, len(got) < need, err
 		n := min(free-len(starts), len(got))
 		starts = append(starts, got[:n]...)
 		for _, dl := range r.ch.add(got[n:]) { // none: the chain is open
@@ -144,5 +143,5 @@ func (r *runner) chainRound(now time.Time, gen uint64, free int) (fetched, short
 			break
 		}
 	}
-	return fetched, short, err
+	return rd
 }

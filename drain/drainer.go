@@ -2,6 +2,7 @@ package drain
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -679,9 +680,13 @@ func (r *runner) tokens(now time.Time, free int) (int, time.Duration) {
 	return 0, time.Duration(math.Ceil(secs*1e9)) + time.Microsecond
 }
 
-// loop is the run loop: it owns the limiter, the slots and every call to
-// Fetch and Release. It returns when ctx is done (nil) or the source is
-// closed.
+// loop is the run loop: it owns the limiter, the breaker, the slots, the
+// timers and every call to Fetch and Release but the chain's. Each turn it
+// brings the rate and the breaker up to date, opens or closes the chain,
+// and runs one round of the target's feeder (fairRound, chainRound,
+// batchRound or plainRound), which fetches and starts attempts; then it
+// waits for news (an event, new messages, a timer, a control call). It
+// returns when ctx is done (nil) or the source is closed.
 func (r *runner) loop(ctx context.Context) error {
 	d := r.d
 	conc := d.target.Concurrency
@@ -728,139 +733,45 @@ func (r *runner) loop(ctx context.Context) error {
 			if allow >= 0 {
 				free = min(free, allow)
 			}
-			if r.fair != nil {
-				fr := r.fairRound(now, gen, free, idle)
-				if fr.fetched {
-					lastFetch = now
+			// One round of the target's delivery mode: each feeder
+			// fetches, starts attempts on the free slots and says what
+			// the loop should do next.
+			var rd round
+			switch {
+			case r.fair != nil:
+				rd = r.fairRound(now, gen, free, idle)
+				rd.errMsg = "fairness: fetch, park or unpark failed; trying again shortly"
+			case r.chainOpen:
+				rd = r.chainRound(now, gen, max(free, 0))
+			case free <= 0:
+			case d.target.Batch != nil:
+				rd = r.batchRound(now, gen, free, idle)
+			default:
+				rd = r.plainRound(now, gen, free)
+			}
+			if rd.fetched {
+				lastFetch = now
+			}
+			if rd.err != nil {
+				if errors.Is(rd.err, store.ErrClosed) {
+					return rd.err
 				}
-				if fr.err != nil {
-					if errors.Is(fr.err, store.ErrClosed) {
-						return fr.err
-					}
-					d.log.Error("fairness: fetch, park or unpark failed; trying again shortly", "err", fr.err)
-					fetchAfter = now.Add(fetchErrorPause)
-					continue
-				}
-				if fr.again {
-					idle = false
-					continue
-				}
-				if fr.short {
-					idle, checkRetry = true, true
-				}
-				if !fr.wake.IsZero() {
-					wake = earliest(wake, fr.wake)
-				}
-			} else if r.chainOpen {
-				fetched, short, err := r.chainRound(now, gen, max(free, 0))
-				if fetched {
-					lastFetch = now
-				}
-				if err != nil {
-					if errors.Is(err, store.ErrClosed) {
-						return err
-					}
-					d.log.Error("fetch failed; trying again shortly", "err", err)
-					fetchAfter = now.Add(fetchErrorPause)
-					continue
-				}
-				if short {
-					idle, checkRetry = true, true
-				}
-			} else if free > 0 {
-				k, wait := r.tokens(now, free)
-				if k == 0 {
-					wake = now.Add(wait)
-				} else if bt := d.target.Batch; bt != nil {
-					// One request, one token: fill the batch, then send it
-					// once it is full or its first message has waited MaxWait.
-					if want := bt.MaxMessages - len(r.pending); !idle && want > 0 {
-						got, err := d.src.Fetch(want, now)
-						lastFetch = now
-						r.addPending(got, now)
-						if err != nil {
-							if errors.Is(err, store.ErrClosed) {
-								return err
-							}
-							d.log.Error("fetch failed; trying again shortly", "err", err)
-							fetchAfter = now.Add(fetchErrorPause)
-							continue
-						}
-						if len(got) < want {
-							idle, checkRetry = true, true
-						}
-					}
-					if len(r.pending) > 0 {
-						due := r.pendingSince.Add(bt.MaxWait)
-						if len(r.pending) >= bt.MaxMessages || r.pendingBytes >= bt.MaxBytes || !now.Before(due) {
-							wait := r.startBatch(now, gen)
-							if wait == 0 {
-								continue
-							}
-							due = now.Add(wait) // byte_rate: the batch waits for its bytes
-						}
-						wake = earliest(wake, due)
-					}
-				} else {
-					// With no rate limit and no ordering, fetch a whole
-					// round of slots at once and keep what cannot start
-					// yet (in flight in the store, released at a pause or
-					// the end): one Fetch per round instead of one per
-					// freed slot.
-					var got []*store.Delivery
-					var err error
-					short := false
-					if len(r.ahead) == 0 {
-						want := k
-						if r.lim == nil && r.ord == nil {
-							want = max(k, conc)
-						}
-						got, err = d.src.Fetch(want, now)
-						lastFetch = now
-						short = len(got) < want
-						if len(got) > k {
-							r.ahead = append(r.ahead[:0], got[k:]...)
-							got = got[:k]
-						}
-					} else {
-						n := min(k, len(r.ahead))
-						got = append([]*store.Delivery(nil), r.ahead[:n]...)
-						r.ahead = r.ahead[n:]
-					}
-					for i, dl := range got {
-						if r.ord != nil {
-							send, oerr := r.ord.admit(dl, now)
-							if oerr != nil {
-								for _, rest := range got[i+1:] {
-									d.src.Release(rest)
-								}
-								err = oerr
-								break
-							}
-							if !send {
-								continue // parked behind an earlier message of its key
-							}
-						}
-						if !r.start(dl, now, gen) {
-							for _, rest := range got[i+1:] {
-								d.src.Release(rest)
-							}
-							break
-						}
-					}
-					if err != nil {
-						if errors.Is(err, store.ErrClosed) {
-							return err
-						}
-						d.log.Error("fetch failed; trying again shortly", "err", err)
-						fetchAfter = now.Add(fetchErrorPause)
-						continue
-					}
-					if !short {
-						continue // there may be more; slots and tokens decide
-					}
-					idle, checkRetry = true, true
-				}
+				d.log.Error(cmp.Or(rd.errMsg, "fetch failed; trying again shortly"), "err", rd.err)
+				fetchAfter = now.Add(fetchErrorPause)
+				continue
+			}
+			if rd.again {
+				idle = false
+				continue
+			}
+			if rd.more {
+				continue
+			}
+			if rd.short {
+				idle, checkRetry = true, true
+			}
+			if !rd.wake.IsZero() {
+				wake = earliest(wake, rd.wake)
 			}
 		}
 		if !paused && !blocked {
@@ -966,6 +877,78 @@ func earliest(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// round is what one round of a delivery mode's feeder (fairRound,
+// chainRound, batchRound, plainRound) tells the run loop.
+type round struct {
+	fetched bool      // Fetch was called
+	short   bool      // it returned less than asked: the queue is drained, wait for news
+	again   bool      // go round again at once, as after news (something became ready)
+	more    bool      // go round again at once: there may be more to start
+	wake    time.Time // when to look again (a token, a batch's max_wait); zero if no need
+	err     error     // fetching failed: pause, then try again
+	errMsg  string    // the log line for err; empty for the usual one
+}
+
+// plainRound is the round of a plain target (one message, one request)
+// whose chain is closed: a rate limit, ordering, or a breaker not closed.
+// It fetches for the slots and tokens free (with no rate limit and no
+// ordering, a whole round of slots at once, keeping what cannot start
+// yet: in flight in the store, released at a pause or the end) and starts
+// them; with ordering, a message whose key has an earlier one in flight
+// is parked instead.
+func (r *runner) plainRound(now time.Time, gen uint64, free int) (rd round) {
+	d := r.d
+	k, wait := r.tokens(now, free)
+	if k == 0 {
+		rd.wake = now.Add(wait)
+		return rd
+	}
+	var got []*store.Delivery
+	var err error
+	if len(r.ahead) == 0 {
+		want := k
+		if r.lim == nil && r.ord == nil {
+			want = max(k, d.target.Concurrency)
+		}
+		got, err = d.src.Fetch(want, now)
+		rd.fetched, rd.short = true, len(got) < want
+		if len(got) > k {
+			r.ahead = append(r.ahead[:0], got[k:]...)
+			got = got[:k]
+		}
+	} else {
+		n := min(k, len(r.ahead))
+		got = append([]*store.Delivery(nil), r.ahead[:n]...)
+		r.ahead = r.ahead[n:]
+	}
+	for i, dl := range got {
+		if r.ord != nil {
+			send, oerr := r.ord.admit(dl, now)
+			if oerr != nil {
+				for _, rest := range got[i+1:] {
+					d.src.Release(rest)
+				}
+				err = oerr
+				break
+			}
+			if !send {
+				continue // parked behind an earlier message of its key
+			}
+		}
+		if !r.start(dl, now, gen) {
+			for _, rest := range got[i+1:] {
+				d.src.Release(rest)
+			}
+			break
+		}
+	}
+	if err != nil {
+		return round{fetched: rd.fetched, err: err}
+	}
+	rd.more = !rd.short // there may be more; slots and tokens decide
+	return rd
 }
 
 // start takes a token and a slot for dl and sends it in a new goroutine. It

@@ -295,20 +295,11 @@ func (f *fairer) releaseAll() {
 	f.ring, f.turn, f.held = f.ring[:0], 0, 0
 }
 
-// fairResult is what one fairness round tells the run loop.
-type fairResult struct {
-	fetched bool      // Fetch was called
-	short   bool      // it returned less than asked: wait for news
-	again   bool      // go round again at once (more to read, or something unparked)
-	wake    time.Time // when a token for a ready message is due; zero if none
-	err     error
-}
-
 // fairRound fills the ready queues (unless idle), sends ready messages
 // round robin while free slots and tokens last, and unparks for keys that
 // run low. free is the number of free slots (the breaker's allowance
 // included).
-func (r *runner) fairRound(now time.Time, gen uint64, free int, idle bool) (res fairResult) {
+func (r *runner) fairRound(now time.Time, gen uint64, free int, idle bool) (res round) {
 	d, f := r.d, r.fair
 	if !f.listed {
 		if err := f.begin(); err != nil {
