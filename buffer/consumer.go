@@ -222,8 +222,9 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 			}
 			var rec []byte
 			var err error
+			shared := false // rec is in the span read for this Fetch alone: the body may alias it
 			if i := seq - next; i < uint64(len(recs)) && recs[i] != nil {
-				rec = recs[i]
+				rec, shared = recs[i], true
 			} else {
 				if buf, err = seg.log.read(seq, buf[:0]); errors.Is(err, ErrClosed) {
 					return err
@@ -231,7 +232,10 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 				rec = buf
 			}
 			var m *Message
-			if err == nil {
+			switch {
+			case err == nil && shared:
+				m, err = store.DecodeRecordShared(rec)
+			case err == nil:
 				m, err = DecodeRecord(rec)
 			}
 			if err != nil {

@@ -201,7 +201,11 @@ func (l *segLog) readSpan(from uint64, n int, buf []byte) ([]byte, [][]byte, err
 	if lo == missing || hi-lo > 64<<20 {
 		return buf, recs, nil // nothing whole, or too far apart: one by one
 	}
-	buf = append(buf[:0], make([]byte, hi-lo)...)
+	if uint64(cap(buf)) >= hi-lo {
+		buf = buf[:hi-lo]
+	} else {
+		buf = make([]byte, hi-lo)
+	}
 	if _, err := l.f.ReadAt(buf, int64(lo)); err != nil {
 		if errors.Is(err, os.ErrClosed) {
 			return buf, nil, fmt.Errorf("%w: %w", ErrClosed, err)

@@ -113,7 +113,15 @@ func (d *Draft) Reset() {
 // DecodeRecord decodes a record into a new Message whose fields do not alias
 // b (b may be bbolt's mmap, valid only inside its transaction). The error
 // wraps ErrCorrupt and says what is wrong.
-func DecodeRecord(b []byte) (*Message, error) {
+func DecodeRecord(b []byte) (*Message, error) { return decodeRecord(b, true) }
+
+// DecodeRecordShared is DecodeRecord for a b that is the caller's own and
+// never written again (a buffer read for this purpose): the Body aliases
+// b instead of being copied, which keeps all of b alive as long as the
+// message is.
+func DecodeRecordShared(b []byte) (*Message, error) { return decodeRecord(b, false) }
+
+func decodeRecord(b []byte, copyBody bool) (*Message, error) {
 	if len(b) < 1+8+8+4 {
 		return nil, fmt.Errorf("%w: %d bytes is too short", ErrCorrupt, len(b))
 	}
@@ -142,7 +150,11 @@ func DecodeRecord(b []byte) (*Message, error) {
 		}
 	}
 	m.IdempotencyKey = d.str()
-	m.Body = append([]byte(nil), d.bytes()...)
+	if body := d.bytes(); copyBody {
+		m.Body = append([]byte(nil), body...)
+	} else if len(body) > 0 {
+		m.Body = body[:len(body):len(body)]
+	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("trailing bytes")
 	}

@@ -118,3 +118,24 @@ func FuzzRecordRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeRecordShared: the shared decoder gives the same message, with
+// a body that aliases the record instead of a copy.
+func TestDecodeRecordShared(t *testing.T) {
+	m := sampleMessage()
+	rec := EncodeRecord(nil, m)
+	want, err := DecodeRecord(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeRecordShared(rec)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("shared decode: %+v, %v; want %+v", got, err, want)
+	}
+	if len(got.Body) == 0 || &got.Body[0] != &rec[bytes.Index(rec, m.Body)] {
+		t.Fatal("the body is a copy, not a view of the record")
+	}
+	if &want.Body[0] == &got.Body[0] {
+		t.Fatal("DecodeRecord's body aliases the record")
+	}
+}
