@@ -54,6 +54,7 @@ var (
 	ErrTooLarge      = store.ErrTooLarge
 	ErrIO            = store.ErrIO
 	ErrUnknownTarget = store.ErrUnknownTarget
+	ErrKeyMismatch   = store.ErrKeyMismatch
 
 	ParseID      = store.ParseID
 	EncodeRecord = store.EncodeRecord

@@ -30,8 +30,10 @@
 //	             ordered by due time so "what is due now" is a cursor seek
 //	"d/<target>" seq -> "" : the dead letters, listed without scanning states
 //	"p/<target>" parked messages (behind an idempotency key in flight)
-//	"k"          SHA-256(idempotency key)[:16] -> seq | id tag (sealed segments;
-//	             the head's keys are in memory, rebuilt from its log at start)
+//	"k"          SHA-256(idempotency key)[:16] -> seq | id tag | the request's
+//	             store.Fingerprint (16 bytes; absent in segments sealed before
+//	             fingerprints) (sealed segments; the head's keys are in memory,
+//	             rebuilt from its log at start)
 //	"info"       first seq, time of the last append, "key_filter": a Bloom
 //	             filter of the segment's keys with a CRC-32C (see keyFilter),
 //	             and "sealed": the message count, written last when the

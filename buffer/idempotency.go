@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"encoding/binary"
+
 	"github.com/sluice-proxy/sluice/store"
 
 	bolt "go.etcd.io/bbolt"
@@ -9,70 +10,105 @@ import (
 
 // Idempotency keys. A keyed message's key travels in its record, so it is
 // exactly as durable as the message and expires with its segment. The head
-// keeps its keys in memory (SHA-256(key)[:16] -> seq | id tag), rebuilt from
-// its log at start; sealing a segment writes them to bucket "k" of its .db
-// before the seal. A repeated key answers the first message's id and stores
-// nothing. The caller searches the sealed segments (newest first, in
+// keeps its keys in memory (SHA-256(key)[:16] -> seq | id tag | request
+// fingerprint), rebuilt from its log at start; sealing a segment writes them
+// to bucket "k" of its .db before the seal. A repeated key answers the first
+// message's id and stores nothing when the request is the same one (the
+// same store.Fingerprint of method, URI and body), and ErrKeyMismatch when
+// it is another. The caller searches the sealed segments (newest first, in
 // parallel with other callers); the writer searches the head and anything
 // that rolled since, and the batch being written, so concurrent duplicates
 // of one key store one message.
+//
+// The fingerprint is not stored in the record: it is computed from the
+// record again when a head's log is scanned at start (or a lost .db is
+// rebuilt from its log), one SHA-256 over each keyed message's method, URI
+// and body. A segment sealed by a version that kept no fingerprints has
+// 16-byte values in bucket "k": its keys match any request, as before.
 //
 // Cost: a sealed segment's key filter (see keyFilter) answers for most
 // segments without a transaction; its bbolt file is asked only when the
 // filter says maybe (~1% of absent keys), or when the segment has no
 // readable filter (sealed by an older version, or the filter is damaged).
+// The fingerprint adds one SHA-256 over the request per keyed append and 16
+// bytes per key in memory (head) and in bucket "k".
 var bucketKeys = []byte("k")
 
 func keyHash(key []byte) [16]byte { return store.KeyHash(key) }
 
-// keyIn looks the key up in one segment's transaction and returns the
-// message's seq and id tag.
-func keyIn(tx *bolt.Tx, key [16]byte) (uint64, [8]byte, bool) {
-	kb := tx.Bucket(bucketKeys)
-	if kb == nil {
-		return 0, [8]byte{}, false
-	}
-	v := kb.Get(key[:])
-	if len(v) != 16 {
-		return 0, [8]byte{}, false
-	}
-	var tag [8]byte
-	copy(tag[:], v[8:])
-	return binary.BigEndian.Uint64(v), tag, true
+// value is t as stored in bucket "k": seq (8 bytes, big endian), tag (8)
+// and fingerprint (16).
+func (t keyTarget) value() []byte {
+	v := binary.BigEndian.AppendUint64(make([]byte, 0, 32), t.seq)
+	v = append(v, t.tag[:]...)
+	return append(v, t.fp[:]...)
 }
 
-// findKey searches every segment but the head, newest first. below is the
-// first seq of the head at the time: the writer searches from there.
-func (q *Queue) findKey(key [16]byte) (id ID, below uint64, found bool) {
+// sameRequest reports whether a request with fingerprint fp repeats the one
+// stored with fingerprint stored (zero: unknown, matches any).
+func sameRequest(stored, fp [16]byte) bool { return stored == [16]byte{} || stored == fp }
+
+// repeats marks r, whose key names t, as a duplicate of t's message, or as
+// a mismatch if r is another request.
+func (r *request) repeats(t keyTarget) {
+	if !sameRequest(t.fp, r.fp) {
+		r.mismatch = true
+		return
+	}
+	r.dup, r.seq, r.tag = true, t.seq, t.tag
+}
+
+// keyIn looks the key up in one segment's transaction.
+func keyIn(tx *bolt.Tx, key [16]byte) (keyTarget, bool) {
+	kb := tx.Bucket(bucketKeys)
+	if kb == nil {
+		return keyTarget{}, false
+	}
+	v := kb.Get(key[:])
+	if len(v) != 16 && len(v) != 32 { // 16: sealed before fingerprints
+		return keyTarget{}, false
+	}
+	t := keyTarget{seq: binary.BigEndian.Uint64(v)}
+	copy(t.tag[:], v[8:16])
+	copy(t.fp[:], v[16:])
+	return t, true
+}
+
+// keyInSegment looks the key up in s, through its filter first.
+func keyInSegment(s *segment, key [16]byte) (t keyTarget, ok bool) {
+	if f := s.keyf.Load(); f != nil && !f.mayContain(key) {
+		return keyTarget{}, false // certainly not in this segment: no transaction
+	}
+	safeView(s.db, func(tx *bolt.Tx) error {
+		t, ok = keyIn(tx, key)
+		return nil
+	})
+	return t, ok
+}
+
+// findKey searches every segment but the head, newest first, and returns
+// the first message's id and request fingerprint. below is the first seq
+// of the head at the time: the writer searches from there.
+func (q *Queue) findKey(key [16]byte) (id ID, fp [16]byte, below uint64, found bool) {
 	q.mu.Lock()
 	if len(q.segs) == 0 {
 		q.mu.Unlock()
-		return ID{}, 0, false
+		return ID{}, fp, 0, false
 	}
 	segs := append([]*segment(nil), q.segs[:len(q.segs)-1]...)
 	below = q.segs[len(q.segs)-1].first
 	q.mu.Unlock()
 	for i := len(segs) - 1; i >= 0; i-- {
-		if f := segs[i].keyf.Load(); f != nil && !f.mayContain(key) {
-			continue // certainly not in this segment: no transaction
-		}
-		var seq uint64
-		var tag [8]byte
-		var ok bool
-		safeView(segs[i].db, func(tx *bolt.Tx) error {
-			seq, tag, ok = keyIn(tx, key)
-			return nil
-		})
-		if ok {
-			return store.NewID(seq, tag), below, true
+		if t, ok := keyInSegment(segs[i], key); ok {
+			return store.NewID(t.seq, t.tag), t.fp, below, true
 		}
 	}
-	return ID{}, below, false
+	return ID{}, fp, below, false
 }
 
 // findKeyFrom searches the segments starting at or above from, other than
 // head (the writer searches head inside its own transaction).
-func (q *Queue) findKeyFrom(from uint64, head *segment, key [16]byte) (uint64, [8]byte, bool) {
+func (q *Queue) findKeyFrom(from uint64, head *segment, key [16]byte) (keyTarget, bool) {
 	q.mu.Lock()
 	var segs []*segment
 	for _, s := range q.segs {
@@ -82,19 +118,9 @@ func (q *Queue) findKeyFrom(from uint64, head *segment, key [16]byte) (uint64, [
 	}
 	q.mu.Unlock()
 	for _, s := range segs {
-		if f := s.keyf.Load(); f != nil && !f.mayContain(key) {
-			continue
-		}
-		var seq uint64
-		var tag [8]byte
-		var ok bool
-		safeView(s.db, func(tx *bolt.Tx) error {
-			seq, tag, ok = keyIn(tx, key)
-			return nil
-		})
-		if ok {
-			return seq, tag, true
+		if t, ok := keyInSegment(s, key); ok {
+			return t, true
 		}
 	}
-	return 0, [8]byte{}, false
+	return keyTarget{}, false
 }

@@ -133,7 +133,8 @@ func TestKeyFilterSealedSegmentsAndDamage(t *testing.T) {
 	}
 	before := q2.Stats().Appended
 	for i := range n {
-		d := draft(fmt.Sprintf("key-%d", i), n+i)
+		d := draft(fmt.Sprintf("key-%d", i), i)
+		d.Body = kib
 		id, err := q2.AppendDraft(context.Background(), d)
 		must(t, err)
 		if !d.Duplicate || id != ids[i] {

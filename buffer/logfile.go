@@ -86,9 +86,13 @@ type segLog struct {
 	keys map[[16]byte]keyTarget // writer only, head: idempotency keys of the head's messages
 }
 
+// keyTarget is what an idempotency key names: the message, and the
+// fingerprint of its request (store.Fingerprint; zero: unknown) that a
+// repeat must match (see idempotency.go).
 type keyTarget struct {
 	seq uint64
 	tag [8]byte
+	fp  [16]byte
 }
 
 func logName(first uint64) string { return fmt.Sprintf("seg-%016x.log", first) }
@@ -371,7 +375,8 @@ func scanLog(path string, first, staleBelow uint64, keys bool) (*scanned, error)
 		}
 		sc.lastAt = at
 		if keys && len(key) > 0 {
-			sc.keys[keyHash(key)] = keyTarget{seq: seq, tag: tag}
+			fp, _ := store.RecordFingerprint(rec) // a sound record parses; else zero: unknown
+			sc.keys[keyHash(key)] = keyTarget{seq: seq, tag: tag, fp: fp}
 		}
 		sc.locs = append(sc.locs, recLoc{off: uint64(off), n: n})
 		next = seq + 1

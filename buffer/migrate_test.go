@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -81,10 +82,17 @@ func TestOpensDataDirOfPreviousFormat(t *testing.T) {
 	if got := fetchAll(t, b); len(got) != 40 {
 		t.Fatalf("b fetched %d of 40", len(got))
 	}
-	d := &Draft{Method: []byte("POST"), URI: []byte("/o"), IdempotencyKey: []byte("k-5"), Body: []byte("x")}
+	m6, _, err := q.Lookup(idOf(t, q, 6))
+	must(t, err)
+	d := &Draft{Method: []byte(m6.Method), URI: []byte(m6.URI), IdempotencyKey: []byte("k-5"), Body: m6.Body}
 	id, err := q.AppendDraft(context.Background(), d)
 	if err != nil || !d.Duplicate || id.Seq() != 6 {
 		t.Fatalf("a key of the old directory: %v dup=%v seq %d", err, d.Duplicate, id.Seq())
+	}
+	// Its request's fingerprint was computed from the old log at start.
+	d = &Draft{Method: []byte(m6.Method), URI: []byte(m6.URI), IdempotencyKey: []byte("k-5"), Body: append(m6.Body, 'x')}
+	if _, err := q.AppendDraft(context.Background(), d); !errors.Is(err, ErrKeyMismatch) {
+		t.Fatalf("a key of the old directory with another body: %v, want ErrKeyMismatch", err)
 	}
 	ids := appendN(t, q, 1)
 	if ids[0].Seq() != 41 {

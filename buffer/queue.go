@@ -43,8 +43,10 @@ type request struct {
 	tag          [8]byte
 	key          [16]byte // hash of the key
 	hasKey       bool
-	checkedBelow uint64 // segments starting below this were searched by the caller
-	dup          bool   // set by the writer: seq and tag name the first message
+	checkedBelow uint64   // segments starting below this were searched by the caller
+	fp           [16]byte // the request's store.Fingerprint
+	dup          bool     // set by the writer: seq and tag name the first message
+	mismatch     bool     // set by the writer: the key's first message was another request
 
 	// opState
 	target   int
@@ -472,6 +474,10 @@ func (q *Queue) AppendDraft(ctx context.Context, d *Draft) (ID, error) {
 	if err := q.do(ctx, r); err != nil {
 		return ID{}, err
 	}
+	if r.mismatch {
+		putRequest(r)
+		return ID{}, ErrKeyMismatch
+	}
 	id = store.NewID(r.seq, r.tag)
 	d.Duplicate = r.dup
 	putRequest(r)
@@ -517,6 +523,11 @@ func (q *Queue) appendChunk(ctx context.Context, ds []*Draft, ids []ID, errs []e
 			errs[i] = err
 			continue
 		}
+		if r.mismatch {
+			errs[i] = ErrKeyMismatch
+			putRequest(r)
+			continue
+		}
 		ids[i] = store.NewID(r.seq, r.tag)
 		ds[i].Duplicate = r.dup
 		putRequest(r)
@@ -530,10 +541,15 @@ func (q *Queue) draftRequest(d *Draft) (*request, ID, error) {
 	var key [16]byte
 	hasKey := len(d.IdempotencyKey) > 0
 	var checkedBelow uint64
+	var fp [16]byte
 	if hasKey {
 		key = keyHash(d.IdempotencyKey)
-		id, below, found := q.findKey(key)
+		fp = d.Fingerprint()
+		id, stored, below, found := q.findKey(key)
 		if found {
+			if !sameRequest(stored, fp) {
+				return nil, ID{}, ErrKeyMismatch
+			}
 			d.Duplicate = true
 			return nil, id, nil
 		}
@@ -549,7 +565,7 @@ func (q *Queue) draftRequest(d *Draft) (*request, ID, error) {
 	}
 	r := getRequest()
 	r.kind, r.rec, r.tag = opAppend, rec, tag
-	r.key, r.hasKey, r.checkedBelow = key, hasKey, checkedBelow
+	r.key, r.hasKey, r.checkedBelow, r.fp = key, hasKey, checkedBelow, fp
 	return r, ID{}, nil
 }
 
@@ -1104,21 +1120,21 @@ func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty 
 	locs := q.wlocs[:0]
 	var inBatch map[[16]byte]*request
 	for _, r := range apps {
-		r.dup = false
+		r.dup, r.mismatch = false, false
 		if r.hasKey {
 			if inBatch == nil {
 				inBatch = map[[16]byte]*request{}
 			}
 			if prev := inBatch[r.key]; prev != nil {
-				r.dup, r.seq, r.tag = true, prev.seq, prev.tag
+				r.repeats(keyTarget{seq: prev.seq, tag: prev.tag, fp: prev.fp})
 				continue
 			}
 			if t, ok := l.keys[r.key]; ok {
-				r.dup, r.seq, r.tag = true, t.seq, t.tag
+				r.repeats(t)
 				continue
 			}
-			if seq, tag, ok := q.findKeyFrom(r.checkedBelow, head, r.key); ok {
-				r.dup, r.seq, r.tag = true, seq, tag
+			if t, ok := q.findKeyFrom(r.checkedBelow, head, r.key); ok {
+				r.repeats(t)
 				continue
 			}
 			inBatch[r.key] = r
@@ -1155,7 +1171,7 @@ func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty 
 	l.end += int64(n)
 	for _, r := range apps {
 		if r.hasKey && !r.dup {
-			l.keys[r.key] = keyTarget{seq: r.seq, tag: r.tag}
+			l.keys[r.key] = keyTarget{seq: r.seq, tag: r.tag, fp: r.fp}
 		}
 	}
 	l.appendLocs(locs)

@@ -578,8 +578,7 @@ func (s *segment) seal(dir string) error {
 				return err
 			}
 			for k, t := range l.keys {
-				v := binary.BigEndian.AppendUint64(make([]byte, 0, 16), t.seq)
-				if err := kb.Put(k[:], append(v, t.tag[:]...)); err != nil {
+				if err := kb.Put(k[:], t.value()); err != nil {
 					return err
 				}
 			}

@@ -65,9 +65,10 @@ func (r *route) eta(i int, now time.Time, backlog uint64) (time.Time, bool) {
 
 // targetETA is one target's estimate, for the 202 body.
 type targetETA struct {
-	name string
-	at   time.Time
-	ok   bool
+	name  string
+	at    time.Time
+	ok    bool
+	phase store.Phase // a stored message's phase (storedETAs); "" for a new one
 }
 
 // maxTargetsInline is how many targets' estimates are kept without allocating.
@@ -233,8 +234,9 @@ func overMaxWait(ctx *fasthttp.RequestCtx, r *route, etas []targetETA, now time.
 }
 
 // storedETAs estimates every target of r for the stored message id, as the
-// status API does; a target with no estimate (delivered, dead, in flight) is
-// listed without one. If the lookup fails, it lists the targets only.
+// status API does, with the message's phase for each; a target with no
+// estimate (delivered, dead, in flight) is listed without one. If the
+// lookup fails, it lists the targets only, with no phase.
 func (r *route) storedETAs(dst []targetETA, id store.ID, now time.Time) []targetETA {
 	_, sts, err := r.queue.Lookup(id)
 	qs := r.queue.Stats()
@@ -242,8 +244,41 @@ func (r *route) storedETAs(dst []targetETA, id store.ID, now time.Time) []target
 		e := targetETA{name: r.Targets[i].Name}
 		if err == nil && i < len(sts) {
 			e.at, e.ok = r.statusETA(i, id.Seq(), &sts[i], &qs, now)
+			e.phase = sts[i].Phase
 		}
 		dst = append(dst, e)
 	}
 	return dst
+}
+
+// repeatStatus sums up a stored message's phases (storedETAs) for the reply
+// to a repeated Idempotency-Key: the phase every target shares; else
+// "in_progress" while some target has not finished (queued, in flight,
+// retrying, parked); else "dead" (delivered to some targets, dead for the
+// others). "unknown" if the message could not be read.
+func repeatStatus(etas []targetETA) string {
+	unfinished := false
+	for _, e := range etas {
+		switch e.phase {
+		case "":
+			return "unknown"
+		case store.Delivered, store.Dead:
+		default:
+			unfinished = true
+		}
+	}
+	if len(etas) == 0 {
+		return "unknown"
+	}
+	same := true
+	for _, e := range etas[1:] {
+		same = same && e.phase == etas[0].phase
+	}
+	switch {
+	case same:
+		return string(etas[0].phase)
+	case unfinished:
+		return "in_progress"
+	}
+	return string(store.Dead)
 }

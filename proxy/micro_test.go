@@ -56,7 +56,7 @@ func BenchmarkMicroWriteAccepted(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		ctx.Response.Reset()
-		writeAccepted(ctx, id, etas)
+		writeAccepted(ctx, id, "queued", etas)
 	}
 }
 

@@ -403,11 +403,13 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route, uri []byte) {
 	}
 	if d.Duplicate {
 		// The key was seen on this route: the first message's id, nothing
-		// stored; the estimates are the first message's.
+		// stored; the status and estimates are the first message's.
 		ctx.Response.Header.Set("X-Sluice-Duplicate", "true")
 		etas = r.storedETAs(etas[:0], id, now)
+		writeAccepted(ctx, id, repeatStatus(etas), etas)
+		return
 	}
-	writeAccepted(ctx, id, etas)
+	writeAccepted(ctx, id, string(store.Queued), etas)
 }
 
 // refuse answers a request that could not be stored. It is never 202.
@@ -427,6 +429,9 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *route, err error) {
 		ctx.Response.Header.Set("Retry-After", "5")
 		writeError(ctx, fasthttp.StatusServiceUnavailable, "storage_full",
 			"the disk is full; nothing was stored, retry after 5s")
+	case errors.Is(err, store.ErrKeyMismatch):
+		writeError(ctx, fasthttp.StatusUnprocessableEntity, "idempotency_key_reused",
+			"the "+r.IdempotencyHeader+" was used before on this route for a different request (another method, path, query or body); nothing was stored: send a new key for a new request, or repeat the first request exactly")
 	case errors.Is(err, store.ErrTooLarge):
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large", err.Error())
 	case errors.Is(err, store.ErrClosed):

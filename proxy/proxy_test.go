@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"github.com/sluice-proxy/sluice/internal/hop"
@@ -296,25 +297,89 @@ func TestPassthroughGoesOnlyToUpstream(t *testing.T) {
 	}
 }
 
+// A repeated Idempotency-Key answers the first id with the message's state
+// (queued, then delivered); the same key with another request is refused
+// with 422 and stores nothing.
 func TestIdempotencyKeyAnswersFirstID(t *testing.T) {
 	base, s := testServer(t, "http://127.0.0.1:1", buffer.Config{})
 	first := do(t, "POST", base+"/api/orders", `{"a":1}`, map[string]string{"Idempotency-Key": "o-7"})
-	again := do(t, "POST", base+"/api/orders", `{"a":2}`, map[string]string{"Idempotency-Key": "o-7"})
+	again := do(t, "POST", base+"/api/orders", `{"a":1}`, map[string]string{"Idempotency-Key": "o-7", "X-Retry": "1"})
 	other := do(t, "POST", base+"/api/orders", `{"a":3}`, map[string]string{"Idempotency-Key": "o-8"})
 	if first.StatusCode() != 202 || again.StatusCode() != 202 || other.StatusCode() != 202 {
 		t.Fatalf("statuses %d %d %d", first.StatusCode(), again.StatusCode(), other.StatusCode())
 	}
 	// The same id and status URL; the estimates are made anew.
 	var fb, ab acceptedBody
-	json.Unmarshal(first.Body(), &fb)
-	json.Unmarshal(again.Body(), &ab)
+	must(t, json.Unmarshal(first.Body(), &fb))
+	must(t, json.Unmarshal(again.Body(), &ab))
 	if ab.ID == "" || ab.ID != fb.ID || ab.StatusURL != fb.StatusURL || len(ab.Targets) != 1 || string(again.Header.Peek("X-Sluice-Duplicate")) != "true" {
 		t.Fatalf("repeat: %s dup=%q; first: %s", again.Body(), again.Header.Peek("X-Sluice-Duplicate"), first.Body())
+	}
+	if fb.Status != "queued" || fb.Targets[0].Status != "" || ab.Status != "queued" || ab.Targets[0].Status != store.Queued {
+		t.Fatalf("statuses: first %s, repeat %s; want queued, with the target's status in the repeat", first.Body(), again.Body())
 	}
 	if len(first.Header.Peek("X-Sluice-Duplicate")) != 0 || string(other.Body()) == string(first.Body()) {
 		t.Fatalf("first or other key marked duplicate")
 	}
-	if got := s.testQueue("orders").Stats().Appended; got != 2 {
+
+	// The same key for another request: 422, nothing stored, neither the
+	// key nor the body echoed.
+	for _, c := range []struct{ uri, body string }{{"/api/orders", `{"a":2}`}, {"/api/orders?x=1", `{"a":1}`}} {
+		r := do(t, "POST", base+c.uri, c.body, map[string]string{"Idempotency-Key": "o-7"})
+		var eb errorBody
+		if err := json.Unmarshal(r.Body(), &eb); err != nil || r.StatusCode() != 422 || eb.Error.Code != "idempotency_key_reused" ||
+			!strings.Contains(eb.Error.Message, "Idempotency-Key") || strings.Contains(string(r.Body()), "o-7") || strings.Contains(string(r.Body()), `"a"`) {
+			t.Fatalf("%s %s with a used key: %d %s (%v)", c.uri, c.body, r.StatusCode(), r.Body(), err)
+		}
+		if len(r.Header.Peek("X-Sluice-Id")) != 0 || len(r.Header.Peek("X-Sluice-Duplicate")) != 0 {
+			t.Fatalf("a refused request got an id: %s", r.Header.String())
+		}
+	}
+	q := s.testQueue("orders")
+	if got := q.Stats().Appended; got != 2 {
 		t.Fatalf("stored %d, want 2", got)
+	}
+
+	// Once delivered, a repeat says so.
+	c, _ := q.Consumer("inv")
+	ds, err := c.Fetch(10, time.Now())
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("fetch: %d %v", len(ds), err)
+	}
+	for _, d := range ds {
+		must(t, c.Complete(context.Background(), d, buffer.Outcome{Phase: buffer.Delivered, Attempt: buffer.Attempt{At: time.Now(), Status: 201}}))
+	}
+	late := do(t, "POST", base+"/api/orders", `{"a":1}`, map[string]string{"Idempotency-Key": "o-7"})
+	var lb acceptedBody
+	must(t, json.Unmarshal(late.Body(), &lb))
+	if late.StatusCode() != 202 || lb.ID != fb.ID || lb.Status != "delivered" || len(lb.Targets) != 1 || lb.Targets[0].Status != store.Delivered || lb.Targets[0].ETA != nil {
+		t.Fatalf("repeat after delivery: %d %s", late.StatusCode(), late.Body())
+	}
+}
+
+func TestRepeatStatus(t *testing.T) {
+	e := func(ps ...store.Phase) []targetETA {
+		var out []targetETA
+		for _, p := range ps {
+			out = append(out, targetETA{name: "t", phase: p})
+		}
+		return out
+	}
+	for _, c := range []struct {
+		etas []targetETA
+		want string
+	}{
+		{e(store.Queued), "queued"},
+		{e(store.Delivered, store.Delivered), "delivered"},
+		{e(store.Retrying, store.Retrying), "retrying"},
+		{e(store.Delivered, store.Queued), "in_progress"},
+		{e(store.Dead, store.InFlight), "in_progress"},
+		{e(store.Delivered, store.Dead), "dead"},
+		{e(store.Delivered, ""), "unknown"}, // the lookup failed
+		{nil, "unknown"},
+	} {
+		if got := repeatStatus(c.etas); got != c.want {
+			t.Errorf("repeatStatus(%v) = %q, want %q", c.etas, got, c.want)
+		}
 	}
 }

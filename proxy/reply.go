@@ -21,17 +21,20 @@ type acceptedBody struct {
 
 // acceptedTarget is one target's estimate in a 202.
 type acceptedTarget struct {
-	Target string     `json:"target"`
-	ETA    *time.Time `json:"eta,omitempty"` // absent if unknown (paused with no end)
+	Target string      `json:"target"`
+	Status store.Phase `json:"status,omitempty"` // a repeated Idempotency-Key: the target's status
+	ETA    *time.Time  `json:"eta,omitempty"`    // absent if unknown (paused with no end)
 }
 
 // writeAccepted is the one place that builds the reply to a buffered request.
 // It must only be called once the message is durable (Queue.Append returned).
 // The body is built by hand: the id is base32 and target names are
 // [a-z0-9_-], so nothing needs escaping, and this runs once per accepted
-// request. etas lists every target of the route with its estimated delivery
-// time, RFC 3339 in UTC, to the second.
-func writeAccepted(ctx *fasthttp.RequestCtx, id store.ID, etas []targetETA) {
+// request. status is the message's: "queued" for a new one, the stored
+// message's (repeatStatus) for a repeated Idempotency-Key. etas lists every
+// target of the route with its estimated delivery time, RFC 3339 in UTC, to
+// the second, and, for a repeat, the target's own status.
+func writeAccepted(ctx *fasthttp.RequestCtx, id store.ID, status string, etas []targetETA) {
 	var idb [32]byte
 	ids := id.AppendTo(idb[:0])
 	var lb [64]byte
@@ -46,7 +49,9 @@ func writeAccepted(ctx *fasthttp.RequestCtx, id store.ID, etas []targetETA) {
 	var bb [512]byte
 	body := append(bb[:0], `{"id":"`...)
 	body = append(body, ids...)
-	body = append(body, `","status":"queued","status_url":"`...)
+	body = append(body, `","status":"`...)
+	body = append(body, status...)
+	body = append(body, `","status_url":"`...)
 	body = append(body, loc...)
 	body = append(body, `","targets":[`...)
 	for i, e := range etas {
@@ -56,6 +61,11 @@ func writeAccepted(ctx *fasthttp.RequestCtx, id store.ID, etas []targetETA) {
 		body = append(body, `{"target":"`...)
 		body = append(body, e.name...)
 		body = append(body, '"')
+		if e.phase != "" {
+			body = append(body, `,"status":"`...)
+			body = append(body, e.phase...)
+			body = append(body, '"')
+		}
 		if e.ok {
 			body = append(body, `,"eta":"`...)
 			body = e.at.UTC().AppendFormat(body, time.RFC3339)

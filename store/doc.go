@@ -24,7 +24,9 @@
 //   - Retrying outcomes come back from Fetch once due, with Attempt + 1 and
 //     the prior state; Dead ones stay listed until revived or purged.
 //   - An idempotency key seen on a queue within its retention names the
-//     first message again and stores nothing (Draft.Duplicate).
+//     first message again and stores nothing (Draft.Duplicate), as long as
+//     the request is the same one (Fingerprint); another request with that
+//     key is refused with ErrKeyMismatch.
 //
 // # Costs
 //

@@ -28,6 +28,10 @@ var (
 	ErrIO = errors.New("store: write failed")
 	// ErrUnknownTarget is returned for a target name the queue was not opened with.
 	ErrUnknownTarget = errors.New("store: unknown target")
+	// ErrKeyMismatch is returned by AppendDraft for an idempotency key seen
+	// before with another request: a different method, URI or body (see
+	// Fingerprint). Nothing is stored.
+	ErrKeyMismatch = errors.New("store: idempotency key reused with a different request")
 )
 
 // FullError is the error of an Append refused by admission control. It

@@ -241,6 +241,49 @@ func RecordHead(rec []byte) (time.Time, [8]byte, []byte) {
 	return at, tag, key
 }
 
+// Fingerprint is what a repeated idempotency key is checked against: the
+// first 16 bytes of SHA-256 over the method, the URI and the body, each
+// length-prefixed (headers are not part of it: proxies and clients add and
+// reorder them between retries). Two requests with one key and different
+// fingerprints are different requests (ErrKeyMismatch). The zero value
+// means "unknown" (a key indexed by an engine version that kept none) and
+// matches every request.
+func Fingerprint(method, uri, body []byte) (fp [16]byte) {
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	for _, b := range [][]byte{method, uri, body} {
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))])
+		h.Write(b)
+	}
+	var sum [sha256.Size]byte
+	copy(fp[:], h.Sum(sum[:0]))
+	return fp
+}
+
+// Fingerprint returns the Fingerprint of the request d holds.
+func (d *Draft) Fingerprint() [16]byte { return Fingerprint(d.Method, d.URI, d.Body) }
+
+// RecordFingerprint returns the Fingerprint of a sound record's message
+// without decoding it into a Message; ok is false if it does not parse.
+func RecordFingerprint(rec []byte) (fp [16]byte, ok bool) {
+	if len(rec) < 1+8+8+4 {
+		return fp, false
+	}
+	d := decoder{b: rec[17 : len(rec)-4]}
+	method := d.bytes()
+	uri := d.bytes()
+	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
+		d.bytes()
+		d.bytes()
+	}
+	d.bytes() // key
+	body := d.bytes()
+	if d.err != nil {
+		return fp, false
+	}
+	return Fingerprint(method, uri, body), true
+}
+
 // KeyHash is the 16-byte hash (SHA-256, truncated) under which an
 // idempotency key is indexed and messages are parked.
 func KeyHash(key []byte) (h [16]byte) {

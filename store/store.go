@@ -19,7 +19,10 @@ type Queue interface {
 	Append(ctx context.Context, m *Message) (ID, error)
 	// AppendDraft is Append for a Draft, without intermediate strings.
 	// With an IdempotencyKey seen on this queue within the retention, it
-	// stores nothing, sets d.Duplicate and returns the first message's id.
+	// stores nothing: for the same request (the same Fingerprint: method,
+	// URI and body) it sets d.Duplicate and returns the first message's id;
+	// for another request it returns ErrKeyMismatch. The engine keeps the
+	// fingerprint as long as the key, across restarts.
 	AppendDraft(ctx context.Context, d *Draft) (ID, error)
 	// Lookup returns the message id names and its status for every target,
 	// or ErrNotFound (including a right seq with a wrong tag).

@@ -43,6 +43,7 @@ func Run(t *testing.T, e Engine) {
 		{"Dead", testDead},
 		{"Release", testRelease},
 		{"Idempotency", testIdempotency},
+		{"KeyMismatch", testKeyMismatch},
 		{"Restart", testRestart},
 		{"Park", testPark},
 		{"BatchAppend", testBatchAppend},
@@ -251,13 +252,67 @@ func testIdempotency(t *testing.T, e Engine) {
 		t.Fatalf("first: %v dup=%v", err, d.Duplicate)
 	}
 	d.Reset()
-	d.Method, d.URI, d.IdempotencyKey, d.Body = []byte("POST"), []byte("/o"), []byte("k-1"), []byte("2")
+	d.Method, d.URI, d.IdempotencyKey, d.Body = []byte("POST"), []byte("/o"), []byte("k-1"), []byte("1")
+	d.AddHeader([]byte("X-Retry"), []byte("2")) // headers are not part of the request's fingerprint
 	again, err := o.Queue.AppendDraft(ctx, d)
 	if err != nil || !d.Duplicate || again != first {
 		t.Fatalf("repeat: %v dup=%v id %s, want %s", err, d.Duplicate, again, first)
 	}
 	if n := len(fetchAll(t, o.Consumer("a"), time.Now())); n != 1 {
 		t.Fatalf("%d messages stored for one key", n)
+	}
+}
+
+// testKeyMismatch: a key seen before with another request (method, URI or
+// body) is refused with ErrKeyMismatch and stores nothing, in a single
+// append and in a batch, before and after a restart; the same request still
+// answers the first id.
+func testKeyMismatch(t *testing.T, e Engine) {
+	dir := t.TempDir()
+	o := e.Open(t, dir, []string{"a"})
+	req := func(method, uri, body string) *store.Draft {
+		return &store.Draft{Method: []byte(method), URI: []byte(uri), IdempotencyKey: []byte("k-1"), Body: []byte(body)}
+	}
+	first, err := o.Queue.AppendDraft(ctx, req("POST", "/o", `{"qty":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(o Opened, when string) {
+		t.Helper()
+		for _, d := range []*store.Draft{req("POST", "/o", `{"qty":2}`), req("PUT", "/o", `{"qty":1}`), req("POST", "/o?x=1", `{"qty":1}`), req("POST", "/o", "")} {
+			id, err := o.Queue.AppendDraft(ctx, d)
+			if !errors.Is(err, store.ErrKeyMismatch) || d.Duplicate {
+				t.Fatalf("%s: %s %s with body %q: id %s dup=%v err %v, want ErrKeyMismatch", when, d.Method, d.URI, d.Body, id, d.Duplicate, err)
+			}
+		}
+		d := req("POST", "/o", `{"qty":1}`)
+		if id, err := o.Queue.AppendDraft(ctx, d); err != nil || !d.Duplicate || id != first {
+			t.Fatalf("%s: the same request: id %s dup=%v err %v, want %s", when, id, d.Duplicate, err, first)
+		}
+		if ba, ok := o.Queue.(store.BatchAppender); ok {
+			ds := []*store.Draft{req("POST", "/o", `{"qty":3}`), {Method: []byte("POST"), URI: []byte("/other"), Body: []byte("x")}}
+			_, errs := ba.AppendDrafts(ctx, ds)
+			if !errors.Is(errs[0], store.ErrKeyMismatch) || errs[1] != nil {
+				t.Fatalf("%s: batch: errs %v, want ErrKeyMismatch and nil", when, errs)
+			}
+		}
+	}
+	check(o, "before restart")
+	want := o.Queue.Appended()
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	o = open(t, e, dir, "a")
+	check(o, "after restart")
+	if _, ok := o.Queue.(store.BatchAppender); ok {
+		want++ // the batch's keyless draft, once more
+	}
+	if got := o.Queue.Appended(); got != want {
+		t.Fatalf("appended up to seq %d, want %d: a refused request was stored", got, want)
+	}
+	m, _, err := o.Queue.Lookup(first)
+	if err != nil || m.Method != "POST" || m.URI != "/o" || string(m.Body) != `{"qty":1}` {
+		t.Fatalf("the first message: %+v %v", m, err)
 	}
 }
 
@@ -340,7 +395,7 @@ func testBatchAppend(t *testing.T, e Engine) {
 	for i := range ds {
 		ds[i] = &store.Draft{Method: []byte("POST"), URI: []byte(fmt.Sprintf("/o/%d", i)), Body: []byte(fmt.Sprint(i))}
 	}
-	ds[7].IdempotencyKey = []byte("seen")
+	ds[7] = &store.Draft{Method: []byte("POST"), URI: []byte("/o"), IdempotencyKey: []byte("seen"), Body: []byte("0")}
 	ids, errs := ba.AppendDrafts(ctx, ds)
 	for i := range ds {
 		if errs[i] != nil {
