@@ -44,14 +44,22 @@ func TestNewValidates(t *testing.T) {
 		{"fairness with batch", func(t *policies.Target) {
 			t.Fairness = &policies.Fairness{Key: policies.KeySource{Header: "X-T"}}
 			t.Batch = &policies.Batch{MaxMessages: 10}
-		}, src, "fairness cannot be used with batch"},
+		}, src, "fairness: fairness cannot be combined with batch (yet)"},
 		{"fairness with ordering", func(t *policies.Target) {
 			t.Fairness = &policies.Fairness{Key: policies.KeySource{Header: "X-T"}}
 			t.Ordering = &policies.Ordering{Key: policies.KeySource{Header: "X-T"}}
-		}, src, "fairness cannot be used with ordering"},
+		}, src, "fairness: fairness cannot be combined with ordering (yet)"},
+		{"capture with batch", func(t *policies.Target) {
+			t.CaptureResponse = &policies.Capture{MaxBytes: 10}
+			t.Batch = &policies.Batch{MaxMessages: 10}
+		}, src, "capture_response: capture_response keeps one message's answer"},
+		{"ordering with batch", func(t *policies.Target) {
+			t.Ordering = &policies.Ordering{Key: policies.KeySource{Header: "X-T"}}
+			t.Batch = &policies.Batch{MaxMessages: 10}
+		}, src, "ordering: ordering sends one message per key"},
 		{"fairness without key", func(t *policies.Target) {
 			t.Fairness = &policies.Fairness{}
-		}, src, "fairness: no key header"},
+		}, src, "fairness.key: fairness needs a key"},
 		{"fairness without parking", func(t *policies.Target) {
 			t.Fairness = &policies.Fairness{Key: policies.KeySource{Header: "X-T"}}
 		}, newFakeSource(), "can park"},

@@ -164,18 +164,11 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		return nil, fail("invalid rate %v", t.Rate.PerSecond)
 	case cfg.CallbackHeader != "" && cfg.Callbacks == nil:
 		return nil, fail("CallbackHeader %q without an allow-list (Callbacks)", cfg.CallbackHeader)
-	case t.CaptureResponse != nil && t.Batch != nil:
-		return nil, fail("capture_response cannot be used with batch")
-	case t.Fairness != nil && t.Batch != nil:
-		return nil, fail("fairness cannot be used with batch")
-	case t.Fairness != nil && t.Ordering != nil:
-		return nil, fail("fairness cannot be used with ordering")
-	case t.Fairness != nil && t.Fairness.Key.Header == "":
-		return nil, fail("fairness: no key header")
-	case t.Ordering != nil && t.Batch != nil:
-		return nil, fail("ordering cannot be used with batch")
-	case t.Ordering != nil && t.Ordering.Key.Header == "":
-		return nil, fail("ordering: no key header")
+	}
+	if errs := t.Validate(); len(errs) > 0 {
+		// The parser's checks and wording (policies owns them), for a
+		// Target built in code.
+		return nil, fail("%s: %s", errs[0].Field, errs[0].Msg)
 	}
 	if t.Ordering != nil || t.Fairness != nil {
 		if _, ok := src.(Parker); !ok {

@@ -378,9 +378,6 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 	targets := map[string]int{}
 	for i, n := range items {
 		if t := d.target(n, fmt.Sprintf("%s.targets[%d]", path, i), targets); t != nil {
-			if t.Batch != nil && t.CaptureResponse != nil {
-				d.errorf(t.CaptureResponse.Line, fmt.Sprintf("%s.targets[%d].capture_response", path, i), "capture_response keeps one message's answer; a batch target sends many messages per request")
-			}
 			if r.Mode == ModeSpillover && t.Ordering != nil {
 				d.errorf(t.Ordering.Line, fmt.Sprintf("%s.targets[%d].ordering", path, i), "a spillover route forwards requests as they come; ordering is only used with mode buffer")
 			}
@@ -529,13 +526,8 @@ func (d *decoder) target(n *yaml.Node, path string, names map[string]int) *Targe
 			t.Fairness = &Fairness{Key: k, Line: line}
 		}
 	}
-	switch {
-	case t.Ordering != nil && t.Fairness != nil:
-		d.errorf(t.Fairness.Line, m.field("fairness"), "fairness cannot be combined with ordering (yet); choose one")
-	case t.Ordering != nil && t.Batch != nil:
-		d.errorf(t.Ordering.Line, m.field("ordering"), "ordering sends one message per key at a time; a batch target sends many messages per request")
-	case t.Fairness != nil && t.Batch != nil:
-		d.errorf(t.Fairness.Line, m.field("fairness"), "fairness cannot be combined with batch (yet)")
+	for _, e := range t.Validate() {
+		d.errorf(e.Line, m.field(e.Field), "%s", e.Msg)
 	}
 	return t
 }
