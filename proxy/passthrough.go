@@ -7,7 +7,9 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -132,9 +134,11 @@ func newLimiter(r policies.Rate, burst int) *rate.Limiter {
 // and stops reading is seen as a failed write: 502, or 504 once a write has
 // made no progress for 60s.
 //
-// The upstream's answer is streamed: its headers are in ctx.Response when Do
-// returns, and its body is copied to the client after this handler returns,
-// as it arrives, so memory does not grow with its size. The upstream
+// An answer with a Content-Length of up to wholeBodyMax is read whole before
+// the client is written to (smallAnswer): if the upstream cuts it short, the
+// client gets 502. A larger or chunked answer is streamed: its headers are in
+// ctx.Response when Do returns, and its body is copied to the client after
+// this handler returns, as it arrives, so memory does not grow with its size. The upstream
 // connection is held until the body is written, within the server's
 // write_timeout and the route's timeout (default 60s). If the upstream fails in the
 // middle of the body, the client's connection is closed (the status line has
@@ -216,11 +220,52 @@ func (s *Server) handlePassthrough(ctx *fasthttp.RequestCtx, r *route, uri []byt
 		}
 	default:
 		stripHopResponse(&ctx.Response.Header)
+		s.smallAnswer(ctx, r)
 	}
 	if closeAfter {
 		ctx.SetConnectionClose()
 	}
 }
+
+// smallAnswer reads an answer of up to wholeBodyMax bytes with a
+// Content-Length whole, here, instead of leaving it to stream after the
+// handler: the upstream connection goes back to the pool before the client
+// is written to, and the server writes the answer from one buffer, without
+// the stream's copy loop. A larger or chunked answer streams as before. If
+// the upstream fails within the body, the answer is 502, or 504 on a timeout
+// (nothing has gone to the client yet).
+func (s *Server) smallAnswer(ctx *fasthttp.RequestCtx, r *route) {
+	res := &ctx.Response
+	stream := res.BodyStream()
+	cl := res.Header.ContentLength()
+	if stream == nil || cl < 0 || cl > wholeBodyMax {
+		return
+	}
+	bp := answerPool.Get().(*[]byte)
+	defer answerPool.Put(bp)
+	if cap(*bp) < cl {
+		*bp = make([]byte, cl)
+	}
+	buf := (*bp)[:cl]
+	_, err := io.ReadFull(stream, buf)
+	if cerr := res.CloseBodyStream(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		res.Reset()
+		status, code := fasthttp.StatusBadGateway, "upstream_unreachable"
+		if errors.Is(err, fasthttp.ErrTimeout) || os.IsTimeout(err) {
+			status, code = fasthttp.StatusGatewayTimeout, "upstream_timeout"
+		}
+		s.log.Warn("passthrough failed in the answer's body", "route", r.Name, "err", err)
+		writeError(ctx, status, code, "upstream of route "+r.Name+": the answer's body was cut short")
+		return
+	}
+	res.SetBody(buf) // copied into the response's pooled buffer
+}
+
+// answerPool holds the buffers smallAnswer reads answers into.
+var answerPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 // tooMany answers a request beyond a passthrough route's rate: 429 with the
 // seconds until the bucket has a token again.

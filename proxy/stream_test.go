@@ -208,6 +208,54 @@ func TestPassthroughTruncatedResponse(t *testing.T) {
 	}
 }
 
+// TestPassthroughSmallAnswerCut: a small answer (read whole before the
+// client is written to) that the upstream cuts short is answered 502 with a
+// JSON error, never passed on as a whole answer; a whole one arrives intact.
+func TestPassthroughSmallAnswerCut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for i := 0; i < 8; i++ { // bounded: two requests (the pool may retry an idempotent GET)
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 4096)
+			n, _ := c.Read(buf) // the request (small, one read is enough on loopback)
+			if strings.Contains(string(buf[:n]), "/files/whole") {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nX-Up: 1\r\n\r\n"+strings.Repeat("y", 5000))
+			} else {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"+strings.Repeat("x", 1000))
+			}
+			c.Close()
+		}
+	}()
+	addr, _ := startPolicy(t, fmt.Sprintf(streamPolicy, ln.Addr().String()))
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + addr + "/files/cut")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 502 || !strings.Contains(string(body), `"code":"upstream_unreachable"`) || strings.Contains(string(body), "xxx") {
+		t.Fatalf("a 5000-byte answer cut at 1000: %d %q (%v)", resp.StatusCode, body, err)
+	}
+	resp, err = c.Get("http://" + addr + "/files/whole")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || string(body) != strings.Repeat("y", 5000) || resp.Header.Get("X-Up") != "1" || resp.ContentLength != 5000 {
+		t.Fatalf("a whole 5000-byte answer: %d, %d bytes, X-Up %q (%v)", resp.StatusCode, len(body), resp.Header.Get("X-Up"), err)
+	}
+}
+
 // TestPassthroughLargeRequest: a 64 MiB request body within the route's
 // max_body reaches the upstream intact (streamed; stream_request_test.go
 // checks that it is not held in memory).
