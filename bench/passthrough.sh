@@ -25,9 +25,13 @@
 #   bench/passthrough.sh                         # 3 rounds of 4s runs, -c128
 #   RUNS=5 DURATION=10s CONNS=512 bench/passthrough.sh
 #   PROFILE=/tmp/pass.prof bench/passthrough.sh   # CPU profile of sluice's last run
+#   SLUICE_ENV="GOMAXPROCS=1" bench/passthrough.sh  # sluice with these environment variables
+#
+# The machine's load average is printed before and after: on a shared
+# machine, read the round ratios (runs seconds apart), not the absolute rates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3} DURATION=${DURATION:-4s} CONNS=${CONNS:-128} THREADS=${THREADS:-2} PROFILE=${PROFILE:-}
+RUNS=${RUNS:-3} DURATION=${DURATION:-4s} CONNS=${CONNS:-128} THREADS=${THREADS:-2} PROFILE=${PROFILE:-} SLUICE_ENV=${SLUICE_ENV:-}
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&2; exit 1; }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "nginx is required: apt-get install -y nginx" >&2; exit 1; }
@@ -95,6 +99,7 @@ port_free 18080 18082 18083
 wait_port 18080
 
 machine
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; upstream bench/noop; $("$NGINX" -v 2>&1)"
 echo "nginx: upstream keepalive $KEEPALIVE, HTTP/1.1, Connection \"\", access_log off; worker_processes 1 and auto ($(nproc))"
 row() { printf '%-12s %-4s %10s %8s %8s %7s %11s %7s\n' "$@"; }
@@ -112,7 +117,7 @@ for i in $(seq "$RUNS"); do
 
   prof=()
   if [ -n "$PROFILE" ] && [ "$i" = "$RUNS" ]; then prof=(--cpuprofile "$PROFILE"); fi
-  "$work/sluice" serve --policy "$work/policy.yaml" --log-level error "${prof[@]}" & sp=$!
+  env $SLUICE_ENV "$work/sluice" serve --policy "$work/policy.yaml" --log-level error "${prof[@]}" & sp=$!
   wait_port 18082
   r=$(wrk_post 18082 "$sp"); echo "$r" >> "$work/sluice.txt"
   row sluice "$i" $r
@@ -120,6 +125,7 @@ for i in $(seq "$RUNS"); do
 done
 kill $np; wait $np 2>/dev/null || true
 
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)${SLUICE_ENV:+; sluice ran with $SLUICE_ENV}"
 med() { cut -d' ' -f"$2" "$work/$1.txt" | median; }
 n1=$(med n1 1) na=$(med nauto 1)
 ref=n1 refname="nginx(1)"
