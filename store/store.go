@@ -59,7 +59,8 @@ type Consumer interface {
 // BatchAppender is an optional extension of Queue: AppendDraft for many
 // drafts at once, all or nothing: the drafts of a call are stored together
 // or refused together (ids[i], errs[i] are AppendDraft's for ds[i]; a
-// draft whose key was stored before is a duplicate either way). An engine
+// draft whose key was stored before is a duplicate, or ErrKeyMismatch for
+// another request, either way). An engine
 // may commit a call larger than its commits in chunks, each all or
 // nothing, and documents the chunk size (buffer: 4096). The log ingest of
 // the proxy uses it when the queue has it.
