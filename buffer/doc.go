@@ -94,8 +94,9 @@
 //
 // The common outcome, a message Delivered at its first attempt, is not a
 // bbolt transaction: it is a frame in the outcome journal written by the same
-// group commit (one write(2), and with SyncAlways one fdatasync, for every
-// outcome of the commit), kept in memory (~100 bytes each, at most 64Ki)
+// group commit (one write(2) for every outcome of the commit; with
+// SyncAlways an fdatasync with the next commit that appends, or within
+// outcomeSyncMax, 10 ms), kept in memory (~100 bytes each, at most 64Ki)
 // until a checkpoint writes them into the segments' .db files with one
 // fsync per file, at least once a second (see journal.go). Retries, dead
 // letters and parking, which update indexes, commit to bbolt directly.

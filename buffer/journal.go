@@ -17,9 +17,10 @@ import (
 // index to update), is not written into the segment's bbolt file by the
 // commit that makes it durable. It is appended, with the queue's group
 // commit, to the journal, DIR/queues/<queue>/outcomes-<gen:016x>.log: one
-// write(2) and, with SyncAlways, one fdatasync for every outcome of the
-// commit, where a bbolt transaction costs two fsyncs and a page rewrite per
-// touched segment. Until it reaches bbolt the outcome is also kept in
+// write(2) for every outcome of the commit and, with SyncAlways, an
+// fdatasync shared with the commit's appends or at most outcomeSyncMax
+// later, where a bbolt transaction costs two fsyncs and a page rewrite
+// per touched segment. Until it reaches bbolt the outcome is also kept in
 // memory (Queue.pending), where Lookup and the retention count read it.
 //
 // A checkpoint (every second, at 64Ki pending outcomes, before retention
@@ -61,12 +62,24 @@ func journalName(gen uint64) string { return fmt.Sprintf("outcomes-%016x.log", g
 
 // journal is the open outcome journal. Writer only.
 type journal struct {
-	dir  string
-	gen  uint64
-	f    *os.File
-	end  int64 // bytes written
-	sync int64 // bytes fdatasynced (SyncInterval)
+	dir      string
+	gen      uint64
+	f        *os.File
+	end      int64     // bytes written
+	sync     int64     // bytes fdatasynced
+	lastSync time.Time // when sync last moved (SyncAlways)
 }
+
+// outcomeSyncMax is how long, with SyncAlways, a written outcome may wait
+// for its fdatasync: a commit of outcomes alone fsyncs the journal only
+// when the last fsync is older than this; else the writer does it when
+// this much time has passed (or sooner, with the next commit that has
+// appends, the next floor save, a checkpoint or Close). Written, an
+// outcome survives the death of the process; only a power loss can take
+// the last outcomeSyncMax of them, and their messages are then delivered
+// again (duplicates, never a loss). It spares the disk an fdatasync per
+// commit of outcomes, and the drainer the wait for it.
+const outcomeSyncMax = 10 * time.Millisecond
 
 // pendKey names one pending outcome.
 type pendKey struct {
@@ -264,20 +277,23 @@ func (q *Queue) applyOutcomes(s *segment, each func(put func(target string, seq 
 }
 
 // writeOutcomes appends the frames of one commit's outcomes to the journal
-// and, with SyncAlways, starts its fdatasync in another goroutine, so that
-// it overlaps the log's in the same commit; the commit waits for it with
-// the function returned. A failed write or sync is cut off again, so that
-// no frame of an outcome reported as failed can be applied at a restart
-// after a later frame was written over its torn end.
-func (q *Queue) writeOutcomes(frames []byte) (wait func() error) {
+// and, with SyncAlways, when the commit has appends (whose log is fsynced
+// anyway) or the journal's last fsync is older than outcomeSyncMax,
+// starts its fdatasync in another goroutine, so that it overlaps the
+// log's in the same commit; the commit waits for it with the function
+// returned. A failed write or sync is cut off again, so that no frame of
+// an outcome reported as failed can be applied at a restart after a later
+// frame was written over its torn end.
+func (q *Queue) writeOutcomes(frames []byte, appends bool) (wait func() error) {
 	j := q.jrn
 	if _, err := j.f.WriteAt(frames, j.end); err != nil {
 		j.f.Truncate(j.end)
 		return func() error { return err }
 	}
 	end := j.end + int64(len(frames))
-	if q.cfg.Sync != SyncAlways {
-		j.end = end
+	now := time.Now()
+	if q.cfg.Sync != SyncAlways || (!appends && now.Sub(j.lastSync) < outcomeSyncMax) {
+		j.end = end // SyncAlways: the writer fsyncs it within outcomeSyncMax (journalSyncDue)
 		return func() error { return nil }
 	}
 	done := make(chan error, 1)
@@ -287,23 +303,33 @@ func (q *Queue) writeOutcomes(frames []byte) (wait func() error) {
 			j.f.Truncate(j.end)
 			return err
 		}
-		j.end = end
+		j.end, j.sync, j.lastSync = end, end, time.Now()
 		return nil
 	}
 }
 
+// journalSyncDue reports whether the journal has outcomes written and not
+// yet fsynced (SyncAlways: the writer fsyncs them within outcomeSyncMax).
+func (q *Queue) journalSyncDue() bool {
+	return q.cfg.Sync == SyncAlways && q.jrn != nil && q.jrn.end != q.jrn.sync
+}
+
 // syncJournal fdatasyncs what the journal got since the last sync
-// (SyncInterval, Close).
+// (outcomeSyncMax after a write with SyncAlways, SyncInterval, before a
+// floor is saved, Close). If it fails, the outcomes, which were reported
+// recorded, are still pending in memory: a checkpoint writes them into
+// the segments' bbolt files with their own fsync.
 func (q *Queue) syncJournal() {
 	j := q.jrn
 	if j == nil || j.end == j.sync {
 		return
 	}
 	if err := q.fsync(j.f); err != nil {
-		q.log.Error("fsync failed", "file", journalName(j.gen), "err", err)
+		q.log.Error("fsync of the outcome journal failed; checkpointing its outcomes instead", "file", journalName(j.gen), "err", err)
+		q.checkpoint()
 		return
 	}
-	j.sync = j.end
+	j.sync, j.lastSync = j.end, time.Now()
 }
 
 // checkpoint writes every pending outcome into its segment's bbolt file,

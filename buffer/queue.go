@@ -665,6 +665,10 @@ func (q *Queue) writer() {
 	defer cursorTick.Stop()
 	retentionTick := time.NewTicker(time.Second)
 	defer retentionTick.Stop()
+	jsync := time.NewTimer(time.Hour) // SyncAlways: the journal's deferred fsync (outcomeSyncMax)
+	jsync.Stop()
+	defer jsync.Stop()
+	jsyncArmed := false
 
 	dirty := map[*segment]bool{} // written since the last sync (SyncInterval)
 	ticks := 0
@@ -686,6 +690,13 @@ func (q *Queue) writer() {
 			q.commits.Add(1)
 			q.committed.Add(uint64(len(batch)))
 			clear(batch)
+			if !jsyncArmed && q.journalSyncDue() {
+				jsync.Reset(outcomeSyncMax)
+				jsyncArmed = true
+			}
+		case <-jsync.C:
+			jsyncArmed = false
+			q.syncJournal()
 		case <-syncTick:
 			if q.cfg.Sync == SyncNever {
 				q.startWriteback(dirty)
@@ -694,6 +705,10 @@ func (q *Queue) writer() {
 			q.syncDirty(dirty)
 			q.syncJournal()
 		case <-cursorTick.C:
+			if q.cfg.Sync == SyncAlways {
+				// A saved floor must not pass an outcome that is not durable.
+				q.syncJournal()
+			}
 			q.saveFloors()
 		case <-retentionTick.C:
 			q.checkpoint()
@@ -877,7 +892,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	var encoded [][]byte
 	var waitOutcomes func() error
 	if len(fast) > 0 {
-		encoded, waitOutcomes = q.journalOutcomes(fast)
+		encoded, waitOutcomes = q.journalOutcomes(fast, len(apps) > 0)
 	}
 
 	if len(apps) > 0 {
@@ -963,7 +978,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 // journal with one write and starts its fdatasync (see writeOutcomes). It
 // returns each outcome's encoded state (kept in Queue.pending until a
 // checkpoint) and the wait for the sync. Writer only.
-func (q *Queue) journalOutcomes(fast []*request) ([][]byte, func() error) {
+func (q *Queue) journalOutcomes(fast []*request, appends bool) ([][]byte, func() error) {
 	n := 0
 	for _, r := range fast {
 		n += 8 + 17 + len(q.targets[r.target]) + stateSize(r.state)
@@ -977,7 +992,7 @@ func (q *Queue) journalOutcomes(fast []*request) ([][]byte, func() error) {
 		buf, at = appendJournalFrame(buf, q.jrn.gen, r.seq, q.targets[r.target], r.state)
 		encoded[i] = buf[at:len(buf):len(buf)]
 	}
-	return encoded, q.writeOutcomes(buf)
+	return encoded, q.writeOutcomes(buf, appends)
 }
 
 // commitStates commits the state changes that go to bbolt (retries, dead
