@@ -413,22 +413,34 @@ func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error
 // caller wakes once. errs[i] is the outcome for ds[i].
 func (c *Consumer) CompleteBatch(ctx context.Context, ds []*Delivery, outs []Outcome) []error {
 	errs := make([]error, len(ds))
-	rs := make([]*request, len(ds))
+	// One hand-off for the batch: its state changes are the parts of one
+	// request, made in one allocation each, and answered together.
+	reqs := make([]request, len(ds))
+	sts := make([]State, len(ds))
+	parts := make([]*request, 0, len(ds))
 	for i, d := range ds {
-		r, err := c.completeRequest(d, outs[i])
-		if err == nil {
-			err = c.q.hand(ctx, r)
-		}
-		if err != nil {
+		if err := c.fillRequest(&reqs[i], &sts[i], d, outs[i]); err != nil {
 			errs[i] = err
 			continue
 		}
-		rs[i] = r
+		parts = append(parts, &reqs[i])
 	}
-	for i, r := range rs {
-		if r != nil {
-			<-r.done // hand guarantees an answer, even across Close
-			errs[i] = r.err
+	if len(parts) == 0 {
+		return errs
+	}
+	batch := &request{kind: opState, parts: parts, done: make(chan struct{}, 1)}
+	if err := c.q.hand(ctx, batch); err != nil {
+		for i := range ds {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		return errs
+	}
+	<-batch.done // hand guarantees an answer, even across Close
+	for i := range ds {
+		if errs[i] == nil {
+			errs[i] = reqs[i].err
 		}
 	}
 	return errs
@@ -436,35 +448,47 @@ func (c *Consumer) CompleteBatch(ctx context.Context, ds []*Delivery, outs []Out
 
 // completeRequest builds the state change that records out for d.
 func (c *Consumer) completeRequest(d *Delivery, out Outcome) (*request, error) {
+	r := &request{done: make(chan struct{}, 1)}
+	if err := c.fillRequest(r, &State{}, d, out); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// fillRequest makes r the state change that records out for d, with st as
+// its new state; r.done is left as it is.
+func (c *Consumer) fillRequest(r *request, st *State, d *Delivery, out Outcome) error {
 	switch out.Phase {
 	case Delivered, Dead:
 	case Retrying:
 		if out.NextTry.IsZero() {
-			return nil, fmt.Errorf("buffer: Complete: retrying without NextTry")
+			return fmt.Errorf("buffer: Complete: retrying without NextTry")
 		}
 	default:
-		return nil, fmt.Errorf("buffer: Complete: invalid phase %q", out.Phase)
+		return fmt.Errorf("buffer: Complete: invalid phase %q", out.Phase)
 	}
-	st := &State{Phase: out.Phase, Attempts: d.Attempt, Response: out.Response}
+	*st = State{Phase: out.Phase, Attempts: d.Attempt, Response: out.Response}
 	if out.Phase == Retrying {
 		st.NextTry = out.NextTry
 	}
+	out.Attempt.N = d.Attempt
 	if d.Prior != nil {
 		st.History = append(st.History, d.Prior.History...)
+		st.History = append(st.History, out.Attempt)
+	} else {
+		st.History = []Attempt{out.Attempt}
 	}
-	out.Attempt.N = d.Attempt
-	st.History = append(st.History, out.Attempt)
 	if len(st.History) > maxHistory {
 		st.History = st.History[len(st.History)-maxHistory:]
 	}
-	r := &request{kind: opState, seq: d.Seq, target: c.idx, state: st, done: make(chan struct{}, 1)}
+	r.kind, r.seq, r.target, r.state = opState, d.Seq, c.idx, st
 	if d.Prior != nil && d.Prior.Phase == Retrying {
 		r.oldRetry = d.Prior.NextTry
 	}
 	// A first outcome that is Delivered touches no index (no retry entry
 	// to remove, no dead letter to list): the journal takes it.
 	r.fast = d.Prior == nil && out.Phase == Delivered
-	return r, nil
+	return nil
 }
 
 // Release gives a fetched delivery back without an outcome (for example at

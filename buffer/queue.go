@@ -120,6 +120,7 @@ type Queue struct {
 	wbuf         []byte     // writer only: the frames of one commit
 	wlocs        []recLoc   // writer only: where they go
 	wapps        []*request // writer only: the appends of one commit
+	wstates      []*request // writer only: the state changes of one commit (parts expanded)
 
 	// Group-commit figures since Open, for WriterStats.
 	commits, committed, commitNanos, failedCommits, refused atomic.Uint64
@@ -841,7 +842,8 @@ func (q *Queue) closeFiles() error {
 // what it recorded and answers every request.
 func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	apps := q.wapps[:0] // writer-owned, reused: no allocation per commit
-	defer func() { clear(apps); q.wapps = apps[:0] }()
+	sts := q.wstates[:0]
+	defer func() { clear(apps); q.wapps = apps[:0]; clear(sts); q.wstates = sts[:0] }()
 	var bySeg map[*segment][]*request // only for state changes
 	var fast []*request               // first outcomes, Delivered: to the journal
 	var fastSeg []*segment
@@ -856,17 +858,24 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 				apps = append(apps, r)
 			}
 		case opState:
-			if s := q.segmentFor(r.seq); s != nil && r.fast {
-				fast = append(fast, r)
-				fastSeg = append(fastSeg, s)
-			} else if s != nil {
-				if bySeg == nil {
-					bySeg = map[*segment][]*request{}
-				}
-				bySeg[s] = append(bySeg[s], r)
+			if r.parts != nil {
+				sts = append(sts, r.parts...) // CompleteBatch: answered through r
 			} else {
-				r.err = fmt.Errorf("%w: seq %d (expired)", ErrNotFound, r.seq)
+				sts = append(sts, r)
 			}
+		}
+	}
+	for _, r := range sts {
+		if s := q.segmentFor(r.seq); s != nil && r.fast {
+			fast = append(fast, r)
+			fastSeg = append(fastSeg, s)
+		} else if s != nil {
+			if bySeg == nil {
+				bySeg = map[*segment][]*request{}
+			}
+			bySeg[s] = append(bySeg[s], r)
+		} else {
+			r.err = fmt.Errorf("%w: seq %d (expired)", ErrNotFound, r.seq)
 		}
 	}
 	first := q.nextSeq
@@ -912,7 +921,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			r.rec = nil
 		}
 		for _, r := range batch {
-			if r.parts != nil {
+			if r.kind == opAppend && r.parts != nil {
 				r.err = err // one write for all its parts
 			}
 		}
@@ -948,10 +957,10 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		m[pendKey{r.target, r.seq}] = encoded[i]
 		q.npending++
 	}
-	for _, r := range batch {
+	for _, r := range sts {
 		// A failed write leaves the message in flight: the floor stays below
 		// it, so it is attempted again after a restart (at least once).
-		if r.kind == opState && (r.err == nil || errors.Is(r.err, ErrNotFound)) {
+		if r.err == nil || errors.Is(r.err, ErrNotFound) {
 			delete(q.consumers[r.target].inflight, r.seq)
 		}
 	}
