@@ -60,32 +60,30 @@ func connectionNamed(hs []store.Header) []string {
 	return named
 }
 
+// skipByLen is skipHeaders by the length of the name, so that a header is
+// checked against the few of its length with no lower-casing or hashing.
+var skipByLen = func() (by [64][]string) {
+	for h := range skipHeaders {
+		by[len(h)] = append(by[len(h)], h)
+	}
+	return by
+}()
+
 // skipHeader reports whether the header name is not sent on: hop-by-hop,
-// one of skipHeaders or of named (lower case). It does not allocate for names of up
-// to 64 bytes.
+// one of skipHeaders or of named (lower case). It does not allocate.
 func skipHeader(name string, named []string) bool {
 	if hop.IsString(name) {
 		return true
 	}
-	var buf [64]byte
-	var lower []byte
-	if len(name) <= len(buf) {
-		lower = buf[:len(name)]
-	} else {
-		lower = make([]byte, len(name))
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
+	if len(name) < len(skipByLen) {
+		for _, h := range skipByLen[len(name)] {
+			if strings.EqualFold(name, h) {
+				return true
+			}
 		}
-		lower[i] = c
-	}
-	if skipHeaders[string(lower)] {
-		return true
 	}
 	for _, n := range named {
-		if string(lower) == n {
+		if strings.EqualFold(name, n) {
 			return true
 		}
 	}
