@@ -35,7 +35,7 @@ func TestStateFullRoundTrip(t *testing.T) {
 		Response: &Response{Status: 201, Header: []store.Header{{Name: "Location", Value: "/o/1"}},
 			Body: []byte(`{"ok":true}`), Truncated: true}}
 	b := encodeState(st)
-	if b[4] != stateV2 {
+	if b[4] != 0x02 {
 		t.Fatalf("version byte %#x", b[4])
 	}
 	got, err := decodeState(b)
@@ -92,13 +92,13 @@ func FuzzStateCodec(f *testing.F) {
 // empty slice and nil, and times' locations.
 func normState(s *State) *State {
 	c := *s
-	c.NextTry = fromNanos(unixNanos(c.NextTry))
+	c.NextTry = sameInstant(c.NextTry)
 	if len(c.History) == 0 {
 		c.History = nil
 	}
 	c.History = append([]Attempt(nil), c.History...)
 	for i := range c.History {
-		c.History[i].At = fromNanos(unixNanos(c.History[i].At))
+		c.History[i].At = sameInstant(c.History[i].At)
 	}
 	if r := c.Response; r != nil {
 		rc := *r
@@ -111,4 +111,12 @@ func normState(s *State) *State {
 		c.Response = &rc
 	}
 	return &c
+}
+
+// sameInstant is t as the binary form gives it back: UTC, zero kept zero.
+func sameInstant(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return time.Unix(0, t.UnixNano()).UTC()
 }

@@ -32,5 +32,6 @@
 //
 // The package itself allocates nothing beyond the values it returns; the
 // record codec (EncodeRecord, Draft.Encode, DecodeRecord) is one pass with
-// a CRC-32C.
+// a CRC-32C, and the state codec (AppendState, DecodeState) one pass of
+// varints for an engine that stores a State per message and target.
 package store
