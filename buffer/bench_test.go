@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 // BenchmarkAppend measures durable appends of 1 KiB messages through group
@@ -239,7 +241,7 @@ func BenchmarkComplete(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ResetTimer()
-			start, cpu0 := time.Now(), cpuTime()
+			start, cpu0 := time.Now(), testutil.CPUTime()
 			var wg sync.WaitGroup
 			var mu sync.Mutex
 			for range 4 {
@@ -272,7 +274,7 @@ func BenchmarkComplete(b *testing.B) {
 			if err := q.Close(); err != nil {
 				b.Fatal(err)
 			}
-			el, cpu := time.Since(start), cpuTime()-cpu0
+			el, cpu := time.Since(start), testutil.CPUTime()-cpu0
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/el.Seconds(), "outcomes/s")
 			if cpu > 0 {

@@ -4,13 +4,14 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"github.com/sluice-proxy/sluice/store"
 	"os"
-	"os/exec"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-proxy/sluice/internal/testutil"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // TestCrashDuringDrainRecordsOutcomes runs a child process that drains two
@@ -37,13 +38,7 @@ func TestCrashDuringDrainRecordsOutcomes(t *testing.T) {
 	done := map[string]map[uint64]bool{"a": {}, "b": {}}
 	again := 0 // messages handed out again whose outcome had not been acknowledged
 	for round := range 4 {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashDuringDrainRecordsOutcomes$")
-		cmd.Env = append(os.Environ(), "SLUICE_DRAIN_CHILD=1", "SLUICE_DRAIN_DIR="+dir)
-		out, err := cmd.StdoutPipe()
-		must(t, err)
-		cmd.Stderr = os.Stderr
-		must(t, cmd.Start())
-		sc := bufio.NewScanner(out)
+		cmd, sc := testutil.Child(t, "TestCrashDuringDrainRecordsOutcomes", "SLUICE_DRAIN_CHILD=1", "SLUICE_DRAIN_DIR="+dir)
 		n := 0
 		killed := false
 		handle := func(line string) {

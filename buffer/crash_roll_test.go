@@ -5,13 +5,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 // TestCrashDuringRollAndDeletion kills, with SIGKILL, a child that appends
@@ -32,13 +33,7 @@ func TestCrashDuringRollAndDeletion(t *testing.T) {
 	delivered := map[string]bool{}
 	recycled := 0
 	for round := range 4 {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashDuringRollAndDeletion$")
-		cmd.Env = append(os.Environ(), "SLUICE_CRASH_ROLL_CHILD=1", "SLUICE_CRASH_DIR="+dir)
-		out, err := cmd.StdoutPipe()
-		must(t, err)
-		cmd.Stderr = os.Stderr
-		must(t, cmd.Start())
-		sc := bufio.NewScanner(out)
+		cmd, sc := testutil.Child(t, "TestCrashDuringRollAndDeletion", "SLUICE_CRASH_ROLL_CHILD=1", "SLUICE_CRASH_DIR="+dir)
 		n := 0
 		killAt := 150 + 60*round
 		for sc.Scan() {

@@ -5,12 +5,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 // TestCrashLosesNothingAcknowledged runs a child process that appends from 32
@@ -34,14 +35,8 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 func crashRounds(t *testing.T, mode string) {
 	dir := t.TempDir()
 	for round := range 3 {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashLosesNothingAcknowledged$")
-		cmd.Env = append(os.Environ(), "SLUICE_CRASH_CHILD=1", "SLUICE_CRASH_DIR="+dir, "SLUICE_CRASH_SYNC="+mode)
-		out, err := cmd.StdoutPipe()
-		must(t, err)
-		cmd.Stderr = os.Stderr
-		must(t, cmd.Start())
+		cmd, sc := testutil.Child(t, "TestCrashLosesNothingAcknowledged", "SLUICE_CRASH_CHILD=1", "SLUICE_CRASH_DIR="+dir, "SLUICE_CRASH_SYNC="+mode)
 		var acked []string
-		sc := bufio.NewScanner(out)
 		killAt := 300 + 200*round
 		for sc.Scan() {
 			line := sc.Text()

@@ -5,12 +5,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 // TestPowerLossLosesOnlyUnsyncedOutcomes: with SyncAlways, a Delivered
@@ -39,13 +40,7 @@ func TestPowerLossLosesOnlyUnsyncedOutcomes(t *testing.T) {
 	}
 	must(t, s.Close())
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestPowerLossLosesOnlyUnsyncedOutcomes$")
-	cmd.Env = append(os.Environ(), "SLUICE_POWERLOSS_CHILD=1", "SLUICE_POWERLOSS_DIR="+dir)
-	out, err := cmd.StdoutPipe()
-	must(t, err)
-	cmd.Stderr = os.Stderr
-	must(t, cmd.Start())
-	sc := bufio.NewScanner(out)
+	cmd, sc := testutil.Child(t, "TestPowerLossLosesOnlyUnsyncedOutcomes", "SLUICE_POWERLOSS_CHILD=1", "SLUICE_POWERLOSS_DIR="+dir)
 	var pending []uint64         // DONE since the last SYNCED
 	durable := map[uint64]bool{} // DONE before a SYNCED
 	done, killed := 0, false

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/valyala/fasthttp"
 )
 
@@ -63,13 +64,13 @@ func BenchmarkDrainNoop(b *testing.B) {
 
 			b.ResetTimer()
 			start := time.Now()
-			cpu0 := cpuTime()
+			cpu0 := testutil.CPUTime()
 			go func() { done <- d.Run(ctx) }()
 			for d.Stats().Delivered < uint64(b.N) {
 				time.Sleep(200 * time.Microsecond)
 			}
 			elapsed := time.Since(start)
-			cpu := cpuTime() - cpu0
+			cpu := testutil.CPUTime() - cpu0
 			reportCPU(b, cpu, elapsed)
 			b.StopTimer()
 			cancel()
@@ -96,7 +97,7 @@ func BenchmarkFasthttpClientNoop(b *testing.B) {
 	var wg sync.WaitGroup
 	b.ResetTimer()
 	start := time.Now()
-	cpu0 := cpuTime()
+	cpu0 := testutil.CPUTime()
 	for range benchConcurrency {
 		wg.Add(1)
 		go func() {
@@ -124,7 +125,7 @@ func BenchmarkFasthttpClientNoop(b *testing.B) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu := testutil.CPUTime() - cpu0
 	reportCPU(b, cpu, elapsed)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 }

@@ -1,18 +1,15 @@
-//go:build unix
-
 package proxy
 
 import (
 	"bytes"
 	"log/slog"
 	"net"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/policies"
 )
 
@@ -55,7 +52,7 @@ routes:
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			b.ResetTimer()
-			cpu0 := cpuTime()
+			cpu0 := testutil.CPUTime()
 			b.RunParallel(func(pb *testing.PB) {
 				var ctx fasthttp.RequestCtx
 				var req fasthttp.Request
@@ -75,20 +72,10 @@ routes:
 				}
 			})
 			b.StopTimer()
-			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64((testutil.CPUTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 			if n := s.testQueue("orders").Stats().Appended; n < uint64(b.N) {
 				b.Fatalf("%d appended, want at least %d", n, b.N)
 			}
 		})
 	}
-}
-
-// cpuTime is the process's user + system CPU time so far: with the machine
-// shared, CPU per request is steadier than requests per second.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
