@@ -150,19 +150,34 @@
 //
 // # Costs
 //
-// One goroutine per drainer runs the schedule; each attempt runs in its own
-// goroutine, at most 2*Concurrency at once (Concurrency sending, up to
-// Concurrency more waiting for their outcome to be committed). Memory is
-// bounded by those attempts' messages: an attempt reads its answer's status
-// line and headers and discards the body as it streams (keeping at most
-// capture_response.max_bytes of it), so answers of any size cost a few KiB
-// each. An attempt ends at the target's timeout and closes its connection.
-// The drainer wakes on new messages
-// (Source.Ready), when the earliest retry is due, at window boundaries, on
-// control calls and every 500ms as a safety net; it never spins. Each wake-up
-// costs one Fetch; a busy drainer does one Fetch per batch of free slots.
-// With fairness, a flooding key's messages cost two more commits each (park
-// and unpark, grouped), and up to 4*Concurrency fetched messages are held.
-// Recording an outcome costs one commit in the store (shared with other
-// outcomes and appends by group commit).
+// One goroutine per drainer runs the schedule (the run loop: rate, breaker,
+// timers, and one round of the target's feeder, fairRound, chainRound,
+// batchRound or plainRound, per wake-up); attempts run on worker
+// goroutines, at most Concurrency of them, reused (a worker idle for 2 s
+// exits); one recorder goroutine hands their outcomes to the store in
+// batches (Source's CompleteBatch when it has one). Up to Concurrency +
+// 1024 outcomes may wait to be recorded; their messages' bodies are
+// dropped once sent, so memory is bounded by Concurrency bodies in flight
+// and as many fetched ahead (the chain, below): an attempt reads its
+// answer's status line and headers and discards the body as it streams
+// (keeping at most capture_response.max_bytes of it), so answers of any
+// size cost a few KiB each. An attempt ends at the target's timeout and
+// closes its connection.
+//
+// At full speed the run loop is kept off the path of each message: for a
+// plain target with no rate limit, a closed breaker and no control call
+// since the loop last looked, the loop keeps up to Concurrency fetched
+// messages in a chain (chain.go), and a worker whose attempt got a 2xx
+// keeps its slot and starts the next one from it. Any change (a pause, a
+// rate, a window's boundary, the breaker, a control call) closes the chain
+// and gives its messages back before anything is sent at a stale rate.
+//
+// The drainer wakes on new messages (Source.Ready), when the earliest retry
+// is due, at window boundaries, on control calls, on its attempts' events
+// (taken all at once) and every 500ms as a safety net; it never spins.
+// Each round costs at most one Fetch, of up to Concurrency messages. With
+// fairness, a flooding key's messages cost two more commits each (park and
+// unpark, grouped), and up to 4*Concurrency fetched messages are held.
+// Recording an outcome costs a share of one commit in the store (with the
+// other outcomes of its batch and appends, by group commit).
 package drain
