@@ -44,7 +44,9 @@
 //     the queue keeps filling.
 //   - Concurrency: at most Target.Concurrency requests are open to the target
 //     at once. Messages are fetched only when a slot and a token are free, so a
-//     message held back by the rate stays queued, not in flight. (A request
+//     message held back by the rate stays queued, not in flight. (With no
+//     rate limit, up to Concurrency more are fetched ahead, the chain; they
+//     are given back at a pause or a stop.) (A request
 //     that timed out frees its slot at once, though the target may still be
 //     working on it.)
 //   - At least once: an outcome is recorded only after the target answered (or
