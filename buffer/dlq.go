@@ -75,11 +75,12 @@ func (q *Queue) Revive(ctx context.Context, target string, seq uint64, at time.T
 	}, false)
 }
 
-// Purge removes the dead letter seq of target from the dead-letter list. It
-// stays dead; its record goes with its segment.
+// Purge removes the dead letter seq of target from the dead-letter list:
+// its phase becomes Purged (finished, listed and counted as purged); its
+// record goes with its segment.
 func (q *Queue) Purge(ctx context.Context, target string, seq uint64) error {
 	return q.leaveDead(ctx, target, seq, func(st *State, now time.Time) *State {
-		return &State{Phase: Dead, Attempts: st.Attempts,
+		return &State{Phase: store.Purged, Attempts: st.Attempts,
 			History: appendHistory(st.History, Attempt{At: now, Error: "purged from the dead letters by an operator"})}
 	}, true)
 }

@@ -1,6 +1,7 @@
 // Package buffer is sluice's embedded storage engine: one append-only queue
 // per route, read independently by one consumer per target. It implements
-// the contract of package store (Queue, Consumer, Parker, DeadLetters) and
+// the contract of package store (Queue, Consumer, Parker, DeadLetters,
+// Lister, Replayer) and
 // passes its conformance suite (conformance_test.go); the value types it
 // uses (Message, ID, State, ...) are store's, under the same names.
 //
@@ -13,7 +14,7 @@
 //
 // # On-disk layout
 //
-//	DIR/queues/<queue>/cursors.db               bbolt: consumer floors, queue metadata
+//	DIR/queues/<queue>/cursors.db               bbolt: consumer floors, queue metadata, tombstones of expired messages
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.log  the segment's messages, append-only
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.idx  where each frame starts (sealed segments)
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.db   bbolt: the segment's delivery state
@@ -53,6 +54,15 @@
 // than the retention (undelivered messages in it are counted and logged as
 // expired), or earlier, when admission control is refusing appends and every
 // target has finished with it.
+//
+// Every message is listed and counted by phase (Messages, Counts: the
+// store.Lister extension, list.go) by walking the segments in chunks of
+// 512 seqs, one read transaction each: flat memory whatever the queue's
+// size, one state decode per message and target, plus one read of the
+// records for a listing or a time-bounded count. A message the retention
+// deletes before a target finished it leaves a tombstone (~100 bytes and
+// its key, no body) in cursors.db, listed and counted as expired for one
+// more retention (tombstone.go). A purged dead letter is Purged.
 //
 // Dead letters are indexed per target ("d/<target>"), so they are listed
 // without scanning states, and can be revived into the retry schedule or

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluice-proxy/sluice/store"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -49,14 +50,14 @@ type SegmentReport struct {
 	Error      string    `json:"error,omitempty"` // the file could not be opened or read
 }
 
-// TargetReport is one consumer's position and outcome counts.
+// TargetReport is one consumer's position and its messages by phase
+// (counted as the running server's counts are, see countOffline; nothing
+// is in flight offline).
 type TargetReport struct {
-	Name      string `json:"name"`
-	Floor     uint64 `json:"floor"`   // lowest seq not finished (as last persisted)
-	Backlog   uint64 `json:"backlog"` // messages at or above the floor (an upper bound: some may be finished)
-	Delivered int    `json:"delivered"`
-	Retrying  int    `json:"retrying"`
-	Dead      int    `json:"dead"`
+	Name    string `json:"name"`
+	Floor   uint64 `json:"floor"`   // lowest seq not finished (as last persisted)
+	Backlog uint64 `json:"backlog"` // messages at or above the floor (an upper bound: some may be finished)
+	store.Counts
 }
 
 // Damage is one failed check.
@@ -137,6 +138,7 @@ func inspectQueue(dir, name string, verify bool) (*QueueReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	oc := newOfflineCounts(dir, targets, qr)
 	spareLogs, _ := spares(dir)
 	for _, p := range spareLogs {
 		qr.Spares++
@@ -162,6 +164,11 @@ func inspectQueue(dir, name string, verify bool) (*QueueReport, error) {
 		err = safeView(db, func(tx *bolt.Tx) error {
 			return inspectSegment(tx, dir, &sr, qr, targets, verify)
 		})
+		if err == nil {
+			err = safeView(db, func(tx *bolt.Tx) error {
+				return oc.segment(tx, sr.First, sr.Last)
+			})
+		}
 		if err == nil && verify {
 			err = safeView(db, func(tx *bolt.Tx) error {
 				for cerr := range tx.Check() {
@@ -215,6 +222,7 @@ func inspectQueue(dir, name string, verify bool) (*QueueReport, error) {
 				Err: fmt.Sprintf("target %q's floor %d is past the end of the log (last seq %d): the log's tail was lost; start-up starts new messages after the floor", t.Name, t.Floor, prevLast)})
 		}
 	}
+	oc.finish()
 	for _, t := range targets {
 		if qr.LastSeq >= t.Floor {
 			t.Backlog = qr.LastSeq - t.Floor + 1
@@ -323,14 +331,7 @@ func inspectSegment(tx *bolt.Tx, dir string, sr *SegmentReport, qr *QueueReport,
 				}
 				return nil
 			}
-			switch st.Phase {
-			case Delivered:
-				tr.Delivered++
-			case Retrying:
-				tr.Retrying++
-			case Dead:
-				tr.Dead++
-			}
+			_ = st // counted by countOffline
 			return nil
 		})
 	})

@@ -715,6 +715,7 @@ func (q *Queue) writer() {
 			q.checkpoint()
 			q.rollByAge(dirty)
 			q.enforceRetention(dirty)
+			q.pruneTombstones()
 			if ticks++; ticks%10 == 0 {
 				q.dropMappings()
 			}
@@ -1371,7 +1372,7 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 		}
 		q.mu.Unlock()
 
-		unfinished := q.countUnfinished(s, floors)
+		unfinished := q.expireSegment(s, floors) // and records their tombstones (tombstone.go)
 		q.mu.Lock()
 		q.segs = q.segs[1:]
 		for i, c := range q.consumers {
@@ -1420,32 +1421,6 @@ func (q *Queue) spareBound(s *segment) uint64 {
 		return 0
 	}
 	return s.last + 1
-}
-
-// countUnfinished counts (message, target) pairs in s that were neither
-// delivered nor dead.
-func (q *Queue) countUnfinished(s *segment, next []uint64) []uint64 {
-	n := make([]uint64, len(q.targets))
-	q.mu.Lock()
-	first, last := s.first, s.last
-	q.mu.Unlock()
-	safeView(s.db, func(tx *bolt.Tx) error {
-		for i, t := range q.targets {
-			sb := tx.Bucket(stateBucket(t))
-			for seq := first; seq <= last; seq++ {
-				if seq < next[i] {
-					if v := sb.Get(seqKey(seq)); v != nil {
-						if st, err := decodeState(v); err == nil && st.Phase != Retrying && st.Phase != Parked {
-							continue
-						}
-					}
-				}
-				n[i]++
-			}
-		}
-		return nil
-	})
-	return n
 }
 
 // complete hands an outcome to the writer; wait says whether to wait for it.

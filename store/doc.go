@@ -3,7 +3,8 @@
 // phases, attempts and states of delivery, Delivery and Outcome, sentinel
 // errors) and the interfaces the proxy and the drainers use (Queue to
 // append, look up and report; Consumer to fetch, complete, release and
-// retry; Parker and DeadLetters as optional extensions). It holds no
+// retry; Parker, DeadLetters, BatchAppender, BatchCompleter, Lister and
+// Replayer as optional extensions). It holds no
 // storage: package buffer (bbolt and append-only logs) implements it, and a
 // second engine implements the same interfaces and passes the conformance
 // suite in store/storetest.
@@ -27,6 +28,10 @@
 //     first message again and stores nothing (Draft.Duplicate), as long as
 //     the request is the same one (Fingerprint); another request with that
 //     key is refused with ErrKeyMismatch.
+//   - A Lister puts every message it holds for a target in exactly one
+//     phase, so its Counts add up: accepted = delivered + dead + expired +
+//     purged + pending (queued, in flight, retrying, parked); Counts.Add
+//     is the one place a phase becomes a count.
 //
 // # Costs
 //

@@ -13,7 +13,22 @@ const (
 	Delivered Phase = "delivered" // the target answered with success
 	Dead      Phase = "dead"      // failed for good; kept as a dead letter
 	Parked    Phase = "parked"    // waits behind an earlier message with the same key (Parker)
+	Purged    Phase = "purged"    // a dead letter an operator purged: finished, off the dead-letter list
+	Expired   Phase = "expired"   // the retention deleted it before the target finished it (Lister)
 )
+
+// Phases lists every phase, in the order counts and reports show them.
+var Phases = []Phase{Queued, InFlight, Retrying, Parked, Delivered, Dead, Expired, Purged}
+
+// Valid reports whether p is one of Phases.
+func (p Phase) Valid() bool {
+	for _, q := range Phases {
+		if p == q {
+			return true
+		}
+	}
+	return false
+}
 
 // MaxHistory bounds the attempts kept per message and target.
 const MaxHistory = 32

@@ -3,7 +3,8 @@
 // and must pass all of it. It checks the behaviour proxy and drain rely on:
 // appends and lookups, fan-out, the retry schedule, dead letters, parking,
 // idempotency keys, Release, and that a restart keeps every outcome and
-// every pending message. It knows nothing of any engine: an Engine opens
+// every pending message, and (optional) the listing and counts of every
+// message by phase with their identity. It knows nothing of any engine: an Engine opens
 // one in a directory. Crashes are engine-specific (a killed process) and
 // are tested by each engine beside the suite.
 package storetest
@@ -47,6 +48,10 @@ func Run(t *testing.T, e Engine) {
 		{"Restart", testRestart},
 		{"Park", testPark},
 		{"BatchAppend", testBatchAppend},
+		{"ListAndCount", testList},
+		{"ListPages", testListPages},
+		{"PurgedPhase", testPurged},
+		{"Replay", testReplay},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
 	}
