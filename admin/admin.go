@@ -85,7 +85,17 @@ type TargetState struct {
 	Retried     uint64 `json:"retried"`      // since start
 	Dead        uint64 `json:"dead"`         // since start
 	DeadLetters int    `json:"dead_letters"` // in the dead-letter list now (counted up to DeadLetterCountLimit)
+
+	// Counts are the target's messages by phase (as GET .../counts gives
+	// them for all time), recounted when older than 50 times what the
+	// count took, between 1 s and CountsTTL; nil when the store does not
+	// count.
+	Counts *TargetCounts `json:"counts,omitempty"`
 }
+
+// CountsTTL is the longest the state's per-target counts are reused:
+// counting reads every message's state.
+const CountsTTL = 15 * time.Second
 
 // OutcomeCount is how many attempts ended as Outcome (delivered, retried,
 // dead) with a status of Class (2xx, 5xx, ..., or none: no answer).
@@ -127,6 +137,7 @@ type Config struct {
 	Node     Node
 	Controls *Controls
 	Dead     DeadLetters // nil: the dead-letter endpoints answer 501
+	Messages Messages    // nil: the message list, counts and replay answer 501
 	Reload   Reloader    // nil: /v1/reload answers 501
 	Metrics  *Metrics
 	Logger   *slog.Logger
@@ -226,6 +237,9 @@ func (s *Server) routes() {
 	auth("GET /v1/routes/{route}/targets/{target}/dead/{id}", s.showDead)
 	auth("POST /v1/routes/{route}/targets/{target}/dead/replay", s.replayDead)
 	auth("POST /v1/routes/{route}/targets/{target}/dead/purge", s.purgeDead)
+	auth("GET /v1/routes/{route}/messages", s.listMessages)
+	auth("GET /v1/routes/{route}/counts", s.getCounts)
+	auth("POST /v1/routes/{route}/targets/{target}/replay", s.replayMessages)
 	auth("POST /v1/reload", s.reload)
 	// Anything else: a JSON 404 (after the token check, so that an
 	// unauthenticated caller learns nothing about which paths exist).

@@ -108,6 +108,8 @@ var (
 	descDead      = rtd("sluice_target_dead_total", "Messages that became dead letters since start.")
 	descOutcomes  = rtd("sluice_target_outcomes_total", "Messages delivered, retried or dead since start, by the class of the last attempt's status (none: no answer: timeout, connection failure, damaged record).", "outcome", "class")
 	descDeadNow   = rtd("sluice_target_dead_letters", "Dead letters in the target's list now (counted up to 100000).")
+	descAccepted  = rtd("sluice_target_accepted_messages", "Messages the store holds (or remembers as expired) for the target: the sum of sluice_target_messages over its states (recounted when older than 50 times what counting took, 1 s to 15 s).")
+	descMessages  = rtd("sluice_target_messages", "Messages the store holds for the target by state: delivered, dead, expired, purged, queued, in_flight, retrying, parked (recounted when older than 50 times what counting took, 1 s to 15 s).", "state")
 
 	descAppended = prometheus.NewDesc("sluice_route_appended_total", "Messages stored by the route's queue since start.", []string{"route"}, nil)
 	descExpired  = prometheus.NewDesc("sluice_route_expired_total", "Undelivered messages deleted by the retention since start (for any target).", []string{"route"}, nil)
@@ -124,7 +126,7 @@ type stateCollector struct{ state func() State }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBacklog, descOldest, descExpiredT, descPending, descRetrying, descInFlight, descRate, descRateWhy,
-		descPaused, descBreaker, descETA, descDelivered, descRetried, descDead, descOutcomes, descDeadNow,
+		descPaused, descBreaker, descETA, descDelivered, descRetried, descDead, descOutcomes, descDeadNow, descAccepted, descMessages,
 		descAppended, descExpired, descCommits, descCommReq, descCommSec, descCommFail, descBytes, descFree} {
 		ch <- d
 	}
@@ -168,6 +170,16 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descRetried, float64(t.Retried), l...)
 			counter(descDead, float64(t.Dead), l...)
 			gauge(descDeadNow, float64(t.DeadLetters), l...)
+			if c := t.Counts; c != nil {
+				gauge(descAccepted, float64(c.Accepted), l...)
+				for _, p := range []struct {
+					state string
+					n     uint64
+				}{{"delivered", c.Delivered}, {"dead", c.Dead}, {"expired", c.Expired}, {"purged", c.Purged},
+					{"queued", c.Queued}, {"in_flight", c.InFlight}, {"retrying", c.Retrying}, {"parked", c.Parked}} {
+					gauge(descMessages, float64(p.n), r.Name, t.Name, p.state)
+				}
+			}
 			for _, o := range t.Outcomes {
 				counter(descOutcomes, float64(o.N), r.Name, t.Name, o.Outcome, o.Class)
 			}

@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -393,4 +396,32 @@ func (q *Queue) Counts(target string, since, until time.Time) (store.Counts, err
 		}
 		after = last
 	}
+}
+
+// QueueTargets returns the targets the queue name in the data directory
+// dir has cursors for, sorted: what an offline reader (sluice reconcile)
+// opens the queue with. The server must be stopped.
+func QueueTargets(dir, name string) ([]string, error) {
+	path := filepath.Join(dir, "queues", name, "cursors.db")
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("no queue %q in %s", name, dir)
+	}
+	db, err := openReadOnly(path)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	floors := map[string]bool{}
+	err = safeView(db, func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketFloors); b != nil {
+			return b.ForEach(func(k, _ []byte) error { floors[string(k)] = true; return nil })
+		}
+		return nil
+	})
+	targets := make([]string, 0, len(floors))
+	for t := range floors {
+		targets = append(targets, t)
+	}
+	sort.Strings(targets)
+	return targets, err
 }

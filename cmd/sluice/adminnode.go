@@ -126,12 +126,17 @@ func (n *node) State() admin.State {
 		ws := q.WriterStats()
 		rs.Appended, rs.Expired = qs.Appended, qs.Expired
 		rs.Writer = admin.WriterCounts{Commits: ws.Commits, Requests: ws.Requests, Time: ws.Time, FailedCommits: ws.FailedCommits}
+		counts := n.counts(name, q, now)
 		for _, ts := range qs.Targets {
 			run := runs[runKey{name, ts.Target}]
 			if run == nil {
 				continue
 			}
-			rs.Targets = append(rs.Targets, n.targetState(q, run, ts, now))
+			t := n.targetState(q, run, ts, now)
+			if c, ok := counts[ts.Target]; ok {
+				t.Counts = &admin.TargetCounts{Counts: c, Pending: c.Pending()}
+			}
+			rs.Targets = append(rs.Targets, t)
 		}
 		st.Routes = append(st.Routes, rs)
 	}

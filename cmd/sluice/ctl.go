@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/sluice-proxy/sluice/admin"
 )
 
 const ctlUsage = `usage: sluice ctl [--admin URL] [--token TOKEN] COMMAND ...
@@ -28,6 +30,9 @@ $SLUICE_ADMIN or http://127.0.0.1:9090.
   dead show ROUTE TARGET ID
   dead replay ROUTE TARGET (--id ID ... | --all | --status N | --class C) [--rate 10/s]
   dead purge ROUTE TARGET (--id ID ... | --all | --status N | --class C)
+  counts ROUTE [--since T] [--until T] [--json] each target's messages by state: accepted = delivered + dead + expired + purged + pending
+  replay ROUTE TARGET --state delivered|dead [--since T] [--until T] [--rate 10/s]
+                                               deliver again what was accepted in [since, until) and is in that state
   reload                                       reload the policy file (as SIGHUP does)
 
 With the server stopped, use 'sluice dlq' and 'sluice inspect', which open the data directory.
@@ -167,6 +172,7 @@ func (c *ctlClient) run(args []string, stdout io.Writer) error {
 	after := fs.String("after", "", "list after this cursor")
 	all := fs.Bool("all", false, "every dead letter of the target")
 	rate := fs.String("rate", "", "replay pace")
+	state := fs.String("state", "", "replay: delivered or dead")
 	var ids multi
 	fs.Var(&ids, "id", "dead letter id (repeatable)")
 	pos, err := interleaved(fs, args[1:])
@@ -224,6 +230,47 @@ func (c *ctlClient) run(args []string, stdout io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "rate of route %s, target %s: %s\n", pos[0], pos[1], pos[2])
+		return nil
+	case "counts":
+		if err := need(1, "ROUTE"); err != nil {
+			return err
+		}
+		q := url.Values{}
+		for k, v := range map[string]string{"since": *since, "until": *until} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		var out admin.CountsReply
+		if err := c.call("GET", "/v1/routes/"+url.PathEscape(pos[0])+"/counts?"+q.Encode(), nil, &out); err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(out)
+		}
+		printCounts(stdout, out.Targets)
+		return nil
+	case "replay":
+		if err := need(2, "ROUTE TARGET --state delivered|dead [--since T] [--until T] [--rate R]"); err != nil {
+			return err
+		}
+		if *state != "delivered" && *state != "dead" {
+			return usageError("replay: --state delivered or --state dead")
+		}
+		body := map[string]any{"state": *state}
+		for k, v := range map[string]string{"since": *since, "until": *until, "rate": *rate} {
+			if v != "" {
+				body[k] = v
+			}
+		}
+		var out admin.ReplayResult
+		if err := c.call("POST", targetPath(pos[0], pos[1])+"/replay", body, &out); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "replayed %d (skipped %d that changed meanwhile)\n", out.Replayed, out.Skipped)
+		if !out.Done {
+			fmt.Fprintln(stdout, "not done: run the same command again for the rest")
+		}
 		return nil
 	case "reload":
 		var res struct {
@@ -379,4 +426,15 @@ func printRoutes(w io.Writer, raw json.RawMessage) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// printCounts prints each target's counts, with the identity's terms.
+func printCounts(w io.Writer, cs []admin.TargetCounts) {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "target\taccepted\tdelivered\tdead\texpired\tpurged\tpending\t(queued\tin flight\tretrying\tparked)\t")
+	for _, c := range cs {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", c.Target, c.Accepted, c.Delivered, c.Dead, c.Expired, c.Purged,
+			c.Pending, c.Queued, c.InFlight, c.Retrying, c.Parked)
+	}
+	tw.Flush()
 }

@@ -81,9 +81,12 @@ func printInspect(w io.Writer, rep *buffer.InspectReport, verify bool) {
 		}
 		tw.Flush()
 		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  target\tfloor\tbacklog\tdelivered\tretrying\tdead\t")
+		// accepted = delivered + dead + expired + purged + pending, as the
+		// running server's GET .../counts and metrics count them.
+		fmt.Fprintln(tw, "  target\tfloor\taccepted\tdelivered\tdead\texpired\tpurged\tpending\t(queued\tretrying\tparked)\t")
 		for _, t := range q.Targets {
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\t\n", t.Name, t.Floor, t.Backlog, t.Delivered, t.Retrying, t.Dead)
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", t.Name, t.Floor, t.Accepted, t.Delivered, t.Dead, t.Expired, t.Purged,
+				t.Pending(), t.Queued, t.Retrying, t.Parked)
 		}
 		tw.Flush()
 		if verify {

@@ -8,7 +8,8 @@
 //	sluice loadtest run|downstream      offer load and verify delivery; or a mock downstream
 //	sluice inspect --data DIR           report on a data directory offline
 //	sluice dlq list|show|replay|purge   dead letters, with the server stopped
-//	sluice ctl routes|pause|resume|rate|dead|reload   a running server, through its admin API
+//	sluice ctl routes|pause|resume|rate|dead|counts|replay|reload   a running server, through its admin API
+//	sluice reconcile                    compare a downstream's list with what was delivered to it
 //	sluice version                      print the version
 package main
 
@@ -35,7 +36,8 @@ Usage:
   sluice loadtest run|downstream offer load to a proxy and verify delivery; or run a mock downstream
   sluice inspect --data DIR      report on a data directory offline (--verify checks every record)
   sluice dlq list|show|replay|purge --policy FILE ...   dead letters (server stopped)
-  sluice ctl [--admin URL] COMMAND  a running server, through its admin API: routes, pause, resume, rate, dead, reload
+  sluice ctl [--admin URL] COMMAND  a running server, through its admin API: routes, pause, resume, rate, dead, counts, replay, reload
+  sluice reconcile --route R --target T --received FILE|URL   compare a downstream's list with what was delivered to it
   sluice version                 print the version
 
 Run 'sluice COMMAND -h' for the flags of a command.
@@ -61,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdDlq(args[1:], stdout, stderr)
 	case "ctl":
 		return cmdCtl(args[1:], stdout, stderr)
+	case "reconcile":
+		return cmdReconcile(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "sluice", versionString())
 		return 0

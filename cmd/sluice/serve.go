@@ -45,14 +45,15 @@ type node struct {
 	queues map[string]*buffer.Queue // of the buffer and spillover routes, by route; a reload adds, never removes
 	runs   map[runKey]*targetRun
 
-	controls *admin.Controls
-	metrics  *admin.Metrics
-	admin    *admin.Server
-	adminLn  net.Listener
-	adminErr chan error
-	adminEnd chan struct{} // closed when the admin server's Serve has returned
-	stopCtl  chan struct{} // stops the controls' expiry loop
-	dead     deadCounts    // the state's dead-letter counts
+	controls   *admin.Controls
+	metrics    *admin.Metrics
+	admin      *admin.Server
+	adminLn    net.Listener
+	adminErr   chan error
+	adminEnd   chan struct{} // closed when the admin server's Serve has returned
+	stopCtl    chan struct{} // stops the controls' expiry loop
+	dead       deadCounts    // the state's dead-letter counts
+	countCache countCache    // the state's message counts
 
 	ctx      context.Context // the drainers' parent
 	cancel   context.CancelFunc
@@ -227,7 +228,7 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (n *node
 	go controls.Run(n.stopCtl)
 	if adminLn != nil {
 		n.adminLn = adminLn
-		if n.admin, err = admin.New(admin.Config{Token: pol.Admin.Token, Node: n, Controls: controls, Dead: deadLetters{n}, Reload: n.reloadAPI, Metrics: n.metrics, Logger: log}); err != nil {
+		if n.admin, err = admin.New(admin.Config{Token: pol.Admin.Token, Node: n, Controls: controls, Dead: deadLetters{n}, Messages: messages{n}, Reload: n.reloadAPI, Metrics: n.metrics, Logger: log}); err != nil {
 			close(n.stopCtl)
 			n.cancel()
 			n.wg.Wait()
