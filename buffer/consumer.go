@@ -37,6 +37,7 @@ type Consumer struct {
 	// reading it needs no look at bbolt.
 	hwm      uint64
 	released map[uint64]struct{}
+	fwd      map[uint64]struct{} // forwarded records appended at or above next (forwarded.go)
 
 	expired   uint64  // messages deleted by the retention before this target finished them, since Open
 	rate      float64 // messages finished per second (EWMA), for Retry-After
@@ -163,6 +164,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 	q := c.q
 	last = next - 1
 	var corrupt []uint64
+	var forwarded []*request           // records of forwarded requests: delivered, not handed out
 	end := seg.first + seg.log.count() // messages visible now: seg.first..end-1
 	q.mu.Lock()
 	hwm := c.hwm
@@ -243,6 +245,10 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 				corrupt = append(corrupt, seq)
 				continue
 			}
+			if status, ok := m.Forwarded(); ok {
+				forwarded = append(forwarded, &request{kind: opState, seq: seq, target: c.idx, state: forwardedState(m, status), fast: true, done: make(chan struct{}, 1)})
+				continue
+			}
 			m.Seq = seq
 			m.ID = store.NewID(seq, m.ID.Tag())
 			out = append(out, &Delivery{Message: m, Attempt: 1})
@@ -261,10 +267,19 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 		c.inflight[seq] = struct{}{}
 		delete(c.released, seq)
 	}
+	for _, r := range forwarded {
+		c.inflight[r.seq] = struct{}{}
+		delete(c.released, r.seq)
+	}
 	if last+1 > c.hwm {
 		c.hwm = last + 1
 	}
 	q.mu.Unlock()
+	for _, r := range forwarded {
+		if err := q.complete(context.Background(), r, false); err != nil {
+			return out, last, err
+		}
+	}
 	for _, seq := range corrupt {
 		st := &State{Phase: Dead, History: []Attempt{{At: now, Error: "damaged record: checksum or format check failed"}}}
 		r := &request{kind: opState, seq: seq, target: c.idx, state: st, done: make(chan struct{}, 1)}

@@ -93,7 +93,7 @@ func (q *Queue) Stats() QueueStats {
 	for _, c := range q.consumers {
 		ts := TargetStats{Target: c.target, Floor: c.floorLocked(), InFlight: len(c.inflight)}
 		if q.nextSeq > c.next {
-			ts.Pending = q.nextSeq - c.next
+			ts.Pending = q.nextSeq - c.next - min(q.nextSeq-c.next, c.forwardedAhead())
 		}
 		ts.Retrying = c.retrying
 		ts.Expired = c.expired // kept up to date: Stats is O(targets), cheap enough per request

@@ -31,6 +31,7 @@ type opKind uint8
 const (
 	opAppend opKind = iota
 	opState
+	opFindKey // is key in the head (or rolled since)? (forwarded.go)
 )
 
 // request is one unit of work for the writer goroutine.
@@ -848,6 +849,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	var bySeg map[*segment][]*request // only for state changes
 	var fast []*request               // first outcomes, Delivered: to the journal
 	var fastSeg []*segment
+	var finds []*request // opFindKey, answered after the appends
 	q.mu.Lock()
 	head := q.segs[len(q.segs)-1]
 	for _, r := range batch {
@@ -864,6 +866,8 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 			} else {
 				sts = append(sts, r)
 			}
+		case opFindKey:
+			finds = append(finds, r)
 		}
 	}
 	for _, r := range sts {
@@ -942,6 +946,9 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	}
 
 	q.commitStates(bySeg, dirty)
+	for _, r := range finds {
+		q.findKeyInWriter(r)
+	}
 
 	// In-flight bookkeeping: an outcome leaves the in-flight set only once it
 	// is committed (or failed), so a persisted floor never passes it early.

@@ -20,8 +20,17 @@ import (
 // paused and its circuit breaker closed, and it has a token and a
 // concurrency slot free (Direct.TryDirect, which shares the drainer's bucket
 // and slots: direct and queued requests together keep the target's rate and
-// concurrency). A forwarded request is not stored: it has no id and no
-// status, and the answer carries no X-Sluice-Id.
+// concurrency). A forwarded request that the target answered 2xx is
+// remembered, when the queue can (store.ForwardRecorder; buffer can): a
+// record without its body is appended as already delivered, and the answer
+// carries its X-Sluice-Id; so its idempotency key names it for the
+// retention, and it is counted as delivered. Before forwarding a request
+// with the client's key, the queue is asked for the key: a repeat is not
+// forwarded again, but answered as on a buffer route (202 with the first
+// message's id and X-Sluice-Duplicate: true). Two requests with one key
+// arriving at the same instant may both be forwarded. Cost: a key lookup
+// (for keyed requests) and one append (fsync as storage.fsync says) per
+// forwarded request.
 //
 // Otherwise, or when the direct attempt fails in a way the drainer would
 // retry (no connection, a timeout, or a status in the target's retry.on:
@@ -94,6 +103,14 @@ func (s *Server) tryForward(ctx *fasthttp.RequestCtx, r *route, uri []byte) bool
 	if dt == nil || !queueIdle(r.queue) {
 		return false
 	}
+	fr, _ := r.queue.(store.ForwardRecorder)
+	if fr != nil && r.IdempotencyHeader != "" {
+		if key := ctx.Request.Header.Peek(r.IdempotencyHeader); len(key) > 0 {
+			if _, seen, err := fr.FindKey(ctx, key); err != nil || seen {
+				return false // handleBuffer answers the repeat with the first id, storing nothing
+			}
+		}
+	}
 	release, ok := dt.TryDirect()
 	if !ok {
 		return false
@@ -121,6 +138,16 @@ func (s *Server) tryForward(ctx *fasthttp.RequestCtx, r *route, uri []byte) bool
 	}
 	stripHopResponse(&ctx.Response.Header)
 	ctx.Response.Header.Set(HeaderMode, ModeForwarded)
+	if status := ctx.Response.StatusCode(); fr != nil && status >= 200 && status <= 299 {
+		d := store.Draft{Method: ctx.Method(), URI: uri, IdempotencyKey: []byte(m.IdempotencyKey), EnqueuedAt: m.EnqueuedAt}
+		id, err := fr.AppendForwarded(ctx, &d, status)
+		switch {
+		case err != nil:
+			s.log.Warn("spillover: a forwarded request could not be remembered; a repeat of its key would be forwarded again", "route", r.Name, "err", err)
+		default: // a duplicate too: a request with its key was forwarded at the same instant
+			ctx.Response.Header.SetBytesKV(headerSluiceID, id.AppendTo(nil))
+		}
+	}
 	return true
 }
 

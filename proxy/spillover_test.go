@@ -88,18 +88,40 @@ routes:
 	}
 	drainAll(t, c)
 
-	// Room and no backlog: forwarded, the downstream's own answer, nothing stored.
+	// Room and no backlog: forwarded, the downstream's own answer; a
+	// record of it (no body) is stored as delivered and named by the answer.
 	stored := q.Stats().Appended
 	r = do(t, "POST", base+"?x=1", `{"n":2}`, map[string]string{"Idempotency-Key": "k-2"})
 	if r.StatusCode() != 201 || string(r.Header.Peek(HeaderMode)) != ModeForwarded || string(r.Body()) != `{"order":1}` ||
-		string(r.Header.Peek("X-Downstream")) != "1" || len(r.Header.Peek("X-Hop")) != 0 || len(r.Header.Peek("X-Sluice-Id")) != 0 {
+		string(r.Header.Peek("X-Downstream")) != "1" || len(r.Header.Peek("X-Hop")) != 0 || len(r.Header.Peek("X-Sluice-Id")) == 0 {
 		t.Fatalf("forwarded: %d %s %s", r.StatusCode(), r.Header.String(), r.Body())
 	}
+	fwdID := string(r.Header.Peek("X-Sluice-Id"))
 	if m := f.sent[0]; m.IdempotencyKey != "k-2" || m.URI != "/api/orders?x=1" || string(m.Body) != `{"n":2}` || m.Method != "POST" {
 		t.Fatalf("forwarded message %+v", m)
 	}
-	if q.Stats().Appended != stored || f.released != 1 {
-		t.Fatalf("forwarding stored something (%d -> %d) or kept its slot (%d released)", stored, q.Stats().Appended, f.released)
+	if q.Stats().Appended != stored+1 || f.released != 1 || q.Stats().Targets[0].Pending != 0 {
+		t.Fatalf("forwarding stored %d records (want 1, not pending: %+v) or kept its slot (%d released)", q.Stats().Appended-stored, q.Stats().Targets[0], f.released)
+	}
+	id, _ := buffer.ParseID(fwdID)
+	if m, _, err := q.Lookup(id); err != nil || m.IdempotencyKey != "k-2" || len(m.Body) != 0 {
+		t.Fatalf("the forwarded record: %+v %v", m, err)
+	}
+	// A repeat of its key is not forwarded again: the first id, as a duplicate.
+	r = do(t, "POST", base, `{"n":2}`, map[string]string{"Idempotency-Key": "k-2"})
+	if r.StatusCode() != 202 || string(r.Header.Peek("X-Sluice-Id")) != fwdID || string(r.Header.Peek("X-Sluice-Duplicate")) != "true" || len(f.sent) != 1 {
+		t.Fatalf("a repeat of a forwarded key: %d %s, %d forwarded", r.StatusCode(), r.Header.String(), len(f.sent))
+	}
+	drainAll(t, c) // passes the forwarded record: delivered (recorded without waiting), never handed out
+	var st []buffer.TargetStatus
+	for range 200 {
+		if _, st, _ = q.Lookup(id); st[0].Phase == buffer.Delivered {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st[0].Phase != buffer.Delivered || st[0].Attempts != 1 {
+		t.Fatalf("the forwarded record after the consumer passed it: %+v", st[0])
 	}
 
 	// A failure the drainer would not retry is the client's answer; nothing stored.

@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -210,4 +212,68 @@ func TestAdminMessagesCountsReplay(t *testing.T) {
 		t.Fatalf("after replaying the delivered: %v", countsOf(t, tn.admin, "orders", "inv", ""))
 	}
 	identity(t, countsOf(t, tn.admin, "orders", "inv", ""))
+}
+
+// TestSpilloverRemembersForwarded: a spillover request forwarded at once is
+// remembered by its idempotency key (a repeat is answered with the first
+// id and not forwarded again, also after a restart) and counted as
+// delivered.
+func TestSpilloverRemembersForwarded(t *testing.T) {
+	dir := t.TempDir()
+	down := startCountingDown(t)
+	path := filepath.Join(dir, "policy.yaml")
+	pol := strings.Replace(adminPolicy(dir, down.url, "unlimited", ""), "    match: { path: /api/orders }",
+		"    match: { path: /api/orders }\n    mode: spillover\n    idempotency_header: Idempotency-Key", 1)
+	writeFile(t, path, pol)
+	tn := startTestNode(t, path)
+	post := func(key string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("POST", tn.base+"/api/orders", strings.NewReader(`{"k":"`+key+`"}`))
+		req.Header.Set("Idempotency-Key", key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	first := post("k-1")
+	id := first.Header.Get("X-Sluice-Id")
+	if first.StatusCode != 200 || first.Header.Get("X-Sluice-Mode") != "forwarded" || id == "" {
+		t.Fatalf("first: %d %v", first.StatusCode, first.Header)
+	}
+	for range 2 {
+		again := post("k-1")
+		if again.StatusCode != 202 || again.Header.Get("X-Sluice-Id") != id || again.Header.Get("X-Sluice-Duplicate") != "true" {
+			t.Fatalf("a repeat: %d %v", again.StatusCode, again.Header)
+		}
+	}
+	total := func() int {
+		n := 0
+		for _, v := range down.delivered() {
+			n += v
+		}
+		return n
+	}
+	if n := total(); n != 1 {
+		t.Fatalf("the downstream got %d requests, want 1", n)
+	}
+	if !waitFor(5*time.Second, func() bool { return countsOf(t, tn.admin, "orders", "inv", "")["delivered"] == 1.0 }) {
+		t.Fatalf("counts: %v", countsOf(t, tn.admin, "orders", "inv", ""))
+	}
+	c := countsOf(t, tn.admin, "orders", "inv", "")
+	identity(t, c)
+	if c["accepted"] != 1.0 {
+		t.Fatalf("counts: %v", c)
+	}
+	tn.n.stop(10 * time.Second)
+	tn = startTestNode(t, path)
+	defer tn.n.stop(10 * time.Second)
+	if again := post("k-1"); again.StatusCode != 202 || again.Header.Get("X-Sluice-Id") != id {
+		t.Fatalf("a repeat after a restart: %d %v", again.StatusCode, again.Header)
+	}
+	if n := total(); n != 1 {
+		t.Fatalf("the downstream got %d requests after a restart, want 1", n)
+	}
 }

@@ -249,3 +249,94 @@ func testReplay(t *testing.T, e Engine) {
 		t.Fatalf("counts after replays: %+v", cnt)
 	}
 }
+
+// testForwarded: a forwarded request's record is never handed out, shows
+// as delivered with its status once a consumer has passed it, keeps its
+// key (FindKey, and a repeat is a duplicate), and is not counted as
+// pending; all of it across a restart.
+func testForwarded(t *testing.T, e Engine) {
+	dir := t.TempDir()
+	o := e.Open(t, dir, []string{"a"})
+	fr, ok := o.Queue.(store.ForwardRecorder)
+	if !ok {
+		o.Close()
+		t.Skip("the engine's queues do not record forwarded requests (optional)")
+	}
+	if _, found, err := fr.FindKey(ctx, []byte("fw-1")); err != nil || found {
+		t.Fatalf("FindKey before: %v %v", found, err)
+	}
+	d := &store.Draft{Method: []byte("POST"), URI: []byte("/o"), IdempotencyKey: []byte("fw-1"), Body: []byte("dropped")}
+	id, err := fr.AppendForwarded(ctx, d, 201)
+	if err != nil || d.Duplicate {
+		t.Fatalf("AppendForwarded: %v dup=%v", err, d.Duplicate)
+	}
+	if got, found, err := fr.FindKey(ctx, []byte("fw-1")); err != nil || !found || got != id {
+		t.Fatalf("FindKey after: %s %v %v, want %s", got, found, err, id)
+	}
+	if st := o.Queue.Stats(); st.Targets[0].Pending != 0 {
+		t.Fatalf("a forwarded record counts as pending: %+v", st.Targets[0])
+	}
+	again := &store.Draft{Method: []byte("POST"), URI: []byte("/o"), IdempotencyKey: []byte("fw-1"), Body: []byte("2")}
+	if got, err := o.Queue.AppendDraft(ctx, again); err != nil || !again.Duplicate || got != id {
+		t.Fatalf("a repeat of a forwarded key: %s dup=%v %v", got, again.Duplicate, err)
+	}
+	ids := appendN(t, o.Queue, 2)
+	c := o.Consumer("a")
+	got := fetchAll(t, c, time.Now())
+	if len(got) != 2 || got[0].Seq != ids[0].Seq() {
+		t.Fatalf("fetched %d (the forwarded record must not be handed out)", len(got))
+	}
+	complete(t, c, got, delivered(time.Now()))
+	check := func(q store.Queue) {
+		t.Helper()
+		var st []store.TargetStatus
+		for range 200 { // the consumer records it without waiting
+			var err error
+			if _, st, err = q.Lookup(id); err != nil {
+				t.Fatal(err)
+			}
+			if st[0].Phase == store.Delivered {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if st[0].Phase != store.Delivered || st[0].Attempts != 1 {
+			t.Fatalf("the forwarded record's status: %+v", st[0])
+		}
+		if a, _ := st[0].Last(); a.Status != 201 {
+			t.Fatalf("the forwarded record's status code: %+v", a)
+		}
+		if l, ok := q.(store.Lister); ok {
+			c, _ := l.Counts("a", time.Time{}, time.Time{})
+			if c.Accepted < 3 || c.Accepted != c.Delivered+c.Queued || c.Check() != nil {
+				t.Fatalf("counts with a forwarded record: %+v", c)
+			}
+		}
+	}
+	check(o.Queue)
+	// One more, that no consumer passes before a restart.
+	id2, err := fr.AppendForwarded(ctx, &store.Draft{Method: []byte("POST"), URI: []byte("/o"), IdempotencyKey: []byte("fw-2")}, 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	o = open(t, e, dir, "a")
+	check(o.Queue)
+	if got := fetchAll(t, o.Consumer("a"), time.Now()); len(got) != 0 {
+		t.Fatalf("%d fetched after a restart", len(got))
+	}
+	for range 200 {
+		if phase(t, o.Queue, id2, 0) == store.Delivered {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if p := phase(t, o.Queue, id2, 0); p != store.Delivered {
+		t.Fatalf("a forwarded record read first after a restart: %s", p)
+	}
+	if _, found, _ := o.Queue.(store.ForwardRecorder).FindKey(ctx, []byte("fw-1")); !found {
+		t.Fatal("the forwarded key is forgotten after a restart")
+	}
+}

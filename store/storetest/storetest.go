@@ -52,6 +52,7 @@ func Run(t *testing.T, e Engine) {
 		{"ListPages", testListPages},
 		{"PurgedPhase", testPurged},
 		{"Replay", testReplay},
+		{"Forwarded", testForwarded},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
 	}

@@ -1,0 +1,98 @@
+package buffer
+
+import (
+	"context"
+	"strconv"
+
+	"github.com/sluice-proxy/sluice/store"
+)
+
+// Forwarded requests (store.ForwardRecorder). A spillover route forwards a
+// request at once when its target is idle; the proxy then appends a record
+// of it without its body, marked with store.ForwardedHeader and the status
+// the target answered. The record keeps the request's idempotency key for
+// the retention, like any message's, so a repeat is not forwarded again.
+// A consumer that reads it does not hand it out: it records it as
+// Delivered (attempt 1, the target's status, at the accepted time) through
+// the outcome journal, as it marks a damaged record dead; the mark is in
+// the record, so a crash before that outcome is durable only makes the
+// consumer record it again. Until a consumer has passed it, the record is
+// not counted as pending in Stats (c.fwd), so a spillover route stays idle.
+// Cost: one append (group commit, fsync as the sync mode says) per
+// forwarded request, ~60 bytes plus method, URI and key.
+
+// FindKey implements store.ForwardRecorder: the sealed segments are
+// searched by the caller, the head (whose keys only the writer reads) by
+// the writer.
+func (q *Queue) FindKey(ctx context.Context, key []byte) (ID, bool, error) {
+	h := keyHash(key)
+	if id, _, below, found := q.findKey(h); found {
+		return id, true, nil
+	} else {
+		r := &request{kind: opFindKey, key: h, hasKey: true, checkedBelow: below, done: make(chan struct{}, 1)}
+		if err := q.do(ctx, r); err != nil {
+			return ID{}, false, err
+		}
+		if r.dup {
+			return store.NewID(r.seq, r.tag), true, nil
+		}
+	}
+	return ID{}, false, nil
+}
+
+// AppendForwarded implements store.ForwardRecorder.
+func (q *Queue) AppendForwarded(ctx context.Context, d *Draft, status int) (ID, error) {
+	d.AddHeader([]byte(store.ForwardedHeader), strconv.AppendInt(nil, int64(status), 10))
+	d.Body = nil
+	id, err := q.AppendDraft(ctx, d)
+	if err != nil || d.Duplicate {
+		return id, err
+	}
+	q.mu.Lock()
+	for _, c := range q.consumers {
+		if id.Seq() >= c.next {
+			if c.fwd == nil {
+				c.fwd = map[uint64]struct{}{}
+			}
+			c.fwd[id.Seq()] = struct{}{}
+		}
+	}
+	q.mu.Unlock()
+	return id, nil
+}
+
+// forwardedAhead counts the forwarded records c has not passed yet, and
+// forgets those it has. Caller holds q.mu.
+func (c *Consumer) forwardedAhead() uint64 {
+	var n uint64
+	for seq := range c.fwd {
+		if seq < c.next {
+			delete(c.fwd, seq)
+		} else {
+			n++
+		}
+	}
+	return n
+}
+
+// findKeyInWriter answers an opFindKey request: the head's keys and the
+// segments from r.checkedBelow on. Writer only.
+func (q *Queue) findKeyInWriter(r *request) {
+	q.mu.Lock()
+	head := q.segs[len(q.segs)-1]
+	q.mu.Unlock()
+	if t, ok := head.log.keys[r.key]; ok {
+		r.dup, r.seq, r.tag = true, t.seq, t.tag
+		return
+	}
+	if kt, ok := q.findKeyFrom(r.checkedBelow, head, r.key); ok {
+		r.dup, r.seq, r.tag = true, kt.seq, kt.tag
+	}
+}
+
+// forwardedState is the outcome a consumer records for a forwarded record.
+func forwardedState(m *Message, status int) *State {
+	return &State{Phase: Delivered, Attempts: 1, History: []Attempt{{N: 1, At: m.EnqueuedAt, Status: status}}}
+}
+
+var _ store.ForwardRecorder = (*Queue)(nil)

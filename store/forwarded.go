@@ -1,0 +1,40 @@
+package store
+
+import (
+	"context"
+	"strconv"
+)
+
+// ForwardedHeader is the header name (with a NUL byte: no HTTP request
+// can carry it) that marks a stored record as a request the proxy
+// forwarded at once on a spillover route; its value is the target's
+// status code. Such a record has no body: it exists so that the request's
+// idempotency key is remembered and the request is counted as delivered.
+const ForwardedHeader = "\x00sluice-forwarded"
+
+// Forwarded reports whether m is the record of a forwarded request, and
+// the status code the target answered.
+func (m *Message) Forwarded() (status int, ok bool) {
+	for _, h := range m.Header {
+		if h.Name == ForwardedHeader {
+			n, _ := strconv.Atoi(h.Value)
+			return n, true
+		}
+	}
+	return 0, false
+}
+
+// ForwardRecorder is an optional extension of Queue, for spillover routes:
+// requests the proxy forwarded at once are remembered by their idempotency
+// key and counted as delivered.
+type ForwardRecorder interface {
+	// FindKey reports whether key names a message of the queue within the
+	// retention (stored or forwarded), and its id.
+	FindKey(ctx context.Context, key []byte) (ID, bool, error)
+	// AppendForwarded stores d as a request already delivered to every
+	// target with status (its body is not stored): no consumer hands it
+	// out, Lookup, the list and the counts show it delivered once a
+	// consumer has passed it. A key seen before stores nothing and sets
+	// d.Duplicate, as AppendDraft.
+	AppendForwarded(ctx context.Context, d *Draft, status int) (ID, error)
+}
