@@ -17,7 +17,8 @@ import (
 // the outcome journal, as it marks a damaged record dead; the mark is in
 // the record, so a crash before that outcome is durable only makes the
 // consumer record it again. Until a consumer has passed it, the record is
-// not counted as pending in Stats (c.fwd), so a spillover route stays idle.
+// not counted as pending (nor, while the consumer records it, as in
+// flight) in Stats (c.fwd), so a spillover route stays idle.
 // Cost: one append (group commit, fsync as the sync mode says) per
 // forwarded request, ~60 bytes plus method, URI and key.
 
@@ -40,39 +41,53 @@ func (q *Queue) FindKey(ctx context.Context, key []byte) (ID, bool, error) {
 	return ID{}, false, nil
 }
 
-// AppendForwarded implements store.ForwardRecorder.
+// AppendForwarded implements store.ForwardRecorder. The writer marks the
+// record forwarded for every consumer when it makes it visible (c.fwd), so
+// that no moment counts it as pending.
 func (q *Queue) AppendForwarded(ctx context.Context, d *Draft, status int) (ID, error) {
 	d.AddHeader([]byte(store.ForwardedHeader), strconv.AppendInt(nil, int64(status), 10))
 	d.Body = nil
-	id, err := q.AppendDraft(ctx, d)
-	if err != nil || d.Duplicate {
+	r, id, err := q.draftRequest(d)
+	if r == nil || err != nil {
 		return id, err
 	}
-	q.mu.Lock()
-	for _, c := range q.consumers {
-		if id.Seq() >= c.next {
-			if c.fwd == nil {
-				c.fwd = map[uint64]struct{}{}
-			}
-			c.fwd[id.Seq()] = struct{}{}
-		}
+	r.fwd = true
+	if err := q.do(ctx, r); err != nil {
+		return ID{}, err
 	}
-	q.mu.Unlock()
+	id = store.NewID(r.seq, r.tag)
+	d.Duplicate = r.dup
+	putRequest(r)
 	return id, nil
 }
 
-// forwardedAhead counts the forwarded records c has not passed yet, and
-// forgets those it has. Caller holds q.mu.
-func (c *Consumer) forwardedAhead() uint64 {
-	var n uint64
+// markForwarded records, for every consumer, that seq is a forwarded
+// record not yet finished. Writer, under q.mu, as it makes seq visible.
+func (q *Queue) markForwarded(seq uint64) {
+	for _, c := range q.consumers {
+		if c.fwd == nil {
+			c.fwd = map[uint64]struct{}{}
+		}
+		c.fwd[seq] = struct{}{}
+	}
+}
+
+// forwardedAhead counts the forwarded records c has not passed yet and
+// those it holds in flight while it records them delivered, and forgets
+// the ones it has finished. Caller holds q.mu.
+func (c *Consumer) forwardedAhead() (pending uint64, inflight int) {
 	for seq := range c.fwd {
-		if seq < c.next {
+		_, busy := c.inflight[seq]
+		if busy {
+			inflight++
+		}
+		if seq >= c.next {
+			pending++
+		} else if !busy {
 			delete(c.fwd, seq)
-		} else {
-			n++
 		}
 	}
-	return n
+	return pending, inflight
 }
 
 // findKeyInWriter answers an opFindKey request: the head's keys and the

@@ -91,9 +91,10 @@ func (q *Queue) Stats() QueueStats {
 	defer q.mu.Unlock()
 	st := QueueStats{Name: q.name, Segments: len(q.segs), Bytes: q.bytes.Load(), Appended: q.nextSeq - 1, Expired: q.expired, Damaged: q.damaged}
 	for _, c := range q.consumers {
-		ts := TargetStats{Target: c.target, Floor: c.floorLocked(), InFlight: len(c.inflight)}
+		fwdPending, fwdBusy := c.forwardedAhead() // forwarded records: finished, whatever the cursor says
+		ts := TargetStats{Target: c.target, Floor: c.floorLocked(), InFlight: len(c.inflight) - fwdBusy}
 		if q.nextSeq > c.next {
-			ts.Pending = q.nextSeq - c.next - min(q.nextSeq-c.next, c.forwardedAhead())
+			ts.Pending = q.nextSeq - c.next - min(q.nextSeq-c.next, fwdPending)
 		}
 		ts.Retrying = c.retrying
 		ts.Expired = c.expired // kept up to date: Stats is O(targets), cheap enough per request

@@ -66,6 +66,8 @@ type request struct {
 	// fast: a first outcome that is Delivered: it goes to the outcome
 	// journal, not to bbolt (see journal.go)
 	fast bool
+	// fwd: opAppend of a forwarded request's record (forwarded.go)
+	fwd bool
 
 	// set by the writer
 	skipped      bool // a precondition checked in the transaction failed (ErrNotFound)
@@ -1209,6 +1211,11 @@ func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty 
 	l.appendLocs(locs)
 	now := q.cfg.Now()
 	q.mu.Lock()
+	for _, r := range apps {
+		if r.fwd && !r.dup {
+			q.markForwarded(r.seq)
+		}
+	}
 	q.nextSeq = next
 	q.appended.Store(next - 1)
 	head.last = next - 1

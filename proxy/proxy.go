@@ -72,6 +72,11 @@ type Server struct {
 	appendCtx context.Context // cancelled by Shutdown
 	stop      context.CancelFunc
 
+	// Records of forwarded spillover requests without a client key,
+	// appended after the answer (spillover.go); Shutdown waits for them.
+	records     sync.WaitGroup
+	recordSlots chan struct{}
+
 	fullWait  time.Duration   // log protocols: how long a request waits for room when full (logs.go)
 	waitCtx   context.Context // cancelled when Shutdown begins: ends those waits
 	stopWaits context.CancelFunc
@@ -98,6 +103,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, fullWait: fullWait}
 	s.waitCtx, s.stopWaits = context.WithCancel(context.Background())
 	s.appendCtx, s.stop = context.WithCancel(context.Background())
+	s.recordSlots = make(chan struct{}, maxRecordsInFlight)
 	routes, maxBody, err := s.buildRoutes(cfg.Policy, cfg.Queues, nil)
 	if err != nil {
 		return nil, err
@@ -263,6 +269,12 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopWaits() // log requests waiting for room are refused now (logs.go)
 	err := s.srv.ShutdownWithContext(ctx)
+	recorded := make(chan struct{})
+	go func() { s.records.Wait(); close(recorded) }()
+	select { // the records of forwarded requests (spillover.go)
+	case <-recorded:
+	case <-ctx.Done():
+	}
 	s.stop()
 	return err
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base32"
 	"fmt"
@@ -28,9 +29,10 @@ import (
 // with the client's key, the queue is asked for the key: a repeat is not
 // forwarded again, but answered as on a buffer route (202 with the first
 // message's id and X-Sluice-Duplicate: true). Two requests with one key
-// arriving at the same instant may both be forwarded. Cost: a key lookup
-// (for keyed requests) and one append (fsync as storage.fsync says) per
-// forwarded request.
+// arriving at the same instant may both be forwarded. Cost: for a request
+// with the client's key, a key lookup and one append (fsync as
+// storage.fsync says) before the answer; without one, the append comes
+// after the answer (see recordForwarded), and the answer has no id.
 //
 // Otherwise, or when the direct attempt fails in a way the drainer would
 // retry (no connection, a timeout, or a status in the target's retry.on:
@@ -104,11 +106,13 @@ func (s *Server) tryForward(ctx *fasthttp.RequestCtx, r *route, uri []byte) bool
 		return false
 	}
 	fr, _ := r.queue.(store.ForwardRecorder)
+	keyed := false
 	if fr != nil && r.IdempotencyHeader != "" {
 		if key := ctx.Request.Header.Peek(r.IdempotencyHeader); len(key) > 0 {
 			if _, seen, err := fr.FindKey(ctx, key); err != nil || seen {
 				return false // handleBuffer answers the repeat with the first id, storing nothing
 			}
+			keyed = true
 		}
 	}
 	release, ok := dt.TryDirect()
@@ -139,16 +143,46 @@ func (s *Server) tryForward(ctx *fasthttp.RequestCtx, r *route, uri []byte) bool
 	stripHopResponse(&ctx.Response.Header)
 	ctx.Response.Header.Set(HeaderMode, ModeForwarded)
 	if status := ctx.Response.StatusCode(); fr != nil && status >= 200 && status <= 299 {
-		d := store.Draft{Method: ctx.Method(), URI: uri, IdempotencyKey: []byte(m.IdempotencyKey), EnqueuedAt: m.EnqueuedAt}
-		id, err := fr.AppendForwarded(ctx, &d, status)
-		switch {
-		case err != nil:
-			s.log.Warn("spillover: a forwarded request could not be remembered; a repeat of its key would be forwarded again", "route", r.Name, "err", err)
-		default: // a duplicate too: a request with its key was forwarded at the same instant
-			ctx.Response.Header.SetBytesKV(headerSluiceID, id.AppendTo(nil))
-		}
+		s.recordForwarded(ctx, r, fr, keyed, m, uri, status)
 	}
 	return true
+}
+
+// maxRecordsInFlight bounds the records of forwarded requests appended
+// after their answers; past it, the answer waits for its record.
+const maxRecordsInFlight = 1024
+
+// recordForwarded appends the record of a forwarded request. With the
+// client's key it is appended before the answer, which carries its
+// X-Sluice-Id: a repeat of the key then finds it. Without one, no repeat
+// can name it: it is appended after the answer (the append's fsync would
+// add ~0.5 ms to it, BenchmarkSpilloverLatency), so that it is counted as
+// delivered; a crash in between loses only that count.
+func (s *Server) recordForwarded(ctx *fasthttp.RequestCtx, r *route, fr store.ForwardRecorder, keyed bool, m *store.Message, uri []byte, status int) {
+	d := &store.Draft{Method: ctx.Method(), URI: uri, IdempotencyKey: []byte(m.IdempotencyKey), EnqueuedAt: m.EnqueuedAt}
+	record := func(c context.Context) (store.ID, error) {
+		id, err := fr.AppendForwarded(c, d, status)
+		if err != nil {
+			s.log.Warn("spillover: a forwarded request could not be recorded; it is not counted, and a repeat of its key would be forwarded again", "route", r.Name, "err", err)
+		}
+		return id, err
+	}
+	if !keyed {
+		select {
+		case s.recordSlots <- struct{}{}:
+			d.Method, d.URI = append([]byte(nil), d.Method...), append([]byte(nil), d.URI...) // the request's buffers are reused
+			s.records.Add(1)
+			go func() {
+				defer func() { <-s.recordSlots; s.records.Done() }()
+				record(s.appendCtx)
+			}()
+			return
+		default: // too many under way: this one waits
+		}
+	}
+	if id, err := record(ctx); err == nil { // a duplicate too: the key was forwarded at the same instant
+		ctx.Response.Header.SetBytesKV(headerSluiceID, id.AppendTo(nil))
+	}
 }
 
 // queueIdle reports whether q has nothing pending, in flight or retrying for
