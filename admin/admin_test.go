@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,12 +13,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 const token = "admin-test-token-0123"
@@ -534,4 +537,84 @@ func TestDeadLetterBusyIsTriedAgain(t *testing.T) {
 	if f.dead.busy != 100-changeTries {
 		t.Errorf("%d tries, want %d", 100-f.dead.busy, changeTries)
 	}
+}
+
+// fakeMessages lists n synthetic rows, made as they are read.
+type fakeMessages struct{ n uint64 }
+
+func (f fakeMessages) List(route string, flt store.Filter, after uint64, limit int, fn func(*store.Row) bool) (uint64, bool, error) {
+	if route != "orders" {
+		return after, false, ErrNoTarget
+	}
+	last := after
+	for seq := after + 1; seq <= f.n && int(seq-after) <= limit; seq++ {
+		last = seq
+		row := store.Row{ID: store.NewID(seq, [8]byte{1}), Key: fmt.Sprintf("k-%d", seq), AcceptedAt: time.Unix(int64(seq), 0),
+			Targets: []store.RowTarget{{Target: "inv", Phase: store.Delivered, Status: 200, Attempts: 1, At: time.Unix(int64(seq), 0)}}}
+		if !fn(&row) {
+			return last, false, nil
+		}
+	}
+	return last, last >= f.n, nil
+}
+
+func (f fakeMessages) Counts(route string, since, until time.Time) ([]store.Counts, error) {
+	return []store.Counts{{Target: "inv", Accepted: f.n, Delivered: f.n}}, nil
+}
+
+func (f fakeMessages) Replay(ctx context.Context, route, target string, seq uint64, at time.Time) error {
+	return nil
+}
+
+// TestExportStreamsFlat: an NDJSON export of many rows streams them with a
+// live heap that does not grow with the rows (the rows would take ~100 MB).
+func TestExportStreamsFlat(t *testing.T) {
+	n := uint64(500_000)
+	if testing.Short() {
+		n = 50_000
+	}
+	f := newFixture(t)
+	s, err := New(Config{Token: token, Node: f.node, Controls: f.controls, Messages: fakeMessages{n}, Metrics: NewMetrics(nil), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL+"/v1/routes/orders/messages?format=ndjson", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("export: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	live := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	base := live()
+	var most uint64
+	sc := bufio.NewScanner(resp.Body)
+	var rows uint64
+	var last string
+	for sc.Scan() {
+		last = sc.Text()
+		if strings.HasPrefix(last, `{"id"`) {
+			rows++
+		}
+		if rows%(n/10) == 0 {
+			most = max(most, live())
+		}
+	}
+	if rows != n || last != fmt.Sprintf(`{"end":true,"rows":%d}`, n) {
+		t.Fatalf("%d rows, last line %s", rows, last)
+	}
+	if most > base+16<<20 {
+		t.Fatalf("the live heap grew from %d to %d MiB during the export", base>>20, most>>20)
+	}
+	t.Logf("%d rows; live heap %d MiB before, at most %d MiB during", rows, base>>20, most>>20)
 }

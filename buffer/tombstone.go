@@ -164,26 +164,48 @@ func (q *Queue) pruneTombstones() {
 	}
 }
 
-// eachTombstone calls fn with every tombstone with a seq above after, in
-// seq order, until fn returns false.
-func eachTombstone(db *bolt.DB, after uint64, fn func(seq uint64, ts *tombstone) bool) error {
-	return safeView(db, func(tx *bolt.Tx) error {
+// tombstonesAfter returns up to n tombstones with a seq above after, in
+// seq order, read in one short transaction (callers act on them after it:
+// a slow reader must not hold a transaction of cursors.db, whose writes
+// the writer would then wait for).
+func tombstonesAfter(db *bolt.DB, after uint64, n int) (seqs []uint64, stones []*tombstone, err error) {
+	err = safeView(db, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketExpired)
 		if b == nil {
 			return nil
 		}
 		c := b.Cursor()
-		for k, v := c.Seek(seqKey(after + 1)); k != nil; k, v = c.Next() {
+		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(seqs) < n; k, v = c.Next() {
 			var ts tombstone
 			if len(k) != 8 || json.Unmarshal(v, &ts) != nil {
 				continue
 			}
-			if !fn(binary.BigEndian.Uint64(k), &ts) {
-				return nil
-			}
+			seqs = append(seqs, binary.BigEndian.Uint64(k))
+			stones = append(stones, &ts)
 		}
 		return nil
 	})
+	return seqs, stones, err
+}
+
+// eachTombstone calls fn with every tombstone with a seq above after, in
+// seq order, until fn returns false; listChunk at a time.
+func eachTombstone(db *bolt.DB, after uint64, fn func(seq uint64, ts *tombstone) bool) error {
+	for {
+		seqs, stones, err := tombstonesAfter(db, after, listChunk)
+		if err != nil {
+			return err
+		}
+		for i, seq := range seqs {
+			if !fn(seq, stones[i]) {
+				return nil
+			}
+			after = seq
+		}
+		if len(seqs) < listChunk {
+			return nil
+		}
+	}
 }
 
 func unixTime(ns int64) time.Time {

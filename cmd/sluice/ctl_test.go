@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,25 @@ func TestCtl(t *testing.T) {
 	}
 	if !waitFor(5*time.Second, func() bool { return len(down.delivered()) == 3 }) {
 		t.Errorf("replayed letters not delivered: %d", len(down.delivered()))
+	}
+	// Counts, and a replay by filter of what was delivered: two new
+	// orders, the window starting just before them.
+	from := time.Now().UTC().Format(time.RFC3339Nano)
+	fresh := postOrders(t, tn.base, 2, false)
+	waitFor(5*time.Second, func() bool { return down.delivered()[fresh[0]] == 1 && down.delivered()[fresh[1]] == 1 })
+	if out := ctl(0, "counts", "orders"); !regexp.MustCompile(`(?m)^inv\s+5\s`).MatchString(out) {
+		t.Errorf("counts: %s", out)
+	}
+	if !waitFor(5*time.Second, func() bool {
+		return strings.Contains(ctl(0, "replay", "orders", "inv", "--state", "delivered", "--since", from, "--rate", "unlimited"), "replayed 2")
+	}) {
+		t.Errorf("replay: %s", ctl(0, "replay", "orders", "inv", "--state", "delivered", "--since", from))
+	}
+	if !waitFor(5*time.Second, func() bool { return down.delivered()[fresh[0]] == 2 && down.delivered()[fresh[1]] == 2 }) {
+		t.Errorf("replayed messages not delivered again: %v", down.delivered())
+	}
+	if out := ctl(2, "replay", "orders", "inv", "--state", "queued"); !strings.Contains(out, "--state delivered or --state dead") {
+		t.Errorf("replay usage: %s", out)
 	}
 	if out := ctl(0, "reload"); !strings.Contains(out, "reloaded: 0 changes") {
 		t.Errorf("reload: %s", out)
