@@ -2,7 +2,6 @@ package buffer
 
 import (
 	"context"
-	"strconv"
 
 	"github.com/sluice-proxy/sluice/store"
 )
@@ -44,18 +43,43 @@ func (q *Queue) FindKey(ctx context.Context, key []byte) (ID, bool, error) {
 // AppendForwarded implements store.ForwardRecorder. The writer marks the
 // record forwarded for every consumer when it makes it visible (c.fwd), so
 // that no moment counts it as pending.
+// The record's fingerprint (what a repeat of its key is checked against)
+// is the forwarded request's, body included, kept in its ForwardedHeader.
 func (q *Queue) AppendForwarded(ctx context.Context, d *Draft, status int) (ID, error) {
-	d.AddHeader([]byte(store.ForwardedHeader), strconv.AppendInt(nil, int64(status), 10))
+	d.Duplicate = false
+	fp := d.Fingerprint()
 	d.Body = nil
-	r, id, err := q.draftRequest(d)
-	if r == nil || err != nil {
-		return id, err
+	d.AddHeader([]byte(store.ForwardedHeader), store.ForwardedValue(status, fp))
+	var key [16]byte
+	var below uint64
+	hasKey := len(d.IdempotencyKey) > 0
+	if hasKey {
+		key = keyHash(d.IdempotencyKey)
+		id, stored, b, found := q.findKey(key)
+		if found {
+			if !sameRequest(stored, fp) {
+				return ID{}, ErrKeyMismatch
+			}
+			d.Duplicate = true
+			return id, nil
+		}
+		below = b
 	}
-	r.fwd = true
+	tag := newTag()
+	if d.EnqueuedAt.IsZero() {
+		d.EnqueuedAt = q.cfg.Now()
+	}
+	r := getRequest()
+	r.kind, r.rec, r.tag, r.fwd = opAppend, d.Encode(tag), tag, true
+	r.key, r.hasKey, r.checkedBelow, r.fp = key, hasKey, below, fp
 	if err := q.do(ctx, r); err != nil {
 		return ID{}, err
 	}
-	id = store.NewID(r.seq, r.tag)
+	if r.mismatch {
+		putRequest(r)
+		return ID{}, ErrKeyMismatch
+	}
+	id := store.NewID(r.seq, r.tag)
 	d.Duplicate = r.dup
 	putRequest(r)
 	return id, nil

@@ -159,7 +159,8 @@ const maxRecordsInFlight = 1024
 // add ~0.5 ms to it, BenchmarkSpilloverLatency), so that it is counted as
 // delivered; a crash in between loses only that count.
 func (s *Server) recordForwarded(ctx *fasthttp.RequestCtx, r *route, fr store.ForwardRecorder, keyed bool, m *store.Message, uri []byte, status int) {
-	d := &store.Draft{Method: ctx.Method(), URI: uri, IdempotencyKey: []byte(m.IdempotencyKey), EnqueuedAt: m.EnqueuedAt}
+	// The body is not stored: AppendForwarded keeps its fingerprint only.
+	d := &store.Draft{Method: ctx.Method(), URI: uri, IdempotencyKey: []byte(m.IdempotencyKey), EnqueuedAt: m.EnqueuedAt, Body: ctx.PostBody()}
 	record := func(c context.Context) (store.ID, error) {
 		id, err := fr.AppendForwarded(c, d, status)
 		if err != nil {
@@ -171,6 +172,7 @@ func (s *Server) recordForwarded(ctx *fasthttp.RequestCtx, r *route, fr store.Fo
 		select {
 		case s.recordSlots <- struct{}{}:
 			d.Method, d.URI = append([]byte(nil), d.Method...), append([]byte(nil), d.URI...) // the request's buffers are reused
+			d.Body = append([]byte(nil), d.Body...)
 			s.records.Add(1)
 			go func() {
 				defer func() { <-s.recordSlots; s.records.Done() }()

@@ -108,9 +108,13 @@ routes:
 		t.Fatalf("the forwarded record: %+v %v", m, err)
 	}
 	// A repeat of its key is not forwarded again: the first id, as a duplicate.
-	r = do(t, "POST", base, `{"n":2}`, map[string]string{"Idempotency-Key": "k-2"})
+	r = do(t, "POST", base+"?x=1", `{"n":2}`, map[string]string{"Idempotency-Key": "k-2"})
 	if r.StatusCode() != 202 || string(r.Header.Peek("X-Sluice-Id")) != fwdID || string(r.Header.Peek("X-Sluice-Duplicate")) != "true" || len(f.sent) != 1 {
 		t.Fatalf("a repeat of a forwarded key: %d %s, %d forwarded", r.StatusCode(), r.Header.String(), len(f.sent))
+	}
+	// Another request with its key is refused, as on a buffer route.
+	if r = do(t, "POST", base+"?x=1", `{"n":99}`, map[string]string{"Idempotency-Key": "k-2"}); r.StatusCode() != 422 || len(f.sent) != 1 {
+		t.Fatalf("another request with a forwarded key: %d, %d forwarded", r.StatusCode(), len(f.sent))
 	}
 	drainAll(t, c) // passes the forwarded record: delivered (recorded without waiting), never handed out
 	var st []buffer.TargetStatus

@@ -272,14 +272,20 @@ func RecordFingerprint(rec []byte) (fp [16]byte, ok bool) {
 	d := decoder{b: rec[17 : len(rec)-4]}
 	method := d.bytes()
 	uri := d.bytes()
+	var fwd []byte // a forwarded request's record holds its fingerprint (forwarded.go)
 	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
-		d.bytes()
-		d.bytes()
+		if name, v := d.bytes(), d.bytes(); string(name) == ForwardedHeader {
+			fwd = v
+		}
 	}
 	d.bytes() // key
 	body := d.bytes()
 	if d.err != nil {
 		return fp, false
+	}
+	if fwd != nil {
+		_, fp, _ = parseForwarded(fwd)
+		return fp, true
 	}
 	return Fingerprint(method, uri, body), true
 }

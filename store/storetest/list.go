@@ -276,9 +276,14 @@ func testForwarded(t *testing.T, e Engine) {
 	if st := o.Queue.Stats(); st.Targets[0].Pending != 0 {
 		t.Fatalf("a forwarded record counts as pending: %+v", st.Targets[0])
 	}
-	again := &store.Draft{Method: []byte("POST"), URI: []byte("/o"), IdempotencyKey: []byte("fw-1"), Body: []byte("2")}
+	// A repeat is checked against the forwarded request, body included.
+	again := &store.Draft{Method: []byte("POST"), URI: []byte("/o"), IdempotencyKey: []byte("fw-1"), Body: []byte("dropped")}
 	if got, err := o.Queue.AppendDraft(ctx, again); err != nil || !again.Duplicate || got != id {
 		t.Fatalf("a repeat of a forwarded key: %s dup=%v %v", got, again.Duplicate, err)
+	}
+	other := &store.Draft{Method: []byte("POST"), URI: []byte("/o"), IdempotencyKey: []byte("fw-1"), Body: []byte("2")}
+	if _, err := o.Queue.AppendDraft(ctx, other); !errors.Is(err, store.ErrKeyMismatch) {
+		t.Fatalf("another request with a forwarded key: %v, want ErrKeyMismatch", err)
 	}
 	ids := appendN(t, o.Queue, 2)
 	c := o.Consumer("a")
@@ -338,5 +343,11 @@ func testForwarded(t *testing.T, e Engine) {
 	}
 	if _, found, _ := o.Queue.(store.ForwardRecorder).FindKey(ctx, []byte("fw-1")); !found {
 		t.Fatal("the forwarded key is forgotten after a restart")
+	}
+	// Its fingerprint too (read back from the head's log).
+	again.Reset()
+	again.Method, again.URI, again.IdempotencyKey, again.Body = []byte("POST"), []byte("/o"), []byte("fw-1"), []byte("dropped")
+	if got, err := o.Queue.AppendDraft(ctx, again); err != nil || !again.Duplicate || got != id {
+		t.Fatalf("a repeat of a forwarded key after a restart: %s dup=%v %v", got, again.Duplicate, err)
 	}
 }
