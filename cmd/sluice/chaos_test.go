@@ -163,8 +163,12 @@ routes:
 		wg.Wait()
 		<-killed
 	}
+	var p *proc
 	counts := func(route, target string) map[string]any {
 		t.Helper()
+		if p.cmd.ProcessState != nil || p.cmd.Process.Signal(syscall.Signal(0)) != nil {
+			t.Fatalf("sluice is not running; its output:\n%s", p.output())
+		}
 		code, body := apiCall(t, "GET", admin+"/v1/routes/"+route+"/counts", testToken, nil)
 		if code != 200 {
 			t.Fatalf("counts of %s: %d %v", route, code, body)
@@ -197,7 +201,7 @@ routes:
 		}
 	}
 
-	p := startSluice(t, policy, addr)
+	p = startSluice(t, policy, addr)
 	if code, body := apiCall(t, "POST", admin+"/v1/routes/audit/targets/arch/pause", testToken, nil); code != 200 {
 		t.Fatalf("pause: %d %v", code, body)
 	}

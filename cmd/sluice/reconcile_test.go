@@ -32,6 +32,10 @@ func TestReconcile(t *testing.T) {
 	if !waitFor(10*time.Second, func() bool { return len(down.delivered()) == 30 }) {
 		t.Fatalf("delivered %d of 30", len(down.delivered()))
 	}
+	// The downstream got them; sluice has recorded them delivered.
+	if !waitFor(10*time.Second, func() bool { return countsOf(t, tn.admin, "orders", "inv", "")["delivered"] == 30.0 }) {
+		t.Fatalf("counts: %v", countsOf(t, tn.admin, "orders", "inv", ""))
+	}
 	got := down.delivered()
 	var list []string
 	for id := range got {
