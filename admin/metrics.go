@@ -108,8 +108,8 @@ var (
 	descDead      = rtd("sluice_target_dead_total", "Messages that became dead letters since start.")
 	descOutcomes  = rtd("sluice_target_outcomes_total", "Messages delivered, retried or dead since start, by the class of the last attempt's status (none: no answer: timeout, connection failure, damaged record).", "outcome", "class")
 	descDeadNow   = rtd("sluice_target_dead_letters", "Dead letters in the target's list now (counted up to 100000).")
-	descAccepted  = rtd("sluice_target_accepted_messages", "Messages the store holds (or remembers as expired) for the target: the sum of sluice_target_messages over its states (recounted when older than 50 times what counting took, 1 s to 15 s).")
-	descMessages  = rtd("sluice_target_messages", "Messages the store holds for the target by state: delivered, dead, expired, purged, queued, in_flight, retrying, parked (recounted when older than 50 times what counting took, 1 s to 15 s).", "state")
+	descAccepted  = rtd("sluice_target_accepted_messages", "Messages the store holds (or remembers as expired) for the target: the sum of sluice_target_messages over its states (recounted when older than 50 times what counting took, 1 s to 5 min).")
+	descMessages  = rtd("sluice_target_messages", "Messages the store holds for the target by state: delivered, dead, expired, purged, queued, in_flight, retrying, parked (recounted when older than 50 times what counting took, 1 s to 5 min).", "state")
 
 	descAppended = prometheus.NewDesc("sluice_route_appended_total", "Messages stored by the route's queue since start.", []string{"route"}, nil)
 	descExpired  = prometheus.NewDesc("sluice_route_expired_total", "Undelivered messages deleted by the retention since start (for any target).", []string{"route"}, nil)
