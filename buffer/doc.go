@@ -14,7 +14,7 @@
 //
 // # On-disk layout
 //
-//	DIR/queues/<queue>/cursors.db               bbolt: consumer floors, queue metadata, tombstones of expired messages
+//	DIR/queues/<queue>/cursors.db               bbolt: consumer floors, targets' first seqs, queue metadata, tombstones of expired messages
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.log  the segment's messages, append-only
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.idx  where each frame starts (sealed segments)
 //	DIR/queues/<queue>/seg-<firstSeq:016x>.db   bbolt: the segment's delivery state

@@ -18,6 +18,7 @@ type offlineCounts struct {
 	names   []string // targets, sorted
 	reports []*TargetReport
 	journal map[pendKey][]byte // target index, seq -> state
+	starts  []uint64           // by target index: its first seq (targets_start.go)
 	qr      *QueueReport
 }
 
@@ -32,6 +33,14 @@ func newOfflineCounts(dir string, targets map[string]*TargetReport, qr *QueueRep
 		oc.reports = append(oc.reports, targets[name])
 		targets[name].Target = name
 		idx[name] = i
+	}
+	oc.starts = make([]uint64, len(oc.names))
+	if db, err := openReadOnly(filepath.Join(dir, "cursors.db")); err == nil {
+		starts, _ := readStarts(db)
+		db.Close()
+		for i, name := range oc.names {
+			oc.starts[i] = starts[name]
+		}
 	}
 	for _, g := range journals(dir) {
 		recs, _, err := readJournal(filepath.Join(dir, journalName(g)), g)
@@ -58,9 +67,11 @@ func (oc *offlineCounts) segment(tx *bolt.Tx, first, last uint64) error {
 	}
 	return segmentPhases(tx, oc.names, first, last, func(t int, seq uint64) ([]byte, bool) {
 		return oc.journal[pendKey{t, seq}], false
-	}, func(_ uint64, _ []*State, phases []Phase) bool {
+	}, func(seq uint64, _ []*State, phases []Phase) bool {
 		for t, p := range phases {
-			oc.reports[t].Add(p)
+			if seq >= oc.starts[t] {
+				oc.reports[t].Add(p)
+			}
 		}
 		return true
 	})

@@ -202,6 +202,11 @@ func (q *Queue) readChunk(s *segment, from uint64, n int, withRecords bool) (ite
 			it := &items[seq-from]
 			copy(it.states, states)
 			copy(it.phases, phases)
+			for t := range phases {
+				if seq < q.starts[t] {
+					it.phases[t], it.states[t] = "", nil // before the target existed: not its message
+				}
+			}
 			return true
 		})
 		if err != nil || !withRecords {

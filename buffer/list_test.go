@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -120,5 +121,77 @@ func TestExpiredTombstones(t *testing.T) {
 	}
 	if c, _ := q2.Counts("a", time.Time{}, time.Time{}); c.Expired != 0 {
 		t.Fatalf("tombstones left after another retention: %+v", c)
+	}
+}
+
+// A target added to a queue that already holds messages starts at the end
+// of the log: the older messages are not its own, in the list, the counts
+// (online and in inspect) and the retention's expired count.
+func TestAddedTargetCountsOnlyItsMessages(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	dir := t.TempDir()
+	cfg := Config{Dir: dir, SegmentBytes: 64 << 10, Retention: time.Hour, Now: clock}
+	s, q := openTest(t, cfg, "a")
+	appendN(t, q, 100)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, q = openTest(t, cfg, "a", "b")
+	defer s.Close()
+	ids := appendN(t, q, 3)
+	cb, err := q.Counts("b", time.Time{}, time.Time{})
+	if err != nil || cb.Accepted != 3 || cb.Queued != 3 || cb.Check() != nil {
+		t.Fatalf("counts of the new target: %+v %v", cb, err)
+	}
+	if ca, _ := q.Counts("a", time.Time{}, time.Time{}); ca.Accepted != 103 {
+		t.Fatalf("counts of a: %+v", ca)
+	}
+	var got []ID
+	q.Messages(store.Filter{Target: "b"}, 0, 1000, func(r *store.Row) bool { got = append(got, r.ID); return true })
+	if len(got) != 3 || !slices.Contains(ids, got[0]) || !slices.Contains(ids, got[1]) || !slices.Contains(ids, got[2]) {
+		t.Fatalf("b lists %v, want its 3: %v", got, ids)
+	}
+	// Expiry: the 100 older messages expire for a only.
+	b, _ := q.Consumer("b")
+	deliver(t, b, fetchAll(t, b))
+	mu.Lock()
+	now = now.Add(2 * time.Hour)
+	mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	// Every segment goes (the head too, once it rolls by age): a's 103
+	// expired, b's 3 delivered and gone with their segment.
+	var ca store.Counts
+	for time.Now().Before(deadline) {
+		ca, _ = q.Counts("a", time.Time{}, time.Time{})
+		cb, _ = q.Counts("b", time.Time{}, time.Time{})
+		if ca.Expired == 103 && cb.Accepted == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ca != (store.Counts{Target: "a", Accepted: 103, Expired: 103}) || cb != (store.Counts{Target: "b"}) {
+		t.Fatalf("after the retention: a %+v, b %+v", ca, cb)
+	}
+	if st := q.Stats(); st.Targets[1].Expired != 0 {
+		t.Fatalf("b's expired count: %+v", st.Targets[1])
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Inspect(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range rep.Queues[0].Targets {
+		want := ca
+		if tr.Name == "b" {
+			want = cb
+		}
+		want.Target = tr.Name
+		if tr.Counts != want {
+			t.Fatalf("inspect's counts of %s: %+v, want %+v", tr.Name, tr.Counts, want)
+		}
 	}
 }

@@ -109,6 +109,7 @@ type Queue struct {
 	closeErr   error      // set by the writer before it stops: what the final sync and closes failed
 	openedNext uint64     // nextSeq when the queue was opened: later messages have no state record from an earlier run
 	jrn        *journal   // writer only: the outcome journal
+	starts     []uint64   // per target index: its first seq (targets_start.go); read-only after load
 	jbuf       []byte     // writer only: the journal frames of one commit
 	ckptFails  failureLog // writer only: checkpoints that failed
 	// pending holds the outcomes in the journal that are not yet in their
@@ -328,10 +329,15 @@ func (q *Queue) load() error {
 	// A target seen for the first time starts at the end of the log, and
 	// that start is recorded now, so a restart cannot move it.
 	added := false
+	var fresh []string
 	for _, t := range q.targets {
 		if _, ok := floors[t]; !ok {
 			floors[t], added = q.nextSeq, true
+			fresh = append(fresh, t)
 		}
+	}
+	if err := q.loadStarts(fresh, q.nextSeq); err != nil { // before the floors: a crash between them leaves the target new
+		return fmt.Errorf("write cursors: %w", err)
 	}
 	if added || hwm < q.nextSeq {
 		if err := q.writeFloors(floors, q.nextSeq); err != nil {

@@ -70,6 +70,9 @@ func (q *Queue) expireSegment(s *segment, next []uint64) []uint64 {
 		for seq := first; seq <= last; seq++ {
 			var ts *tombstone
 			for i, t := range q.targets {
+				if seq < q.starts[i] {
+					continue // before the target existed: not its message
+				}
 				tt := tombTarget{Name: t, Was: Queued}
 				if seq < next[i] {
 					if v := tx.Bucket(stateBucket(t)).Get(seqKey(seq)); v != nil {
