@@ -262,7 +262,7 @@ func repeatStatus(etas []targetETA) string {
 		switch e.phase {
 		case "":
 			return "unknown"
-		case store.Delivered, store.Dead:
+		case store.Delivered, store.Dead, store.Purged: // finished (purged: a dead letter an operator dropped)
 		default:
 			unfinished = true
 		}

@@ -375,6 +375,8 @@ func TestRepeatStatus(t *testing.T) {
 		{e(store.Delivered, store.Queued), "in_progress"},
 		{e(store.Dead, store.InFlight), "in_progress"},
 		{e(store.Delivered, store.Dead), "dead"},
+		{e(store.Delivered, store.Purged), "dead"}, // a purged dead letter is finished
+		{e(store.Purged), "purged"},
 		{e(store.Delivered, ""), "unknown"}, // the lookup failed
 		{nil, "unknown"},
 	} {
