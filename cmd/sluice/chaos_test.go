@@ -341,3 +341,77 @@ routes:
 		t.Fatal(err)
 	}
 }
+
+// TestSpilloverForwardedSurvivesKill9: keyed requests forwarded at once by
+// a spillover route are remembered across a SIGKILL right after their
+// answers: every repeat after the restart gets its first id and is not
+// forwarded again, and each counts as delivered once.
+func TestSpilloverForwardedSurvivesKill9(t *testing.T) {
+	down := &chaosDown{ok: map[string]int{}, tried: map[string]int{}}
+	ds := httptest.NewServer(down)
+	defer ds.Close()
+	dir := t.TempDir()
+	addr, adminAddr := freePort(t), freePort(t)
+	admin := "http://" + adminAddr
+	policy := filepath.Join(dir, "policy.yaml")
+	writeFile(t, policy, fmt.Sprintf(`listen: %q
+admin: { listen: %q, token: %q }
+storage: { dir: %q, fsync: always }
+routes:
+  - name: sp
+    mode: spillover
+    match: { path: /api/sp }
+    idempotency_header: Idempotency-Key
+    targets:
+      - { name: t, url: %q, rate: unlimited }
+`, addr, adminAddr, testToken, filepath.Join(dir, "data"), ds.URL))
+	p := startSluice(t, policy, addr)
+	client := &http.Client{Timeout: 5 * time.Second}
+	post := func(key string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("POST", "http://"+addr+"/api/sp", strings.NewReader(`{"k":"`+key+`"}`))
+		req.Header.Set("Idempotency-Key", key)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	ids := map[string]string{}
+	for i := range 50 {
+		k := fmt.Sprintf("sp-%d", i)
+		resp := post(k)
+		if resp.StatusCode != 200 || resp.Header.Get("X-Sluice-Mode") != "forwarded" || resp.Header.Get("X-Sluice-Id") == "" {
+			t.Fatalf("%s: %d %v", k, resp.StatusCode, resp.Header)
+		}
+		ids[k] = resp.Header.Get("X-Sluice-Id")
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
+	p = startSluice(t, policy, addr)
+	for k, id := range ids {
+		resp := post(k)
+		if resp.StatusCode != 202 || resp.Header.Get("X-Sluice-Id") != id || resp.Header.Get("X-Sluice-Duplicate") != "true" {
+			t.Fatalf("a repeat of %s after SIGKILL: %d %v, want 202 with %s", k, resp.StatusCode, resp.Header, id)
+		}
+		if n := down.okCount(k); n != 1 {
+			t.Fatalf("%s reached the downstream %d times", k, n)
+		}
+	}
+	var c map[string]any
+	if !waitFor(10*time.Second, func() bool {
+		code, body := apiCall(t, "GET", admin+"/v1/routes/sp/counts", testToken, nil)
+		if code != 200 {
+			return false
+		}
+		c = body["targets"].([]any)[0].(map[string]any)
+		return c["delivered"] == 50.0
+	}) {
+		t.Fatalf("counts after the restart: %v\n%s", c, p.output())
+	}
+	identity(t, c)
+	if c["accepted"] != 50.0 {
+		t.Fatalf("counts: %v", c)
+	}
+}
