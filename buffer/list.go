@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -321,7 +322,7 @@ func (q *Queue) Messages(f store.Filter, after uint64, limit int, fn func(*store
 	if f.Key != "" {
 		key = []byte(f.Key)
 	}
-	return q.walk(after, limit, true, f.Since, func(it *walkItem) bool {
+	each := func(it *walkItem) bool {
 		if !f.Since.IsZero() && it.at.Before(f.Since) || !f.Until.IsZero() && !it.at.Before(f.Until) {
 			return true
 		}
@@ -344,7 +345,68 @@ func (q *Queue) Messages(f store.Filter, after uint64, limit int, fn func(*store
 			return true
 		}
 		return fn(&row)
-	})
+	}
+	if key != nil {
+		return q.messagesByKey(key, after, limit, each)
+	}
+	return q.walk(after, limit, true, f.Since, each)
+}
+
+// messagesByKey is Messages with a key: the key's index names the one
+// live message that has it (as for a repeated Idempotency-Key), so only
+// the tombstones of expired messages are scanned, not every message.
+func (q *Queue) messagesByKey(key []byte, after uint64, limit int, each func(*walkItem) bool) (uint64, bool, error) {
+	q.mu.Lock()
+	if q.segs == nil {
+		q.mu.Unlock()
+		return after, false, ErrClosed
+	}
+	first := q.segs[0].first
+	q.mu.Unlock()
+	last := after
+	if after+1 < first {
+		// Expired ones: a scan of the tombstones, which are few next to
+		// the messages (bounded by limit like a walk).
+		seen := 0
+		stop := false
+		err := eachTombstone(q.floorsDB, after, func(seq uint64, ts *tombstone) bool {
+			if seq >= first {
+				return false
+			}
+			if seen++; seen > limit {
+				stop = true
+				return false
+			}
+			last = seq
+			if ts.Key != string(key) {
+				return true
+			}
+			it := &walkItem{seq: seq, at: unixTime(ts.At), tag: ts.Tag, key: []byte(ts.Key), stone: ts,
+				phases: make([]Phase, len(q.targets)), states: make([]*State, len(q.targets))}
+			for _, tt := range ts.Targets {
+				for i, t := range q.targets {
+					if t == tt.Name {
+						it.phases[i] = store.Expired
+					}
+				}
+			}
+			if !each(it) {
+				stop = true
+				return false
+			}
+			return true
+		})
+		if err != nil || stop {
+			return last, false, err
+		}
+		last = max64(last, first-1)
+	}
+	id, found, err := q.FindKey(context.Background(), key)
+	if err != nil || !found || id.Seq() <= last {
+		return max64(last, q.Appended()), err == nil, err
+	}
+	_, _, err = q.walk(id.Seq()-1, 1, true, time.Time{}, each)
+	return max64(id.Seq(), q.Appended()), err == nil, err
 }
 
 // rowTarget is item it's standing for target index i.

@@ -83,6 +83,22 @@ func TestExpiredTombstones(t *testing.T) {
 	if r.ID != ids[100] || r.Key == "" || r.AcceptedAt.IsZero() || r.Targets[0].Reason == "" || !r.Targets[0].At.Equal(clock()) {
 		t.Fatalf("the first expired row: %+v, want id %s", r, ids[100])
 	}
+	// By key: the expired one, from its tombstone; a live one, from the index.
+	for _, k := range []string{r.Key, string([]byte{'k', '9', 29})} {
+		var byKey []store.Row
+		if _, end, err := q.Messages(store.Filter{Key: k}, 0, 1000, func(r *store.Row) bool { byKey = append(byKey, *r); return true }); err != nil || !end {
+			t.Fatalf("by key %q: end %v %v", k, end, err)
+		}
+		if len(byKey) != 1 || byKey[0].Key != k {
+			t.Fatalf("by key %q: %+v", k, byKey)
+		}
+	}
+	if byKey := 0; true {
+		q.Messages(store.Filter{Key: "no-such-key"}, 0, 1000, func(*store.Row) bool { byKey++; return true })
+		if byKey != 0 {
+			t.Fatalf("%d rows for an unknown key", byKey)
+		}
+	}
 	// b finished them: they are not b's.
 	n := 0
 	q.Messages(store.Filter{Target: "b"}, 0, 1000, func(*store.Row) bool { n++; return true })
