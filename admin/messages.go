@@ -314,7 +314,9 @@ func (s *Server) exportMessages(w http.ResponseWriter, r *http.Request, route st
 
 func (s *Server) messagesError(w http.ResponseWriter, err error) {
 	switch {
-	case errors.Is(err, ErrNoTarget), errors.Is(err, store.ErrUnknownTarget):
+	case errors.Is(err, store.ErrUnknownTarget): // a filter naming a target the route does not have
+		badParam(w, &paramError{"target", "the route has no such target"})
+	case errors.Is(err, ErrNoTarget):
 		writeError(w, http.StatusNotFound, "no_target", err.Error())
 	default:
 		s.log.Error("messages", "err", err)
@@ -435,8 +437,8 @@ func (s *Server) replayMessages(w http.ResponseWriter, r *http.Request) {
 		})
 		scanned += pageSize
 		if err != nil {
-			if errors.Is(err, ErrNoTarget) || errors.Is(err, store.ErrUnknownTarget) {
-				s.messagesError(w, err)
+			if errors.Is(err, ErrNoTarget) || errors.Is(err, store.ErrUnknownTarget) { // the path's route or target
+				writeError(w, http.StatusNotFound, "no_target", fmt.Sprintf("route %q has no buffered target %q", route, target))
 				return
 			}
 			res.Errors = append(res.Errors, err.Error())

@@ -142,7 +142,7 @@ func TestAdminMessagesCountsReplay(t *testing.T) {
 	for q, param := range map[string]string{
 		"state=bogus": "state", "since=yesterday": "since", "until=2026-13-01": "until", "status=abc": "status",
 		"cursor=zz": "cursor", "limit=0": "limit", "format=xml": "format", "colour=red": "query",
-		"since=2026-12-05T02:00:00Z&until=2026-12-05T01:00:00Z": "until",
+		"since=2026-12-05T02:00:00Z&until=2026-12-05T01:00:00Z": "until", "target=nobody": "target",
 	} {
 		code, body := apiCall(t, "GET", tn.admin+"/v1/routes/orders/messages?"+q, testToken, nil)
 		e, _ := body["error"].(map[string]any)
@@ -181,6 +181,9 @@ func TestAdminMessagesCountsReplay(t *testing.T) {
 	down.failing.Store(false)
 	if code, body := apiCall(t, "POST", tn.admin+"/v1/routes/orders/targets/inv/replay", testToken, map[string]any{"state": "bogus"}); code != 400 {
 		t.Fatalf("replay of state bogus: %d %v", code, body)
+	}
+	if code, body := apiCall(t, "POST", tn.admin+"/v1/routes/orders/targets/nobody/replay", testToken, map[string]any{"state": "dead"}); code != 404 {
+		t.Fatalf("replay of an unknown target: %d %v", code, body)
 	}
 	code, body = apiCall(t, "POST", tn.admin+"/v1/routes/orders/targets/inv/replay", testToken, map[string]any{"state": "dead", "rate": "unlimited"})
 	if code != 200 || body["replayed"] != 5.0 || body["done"] != true {
