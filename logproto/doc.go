@@ -28,7 +28,7 @@
 //     taken for a success.
 //
 // Costs: parsing decodes each action line (a few hundred nanoseconds) and
-// validates each document once (encoding/json.Valid); a document's bytes are
+// validates each document once (fastjson's validator, about 1 GB/s); a document's bytes are
 // not copied (they alias the request body). A bulk reply with errors:false
 // is not read item by item.
 package logproto

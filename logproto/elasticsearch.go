@@ -81,7 +81,7 @@ func lines(body []byte, fn func(n int, line []byte) error) error {
 
 // jsonObject reports whether b is one valid JSON object.
 func jsonObject(b []byte) bool {
-	return len(b) > 1 && b[0] == '{' && json.Valid(b)
+	return len(b) > 1 && b[0] == '{' && validJSON(b)
 }
 
 // ParseBulk parses an Elasticsearch _bulk body into its documents.
@@ -103,7 +103,16 @@ type BulkDefaults struct {
 
 // ParseBulkWith is ParseBulk with the URL's defaults.
 func ParseBulkWith(body []byte, def BulkDefaults) ([]Doc, error) {
-	docs := make([]Doc, 0, bytes.Count(body, []byte{'\n'})/2+1)
+	return AppendBulk(nil, body, def)
+}
+
+// AppendBulk is ParseBulkWith appending the documents to dst (a caller's
+// reused slice); on error it returns nil.
+func AppendBulk(dst []Doc, body []byte, def BulkDefaults) ([]Doc, error) {
+	docs := dst[:0]
+	if n := bytes.Count(body, []byte{'\n'})/2 + 1; cap(docs) < n {
+		docs = make([]Doc, 0, n)
+	}
 	var pending Doc // an action waiting for its document, when pendingLine > 0
 	pendingLine := 0
 	var prevAction []byte // the last action line parsed, and its result
@@ -233,6 +242,8 @@ func AppendBulkReply(dst []byte, took time.Duration, items []ItemReply) []byte {
 	dst = append(dst, `,"errors":`...)
 	dst = strconv.AppendBool(dst, errs)
 	dst = append(dst, `,"items":[`...)
+	var index string // the last index quoted, and where it is in dst
+	var indexAt, indexEnd int
 	for i := range items {
 		it := &items[i]
 		if i > 0 {
@@ -241,7 +252,13 @@ func AppendBulkReply(dst []byte, took time.Duration, items []ItemReply) []byte {
 		dst = append(dst, `{"`...)
 		dst = append(dst, it.Op...)
 		dst = append(dst, `":{"_index":`...)
-		dst = appendJSONString(dst, it.Index)
+		if i > 0 && it.Index == index { // one index for a whole batch, usually
+			dst = append(dst, dst[indexAt:indexEnd]...)
+		} else {
+			indexAt = len(dst)
+			dst = appendJSONString(dst, it.Index)
+			index, indexEnd = it.Index, len(dst)
+		}
 		dst = append(dst, `,"_id":`...)
 		dst = append(dst, it.ID...)
 		if it.Status >= 200 && it.Status <= 299 {

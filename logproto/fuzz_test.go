@@ -152,3 +152,33 @@ func FuzzParseOTLPLogs(f *testing.F) {
 		}
 	})
 }
+
+// FuzzValidJSON: the validator every document goes through agrees with
+// encoding/json.Valid.
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range []string{`{}`, `{"a":01}`, `{"a":1.}`, `{"a":"\u12"}`, "{\"a\":\"\t\"}", "{\"a\":\"\xff\"}",
+		`[1,]`, `{"a":1,}`, `{} {}`, `{"a":-0}`, `{"a":NaN}`, "\ufeff{}", `{"a":"\ud800"}`, `1`, ``, ` `} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got, want := validJSON(b), json.Valid(b); got != want {
+			t.Fatalf("validJSON %v, encoding/json %v", got, want)
+		}
+	})
+}
+
+// FuzzHasControl: the word-at-a-time scan finds a byte below 0x20 exactly
+// when a byte-at-a-time scan does.
+func FuzzHasControl(f *testing.F) {
+	f.Add([]byte("abcdefgh\x1fijk"))
+	f.Add([]byte("\x7f\x80\xff !~ abcdefgh"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want := false
+		for _, c := range b {
+			want = want || c < 0x20
+		}
+		if hasControl(b) != want {
+			t.Fatalf("hasControl(%q) = %v", b, !want)
+		}
+	})
+}
