@@ -24,13 +24,23 @@ const (
 	HeaderID   = "X-Sluice-Es-Id"   // the action's own _id, as raw JSON; absent if it had none
 )
 
-// Elasticsearch bulk operations sluice stores. update and delete are
-// refused: they change documents already in the store, which a buffer
-// cannot order against the inserts it holds.
+// Elasticsearch bulk operations. sluice stores index and create. update
+// and delete are parsed (update with its document line, delete without
+// one) and answered as failed items, 400 illegal_argument_exception, and
+// not stored: they change documents already in the store, and a buffer
+// that retries failed items alone cannot keep them in order with the
+// inserts it holds (an update retried after a later delete would bring a
+// document back). The other items of the request are stored as usual.
 const (
 	OpIndex  = "index"
 	OpCreate = "create"
+	OpUpdate = "update"
+	OpDelete = "delete"
 )
+
+// RefusedType is the error type of the reply item of an action sluice does
+// not store (Doc.Refused).
+const RefusedType = "illegal_argument_exception"
 
 // Doc is one document of an ingest request.
 type Doc struct {
@@ -39,6 +49,11 @@ type Doc struct {
 	Meta  []byte // elasticsearch: the action's metadata, with _index, without _id (HeaderMeta)
 	ID    []byte // elasticsearch: the action's own _id, raw JSON; nil if none
 	Body  []byte // the document: one line of JSON; aliases the request body
+
+	// Refused (elasticsearch) says why this action is answered as a failed
+	// item and not stored: update and delete. Op, Index and ID are set for
+	// its reply item; Meta and Body are not.
+	Refused string
 }
 
 // Error is a request refused in a protocol's own way: Status is the HTTP
@@ -86,9 +101,10 @@ func jsonObject(b []byte) bool {
 
 // ParseBulk parses an Elasticsearch _bulk body into its documents.
 // defaultIndex is the index named in the URL (/{index}/_bulk), or "". Each
-// index or create action must be followed by its document, a JSON object.
-// Any other action, a line that is not JSON, or an action without an index
-// refuses the whole request with a 400 *Error.
+// index, create or update action must be followed by its document, a JSON
+// object; delete has none. update and delete come back with Refused set
+// (see OpUpdate). An unknown action, a line that is not JSON, or an action
+// without an index refuses the whole request with a 400 *Error.
 func ParseBulk(body []byte, defaultIndex string) ([]Doc, error) {
 	return ParseBulkWith(body, BulkDefaults{Index: defaultIndex})
 }
@@ -122,7 +138,9 @@ func AppendBulk(dst []Doc, body []byte, def BulkDefaults) ([]Doc, error) {
 			if !jsonObject(line) {
 				return badRequest("mapper_parsing_exception", "line %d: the document of the %s action on line %d is not a JSON object", n, pending.Op, pendingLine)
 			}
-			pending.Body = line
+			if pending.Refused == "" {
+				pending.Body = line
+			}
 			docs = append(docs, pending)
 			pendingLine = 0
 			return nil
@@ -138,6 +156,10 @@ func AppendBulk(dst []Doc, body []byte, def BulkDefaults) ([]Doc, error) {
 				return badRequest("illegal_argument_exception", "line %d: %s", n, err)
 			}
 			prevAction, prevDoc = line, d
+		}
+		if d.Op == OpDelete { // the one action without a document line
+			docs = append(docs, d)
+			return nil
 		}
 		pending, pendingLine = d, n
 		return nil
@@ -170,8 +192,8 @@ func parseAction(line []byte, def BulkDefaults) (Doc, error) {
 	}
 	switch d.Op {
 	case OpIndex, OpCreate:
-	case "update", "delete":
-		return Doc{}, fmt.Errorf("action [%s] is not supported: sluice buffers index and create only", d.Op)
+	case OpUpdate, OpDelete:
+		d.Refused = "sluice buffers index and create actions only; this " + d.Op + " action was not stored"
 	default:
 		return Doc{}, fmt.Errorf("unknown action [%.40s]", strconv.Quote(d.Op))
 	}
@@ -200,6 +222,9 @@ func parseAction(line []byte, def BulkDefaults) (Doc, error) {
 		meta["_index"] = ixJSON
 	} else {
 		return Doc{}, fmt.Errorf("the %s action names no _index and the URL names none", d.Op)
+	}
+	if d.Refused != "" {
+		return d, nil // answered, not stored: no metadata to keep
 	}
 	for k, v := range map[string]string{"pipeline": def.Pipeline, "routing": def.Routing} {
 		if _, set := meta[k]; !set && v != "" {

@@ -97,7 +97,8 @@ func TestParseBulkRefusesWhole(t *testing.T) {
 		{"not json", "{\"index\":{\"_index\":\"a\"}}\n{\"m\":1}\nsecret-bytes\n{\"m\":2}\n", "line 3: the action line is not a JSON object"},
 		{"doc not object", "{\"index\":{\"_index\":\"a\"}}\n[1,2]\n", "line 2: the document of the index action on line 1 is not a JSON object"},
 		{"missing doc", "{\"index\":{\"_index\":\"a\"}}\n{\"m\":1}\n{\"create\":{\"_index\":\"a\"}}\n", "line 3: the create action has no document line after it"},
-		{"delete", "{\"delete\":{\"_index\":\"a\",\"_id\":\"1\"}}\n", "action [delete] is not supported"},
+		{"unknown action", "{\"upsert\":{\"_index\":\"a\"}}\n{\"m\":1}\n", "unknown action"},
+		{"update without doc", "{\"update\":{\"_index\":\"a\",\"_id\":\"1\"}}\n", "the update action has no document line"},
 		{"no index", "{\"index\":{}}\n{\"m\":1}\n", "names no _index"},
 		{"two actions", "{\"index\":{},\"create\":{}}\n{\"m\":1}\n", "exactly one action"},
 		{"bad id", "{\"index\":{\"_index\":\"a\",\"_id\":7}}\n{\"m\":1}\n", "_id must be a non-empty string"},
@@ -344,5 +345,36 @@ func TestParseBulkURLDefaults(t *testing.T) {
 	}
 	if got := string(docs[1].Meta); got != `{"_index":"logs","pipeline":"own","routing":"r1"}` {
 		t.Errorf("meta %s", got)
+	}
+}
+
+// update and delete are parsed (update with its document line, delete
+// without one) and come back refused, between the stored actions.
+func TestParseBulkUpdateDeleteRefusedPerItem(t *testing.T) {
+	body := "{\"index\":{\"_index\":\"a\"}}\n{\"m\":1}\n" +
+		"{\"delete\":{\"_index\":\"a\",\"_id\":\"7\"}}\n" +
+		"{\"update\":{\"_id\":\"8\"}}\n{\"doc\":{\"m\":2}}\n" +
+		"{\"create\":{\"_index\":\"b\"}}\n{\"m\":3}\n"
+	docs, err := ParseBulk([]byte(body), "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		op, index, id string
+		refused       bool
+	}{
+		{OpIndex, "a", "", false}, {OpDelete, "a", `"7"`, true}, {OpUpdate, "u", `"8"`, true}, {OpCreate, "b", "", false},
+	}
+	if len(docs) != len(want) {
+		t.Fatalf("%d docs, want %d", len(docs), len(want))
+	}
+	for i, w := range want {
+		d := docs[i]
+		if d.Op != w.op || d.Index != w.index || string(d.ID) != w.id || (d.Refused != "") != w.refused {
+			t.Errorf("doc %d: %+v, want %+v", i, d, w)
+		}
+		if w.refused && (d.Body != nil || d.Meta != nil) {
+			t.Errorf("doc %d: a refused action keeps a body or metadata", i)
+		}
 	}
 }

@@ -396,7 +396,34 @@ func (s *Server) handleElasticsearch(ctx *fasthttp.RequestCtx, r *route) {
 	}
 	sc.docs = docs
 	start := time.Now()
-	ids, errs := s.appendDocs(ctx, r, docs)
+	// update and delete actions are answered as failed items and not
+	// stored (logproto.OpUpdate says why); the others go to the store.
+	keep, refused := docs, 0
+	for i := range docs {
+		if docs[i].Refused != "" {
+			refused++
+		}
+	}
+	if refused > 0 {
+		keep = make([]logproto.Doc, 0, len(docs)-refused)
+		for i := range docs {
+			if docs[i].Refused == "" {
+				keep = append(keep, docs[i])
+			}
+		}
+	}
+	keptIDs, keptErrs := s.appendDocs(ctx, r, keep)
+	ids, errs := keptIDs, keptErrs
+	if refused > 0 { // spread back over docs; refused ones have no id or error
+		ids, errs = make([]store.ID, len(docs)), make([]error, len(docs))
+		k := 0
+		for i := range docs {
+			if docs[i].Refused == "" {
+				ids[i], errs[i] = keptIDs[k], keptErrs[k]
+				k++
+			}
+		}
+	}
 	items := sc.items[:0]
 	if cap(items) < len(docs) {
 		items = make([]logproto.ItemReply, 0, len(docs))
@@ -413,7 +440,13 @@ func (s *Server) handleElasticsearch(ctx *fasthttp.RequestCtx, r *route) {
 	for i := range docs {
 		d := &docs[i]
 		it := logproto.ItemReply{Op: d.Op, Index: d.Index, ID: d.ID}
-		if errs[i] == nil {
+		switch {
+		case d.Refused != "":
+			it.Status, it.Type, it.Reason = fasthttp.StatusBadRequest, logproto.RefusedType, d.Refused
+			if it.ID == nil {
+				it.ID = []byte("null")
+			}
+		case errs[i] == nil:
 			stored++
 			it.Status = fasthttp.StatusCreated
 			if it.ID == nil {
@@ -421,7 +454,7 @@ func (s *Server) handleElasticsearch(ctx *fasthttp.RequestCtx, r *route) {
 				idJSON = append(ids[i].AppendTo(append(idJSON, '"')), '"')
 				it.ID = idJSON[from:len(idJSON):len(idJSON)]
 			}
-		} else {
+		default:
 			if firstErr == nil {
 				firstErr = errs[i]
 			}
@@ -434,17 +467,17 @@ func (s *Server) handleElasticsearch(ctx *fasthttp.RequestCtx, r *route) {
 		}
 		items[i] = it
 	}
-	if stored == 0 {
+	if stored == 0 && firstErr != nil {
 		// Nothing stored: one error for the whole request, which every
 		// shipper resends whole.
 		setRetryAfter(ctx, firstErr)
-		s.logRefusal(r, firstErr, len(docs))
+		s.logRefusal(r, firstErr, len(keep))
 		writeESError(ctx, &logproto.Error{Status: fasthttp.StatusTooManyRequests, Type: "es_rejected_execution_exception",
-			Reason: "sluice stored none of the " + strconv.Itoa(len(docs)) + " documents (" + refusalReason(firstErr) + "); nothing was stored, send the request again"})
+			Reason: "sluice stored none of the " + strconv.Itoa(len(keep)) + " documents (" + refusalReason(firstErr) + "); nothing was stored, send the request again"})
 		return
 	}
-	if stored < len(docs) {
-		s.logRefusal(r, firstErr, len(docs)-stored)
+	if stored < len(keep) {
+		s.logRefusal(r, firstErr, len(keep)-stored)
 	}
 	ctx.Response.Header.SetContentType("application/json")
 	ctx.SetStatusCode(fasthttp.StatusOK)

@@ -153,6 +153,52 @@ func TestElasticsearchBulkSplits(t *testing.T) {
 	}
 }
 
+// update and delete are answered as failed items (400
+// illegal_argument_exception, errors:true) and not stored; the other items
+// of the request are stored and answered 201. A request of deletes only
+// stores nothing and is answered 200 with every item failed, as
+// Elasticsearch would for items it refuses.
+func TestElasticsearchUpdateDeleteRefusedPerItem(t *testing.T) {
+	base, s := logsServer(t, buffer.Config{})
+	body := "{\"index\":{}}\n{\"msg\":\"1\"}\n{\"delete\":{\"_id\":\"d1\"}}\n" +
+		"{\"update\":{\"_id\":\"u1\"}}\n{\"doc\":{\"msg\":\"x\"}}\n{\"create\":{}}\n{\"msg\":\"2\"}\n"
+	resp := do(t, "POST", base+"/app/_bulk", body, nil)
+	if resp.StatusCode() != 200 {
+		t.Fatalf("%d %s", resp.StatusCode(), resp.Body())
+	}
+	var r bulkReply
+	must(t, json.Unmarshal(resp.Body(), &r))
+	if r.Errors == nil || !*r.Errors || len(r.Items) != 4 {
+		t.Fatalf("reply %s", resp.Body())
+	}
+	for i, w := range []struct {
+		op, id string
+		status int
+	}{{"index", "", 201}, {"delete", "d1", 400}, {"update", "u1", 400}, {"create", "", 201}} {
+		it, ok := r.Items[i][w.op]
+		if !ok || it.Status != w.status || (w.id != "" && it.ID != w.id) {
+			t.Errorf("item %d: %+v, want %s %d", i, r.Items[i], w.op, w.status)
+		}
+		if w.status == 400 && (it.Error == nil || it.Error.Type != logproto.RefusedType) {
+			t.Errorf("item %d: error %+v", i, it.Error)
+		}
+	}
+	resp = do(t, "POST", base+"/app/_bulk", "{\"delete\":{\"_id\":\"d2\"}}\n", nil)
+	must(t, json.Unmarshal(resp.Body(), &r))
+	if resp.StatusCode() != 200 || len(r.Items) != 1 || r.Items[0]["delete"].Status != 400 {
+		t.Fatalf("deletes only: %d %s", resp.StatusCode(), resp.Body())
+	}
+	msgs := stored(t, s, "logs")
+	if len(msgs) != 2 {
+		t.Fatalf("%d messages stored, want 2 (the index and the create)", len(msgs))
+	}
+	for _, m := range msgs {
+		if op := header(m, logproto.HeaderOp); op != "index" && op != "create" {
+			t.Errorf("stored op %q", op)
+		}
+	}
+}
+
 // A malformed document anywhere refuses the whole request with an
 // Elasticsearch 400 that echoes none of it; nothing is stored.
 func TestElasticsearchMalformedStoresNothing(t *testing.T) {
