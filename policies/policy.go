@@ -206,8 +206,9 @@ type Route struct {
 	// DefaultUpstreamTimeout; 0 on other modes.
 	Timeout time.Duration
 	// MaxWait (key max_wait; buffer and spillover) refuses new requests with
-	// 503 when the estimated delivery time of some target exceeds it; 0 (the
-	// default) = never refuse for that.
+	// 503 when the estimated delivery time of some target exceeds it (a log
+	// protocol route answers with its protocol's back-pressure reply); 0
+	// (the default) = never refuse for that.
 	MaxWait time.Duration
 	// CallbackHeader (key callback_header; buffer and spillover) is the
 	// request header in which a producer names a URL that receives each

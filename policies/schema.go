@@ -357,9 +357,6 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 				d.errorf(n.Line, m.field(key), "%s cannot be used with protocol %s: a request holds many documents, each stored as its own message", key, r.Protocol)
 			}
 		}
-		if n, ok := m.vals["max_wait"]; ok && !m.bad["max_wait"] {
-			d.errorf(n.Line, m.field("max_wait"), "max_wait is not used with protocol %s yet (its refusal would have to be in the protocol's own shape)", r.Protocol)
-		}
 	}
 	if m.bad["targets"] {
 		return r, matchLine

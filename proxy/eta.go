@@ -200,37 +200,56 @@ const (
 )
 
 // overMaxWait answers 503 backlog_too_long and reports true if some target's
-// ETA in etas exceeds now + r.MaxWait. Retry-After is how long until a new
-// message's ETA falls within max_wait as the backlog drains at the rate in
-// force (the ETA of a message that waits behind the same backlog stays put
-// while now moves on), bounded to [1s, 1h]; 1h if the ETA is unknown.
+// ETA in etas exceeds now + r.MaxWait (see backlogTooLong).
 func overMaxWait(ctx *fasthttp.RequestCtx, r *route, etas []targetETA, now time.Time) bool {
-	if r.MaxWait <= 0 {
+	b, over := backlogTooLong(r, etas, now)
+	if !over {
 		return false
+	}
+	b.setRetryAfter(ctx)
+	writeJSON(ctx, fasthttp.StatusServiceUnavailable, errorBody{Error: errorDetail{
+		Code: "backlog_too_long", Message: b.msg, Target: b.target, ETA: b.eta,
+	}})
+	return true
+}
+
+// backlog is why a new request is refused under max_wait.
+type backlog struct {
+	msg, target string
+	eta         *time.Time    // the target's estimate; nil if unknown
+	wait        time.Duration // Retry-After
+}
+
+func (b backlog) setRetryAfter(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(int((b.wait+time.Second-1)/time.Second)))
+}
+
+// backlogTooLong reports whether some target's ETA in etas exceeds now +
+// r.MaxWait, and why. The wait is how long until a new message's ETA falls
+// within max_wait as the backlog drains at the rate in force (the ETA of a
+// message that waits behind the same backlog stays put while now moves on),
+// bounded to [1s, 1h]; 1h if the ETA is unknown.
+func backlogTooLong(r *route, etas []targetETA, now time.Time) (backlog, bool) {
+	if r.MaxWait <= 0 {
+		return backlog{}, false
 	}
 	deadline := now.Add(r.MaxWait)
 	for _, e := range etas {
 		if e.ok && !e.at.After(deadline) {
 			continue
 		}
-		wait := maxWaitRetry
-		msg := fmt.Sprintf("target %q of route %q is paused with no end in sight; max_wait is %s; nothing was stored", e.name, r.Name, r.MaxWait)
-		var at *time.Time
+		b := backlog{target: e.name, wait: maxWaitRetry,
+			msg: fmt.Sprintf("target %q of route %q is paused with no end in sight; max_wait is %s; nothing was stored", e.name, r.Name, r.MaxWait)}
 		if e.ok {
-			wait = min(max(e.at.Sub(deadline), minWaitRetry), maxWaitRetry)
+			b.wait = min(max(e.at.Sub(deadline), minWaitRetry), maxWaitRetry)
 			u := e.at.UTC().Truncate(time.Second)
-			at = &u
-			msg = fmt.Sprintf("target %q of route %q would deliver this request at about %s, later than max_wait %s from now; nothing was stored",
+			b.eta = &u
+			b.msg = fmt.Sprintf("target %q of route %q would deliver this request at about %s, later than max_wait %s from now; nothing was stored",
 				e.name, r.Name, u.Format(time.RFC3339), r.MaxWait)
 		}
-		secs := int((wait + time.Second - 1) / time.Second)
-		ctx.Response.Header.Set("Retry-After", strconv.Itoa(secs))
-		writeJSON(ctx, fasthttp.StatusServiceUnavailable, errorBody{Error: errorDetail{
-			Code: "backlog_too_long", Message: msg, Target: e.name, ETA: at,
-		}})
-		return true
+		return b, true
 	}
-	return false
+	return backlog{}, false
 }
 
 // storedETAs estimates every target of r for the stored message id, as the

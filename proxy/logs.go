@@ -40,6 +40,10 @@ import (
 //     Retry-After (Splunk's own answer); a malformed event -> 400 with HEC's
 //     code and invalid-event-number, nothing stored.
 //
+// A route's max_wait refuses a request whose documents would wait past it
+// with the same answer as storage full (logBacklog), its reason in the
+// protocol's error text where the shape has one; nothing is stored.
+//
 // A request's documents go to the store in chunks of up to 4096 with
 // store.BatchAppender, each chunk all or nothing (one write, one fsync). A
 // request of more than 4096 documents, or a store without batch append
@@ -174,6 +178,10 @@ func (s *Server) handleOTLP(ctx *fasthttp.RequestCtx, r *route) {
 		status(pe.Status, rpcInvalidArgument, pe.Reason)
 		return
 	}
+	if msg, over := s.logBacklog(ctx, r); over {
+		status(fasthttp.StatusServiceUnavailable, rpcUnavailable, msg)
+		return
+	}
 	_, errs := s.appendDocsAs(ctx, r, docs, []byte(enc))
 	failed, firstErr := countFailed(errs)
 	if failed > 0 {
@@ -234,6 +242,10 @@ func (s *Server) handleLoki(ctx *fasthttp.RequestCtx, r *route) {
 }
 
 func (s *Server) lokiAppend(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc) {
+	if msg, over := s.logBacklog(ctx, r); over {
+		writeText(ctx, fasthttp.StatusTooManyRequests, msg)
+		return
+	}
 	_, errs := s.appendDocs(ctx, r, docs)
 	failed, firstErr := countFailed(errs)
 	if failed > 0 {
@@ -338,6 +350,12 @@ func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
 		}
 		return
 	}
+	if _, over := s.logBacklog(ctx, r); over {
+		// Splunk's own answer when it cannot take more; its clients key on
+		// the code, so the text stays Splunk's.
+		writeHEC(ctx, fasthttp.StatusServiceUnavailable, logproto.HECReply("Server is busy", logproto.HECServerBusy, -1))
+		return
+	}
 	_, errs := s.appendDocs(ctx, r, docs)
 	failed, firstErr := countFailed(errs)
 	if failed > 0 {
@@ -395,6 +413,10 @@ func (s *Server) handleElasticsearch(ctx *fasthttp.RequestCtx, r *route) {
 		return
 	}
 	sc.docs = docs
+	if msg, over := s.logBacklog(ctx, r); over {
+		writeESError(ctx, &logproto.Error{Status: fasthttp.StatusTooManyRequests, Type: "es_rejected_execution_exception", Reason: msg})
+		return
+	}
 	start := time.Now()
 	// update and delete actions are answered as failed items and not
 	// stored (logproto.OpUpdate says why); the others go to the store.
@@ -526,6 +548,10 @@ func (s *Server) handleNDJSON(ctx *fasthttp.RequestCtx, r *route) {
 		writeProtoJSONError(ctx, pe)
 		return
 	}
+	if msg, over := s.logBacklog(ctx, r); over {
+		writeError(ctx, fasthttp.StatusServiceUnavailable, "backlog_too_long", msg)
+		return
+	}
 	_, errs := s.appendDocs(ctx, r, docs)
 	failed, firstErr := countFailed(errs)
 	if failed > 0 {
@@ -544,6 +570,25 @@ func (s *Server) handleNDJSON(ctx *fasthttp.RequestCtx, r *route) {
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetBody(strconv.AppendInt([]byte(`{"status":"queued","documents":`), int64(len(docs)), 10))
 	ctx.Response.AppendBodyString("}\n")
+}
+
+// logBacklog applies the route's max_wait to a log request about to be
+// stored: when some target's estimate for a new message is later than now
+// + max_wait, it sets Retry-After and returns the reason, for the
+// protocol's own back-pressure answer (the list at the top of this file);
+// nothing is stored.
+func (s *Server) logBacklog(ctx *fasthttp.RequestCtx, r *route) (string, bool) {
+	if r.MaxWait <= 0 {
+		return "", false
+	}
+	now := time.Now()
+	var etaBuf [maxTargetsInline]targetETA
+	b, over := backlogTooLong(r, r.newETAs(etaBuf[:0], now), now)
+	if !over {
+		return "", false
+	}
+	b.setRetryAfter(ctx)
+	return b.msg, true
 }
 
 // decodeBody undoes the request's Content-Encoding within the route's

@@ -543,3 +543,46 @@ func TestShutdownEndsFullWait(t *testing.T) {
 		t.Errorf("Shutdown took %v: it waited for the request's wait", d)
 	}
 }
+
+// max_wait on a log route: a request whose documents would wait past it
+// (the target paused all day) is refused in the protocol's own
+// back-pressure shape, with Retry-After, and nothing is stored; probes are
+// still answered.
+func TestLogMaxWait(t *testing.T) {
+	route := func(name, path, protocol string) string {
+		return fmt.Sprintf(`
+  - name: %s
+    match: { path: %s }
+    protocol: %s
+    max_wait: 1h
+    targets:
+      - name: paused
+        url: "http://127.0.0.1:1"
+        windows: [{ between: "00:00-12:00", rate: 0 }, { between: "12:00-00:00", rate: 0 }]`, name, path, protocol)
+	}
+	base, s := policyServer(t, "routes:"+route("lines", "/lines", "ndjson")+route("hec", "/services/collector", "splunk-hec")+
+		route("loki", "/loki", "loki")+route("otlp", "/v1/", "otlp")+route("es", "/", "elasticsearch"))
+	cases := []struct {
+		route, path, body, ctype string
+		status                   int
+		shape                    string
+	}{
+		{"es", "/_bulk", "{\"index\":{\"_index\":\"a\"}}\n{\"m\":1}\n", "application/x-ndjson", 429, `"es_rejected_execution_exception"`},
+		{"lines", "/lines", "{\"m\":1}\n", "application/x-ndjson", 503, `"backlog_too_long"`},
+		{"hec", "/services/collector/event", `{"event":"x"}`, "application/json", 503, `"code":9`},
+		{"loki", "/loki/api/v1/push", `{"streams":[{"stream":{"a":"b"},"values":[["1","x"]]}]}`, "application/json", 429, "max_wait"},
+		{"otlp", "/v1/logs", `{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"x"}}]}]}]}`, "application/json", 503, `"code":14`},
+	}
+	for _, c := range cases {
+		r := do(t, "POST", base+c.path, c.body, map[string]string{"Content-Type": c.ctype})
+		if r.StatusCode() != c.status || !strings.Contains(string(r.Body()), c.shape) || len(r.Header.Peek("Retry-After")) == 0 {
+			t.Errorf("%s: %d %s (Retry-After %q), want %d with %s", c.route, r.StatusCode(), r.Body(), r.Header.Peek("Retry-After"), c.status, c.shape)
+		}
+		if n := s.testQueue(c.route).Stats().Appended; n != 0 {
+			t.Errorf("%s: %d stored", c.route, n)
+		}
+	}
+	if r := do(t, "GET", base+"/", "", nil); r.StatusCode() != 200 {
+		t.Errorf("version probe under max_wait: %d", r.StatusCode())
+	}
+}
