@@ -13,12 +13,18 @@ import (
 // Splunk HTTP Event Collector (HEC) status codes, as Splunk answers them.
 const (
 	HECSuccess       = 0
+	HECTokenRequired = 2
+	HECInvalidAuth   = 3
+	HECInvalidToken  = 4
 	HECNoData        = 5
 	HECInvalidFormat = 6
 	HECServerBusy    = 9
 	HECEventRequired = 12
 	HECEventBlank    = 13
 	HECHealthy       = 17
+
+	HECChannelMissing = 10
+	HECInvalidChannel = 11
 )
 
 // HECEndpoint tells which HEC call a path is: "event" for
@@ -34,8 +40,48 @@ func HECEndpoint(path string) string {
 		return "raw"
 	case "/services/collector/health":
 		return "health"
+	case "/services/collector/ack":
+		return "ack"
 	}
 	return ""
+}
+
+// HECSuccessAck returns HEC's success reply with the ackId of indexer
+// acknowledgement: {"text":"Success","code":0,"ackId":N}.
+func HECSuccessAck(ackID uint64) []byte {
+	b := append([]byte(`{"text":"Success","code":0,"ackId":`), strconv.AppendUint(nil, ackID, 10)...)
+	return append(b, "}\n"...)
+}
+
+// ParseHECAcks parses the body of an ack query, {"acks":[0,1,...]}; at most
+// max ids.
+func ParseHECAcks(body []byte, max int) ([]uint64, error) {
+	var q struct {
+		Acks *[]uint64 `json:"acks"`
+	}
+	if err := json.Unmarshal(body, &q); err != nil || q.Acks == nil {
+		return nil, hecError(HECInvalidFormat, -1, "Invalid data format")
+	}
+	if len(*q.Acks) > max {
+		return nil, hecError(HECInvalidFormat, -1, fmt.Sprintf("at most %d acks per query", max))
+	}
+	return *q.Acks, nil
+}
+
+// AppendHECAckReply appends {"acks":{"<id>":bool,...}} to dst, done[i]
+// for ids[i].
+func AppendHECAckReply(dst []byte, ids []uint64, done []bool) []byte {
+	dst = append(dst, `{"acks":{`...)
+	for i, id := range ids {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '"')
+		dst = strconv.AppendUint(dst, id, 10)
+		dst = append(dst, `":`...)
+		dst = strconv.AppendBool(dst, done[i])
+	}
+	return append(dst, "}}\n"...)
 }
 
 // HECReply returns the JSON body of a HEC reply: {"text":...,"code":N}, and

@@ -224,7 +224,12 @@ type Route struct {
 	// 202) or a log protocol, whose requests are split into one message per
 	// document and answered in the protocol's own shape.
 	Protocol string
-	Line     int // line of the route's mapping
+	// HECTokens (key hec_tokens; protocol splunk-hec) are the HEC tokens
+	// the route accepts, in Authorization: Splunk <token> (or as the
+	// password of Basic credentials); none (the default) = no check. Values
+	// are expanded from the environment like any other (${HEC_TOKEN}).
+	HECTokens []string
+	Line      int // line of the route's mapping
 }
 
 // Ingest protocols of a route (key protocol).

@@ -264,7 +264,7 @@ func (d *decoder) storage(top *mapping) Storage {
 // route decodes routes[i]; names maps route names seen so far to their lines. It returns
 // the line of the route's match too.
 func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route, int) {
-	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "timeout", "max_wait", "callback_header", "callbacks", "targets", "protocol")
+	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "timeout", "max_wait", "callback_header", "callbacks", "targets", "protocol", "hec_tokens")
 	if m == nil {
 		return nil, 0
 	}
@@ -355,6 +355,19 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 		for _, key := range []string{"idempotency_header", "callback_header"} {
 			if n, ok := m.vals[key]; ok && !m.bad[key] {
 				d.errorf(n.Line, m.field(key), "%s cannot be used with protocol %s: a request holds many documents, each stored as its own message", key, r.Protocol)
+			}
+		}
+	}
+	if n, ok := m.vals["hec_tokens"]; ok && !m.bad["hec_tokens"] {
+		if r.Protocol != ProtocolSplunkHEC && !m.bad["protocol"] {
+			d.errorf(n.Line, m.field("hec_tokens"), "hec_tokens is only used with protocol splunk-hec")
+		}
+		for i, tn := range d.list(m, "hec_tokens") {
+			at := fmt.Sprintf("%s[%d]", m.field("hec_tokens"), i)
+			if v, ok := d.item(tn, at); ok && v == "" {
+				d.errorf(tn.Line, at, "the token is empty (an unset ${VAR}?): it would accept nothing")
+			} else if ok {
+				r.HECTokens = append(r.HECTokens, v)
 			}
 		}
 	}

@@ -295,8 +295,9 @@ func writeHEC(ctx *fasthttp.RequestCtx, status int, body []byte) {
 
 // handleSplunkHEC serves Splunk's HTTP Event Collector: event and raw
 // calls are stored one message per event and answered
-// {"text":"Success","code":0} once all are durable; the health call is
-// answered. Tokens are neither checked nor stored.
+// {"text":"Success","code":0} (with an ackId when the call names a
+// channel) once all are durable; the health and ack calls are answered.
+// Tokens are checked against hec_tokens if set, and never stored (hec.go).
 func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
 	// HEC's paths are absolute (/services/collector/...); a route under
 	// another prefix serves them below it.
@@ -311,9 +312,20 @@ func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
 	case ep == "health":
 		writeHEC(ctx, fasthttp.StatusOK, logproto.HECReply("HEC is healthy", logproto.HECHealthy, -1))
 		return
+	case !hecAuthorized(ctx, r):
+		return
 	case !ctx.IsPost():
 		ctx.Response.Header.Set("Allow", "POST")
 		writeHEC(ctx, fasthttp.StatusMethodNotAllowed, logproto.HECReply("Method not allowed; use POST", logproto.HECInvalidFormat, -1))
+		return
+	}
+	channel := hecChannel(ctx)
+	switch {
+	case len(channel) > hecMaxChannelLen:
+		writeHEC(ctx, fasthttp.StatusBadRequest, logproto.HECReply("Invalid data channel", logproto.HECInvalidChannel, -1))
+		return
+	case ep == "ack" && len(channel) == 0:
+		writeHEC(ctx, fasthttp.StatusBadRequest, logproto.HECReply("Data channel is missing", logproto.HECChannelMissing, -1))
 		return
 	}
 	if !s.readBody(ctx, r.MaxBody) {
@@ -322,6 +334,16 @@ func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
 	body, perr := decodeBody(ctx, r)
 	if perr != nil {
 		writeHEC(ctx, perr.Status, logproto.HECReply(perr.Reason, logproto.HECInvalidFormat, -1))
+		return
+	}
+	if ep == "ack" {
+		ids, err := logproto.ParseHECAcks(body, hecMaxAcks)
+		if err != nil {
+			he := err.(*logproto.HECError)
+			writeHEC(ctx, he.Status, he.Body())
+			return
+		}
+		writeHEC(ctx, fasthttp.StatusOK, logproto.AppendHECAckReply(nil, ids, r.hecAcks.done(channel, ids)))
 		return
 	}
 	var docs []logproto.Doc
@@ -364,6 +386,11 @@ func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
 		s.logRefusal(r, firstErr, failed)
 		setRetryAfter(ctx, firstErr)
 		writeHEC(ctx, fasthttp.StatusServiceUnavailable, logproto.HECReply("Server is busy", logproto.HECServerBusy, -1))
+		return
+	}
+	if len(channel) > 0 {
+		// Durable already: the ack is true as soon as it is issued.
+		writeHEC(ctx, fasthttp.StatusOK, logproto.HECSuccessAck(r.hecAcks.issue(channel)))
 		return
 	}
 	writeHEC(ctx, fasthttp.StatusOK, logproto.HECReply("Success", logproto.HECSuccess, -1))

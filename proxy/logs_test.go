@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -584,5 +586,103 @@ func TestLogMaxWait(t *testing.T) {
 	}
 	if r := do(t, "GET", base+"/", "", nil); r.StatusCode() != 200 {
 		t.Errorf("version probe under max_wait: %d", r.StatusCode())
+	}
+}
+
+// hec_tokens: no token 401 code 2, another scheme 401 code 3, a wrong one
+// 403 code 4 (nothing stored); "Splunk <token>" and Basic with the token as
+// password are let in; health needs none.
+func TestSplunkHECTokens(t *testing.T) {
+	base, s := policyServer(t, `
+routes:
+  - name: hec
+    match: { path: /services/collector }
+    protocol: splunk-hec
+    hec_tokens: [tok-one, tok-two]
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
+`)
+	ev := `{"event":"x"}`
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte("x:tok-two"))
+	cases := []struct {
+		auth   string
+		status int
+		body   string
+	}{
+		{"", 401, `{"text":"Token is required","code":2}`},
+		{"Bearer tok-one", 401, `{"text":"Invalid authorization","code":3}`},
+		{"Splunk tok-three", 403, `{"text":"Invalid token","code":4}`},
+		{"Splunk tok-on", 403, `{"text":"Invalid token","code":4}`},
+		{"Splunk tok-one", 200, `{"text":"Success","code":0}`},
+		{basic, 200, `{"text":"Success","code":0}`},
+	}
+	for _, c := range cases {
+		h := map[string]string{}
+		if c.auth != "" {
+			h["Authorization"] = c.auth
+		}
+		r := do(t, "POST", base+"/services/collector/event", ev, h)
+		if r.StatusCode() != c.status || strings.TrimSpace(string(r.Body())) != c.body {
+			t.Errorf("%q: %d %s, want %d %s", c.auth, r.StatusCode(), r.Body(), c.status, c.body)
+		}
+	}
+	if n := s.testQueue("hec").Stats().Appended; n != 2 {
+		t.Errorf("%d stored, want the 2 with a good token", n)
+	}
+	if r := do(t, "GET", base+"/services/collector/health", "", nil); r.StatusCode() != 200 {
+		t.Errorf("health without a token: %d", r.StatusCode())
+	}
+}
+
+// Indexer acknowledgement: a call on a channel gets ackIds 0, 1, ... per
+// channel; the ack call answers true for each id issued on that channel
+// and false for others; the ack call needs a channel (code 10).
+func TestSplunkHECAcks(t *testing.T) {
+	base, _ := policyServer(t, `
+routes:
+  - name: hec
+    match: { path: /services/collector }
+    protocol: splunk-hec
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
+`)
+	chA := map[string]string{"X-Splunk-Request-Channel": "11111111-1111-1111-1111-111111111111"}
+	for i := range 3 {
+		r := do(t, "POST", base+"/services/collector/event", `{"event":"x"}`, chA)
+		if want := fmt.Sprintf(`{"text":"Success","code":0,"ackId":%d}`, i); r.StatusCode() != 200 || strings.TrimSpace(string(r.Body())) != want {
+			t.Fatalf("call %d: %d %s, want %s", i, r.StatusCode(), r.Body(), want)
+		}
+	}
+	r := do(t, "POST", base+"/services/collector/raw?channel=22222222-2222-2222-2222-222222222222", "a line\n", nil)
+	if strings.TrimSpace(string(r.Body())) != `{"text":"Success","code":0,"ackId":0}` {
+		t.Errorf("raw on channel B: %s", r.Body())
+	}
+	r = do(t, "POST", base+"/services/collector/ack", `{"acks":[0,2,3]}`, chA)
+	if r.StatusCode() != 200 || strings.TrimSpace(string(r.Body())) != `{"acks":{"0":true,"2":true,"3":false}}` {
+		t.Errorf("ack A: %d %s", r.StatusCode(), r.Body())
+	}
+	r = do(t, "POST", base+"/services/collector/ack?channel=33333333-3333-3333-3333-333333333333", `{"acks":[0]}`, nil)
+	if strings.TrimSpace(string(r.Body())) != `{"acks":{"0":false}}` {
+		t.Errorf("ack of an unknown channel: %s", r.Body())
+	}
+	r = do(t, "POST", base+"/services/collector/ack", `{"acks":[0]}`, nil)
+	if r.StatusCode() != 400 || !strings.Contains(string(r.Body()), `"code":10`) {
+		t.Errorf("ack without a channel: %d %s", r.StatusCode(), r.Body())
+	}
+	if r = do(t, "POST", base+"/services/collector/event", `{"event":"x"}`, nil); strings.Contains(string(r.Body()), "ackId") {
+		t.Errorf("no channel, yet an ackId: %s", r.Body())
+	}
+}
+
+// A route remembers at most hecMaxChannels channels; the oldest is
+// forgotten first (its acks then answer false: the client resends).
+func TestHECAcksBounded(t *testing.T) {
+	a := newHECAcks()
+	for i := range hecMaxChannels + 5 {
+		a.issue([]byte(strconv.Itoa(i)))
+	}
+	if len(a.next) != hecMaxChannels || len(a.order) != hecMaxChannels {
+		t.Fatalf("%d channels kept, %d in order; want %d", len(a.next), len(a.order), hecMaxChannels)
+	}
+	if a.done([]byte("0"), []uint64{0})[0] || !a.done([]byte(strconv.Itoa(hecMaxChannels+4)), []uint64{0})[0] {
+		t.Error("the oldest channel is kept or the newest forgotten")
 	}
 }

@@ -90,6 +90,7 @@ type route struct {
 	direct   atomic.Pointer[directTarget]   // spillover: set by SetDirect
 	est      []atomic.Pointer[estimatorBox] // per target: set by SetEstimator
 	etaCache atomic.Pointer[etaCache]       // the last estimates for a new message (newETAs)
+	hecAcks  *hecAcks                       // protocol splunk-hec: indexer acknowledgement (hec.go)
 }
 
 // New builds the server. It does not listen; call Serve.
@@ -199,6 +200,10 @@ func (s *Server) buildRoutes(pol *policies.Policy, queues map[string]store.Queue
 					}
 				}
 				r.direct.Store(o.direct.Load())
+				r.hecAcks = o.hecAcks // a reload keeps the channels' acks
+			}
+			if pr.Protocol == policies.ProtocolSplunkHEC && r.hecAcks == nil {
+				r.hecAcks = newHECAcks()
 			}
 		case policies.ModePassthrough:
 			r.upstream = newUpstream(pr.Upstream, pr.Timeout)
