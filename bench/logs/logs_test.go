@@ -164,35 +164,49 @@ func BenchmarkIngest(b *testing.B) {
 				float64(ws.Requests)/float64(max(ws.Commits, 1)), ws.Time/time.Duration(max(ws.Commits, 1)))
 		}
 	}()
-	var split, whole, ratio []float64
+	var split, whole, ratio, splitCPU, wholeCPU []float64
+	// run loads one path for d and returns its documents per second and
+	// the process's CPU time per document (server and clients, µs): the
+	// CPU figure does not depend on how much of the shared machine the
+	// run got, which the rate does.
+	run := func(path string, want int, d time.Duration) (rate, cpu float64) {
+		c0 := cpuTime()
+		n := load(b, addr, path, body, conns, d, want) * docsPerBody
+		return float64(n) / d.Seconds(), float64(cpuTime()-c0) / float64(time.Microsecond) / float64(max(n, 1))
+	}
 	for r := range rounds {
 		d := time.Duration(secs) * time.Second
 		// Alternate which goes first, so that drift does not favour one.
-		var s, w float64
+		var s, w, sc, wc float64
 		if os.Getenv("SPLIT_ONLY") != "" { // for profiling the split path alone
-			s = float64(load(b, addr, "/split/_bulk", body, conns, d, 200)*docsPerBody) / d.Seconds()
-			b.Logf("round %d: split %.0f docs/s", r+1, s)
+			s, sc = run("/split/_bulk", 200, d)
+			b.Logf("round %d: split %.0f docs/s, %.2f µs CPU a doc", r+1, s, sc)
 			continue
 		}
 		if r%2 == 0 {
-			s = float64(load(b, addr, "/split/_bulk", body, conns, d, 200)*docsPerBody) / d.Seconds()
-			w = float64(load(b, addr, "/whole/_bulk", body, conns, d, 202)*docsPerBody) / d.Seconds()
+			s, sc = run("/split/_bulk", 200, d)
+			w, wc = run("/whole/_bulk", 202, d)
 		} else {
-			w = float64(load(b, addr, "/whole/_bulk", body, conns, d, 202)*docsPerBody) / d.Seconds()
-			s = float64(load(b, addr, "/split/_bulk", body, conns, d, 200)*docsPerBody) / d.Seconds()
+			w, wc = run("/whole/_bulk", 202, d)
+			s, sc = run("/split/_bulk", 200, d)
 		}
 		split, whole, ratio = append(split, s), append(whole, w), append(ratio, s/w)
-		b.Logf("round %d: split %.0f docs/s, whole %.0f docs/s, ratio %.2f", r+1, s, w, s/w)
+		splitCPU, wholeCPU = append(splitCPU, sc), append(wholeCPU, wc)
+		b.Logf("round %d: split %.0f docs/s, whole %.0f docs/s, ratio %.2f; CPU a doc: split %.2f µs, whole %.2f µs", r+1, s, w, s/w, sc, wc)
 	}
 	if len(ratio) == 0 {
 		return
 	}
 	sort.Float64s(ratio)
-	b.Logf("medians: split %.0f docs/s, whole %.0f docs/s; ratio of rounds: median %.2f, range %.2f-%.2f",
-		median(split), median(whole), median(ratio), ratio[0], ratio[len(ratio)-1])
+	b.Logf("medians: split %.0f docs/s, whole %.0f docs/s; ratio of rounds: median %.2f, range %.2f-%.2f; CPU a doc: split %.2f µs, whole %.2f µs",
+		median(split), median(whole), median(ratio), ratio[0], ratio[len(ratio)-1], median(splitCPU), median(wholeCPU))
 	b.ReportMetric(median(split), "split-docs/s")
 	b.ReportMetric(median(whole), "whole-docs/s")
 	b.ReportMetric(median(ratio), "ratio")
+	if median(splitCPU) > 0 {
+		b.ReportMetric(median(splitCPU), "split-cpu-µs/doc")
+		b.ReportMetric(median(wholeCPU), "whole-cpu-µs/doc")
+	}
 }
 
 // BenchmarkDeliver fills a queue with DOCS documents (default 100000)
