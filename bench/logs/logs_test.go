@@ -33,6 +33,7 @@ import (
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/drain"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/logproto"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/proxy"
@@ -170,9 +171,9 @@ func BenchmarkIngest(b *testing.B) {
 	// CPU figure does not depend on how much of the shared machine the
 	// run got, which the rate does.
 	run := func(path string, want int, d time.Duration) (rate, cpu float64) {
-		c0 := cpuTime()
+		c0 := testutil.CPUTime()
 		n := load(b, addr, path, body, conns, d, want) * docsPerBody
-		return float64(n) / d.Seconds(), float64(cpuTime()-c0) / float64(time.Microsecond) / float64(max(n, 1))
+		return float64(n) / d.Seconds(), float64(testutil.CPUTime()-c0) / float64(time.Microsecond) / float64(max(n, 1))
 	}
 	for r := range rounds {
 		d := time.Duration(secs) * time.Second
