@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 func openTest(t *testing.T, cfg Config, targets ...string) (*Store, *Queue) {
@@ -340,12 +342,7 @@ func TestDamagedRecordIsDeadNotDelivered(t *testing.T) {
 	must(t, s.Close())
 }
 
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
+var must = testutil.Must
 
 // corruptRecord flips one byte of the stored record seq, as a bad disk would.
 func corruptRecord(seg *segment, seq uint64) error {

@@ -16,6 +16,8 @@ import (
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 const ms = time.Millisecond
@@ -271,17 +273,8 @@ func run(t testing.TB, d *Drainer) func() error {
 	return stop
 }
 
-// waitFor polls cond every 5ms until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * ms)
-	}
-}
+// waitFor polls cond until it holds or timeout passes.
+var waitFor = testutil.WaitFor
 
 // status returns the message's state for target.
 func status(t testing.TB, q *buffer.Queue, id buffer.ID, target string) buffer.TargetStatus {

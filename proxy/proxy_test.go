@@ -15,6 +15,8 @@ import (
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/store"
+
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 // openQueues opens the queue of every buffer and spillover route of pol in
@@ -190,12 +192,7 @@ routes:
 	return "http://" + ln.Addr().String(), s
 }
 
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
+var must = testutil.Must
 
 func do(t *testing.T, method, url, body string, hdr map[string]string) *fasthttp.Response {
 	t.Helper()

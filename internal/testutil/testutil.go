@@ -1,6 +1,6 @@
 // Package testutil holds what the tests of several packages share: a child
-// process of the test binary for a test to kill (the crash tests), and the
-// process's CPU time (the benchmarks' CPU per message). It is imported by
+// process of the test binary for a test to kill (the crash tests), the
+// process's CPU time (the benchmarks' CPU per message), Must and WaitFor. It is imported by
 // _test files only; nothing in it is part of sluice.
 package testutil
 
@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 )
 
 // Child starts the running test binary again, running only the test
@@ -29,4 +30,25 @@ func Child(t testing.TB, test string, env ...string) (*exec.Cmd, *bufio.Scanner)
 		t.Fatal(err)
 	}
 	return cmd, bufio.NewScanner(out)
+}
+
+// Must fails the test at once if err is not nil.
+func Must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// WaitFor polls cond every 5 ms until it holds, and fails the test, saying
+// what it waited for, if timeout passes first.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
