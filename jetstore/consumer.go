@@ -1,0 +1,577 @@
+package jetstore
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sluice-proxy/sluice/store"
+)
+
+// held is a message this node handed out (in flight) or was given back
+// (released) and has not finished.
+type held struct {
+	d         *store.Delivery
+	msg       jetstream.Msg // the JetStream delivery to acknowledge; nil for a retry from the schedule
+	fromRetry bool          // came from the retry schedule: its "r." key goes once it is finished
+}
+
+// Consumer is one target's durable JetStream consumer on a route's stream,
+// plus the engine's own retry schedule, gated by the target's lease: only
+// the node holding the lease hands out messages.
+type Consumer struct {
+	q      *Queue
+	target string
+	cons   jetstream.Consumer
+	lease  *Lease
+	ready  chan struct{}
+
+	mu        sync.Mutex
+	inflight  map[uint64]*held
+	released  []*held              // given back, handed out first, in seq order
+	retries   map[uint64]time.Time // the retry schedule, due times (not in flight)
+	loadedGen uint64               // the lease acquisition the schedule was loaded for
+	closed    bool
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+func newConsumer(q *Queue, target string, o ConsumerOptions) (*Consumer, error) {
+	if o.MaxAckPending <= 0 {
+		o.MaxAckPending = 1024
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	cons, err := q.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       target,
+		Description:   "sluice target " + target + " of route " + q.name,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       q.s.cfg.AckWait,
+		MaxDeliver:    -1, // attempts are counted by the engine's retry schedule
+		MaxAckPending: o.MaxAckPending,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jetstore: route %q: target %q: consumer: %w", q.name, target, err)
+	}
+	c := &Consumer{q: q, target: target, cons: cons, ready: make(chan struct{}, 1),
+		inflight: map[uint64]*held{}, retries: map[uint64]time.Time{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	c.lease = NewLease(q.s.leases, q.name+"."+target, q.s.cfg.Node, q.s.cfg.LeaseTTL, c.leaseChanged)
+	c.lease.Start()
+	go c.keepAlive()
+	return c, nil
+}
+
+// Target is the target's name.
+func (c *Consumer) Target() string { return c.target }
+
+// Ready is signalled after new messages are appended on any node, a dead
+// letter is revived, or this node gains the lease.
+func (c *Consumer) Ready() <-chan struct{} { return c.ready }
+
+func (c *Consumer) signal() {
+	select {
+	case c.ready <- struct{}{}:
+	default:
+	}
+}
+
+// Holds reports whether this node holds the target's lease now.
+func (c *Consumer) Holds() bool {
+	h, _ := c.lease.Held()
+	return h
+}
+
+func (c *Consumer) leaseChanged(held bool) {
+	if held {
+		c.signal()
+		return
+	}
+	// Lost: what was given back goes back to the server for the next
+	// holder; attempts under way finish and are recorded.
+	c.mu.Lock()
+	rel := c.released
+	c.released = nil
+	clear(c.retries)
+	c.mu.Unlock()
+	for _, h := range rel {
+		if h.msg != nil {
+			giveBack(h.msg)
+		}
+	}
+}
+
+// keepAlive tells the server, every third of AckWait, that the messages this
+// node holds are still being worked on, so that only a dead node's are
+// handed out again.
+func (c *Consumer) keepAlive() {
+	defer close(c.done)
+	t := time.NewTicker(c.q.s.cfg.AckWait / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		var msgs []jetstream.Msg
+		for _, h := range c.inflight {
+			if h.msg != nil {
+				msgs = append(msgs, h.msg)
+			}
+		}
+		for _, h := range c.released {
+			if h.msg != nil {
+				msgs = append(msgs, h.msg)
+			}
+		}
+		c.mu.Unlock()
+		for _, m := range msgs {
+			m.InProgress()
+		}
+	}
+}
+
+// close gives back every message held (the server hands them out again at
+// once), and releases the lease.
+func (c *Consumer) close() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	var hs []*held
+	for _, h := range c.inflight {
+		hs = append(hs, h)
+	}
+	hs = append(hs, c.released...)
+	c.inflight, c.released = map[uint64]*held{}, nil
+	c.mu.Unlock()
+	close(c.stop)
+	<-c.done
+	slices.SortFunc(hs, func(a, b *held) int { return cmp.Compare(a.d.Seq, b.d.Seq) })
+	for _, h := range hs {
+		if h.msg != nil {
+			giveBack(h.msg)
+		}
+	}
+	c.lease.Stop()
+}
+
+func (c *Consumer) inFlight(seq uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.inflight[seq]
+	return ok
+}
+
+// schedule puts seq in the retry schedule (a revived dead letter).
+func (c *Consumer) schedule(seq uint64, at time.Time) {
+	c.mu.Lock()
+	if _, busy := c.inflight[seq]; !busy {
+		c.retries[seq] = at
+	}
+	c.mu.Unlock()
+	c.signal()
+}
+
+// reloadRetry reads seq's retry entry after another node revived it.
+func (c *Consumer) reloadRetry(seq uint64) {
+	if !c.Holds() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	e, err := c.q.s.state.Get(ctx, c.q.retryKey(c.target, seq))
+	if err != nil {
+		return
+	}
+	if ns, err := strconv.ParseInt(string(e.Value()), 10, 64); err == nil {
+		c.schedule(seq, time.Unix(0, ns))
+	}
+}
+
+// loadRetries reads the target's retry schedule from the state bucket
+// (after this node gained the lease).
+func (c *Consumer) loadRetries(ctx context.Context) error {
+	seqs, err := c.q.listSeqs(ctx, "r", c.target)
+	if err != nil {
+		return err
+	}
+	due := make(map[uint64]time.Time, len(seqs))
+	for _, seq := range seqs {
+		e, err := c.q.s.state.Get(ctx, c.q.retryKey(c.target, seq))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%w: retry schedule: %w", store.ErrIO, err)
+		}
+		ns, err := strconv.ParseInt(string(e.Value()), 10, 64)
+		if err != nil {
+			continue
+		}
+		due[seq] = time.Unix(0, ns)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.retries)
+	for seq, at := range due {
+		if _, busy := c.inflight[seq]; !busy {
+			c.retries[seq] = at
+		}
+	}
+	return nil
+}
+
+// NextRetry returns when the earliest retry not in flight is due; none
+// while this node does not hold the lease.
+func (c *Consumer) NextRetry() (time.Time, bool) {
+	if !c.Holds() {
+		return time.Time{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var first time.Time
+	for _, at := range c.retries {
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+	}
+	return first, !first.IsZero()
+}
+
+// Fetch returns up to max messages to attempt now, while this node holds
+// the target's lease (none otherwise): messages given back first, then due
+// retries, then messages from the durable consumer (never attempted, or
+// handed out again after a node died holding them).
+func (c *Consumer) Fetch(max int, now time.Time) ([]*store.Delivery, error) {
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return nil, store.ErrClosed
+	}
+	ok, gen := c.lease.Held()
+	if !ok || max <= 0 {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	c.mu.Lock()
+	stale := c.loadedGen != gen
+	c.mu.Unlock()
+	if stale {
+		if err := c.loadRetries(ctx); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		c.loadedGen = gen
+		c.mu.Unlock()
+	}
+	var out []*store.Delivery
+	c.mu.Lock()
+	for len(out) < max && len(c.released) > 0 {
+		h := c.released[0]
+		c.released = c.released[1:]
+		c.inflight[h.d.Seq] = h
+		out = append(out, h.d)
+	}
+	type entry struct {
+		seq uint64
+		at  time.Time
+	}
+	var due []entry
+	for seq, at := range c.retries {
+		if !at.After(now) {
+			due = append(due, entry{seq, at})
+		}
+	}
+	c.mu.Unlock()
+	slices.SortFunc(due, func(a, b entry) int { return cmp.Or(a.at.Compare(b.at), cmp.Compare(a.seq, b.seq)) })
+	for _, e := range due {
+		if len(out) >= max {
+			break
+		}
+		d, err := c.fromSchedule(ctx, e.seq)
+		if err != nil {
+			return out, err
+		}
+		if d != nil {
+			out = append(out, d)
+		}
+	}
+	if len(out) < max {
+		got, err := c.fromStream(ctx, max-len(out))
+		out = append(out, got...)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// fromSchedule hands out the due retry seq; nil if it is gone (expired, or
+// finished and not yet removed).
+func (c *Consumer) fromSchedule(ctx context.Context, seq uint64) (*store.Delivery, error) {
+	m, err := c.q.get(ctx, seq)
+	if errors.Is(err, store.ErrNotFound) {
+		c.dropRetry(ctx, seq)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, _, err := c.q.state(ctx, c.target, seq)
+	if err != nil {
+		return nil, err
+	}
+	if st != nil && (st.Phase == store.Delivered || st.Phase == store.Dead) {
+		// Finished, the schedule's entry not yet removed (a crash between).
+		if st.Phase == store.Dead {
+			c.q.s.state.Put(ctx, c.q.deadKey(c.target, seq), nil)
+		}
+		c.dropRetry(ctx, seq)
+		return nil, nil
+	}
+	d := &store.Delivery{Message: m, Attempt: 1, Prior: st}
+	if st != nil {
+		d.Attempt = st.Attempts + 1
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.retries[seq]; !ok {
+		return nil, nil // taken meanwhile
+	}
+	delete(c.retries, seq)
+	c.inflight[seq] = &held{d: d, fromRetry: true}
+	return d, nil
+}
+
+func (c *Consumer) dropRetry(ctx context.Context, seq uint64) {
+	c.mu.Lock()
+	delete(c.retries, seq)
+	c.mu.Unlock()
+	c.q.s.state.Purge(ctx, c.q.retryKey(c.target, seq))
+}
+
+// fromStream pulls up to n messages from the durable consumer without
+// waiting. A message handed out before (a node died holding it, or its
+// acknowledgement was lost) is checked against its recorded state first.
+func (c *Consumer) fromStream(ctx context.Context, n int) ([]*store.Delivery, error) {
+	batch, err := c.cons.FetchNoWait(n)
+	if err != nil {
+		return nil, fmt.Errorf("%w: fetch: %w", store.ErrIO, err)
+	}
+	var out []*store.Delivery
+	for msg := range batch.Messages() {
+		d, err := c.admit(ctx, msg)
+		if err != nil {
+			giveBack(msg)
+			c.q.s.log.Error("jetstream: cannot hand out a message; it will be handed out again", "route", c.q.name, "target", c.target, "err", err)
+			continue
+		}
+		if d != nil {
+			out = append(out, d)
+		}
+	}
+	if err := batch.Error(); err != nil && !benignFetchErr(err) {
+		return out, fmt.Errorf("%w: fetch: %w", store.ErrIO, err)
+	}
+	return out, nil
+}
+
+func benignFetchErr(err error) bool {
+	if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, jetstream.ErrMaxBytesExceeded) || errors.Is(err, jetstream.ErrBatchCompleted) {
+		return true
+	}
+	s := err.Error()
+	return strings.Contains(s, "Exceeded") || strings.Contains(s, "Leadership Change")
+}
+
+// admit turns a JetStream delivery into a Delivery; nil if it needs no
+// attempt (finished, or in the retry schedule).
+func (c *Consumer) admit(ctx context.Context, msg jetstream.Msg) (*store.Delivery, error) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return nil, err
+	}
+	seq := meta.Sequence.Stream
+	c.mu.Lock()
+	if h := c.inflight[seq]; h != nil {
+		h.msg = msg // handed out again while we hold it: acknowledge the new delivery
+		c.mu.Unlock()
+		return nil, nil
+	}
+	for _, h := range c.released {
+		if h.d.Seq == seq {
+			h.msg = msg
+			c.mu.Unlock()
+			return nil, nil
+		}
+	}
+	c.mu.Unlock()
+	var st *store.State
+	if meta.NumDelivered > 1 {
+		if st, _, err = c.q.state(ctx, c.target, seq); err != nil {
+			return nil, err
+		}
+		if st != nil {
+			switch st.Phase {
+			case store.Delivered:
+				msg.Ack()
+				return nil, nil
+			case store.Dead:
+				if _, err := c.q.s.state.Put(ctx, c.q.deadKey(c.target, seq), nil); err != nil {
+					return nil, err
+				}
+				msg.Ack()
+				return nil, nil
+			case store.Retrying:
+				if err := c.q.putRetry(ctx, c.target, seq, st.NextTry); err != nil {
+					return nil, err
+				}
+				c.schedule(seq, st.NextTry)
+				msg.Ack()
+				return nil, nil
+			}
+		}
+	}
+	m, err := store.DecodeRecord(msg.Data())
+	if err != nil {
+		// A damaged record: dead for this target, with the reason.
+		m = &store.Message{Seq: seq}
+		d := &store.Delivery{Message: m, Attempt: 1}
+		c.mu.Lock()
+		c.inflight[seq] = &held{d: d, msg: msg}
+		c.mu.Unlock()
+		return nil, c.Complete(ctx, d, store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: time.Now(), Error: err.Error()}})
+	}
+	m.Seq = seq
+	m.ID = store.NewID(seq, m.ID.Tag())
+	d := &store.Delivery{Message: m, Attempt: 1, Prior: st}
+	if st != nil {
+		d.Attempt = st.Attempts + 1
+	}
+	c.mu.Lock()
+	c.inflight[seq] = &held{d: d, msg: msg}
+	c.mu.Unlock()
+	return d, nil
+}
+
+// Complete records the outcome of the attempt d: its state in the state
+// bucket (the one write that must succeed), then the retry or dead-letter
+// entry, then the acknowledgement to the durable consumer (which need not
+// reach the server: a message handed out again is checked against its
+// state first).
+func (c *Consumer) Complete(ctx context.Context, d *store.Delivery, out store.Outcome) error {
+	c.mu.Lock()
+	h := c.inflight[d.Seq]
+	c.mu.Unlock()
+	if h == nil {
+		return fmt.Errorf("jetstore: route %q: target %q: seq %d is not in flight", c.q.name, c.target, d.Seq)
+	}
+	a := out.Attempt
+	if a.N == 0 {
+		a.N = d.Attempt
+	}
+	st := &store.State{Phase: out.Phase, Attempts: d.Attempt, Response: out.Response}
+	if d.Prior != nil {
+		st.History = d.Prior.History
+	}
+	st.History = appendHistory(st.History, a)
+	switch out.Phase {
+	case store.Retrying:
+		st.NextTry = out.NextTry
+	case store.Delivered, store.Dead:
+	default:
+		return fmt.Errorf("jetstore: outcome phase %q: want delivered, retrying or dead", out.Phase)
+	}
+	if err := c.q.putState(ctx, c.target, d.Seq, st); err != nil {
+		return err
+	}
+	switch out.Phase {
+	case store.Retrying:
+		if err := c.q.putRetry(ctx, c.target, d.Seq, out.NextTry); err != nil {
+			return err
+		}
+	case store.Dead:
+		if _, err := c.q.s.state.Put(ctx, c.q.deadKey(c.target, d.Seq), nil); err != nil {
+			return fmt.Errorf("%w: dead letter %d: %w", store.ErrIO, d.Seq, err)
+		}
+	}
+	if h.fromRetry && out.Phase != store.Retrying {
+		if err := c.q.s.state.Purge(ctx, c.q.retryKey(c.target, d.Seq)); err != nil {
+			return fmt.Errorf("%w: retry entry %d: %w", store.ErrIO, d.Seq, err)
+		}
+	}
+	if h.msg != nil {
+		h.msg.Ack()
+	}
+	c.mu.Lock()
+	delete(c.inflight, d.Seq)
+	if out.Phase == store.Retrying {
+		if ok, _ := c.lease.Held(); ok {
+			c.retries[d.Seq] = out.NextTry
+		}
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// Release gives back a fetched message without an outcome: this node hands
+// it out again first (or the server does, to the next lease holder).
+func (c *Consumer) Release(d *store.Delivery) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.inflight[d.Seq]
+	if h == nil {
+		return
+	}
+	delete(c.inflight, d.Seq)
+	if c.closed {
+		if h.msg != nil {
+			giveBack(h.msg)
+		}
+		return
+	}
+	h.d = &store.Delivery{Message: d.Message, Attempt: d.Attempt, Prior: d.Prior}
+	i, _ := slices.BinarySearchFunc(c.released, d.Seq, func(x *held, seq uint64) int { return cmp.Compare(x.d.Seq, seq) })
+	c.released = slices.Insert(c.released, i, h)
+	c.signal()
+}
+
+// stats is the target's progress: the consumer's ack floor and pending
+// count from the server, in flight and retrying from this node.
+func (c *Consumer) stats(ctx context.Context) store.TargetStats {
+	ts := store.TargetStats{Target: c.target}
+	if info, err := c.cons.Info(ctx); err == nil {
+		ts.Floor = info.AckFloor.Stream + 1
+		ts.Pending = info.NumPending
+	}
+	c.mu.Lock()
+	ts.InFlight = len(c.inflight)
+	ts.Retrying = len(c.retries)
+	c.mu.Unlock()
+	return ts
+}
+
+// giveBack hands a message back to the server to be handed out again at
+// once. A NAK with a delay, unlike a plain one, is stored with the
+// consumer's state, so that it holds across a restart of the server (an
+// embedded server stops with the process): otherwise a message given back
+// at a graceful stop would wait out AckWait after the restart.
+func giveBack(msg jetstream.Msg) { msg.NakWithDelay(time.Millisecond) }

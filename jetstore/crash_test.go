@@ -1,0 +1,121 @@
+package jetstore
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/sluice-proxy/sluice/store"
+)
+
+// crash abandons s as a dead process would: the connection drops with no
+// message given back and no lease released, then the embedded server stops.
+func crash(s *Store) {
+	s.nc.Close()
+	for _, q := range s.queues {
+		for _, c := range q.consumers {
+			close(c.stop)
+			<-c.done
+			close(c.lease.stop)
+			<-c.lease.done
+		}
+		q.sub.Unsubscribe()
+	}
+	s.shutdownServer()
+}
+
+// A node that dies with messages in flight: after a restart, those (and
+// only those) are handed out again, once the dead node's lease expired and
+// AckWait passed; outcomes recorded before the crash hold, and acks that
+// never reached the server do not make delivered messages come back.
+func TestCrashInFlight(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{Dir: dir, Logger: slog.New(slog.DiscardHandler), LeaseTTL: 500 * time.Millisecond, AckWait: 500 * time.Millisecond}
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := s.Queue("orders", []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var ids []store.ID
+	for i := range 10 {
+		id, err := q.Append(ctx, &store.Message{Method: "POST", URI: fmt.Sprintf("/o/%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	c, _ := q.Consumer("a")
+	now := time.Now()
+	ds, err := c.Fetch(10, now)
+	if err != nil || len(ds) != 10 {
+		t.Fatalf("fetch: %d %v", len(ds), err)
+	}
+	for _, d := range ds[:4] {
+		if err := c.Complete(ctx, d, store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: now, Status: 200}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Complete(ctx, ds[4], store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: now, Status: 400}}); err != nil {
+		t.Fatal(err)
+	}
+	crash(s)
+
+	cfg.Node = "second"
+	s, err = Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	q, err = s.Queue("orders", []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ = q.Consumer("a")
+	got := map[uint64]int{}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(got) < 5 && time.Now().Before(deadline) {
+		ds, err := c.Fetch(10, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			got[d.Seq]++
+			if err := c.Complete(ctx, d, store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A little longer: nothing else may come.
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		ds, err := c.Fetch(10, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			got[d.Seq]++
+		}
+	}
+	if len(got) != 5 {
+		t.Fatalf("after the crash %d messages were handed out again (%v), want the 5 in flight", len(got), got)
+	}
+	for _, id := range ids[:5] {
+		if got[id.Seq()] != 0 {
+			t.Fatalf("seq %d, finished before the crash, was handed out again", id.Seq())
+		}
+	}
+	for _, id := range ids[5:] {
+		if got[id.Seq()] != 1 {
+			t.Fatalf("seq %d handed out %d times after the crash, want 1", id.Seq(), got[id.Seq()])
+		}
+	}
+	if _, st, err := q.Lookup(ids[4]); err != nil || st[0].Phase != store.Dead {
+		t.Fatalf("the dead letter after the crash: %v %+v", err, st)
+	}
+}

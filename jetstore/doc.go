@@ -1,0 +1,68 @@
+// Package jetstore is sluice's storage engine on NATS JetStream, for running
+// several sluice nodes on one replicated store. It implements the contract
+// of package store (Queue, Consumer, DeadLetters; not Parker, so ordering and
+// fairness are refused with it) and passes its conformance suite
+// (conformance_test.go).
+//
+// # Model
+//
+// Each route is a stream, <prefix>_<route>, on the subject <prefix>.<route>,
+// holding every accepted request as one message (the store's record: id tag,
+// time, method, URI, headers, idempotency key, body, CRC-32C). A message's
+// seq is its stream sequence. The stream keeps messages for the retention
+// (MaxAge), refuses appends past max_bytes (DiscardNew: ErrFull, never a
+// dropped message), and is replicated on 1, 3 or 5 servers.
+//
+// Each target is a durable pull consumer on its route's stream (explicit
+// acknowledgements, MaxAckPending = the target's concurrency times its batch
+// size, no MaxDeliver: attempts are counted here). Outcomes live in a
+// key-value bucket, <prefix>_state, written before the consumer's
+// acknowledgement:
+//
+//	s.<route>.<target>.<seq>  the State (phase, attempts, history) as JSON
+//	r.<route>.<target>.<seq>  in the retry schedule, due at (unix ns)
+//	d.<route>.<target>.<seq>  a dead letter (listed by DeadLetters)
+//
+// The bucket's entries expire with the retention. A message handed out again
+// by the server (its node died holding it, or its acknowledgement was lost)
+// is checked against its s. entry first, so a recorded outcome is never
+// attempted again.
+//
+// # One node drains a target at a time
+//
+// A second bucket, <prefix>_leases, whose entries live LeaseTTL, holds one
+// lease per (route, target): a node creates it if absent, renews it by
+// revision at 75% of the TTL, and drops it when a renewal fails; it counts it
+// as held only until 90% of the TTL after the write was sent. Fetch hands out
+// messages only on the node holding the lease, so the drainer of that node is
+// the only one sending to the target, and the target's rate holds across all
+// nodes. When the holder dies, its entry expires and another node takes the
+// lease within about 1.1 TTL (the entry's TTL plus the TTL/10 poll); its
+// messages in flight are handed out again AckWait after its last keep-alive
+// (duplicates only for those). On a graceful stop a node gives its messages
+// back and deletes its lease, so the next node takes over at once.
+//
+// # Guarantees
+//
+//   - Append returns once the stream's leader has the message stored and,
+//     with replicas 3 or 5, a quorum has it. The embedded server (no URLs)
+//     syncs every write to disk before acknowledging (sync_interval: always);
+//     an external cluster does so only if configured to: see the README.
+//   - Idempotency keys are the messages' Nats-Msg-Id, and the stream's
+//     duplicate window is the retention: a repeated key on any node answers
+//     the first message's id. The servers keep the window's keys in memory
+//     (about 100 bytes a key).
+//   - At least once to every target; an attempt is repeated only if its node
+//     died (or lost the lease's connection) before its outcome was written.
+//
+// # Costs
+//
+// An append is one publish and its acknowledgement (a round trip, a quorum
+// write). Each outcome is one or two key-value writes (state, then retry or
+// dead-letter entry) and an acknowledgement not waited for. Lookup reads the
+// message and one state per target. Stats (cached 250ms) asks the servers
+// for the stream's and each consumer's info. The retry schedule of a target
+// is held in memory by the lease holder and read from the bucket when it
+// gains the lease (one read per retrying message). DeadLetters lists the
+// target's dead-letter keys (one key per dead letter) on every call.
+package jetstore

@@ -1,0 +1,138 @@
+package jetstore
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Lease is one node's claim on a key of the lease bucket, whose entries
+// expire after the bucket's TTL unless renewed. It is acquired with
+// create-if-absent, renewed with a compare-and-set on its revision at 75%
+// of the TTL, and dropped when a renewal fails. Locally it counts as held
+// until 90% of the TTL after the request that wrote it was sent, so that the
+// holder stops before the entry can expire on the server and another node
+// can take it (clocks are assumed to run at the same rate, not to agree).
+type Lease struct {
+	kv   jetstream.KeyValue
+	key  string
+	node string
+	ttl  time.Duration
+
+	mu       sync.Mutex
+	rev      uint64    // revision of our entry; 0 = not held
+	sent     time.Time // when the request that wrote rev was sent
+	gen      uint64    // acquisitions so far
+	reported bool      // the last state told to changed
+	changed  func(held bool)
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// NewLease returns a lease on key in kv (a bucket whose TTL is ttl) for
+// node. changed, if not nil, is called (from the lease's goroutine) when
+// the lease is gained or lost. Start tries once and starts the renewals.
+func NewLease(kv jetstream.KeyValue, key, node string, ttl time.Duration, changed func(held bool)) *Lease {
+	return &Lease{kv: kv, key: key, node: node, ttl: ttl, changed: changed, stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Start tries to acquire the lease once, then keeps acquiring or renewing
+// it until Stop.
+func (l *Lease) Start() {
+	l.step()
+	go l.loop()
+}
+
+// Held reports whether the lease is held now, and the acquisition it
+// belongs to.
+func (l *Lease) Held() (bool, uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.heldLocked(time.Now()), l.gen
+}
+
+func (l *Lease) heldLocked(now time.Time) bool {
+	return l.rev != 0 && now.Before(l.sent.Add(l.ttl*9/10))
+}
+
+func (l *Lease) loop() {
+	defer close(l.done)
+	t := time.NewTicker(max(l.ttl/10, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			l.step()
+		}
+	}
+}
+
+// step renews a held lease that is at 75% of its TTL, or tries to acquire
+// one not held.
+func (l *Lease) step() {
+	now := time.Now()
+	l.mu.Lock()
+	rev, sent, held := l.rev, l.sent, l.heldLocked(now)
+	l.mu.Unlock()
+	if held && now.Before(sent.Add(l.ttl*3/4)) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), max(l.ttl/8, 50*time.Millisecond))
+	defer cancel()
+	var newRev uint64
+	var err error
+	if held {
+		newRev, err = l.kv.Update(ctx, l.key, []byte(l.node), rev)
+	} else {
+		newRev, err = l.kv.Create(ctx, l.key, []byte(l.node))
+	}
+	l.mu.Lock()
+	gained := false
+	if err != nil {
+		l.rev = 0 // a failed renewal drops the lease; a failed create changes nothing
+	} else {
+		l.rev, l.sent = newRev, now
+		if !held {
+			l.gen++
+			gained = true
+		}
+	}
+	is := l.heldLocked(time.Now())
+	report := l.changed != nil && (gained || is != l.reported)
+	l.reported = is
+	l.mu.Unlock()
+	if report {
+		l.changed(is)
+	}
+}
+
+// Stop stops renewing and, if the lease is held, deletes it so that
+// another node can take it at once.
+func (l *Lease) Stop() {
+	select {
+	case <-l.stop:
+		return
+	default:
+	}
+	close(l.stop)
+	select {
+	case <-l.done:
+	case <-time.After(l.ttl):
+	}
+	l.mu.Lock()
+	rev := l.rev
+	l.rev = 0
+	l.mu.Unlock()
+	if rev != 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		err := l.kv.Delete(ctx, l.key, jetstream.LastRevision(rev))
+		_ = errors.Is(err, jetstream.ErrKeyNotFound) // lost meanwhile: nothing to release
+	}
+}
