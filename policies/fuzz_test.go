@@ -76,7 +76,13 @@ func checkInvariants(t *testing.T, p *Policy) {
 	}
 	s := p.Storage
 	check(p.Listen != "", "empty listen")
-	check(s.Engine == "bbolt", "engine %q", s.Engine)
+	check(s.Engine == EngineBbolt && s.JetStream == nil || s.Engine == EngineJetStream && s.JetStream != nil, "engine %q with jetstream %+v", s.Engine, s.JetStream)
+	if j := s.JetStream; j != nil {
+		check(j.Replicas == 1 || (j.Replicas == 3 || j.Replicas == 5) && len(j.URLs) > 0, "replicas %d with %d urls", j.Replicas, len(j.URLs))
+		check(j.StreamPrefix != "" && j.LeaseTTL >= MinLeaseTTL && j.LeaseTTL <= MaxLeaseTTL, "jetstream %+v", j)
+		check(j.Credentials == "" || j.NKey == "", "credentials and nkey")
+		check(s.Fsync.Mode == FsyncAlways, "fsync %v with jetstream", s.Fsync)
+	}
 	check(s.Dir != "", "empty dir")
 	check(s.Retention > 0, "retention %v", s.Retention)
 	check(s.MaxBytes >= 0 && s.MinFreeBytes >= 0, "negative sizes %d %d", s.MaxBytes, s.MinFreeBytes)

@@ -140,14 +140,54 @@ type TLS struct {
 
 // Storage says where and how accepted requests are kept.
 type Storage struct {
-	Engine       string        // "bbolt", the only engine so far (and the default)
+	Engine       string        // "bbolt" (the default) or "jetstream"
 	Dir          string        // data directory; default "./data"; a relative path is kept as written
 	Fsync        Fsync         // when an append reaches the disk; default always
 	Retention    time.Duration // how long messages are kept; default 72h; always > 0
 	MaxBytes     int64         // admission limit on stored bytes; 0 (the default) = unlimited
 	MinFreeBytes int64         // key min_free_bytes: free-disk floor; 0 (the default) = disabled
 	SegmentBytes int64         // key segment_bytes: log segment size; default 64MiB, 64KiB..4GiB
-	Line         int           // line of the storage mapping; 0 if the file has none
+	// JetStream (key jetstream) configures engine jetstream; nil with bbolt.
+	// With engine jetstream and no jetstream mapping: an embedded server in Dir.
+	JetStream *JetStream
+	Line      int // line of the storage mapping; 0 if the file has none
+}
+
+// Engines of storage.engine.
+const (
+	EngineBbolt     = "bbolt"
+	EngineJetStream = "jetstream"
+)
+
+// JetStream is storage.jetstream: where the NATS JetStream servers are and
+// how the queues are laid out on them.
+type JetStream struct {
+	// URLs (key urls) of the NATS servers (nats://, tls://); none (the
+	// default): an embedded single-node server in storage.dir.
+	URLs []string
+	// Credentials (key credentials) is a .creds file; NKey (key nkey) a file
+	// with an nkey seed. At most one.
+	Credentials, NKey string
+	// TLS (key tls: {ca, cert, key}): files of the CA to trust and of the
+	// client certificate and key; nil = none.
+	TLS *JetStreamTLS
+	// Replicas (key replicas) of every stream and bucket: 1 (the default), 3
+	// or 5; above 1 needs urls (the embedded server is one node).
+	Replicas int
+	// StreamPrefix (key stream_prefix) names the streams, subjects and
+	// buckets; default "sluice".
+	StreamPrefix string
+	// LeaseTTL (key lease_ttl) is how long a node's claim on a target lasts
+	// unrenewed: another node takes over about this long after its holder
+	// dies. Default 10s, 1s..5m.
+	LeaseTTL time.Duration
+	Line     int // line of the jetstream mapping
+}
+
+// JetStreamTLS is storage.jetstream.tls.
+type JetStreamTLS struct {
+	CA, Cert, Key string
+	Line          int
 }
 
 // FsyncMode is when appended data is flushed to disk.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"net/textproto"
+	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -127,6 +129,7 @@ func (d *decoder) policy(root *yaml.Node) *Policy {
 		}
 	}
 	d.checkOverlaps(p.Routes, matchLines)
+	d.checkEngine(p)
 	return p
 }
 
@@ -246,7 +249,7 @@ func (d *decoder) storage(top *mapping) Storage {
 	if !ok {
 		return s
 	}
-	m := d.mapping(n, "storage", "storage", "engine", "dir", "fsync", "retention", "max_bytes", "min_free_bytes", "segment_bytes")
+	m := d.mapping(n, "storage", "storage", "engine", "dir", "fsync", "retention", "max_bytes", "min_free_bytes", "segment_bytes", "jetstream")
 	if m == nil {
 		return s
 	}
@@ -258,7 +261,95 @@ func (d *decoder) storage(top *mapping) Storage {
 	field(d, m, "max_bytes", "", parseSize(0, maxSize), &s.MaxBytes)
 	field(d, m, "min_free_bytes", "", parseSize(0, maxSize), &s.MinFreeBytes)
 	field(d, m, "segment_bytes", "", parseSize(MinSegmentBytes, MaxSegmentBytes), &s.SegmentBytes)
+	if n, ok := m.vals["jetstream"]; ok {
+		if s.Engine != EngineJetStream && !m.bad["engine"] {
+			d.errorf(n.Line, m.field("jetstream"), "jetstream is only used with engine: jetstream (the engine is %s)", s.Engine)
+		} else {
+			s.JetStream = d.jetstream(n, m.field("jetstream"))
+		}
+	}
+	if s.Engine == EngineJetStream {
+		if s.JetStream == nil {
+			s.JetStream = &JetStream{Replicas: 1, StreamPrefix: DefaultStreamPrefix, LeaseTTL: DefaultLeaseTTL}
+		}
+		for _, key := range []string{"segment_bytes", "min_free_bytes"} {
+			if n, ok := m.vals[key]; ok {
+				d.warnf(n.Line, m.field(key), "%s applies to engine bbolt only; it is ignored with jetstream", key)
+			}
+		}
+		if n, ok := m.vals["fsync"]; ok && s.Fsync.Mode != FsyncAlways {
+			d.errorf(n.Line, m.field("fsync"), "engine jetstream acknowledges after the servers' publish acknowledgement: fsync %s cannot be honoured; remove it (the embedded server syncs every write; for a cluster set sync_interval on the servers)", s.Fsync)
+		}
+	}
 	return s
+}
+
+// Defaults of storage.jetstream.
+const (
+	DefaultStreamPrefix = "sluice"
+	DefaultLeaseTTL     = 10 * time.Second
+	MinLeaseTTL         = time.Second
+	MaxLeaseTTL         = 5 * time.Minute
+)
+
+var streamPrefixPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
+
+func (d *decoder) jetstream(n *yaml.Node, path string) *JetStream {
+	m := d.mapping(n, path, "storage.jetstream", "urls", "credentials", "nkey", "tls", "replicas", "stream_prefix", "lease_ttl")
+	if m == nil {
+		return nil
+	}
+	j := &JetStream{Replicas: 1, StreamPrefix: DefaultStreamPrefix, LeaseTTL: DefaultLeaseTTL, Line: m.line}
+	for i, n := range d.list(m, "urls") {
+		at := fmt.Sprintf("%s[%d]", m.field("urls"), i)
+		v, ok := d.item(n, at)
+		if !ok {
+			continue
+		}
+		u, err := url.Parse(v)
+		if err != nil || u.Host == "" || (u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss") {
+			d.errorf(n.Line, at, "invalid NATS server URL %q: expected nats://host:4222 (or tls://, ws://, wss://)", v)
+			continue
+		}
+		j.URLs = append(j.URLs, v)
+	}
+	field(d, m, "credentials", "", parseDir, &j.Credentials)
+	field(d, m, "nkey", "", parseDir, &j.NKey)
+	if j.Credentials != "" && j.NKey != "" {
+		d.errorf(m.vals["nkey"].Line, m.field("nkey"), "credentials and nkey are two ways to authenticate: set one")
+	}
+	if n, ok := m.vals["tls"]; ok {
+		if tm := d.mapping(n, m.field("tls"), "storage.jetstream.tls", "ca", "cert", "key"); tm != nil {
+			t := &JetStreamTLS{Line: tm.line}
+			field(d, tm, "ca", "", parseDir, &t.CA)
+			field(d, tm, "cert", "", parseDir, &t.Cert)
+			field(d, tm, "key", "", parseDir, &t.Key)
+			if (t.Cert == "") != (t.Key == "") {
+				d.errorf(tm.line, tm.field("cert"), "cert and key go together: set both or neither")
+			}
+			j.TLS = t
+		}
+	}
+	if field(d, m, "replicas", "", parseInt(1, 5), &j.Replicas) && j.Replicas != 1 && j.Replicas != 3 && j.Replicas != 5 {
+		d.errorf(m.vals["replicas"].Line, m.field("replicas"), "replicas %d: expected 1, 3 or 5 (an odd number, for a quorum)", j.Replicas)
+	}
+	if j.Replicas > 1 && len(j.URLs) == 0 && !m.bad["urls"] {
+		d.errorf(m.vals["replicas"].Line, m.field("replicas"), "replicas %d needs a cluster: set urls (with no urls, the embedded server is a single node: replicas 1)", j.Replicas)
+	}
+	field(d, m, "stream_prefix", "", func(s string) (string, error) {
+		if !streamPrefixPattern.MatchString(s) {
+			return "", fmt.Errorf("invalid stream_prefix %q: expected 1-32 letters, digits, _ or -", s)
+		}
+		return s, nil
+	}, &j.StreamPrefix)
+	field(d, m, "lease_ttl", "", func(s string) (time.Duration, error) {
+		v, err := time.ParseDuration(s)
+		if err != nil || v < MinLeaseTTL || v > MaxLeaseTTL {
+			return 0, fmt.Errorf("invalid lease_ttl %q: expected a duration from %v to %v, such as 10s", s, MinLeaseTTL, MaxLeaseTTL)
+		}
+		return v, nil
+	}, &j.LeaseTTL)
+	return j
 }
 
 // route decodes routes[i]; names maps route names seen so far to their lines. It returns
@@ -748,4 +839,23 @@ func (d *decoder) headers(n *yaml.Node, path string) []HeaderField {
 		out = append(out, HeaderField{Name: name, Value: val})
 	}
 	return out
+}
+
+// checkEngine refuses what the storage engine cannot do: with jetstream,
+// ordering and fairness (they park messages in the store).
+func (d *decoder) checkEngine(p *Policy) {
+	if p.Storage.Engine != EngineJetStream {
+		return
+	}
+	for i, r := range p.Routes {
+		for j, t := range r.Targets {
+			at := fmt.Sprintf("routes[%d].targets[%d]", i, j)
+			if t.Ordering != nil {
+				d.errorf(t.Ordering.Line, at+".ordering", "ordering needs storage.engine bbolt: engine jetstream cannot park messages yet (storage at line %d)", p.Storage.Line)
+			}
+			if t.Fairness != nil {
+				d.errorf(t.Fairness.Line, at+".fairness", "fairness needs storage.engine bbolt: engine jetstream cannot park messages yet (storage at line %d)", p.Storage.Line)
+			}
+		}
+	}
 }

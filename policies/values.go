@@ -38,12 +38,10 @@ func parseListen(s string) (string, error) {
 
 func parseEngine(s string) (string, error) {
 	switch s {
-	case "bbolt":
+	case EngineBbolt, EngineJetStream:
 		return s, nil
-	case "jetstream":
-		return "", errors.New("jetstream is not supported yet; use bbolt")
 	}
-	return "", fmt.Errorf("unknown engine %q: expected bbolt", s)
+	return "", fmt.Errorf("unknown engine %q: expected bbolt or jetstream", s)
 }
 
 func parseDir(s string) (string, error) {
