@@ -13,11 +13,12 @@
 // (MaxAge), refuses appends past max_bytes (DiscardNew: ErrFull, never a
 // dropped message), and is replicated on 1, 3 or 5 servers.
 //
-// Each target is a durable pull consumer on its route's stream (explicit
-// acknowledgements, MaxAckPending = the target's concurrency times its batch
-// size, no MaxDeliver: attempts are counted here). Outcomes live in a
-// key-value bucket, <prefix>_state, written before the consumer's
-// acknowledgement:
+// Each target is a durable pull consumer on its route's stream: explicit
+// acknowledgements, MaxAckPending as the caller sets it (sluice serve: four
+// times the target's concurrency times its batch size, at least 64; the
+// drainer keeps the concurrency itself), no MaxDeliver (attempts are counted
+// here). Outcomes live in a key-value bucket, <prefix>_state, written before
+// the consumer's acknowledgement:
 //
 //	s.<route>.<target>.<seq>  the State (phase, attempts, history) as JSON
 //	r.<route>.<target>.<seq>  in the retry schedule, due at (unix ns)

@@ -91,6 +91,13 @@ func (l *Lease) step() {
 		newRev, err = l.kv.Update(ctx, l.key, []byte(l.node), rev)
 	} else {
 		newRev, err = l.kv.Create(ctx, l.key, []byte(l.node))
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			// Ours from an earlier life of this node (same name): take it
+			// back at once instead of waiting for it to expire.
+			if e, gerr := l.kv.Get(ctx, l.key); gerr == nil && string(e.Value()) == l.node {
+				newRev, err = l.kv.Update(ctx, l.key, []byte(l.node), e.Revision())
+			}
+		}
 	}
 	l.mu.Lock()
 	gained := false
@@ -132,7 +139,6 @@ func (l *Lease) Stop() {
 	if rev != 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		err := l.kv.Delete(ctx, l.key, jetstream.LastRevision(rev))
-		_ = errors.Is(err, jetstream.ErrKeyNotFound) // lost meanwhile: nothing to release
+		l.kv.Delete(ctx, l.key, jetstream.LastRevision(rev)) // an error: lost meanwhile, or it expires
 	}
 }

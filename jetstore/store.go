@@ -22,7 +22,7 @@ import (
 const (
 	DefaultStreamPrefix = "sluice"
 	DefaultLeaseTTL     = 10 * time.Second
-	DefaultAckWait      = 30 * time.Second
+	DefaultAckWait      = 5 * time.Second
 	DefaultRetention    = 72 * time.Hour
 	// DefaultMaxPayload is the embedded server's max_payload: the largest
 	// record it takes (a record is the request with its headers).
@@ -63,9 +63,11 @@ type Config struct {
 	// AckWait is how long a message handed to a node may stay unacknowledged
 	// after that node stops telling the server it is still working on it
 	// (a dead node's messages in flight are handed out again after it).
-	// Default 30s.
+	// Default 5s. Messages this node holds are kept alive every AckWait/3.
 	AckWait time.Duration
-	// Node names this node in leases; default a random name.
+	// Node names this node in leases; default a random name. A node that
+	// restarts under the same name takes its leases back at once (two live
+	// nodes must never share a name).
 	Node string
 	// Logger; default slog.Default().
 	Logger *slog.Logger

@@ -26,7 +26,11 @@ func (m messages) queue(route string) (listQueue, error) {
 	if q == nil {
 		return nil, fmt.Errorf("%w: no buffer or spillover route %q", admin.ErrNoTarget, route)
 	}
-	return q, nil
+	lq, ok := q.(listQueue)
+	if !ok {
+		return nil, fmt.Errorf("%w: route %q: listing, counting and replaying messages are not supported with storage.engine jetstream yet", admin.ErrNoTarget, route)
+	}
+	return lq, nil
 }
 
 func (m messages) List(route string, f store.Filter, after uint64, limit int, fn func(*store.Row) bool) (uint64, bool, error) {

@@ -123,10 +123,12 @@ func (n *node) State() admin.State {
 			continue
 		}
 		qs := q.Stats()
-		ws := q.WriterStats()
 		rs.Appended, rs.Expired = qs.Appended, qs.Expired
-		rs.Writer = admin.WriterCounts{Commits: ws.Commits, Requests: ws.Requests, Time: ws.Time, FailedCommits: ws.FailedCommits}
-		counts := n.counts(name, q, now)
+		rs.Writer = q.writer()
+		var counts map[string]store.Counts
+		if lq, ok := q.(listQueue); ok { // jetstream: not counted yet
+			counts = n.counts(name, lq, now)
+		}
 		for _, ts := range qs.Targets {
 			run := runs[runKey{name, ts.Target}]
 			if run == nil {

@@ -46,6 +46,10 @@ The server must be stopped: these open its data directory.
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	if err := checkOffline("dlq", pol.Storage); err != nil {
+		fmt.Fprintln(stderr, "sluice dlq:", err)
+		return 1
+	}
 	log, _ := newLogger(stderr, "warn", "text")
 	lock, err := lockDir(pol.Storage.Dir)
 	if err != nil {

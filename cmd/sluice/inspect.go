@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -24,6 +25,10 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if _, err := os.Stat(filepath.Join(*dir, "jetstream")); err == nil {
+		fmt.Fprintf(stderr, "sluice inspect: %s holds an embedded JetStream store (storage.engine jetstream); inspect reads bbolt data only: use the admin API or the nats CLI (nats stream info)\n", *dir)
+		return 1
 	}
 	if _, err := os.Stat(*dir); err == nil {
 		lock, err := lockDir(*dir)

@@ -30,7 +30,7 @@ import (
 // serve and demo both run one.
 type node struct {
 	log   *slog.Logger
-	store *buffer.Store
+	store engine
 	proxy *proxy.Server
 	ln    net.Listener
 	lock  *dirLock // the data directory's lock; nil if not taken (tests on a temporary directory)
@@ -42,7 +42,7 @@ type node struct {
 
 	mu     sync.Mutex // guards pol, queues and runs
 	pol    *policies.Policy
-	queues map[string]*buffer.Queue // of the buffer and spillover routes, by route; a reload adds, never removes
+	queues map[string]nodeQueue // of the buffer and spillover routes, by route; a reload adds, never removes
 	runs   map[runKey]*targetRun
 
 	controls   *admin.Controls
@@ -99,17 +99,13 @@ func storeConfig(st policies.Storage, log *slog.Logger) buffer.Config {
 }
 
 // openQueues opens the queue of every buffer and spillover route of pol.
-func openQueues(st *buffer.Store, pol *policies.Policy) (map[string]*buffer.Queue, error) {
-	qs := map[string]*buffer.Queue{}
+func openQueues(st engine, pol *policies.Policy) (map[string]nodeQueue, error) {
+	qs := map[string]nodeQueue{}
 	for _, r := range pol.Routes {
 		if r.Mode != policies.ModeBuffer && r.Mode != policies.ModeSpillover {
 			continue
 		}
-		names := make([]string, len(r.Targets))
-		for i, t := range r.Targets {
-			names[i] = t.Name
-		}
-		q, err := st.Queue(r.Name, names)
+		q, err := st.queue(r)
 		if err != nil {
 			return nil, fmt.Errorf("route %q: %w", r.Name, err)
 		}
@@ -119,7 +115,7 @@ func openQueues(st *buffer.Store, pol *policies.Policy) (map[string]*buffer.Queu
 }
 
 // contract returns the queues as the proxy takes them.
-func contract(queues map[string]*buffer.Queue) map[string]store.Queue {
+func contract(queues map[string]nodeQueue) map[string]store.Queue {
 	out := make(map[string]store.Queue, len(queues))
 	for name, q := range queues {
 		out[name] = q
@@ -129,7 +125,7 @@ func contract(queues map[string]*buffer.Queue) map[string]store.Queue {
 
 // queue returns the queue of a buffer or spillover route (one a reload
 // removed too); nil if none.
-func (n *node) queue(route string) *buffer.Queue {
+func (n *node) queue(route string) nodeQueue {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.queues[route]
@@ -166,9 +162,7 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (n *node
 	n = &node{log: log, ln: ln, lock: lock, pol: pol, runs: map[runKey]*targetRun{}, controls: controls,
 		serveErr: make(chan error, 1), adminErr: make(chan error, 1), adminEnd: make(chan struct{}), stopCtl: make(chan struct{})}
 	n.metrics = admin.NewMetrics(n.State)
-	scfg := storeConfig(pol.Storage, log)
-	scfg.ObserveSync = n.metrics.ObserveSync
-	st, err := buffer.Open(scfg)
+	st, err := openEngine(pol.Storage, log, n.metrics.ObserveSync)
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +246,7 @@ func (n *node) newRun(r policies.Route, t policies.Target, base drain.Stats) (*t
 	if q == nil {
 		return nil, fmt.Errorf("route %q: no queue", r.Name)
 	}
-	c, err := q.Consumer(t.Name)
+	c, err := q.consumer(t)
 	if err != nil {
 		return nil, fmt.Errorf("route %q: %w", r.Name, err)
 	}
@@ -418,7 +412,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	n.reload = load
 	attrs := []any{"version", versionString(), "listen", ln.Addr().String(),
-		"policy", pol.File, "data", pol.Storage.Dir, "fsync", pol.Storage.Fsync.String(), "routes", len(pol.Routes)}
+		"policy", pol.File, "data", pol.Storage.Dir, "engine", pol.Storage.Engine, "fsync", pol.Storage.Fsync.String(), "routes", len(pol.Routes)}
 	if n.adminLn != nil {
 		attrs = append(attrs, "admin", n.adminLn.Addr().String())
 	}

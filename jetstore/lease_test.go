@@ -1,0 +1,130 @@
+package jetstore
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-proxy/sluice/store"
+)
+
+// Two nodes on one server: only the lease holder hands out messages; when
+// its connection dies, the other takes over within about one TTL, never
+// while the first still counts itself the holder, and gets everything not
+// finished (the dead node's messages in flight after AckWait).
+func TestLeaseOneHolderAndTakeover(t *testing.T) {
+	srv, err := StartEmbedded(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	const ttl = time.Second
+	open := func(node string) (*Store, *Consumer) {
+		s, err := Open(Config{Server: srv, Node: node, LeaseTTL: ttl, AckWait: time.Second, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		q, err := s.Queue("orders", []string{"inv"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := q.Consumer("inv")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, c
+	}
+	a, ca := open("a")
+	_, cb := open("b")
+	ctx := context.Background()
+	qa, _ := a.Queue("orders", []string{"inv"})
+	for i := range 20 {
+		if _, err := qa.Append(ctx, &store.Message{Method: "POST", URI: fmt.Sprintf("/o/%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !ca.Holds() || cb.Holds() {
+		t.Fatalf("holds: a %v b %v, want a only", ca.Holds(), cb.Holds())
+	}
+	now := time.Now()
+	if ds, err := cb.Fetch(10, now); err != nil || len(ds) != 0 {
+		t.Fatalf("the node without the lease fetched %d (%v)", len(ds), err)
+	}
+	ds, err := ca.Fetch(8, now)
+	if err != nil || len(ds) != 8 {
+		t.Fatalf("the holder fetched %d (%v), want 8", len(ds), err)
+	}
+	for _, d := range ds[:5] {
+		if err := ca.Complete(ctx, d, store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: now, Status: 200}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Watch that the two never both count themselves holders.
+	var both atomic.Bool
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if ca.Holds() && cb.Holds() {
+				both.Store(true)
+			}
+		}
+	}()
+	killed := time.Now()
+	a.nc.Close() // the holder's connection dies: no renewal, nothing given back
+	got := map[uint64]int{}
+	var tookOver time.Duration
+	deadline := killed.Add(10 * ttl)
+	for len(got) < 15 && time.Now().Before(deadline) {
+		ds, err := cb.Fetch(20, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ds) > 0 && tookOver == 0 {
+			tookOver = time.Since(killed)
+		}
+		for _, d := range ds {
+			got[d.Seq]++
+			if err := cb.Complete(ctx, d, store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	<-watched
+	if both.Load() {
+		t.Fatal("both nodes counted themselves the lease holder at once")
+	}
+	if ca.Holds() {
+		t.Fatal("the node whose connection died still counts itself the holder")
+	}
+	if ds, _ := ca.Fetch(10, time.Now()); len(ds) != 0 {
+		t.Fatalf("the node without a connection handed out %d messages", len(ds))
+	}
+	if len(got) != 15 {
+		t.Fatalf("the new holder got %d distinct messages, want the 15 not finished: %v", len(got), got)
+	}
+	for _, d := range ds[:5] {
+		if got[d.Seq] != 0 {
+			t.Fatalf("seq %d, delivered by the first node, was handed out again", d.Seq)
+		}
+	}
+	// Takeover needs the entry to expire (at most one TTL after the last
+	// renewal) and a poll (TTL/10); a loose bound, the figure is logged.
+	if tookOver > 2*ttl {
+		t.Fatalf("takeover after %v, want within about one TTL (%v)", tookOver, ttl)
+	}
+	t.Logf("the second node took over %v after the holder's connection died (lease TTL %v)", tookOver, ttl)
+}
