@@ -3,6 +3,7 @@ package jetstore
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -49,16 +50,18 @@ func newConsumer(q *Queue, target string, o ConsumerOptions) (*Consumer, error) 
 	if o.MaxAckPending <= 0 {
 		o.MaxAckPending = 1024
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
-	cons, err := q.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       target,
-		Description:   "sluice target " + target + " of route " + q.name,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       q.s.cfg.AckWait,
-		MaxDeliver:    -1, // attempts are counted by the engine's retry schedule
-		MaxAckPending: o.MaxAckPending,
+	var cons jetstream.Consumer
+	err := setUp(func(ctx context.Context) (err error) {
+		cons, err = q.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       target,
+			Description:   "sluice target " + target + " of route " + q.name,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       q.s.cfg.AckWait,
+			MaxDeliver:    -1, // attempts are counted by the engine's retry schedule
+			MaxAckPending: o.MaxAckPending,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("jetstore: route %q: target %q: consumer: %w", q.name, target, err)
@@ -66,7 +69,7 @@ func newConsumer(q *Queue, target string, o ConsumerOptions) (*Consumer, error) 
 	c := &Consumer{q: q, target: target, cons: cons, ready: make(chan struct{}, 1),
 		inflight: map[uint64]*held{}, retries: map[uint64]time.Time{},
 		stop: make(chan struct{}), done: make(chan struct{})}
-	c.lease = NewLease(q.s.leases, q.name+"."+target, q.s.cfg.Node, q.s.cfg.LeaseTTL, c.leaseChanged)
+	c.lease = NewLease(q.s.leases, q.name+"."+target, q.s.cfg.Node, q.s.cfg.LeaseTTL, q.s.cfg.HandoverQuiet, c.leaseChanged)
 	c.lease.Start()
 	go c.keepAlive()
 	return c, nil
@@ -95,6 +98,9 @@ func (c *Consumer) Holds() bool {
 func (c *Consumer) leaseChanged(held bool) {
 	if held {
 		c.signal()
+		if q := c.q.s.cfg.HandoverQuiet; q > 0 {
+			time.AfterFunc(q, c.signal) // the quiet second is over
+		}
 		return
 	}
 	// Lost: what was given back goes back to the server for the next
@@ -239,7 +245,7 @@ func (c *Consumer) loadRetries(ctx context.Context) error {
 // NextRetry returns when the earliest retry not in flight is due; none
 // while this node does not hold the lease.
 func (c *Consumer) NextRetry() (time.Time, bool) {
-	if !c.Holds() {
+	if ok, _ := c.lease.Active(); !ok {
 		return time.Time{}, false
 	}
 	c.mu.Lock()
@@ -264,7 +270,7 @@ func (c *Consumer) Fetch(max int, now time.Time) ([]*store.Delivery, error) {
 	if closed {
 		return nil, store.ErrClosed
 	}
-	ok, gen := c.lease.Held()
+	ok, gen := c.lease.Active()
 	if !ok || max <= 0 {
 		return nil, nil
 	}
@@ -472,64 +478,92 @@ func (c *Consumer) admit(ctx context.Context, msg jetstream.Msg) (*store.Deliver
 	return d, nil
 }
 
-// Complete records the outcome of the attempt d: its state in the state
-// bucket (the one write that must succeed), then the retry or dead-letter
-// entry, then the acknowledgement to the durable consumer (which need not
-// reach the server: a message handed out again is checked against its
-// state first).
+// Complete records the outcome of the attempt d: see CompleteBatch.
 func (c *Consumer) Complete(ctx context.Context, d *store.Delivery, out store.Outcome) error {
+	return c.CompleteBatch(ctx, []*store.Delivery{d}, []store.Outcome{out})[0]
+}
+
+// CompleteBatch records the outcomes of many attempts, sharing round trips:
+// first every state in the state bucket (the writes that must succeed), all
+// published at once and awaited together; then the retry and dead-letter
+// entries (and the removal of finished retries' entries), likewise; then
+// the acknowledgements to the durable consumer, not awaited (a message
+// handed out again is checked against its state first). errs[i] is ds[i]'s;
+// an attempt whose state was not written stays in flight.
+func (c *Consumer) CompleteBatch(ctx context.Context, ds []*store.Delivery, outs []store.Outcome) []error {
+	errs := make([]error, len(ds))
+	hs := make([]*held, len(ds))
 	c.mu.Lock()
-	h := c.inflight[d.Seq]
-	c.mu.Unlock()
-	if h == nil {
-		return fmt.Errorf("jetstore: route %q: target %q: seq %d is not in flight", c.q.name, c.target, d.Seq)
-	}
-	a := out.Attempt
-	if a.N == 0 {
-		a.N = d.Attempt
-	}
-	st := &store.State{Phase: out.Phase, Attempts: d.Attempt, Response: out.Response}
-	if d.Prior != nil {
-		st.History = d.Prior.History
-	}
-	st.History = appendHistory(st.History, a)
-	switch out.Phase {
-	case store.Retrying:
-		st.NextTry = out.NextTry
-	case store.Delivered, store.Dead:
-	default:
-		return fmt.Errorf("jetstore: outcome phase %q: want delivered, retrying or dead", out.Phase)
-	}
-	if err := c.q.putState(ctx, c.target, d.Seq, st); err != nil {
-		return err
-	}
-	switch out.Phase {
-	case store.Retrying:
-		if err := c.q.putRetry(ctx, c.target, d.Seq, out.NextTry); err != nil {
-			return err
-		}
-	case store.Dead:
-		if _, err := c.q.s.state.Put(ctx, c.q.deadKey(c.target, d.Seq), nil); err != nil {
-			return fmt.Errorf("%w: dead letter %d: %w", store.ErrIO, d.Seq, err)
-		}
-	}
-	if h.fromRetry && out.Phase != store.Retrying {
-		if err := c.q.s.state.Purge(ctx, c.q.retryKey(c.target, d.Seq)); err != nil {
-			return fmt.Errorf("%w: retry entry %d: %w", store.ErrIO, d.Seq, err)
-		}
-	}
-	if h.msg != nil {
-		h.msg.Ack()
-	}
-	c.mu.Lock()
-	delete(c.inflight, d.Seq)
-	if out.Phase == store.Retrying {
-		if ok, _ := c.lease.Held(); ok {
-			c.retries[d.Seq] = out.NextTry
+	for i, d := range ds {
+		if hs[i] = c.inflight[d.Seq]; hs[i] == nil {
+			errs[i] = fmt.Errorf("jetstore: route %q: target %q: seq %d is not in flight", c.q.name, c.target, d.Seq)
 		}
 	}
 	c.mu.Unlock()
-	return nil
+	w := c.q.newKVBatch()
+	for i, d := range ds {
+		if errs[i] != nil {
+			continue
+		}
+		out := outs[i]
+		switch out.Phase {
+		case store.Retrying, store.Delivered, store.Dead:
+		default:
+			errs[i] = fmt.Errorf("jetstore: outcome phase %q: want delivered, retrying or dead", out.Phase)
+			continue
+		}
+		a := out.Attempt
+		if a.N == 0 {
+			a.N = d.Attempt
+		}
+		st := &store.State{Phase: out.Phase, Attempts: d.Attempt, Response: out.Response}
+		if d.Prior != nil {
+			st.History = d.Prior.History
+		}
+		st.History = appendHistory(st.History, a)
+		if out.Phase == store.Retrying {
+			st.NextTry = out.NextTry
+		}
+		b, err := json.Marshal(st)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		w.put(i, c.q.stateKey(c.target, d.Seq), b)
+	}
+	w.wait(ctx, errs, "record the state")
+	w = c.q.newKVBatch()
+	for i, d := range ds {
+		if errs[i] != nil {
+			continue
+		}
+		switch outs[i].Phase {
+		case store.Retrying:
+			w.put(i, c.q.retryKey(c.target, d.Seq), strconv.AppendInt(nil, outs[i].NextTry.UnixNano(), 10))
+		case store.Dead:
+			w.put(i, c.q.deadKey(c.target, d.Seq), nil)
+		}
+		if hs[i].fromRetry && outs[i].Phase != store.Retrying {
+			w.purge(i, c.q.retryKey(c.target, d.Seq))
+		}
+	}
+	w.wait(ctx, errs, "update the retry schedule or dead letters")
+	held, _ := c.lease.Held()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, d := range ds {
+		if errs[i] != nil {
+			continue
+		}
+		if hs[i].msg != nil {
+			hs[i].msg.Ack()
+		}
+		delete(c.inflight, d.Seq)
+		if outs[i].Phase == store.Retrying && held {
+			c.retries[d.Seq] = outs[i].NextTry
+		}
+	}
+	return errs
 }
 
 // Release gives back a fetched message without an outcome: this node hands

@@ -9,6 +9,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// DefaultHandoverQuiet is how long a node that gained a lease from another
+// (or from nobody) waits before handing out messages: one second, the
+// window of a target's rate.
+const DefaultHandoverQuiet = time.Second
+
 // Lease is one node's claim on a key of the lease bucket, whose entries
 // expire after the bucket's TTL unless renewed. It is acquired with
 // create-if-absent, renewed with a compare-and-set on its revision at 75%
@@ -21,13 +26,16 @@ type Lease struct {
 	key  string
 	node string
 	ttl  time.Duration
+	// quiet is the hand-over wait (see DefaultHandoverQuiet).
+	quiet time.Duration
 
-	mu       sync.Mutex
-	rev      uint64    // revision of our entry; 0 = not held
-	sent     time.Time // when the request that wrote rev was sent
-	gen      uint64    // acquisitions so far
-	reported bool      // the last state told to changed
-	changed  func(held bool)
+	mu         sync.Mutex
+	rev        uint64    // revision of our entry; 0 = not held
+	sent       time.Time // when the request that wrote rev was sent
+	gen        uint64    // acquisitions so far
+	reported   bool      // the last state told to changed
+	quietUntil time.Time // a new holder hands out nothing before
+	changed    func(held bool)
 
 	stop chan struct{}
 	done chan struct{}
@@ -35,9 +43,9 @@ type Lease struct {
 
 // NewLease returns a lease on key in kv (a bucket whose TTL is ttl) for
 // node. changed, if not nil, is called (from the lease's goroutine) when
-// the lease is gained or lost. Start tries once and starts the renewals.
-func NewLease(kv jetstream.KeyValue, key, node string, ttl time.Duration, changed func(held bool)) *Lease {
-	return &Lease{kv: kv, key: key, node: node, ttl: ttl, changed: changed, stop: make(chan struct{}), done: make(chan struct{})}
+// the lease is gained or lost. quiet is the hand-over wait after a gain. Start tries once and starts the renewals.
+func NewLease(kv jetstream.KeyValue, key, node string, ttl, quiet time.Duration, changed func(held bool)) *Lease {
+	return &Lease{kv: kv, key: key, node: node, ttl: ttl, quiet: quiet, changed: changed, stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Start tries to acquire the lease once, then keeps acquiring or renewing
@@ -53,6 +61,15 @@ func (l *Lease) Held() (bool, uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.heldLocked(time.Now()), l.gen
+}
+
+// Active reports whether the lease is held and past its hand-over quiet
+// second: whether messages may be handed out now.
+func (l *Lease) Active() (bool, uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	return l.heldLocked(now) && !now.Before(l.quietUntil), l.gen
 }
 
 func (l *Lease) heldLocked(now time.Time) bool {
@@ -87,6 +104,7 @@ func (l *Lease) step() {
 	defer cancel()
 	var newRev uint64
 	var err error
+	reclaimed := false
 	if held {
 		newRev, err = l.kv.Update(ctx, l.key, []byte(l.node), rev)
 	} else {
@@ -96,6 +114,7 @@ func (l *Lease) step() {
 			// back at once instead of waiting for it to expire.
 			if e, gerr := l.kv.Get(ctx, l.key); gerr == nil && string(e.Value()) == l.node {
 				newRev, err = l.kv.Update(ctx, l.key, []byte(l.node), e.Revision())
+				reclaimed = err == nil
 			}
 		}
 	}
@@ -106,6 +125,13 @@ func (l *Lease) step() {
 	} else {
 		l.rev, l.sent = newRev, now
 		if !held {
+			// A new holder keeps quiet for one second, so that no second
+			// holds sends of two holders (the old one's last at its rate,
+			// the new one's full bucket); this lease's own drop and reclaim
+			// (a failed renewal, the same limiter after it) needs none.
+			if !reclaimed || l.gen == 0 {
+				l.quietUntil = now.Add(l.quiet)
+			}
 			l.gen++
 			gained = true
 		}

@@ -61,14 +61,14 @@ func openQueue(s *Store, name string, targets []string) (*Queue, error) {
 	if cfg.MaxBytes == 0 {
 		cfg.MaxBytes = -1
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
-	st, err := s.js.CreateOrUpdateStream(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("jetstore: route %q: stream %s: %w", name, cfg.Name, err)
-	}
-	q.stream = st
-	info, err := st.Info(ctx)
+	var info *jetstream.StreamInfo
+	err := setUp(func(ctx context.Context) (err error) {
+		if q.stream, err = s.js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return err
+		}
+		info, err = q.stream.Info(ctx)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("jetstore: route %q: %w", name, err)
 	}
@@ -521,4 +521,62 @@ func appendHistory(h []store.Attempt, a store.Attempt) []store.Attempt {
 		h = h[len(h)-store.MaxHistory:]
 	}
 	return h
+}
+
+// kvBatch publishes writes to the state bucket without waiting for each:
+// one round trip (and one quorum write each, pipelined) for the lot.
+type kvBatch struct {
+	q    *Queue
+	idx  []int
+	futs []jetstream.PubAckFuture
+	errs map[int]error
+}
+
+func (q *Queue) newKVBatch() *kvBatch { return &kvBatch{q: q, errs: map[int]error{}} }
+
+func (w *kvBatch) publish(i int, m *nats.Msg) {
+	f, err := w.q.s.js.PublishMsgAsync(m)
+	if err != nil {
+		w.errs[i] = err
+		return
+	}
+	w.idx, w.futs = append(w.idx, i), append(w.futs, f)
+}
+
+// put writes value under key, for the item i of the caller's batch.
+func (w *kvBatch) put(i int, key string, value []byte) {
+	w.publish(i, &nats.Msg{Subject: w.q.s.kvPre + key, Data: value})
+}
+
+// purge removes key (a purge marker, expiring with the bucket's TTL).
+func (w *kvBatch) purge(i int, key string) {
+	m := nats.NewMsg(w.q.s.kvPre + key)
+	m.Header.Set("KV-Operation", "PURGE")
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	w.publish(i, m)
+}
+
+// wait waits for every acknowledgement (bounded by ctx and opTimeout) and
+// sets errs[i] for the items whose writes failed.
+func (w *kvBatch) wait(ctx context.Context, errs []error, what string) {
+	timeout := time.NewTimer(opTimeout)
+	defer timeout.Stop()
+	for k, f := range w.futs {
+		i := w.idx[k]
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			w.errs[i] = err
+		case <-ctx.Done():
+			w.errs[i] = ctx.Err()
+		case <-timeout.C:
+			w.errs[i] = context.DeadlineExceeded
+			timeout.Reset(0)
+		}
+	}
+	for i, err := range w.errs {
+		if errs[i] == nil {
+			errs[i] = fmt.Errorf("%w: route %q: %s: %w", store.ErrIO, w.q.name, what, err)
+		}
+	}
 }

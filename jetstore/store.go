@@ -28,6 +28,8 @@ const (
 	// record it takes (a record is the request with its headers).
 	DefaultMaxPayload = 8 << 20
 	opTimeout         = 10 * time.Second
+	setUpTry          = 3 * time.Second
+	setUpTime         = 30 * time.Second
 )
 
 // Config configures a Store. The zero value of every field but Dir (with no
@@ -65,6 +67,11 @@ type Config struct {
 	// (a dead node's messages in flight are handed out again after it).
 	// Default 5s. Messages this node holds are kept alive every AckWait/3.
 	AckWait time.Duration
+	// HandoverQuiet is how long a node that gains a target's lease waits
+	// before handing out its messages, so that no second holds the sends of
+	// two holders: 0 = DefaultHandoverQuiet (1s), except with the embedded
+	// server, where no other node can connect (none); negative = none.
+	HandoverQuiet time.Duration
 	// Node names this node in leases; default a random name. A node that
 	// restarts under the same name takes its leases back at once (two live
 	// nodes must never share a name).
@@ -88,6 +95,7 @@ type Store struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	state  jetstream.KeyValue // s.*, r.*, d.*: outcomes, retry schedule, dead letters
+	kvPre  string             // the state bucket's subject prefix, for writes without waiting
 	leases jetstream.KeyValue
 
 	mu     sync.Mutex
@@ -125,6 +133,9 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.HandoverQuiet == 0 && (len(cfg.URLs) > 0 || cfg.Server != nil) {
+		cfg.HandoverQuiet = DefaultHandoverQuiet
+	}
 	s := &Store{cfg: cfg, log: cfg.Logger, queues: map[string]*Queue{}}
 	var opts []nats.Option
 	opts = append(opts, nats.Name("sluice "+cfg.Node), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
@@ -141,6 +152,9 @@ func Open(cfg Config) (*Store, error) {
 		}
 		s.srv = srv
 		opts = append(opts, nats.InProcessServer(srv))
+		if s.cfg.HandoverQuiet == 0 {
+			s.cfg.HandoverQuiet = -1 // no other node: nobody to hand over from
+		}
 	default:
 		o, err := connectOptions(cfg)
 		if err != nil {
@@ -162,28 +176,56 @@ func Open(cfg Config) (*Store, error) {
 		s.abort()
 		return nil, fmt.Errorf("jetstore: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
-	s.state, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: cfg.StreamPrefix + "_state", History: 1, TTL: cfg.Retention,
-		Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+	err = setUp(func(ctx context.Context) (err error) {
+		s.state, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: cfg.StreamPrefix + "_state", History: 1, TTL: cfg.Retention,
+			Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+		})
+		return err
 	})
 	if err != nil {
 		s.abort()
 		return nil, fmt.Errorf("jetstore: state bucket: %w", err)
 	}
-	s.leases, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: cfg.StreamPrefix + "_leases", History: 1, TTL: cfg.LeaseTTL,
-		Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+	s.kvPre = "$KV." + cfg.StreamPrefix + "_state."
+	err = setUp(func(ctx context.Context) (err error) {
+		s.leases, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: cfg.StreamPrefix + "_leases", History: 1, TTL: cfg.LeaseTTL,
+			Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+		})
+		return err
 	})
 	if err != nil {
 		s.abort()
 		return nil, fmt.Errorf("jetstore: lease bucket: %w", err)
 	}
 	if s.srv == nil && cfg.Server == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
 		s.logServerSync(ctx)
 	}
 	return s, nil
+}
+
+// setUp runs a creation (of a bucket, stream or consumer) until it works,
+// each try bounded by setUpTry, all by setUpTime: nodes starting together
+// on a new cluster race to create the same things, and a cluster electing
+// leaders answers late.
+func setUp(create func(ctx context.Context) error) error {
+	deadline := time.Now().Add(setUpTime)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), setUpTry)
+		err := create(ctx)
+		cancel()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.Code == 400 {
+			return err // a bad configuration: trying again changes nothing
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func joinURLs(urls []string) string {

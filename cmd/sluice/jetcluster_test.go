@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sluice-proxy/sluice/jetstore/jstest"
+	"github.com/sluice-proxy/sluice/loadtest"
+)
+
+// TestJetStreamClusterFailover: three NATS servers (replicas 3) and three
+// sluice processes on them. Producers post to all three nodes; in mid-stream
+// one NATS server is stopped and the sluice node holding the target's lease
+// is killed with SIGKILL. Every acknowledged order reaches the target,
+// duplicates stay within the killed node's attempts in flight, and the
+// target never gets more than rate + burst requests in any second, across
+// the failover.
+func TestJetStreamClusterFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a cluster of three servers and three sluice processes")
+	}
+	const rate, burst, conc = 150, 15, 8
+	dir := t.TempDir()
+	cl, err := jstest.StartCluster(filepath.Join(dir, "nats"), 3, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Shutdown()
+	ds, err := loadtest.StartDownstream(loadtest.DownstreamConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ds.Close()
+
+	addrs := make([]string, 3)
+	procs := make([]*proc, 3)
+	dirs := make([]string, 3)
+	for i := range 3 {
+		addrs[i] = freePort(t)
+		dirs[i] = filepath.Join(dir, fmt.Sprintf("node%d", i))
+		policy := filepath.Join(dir, fmt.Sprintf("node%d.yaml", i))
+		os.WriteFile(policy, []byte(fmt.Sprintf(`listen: %q
+storage:
+  engine: jetstream
+  dir: %q
+  jetstream: { urls: [%s], replicas: 3, lease_ttl: 2s }
+routes:
+  - name: orders
+    match: { path: /api/orders, methods: [POST] }
+    idempotency_header: Idempotency-Key
+    targets:
+      - name: inventory
+        url: %s
+        rate: %d/s
+        burst: %d
+        concurrency: %d
+        retry: { max_attempts: 100, initial: 50ms, max: 500ms }
+`, addrs[i], dirs[i], strings.Join(cl.URLs, ", "), ds.URL(), rate, burst, conc)), 0o644)
+		procs[i] = startSluice(t, policy, addrs[i])
+	}
+
+	var mu sync.Mutex
+	var acked []string
+	dead := make([]bool, 3)
+	client := &http.Client{Timeout: 3 * time.Second}
+	post := func(node int, key string) bool {
+		req, _ := http.NewRequest("POST", "http://"+addrs[node]+"/api/orders", strings.NewReader(`{"order":"`+key+`"}`))
+		req.Header.Set("Idempotency-Key", key)
+		resp, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			return false
+		}
+		id := resp.Header.Get("X-Sluice-Id")
+		mu.Lock()
+		acked = append(acked, id)
+		mu.Unlock()
+		return true
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 6 {
+		wg.Go(func() {
+			tick := time.NewTicker(20 * time.Millisecond) // 6 x 50/s: twice the target's rate
+			defer tick.Stop()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				key := fmt.Sprintf("g%d-%d", g, i)
+				// A client behind a load balancer: the next node if one fails.
+				for try := range 6 {
+					node := (g + try) % 3
+					mu.Lock()
+					skip := dead[node]
+					mu.Unlock()
+					if !skip && post(node, key) {
+						break
+					}
+				}
+			}
+		})
+	}
+
+	time.Sleep(2 * time.Second)
+	cl.Stop(0)
+	mu.Lock()
+	t.Logf("NATS server s1 stopped with %d acknowledged", len(acked))
+	mu.Unlock()
+	time.Sleep(time.Second)
+	holder := leaseHolder(t, cl.URLs[1:], dirs)
+	mu.Lock()
+	dead[holder] = true
+	mu.Unlock()
+	procs[holder].cmd.Process.Signal(syscall.SIGKILL)
+	procs[holder].cmd.Wait()
+	killedAt := time.Now()
+	mu.Lock()
+	t.Logf("sluice node %d (the lease holder) killed with %d acknowledged, %d delivered", holder, len(acked), len(ds.Deliveries()))
+	mu.Unlock()
+	for range 5 {
+		time.Sleep(time.Second)
+		mu.Lock()
+		n := len(acked)
+		mu.Unlock()
+		t.Logf("%v after the kill: %d acknowledged, %d delivered", time.Since(killedAt).Round(time.Second), n, len(ds.Deliveries()))
+	}
+	close(stop)
+	wg.Wait()
+
+	mu.Lock()
+	ids := slices.Clone(acked)
+	mu.Unlock()
+	var logs strings.Builder
+	for i, p := range procs {
+		fmt.Fprintf(&logs, "--- node %d\n%s", i, p.output())
+	}
+	if len(ids) < 500 {
+		t.Fatalf("only %d orders acknowledged\n%s", len(ids), logs.String())
+	}
+	if err := loadtest.WaitDrained(context.Background(), ids, ds, 40*time.Second); err != nil {
+		t.Fatalf("%d of %d acknowledged orders never arrived: %v\n%s", len(ds.Missing(ids)), len(ids), err, logs.String())
+	}
+	dups := 0
+	for _, n := range ds.Deliveries() {
+		dups += n - 1
+	}
+	// Each of the killed node's attempts in flight may come again: at most
+	// its concurrency (and its messages fetched, not yet started: none with
+	// a rate limit, which fetches what it can start).
+	if dups > 2*conc {
+		t.Errorf("%d duplicate deliveries; the killed node had at most %d attempts in flight", dups, conc)
+	}
+	var times []time.Time
+	for _, as := range ds.Arrivals() {
+		for _, a := range as {
+			times = append(times, a.At)
+		}
+	}
+	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
+	peak, peakAt := 0, time.Time{}
+	for i, j := 0, 0; i < len(times); i++ {
+		for times[i].Sub(times[j]) >= time.Second {
+			j++
+		}
+		if n := i - j + 1; n > peak {
+			peak, peakAt = n, times[j]
+		}
+	}
+	perSecond := ds.Stats().MaxPerSecond
+	t.Logf("%d acknowledged, all delivered; %d duplicates; peak %d in a calendar second, %d in a sliding second (from %v after the kill); limit %d",
+		len(ids), dups, perSecond, peak, peakAt.Sub(killedAt).Round(time.Millisecond), rate+burst)
+	// The limiter's bound holds at send time; arrival times carry the
+	// loopback's jitter, allowed for as drain's accuracy test does.
+	slack := 1 + int(math.Ceil(rate*0.005))
+	if perSecond > rate+burst || peak > rate+burst+slack {
+		t.Errorf("the target got %d requests in a calendar second, %d in a sliding one: above rate + burst = %d (+%d for arrival jitter)", perSecond, peak, rate+burst, slack)
+	}
+}
+
+// leaseHolder returns which node holds the lease of orders/inventory.
+func leaseHolder(t *testing.T, urls []string, dirs []string) int {
+	t.Helper()
+	nc, err := nats.Connect(strings.Join(urls, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		kv, err := js.KeyValue(ctx, "sluice_leases")
+		if err == nil {
+			var e jetstream.KeyValueEntry
+			if e, err = kv.Get(ctx, "orders.inventory"); err == nil {
+				cancel()
+				for i, d := range dirs {
+					if strings.HasSuffix(string(e.Value()), ":"+d) {
+						return i
+					}
+				}
+				t.Fatalf("the lease is held by %q, not a node of the test", e.Value())
+			}
+		}
+		cancel()
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("no lease holder found in 15s")
+	return -1
+}
