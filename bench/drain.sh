@@ -14,9 +14,10 @@
 #
 #   bench/drain.sh                       # N=60000 CONC=64 TARGETS=1 FSYNC=always
 #   TARGETS=4 N=20000 bench/drain.sh     # fan-out: aggregate deliveries/s
+#   ENGINE=jetstream N=20000 bench/drain.sh  # storage.engine jetstream, embedded server
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3} N=${N:-60000} CONC=${CONC:-64} TARGETS=${TARGETS:-1} FSYNC=${FSYNC:-always}
+RUNS=${RUNS:-3} N=${N:-60000} CONC=${CONC:-64} TARGETS=${TARGETS:-1} FSYNC=${FSYNC:-always} ENGINE=${ENGINE:-bbolt}
 . bench/lib.sh
 port_free 18080 18082
 
@@ -29,7 +30,11 @@ go build -o "$work/blast" ./bench/blast
 policy() { # FILE RATE
   {
     echo "listen: 127.0.0.1:18080"
-    echo "storage: { dir: $work/data, fsync: \"$FSYNC\" }"
+    if [ "$ENGINE" = jetstream ]; then
+      echo "storage: { engine: jetstream, dir: $work/data }" # the embedded server syncs every write
+    else
+      echo "storage: { dir: $work/data, fsync: \"$FSYNC\" }"
+    fi
     echo "routes:"
     echo "  - name: orders"
     echo "    match: { path: /api/orders, methods: [POST] }"
@@ -43,7 +48,7 @@ policy "$work/fill.yaml" 0
 policy "$work/drain.yaml" unlimited
 
 machine
-echo "N=$N CONC=$CONC TARGETS=$TARGETS fsync=$FSYNC; reference: bench/blast (fasthttp.HostClient, MaxConns=$CONC, $CONC workers)"
+echo "N=$N CONC=$CONC TARGETS=$TARGETS engine=$ENGINE fsync=$FSYNC; reference: bench/blast (fasthttp.HostClient, MaxConns=$CONC, $CONC workers)"
 printf '%-8s %-4s %10s %12s %7s\n' who run msgs/s cpu_us/msg steal%
 for i in $(seq "$RUNS"); do
   # The reference.
