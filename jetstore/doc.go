@@ -38,10 +38,13 @@
 // messages only on the node holding the lease, so the drainer of that node is
 // the only one sending to the target, and the target's rate holds across all
 // nodes. When the holder dies, its entry expires and another node takes the
-// lease within about 1.1 TTL (the entry's TTL plus the TTL/10 poll); its
-// messages in flight are handed out again AckWait after its last keep-alive
+// lease within about 1.1 TTL (the entry's TTL plus the TTL/10 poll), and
+// starts handing out messages a quiet second later; the dead node's messages
+// in flight are handed out again AckWait (5s) after its last keep-alive
 // (duplicates only for those). On a graceful stop a node gives its messages
-// back and deletes its lease, so the next node takes over at once.
+// back and deletes its lease, so the next node takes over within a poll and
+// the quiet second. A node restarted under the same name (sluice serve: host
+// and data directory) takes its own lease back at once.
 //
 // # Guarantees
 //
@@ -55,6 +58,12 @@
 //     (about 100 bytes a key).
 //   - At least once to every target; an attempt is repeated only if its node
 //     died (or lost the lease's connection) before its outcome was written.
+//     The engine acknowledges a message to the durable consumer only after
+//     its outcome is written, so a dead node's repeats are at most the
+//     consumer's MaxAckPending.
+//   - A target's rate holds across nodes: one holder at a time, and a node
+//     that gains the lease hands out nothing for HandoverQuiet (1s), so no
+//     second has the sends of two holders.
 //
 // # Costs
 //

@@ -35,6 +35,7 @@ type Queue struct {
 	closed    bool
 
 	appended atomic.Uint64
+	waking   atomic.Bool // a wake-up is due to go out
 
 	statsMu sync.Mutex
 	stats   store.QueueStats
@@ -242,9 +243,23 @@ func (q *Queue) publish(ctx context.Context, rec []byte, tag [8]byte, key string
 			break
 		}
 	}
-	// Wake the consumers on every node (best effort: they poll too).
-	q.s.nc.Publish(q.notify, []byte("new"))
+	q.wake()
 	return store.NewID(ack.Sequence, tag), false, nil
+}
+
+// wakeDelay gathers the wake-ups of a burst of appends into one message.
+const wakeDelay = 2 * time.Millisecond
+
+// wake tells the consumers on every node that messages were appended, at
+// most once per wakeDelay (best effort: they poll too).
+func (q *Queue) wake() {
+	if q.waking.Swap(true) {
+		return
+	}
+	time.AfterFunc(wakeDelay, func() {
+		q.waking.Store(false)
+		q.s.nc.Publish(q.notify, []byte("new"))
+	})
 }
 
 func (q *Queue) publishErr(err error) error {
