@@ -71,8 +71,10 @@
 // write). Each outcome is one or two key-value writes (state, then retry or
 // dead-letter entry) and an acknowledgement not waited for. Lookup reads the
 // message and one state per target. Stats (cached 250ms) asks the servers
-// for the stream's and each consumer's info. The retry schedule of a target
-// is held in memory by the lease holder and read from the bucket when it
-// gains the lease (one read per retrying message). DeadLetters lists the
-// target's dead-letter keys (one key per dead letter) on every call.
+// for the stream's and each consumer's info. The state bucket holds one key
+// per (message, target) outcome for the retention, and nats-server indexes
+// every key in memory (of the order of 100 bytes each). The retry schedule
+// of a target is held in memory by the lease holder and read from the bucket
+// when it gains the lease (one read per retrying message). DeadLetters lists
+// the target's dead-letter keys (one key per dead letter) on every call.
 package jetstore

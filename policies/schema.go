@@ -277,6 +277,7 @@ func (d *decoder) storage(top *mapping) Storage {
 				d.warnf(n.Line, m.field(key), "%s applies to engine bbolt only; it is ignored with jetstream", key)
 			}
 		}
+		s.MinFreeBytes = 0 // the servers' disks are the servers' to watch
 		if n, ok := m.vals["fsync"]; ok && s.Fsync.Mode != FsyncAlways {
 			d.errorf(n.Line, m.field("fsync"), "engine jetstream acknowledges after the servers' publish acknowledgement: fsync %s cannot be honoured; remove it (the embedded server syncs every write; for a cluster set sync_interval on the servers)", s.Fsync)
 		}
