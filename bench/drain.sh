@@ -15,9 +15,10 @@
 #   bench/drain.sh                       # N=60000 CONC=64 TARGETS=1 FSYNC=always
 #   TARGETS=4 N=20000 bench/drain.sh     # fan-out: aggregate deliveries/s
 #   ENGINE=jetstream N=20000 bench/drain.sh  # storage.engine jetstream, embedded server
+#   ENGINE=jetstream REPLICAS=3 N=20000 bench/drain.sh  # on a 3-server cluster (bench/natscluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3} N=${N:-60000} CONC=${CONC:-64} TARGETS=${TARGETS:-1} FSYNC=${FSYNC:-always} ENGINE=${ENGINE:-bbolt}
+RUNS=${RUNS:-3} N=${N:-60000} CONC=${CONC:-64} TARGETS=${TARGETS:-1} FSYNC=${FSYNC:-always} ENGINE=${ENGINE:-bbolt} REPLICAS=${REPLICAS:-1}
 . bench/lib.sh
 port_free 18080 18082
 
@@ -30,7 +31,9 @@ go build -o "$work/blast" ./bench/blast
 policy() { # FILE RATE
   {
     echo "listen: 127.0.0.1:18080"
-    if [ "$ENGINE" = jetstream ]; then
+    if [ "$ENGINE" = jetstream ] && [ "$REPLICAS" -gt 1 ]; then
+      echo "storage: { engine: jetstream, dir: $work/data, jetstream: { urls: [$urls], replicas: $REPLICAS, stream_prefix: run$i } }"
+    elif [ "$ENGINE" = jetstream ]; then
       echo "storage: { engine: jetstream, dir: $work/data }" # the embedded server syncs every write
     else
       echo "storage: { dir: $work/data, fsync: \"$FSYNC\" }"
@@ -44,11 +47,15 @@ policy() { # FILE RATE
     done
   } > "$1"
 }
-policy "$work/fill.yaml" 0
-policy "$work/drain.yaml" unlimited
+if [ "$ENGINE" = jetstream ] && [ "$REPLICAS" -gt 1 ]; then
+  go build -o "$work/natscluster" ./bench/natscluster
+  "$work/natscluster" -n "$REPLICAS" -dir "$work/nats" > "$work/urls" &
+  for _ in $(seq 600); do [ -s "$work/urls" ] && break; sleep 0.1; done
+  urls=$(head -1 "$work/urls")
+fi
 
 machine
-echo "N=$N CONC=$CONC TARGETS=$TARGETS engine=$ENGINE fsync=$FSYNC; reference: bench/blast (fasthttp.HostClient, MaxConns=$CONC, $CONC workers)"
+echo "N=$N CONC=$CONC TARGETS=$TARGETS engine=$ENGINE replicas=$REPLICAS fsync=$FSYNC; reference: bench/blast (fasthttp.HostClient, MaxConns=$CONC, $CONC workers)"
 printf '%-8s %-4s %10s %12s %7s\n' who run msgs/s cpu_us/msg steal%
 for i in $(seq "$RUNS"); do
   # The reference.
@@ -63,6 +70,8 @@ for i in $(seq "$RUNS"); do
   printf '%-8s %-4s %10.0f %12s %7s\n' client "$i" "$rps" "$cpu" "$st"
 
   # sluice: fill with the targets paused, then drain.
+  policy "$work/fill.yaml" 0
+  policy "$work/drain.yaml" unlimited
   rm -rf "$work/data"
   "$work/sluice" serve --policy "$work/fill.yaml" 2>"$work/fill.log" & sp=$!
   wait_port 18080
