@@ -130,3 +130,65 @@ func TestLeaseOneHolderAndTakeover(t *testing.T) {
 	}
 	t.Logf("the second node handed out messages %v after the holder's connection died (lease TTL %v, then %v quiet)", tookOver, ttl, DefaultHandoverQuiet)
 }
+
+// A dead letter revived on a node that does not hold the lease reaches the
+// holder's retry schedule (the revive notice), and the holder hands it out.
+func TestReviveOnAnotherNode(t *testing.T) {
+	srv, err := StartEmbedded(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	open := func(node string) (*Queue, *Consumer) {
+		s, err := Open(Config{Server: srv, Node: node, LeaseTTL: time.Second, HandoverQuiet: -1, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		q, err := s.Queue("orders", []string{"inv"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := q.Consumer("inv")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q, c
+	}
+	qa, ca := open("a")
+	qb, cb := open("b")
+	if !ca.Holds() || cb.Holds() {
+		t.Fatalf("holds: a %v b %v, want a only", ca.Holds(), cb.Holds())
+	}
+	ctx := context.Background()
+	id, err := qa.Append(ctx, &store.Message{Method: "POST", URI: "/o/1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	ds, err := ca.Fetch(1, now)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("fetch: %d %v", len(ds), err)
+	}
+	if err := ca.Complete(ctx, ds[0], store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: now, Status: 400}}); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := qb.DeadLetters("inv", 0, 10); err != nil || len(list) != 1 || list[0].Message.ID != id {
+		t.Fatalf("dead letters on the other node: %v %+v", err, list)
+	}
+	if err := qb.Revive(ctx, "inv", id.Seq(), now); err != nil {
+		t.Fatal(err)
+	}
+	var got []*store.Delivery
+	for deadline := time.Now().Add(5 * time.Second); len(got) == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if got, err = ca.Fetch(10, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != 1 || got[0].Seq != id.Seq() || got[0].Prior == nil || got[0].Prior.Phase != store.Retrying {
+		t.Fatalf("the holder after a revive on the other node fetched %+v", got)
+	}
+	if list, _ := qb.DeadLetters("inv", 0, 10); len(list) != 0 {
+		t.Fatalf("%d dead letters left after the revive", len(list))
+	}
+}
