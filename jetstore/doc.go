@@ -54,8 +54,10 @@
 //     an external cluster does so only if configured to: see the README.
 //   - Idempotency keys are the messages' Nats-Msg-Id, and the stream's
 //     duplicate window is the retention: a repeated key on any node answers
-//     the first message's id. The servers keep the window's keys in memory
-//     (about 100 bytes a key).
+//     the first message's id, once the first message (read back from the
+//     stream) is found to be the same request (store.Fingerprint); another
+//     request with the key gets ErrKeyMismatch. The servers keep the
+//     window's keys in memory (about 100 bytes a key).
 //   - At least once to every target; an attempt is repeated only if its node
 //     died (or lost the lease's connection) before its outcome was written.
 //     The engine acknowledges a message to the durable consumer only after

@@ -189,7 +189,7 @@ func (q *Queue) Append(ctx context.Context, m *store.Message) (store.ID, error) 
 	tag := store.NewTag()
 	m.ID = store.NewID(0, tag)
 	rec := store.EncodeRecord(nil, m)
-	id, _, err := q.publish(ctx, rec, tag, m.IdempotencyKey)
+	id, _, err := q.publish(ctx, rec, tag, m.IdempotencyKey, store.Fingerprint([]byte(m.Method), []byte(m.URI), m.Body))
 	if err != nil {
 		m.ID = store.ID{}
 		return store.ID{}, err
@@ -205,14 +205,16 @@ func (q *Queue) AppendDraft(ctx context.Context, d *store.Draft) (store.ID, erro
 		d.EnqueuedAt = time.Now()
 	}
 	tag := store.NewTag()
-	id, dup, err := q.publish(ctx, d.Encode(tag), tag, string(d.IdempotencyKey))
+	id, dup, err := q.publish(ctx, d.Encode(tag), tag, string(d.IdempotencyKey), d.Fingerprint())
 	d.Duplicate = dup
 	return id, err
 }
 
 // publish appends one record; with a key, JetStream's duplicate window
-// (the retention) answers a repeat with the first message's seq.
-func (q *Queue) publish(ctx context.Context, rec []byte, tag [8]byte, key string) (store.ID, bool, error) {
+// (the retention) answers a repeat with the first message's seq, whose
+// request must be the same one (fp, store.Fingerprint) or the repeat is
+// refused with ErrKeyMismatch.
+func (q *Queue) publish(ctx context.Context, rec []byte, tag [8]byte, key string, fp [16]byte) (store.ID, bool, error) {
 	if len(rec) > store.MaxRecordBytes || int64(len(rec)) > q.s.nc.MaxPayload()-1024 {
 		return store.ID{}, false, fmt.Errorf("%w: %d bytes, the servers take %d", store.ErrTooLarge, len(rec), q.s.nc.MaxPayload()-1024)
 	}
@@ -234,6 +236,9 @@ func (q *Queue) publish(ctx context.Context, rec []byte, tag [8]byte, key string
 		m, err := q.get(ctx, ack.Sequence)
 		if err != nil {
 			return store.ID{}, false, fmt.Errorf("route %q: the first message of a repeated idempotency key: %w", q.name, err)
+		}
+		if store.Fingerprint([]byte(m.Method), []byte(m.URI), m.Body) != fp {
+			return store.ID{}, false, fmt.Errorf("%w: route %q", store.ErrKeyMismatch, q.name)
 		}
 		return m.ID, true, nil
 	}
