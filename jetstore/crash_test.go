@@ -2,6 +2,7 @@ package jetstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"testing"
@@ -117,5 +118,44 @@ func TestCrashInFlight(t *testing.T) {
 	}
 	if _, st, err := q.Lookup(ids[4]); err != nil || st[0].Phase != store.Dead {
 		t.Fatalf("the dead letter after the crash: %v %+v", err, st)
+	}
+}
+
+// A stream at max_bytes refuses appends with ErrFull (a *FullError) and
+// keeps every message it acknowledged.
+func TestFullRefusesKeepsAccepted(t *testing.T) {
+	s, err := Open(Config{Dir: t.TempDir(), MaxBytes: 64 << 10, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	q, err := s.Queue("orders", []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	body := make([]byte, 1024)
+	var ids []store.ID
+	for i := 0; ; i++ {
+		if i > 1000 {
+			t.Fatal("1000 KiB appended to a 64 KiB stream without ErrFull")
+		}
+		id, err := q.Append(ctx, &store.Message{Method: "POST", URI: fmt.Sprintf("/o/%d", i), Body: body})
+		if err != nil {
+			var full *store.FullError
+			if !errors.Is(err, store.ErrFull) || !errors.As(err, &full) {
+				t.Fatalf("append %d: %v, want a *store.FullError", i, err)
+			}
+			break
+		}
+		ids = append(ids, id)
+	}
+	if len(ids) < 30 {
+		t.Fatalf("only %d KiB accepted of 64", len(ids))
+	}
+	for i, id := range ids {
+		if m, _, err := q.Lookup(id); err != nil || m.URI != fmt.Sprintf("/o/%d", i) {
+			t.Fatalf("accepted message %d after the refusal: %v", i, err)
+		}
 	}
 }
