@@ -145,6 +145,10 @@ routes:
 	if err == nil || !strings.Contains(string(out), "JetStream") {
 		t.Fatalf("inspect on a JetStream directory: %v\n%s", err, out)
 	}
+	out, err = exec.Command(sluiceBin, "dlq", "list", "--policy", policy).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "storage.engine is jetstream") {
+		t.Fatalf("dlq with engine jetstream: %v\n%s", err, out)
+	}
 }
 
 // TestJetStreamCheckRefusesOrdering: `sluice check` names the file and line
