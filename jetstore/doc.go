@@ -43,8 +43,9 @@
 // in flight are handed out again AckWait (5s) after its last keep-alive
 // (duplicates only for those). On a graceful stop a node gives its messages
 // back and deletes its lease, so the next node takes over within a poll and
-// the quiet second. A node restarted under the same name (sluice serve: host
-// and data directory) takes its own lease back at once.
+// the quiet second. A node restarted under the same name (sluice serve: its
+// host and an id kept in its data directory) takes its own lease back at
+// once.
 //
 // # Guarantees
 //

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sluice-proxy/sluice/admin"
@@ -58,15 +61,12 @@ func openEngine(st policies.Storage, log *slog.Logger, observeSync func(time.Dur
 // jetConfig maps storage (engine jetstream) onto the engine's config.
 func jetConfig(st policies.Storage, log *slog.Logger) jetstore.Config {
 	cfg := jetstore.Config{Dir: st.Dir, Retention: st.Retention, MaxBytes: st.MaxBytes, Logger: log}
-	// The node's name in leases: its host and data directory, so that a
-	// restarted node takes its leases back at once (the directory's lock
-	// keeps two live nodes from sharing it).
+	// The node's name in leases: its host and an id kept in its data
+	// directory, so that a restarted node takes its leases back at once
+	// (the directory's lock keeps two live nodes from sharing it), and two
+	// hosts of the same name never share one.
 	host, _ := os.Hostname()
-	dir, err := filepath.Abs(st.Dir)
-	if err != nil {
-		dir = st.Dir
-	}
-	cfg.Node = host + ":" + dir
+	cfg.Node = host + ":" + nodeID(st.Dir, log)
 	if j := st.JetStream; j != nil {
 		cfg.URLs, cfg.Credentials, cfg.NKey = j.URLs, j.Credentials, j.NKey
 		cfg.Replicas, cfg.StreamPrefix, cfg.LeaseTTL = j.Replicas, j.StreamPrefix, j.LeaseTTL
@@ -75,6 +75,26 @@ func jetConfig(st policies.Storage, log *slog.Logger) jetstore.Config {
 		}
 	}
 	return cfg
+}
+
+// nodeID returns the random id kept in dir/node-id, creating it on first
+// use; if it cannot be kept, a new one each start (leases are then taken
+// back only after they expire).
+func nodeID(dir string, log *slog.Logger) string {
+	path := filepath.Join(dir, "node-id")
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) == 16 {
+		return strings.TrimSpace(string(b))
+	}
+	var raw [8]byte
+	rand.Read(raw[:])
+	id := hex.EncodeToString(raw[:])
+	if err := os.MkdirAll(dir, 0o755); err == nil {
+		err = os.WriteFile(path, []byte(id+"\n"), 0o644)
+		if err != nil {
+			log.Warn("jetstream: cannot keep the node id; a restart waits for its leases to expire", "path", path, "err", err)
+		}
+	}
+	return id
 }
 
 func targetNames(r policies.Route) []string {

@@ -231,7 +231,8 @@ func leaseHolder(t *testing.T, urls []string, dirs []string) int {
 			if e, err = kv.Get(ctx, "orders.inventory"); err == nil {
 				cancel()
 				for i, d := range dirs {
-					if strings.HasSuffix(string(e.Value()), ":"+d) {
+					id, _ := os.ReadFile(filepath.Join(d, "node-id")) // the node's name in leases: host:id
+					if len(id) > 0 && strings.HasSuffix(string(e.Value()), ":"+strings.TrimSpace(string(id))) {
 						return i
 					}
 				}
