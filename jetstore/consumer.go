@@ -3,7 +3,6 @@ package jetstore
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -524,12 +523,7 @@ func (c *Consumer) CompleteBatch(ctx context.Context, ds []*store.Delivery, outs
 		if out.Phase == store.Retrying {
 			st.NextTry = out.NextTry
 		}
-		b, err := json.Marshal(st)
-		if err != nil {
-			errs[i] = err
-			continue
-		}
-		w.put(i, c.q.stateKey(c.target, d.Seq), b)
+		w.put(i, c.q.stateKey(c.target, d.Seq), store.AppendState(nil, st))
 	}
 	w.wait(ctx, errs, "record the state")
 	w = c.q.newKVBatch()

@@ -20,7 +20,8 @@
 // here). Outcomes live in a key-value bucket, <prefix>_state, written before
 // the consumer's acknowledgement:
 //
-//	s.<route>.<target>.<seq>  the State (phase, attempts, history) as JSON
+//	s.<route>.<target>.<seq>  the State (phase, attempts, history), in the
+//	                          store's binary state codec
 //	r.<route>.<target>.<seq>  in the retry schedule, due at (unix ns)
 //	d.<route>.<target>.<seq>  a dead letter (listed by DeadLetters)
 //

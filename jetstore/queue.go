@@ -2,7 +2,6 @@ package jetstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -358,19 +357,15 @@ func (q *Queue) state(ctx context.Context, target string, seq uint64) (*store.St
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: state of seq %d for %q: %w", store.ErrIO, seq, target, err)
 	}
-	var st store.State
-	if err := json.Unmarshal(e.Value(), &st); err != nil {
-		return nil, 0, fmt.Errorf("%w: state of seq %d for %q: %w", store.ErrCorrupt, seq, target, err)
+	st, err := store.DecodeState(e.Value())
+	if err != nil {
+		return nil, 0, fmt.Errorf("state of seq %d for %q: %w", seq, target, err)
 	}
-	return &st, e.Revision(), nil
+	return st, e.Revision(), nil
 }
 
 func (q *Queue) putState(ctx context.Context, target string, seq uint64, st *store.State) error {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if _, err := q.s.state.Put(ctx, q.stateKey(target, seq), b); err != nil {
+	if _, err := q.s.state.Put(ctx, q.stateKey(target, seq), store.AppendState(nil, st)); err != nil {
 		return fmt.Errorf("%w: record the state of seq %d for %q: %w", store.ErrIO, seq, target, err)
 	}
 	return nil
