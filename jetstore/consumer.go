@@ -33,6 +33,8 @@ type Consumer struct {
 	cons   jetstream.Consumer
 	lease  *Lease
 	ready  chan struct{}
+	// maxAckPending is the durable consumer's, as last set (under Queue.mu).
+	maxAckPending int
 
 	mu        sync.Mutex
 	inflight  map[uint64]*held
@@ -46,9 +48,21 @@ type Consumer struct {
 }
 
 func newConsumer(q *Queue, target string, o ConsumerOptions) (*Consumer, error) {
-	if o.MaxAckPending <= 0 {
-		o.MaxAckPending = 1024
+	cons, err := q.durable(target, o)
+	if err != nil {
+		return nil, err
 	}
+	c := &Consumer{q: q, target: target, cons: cons, maxAckPending: o.MaxAckPending, ready: make(chan struct{}, 1),
+		inflight: map[uint64]*held{}, retries: map[uint64]time.Time{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	c.lease = NewLease(q.s.leases, q.name+"."+target, q.s.cfg.Node, q.s.cfg.LeaseTTL, q.s.cfg.HandoverQuiet, c.leaseChanged)
+	c.lease.Start()
+	go c.keepAlive()
+	return c, nil
+}
+
+// durable creates target's durable consumer, or updates its MaxAckPending.
+func (q *Queue) durable(target string, o ConsumerOptions) (jetstream.Consumer, error) {
 	var cons jetstream.Consumer
 	err := setUp(func(ctx context.Context) (err error) {
 		cons, err = q.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
@@ -65,13 +79,7 @@ func newConsumer(q *Queue, target string, o ConsumerOptions) (*Consumer, error) 
 	if err != nil {
 		return nil, fmt.Errorf("jetstore: route %q: target %q: consumer: %w", q.name, target, err)
 	}
-	c := &Consumer{q: q, target: target, cons: cons, ready: make(chan struct{}, 1),
-		inflight: map[uint64]*held{}, retries: map[uint64]time.Time{},
-		stop: make(chan struct{}), done: make(chan struct{})}
-	c.lease = NewLease(q.s.leases, q.name+"."+target, q.s.cfg.Node, q.s.cfg.LeaseTTL, q.s.cfg.HandoverQuiet, c.leaseChanged)
-	c.lease.Start()
-	go c.keepAlive()
-	return c, nil
+	return cons, nil
 }
 
 // Target is the target's name.

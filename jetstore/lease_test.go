@@ -192,3 +192,37 @@ func TestReviveOnAnotherNode(t *testing.T) {
 		t.Fatalf("%d dead letters left after the revive", len(list))
 	}
 }
+
+// A reload that changes a target's concurrency reaches its durable
+// consumer's MaxAckPending; Consumer without options changes nothing.
+func TestConsumerOptionsUpdate(t *testing.T) {
+	s, err := Open(Config{Dir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	q, err := s.Queue("orders", []string{"inv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	maxAck := func() int {
+		t.Helper()
+		info, err := q.stream.Consumer(ctx, "inv")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.CachedInfo().Config.MaxAckPending
+	}
+	c1, err := q.ConsumerWith("inv", ConsumerOptions{MaxAckPending: 64})
+	if err != nil || maxAck() != 64 {
+		t.Fatalf("created with 64: %v, server has %d", err, maxAck())
+	}
+	c2, err := q.ConsumerWith("inv", ConsumerOptions{MaxAckPending: 256})
+	if err != nil || c2 != c1 || maxAck() != 256 {
+		t.Fatalf("updated to 256: %v, same consumer %v, server has %d", err, c2 == c1, maxAck())
+	}
+	if c3, err := q.Consumer("inv"); err != nil || c3 != c1 || maxAck() != 256 {
+		t.Fatalf("Consumer without options: %v, server has %d, want 256 kept", err, maxAck())
+	}
+}

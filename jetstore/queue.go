@@ -115,12 +115,19 @@ func (q *Queue) Consumer(target string) (*Consumer, error) {
 // ConsumerOptions tune a target's durable consumer.
 type ConsumerOptions struct {
 	// MaxAckPending bounds the messages handed out and not yet finished
-	// (the target's concurrency times its batch size); default 1024.
+	// (and so a dead node's repeats); 0: 1024 for a new consumer, unchanged
+	// for an open one.
 	MaxAckPending int
 }
 
-// ConsumerWith is Consumer with options (used on first creation only).
+// ConsumerWith is Consumer with options. For a target whose consumer is
+// open, a different MaxAckPending (a reload changed the target's
+// concurrency or batch) updates the durable consumer.
 func (q *Queue) ConsumerWith(target string, o ConsumerOptions) (*Consumer, error) {
+	update := o.MaxAckPending > 0 // Consumer (no options) changes nothing
+	if !update {
+		o.MaxAckPending = 1024
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
@@ -130,6 +137,12 @@ func (q *Queue) ConsumerWith(target string, o ConsumerOptions) (*Consumer, error
 		return nil, fmt.Errorf("%w: %q", store.ErrUnknownTarget, target)
 	}
 	if c := q.consumers[target]; c != nil {
+		if update && c.maxAckPending != o.MaxAckPending {
+			if _, err := q.durable(target, o); err != nil {
+				return nil, err
+			}
+			c.maxAckPending = o.MaxAckPending
+		}
 		return c, nil
 	}
 	c, err := newConsumer(q, target, o)
