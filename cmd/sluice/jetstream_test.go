@@ -152,12 +152,19 @@ routes:
 }
 
 // TestJetStreamCheckRefusesOrdering: `sluice check` names the file and line
-// of an ordering that engine jetstream cannot honour.
+// of an ordering that engine jetstream cannot honour, and says where a good
+// policy's queues live.
 func TestJetStreamCheckRefusesOrdering(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "p.yaml")
 	os.WriteFile(p, []byte("storage:\n  engine: jetstream\nroutes:\n  - name: orders\n    match: { path: /api/orders }\n    targets:\n      - name: inv\n        url: http://127.0.0.1:1\n        ordering: { key: \"header:X-Customer\" }\n"), 0o644)
 	out, err := exec.Command(sluiceBin, "check", "--policy", p).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), p+":9: routes[0].targets[0].ordering") {
 		t.Fatalf("check of ordering with jetstream: %v\n%s", err, out)
+	}
+	good := filepath.Join(t.TempDir(), "good.yaml")
+	os.WriteFile(good, []byte("storage:\n  engine: jetstream\n  jetstream: { urls: [nats://127.0.0.1:4222, nats://127.0.0.1:4223, nats://127.0.0.1:4224], replicas: 3 }\nroutes:\n  - name: orders\n    match: { path: /api/orders }\n    targets: [{ name: inv, url: \"http://127.0.0.1:1\" }]\n"), 0o644)
+	out, err = exec.Command(sluiceBin, "check", "--policy", good).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "storage jetstream on 3 servers, replicas 3") {
+		t.Fatalf("check of a jetstream cluster policy: %v\n%s", err, out)
 	}
 }

@@ -466,7 +466,14 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	for _, r := range pol.Routes {
 		targets += len(r.Targets)
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d routes, %d targets, storage %s in %s, fsync %s)\n",
-		pol.File, len(pol.Routes), targets, pol.Storage.Engine, pol.Storage.Dir, pol.Storage.Fsync)
+	storage := fmt.Sprintf("storage %s in %s, fsync %s", pol.Storage.Engine, pol.Storage.Dir, pol.Storage.Fsync)
+	if j := pol.Storage.JetStream; j != nil {
+		if len(j.URLs) == 0 {
+			storage = fmt.Sprintf("storage jetstream, embedded server in %s", pol.Storage.Dir)
+		} else {
+			storage = fmt.Sprintf("storage jetstream on %d servers, replicas %d, streams %s_*", len(j.URLs), j.Replicas, j.StreamPrefix)
+		}
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d routes, %d targets, %s)\n", pol.File, len(pol.Routes), targets, storage)
 	return 0
 }
