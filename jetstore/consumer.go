@@ -22,6 +22,7 @@ type held struct {
 	d         *store.Delivery
 	msg       jetstream.Msg // the JetStream delivery to acknowledge; nil for a retry from the schedule
 	fromRetry bool          // came from the retry schedule: its "r." key goes once it is finished
+	alive     time.Time     // when the server last heard of it (handed out, or kept alive)
 }
 
 // Consumer is one target's durable JetStream consumer on a route's stream,
@@ -129,7 +130,8 @@ func (c *Consumer) leaseChanged(held bool) {
 // handed out again.
 func (c *Consumer) keepAlive() {
 	defer close(c.done)
-	t := time.NewTicker(c.q.s.cfg.AckWait / 3)
+	every := c.q.s.cfg.AckWait / 3
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -137,17 +139,22 @@ func (c *Consumer) keepAlive() {
 			return
 		case <-t.C:
 		}
-		c.mu.Lock()
+		// Only messages held for a third of AckWait: most are finished
+		// sooner, and a batch target holds many.
+		now := time.Now()
 		var msgs []jetstream.Msg
-		for _, h := range c.inflight {
-			if h.msg != nil {
+		keep := func(h *held) {
+			if h.msg != nil && now.Sub(h.alive) >= every {
 				msgs = append(msgs, h.msg)
+				h.alive = now
 			}
 		}
+		c.mu.Lock()
+		for _, h := range c.inflight {
+			keep(h)
+		}
 		for _, h := range c.released {
-			if h.msg != nil {
-				msgs = append(msgs, h.msg)
-			}
+			keep(h)
 		}
 		c.mu.Unlock()
 		for _, m := range msgs {
@@ -369,7 +376,7 @@ func (c *Consumer) fromSchedule(ctx context.Context, seq uint64) (*store.Deliver
 		return nil, nil // taken meanwhile
 	}
 	delete(c.retries, seq)
-	c.inflight[seq] = &held{d: d, fromRetry: true}
+	c.inflight[seq] = &held{d: d, fromRetry: true, alive: time.Now()}
 	return d, nil
 }
 
@@ -425,13 +432,13 @@ func (c *Consumer) admit(ctx context.Context, msg jetstream.Msg) (*store.Deliver
 	seq := meta.Sequence.Stream
 	c.mu.Lock()
 	if h := c.inflight[seq]; h != nil {
-		h.msg = msg // handed out again while we hold it: acknowledge the new delivery
+		h.msg, h.alive = msg, time.Now() // handed out again while we hold it: acknowledge the new delivery
 		c.mu.Unlock()
 		return nil, nil
 	}
 	for _, h := range c.released {
 		if h.d.Seq == seq {
-			h.msg = msg
+			h.msg, h.alive = msg, time.Now()
 			c.mu.Unlock()
 			return nil, nil
 		}
@@ -469,7 +476,7 @@ func (c *Consumer) admit(ctx context.Context, msg jetstream.Msg) (*store.Deliver
 		m = &store.Message{Seq: seq}
 		d := &store.Delivery{Message: m, Attempt: 1}
 		c.mu.Lock()
-		c.inflight[seq] = &held{d: d, msg: msg}
+		c.inflight[seq] = &held{d: d, msg: msg, alive: time.Now()}
 		c.mu.Unlock()
 		return nil, c.Complete(ctx, d, store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: time.Now(), Error: err.Error()}})
 	}
@@ -480,7 +487,7 @@ func (c *Consumer) admit(ctx context.Context, msg jetstream.Msg) (*store.Deliver
 		d.Attempt = st.Attempts + 1
 	}
 	c.mu.Lock()
-	c.inflight[seq] = &held{d: d, msg: msg}
+	c.inflight[seq] = &held{d: d, msg: msg, alive: time.Now()}
 	c.mu.Unlock()
 	return d, nil
 }

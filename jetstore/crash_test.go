@@ -159,3 +159,42 @@ func TestFullRefusesKeepsAccepted(t *testing.T) {
 		}
 	}
 }
+
+// A message held longer than AckWait (a slow target) is kept alive: the
+// server never hands it out again while its node lives.
+func TestKeepAlive(t *testing.T) {
+	const ackWait = 600 * time.Millisecond
+	s, err := Open(Config{Dir: t.TempDir(), AckWait: ackWait, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	q, err := s.Queue("orders", []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := q.Append(ctx, &store.Message{Method: "POST", URI: "/o"}); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := q.Consumer("a")
+	ds, err := c.Fetch(1, time.Now())
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("fetch: %d %v", len(ds), err)
+	}
+	time.Sleep(4 * ackWait)
+	// The server hands an expired message out on the next pull.
+	if again, err := c.Fetch(10, time.Now()); err != nil || len(again) != 0 {
+		t.Fatalf("a held message was fetched again: %d %v", len(again), err)
+	}
+	info, err := c.cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumRedelivered != 0 || info.NumAckPending != 1 {
+		t.Fatalf("after 4 x AckWait held: %d redelivered, %d pending; want 0 and 1", info.NumRedelivered, info.NumAckPending)
+	}
+	if err := c.Complete(ctx, ds[0], store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}); err != nil {
+		t.Fatal(err)
+	}
+}
