@@ -9,6 +9,7 @@ import (
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
 )
 
@@ -25,7 +26,7 @@ func keyed(k string, i int) *buffer.Message {
 
 // appendKeyed appends perKey messages for each key, interleaved, one at a
 // time (so seq order is the order here), and returns the seqs per key.
-func appendKeyed(t *testing.T, q *buffer.Queue, keys []string, perKey int) map[string][]uint64 {
+func appendKeyed(t *testing.T, q store.Queue, keys []string, perKey int) map[string][]uint64 {
 	t.Helper()
 	seqs := map[string][]uint64{}
 	for i := range perKey {

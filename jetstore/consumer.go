@@ -256,6 +256,23 @@ func (c *Consumer) loadRetries(ctx context.Context) error {
 	return nil
 }
 
+// ensureSchedule loads the retry schedule once per lease acquisition gen.
+func (c *Consumer) ensureSchedule(ctx context.Context, gen uint64) error {
+	c.mu.Lock()
+	stale := c.loadedGen != gen
+	c.mu.Unlock()
+	if !stale {
+		return nil
+	}
+	if err := c.loadRetries(ctx); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.loadedGen = gen
+	c.mu.Unlock()
+	return nil
+}
+
 // NextRetry returns when the earliest retry not in flight is due; none
 // while this node does not hold the lease.
 func (c *Consumer) NextRetry() (time.Time, bool) {
@@ -290,16 +307,8 @@ func (c *Consumer) Fetch(max int, now time.Time) ([]*store.Delivery, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	c.mu.Lock()
-	stale := c.loadedGen != gen
-	c.mu.Unlock()
-	if stale {
-		if err := c.loadRetries(ctx); err != nil {
-			return nil, err
-		}
-		c.mu.Lock()
-		c.loadedGen = gen
-		c.mu.Unlock()
+	if err := c.ensureSchedule(ctx, gen); err != nil {
+		return nil, err
 	}
 	var out []*store.Delivery
 	c.mu.Lock()
@@ -358,7 +367,7 @@ func (c *Consumer) fromSchedule(ctx context.Context, seq uint64) (*store.Deliver
 	if err != nil {
 		return nil, err
 	}
-	if st != nil && (st.Phase == store.Delivered || st.Phase == store.Dead) {
+	if st != nil && (st.Phase == store.Delivered || st.Phase == store.Dead || st.Phase == store.Parked) {
 		// Finished, the schedule's entry not yet removed (a crash between).
 		if st.Phase == store.Dead {
 			c.q.s.state.Put(ctx, c.q.deadKey(c.target, seq), nil)
@@ -451,8 +460,8 @@ func (c *Consumer) admit(ctx context.Context, msg jetstream.Msg) (*store.Deliver
 		}
 		if st != nil {
 			switch st.Phase {
-			case store.Delivered:
-				msg.Ack()
+			case store.Delivered, store.Parked:
+				msg.Ack() // finished, or waiting under its key (Park wrote its key first)
 				return nil, nil
 			case store.Dead:
 				if _, err := c.q.s.state.Put(ctx, c.q.deadKey(c.target, seq), nil); err != nil {

@@ -1,7 +1,7 @@
 // Package jetstore is sluice's storage engine on NATS JetStream, for running
 // several sluice nodes on one replicated store. It implements the contract
-// of package store (Queue, Consumer, DeadLetters; not Parker, so ordering and
-// fairness are refused with it) and passes its conformance suite
+// of package store (Queue, Consumer with BatchCompleter and Parker,
+// DeadLetters; not BatchAppender) and passes its conformance suite
 // (conformance_test.go).
 //
 // # Model
@@ -24,6 +24,7 @@
 //	                          store's binary state codec
 //	r.<route>.<target>.<seq>  in the retry schedule, due at (unix ns)
 //	d.<route>.<target>.<seq>  a dead letter (listed by DeadLetters)
+//	p.<route>.<target>.<key hash>.<seq>  parked behind its key (Parker)
 //
 // The bucket's entries expire with the retention. A message handed out again
 // by the server (its node died holding it, or its acknowledgement was lost)

@@ -843,19 +843,22 @@ func (d *decoder) headers(n *yaml.Node, path string) []HeaderField {
 }
 
 // checkEngine refuses what the storage engine cannot do: with jetstream,
-// ordering and fairness (they park messages in the store).
+// ordering on a cluster (a node that takes a target over does not rebuild
+// the order it keeps from the retry schedule) and fairness (not yet tested
+// there).
 func (d *decoder) checkEngine(p *Policy) {
 	if p.Storage.Engine != EngineJetStream {
 		return
 	}
+	cluster := p.Storage.JetStream != nil && len(p.Storage.JetStream.URLs) > 0
 	for i, r := range p.Routes {
 		for j, t := range r.Targets {
 			at := fmt.Sprintf("routes[%d].targets[%d]", i, j)
-			if t.Ordering != nil {
-				d.errorf(t.Ordering.Line, at+".ordering", "ordering needs storage.engine bbolt: engine jetstream cannot park messages yet (storage at line %d)", p.Storage.Line)
+			if t.Ordering != nil && cluster {
+				d.errorf(t.Ordering.Line, at+".ordering", "ordering with engine jetstream needs the embedded server (no storage.jetstream.urls, line %d): a node taking a target over from another does not yet rebuild the order; use engine bbolt", p.Storage.JetStream.Line)
 			}
 			if t.Fairness != nil {
-				d.errorf(t.Fairness.Line, at+".fairness", "fairness needs storage.engine bbolt: engine jetstream cannot park messages yet (storage at line %d)", p.Storage.Line)
+				d.errorf(t.Fairness.Line, at+".fairness", "fairness needs storage.engine bbolt: not yet supported with jetstream (storage at line %d)", p.Storage.Line)
 			}
 		}
 	}

@@ -152,14 +152,14 @@ routes:
 }
 
 // TestJetStreamCheckRefusesOrdering: `sluice check` names the file and line
-// of an ordering that engine jetstream cannot honour, and says where a good
-// policy's queues live.
+// of an ordering (on a cluster) and a fairness that engine jetstream cannot
+// honour, and says where a good policy's queues live.
 func TestJetStreamCheckRefusesOrdering(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "p.yaml")
-	os.WriteFile(p, []byte("storage:\n  engine: jetstream\nroutes:\n  - name: orders\n    match: { path: /api/orders }\n    targets:\n      - name: inv\n        url: http://127.0.0.1:1\n        ordering: { key: \"header:X-Customer\" }\n"), 0o644)
+	os.WriteFile(p, []byte("storage:\n  engine: jetstream\n  jetstream: { urls: [nats://127.0.0.1:4222] }\nroutes:\n  - name: orders\n    match: { path: /api/orders }\n    targets:\n      - name: inv\n        url: http://127.0.0.1:1\n        ordering: { key: \"header:X-Customer\" }\n      - name: bill\n        url: http://127.0.0.1:2\n        fairness: { key: \"header:X-Tenant\" }\n"), 0o644)
 	out, err := exec.Command(sluiceBin, "check", "--policy", p).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), p+":9: routes[0].targets[0].ordering") {
-		t.Fatalf("check of ordering with jetstream: %v\n%s", err, out)
+	if err == nil || !strings.Contains(string(out), p+":10: routes[0].targets[0].ordering") || !strings.Contains(string(out), p+":13: routes[0].targets[1].fairness") {
+		t.Fatalf("check of ordering on a cluster and fairness with jetstream: %v\n%s", err, out)
 	}
 	good := filepath.Join(t.TempDir(), "good.yaml")
 	os.WriteFile(good, []byte("storage:\n  engine: jetstream\n  jetstream: { urls: [nats://127.0.0.1:4222, nats://127.0.0.1:4223, nats://127.0.0.1:4224], replicas: 3 }\nroutes:\n  - name: orders\n    match: { path: /api/orders }\n    targets: [{ name: inv, url: \"http://127.0.0.1:1\" }]\n"), 0o644)
