@@ -180,6 +180,9 @@ func (c *Consumer) Unpark(ctx context.Context, seq uint64, key [16]byte, at time
 		return fmt.Errorf("%w: unpark seq %d: %w", store.ErrIO, seq, err)
 	}
 	c.schedule(seq, at)
+	if !c.Holds() { // the holder's schedule learns of it as of a revived dead letter
+		c.q.s.nc.Publish(c.q.notify, fmt.Appendf(nil, "revive %s %d", c.target, seq))
+	}
 	return nil
 }
 
