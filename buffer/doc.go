@@ -26,7 +26,8 @@
 // see logfile.go), written once and never rewritten. The .db holds, in buckets:
 //
 //	"s/<target>" seq -> state record: delivered, retrying or dead, with the
-//	             history of attempts (status code, error, time)
+//	             history of attempts (status code, error, time); CRC-32C and
+//	             store.AppendState's binary form (older records: JSON)
 //	"r/<target>" nextTry (unix ns, 8 bytes BE) | seq -> "" : the retry schedule,
 //	             ordered by due time so "what is due now" is a cursor seek
 //	"d/<target>" seq -> "" : the dead letters, listed without scanning states
