@@ -618,3 +618,47 @@ func TestExportStreamsFlat(t *testing.T) {
 	}
 	t.Logf("%d rows; live heap %d MiB before, at most %d MiB during", rows, base>>20, most>>20)
 }
+
+// unsupportedMessages is an engine that cannot list (jetstream today).
+type unsupportedMessages struct{}
+
+func (unsupportedMessages) List(string, store.Filter, uint64, int, func(*store.Row) bool) (uint64, bool, error) {
+	return 0, false, fmt.Errorf("%w: listing is not supported here", ErrUnsupported)
+}
+
+func (unsupportedMessages) Counts(string, time.Time, time.Time) ([]store.Counts, error) {
+	return nil, fmt.Errorf("%w: counting is not supported here", ErrUnsupported)
+}
+
+func (unsupportedMessages) Replay(context.Context, string, string, uint64, time.Time) error {
+	return fmt.Errorf("%w: replay is not supported here", ErrUnsupported)
+}
+
+// TestMessagesUnsupported: an engine that cannot list, count or replay
+// answers 501 not_supported, not 404 (the route exists).
+func TestMessagesUnsupported(t *testing.T) {
+	f := newFixture(t)
+	s, err := New(Config{Token: token, Node: f.node, Controls: f.controls, Messages: unsupportedMessages{}, Metrics: NewMetrics(nil), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/v1/routes/orders/messages"},
+		{"GET", "/v1/routes/orders/counts"},
+		{"POST", "/v1/routes/orders/targets/inv/replay"},
+	} {
+		req, _ := http.NewRequest(c.method, srv.URL+c.path, strings.NewReader(`{"state":"dead","rate":"10/s"}`))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotImplemented || !strings.Contains(string(body), `"not_supported"`) {
+			t.Errorf("%s %s: %d %s, want 501 not_supported", c.method, c.path, resp.StatusCode, body)
+		}
+	}
+}

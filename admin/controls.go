@@ -154,6 +154,10 @@ func (c *Controls) Get(route, target string) (Override, bool) {
 // ErrNoTarget is returned for a route or target that is not running.
 var ErrNoTarget = errors.New("no such route or target")
 
+// ErrUnsupported is returned for a call the route's storage engine cannot
+// serve (listing and counting on jetstream): 501 not_supported.
+var ErrUnsupported = errors.New("not supported by the storage engine")
+
 // change edits the override of a target, writes the file and applies it.
 func (c *Controls) change(route, target string, edit func(o *Override)) (Override, error) {
 	c.mu.Lock()

@@ -316,6 +316,8 @@ func (s *Server) messagesError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, store.ErrUnknownTarget): // a filter naming a target the route does not have
 		badParam(w, &paramError{"target", "the route has no such target"})
+	case errors.Is(err, ErrUnsupported):
+		writeError(w, http.StatusNotImplemented, "not_supported", err.Error())
 	case errors.Is(err, ErrNoTarget):
 		writeError(w, http.StatusNotFound, "no_target", err.Error())
 	default:
@@ -437,6 +439,10 @@ func (s *Server) replayMessages(w http.ResponseWriter, r *http.Request) {
 		})
 		scanned += pageSize
 		if err != nil {
+			if errors.Is(err, ErrUnsupported) {
+				writeError(w, http.StatusNotImplemented, "not_supported", err.Error())
+				return
+			}
 			if errors.Is(err, ErrNoTarget) || errors.Is(err, store.ErrUnknownTarget) { // the path's route or target
 				writeError(w, http.StatusNotFound, "no_target", fmt.Sprintf("route %q has no buffered target %q", route, target))
 				return
