@@ -96,16 +96,7 @@ func (q *Queue) walk(after uint64, max int, withRecords bool, since time.Time, f
 			}
 			seen++
 			last = seq
-			it := &walkItem{seq: seq, at: unixTime(ts.At), tag: ts.Tag, key: []byte(ts.Key), stone: ts,
-				phases: make([]Phase, len(q.targets)), states: make([]*State, len(q.targets))}
-			for _, tt := range ts.Targets {
-				for i, t := range q.targets {
-					if t == tt.Name {
-						it.phases[i] = store.Expired
-					}
-				}
-			}
-			if !fn(it) {
+			if !fn(q.stoneItem(seq, ts)) {
 				stop = true
 				return false
 			}
@@ -150,6 +141,21 @@ func (q *Queue) walk(after uint64, max int, withRecords bool, since time.Time, f
 		return last, q.Appended() <= last, nil
 	}
 	return last, true, nil
+}
+
+// stoneItem is the walk's item for expired message seq: Expired for the
+// targets its tombstone names, "" for the others.
+func (q *Queue) stoneItem(seq uint64, ts *tombstone) *walkItem {
+	it := &walkItem{seq: seq, at: unixTime(ts.At), tag: ts.Tag, key: []byte(ts.Key), stone: ts,
+		phases: make([]Phase, len(q.targets)), states: make([]*State, len(q.targets))}
+	for _, tt := range ts.Targets {
+		for i, t := range q.targets {
+			if t == tt.Name {
+				it.phases[i] = store.Expired
+			}
+		}
+	}
+	return it
 }
 
 func max64(a, b uint64) uint64 {
@@ -381,16 +387,7 @@ func (q *Queue) messagesByKey(key []byte, after uint64, limit int, each func(*wa
 			if ts.Key != string(key) {
 				return true
 			}
-			it := &walkItem{seq: seq, at: unixTime(ts.At), tag: ts.Tag, key: []byte(ts.Key), stone: ts,
-				phases: make([]Phase, len(q.targets)), states: make([]*State, len(q.targets))}
-			for _, tt := range ts.Targets {
-				for i, t := range q.targets {
-					if t == tt.Name {
-						it.phases[i] = store.Expired
-					}
-				}
-			}
-			if !each(it) {
+			if !each(q.stoneItem(seq, ts)) {
 				stop = true
 				return false
 			}
