@@ -61,11 +61,11 @@ func phaseOf(st *State, inflight bool) Phase {
 }
 
 // walk calls fn for each message with a seq above after, in seq order,
-// until fn returns false or max messages were seen. withRecords reads each
+// until fn returns false or limit messages were seen. withRecords reads each
 // message's accepted time, tag and key (else they are zero, but for
 // expired ones); since, when not zero, skips segments whose last append is
 // before it. It returns the last seq seen and whether the queue ended.
-func (q *Queue) walk(after uint64, max int, withRecords bool, since time.Time, fn func(*walkItem) bool) (last uint64, end bool, err error) {
+func (q *Queue) walk(after uint64, limit int, withRecords bool, since time.Time, fn func(*walkItem) bool) (last uint64, end bool, err error) {
 	last = after
 	seen := 0
 	q.mu.Lock()
@@ -90,7 +90,7 @@ func (q *Queue) walk(after uint64, max int, withRecords bool, since time.Time, f
 			if len(segs) > 0 && seq >= segs[0].first {
 				return false // a tombstone written again before its segment went
 			}
-			if seen >= max {
+			if seen >= limit {
 				stop = true
 				return false
 			}
@@ -114,8 +114,8 @@ func (q *Queue) walk(after uint64, max int, withRecords bool, since time.Time, f
 			last = sg.last
 			continue
 		}
-		for from := max64(last+1, sg.first); from <= sg.last; {
-			n := int(min(uint64(listChunk), sg.last-from+1, uint64(max-seen)))
+		for from := max(last+1, sg.first); from <= sg.last; {
+			n := int(min(uint64(listChunk), sg.last-from+1, uint64(limit-seen)))
 			if n == 0 {
 				return last, false, nil
 			}
@@ -136,7 +136,7 @@ func (q *Queue) walk(after uint64, max int, withRecords bool, since time.Time, f
 			from += uint64(n)
 		}
 	}
-	if seen >= max {
+	if seen >= limit {
 		// The head may have grown since the snapshot; say so only if not.
 		return last, q.Appended() <= last, nil
 	}
@@ -156,13 +156,6 @@ func (q *Queue) stoneItem(seq uint64, ts *tombstone) *walkItem {
 		}
 	}
 	return it
-}
-
-func max64(a, b uint64) uint64 {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // readChunk reads seqs from..from+n-1 of s: their states (with the
@@ -396,14 +389,14 @@ func (q *Queue) messagesByKey(key []byte, after uint64, limit int, each func(*wa
 		if err != nil || stop {
 			return last, false, err
 		}
-		last = max64(last, first-1)
+		last = max(last, first-1)
 	}
 	id, found, err := q.FindKey(context.Background(), key)
 	if err != nil || !found || id.Seq() <= last {
-		return max64(last, q.Appended()), err == nil, err
+		return max(last, q.Appended()), err == nil, err
 	}
 	_, _, err = q.walk(id.Seq()-1, 1, true, time.Time{}, each)
-	return max64(id.Seq(), q.Appended()), err == nil, err
+	return max(id.Seq(), q.Appended()), err == nil, err
 }
 
 // rowTarget is item it's standing for target index i.
