@@ -154,6 +154,21 @@ func parseTime(r *http.Request, name string) (time.Time, error) {
 	return t, nil
 }
 
+// timeRange reads the query's since and until; until, when both are
+// given, must be after since.
+func timeRange(r *http.Request) (since, until time.Time, err error) {
+	if since, err = parseTime(r, "since"); err != nil {
+		return
+	}
+	if until, err = parseTime(r, "until"); err != nil {
+		return
+	}
+	if !since.IsZero() && !until.IsZero() && !until.After(since) {
+		err = &paramError{"until", "must be after since"}
+	}
+	return
+}
+
 // messageFilter reads the list's filter from the query.
 func messageFilter(r *http.Request) (store.Filter, error) {
 	q := r.URL.Query()
@@ -172,14 +187,8 @@ func messageFilter(r *http.Request) (store.Filter, error) {
 		f.Phase = store.Phase(s)
 	}
 	var err error
-	if f.Since, err = parseTime(r, "since"); err != nil {
+	if f.Since, f.Until, err = timeRange(r); err != nil {
 		return f, err
-	}
-	if f.Until, err = parseTime(r, "until"); err != nil {
-		return f, err
-	}
-	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Until.After(f.Since) {
-		return f, &paramError{"until", "must be after since"}
 	}
 	if v := q.Get("status"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -337,18 +346,9 @@ func (s *Server) getCounts(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	since, err := parseTime(r, "since")
+	since, until, err := timeRange(r)
 	if err != nil {
 		badParam(w, err)
-		return
-	}
-	until, err := parseTime(r, "until")
-	if err != nil {
-		badParam(w, err)
-		return
-	}
-	if !since.IsZero() && !until.IsZero() && !until.After(since) {
-		badParam(w, &paramError{"until", "must be after since"})
 		return
 	}
 	route := r.PathValue("route")
