@@ -150,6 +150,16 @@ func TestAdminMessagesCountsReplay(t *testing.T) {
 			t.Errorf("?%s: %d %v, want 400 naming %s", q, code, body, param)
 		}
 	}
+	for q, param := range map[string]string{
+		"since=yesterday": "since", "until=2026-13-01": "until", "state=queued": "query",
+		"since=2026-12-05T02:00:00Z&until=2026-12-05T01:00:00Z": "until",
+	} {
+		code, body := apiCall(t, "GET", tn.admin+"/v1/routes/orders/counts?"+q, testToken, nil)
+		e, _ := body["error"].(map[string]any)
+		if code != 400 || e["param"] != param {
+			t.Errorf("counts?%s: %d %v, want 400 naming %s", q, code, body, param)
+		}
+	}
 	if code, _ := apiCall(t, "GET", tn.admin+"/v1/routes/orders/counts", "", nil); code != 401 {
 		t.Fatalf("counts without the token: %d", code)
 	}
