@@ -157,6 +157,10 @@ func cmdReconcile(args []string, stdout, stderr io.Writer) int {
 		}
 		*p.dst = t
 	}
+	if !since.IsZero() && !until.IsZero() && !until.After(since) {
+		fmt.Fprintln(stderr, "sluice reconcile: --until must be after --since")
+		return 2
+	}
 	rd, err := openReceived(*recv)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice reconcile: --received:", err)

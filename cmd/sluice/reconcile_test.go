@@ -103,3 +103,14 @@ func TestReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReconcileBadWindow: a window whose --until is not after --since is
+// refused with exit 2 and the flags named, before anything is read.
+func TestReconcileBadWindow(t *testing.T) {
+	var out, errb bytes.Buffer
+	code := run([]string{"reconcile", "--route", "orders", "--target", "inv", "--received", filepath.Join(t.TempDir(), "absent"),
+		"--since", "2026-12-05T02:00:00Z", "--until", "2026-12-05T01:00:00Z"}, &out, &errb)
+	if code != 2 || !strings.Contains(errb.String(), "--until must be after --since") {
+		t.Fatalf("exit %d, stderr %q", code, errb.String())
+	}
+}
