@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -309,7 +310,16 @@ func (d *decoder) jetstream(n *yaml.Node, path string) *JetStream {
 		}
 		u, err := url.Parse(v)
 		if err != nil || u.Host == "" || (u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss") {
-			d.errorf(n.Line, at, "invalid NATS server URL %q: expected nats://host:4222 (or tls://, ws://, wss://)", v)
+			// The message can reach logs and the admin API's reload
+			// answer: a password in the URL is shown as xxxxx.
+			shown := "that does not parse as a URL"
+			if err == nil {
+				shown = strconv.Quote(v)
+				if _, pw := u.User.Password(); pw {
+					shown = strconv.Quote(u.Redacted())
+				}
+			}
+			d.errorf(n.Line, at, "invalid NATS server URL %s: expected nats://host:4222 (or tls://, ws://, wss://)", shown)
 			continue
 		}
 		j.URLs = append(j.URLs, v)
