@@ -60,7 +60,8 @@
 //     the first message's id, once the first message (read back from the
 //     stream) is found to be the same request (store.Fingerprint); another
 //     request with the key gets ErrKeyMismatch. The servers keep the
-//     window's keys in memory (about 100 bytes a key).
+//     window's keys in memory (of the order of 100 bytes a key: an estimate,
+//     not measured).
 //   - At least once to every target; an attempt is repeated only if its node
 //     died (or lost the lease's connection) before its outcome was written.
 //     The engine acknowledges a message to the durable consumer only after
@@ -78,8 +79,9 @@
 // message and one state per target. Stats (cached 250ms) asks the servers
 // for the stream's and each consumer's info. The state bucket holds one key
 // per (message, target) outcome for the retention, and nats-server indexes
-// every key in memory (of the order of 100 bytes each). The retry schedule
-// of a target is held in memory by the lease holder and read from the bucket
-// when it gains the lease (one read per retrying message). DeadLetters lists
-// the target's dead-letter keys (one key per dead letter) on every call.
+// every key in memory (of the order of 100 bytes each: an estimate, not
+// measured). The retry schedule of a target is held in memory by the lease
+// holder and read from the bucket when it gains the lease (one read per
+// retrying message). DeadLetters lists the target's dead-letter keys (one
+// key per dead letter) on every call.
 package jetstore
