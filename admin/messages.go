@@ -277,16 +277,19 @@ func (s *Server) exportMessages(w http.ResponseWriter, r *http.Request, route st
 	bw := bufio.NewWriterSize(w, 64<<10)
 	enc := json.NewEncoder(bw)
 	started := false
+	start := func() {
+		if !started {
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.Header().Set("Cache-Control", "no-store")
+			started = true
+		}
+	}
 	rows := 0
 	var werr error
 	for r.Context().Err() == nil {
 		rc.SetWriteDeadline(time.Now().Add(exportTimeout))
 		last, end, err := s.cfg.Messages.List(route, f, after, exportChunk, func(row *store.Row) bool {
-			if !started {
-				w.Header().Set("Content-Type", "application/x-ndjson")
-				w.Header().Set("Cache-Control", "no-store")
-				started = true
-			}
+			start()
 			rows++
 			werr = enc.Encode(ToRow(row))
 			return werr == nil
@@ -295,11 +298,7 @@ func (s *Server) exportMessages(w http.ResponseWriter, r *http.Request, route st
 			s.messagesError(w, err)
 			return
 		}
-		if !started {
-			w.Header().Set("Content-Type", "application/x-ndjson")
-			w.Header().Set("Cache-Control", "no-store")
-			started = true
-		}
+		start()
 		if err != nil {
 			enc.Encode(map[string]string{"error": err.Error()})
 			bw.Flush()
