@@ -61,8 +61,8 @@
 // 512 seqs, one read transaction each: flat memory whatever the queue's
 // size, one state decode per message and target, plus one read of the
 // records for a listing or a time-bounded count. A message the retention
-// deletes before a target finished it leaves a tombstone (~100 bytes and
-// its key, no body) in cursors.db, listed and counted as expired for one
+// deletes before a target finished it leaves a tombstone (125 to 160
+// bytes and its key, no body) in cursors.db, listed and counted as expired for one
 // more retention (tombstone.go). A purged dead letter is Purged.
 //
 // Dead letters are indexed per target ("d/<target>"), so they are listed

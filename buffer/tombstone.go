@@ -15,10 +15,12 @@ import (
 // the writer records one small record per such message in the queue's
 // cursors.db, bucket "expired": seq -> JSON {tag, accepted at, expired at,
 // idempotency key, and per unfinished target its name, phase, attempts and
-// last status}. Never the body: ~100 bytes plus the key per message, one
-// bbolt transaction per deleted segment. Lister lists them with phase
-// Expired, and Counts counts them, for one more retention after the
-// expiry; then the writer's retention pass deletes them, oldest first.
+// last status}. Never the body: 125 to 160 bytes of JSON plus the key per
+// message with one unfinished target, up to 50 more per further target
+// (TestTombstoneSize); one bbolt transaction per deleted segment. Lister
+// lists them with phase Expired, and Counts counts them, for one more
+// retention after the expiry; then the writer's retention pass deletes
+// them, oldest first.
 //
 // A crash between the tombstones' commit and the segment's deletion leaves
 // both: the next pass writes the same tombstones again (same keys) and
