@@ -61,6 +61,44 @@ func otlpError(format string, args ...any) *Error {
 	return &Error{Status: 400, Type: "INVALID_ARGUMENT", Reason: fmt.Sprintf(format, args...)}
 }
 
+// splitOTLPGroup reads a ResourceLogs or a ScopeLogs, which share one
+// shape: field 1 its resource or scope, field 2 its repeated children
+// (ScopeLogs or LogRecords), field 3 its schema URL. Other fields are
+// skipped.
+func splitOTLPGroup(msg []byte) (head []byte, children [][]byte, schema []byte, err error) {
+	err = eachField(msg, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+		if typ != protowire.BytesType {
+			return nil
+		}
+		switch num {
+		case 1:
+			head = v
+		case 2:
+			children = append(children, v)
+		case 3:
+			schema = v
+		}
+		return nil
+	})
+	return head, children, schema, err
+}
+
+// appendOTLPGroup appends to b a ResourceLogs or ScopeLogs (see
+// splitOTLPGroup) of one child; a nil head or schema is left out.
+func appendOTLPGroup(b, head, child, schema []byte) []byte {
+	if head != nil {
+		b = protowire.AppendTag(b, 1, protowire.BytesType)
+		b = protowire.AppendBytes(b, head)
+	}
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendBytes(b, child)
+	if schema != nil {
+		b = protowire.AppendTag(b, 3, protowire.BytesType)
+		b = protowire.AppendBytes(b, schema)
+	}
+	return b
+}
+
 func parseOTLPProto(body []byte, maxTotal int64) ([]Doc, error) {
 	var docs []Doc
 	var total int64
@@ -69,69 +107,20 @@ func parseOTLPProto(body []byte, maxTotal int64) ([]Doc, error) {
 		if num != 1 || typ != protowire.BytesType {
 			return nil
 		}
-		var resource, rschema []byte
-		var scopes [][]byte
-		if err := eachField(rl, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
-			if typ != protowire.BytesType {
-				return nil
-			}
-			switch num {
-			case 1:
-				resource = v
-			case 2:
-				scopes = append(scopes, v)
-			case 3:
-				rschema = v
-			}
-			return nil
-		}); err != nil {
+		resource, scopes, rschema, err := splitOTLPGroup(rl)
+		if err != nil {
 			return otlpError("resourceLogs[%d] is malformed", ri)
 		}
 		for si, sl := range scopes {
-			var scope, sschema []byte
-			var records [][]byte
-			if err := eachField(sl, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
-				if typ != protowire.BytesType {
-					return nil
-				}
-				switch num {
-				case 1:
-					scope = v
-				case 2:
-					records = append(records, v)
-				case 3:
-					sschema = v
-				}
-				return nil
-			}); err != nil {
+			scope, records, sschema, err := splitOTLPGroup(sl)
+			if err != nil {
 				return otlpError("resourceLogs[%d].scopeLogs[%d] is malformed", ri, si)
 			}
 			for li, rec := range records {
 				if eachField(rec, func(protowire.Number, protowire.Type, []byte, uint64) error { return nil }) != nil {
 					return otlpError("resourceLogs[%d].scopeLogs[%d].logRecords[%d] is malformed", ri, si, li)
 				}
-				var s []byte
-				if scope != nil {
-					s = protowire.AppendTag(s, 1, protowire.BytesType)
-					s = protowire.AppendBytes(s, scope)
-				}
-				s = protowire.AppendTag(s, 2, protowire.BytesType)
-				s = protowire.AppendBytes(s, rec)
-				if sschema != nil {
-					s = protowire.AppendTag(s, 3, protowire.BytesType)
-					s = protowire.AppendBytes(s, sschema)
-				}
-				var r []byte
-				if resource != nil {
-					r = protowire.AppendTag(r, 1, protowire.BytesType)
-					r = protowire.AppendBytes(r, resource)
-				}
-				r = protowire.AppendTag(r, 2, protowire.BytesType)
-				r = protowire.AppendBytes(r, s)
-				if rschema != nil {
-					r = protowire.AppendTag(r, 3, protowire.BytesType)
-					r = protowire.AppendBytes(r, rschema)
-				}
+				r := appendOTLPGroup(nil, resource, appendOTLPGroup(nil, scope, rec, sschema), rschema)
 				if total += int64(len(r)) + 8; maxTotal >= 0 && total > maxTotal {
 					return ErrTooLarge
 				}
