@@ -45,11 +45,16 @@ const (
 	docBytes    = 200
 )
 
-func env(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
-		return v
+func env(b *testing.B, name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
 	}
-	return def
+	v, err := strconv.Atoi(s)
+	if err != nil || v <= 0 {
+		b.Fatalf("%s=%q: want a positive whole number", name, s)
+	}
+	return v
 }
 
 // bulkBody is one _bulk body: 500 action+document pairs, ~200-byte documents.
@@ -153,7 +158,7 @@ func median(xs []float64) float64 {
 // BenchmarkIngest alternates split and whole, ROUNDS times (default 5) of
 // SECONDS each (default 5), with CONNS clients (default 16); b.N is ignored.
 func BenchmarkIngest(b *testing.B) {
-	rounds, secs, conns := env("ROUNDS", 5), env("SECONDS", 5), env("CONNS", 16)
+	rounds, secs, conns := env(b, "ROUNDS", 5), env(b, "SECONDS", 5), env(b, "CONNS", 16)
 	body := bulkBody()
 	addr, st, stop := serve(b, policy, b.TempDir())
 	defer stop()
@@ -214,8 +219,8 @@ func BenchmarkIngest(b *testing.B) {
 // through the elasticsearch route, then times their delivery in _bulk
 // batches of 500 to a mock store that answers every item.
 func BenchmarkDeliver(b *testing.B) {
-	docs := env("DOCS", 100000)
-	rounds := env("ROUNDS", 3)
+	docs := env(b, "DOCS", 100000)
+	rounds := env(b, "ROUNDS", 3)
 	body := bulkBody()
 	store := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		ix, _ := logproto.BulkIndex(string(ctx.Path()))
