@@ -127,22 +127,7 @@ const (
 // ExportLogsServiceResponse in the request's encoding once all are durable.
 func (s *Server) handleOTLP(ctx *fasthttp.RequestCtx, r *route) {
 	enc := logproto.OTLPEncoding(string(ctx.Request.Header.ContentType()))
-	reply := func(status int, body []byte) {
-		if enc == "" {
-			ctx.Response.Header.SetContentType(logproto.OTLPJSON)
-		} else {
-			ctx.Response.Header.SetContentType(enc)
-		}
-		ctx.SetStatusCode(status)
-		ctx.SetBody(body)
-	}
-	status := func(status, code int, msg string) {
-		e := enc
-		if e == "" {
-			e = logproto.OTLPJSON
-		}
-		reply(status, logproto.OTLPStatus(e, code, msg))
-	}
+	status := func(status, code int, msg string) { writeOTLPStatus(ctx, enc, status, code, msg) }
 	path := string(pathPart(logURI(ctx)))
 	if path != logproto.OTLPLogsPath {
 		path = routePath(pathPart(logURI(ctx)), r.Match.Path)
@@ -193,7 +178,20 @@ func (s *Server) handleOTLP(ctx *fasthttp.RequestCtx, r *route) {
 			fmt.Sprintf("%d of %d log records were not stored (%s); export them again", failed, len(docs), refusalReason(firstErr)))
 		return
 	}
-	reply(fasthttp.StatusOK, logproto.OTLPSuccess(enc))
+	ctx.Response.Header.SetContentType(enc)
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetBody(logproto.OTLPSuccess(enc))
+}
+
+// writeOTLPStatus answers status with a google.rpc.Status of code and msg
+// in encoding enc, or in JSON when the request named neither encoding.
+func writeOTLPStatus(ctx *fasthttp.RequestCtx, enc string, status, code int, msg string) {
+	if enc == "" {
+		enc = logproto.OTLPJSON
+	}
+	ctx.Response.Header.SetContentType(enc)
+	ctx.SetStatusCode(status)
+	ctx.SetBody(logproto.OTLPStatus(enc, code, msg))
 }
 
 func writeText(ctx *fasthttp.RequestCtx, status int, text string) {
@@ -274,13 +272,7 @@ func (s *Server) logTooLarge(ctx *fasthttp.RequestCtx, r *route) bool {
 	case policies.ProtocolLoki:
 		writeText(ctx, status, reason)
 	case policies.ProtocolOTLP:
-		enc := logproto.OTLPEncoding(string(ctx.Request.Header.ContentType()))
-		if enc == "" {
-			enc = logproto.OTLPJSON
-		}
-		ctx.Response.Header.SetContentType(enc)
-		ctx.SetStatusCode(status)
-		ctx.SetBody(logproto.OTLPStatus(enc, rpcInvalidArgument, reason))
+		writeOTLPStatus(ctx, logproto.OTLPEncoding(string(ctx.Request.Header.ContentType())), status, rpcInvalidArgument, reason)
 	default:
 		return false
 	}
