@@ -803,8 +803,9 @@ func refusalCode(err error) string {
 }
 
 // setRetryAfter sets Retry-After from a refusal: the store's estimate when
-// full, else 1 second.
-func setRetryAfter(ctx *fasthttp.RequestCtx, err error) {
+// full (5s if it gives none), else 1 second; whole seconds, at least one.
+// It returns the wait it set.
+func setRetryAfter(ctx *fasthttp.RequestCtx, err error) time.Duration {
 	wait := time.Second
 	var fe *store.FullError
 	if errors.As(err, &fe) && fe.RetryAfter > 0 {
@@ -812,7 +813,9 @@ func setRetryAfter(ctx *fasthttp.RequestCtx, err error) {
 	} else if errors.Is(err, store.ErrFull) {
 		wait = 5 * time.Second
 	}
-	ctx.Response.Header.Set("Retry-After", strconv.Itoa(max(1, int(wait.Round(time.Second)/time.Second))))
+	wait = max(time.Second, wait.Round(time.Second))
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
+	return wait
 }
 
 func (s *Server) logRefusal(r *route, err error, n int) {

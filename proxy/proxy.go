@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -433,14 +432,9 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route, uri []byte) {
 func (s *Server) refuse(ctx *fasthttp.RequestCtx, r *route, err error) {
 	switch {
 	case errors.Is(err, store.ErrFull):
-		wait := 5 * time.Second
-		var fe *store.FullError
-		if errors.As(err, &fe) && fe.RetryAfter > 0 {
-			wait = fe.RetryAfter
-		}
-		ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(wait.Round(time.Second)/time.Second)))
+		wait := setRetryAfter(ctx, err)
 		writeError(ctx, fasthttp.StatusServiceUnavailable, "storage_full",
-			err.Error()+"; nothing was stored, retry after "+wait.Round(time.Second).String())
+			err.Error()+"; nothing was stored, retry after "+wait.String())
 	case errors.Is(err, syscall.ENOSPC):
 		// The disk filled before admission control saw it coming.
 		ctx.Response.Header.Set("Retry-After", "5")
