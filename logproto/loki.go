@@ -129,9 +129,9 @@ func jsonErr(err error) string {
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
-	case asErr(err, &se):
+	case errors.As(err, &se):
 		return fmt.Sprintf("syntax error at byte %d", se.Offset)
-	case asErr(err, &te):
+	case errors.As(err, &te):
 		return fmt.Sprintf("%s where %s was expected, at byte %d", te.Value, te.Type, te.Offset)
 	}
 	return "malformed JSON"
@@ -390,5 +390,3 @@ func validUTF8(b []byte) string {
 	}
 	return strings.ToValidUTF8(string(b), "\uFFFD")
 }
-
-func asErr[T error](err error, target *T) bool { return errors.As(err, target) }

@@ -3,6 +3,7 @@ package logproto
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -133,7 +134,7 @@ func parseOTLPProto(body []byte, maxTotal int64) ([]Doc, error) {
 	})
 	if err != nil {
 		var pe *Error
-		if err == ErrTooLarge || asErr(err, &pe) && pe.Type == "INVALID_ARGUMENT" {
+		if errors.Is(err, ErrTooLarge) || errors.As(err, &pe) && pe.Type == "INVALID_ARGUMENT" {
 			return nil, err
 		}
 		return nil, otlpError("the protobuf body is malformed")
