@@ -32,6 +32,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3} DURATION=${DURATION:-4s} CONNS=${CONNS:-128} THREADS=${THREADS:-2} PROFILE=${PROFILE:-} SLUICE_ENV=${SLUICE_ENV:-}
+for v in RUNS CONNS THREADS; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v=${!v}: want a positive whole number" >&2; exit 2; }
+done
+[[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || { echo "DURATION=$DURATION: want a wrk duration such as 4s" >&2; exit 2; }
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&2; exit 1; }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "nginx is required: apt-get install -y nginx" >&2; exit 1; }
