@@ -686,3 +686,30 @@ func TestHECAcksBounded(t *testing.T) {
 		t.Error("the oldest channel is kept or the newest forgotten")
 	}
 }
+
+// A channel name longer than hecMaxChannelLen is refused (code 11) before
+// anything is read or stored, and so is an ack query of more than
+// hecMaxAcks ids.
+func TestSplunkHECBadChannelAndAcks(t *testing.T) {
+	base, s := policyServer(t, `
+routes:
+  - name: hec
+    match: { path: /services/collector }
+    protocol: splunk-hec
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
+`)
+	long := map[string]string{"X-Splunk-Request-Channel": strings.Repeat("c", hecMaxChannelLen+1)}
+	r := do(t, "POST", base+"/services/collector/event", `{"event":"x"}`, long)
+	if r.StatusCode() != 400 || !strings.Contains(string(r.Body()), `"code":11`) {
+		t.Errorf("channel of %d bytes: %d %s, want 400 code 11", hecMaxChannelLen+1, r.StatusCode(), r.Body())
+	}
+	if n := s.testQueue("hec").Stats().Appended; n != 0 {
+		t.Errorf("%d stored under a refused channel", n)
+	}
+	ids := strings.TrimSuffix(strings.Repeat("0,", hecMaxAcks+1), ",")
+	ch := map[string]string{"X-Splunk-Request-Channel": "11111111-1111-1111-1111-111111111111"}
+	r = do(t, "POST", base+"/services/collector/ack", `{"acks":[`+ids+`]}`, ch)
+	if r.StatusCode() != 400 || !strings.Contains(string(r.Body()), fmt.Sprintf("at most %d acks", hecMaxAcks)) {
+		t.Errorf("ack query of %d ids: %d %s, want 400", hecMaxAcks+1, r.StatusCode(), r.Body())
+	}
+}
