@@ -84,6 +84,19 @@ func splitOTLPGroup(msg []byte) (head []byte, children [][]byte, schema []byte, 
 	return head, children, schema, err
 }
 
+// otlpGroupSize is the size appendOTLPGroup gives a group of a child of
+// childLen bytes, so that each document is allocated once at its size.
+func otlpGroupSize(head []byte, childLen int, schema []byte) int {
+	n := protowire.SizeTag(2) + protowire.SizeBytes(childLen)
+	if head != nil {
+		n += protowire.SizeTag(1) + protowire.SizeBytes(len(head))
+	}
+	if schema != nil {
+		n += protowire.SizeTag(3) + protowire.SizeBytes(len(schema))
+	}
+	return n
+}
+
 // appendOTLPGroup appends to b a ResourceLogs or ScopeLogs (see
 // splitOTLPGroup) of one child; a nil head or schema is left out.
 func appendOTLPGroup(b, head, child, schema []byte) []byte {
@@ -121,11 +134,13 @@ func parseOTLPProto(body []byte, maxTotal int64) ([]Doc, error) {
 				if eachField(rec, func(protowire.Number, protowire.Type, []byte, uint64) error { return nil }) != nil {
 					return otlpError("resourceLogs[%d].scopeLogs[%d].logRecords[%d] is malformed", ri, si, li)
 				}
-				r := appendOTLPGroup(nil, resource, appendOTLPGroup(nil, scope, rec, sschema), rschema)
+				inner := appendOTLPGroup(make([]byte, 0, otlpGroupSize(scope, len(rec), sschema)), scope, rec, sschema)
+				r := appendOTLPGroup(make([]byte, 0, otlpGroupSize(resource, len(inner), rschema)), resource, inner, rschema)
 				if total += int64(len(r)) + 8; maxTotal >= 0 && total > maxTotal {
 					return ErrTooLarge
 				}
-				d := protowire.AppendTag(nil, 1, protowire.BytesType)
+				d := make([]byte, 0, protowire.SizeTag(1)+protowire.SizeBytes(len(r)))
+				d = protowire.AppendTag(d, 1, protowire.BytesType)
 				docs = append(docs, Doc{Body: protowire.AppendBytes(d, r)})
 			}
 		}

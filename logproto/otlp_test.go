@@ -111,6 +111,9 @@ func TestOTLPProtobufSplitAndJoin(t *testing.T) {
 		if IsOTLPJSON(d.Body) {
 			t.Errorf("doc %d taken for JSON", i)
 		}
+		if cap(d.Body) != len(d.Body) {
+			t.Errorf("doc %d: %d bytes in a buffer of %d: its size was not computed right", i, len(d.Body), cap(d.Body))
+		}
 		bodies = append(bodies, d.Body)
 	}
 	joined, _ := AppendOTLPLogs(nil, OTLPProtobuf, bodies)
@@ -205,5 +208,20 @@ func TestOTLPExpansionBound(t *testing.T) {
 	}
 	if docs, err := ParseOTLPLogsLimit(req, OTLPProtobuf, 20<<20); err != nil || len(docs) != 1000 {
 		t.Fatalf("within a larger bound: %d %v", len(docs), err)
+	}
+}
+
+// BenchmarkParseOTLPProto splits the Collector's request of four records
+// (collectorRequest) into one document per record:
+//
+//	go test -run '^$' -bench ParseOTLPProto ./logproto/
+func BenchmarkParseOTLPProto(b *testing.B) {
+	req := collectorRequest()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(req)))
+	for b.Loop() {
+		if _, err := ParseOTLPLogs(req, OTLPProtobuf); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
