@@ -185,12 +185,13 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 		view = func(_ *segment, fn func(*bolt.Tx) error) error { return fn(nil) }
 	}
 	err = view(seg, func(tx *bolt.Tx) error {
-		// finished reports whether seq has a state record: a cursor walks
-		// the state bucket along with seq (one seek per record, not one
-		// lookup per seq).
+		// finished reports whether seq has a state: a cursor walks the
+		// state bucket along with seq (one seek per record, not one lookup
+		// per seq), and the delivered blocks are read once per block.
 		finished := func(uint64) bool { return false }
 		if tx != nil {
 			cur := tx.Bucket(stateBucket(c.target)).Cursor()
+			blocks := newBlockReader(tx, c.target)
 			var at uint64 // the first seq with a record at or after the last seek
 			sought := false
 			finished = func(seq uint64) bool {
@@ -201,7 +202,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 						at = binary.BigEndian.Uint64(k)
 					}
 				}
-				return at == seq
+				return at == seq || blocks.get(seq) != nil
 			}
 		}
 		// The frames ahead are read with one pread; a seq among them that

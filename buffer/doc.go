@@ -28,6 +28,9 @@
 //	"s/<target>" seq -> state record: delivered, retrying or dead, with the
 //	             history of attempts (status code, error, time); CRC-32C and
 //	             store.AppendState's binary form (older records: JSON)
+//	"b/<target>" first seq of a block of 64 -> the state records of the
+//	             block's first Delivered outcomes, packed (blocks.go); a
+//	             seq's record in "s/" takes precedence
 //	"r/<target>" nextTry (unix ns, 8 bytes BE) | seq -> "" : the retry schedule,
 //	             ordered by due time so "what is due now" is a cursor seek
 //	"d/<target>" seq -> "" : the dead letters, listed without scanning states
@@ -107,9 +110,11 @@
 // bbolt transaction: it is a frame in the outcome journal written by the same
 // group commit (one write(2) for every outcome of the commit; with
 // SyncAlways an fdatasync with the next commit that appends, or within
-// outcomeSyncMax, 10 ms), kept in memory (~100 bytes each, at most 64Ki)
-// until a checkpoint writes them into the segments' .db files with one
-// fsync per file, at least once a second (see journal.go). Retries, dead
+// outcomeSyncMax, 10 ms), kept in memory by blocks of 64 seqs (~90 bytes an
+// outcome: a 24-byte slot and the ~65-byte journal frame it points into;
+// at most 64Ki outcomes or 4096 blocks) until a checkpoint writes each
+// block into its segment's .db file with one bbolt put, one fsync per
+// file, at least once a second (see journal.go, pending.go, blocks.go). Retries, dead
 // letters and parking, which update indexes, commit to bbolt directly.
 // Start-up applies any journal left before anything is read. Within one run
 // the consumer remembers how far it has read (and what Release gave back),

@@ -314,6 +314,12 @@ func inspectSegment(tx *bolt.Tx, dir string, sr *SegmentReport, qr *QueueReport,
 	sr.Last = sr.First + total - 1
 	qr.Messages += n
 	return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		if t, ok := strings.CutPrefix(string(name), "b/"); ok {
+			if verify {
+				verifyBlocks(b, t, sr, qr)
+			}
+			return nil
+		}
 		t, ok := strings.CutPrefix(string(name), "s/")
 		if !ok {
 			return nil
@@ -334,6 +340,29 @@ func inspectSegment(tx *bolt.Tx, dir string, sr *SegmentReport, qr *QueueReport,
 			_ = st // counted by countOffline
 			return nil
 		})
+	})
+}
+
+// verifyBlocks reports the damaged delivered blocks of target in b, and
+// the damaged state records inside the others.
+func verifyBlocks(b *bolt.Bucket, target string, sr *SegmentReport, qr *QueueReport) {
+	b.ForEach(func(k, v []byte) error {
+		first := binary.BigEndian.Uint64(k)
+		var blk block
+		if err := decodeBlock(v, &blk); err != nil {
+			qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Seq: first,
+				Err: fmt.Sprintf("target %s: delivered block of seqs %d-%d (read as not delivered): %v", target, first, first+blockSize-1, err)})
+			return nil
+		}
+		for i, rec := range blk {
+			if rec == nil {
+				continue
+			}
+			if _, err := decodeState(rec); err != nil {
+				qr.Damaged = append(qr.Damaged, Damage{Segment: sr.File, Seq: first + uint64(i), Err: "target " + target + ": " + err.Error()})
+			}
+		}
+		return nil
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
@@ -25,7 +26,8 @@ import (
 //
 // A checkpoint (every second, at 64Ki pending outcomes, before retention
 // deletes a segment, and at Close) writes the pending outcomes into their
-// segments' bbolt files in one transaction per segment without fsync,
+// segments' bbolt files, packed by blocks of 64 seqs (blocks.go), in one
+// transaction per segment without fsync,
 // fsyncs each file once, then starts a new journal and deletes the old
 // one. At start-up every journal left is applied the same way before
 // anything is read (a crash between the bbolt fsync and the deletion only
@@ -50,8 +52,8 @@ import (
 const (
 	journalHeader = 8
 	// checkpointAt is how many pending outcomes trigger a checkpoint
-	// before the next tick: it bounds the memory they take (~100 bytes
-	// each) and the work of one checkpoint.
+	// before the next tick: it bounds the memory they take (~90 bytes
+	// each, see pendingSet) and the work of one checkpoint.
 	checkpointAt = 64 << 10
 	// journalPrefill is what a new journal is zero-filled to: about a
 	// second of outcomes at full speed.
@@ -169,7 +171,11 @@ func journals(dir string) []uint64 {
 // starts and before anything reads a state.
 func (q *Queue) replayJournals() error {
 	gens := journals(q.dir)
-	bySeg := map[*segment][]journalRecord{}
+	// Oldest journal first, in order: the first outcome of a seq counts
+	// (a crash between a checkpoint's fsync and the journal's deletion
+	// leaves it twice). A target no longer in the policy has no state
+	// buckets: its outcomes are dropped.
+	set := newPendingSet()
 	var applied, dropped int
 	for _, g := range gens {
 		recs, _, err := readJournal(filepath.Join(q.dir, journalName(g)), g)
@@ -177,29 +183,22 @@ func (q *Queue) replayJournals() error {
 			return fmt.Errorf("read outcome journal %s: %w", journalName(g), err)
 		}
 		for _, r := range recs {
-			if s := q.segmentFor(r.seq); s != nil {
-				bySeg[s] = append(bySeg[s], r)
+			t := slices.Index(q.targets, r.target)
+			if s := q.segmentFor(r.seq); s != nil && t >= 0 {
+				set.add(s, t, r.seq, r.state)
+				applied++
 			} else {
-				dropped++ // its segment was deleted since
+				dropped++ // its segment was deleted since, or its target
 			}
 		}
 	}
-	for s, recs := range bySeg {
-		err := q.applyOutcomes(s, func(put func(target string, seq uint64, state []byte) error) error {
-			for _, r := range recs {
-				if err := put(r.target, r.seq, r.state); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("apply outcome journal to %s: %w", segLabel(s.first), err)
+	for _, ps := range set.segments() {
+		if err := q.applyOutcomes(ps.seg, ps.byTarget); err != nil {
+			return fmt.Errorf("apply outcome journal to %s: %w", segLabel(ps.seg.first), err)
 		}
-		applied += len(recs)
 	}
 	if len(gens) > 0 && applied+dropped > 0 {
-		q.log.Info("applied the outcome journal left by the last run", "outcomes", applied, "of_deleted_segments", dropped)
+		q.log.Info("applied the outcome journal left by the last run", "outcomes", applied, "of_deleted_segments_or_targets", dropped)
 	}
 	if len(gens) == 0 {
 		return q.openJournal(1, "")
@@ -250,24 +249,20 @@ func (q *Queue) openJournal(gen uint64, recycle string) error {
 	return nil
 }
 
-// applyOutcomes writes outcomes into s's bbolt file, each only where the
+// applyOutcomes writes the pending blocks of one segment (by target
+// index) into s's bbolt file (blocks.go), each outcome only where the
 // target has no state record yet, in one transaction without fsync, then
 // fsyncs the file once. Writer only (or load).
-func (q *Queue) applyOutcomes(s *segment, each func(put func(target string, seq uint64, state []byte) error) error) error {
+func (q *Queue) applyOutcomes(s *segment, byTarget map[int][]pendBlock) error {
 	noSync := s.db.NoSync
 	s.db.NoSync = true
 	err := safeUpdate(s.db, func(tx *bolt.Tx) error {
-		return each(func(target string, seq uint64, state []byte) error {
-			b := tx.Bucket(stateBucket(target))
-			if b == nil {
-				return nil // a target no longer in the policy
+		for t, blks := range byTarget {
+			if err := putBlocks(tx, q.targets[t], blks); err != nil {
+				return err
 			}
-			k := seqKey(seq)
-			if b.Get(k) != nil {
-				return nil
-			}
-			return b.Put(k, state)
-		})
+		}
+		return nil
 	})
 	s.db.NoSync = noSync
 	if err == nil {
@@ -337,38 +332,12 @@ func (q *Queue) syncJournal() {
 // failure the outcomes stay pending and in the journal, and the next
 // checkpoint tries again.
 func (q *Queue) checkpoint() {
-	if len(q.pending) == 0 {
+	if q.pending.n == 0 {
 		return
 	}
-	segs := make([]*segment, 0, len(q.pending))
-	for s := range q.pending {
-		segs = append(segs, s)
-	}
-	sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
-	keys := make([]pendKey, 0, 1024)
-	for _, s := range segs {
-		m := q.pending[s]
-		keys = keys[:0]
-		for k := range m {
-			keys = append(keys, k)
-		}
-		// Key order: bbolt appends to each bucket's right edge.
-		sort.Slice(keys, func(i, j int) bool {
-			if keys[i].target != keys[j].target {
-				return keys[i].target < keys[j].target
-			}
-			return keys[i].seq < keys[j].seq
-		})
-		err := q.applyOutcomes(s, func(put func(string, uint64, []byte) error) error {
-			for _, k := range keys {
-				if err := put(q.targets[k.target], k.seq, m[k]); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			q.ckptFails.failed(q.log, "checkpoint of delivered outcomes failed; they stay in the journal", err, len(keys))
+	for _, ps := range q.pending.segments() {
+		if err := q.applyOutcomes(ps.seg, ps.byTarget); err != nil {
+			q.ckptFails.failed(q.log, "checkpoint of delivered outcomes failed; they stay in the journal", err, q.pending.inSegment(ps.seg))
 			return
 		}
 	}
@@ -389,8 +358,7 @@ func (q *Queue) checkpoint() {
 		os.Remove(filepath.Join(q.dir, journalName(old.gen)))
 	}
 	q.mu.Lock()
-	q.pending = map[*segment]map[pendKey][]byte{}
-	q.npending = 0
+	q.pending = newPendingSet()
 	q.mu.Unlock()
 	q.checkpoints.Add(1)
 }
@@ -398,10 +366,7 @@ func (q *Queue) checkpoint() {
 // pendingState returns the outcome of seq for target index t that is in the
 // journal but not yet in bbolt, or nil. Caller holds q.mu.
 func (q *Queue) pendingState(s *segment, t int, seq uint64) []byte {
-	if m := q.pending[s]; m != nil {
-		return m[pendKey{t, seq}]
-	}
-	return nil
+	return q.pending.get(s, t, seq)
 }
 
 // fsync fdatasyncs f and tells Config.ObserveSync how long it took.

@@ -178,13 +178,10 @@ func (q *Queue) readChunk(s *segment, from uint64, n int, withRecords bool) (ite
 		}
 		return nil, err
 	}
-	pm := q.pending[s]
 	for t, c := range q.consumers {
 		for i := range n {
 			seq := from + uint64(i)
-			if pm != nil {
-				pend[i*nt+t] = pm[pendKey{t, seq}]
-			}
+			pend[i*nt+t] = q.pending.get(s, t, seq)
 			_, busy[i*nt+t] = c.inflight[seq]
 		}
 	}
@@ -256,11 +253,13 @@ func segmentPhases(tx *bolt.Tx, targets []string, from, to uint64, overlay func(
 	curs := make([]*bolt.Cursor, len(targets))
 	keys := make([][]byte, len(targets))
 	vals := make([][]byte, len(targets))
+	blocks := make([]*blockReader, len(targets))
 	for t, name := range targets {
 		if b := tx.Bucket(stateBucket(name)); b != nil {
 			curs[t] = b.Cursor()
 			keys[t], vals[t] = curs[t].Seek(seqKey(from))
 		}
+		blocks[t] = newBlockReader(tx, name)
 	}
 	states := make([]*State, len(targets))
 	phases := make([]Phase, len(targets))
@@ -272,6 +271,8 @@ func segmentPhases(tx *bolt.Tx, targets []string, from, to uint64, overlay func(
 			}
 			if keys[t] != nil && binary.BigEndian.Uint64(keys[t]) == seq {
 				v = vals[t]
+			} else {
+				v = blocks[t].get(seq)
 			}
 			var busy bool
 			if overlay != nil {

@@ -46,7 +46,7 @@ func (q *Queue) Lookup(id ID) (*Message, []TargetStatus, error) {
 		}
 		m.Seq, m.ID = id.Seq(), store.NewID(id.Seq(), m.ID.Tag())
 		for i, t := range q.targets {
-			sv := tx.Bucket(stateBucket(t)).Get(seqKey(id.Seq()))
+			sv := storedState(tx, t, id.Seq())
 			if sv == nil {
 				sv = pend[i]
 			}

@@ -113,10 +113,9 @@ type Queue struct {
 	jbuf       []byte     // writer only: the journal frames of one commit
 	ckptFails  failureLog // writer only: checkpoints that failed
 	// pending holds the outcomes in the journal that are not yet in their
-	// segments' bbolt files, by segment and (target index, seq): the
-	// encoded state. Written by the writer under mu; read under mu.
-	pending      map[*segment]map[pendKey][]byte
-	npending     int
+	// segments' bbolt files (pending.go). Written by the writer under mu;
+	// read under mu.
+	pending      *pendingSet
 	lastPressure time.Time  // writer only: last retention pass forced by ErrFull
 	rollFails    failureLog // writer only: segment rolls that failed
 	commitFails  failureLog // writer only: append commits that failed
@@ -346,7 +345,7 @@ func (q *Queue) load() error {
 	}
 	q.savedNext = q.nextSeq
 	q.openedNext = q.nextSeq
-	q.pending = map[*segment]map[pendKey][]byte{}
+	q.pending = newPendingSet()
 	if err := q.replayJournals(); err != nil {
 		return err
 	}
@@ -965,13 +964,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 		if r.err != nil {
 			continue
 		}
-		m := q.pending[fastSeg[i]]
-		if m == nil {
-			m = map[pendKey][]byte{}
-			q.pending[fastSeg[i]] = m
-		}
-		m[pendKey{r.target, r.seq}] = encoded[i]
-		q.npending++
+		q.pending.add(fastSeg[i], r.target, r.seq, encoded[i])
 	}
 	for _, r := range sts {
 		// A failed write leaves the message in flight: the floor stays below
@@ -994,7 +987,7 @@ func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
 	if roll {
 		q.roll(dirty)
 	}
-	if q.npending >= checkpointAt {
+	if q.pending.due() {
 		q.checkpoint()
 	}
 }
@@ -1352,13 +1345,13 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 			return
 		}
 		s := q.segs[0]
-		if len(q.pending[s]) > 0 {
+		if q.pending.inSegment(s) > 0 {
 			// Its delivered outcomes go to bbolt first: the count of
 			// what expires undelivered reads them there.
 			q.mu.Unlock()
 			q.checkpoint()
 			q.mu.Lock()
-			if len(q.pending[s]) > 0 {
+			if q.pending.inSegment(s) > 0 {
 				q.mu.Unlock()
 				return
 			}

@@ -35,7 +35,7 @@ func (q *Queue) Replay(ctx context.Context, target string, seq uint64, at time.T
 		var st *State
 		var dead bool
 		err := safeView(seg.db, func(tx *bolt.Tx) error {
-			v := tx.Bucket(stateBucket(target)).Get(seqKey(seq))
+			v := storedState(tx, target, seq)
 			if v == nil {
 				v = pend
 			}

@@ -69,6 +69,10 @@ func (q *Queue) expireSegment(s *segment, next []uint64) []uint64 {
 	var recs [][]byte
 	var buf []byte
 	safeView(s.db, func(tx *bolt.Tx) error {
+		blocks := make([]*blockReader, len(q.targets))
+		for i, t := range q.targets {
+			blocks[i] = newBlockReader(tx, t)
+		}
 		for seq := first; seq <= last; seq++ {
 			var ts *tombstone
 			for i, t := range q.targets {
@@ -77,7 +81,11 @@ func (q *Queue) expireSegment(s *segment, next []uint64) []uint64 {
 				}
 				tt := tombTarget{Name: t, Was: Queued}
 				if seq < next[i] {
-					if v := tx.Bucket(stateBucket(t)).Get(seqKey(seq)); v != nil {
+					v := tx.Bucket(stateBucket(t)).Get(seqKey(seq))
+					if v == nil {
+						v = blocks[i].get(seq)
+					}
+					if v != nil {
 						st, err := decodeState(v)
 						if err == nil && st.Phase != Retrying && st.Phase != Parked {
 							continue
