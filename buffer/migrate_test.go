@@ -99,3 +99,67 @@ func TestOpensDataDirOfPreviousFormat(t *testing.T) {
 		t.Fatalf("new message seq %d, want 41", ids[0].Seq())
 	}
 }
+
+// A data directory written by the version before delivered blocks
+// (testdata/v1-datadir.tar.gz, made by that version and copied as a kill
+// -9 would leave it: 200 messages on targets a and b; for a, seqs 1-100
+// delivered and checkpointed as per-seq records, 101-150 delivered in the
+// outcome journal only, 151 retrying, 152 dead; b untouched) opens in
+// place: the journal is applied as blocks, every state reads as written
+// (status 200 + seq%3, at 1764900000 s + seq ns), nothing delivered is
+// fetched again, before and after a restart.
+func TestOpensDataDirBeforeBlocks(t *testing.T) {
+	dir := untar(t, "v1-datadir.tar.gz")
+	check := func(q *Queue) {
+		t.Helper()
+		for _, seq := range []uint64{1, 50, 100, 101, 128, 150} {
+			_, st, err := q.Lookup(idOf(t, q, seq))
+			must(t, err)
+			a := st[0]
+			if a.Phase != Delivered || len(a.History) != 1 || a.History[0].Status != 200+int(seq%3) ||
+				!a.History[0].At.Equal(time.Unix(1764900000, int64(seq))) || st[1].Phase != Queued {
+				t.Fatalf("seq %d: a %+v, b %s; want a delivered with its attempt, b queued", seq, a, st[1].Phase)
+			}
+		}
+		for seq, want := range map[uint64]Phase{151: Retrying, 152: Dead, 153: Queued, 200: Queued} {
+			_, st, err := q.Lookup(idOf(t, q, seq))
+			must(t, err)
+			if st[0].Phase != want {
+				t.Fatalf("seq %d: a %s, want %s", seq, st[0].Phase, want)
+			}
+		}
+		c, err := q.Counts("a", time.Time{}, time.Time{})
+		must(t, err)
+		if c.Delivered != 150 || c.Retrying != 1 || c.Dead != 1 || c.Queued != 48 {
+			t.Fatalf("counts of a: %+v", c)
+		}
+	}
+	s, q := openTest(t, Config{Dir: dir}, "a", "b")
+	check(q)
+	a, _ := q.Consumer("a")
+	// Read as of an hour after the directory was written: seq 151's retry
+	// is due a day after.
+	asOf := time.Unix(1764900000, 0).Add(time.Hour)
+	var got []*Delivery
+	for range 100 {
+		ds, err := a.Fetch(64, asOf)
+		must(t, err)
+		if len(ds) == 0 {
+			break
+		}
+		got = append(got, ds...)
+	}
+	if len(got) != 48 || got[0].Seq != 153 {
+		t.Fatalf("a fetched %d (first %d); want the 48 queued from 153", len(got), got[0].Seq)
+	}
+	for _, d := range got {
+		a.Release(d)
+	}
+	must(t, s.Close())
+	if n := dbBuckets(t, dir, "b/")["b/a"]; n != 2 {
+		t.Fatalf("%d delivered blocks of a after the journal was applied, want 2 (seqs 101-150 fall in the blocks from 64 and 128)", n)
+	}
+	s, q = openTest(t, Config{Dir: dir}, "a", "b")
+	defer s.Close()
+	check(q)
+}
