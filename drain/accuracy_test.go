@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/buftest"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/valyala/fasthttp"
 )
@@ -75,16 +76,8 @@ func (a accuracy) String() string {
 func measureAccuracy(t *testing.T, perSecond float64, dur time.Duration) accuracy {
 	backlog := int(perSecond*(dur.Seconds()+3)) + 100
 	cs := newCountingServer(t, backlog)
-	dir := t.TempDir()
-	st, err := buffer.Open(buffer.Config{Dir: dir, Sync: buffer.SyncInterval, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	q, err := st.Queue("orders", []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openStore(t, t.TempDir(), buffer.SyncInterval)
+	q := buftest.Queue(t, st, "orders", "a")
 	appendN(t, q, backlog, order)
 
 	u := testTarget("a", cs.url)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/buftest"
 	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/valyala/fasthttp"
 )
@@ -47,11 +48,7 @@ func BenchmarkDrainNoop(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			srvURL := noopServer(b)
 			st := openStore(b, b.TempDir(), bc.sync)
-			defer st.Close()
-			q, err := st.Queue("orders", []string{"a"})
-			if err != nil {
-				b.Fatal(err)
-			}
+			q := buftest.Queue(b, st, "orders", "a")
 			appendN(b, q, b.N, order)
 			target := testTarget("a", srvURL)
 			target.Concurrency = benchConcurrency

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/buftest"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/valyala/fasthttp"
 )
@@ -711,10 +712,7 @@ func TestShutdown(t *testing.T) {
 	slow := newDownstream(t, func(*hit, *fasthttp.RequestCtx) { time.Sleep(300 * ms) })
 	dir := t.TempDir()
 	st := openStore(t, dir, buffer.SyncAlways)
-	q, err := st.Queue("orders", []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := buftest.Queue(t, st, "orders", "a")
 	const n = 20
 	msgs := appendN(t, q, n, order)
 	target := testTarget("a", slow.url)
@@ -744,11 +742,7 @@ func TestShutdown(t *testing.T) {
 
 	fast := newDownstream(t, nil)
 	st2 := openStore(t, dir, buffer.SyncAlways)
-	defer st2.Close()
-	q2, err := st2.Queue("orders", []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q2 := buftest.Queue(t, st2, "orders", "a")
 	d2, _ := startDrainer(t, Config{Target: testTarget("a", fast.url)}, consumer(t, q2, "a"))
 	want := n - slow.count()
 	waitFor(t, 10*time.Second, "the rest", func() bool { return d2.Stats().Delivered == uint64(want) })
@@ -773,10 +767,7 @@ func TestStoreClosedUnderDrainer(t *testing.T) {
 	slow := newDownstream(t, func(*hit, *fasthttp.RequestCtx) { time.Sleep(300 * ms) })
 	dir := t.TempDir()
 	st := openStore(t, dir, buffer.SyncAlways)
-	q, err := st.Queue("orders", []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := buftest.Queue(t, st, "orders", "a")
 	const n = 8
 	msgs := appendN(t, q, n, order)
 	target := testTarget("a", slow.url)
@@ -793,11 +784,7 @@ func TestStoreClosedUnderDrainer(t *testing.T) {
 
 	fast := newDownstream(t, nil)
 	st2 := openStore(t, dir, buffer.SyncAlways)
-	defer st2.Close()
-	q2, err := st2.Queue("orders", []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q2 := buftest.Queue(t, st2, "orders", "a")
 	d2, _ := startDrainer(t, Config{Target: testTarget("a", fast.url)}, consumer(t, q2, "a"))
 	waitFor(t, 10*time.Second, "everything", func() bool { return d2.Stats().Delivered == n })
 	keys := map[string]string{}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/buftest"
 	"github.com/sluice-proxy/sluice/policies"
 )
 
@@ -55,10 +56,7 @@ type fairResultT struct {
 func (fr fairRun) run(t *testing.T) fairResultT {
 	dir := t.TempDir()
 	st := openStore(t, dir, buffer.SyncAlways)
-	q, err := st.Queue("orders", []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := buftest.Queue(t, st, "orders", "a")
 	ds := newDownstream(t, nil)
 	tg := fairTarget(ds.url, fr.perSecond)
 	d, stop := startDrainer(t, Config{Target: tg}, consumer(t, q, "a"))
@@ -100,9 +98,7 @@ func (fr fairRun) run(t *testing.T) fairResultT {
 				t.Fatal(err)
 			}
 			st = openStore(t, dir, buffer.SyncAlways)
-			if q, err = st.Queue("orders", []string{"a"}); err != nil {
-				t.Fatal(err)
-			}
+			q = buftest.Queue(t, st, "orders", "a")
 			d, stop = startDrainer(t, Config{Target: tg}, consumer(t, q, "a"))
 		}
 		m := tenantMsg("T", i)
@@ -241,10 +237,7 @@ func TestFairnessRestart(t *testing.T) {
 func TestLeftoverParkedUnparked(t *testing.T) {
 	dir := t.TempDir()
 	st := openStore(t, dir, buffer.SyncAlways)
-	q, err := st.Queue("orders", []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := buftest.Queue(t, st, "orders", "a")
 	msgs := appendN(t, q, 100, func(i int) *buffer.Message { return tenantMsg(fmt.Sprint("k", i%3), i) })
 	c := consumer(t, q, "a")
 	got, err := c.Fetch(80, time.Now())
@@ -258,10 +251,7 @@ func TestLeftoverParkedUnparked(t *testing.T) {
 		t.Fatal(err)
 	}
 	st = openStore(t, dir, buffer.SyncAlways)
-	t.Cleanup(func() { st.Close() })
-	if q, err = st.Queue("orders", []string{"a"}); err != nil {
-		t.Fatal(err)
-	}
+	q = buftest.Queue(t, st, "orders", "a")
 	ds := newDownstream(t, nil)
 	_, stop := startDrainer(t, Config{Target: testTarget("a", ds.url)}, consumer(t, q, "a"))
 	// Every message is delivered exactly once: nothing failed or stopped, so

@@ -17,6 +17,7 @@ import (
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-proxy/sluice/internal/buftest"
 	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
@@ -143,14 +144,10 @@ func (ds *downstream) gauge() (active, maxActive int) {
 	return ds.active, ds.maxActive
 }
 
-// openStore opens a store in dir.
+// openStore opens a store in dir, closed when the test ends.
 func openStore(t testing.TB, dir string, sync buffer.SyncMode) *buffer.Store {
 	t.Helper()
-	st, err := buffer.Open(buffer.Config{Dir: dir, Sync: sync, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return buftest.Open(t, buffer.Config{Dir: dir, Sync: sync, Logger: quietLogger()})
 }
 
 // newQueue opens a store in a temporary directory and its queue "orders".
@@ -158,12 +155,7 @@ func newQueue(t testing.TB, targets ...string) (*buffer.Store, *buffer.Queue, st
 	t.Helper()
 	dir := t.TempDir()
 	st := openStore(t, dir, buffer.SyncAlways)
-	t.Cleanup(func() { st.Close() })
-	q, err := st.Queue("orders", targets)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st, q, dir
+	return st, buftest.Queue(t, st, "orders", targets...), dir
 }
 
 func consumer(t testing.TB, q *buffer.Queue, target string) *buffer.Consumer {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/buftest"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
@@ -163,10 +164,7 @@ func TestOrderingPerKey(t *testing.T) {
 func TestOrderingRestart(t *testing.T) {
 	dir := t.TempDir()
 	st := openStore(t, dir, buffer.SyncAlways)
-	q, err := st.Queue("orders", []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := buftest.Queue(t, st, "orders", "a")
 	keys := []string{"a", "b", "p"}
 	var first atomic.Uint64
 	var until atomic.Int64
@@ -189,11 +187,7 @@ func TestOrderingRestart(t *testing.T) {
 	}
 
 	st = openStore(t, dir, buffer.SyncAlways)
-	t.Cleanup(func() { st.Close() })
-	q, err = st.Queue("orders", []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q = buftest.Queue(t, st, "orders", "a")
 	d2, stop2 := startDrainer(t, Config{Target: tg}, consumer(t, q, "a"))
 	waitFor(t, 20*time.Second, "the rest delivered", func() bool { return first1+d2.Stats().Delivered == 150 })
 	if err := stop2(); err != nil {
@@ -288,10 +282,7 @@ func TestOrderingAfterCrash(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			st := openStore(t, dir, buffer.SyncAlways)
-			q, err := st.Queue("orders", []string{"a"})
-			if err != nil {
-				t.Fatal(err)
-			}
+			q := buftest.Queue(t, st, "orders", "a")
 			var seqs []uint64
 			for i := range 3 {
 				id, err := q.Append(context.Background(), keyed("k", i))
@@ -312,11 +303,7 @@ func TestOrderingAfterCrash(t *testing.T) {
 
 			ds := newDownstream(t, nil)
 			st = openStore(t, dir, buffer.SyncAlways)
-			t.Cleanup(func() { st.Close() })
-			q, err = st.Queue("orders", []string{"a"})
-			if err != nil {
-				t.Fatal(err)
-			}
+			q = buftest.Queue(t, st, "orders", "a")
 			d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, consumer(t, q, "a"))
 			waitFor(t, 10*time.Second, "deliveries", func() bool { return d.Stats().Delivered == uint64(len(tt.want)) })
 			stop()
@@ -342,10 +329,7 @@ func TestOrderingAfterCrash(t *testing.T) {
 func TestOrderingRestartOwnerInRetrySchedule(t *testing.T) {
 	dir := t.TempDir()
 	st := openStore(t, dir, buffer.SyncAlways)
-	q, err := st.Queue("orders", []string{"a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := buftest.Queue(t, st, "orders", "a")
 	var pSeqs []uint64
 	for i := range 3 {
 		id, err := q.Append(context.Background(), keyed("p", i))
@@ -370,10 +354,7 @@ func TestOrderingRestartOwnerInRetrySchedule(t *testing.T) {
 	}
 
 	st = openStore(t, dir, buffer.SyncAlways)
-	t.Cleanup(func() { st.Close() })
-	if q, err = st.Queue("orders", []string{"a"}); err != nil {
-		t.Fatal(err)
-	}
+	q = buftest.Queue(t, st, "orders", "a")
 	want := appendKeyed(t, q, []string{"a", "p"}, 5)
 	want["p"] = append(pSeqs, want["p"]...)
 	ds := newDownstream(t, nil)

@@ -10,8 +10,17 @@ import (
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/internal/testutil"
-	"github.com/sluice-proxy/sluice/policies"
 )
+
+// pausedOrders is the benchmarks' policy: one buffer route whose target is
+// paused, so that nothing is delivered while they run.
+const pausedOrders = `
+routes:
+  - name: orders
+    match: { path: /api/orders, methods: [POST] }
+    targets:
+      - { name: paused, url: "http://127.0.0.1:9", rate: 0 }
+`
 
 // BenchmarkHandleBuffered measures the buffered route's handler without the
 // network: a parsed 1 KiB POST (headers shaped like wrk's) handed to
@@ -27,25 +36,7 @@ func BenchmarkHandleBuffered(b *testing.B) {
 		sync buffer.SyncMode
 	}{{"fsync=always", buffer.SyncAlways}, {"fsync=never", buffer.SyncNever}} {
 		b.Run(mode.name, func(b *testing.B) {
-			pol, err := policies.Parse("bench.yaml", []byte(`
-routes:
-  - name: orders
-    match: { path: /api/orders, methods: [POST] }
-    targets:
-      - { name: paused, url: "http://127.0.0.1:9", rate: 0 }
-`))
-			if err != nil {
-				b.Fatal(err)
-			}
-			st, err := buffer.Open(buffer.Config{Dir: b.TempDir(), Sync: mode.sync, Logger: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer st.Close()
-			s, err := New(Config{Policy: pol, Queues: openQueues(b, st, pol)})
-			if err != nil {
-				b.Fatal(err)
-			}
+			s, _ := newTestServer(b, pausedOrders, buffer.Config{Sync: mode.sync, Logger: slog.New(slog.DiscardHandler)}, nil)
 			body := bytes.Repeat([]byte("x"), 1024)
 			addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 			b.SetParallelism(128) // with GOMAXPROCS=2: 256 callers, as wrk -c256

@@ -3,19 +3,17 @@ package proxy
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
-	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/store"
 )
 
-// policyServer runs a Server for the policy text (storage is added) on a
-// loopback listener.
+// policyServer runs a Server for the policy text on a loopback listener
+// and returns its base URL.
 func policyServer(t *testing.T, text string) (string, *Server) {
 	t.Helper()
 	return policyServerWith(t, text, nil)
@@ -24,29 +22,8 @@ func policyServer(t *testing.T, text string) (string, *Server) {
 // policyServerWith is policyServer with the Config changed by edit.
 func policyServerWith(t *testing.T, text string, edit func(*Config)) (string, *Server) {
 	t.Helper()
-	pol, err := policies.Parse("test.yaml", []byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := buffer.Open(buffer.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{Policy: pol, Queues: openQueues(t, st, pol)}
-	if edit != nil {
-		edit(&cfg)
-	}
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(ln)
-	t.Cleanup(func() { s.srv.Shutdown(); st.Close() })
-	return "http://" + ln.Addr().String(), s
+	addr, s := startPolicyWith(t, text, edit)
+	return "http://" + addr, s
 }
 
 // fill appends n messages to the route's queue directly.

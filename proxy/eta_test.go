@@ -6,14 +6,13 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
-	"github.com/sluice-proxy/sluice/policies"
 )
 
 // TestNewETAsReuse: a route's estimates for a new message are reused only
 // while young and while the appends since then cannot move them by more than
 // a little (etaTolerance); max_wait routes always compute them.
 func TestNewETAsReuse(t *testing.T) {
-	pol, err := policies.Parse("test.yaml", []byte(`
+	s, _ := newTestServer(t, `
 routes:
   - name: quick
     match: { path: /quick }
@@ -30,19 +29,7 @@ routes:
     max_wait: 1h
     targets:
       - { name: fast, url: "http://127.0.0.1:1" }
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := buffer.Open(buffer.Config{Dir: t.TempDir(), Sync: buffer.SyncNever})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
-	if err != nil {
-		t.Fatal(err)
-	}
+`, buffer.Config{Sync: buffer.SyncNever}, nil)
 	quick, slow, bounded := s.routes()[0], s.routes()[1], s.routes()[2]
 	now := time.Now()
 	etas := func(r *route, at time.Time) []targetETA { return r.newETAs(nil, at) }

@@ -28,7 +28,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-proxy/sluice/buffer"
-	"github.com/sluice-proxy/sluice/policies"
 )
 
 // startPolicy runs a Server for the policy text on a loopback listener.
@@ -40,31 +39,8 @@ func startPolicy(t *testing.T, text string) (addr string, s *Server) {
 // startPolicyWith is startPolicy with the Server's Config changed by edit.
 func startPolicyWith(t *testing.T, text string, edit func(*Config)) (addr string, s *Server) {
 	t.Helper()
-	pol, err := policies.Parse("test.yaml", []byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := buffer.Open(buffer.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{Policy: pol, Queues: openQueues(t, st, pol)}
-	if edit != nil {
-		edit(&cfg)
-	}
-	s, err = New(cfg)
-	if err != nil {
-		st.Close()
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { s.Serve(ln); close(done) }()
-	t.Cleanup(func() { s.srv.Shutdown(); <-done; st.Close() })
-	return ln.Addr().String(), s
+	s, _ = newTestServer(t, text, buffer.Config{}, edit)
+	return listen(t, s), s
 }
 
 // upstream runs a fasthttp server that records what it receives.

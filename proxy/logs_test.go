@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"net"
 	"runtime"
 	"sort"
 	"strconv"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/logproto"
-	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/store"
 )
 
@@ -56,21 +54,12 @@ type logsEnv struct {
 	st *buffer.Store
 }
 
-// logsServer serves esPolicy over a store opened with cfg (Dir is set).
+// logsServer serves esPolicy over a store opened with cfg (in a temporary
+// directory unless Dir is set).
 func logsServer(t *testing.T, cfg buffer.Config) (string, *logsEnv) {
 	t.Helper()
-	pol, err := policies.Parse("test.yaml", []byte(esPolicy))
-	must(t, err)
-	cfg.Dir = t.TempDir()
-	st, err := buffer.Open(cfg)
-	must(t, err)
-	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
-	must(t, err)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	go s.Serve(ln)
-	t.Cleanup(func() { s.srv.Shutdown(); st.Close() })
-	return "http://" + ln.Addr().String(), &logsEnv{s, st}
+	s, st := newTestServer(t, esPolicy, cfg, nil)
+	return "http://" + listen(t, s), &logsEnv{s, st}
 }
 
 // stored returns every message of the route's queue, in order.

@@ -6,7 +6,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-proxy/sluice/buffer"
-	"github.com/sluice-proxy/sluice/policies"
 )
 
 func TestHostMatches(t *testing.T) {
@@ -54,7 +53,7 @@ func TestRequestHost(t *testing.T) {
 // TestMatch runs the proxy's route matching over one policy: host (exact,
 // wildcard, any), exact and prefix paths, methods, first match wins.
 func TestMatch(t *testing.T) {
-	pol, err := policies.Parse("match.yaml", []byte(`
+	s, _ := newTestServer(t, `
 routes:
   - name: shop-exact
     match: { host: shop.example.com, path: /api/orders, exact: true, methods: [POST] }
@@ -80,19 +79,7 @@ routes:
     match: { host: www.example.com, path: / }
     mode: passthrough
     upstream: http://127.0.0.1:1
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := buffer.Open(buffer.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
-	if err != nil {
-		t.Fatal(err)
-	}
+`, buffer.Config{}, nil)
 	for _, c := range []struct {
 		method, host, path string
 		want               string // route name, "" for none

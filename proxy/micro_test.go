@@ -14,29 +14,10 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-proxy/sluice/buffer"
-	"github.com/sluice-proxy/sluice/policies"
 )
 
 func microSetup(b *testing.B) (*Server, *route, *fasthttp.RequestCtx) {
-	pol, err := policies.Parse("bench.yaml", []byte(`
-routes:
-  - name: orders
-    match: { path: /api/orders, methods: [POST] }
-    targets:
-      - { name: paused, url: "http://127.0.0.1:9", rate: 0 }
-`))
-	if err != nil {
-		b.Fatal(err)
-	}
-	st, err := buffer.Open(buffer.Config{Dir: b.TempDir(), Sync: buffer.SyncNever, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-	s, err := New(Config{Policy: pol, Queues: openQueues(b, st, pol)})
-	if err != nil {
-		b.Fatal(err)
-	}
+	s, _ := newTestServer(b, pausedOrders, buffer.Config{Sync: buffer.SyncNever, Logger: slog.New(slog.DiscardHandler)}, nil)
 	var req fasthttp.Request
 	req.Header.SetMethod("POST")
 	req.SetRequestURI("/api/orders")

@@ -16,29 +16,38 @@ import (
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/store"
 
+	"github.com/sluice-proxy/sluice/internal/buftest"
 	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
-// openQueues opens the queue of every buffer and spillover route of pol in
-// st, as cmd/sluice does.
-func openQueues(tb testing.TB, st *buffer.Store, pol *policies.Policy) map[string]store.Queue {
+// newTestServer parses the policy text and makes a Server of it over a
+// store opened with storeCfg (in a temporary directory unless Dir is set),
+// its queues opened as cmd/sluice opens them. edit, if not nil, changes the
+// Server's Config first. The store is closed when the test ends.
+func newTestServer(tb testing.TB, text string, storeCfg buffer.Config, edit func(*Config)) (*Server, *buffer.Store) {
 	tb.Helper()
-	qs := map[string]store.Queue{}
-	for _, r := range pol.Routes {
-		if r.Mode != policies.ModeBuffer && r.Mode != policies.ModeSpillover {
-			continue
-		}
-		names := make([]string, len(r.Targets))
-		for i, t := range r.Targets {
-			names[i] = t.Name
-		}
-		q, err := st.Queue(r.Name, names)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		qs[r.Name] = q
+	pol, err := policies.Parse("test.yaml", []byte(text))
+	must(tb, err)
+	st := buftest.Open(tb, storeCfg)
+	cfg := Config{Policy: pol, Queues: buftest.Queues(tb, st, pol)}
+	if edit != nil {
+		edit(&cfg)
 	}
-	return qs
+	s, err := New(cfg)
+	must(tb, err)
+	return s, st
+}
+
+// listen serves s on a loopback listener until the test ends and returns
+// its address (host:port).
+func listen(tb testing.TB, s *Server) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(tb, err)
+	done := make(chan struct{})
+	go func() { s.Serve(ln); close(done) }()
+	tb.Cleanup(func() { s.srv.Shutdown(); <-done })
+	return ln.Addr().String()
 }
 
 // testQueue returns the buffer queue of a route.
@@ -156,7 +165,7 @@ func TestStoredKind(t *testing.T) {
 // one buffer route and one passthrough route to upstream.
 func testServer(t *testing.T, upstream string, storeCfg buffer.Config) (string, *Server) {
 	t.Helper()
-	pol, err := policies.Parse("test.yaml", fmt.Appendf(nil, `
+	s, _ := newTestServer(t, fmt.Sprintf(`
 routes:
   - name: orders
     match: { path: /api/orders, methods: [POST] }
@@ -168,28 +177,8 @@ routes:
     match: { path: /api/ }
     mode: passthrough
     upstream: %s
-`, upstream))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if storeCfg.Dir == "" {
-		storeCfg.Dir = t.TempDir()
-	}
-	st, err := buffer.Open(storeCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(ln)
-	t.Cleanup(func() { s.srv.Shutdown(); st.Close() })
-	return "http://" + ln.Addr().String(), s
+`, upstream), storeCfg, nil)
+	return "http://" + listen(t, s), s
 }
 
 var must = testutil.Must

@@ -3,7 +3,6 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/buftest"
 	"github.com/sluice-proxy/sluice/policies"
 )
 
@@ -37,26 +37,14 @@ routes:
     targets:
       - { name: log, url: "http://127.0.0.1:1" }
 `
-	st, err := buffer.Open(buffer.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	s, err := New(Config{Policy: policy(""), Queues: openQueues(t, st, policy(""))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(ln)
-	defer s.srv.Shutdown()
-	base := "http://" + ln.Addr().String()
+	st := buftest.Open(t, buffer.Config{})
+	s, err := New(Config{Policy: policy(""), Queues: buftest.Queues(t, st, policy(""))})
+	must(t, err)
+	base := "http://" + listen(t, s)
 	swap := func(extra string) {
 		t.Helper()
 		pol := policy(extra)
-		must(t, s.SetRoutes(pol, openQueues(t, st, pol)))
+		must(t, s.SetRoutes(pol, buftest.Queues(t, st, pol)))
 	}
 
 	resp := do(t, "POST", base+"/api/orders", `{}`, nil)
@@ -133,7 +121,7 @@ func (o *observed) Observe(route string, status int, code string, elapsed time.D
 // writeJSON, such as backlog_too_long).
 func TestObserver(t *testing.T) {
 	o := &observed{}
-	pol, err := policies.Parse("test.yaml", []byte(`
+	s, _ := newTestServer(t, `
 routes:
   - name: orders
     match: { path: /api/orders }
@@ -145,19 +133,7 @@ routes:
     max_wait: 1s
     targets:
       - { name: inv, url: "http://127.0.0.1:1", rate: 0 }
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := buffer.Open(buffer.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	s, err := New(Config{Policy: pol, Queues: openQueues(t, st, pol), Observer: o})
-	if err != nil {
-		t.Fatal(err)
-	}
+`, buffer.Config{}, func(c *Config) { c.Observer = o })
 	h := s.Handler()
 	var callPath func(path, body string)
 	call := func(body string) { callPath("/api/orders", body) }

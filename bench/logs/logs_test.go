@@ -33,11 +33,11 @@ import (
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/drain"
+	"github.com/sluice-proxy/sluice/internal/buftest"
 	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/logproto"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/proxy"
-	"github.com/sluice-proxy/sluice/store"
 )
 
 const (
@@ -90,19 +90,8 @@ func serve(b *testing.B, text string, dir string) (string, *buffer.Store, func()
 	if err != nil {
 		b.Fatal(err)
 	}
-	st, err := buffer.Open(buffer.Config{Dir: dir, Sync: buffer.SyncAlways, Logger: quiet()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	qs := map[string]store.Queue{}
-	for _, r := range pol.Routes {
-		q, err := st.Queue(r.Name, []string{"store"})
-		if err != nil {
-			b.Fatal(err)
-		}
-		qs[r.Name] = q
-	}
-	s, err := proxy.New(proxy.Config{Policy: pol, Queues: qs, Logger: quiet()})
+	st := buftest.Open(b, buffer.Config{Dir: dir, Sync: buffer.SyncAlways, Logger: quiet()})
+	s, err := proxy.New(proxy.Config{Policy: pol, Queues: buftest.Queues(b, st, pol), Logger: quiet()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -255,11 +244,7 @@ func BenchmarkDeliver(b *testing.B) {
 				b.Fatalf("fill: %v %d", err, resp.StatusCode())
 			}
 		}
-		q, err := st.Queue("split", []string{"store"})
-		if err != nil {
-			b.Fatal(err)
-		}
-		cons, err := q.Consumer("store")
+		cons, err := buftest.Queue(b, st, "split", "store").Consumer("store")
 		if err != nil {
 			b.Fatal(err)
 		}
