@@ -3,7 +3,6 @@ package drain
 import (
 	"fmt"
 	"math"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/internal/buftest"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/valyala/fasthttp"
 )
@@ -29,12 +29,8 @@ type countingServer struct {
 }
 
 func newCountingServer(t testing.TB, capacity int) *countingServer {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := &countingServer{url: "http://" + ln.Addr().String(), times: make([]time.Time, 0, capacity)}
-	srv := &fasthttp.Server{Handler: func(*fasthttp.RequestCtx) {
+	cs := &countingServer{times: make([]time.Time, 0, capacity)}
+	cs.url = "http://" + testutil.Serve(t, &fasthttp.Server{Handler: func(*fasthttp.RequestCtx) {
 		now := time.Now()
 		cs.mu.Lock()
 		cs.times = append(cs.times, now)
@@ -42,16 +38,7 @@ func newCountingServer(t testing.TB, capacity int) *countingServer {
 		cs.maxActive = max(cs.maxActive, cs.active)
 		cs.active-- // a no-op handler: this catches requests whose handlers overlap
 		cs.mu.Unlock()
-	}}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		srv.Shutdown()
-		<-done
-	})
+	}})
 	return cs
 }
 

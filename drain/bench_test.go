@@ -2,7 +2,6 @@ package drain
 
 import (
 	"context"
-	"net"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -19,21 +18,7 @@ const benchConcurrency = 64
 
 // noopServer answers 200 to everything, on 127.0.0.1.
 func noopServer(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &fasthttp.Server{Handler: func(*fasthttp.RequestCtx) {}}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln)
-	}()
-	b.Cleanup(func() {
-		srv.Shutdown()
-		<-done
-	})
-	return "http://" + ln.Addr().String()
+	return "http://" + testutil.Serve(b, &fasthttp.Server{Handler: func(*fasthttp.RequestCtx) {}})
 }
 
 // BenchmarkDrainNoop measures delivered messages per second: a drainer with

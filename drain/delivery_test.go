@@ -2,13 +2,13 @@ package drain
 
 import (
 	"encoding/json"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/valyala/fasthttp"
 )
@@ -107,12 +107,8 @@ type hookServer struct {
 
 func newHookServer(t *testing.T, fail func(ev CallbackEvent, n int) int) *hookServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &hookServer{url: "http://" + ln.Addr().String(), fail: fail, tries: map[string]int{}}
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	hs := &hookServer{fail: fail, tries: map[string]int{}}
+	hs.url = "http://" + testutil.Serve(t, &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		var ev CallbackEvent
 		if err := json.Unmarshal(ctx.PostBody(), &ev); err != nil || string(ctx.Method()) != "POST" {
 			t.Errorf("callback: %s %q: %v", ctx.Method(), ctx.PostBody(), err)
@@ -134,9 +130,7 @@ func newHookServer(t *testing.T, fail func(ev CallbackEvent, n int) int) *hookSe
 			hs.uris = append(hs.uris, string(ctx.RequestURI()))
 			hs.mu.Unlock()
 		}
-	}}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown() })
+	}})
 	return hs
 }
 

@@ -70,18 +70,7 @@ func newDownstream(t testing.TB, respond func(h *hit, ctx *fasthttp.RequestCtx))
 
 func serveDownstream(t testing.TB, ln net.Listener, respond func(h *hit, ctx *fasthttp.RequestCtx)) *downstream {
 	ds := &downstream{url: "http://" + ln.Addr().String(), respond: respond, perID: map[string]int{}}
-	srv := &fasthttp.Server{Handler: ds.handle, DisableHeaderNamesNormalizing: true}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.ShutdownWithContext(ctx)
-		<-done
-	})
+	testutil.ServeOn(t, ln, &fasthttp.Server{Handler: ds.handle, DisableHeaderNamesNormalizing: true})
 	return ds
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/valyala/fasthttp"
 )
@@ -190,8 +191,7 @@ func TestAnswersKeepConnections(t *testing.T) {
 			}
 		},
 	}
-	go ds.Serve(ln)
-	t.Cleanup(func() { ds.Shutdown() })
+	testutil.ServeOn(t, ln, ds)
 	_, q, _ := newQueue(t, "a", "b")
 	appendN(t, q, 100, order)
 	ta := testTarget("a", "http://"+ln.Addr().String())

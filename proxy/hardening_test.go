@@ -28,6 +28,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 // startPolicy runs a Server for the policy text on a loopback listener.
@@ -43,37 +44,11 @@ func startPolicyWith(t *testing.T, text string, edit func(*Config)) (addr string
 	return listen(t, s), s
 }
 
-// upstream runs a fasthttp server that records what it receives.
-type upstream struct {
-	addr string
-	mu   sync.Mutex
-	seen []string // "METHOD host uri"
-}
-
-func startUpstream(t *testing.T, status int) *upstream {
+// startUpstream runs an upstream that records what it receives and
+// answers 200 "from upstream".
+func startUpstream(t *testing.T) *testutil.Upstream {
 	t.Helper()
-	u := &upstream{}
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		u.mu.Lock()
-		u.seen = append(u.seen, string(ctx.Method())+" "+string(ctx.Host())+" "+string(ctx.RequestURI()))
-		u.mu.Unlock()
-		ctx.SetStatusCode(status)
-		ctx.SetBodyString("from upstream")
-	}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown() })
-	u.addr = ln.Addr().String()
-	return u
-}
-
-func (u *upstream) requests() []string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]string(nil), u.seen...)
+	return testutil.StartUpstream(t, testutil.Answer(200, "from upstream"))
 }
 
 // raw sends data on a new connection and returns everything read until the
@@ -110,8 +85,8 @@ routes:
 `
 
 func TestDefaultUpstream(t *testing.T) {
-	up := startUpstream(t, 200)
-	addr, s := startPolicy(t, fmt.Sprintf(hostilePolicy, up.addr, up.addr))
+	up := startUpstream(t)
+	addr, s := startPolicy(t, fmt.Sprintf(hostilePolicy, up.Addr, up.Addr))
 	base := "http://" + addr
 	if r := do(t, "GET", base+"/elsewhere?x=1", "", nil); r.StatusCode() != 200 || string(r.Body()) != "from upstream" {
 		t.Fatalf("unmatched request: %d %s", r.StatusCode(), r.Body())
@@ -124,7 +99,7 @@ func TestDefaultUpstream(t *testing.T) {
 	if r := do(t, "GET", base+StatusPrefix+"nope", "", nil); r.StatusCode() != 400 {
 		t.Fatalf("status API: %d %s", r.StatusCode(), r.Body())
 	}
-	if got := up.requests(); len(got) != 1 || got[0] != "GET "+up.addr+" /elsewhere?x=1" {
+	if got := up.Requests(); len(got) != 1 || got[0].String() != "GET "+up.Addr+" /elsewhere?x=1" {
 		t.Fatalf("upstream saw %q", got)
 	}
 	if n := s.testQueue("orders").Stats().Appended; n != 0 {
@@ -135,8 +110,8 @@ func TestDefaultUpstream(t *testing.T) {
 // TestHostileRequests sends what a hostile or broken client might to the real
 // listener, and checks the answer and that nothing was stored or forwarded.
 func TestHostileRequests(t *testing.T) {
-	up := startUpstream(t, 200)
-	addr, s := startPolicy(t, fmt.Sprintf(hostilePolicy, up.addr, up.addr))
+	up := startUpstream(t)
+	addr, s := startPolicy(t, fmt.Sprintf(hostilePolicy, up.Addr, up.Addr))
 	q := s.testQueue("orders")
 	for _, c := range []struct {
 		name, req, want string
@@ -169,7 +144,7 @@ func TestHostileRequests(t *testing.T) {
 	if n := q.Stats().Appended; n != 0 {
 		t.Fatalf("%d messages stored by hostile requests", n)
 	}
-	if got := up.requests(); len(got) != 0 {
+	if got := up.Requests(); len(got) != 0 {
 		t.Fatalf("default upstream saw %q", got)
 	}
 
@@ -195,7 +170,7 @@ func TestHostileRequests(t *testing.T) {
 	if !strings.HasPrefix(got, "200 from upstream") {
 		t.Fatalf("absolute URI on a passthrough route: %q", got)
 	}
-	if r := up.requests(); len(r) != 1 || r[0] != "GET "+up.addr+" /api/catalog/7" {
+	if r := up.Requests(); len(r) != 1 || r[0].String() != "GET "+up.Addr+" /api/catalog/7" {
 		t.Fatalf("upstream saw %q", r)
 	}
 }
@@ -203,8 +178,8 @@ func TestHostileRequests(t *testing.T) {
 // TestSlowClient sends a request's headers a byte at a time, slower than
 // read_timeout allows: the connection is closed and nothing is stored.
 func TestSlowClient(t *testing.T) {
-	up := startUpstream(t, 200)
-	addr, s := startPolicy(t, fmt.Sprintf(hostilePolicy, up.addr, up.addr))
+	up := startUpstream(t)
+	addr, s := startPolicy(t, fmt.Sprintf(hostilePolicy, up.Addr, up.Addr))
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -369,7 +344,7 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 }
 
 func TestPassthroughRateLimit(t *testing.T) {
-	up := startUpstream(t, 200)
+	up := startUpstream(t)
 	addr, _ := startPolicy(t, fmt.Sprintf(`
 routes:
   - name: catalog
@@ -378,7 +353,7 @@ routes:
     upstream: http://%s
     rate: 1/m
     burst: 2
-`, up.addr))
+`, up.Addr))
 	codes := map[int]int{}
 	var last *fasthttp.Response
 	for range 5 {
@@ -392,7 +367,7 @@ routes:
 	if err != nil || ra < 1 || ra > 60 || !strings.Contains(string(last.Body()), "rate_limited") {
 		t.Fatalf("429: Retry-After %q, body %s", last.Header.Peek("Retry-After"), last.Body())
 	}
-	if n := len(up.requests()); n != 2 {
+	if n := len(up.Requests()); n != 2 {
 		t.Fatalf("upstream saw %d requests, want 2", n)
 	}
 }
@@ -536,31 +511,13 @@ routes:
 	}
 }
 
-// lockedBuffer is a log sink for tests.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestNoEcho: malformed requests carrying a credential are answered with a
 // JSON error that quotes nothing of the request, and the debug log holds none
 // of it either (fasthttp's errors carry a snippet of the request).
 func TestNoEcho(t *testing.T) {
-	up := startUpstream(t, 200)
-	var logs lockedBuffer
-	addr, _ := startPolicyWith(t, fmt.Sprintf(hostilePolicy, up.addr, up.addr), func(c *Config) {
+	up := startUpstream(t)
+	var logs testutil.Buffer
+	addr, _ := startPolicyWith(t, fmt.Sprintf(hostilePolicy, up.Addr, up.Addr), func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
 	const secret = "sekrit-7f3a"
@@ -640,7 +597,7 @@ func TestLineCheck(t *testing.T) {
 // form is routed, stored and forwarded; the body limit before the body is
 // read is the same route's.
 func TestNormalisedPath(t *testing.T) {
-	up := startUpstream(t, 200)
+	up := startUpstream(t)
 	addr, s := startPolicy(t, fmt.Sprintf(`
 routes:
   - name: orders
@@ -651,7 +608,7 @@ routes:
     match: { path: /api/ }
     mode: passthrough
     upstream: http://%s
-`, up.addr))
+`, up.Addr))
 	q := s.testQueue("orders")
 	post := func(target string, body string) string {
 		return raw(t, addr, fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", target, len(body), body))
@@ -691,8 +648,8 @@ routes:
 			t.Errorf("GET %s: %q", target, got)
 			continue
 		}
-		r := up.requests()
-		if last := r[len(r)-1]; !strings.HasSuffix(last, " "+want) {
+		r := up.Requests()
+		if last := r[len(r)-1].String(); !strings.HasSuffix(last, " "+want) {
 			t.Errorf("GET %s reached the upstream as %q, want %s", target, last, want)
 		}
 	}

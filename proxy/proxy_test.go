@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/sluice-proxy/sluice/internal/hop"
 	"net"
 	"strings"
 	"testing"
@@ -13,11 +12,11 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/buftest"
+	"github.com/sluice-proxy/sluice/internal/hop"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/store"
-
-	"github.com/sluice-proxy/sluice/internal/buftest"
-	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 // newTestServer parses the policy text and makes a Server of it over a
@@ -243,18 +242,12 @@ func TestRefusalsAreJSONAndNeverAccepted(t *testing.T) {
 }
 
 func TestPassthroughGoesOnlyToUpstream(t *testing.T) {
-	var seen []string
-	up := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		seen = append(seen, string(ctx.Host())+" "+string(ctx.RequestURI())+" xff="+string(ctx.Request.Header.Peek("X-Forwarded-For"))+
-			" conn-hop="+string(ctx.Request.Header.Peek("X-Hop")))
+	up := testutil.StartUpstream(t, func(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.Set("X-Up", "1")
 		ctx.SetStatusCode(201)
 		ctx.SetBodyString("made")
-	}}
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	go up.Serve(ln)
-	defer up.Shutdown()
-	base, _ := testServer(t, "http://"+ln.Addr().String()+"/v2", buffer.Config{})
+	})
+	base, _ := testServer(t, up.URL+"/v2", buffer.Config{})
 
 	resp := do(t, "GET", base+"/api/items?id=3", "", map[string]string{"Connection": "X-Hop", "X-Hop": "secret"})
 	if resp.StatusCode() != 201 || string(resp.Body()) != "made" || string(resp.Header.Peek("X-Up")) != "1" {
@@ -270,8 +263,11 @@ func TestPassthroughGoesOnlyToUpstream(t *testing.T) {
 	if !strings.Contains(string(buf[:n]), "201") {
 		t.Fatalf("absolute-URI request: %q", buf[:n])
 	}
-	up.Shutdown()
-	want := ln.Addr().String()
+	var seen []string
+	for _, r := range up.Requests() {
+		seen = append(seen, r.Host+" "+r.URI+" xff="+r.Header.Get("X-Forwarded-For")+" conn-hop="+r.Header.Get("X-Hop"))
+	}
+	want := up.Addr
 	if len(seen) != 2 {
 		t.Fatalf("upstream saw %d requests: %v", len(seen), seen)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 // sinkResult is what the sink upstream saw of one request.
@@ -44,7 +45,7 @@ func (r sinkResult) complete() bool {
 func startSink(t *testing.T) (addr string, results chan sinkResult) {
 	t.Helper()
 	results = make(chan sinkResult, 16)
-	srv := &fasthttp.Server{
+	addr = testutil.Serve(t, &fasthttp.Server{
 		StreamRequestBody:            true,
 		DisablePreParseMultipartForm: true,
 		ReadTimeout:                  60 * time.Second,
@@ -75,14 +76,8 @@ func startSink(t *testing.T) (addr string, results chan sinkResult) {
 			}
 			fmt.Fprintf(ctx, "%d %x", res.n, res.sum)
 		},
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown() })
-	return ln.Addr().String(), results
+	})
+	return addr, results
 }
 
 func nextResult(t *testing.T, results chan sinkResult) sinkResult {

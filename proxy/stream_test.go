@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 // patternReader yields n bytes of a position-dependent pattern, so a lost,
@@ -101,7 +103,7 @@ routes:
 // its size, because sluice copies it to the client as it arrives.
 func TestPassthroughStreamsLargeResponse(t *testing.T) {
 	const size = 64 << 20
-	upSrv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	upAddr := testutil.Serve(t, &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		ctx.SetContentType("application/octet-stream")
 		switch string(ctx.Path()) {
 		case "/files/small":
@@ -112,14 +114,8 @@ func TestPassthroughStreamsLargeResponse(t *testing.T) {
 			return
 		}
 		ctx.SetBodyStream(&patternReader{n: size}, size)
-	}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go upSrv.Serve(ln)
-	t.Cleanup(func() { upSrv.Shutdown() })
-	addr, s := startPolicy(t, fmt.Sprintf(streamPolicy, ln.Addr().String()))
+	}})
+	addr, s := startPolicy(t, fmt.Sprintf(streamPolicy, upAddr))
 
 	want := patternSum(size)
 	c := &http.Client{Timeout: 60 * time.Second}
@@ -262,20 +258,14 @@ func TestPassthroughSmallAnswerCut(t *testing.T) {
 func TestPassthroughLargeRequest(t *testing.T) {
 	const size = 64 << 20
 	sums := make(chan [32]byte, 1)
-	upSrv := &fasthttp.Server{
+	upAddr := testutil.Serve(t, &fasthttp.Server{
 		MaxRequestBodySize: size + 1,
 		Handler: func(ctx *fasthttp.RequestCtx) {
 			sums <- sha256.Sum256(ctx.PostBody())
 			ctx.SetBodyString("ok")
 		},
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go upSrv.Serve(ln)
-	t.Cleanup(func() { upSrv.Shutdown() })
-	addr, _ := startPolicy(t, fmt.Sprintf(streamPolicy, ln.Addr().String()))
+	})
+	addr, _ := startPolicy(t, fmt.Sprintf(streamPolicy, upAddr))
 
 	c := &http.Client{Timeout: 60 * time.Second}
 	req, err := http.NewRequest("PUT", "http://"+addr+"/files/upload", &patternReader{n: size})

@@ -1,13 +1,17 @@
 // Package testutil holds what the tests of several packages share: a child
 // process of the test binary for a test to kill (the crash tests), the
-// process's CPU time (the benchmarks' CPU per message), Must and WaitFor. It is imported by
-// _test files only; nothing in it is part of sluice.
+// process's CPU time (the benchmarks' CPU per message), Must, WaitFor, a
+// Buffer safe for concurrent use, and a recording fake upstream server
+// (StartUpstream, Serve). It is imported by _test files only; nothing in it
+// is part of sluice.
 package testutil
 
 import (
 	"bufio"
+	"bytes"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 )
@@ -51,4 +55,23 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Buffer is a bytes.Buffer that several goroutines may write to and read
+// from (a log handler's output, say).
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *Buffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *Buffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
