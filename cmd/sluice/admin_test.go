@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/policies"
 )
 
@@ -35,13 +36,12 @@ type countingDown struct {
 	refused atomic.Int64 // 500s answered
 	delay   atomic.Int64 // nanoseconds to wait before answering
 	url     string
-	srv     *fasthttp.Server
 }
 
 func startCountingDown(t *testing.T) *countingDown {
 	t.Helper()
 	d := &countingDown{got: map[string]int{}}
-	d.srv = &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	d.url = "http://" + testutil.Serve(t, &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		time.Sleep(time.Duration(d.delay.Load()))
 		if d.failing.Load() && len(ctx.Request.Header.Peek("X-Fail")) > 0 {
 			d.refused.Add(1)
@@ -52,14 +52,7 @@ func startCountingDown(t *testing.T) *countingDown {
 		d.got[string(ctx.Request.Header.Peek("X-Sluice-Id"))]++
 		d.mu.Unlock()
 		ctx.SetStatusCode(200)
-	}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go d.srv.Serve(ln)
-	t.Cleanup(func() { d.srv.Shutdown() })
-	d.url = "http://" + ln.Addr().String()
+	}})
 	return d
 }
 
@@ -123,6 +116,22 @@ routes:
     targets:
       - { name: inv, url: %q, rate: %s, retry: { max_attempts: 1 }, breaker: { failures: 1000 } }
 %s`, testToken, filepath.Join(dir, "data"), down, rate, extra)
+}
+
+// startAdminNode runs a node in a new directory on adminPolicy with rate,
+// its target a new counting downstream; edit, if not nil, changes the
+// policy text first. The caller stops the node.
+func startAdminNode(t *testing.T, rate string, edit func(pol string) string) (*testNode, *countingDown) {
+	t.Helper()
+	dir := t.TempDir()
+	down := startCountingDown(t)
+	pol := adminPolicy(dir, down.url, rate, "")
+	if edit != nil {
+		pol = edit(pol)
+	}
+	path := filepath.Join(dir, "policy.yaml")
+	writeFile(t, path, pol)
+	return startTestNode(t, path), down
 }
 
 func apiCall(t *testing.T, method, url, token string, body any) (int, map[string]any) {
@@ -211,11 +220,7 @@ func targetState(t *testing.T, tn *testNode, route, target string) map[string]an
 // JSON error without the token or with a wrong one, and the admin API is
 // not reachable through the public listener.
 func TestAdminAuth(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, adminPolicy(dir, down.url, "100/s", ""))
-	tn := startTestNode(t, path)
+	tn, _ := startAdminNode(t, "100/s", nil)
 	defer tn.n.stop(10 * time.Second)
 
 	endpoints := []struct{ method, path string }{
@@ -298,11 +303,9 @@ routes:
 // TestAdminMetrics parses /metrics with Prometheus's text parser: what the
 // test sent and what was delivered are counted.
 func TestAdminMetrics(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, strings.Replace(adminPolicy(dir, down.url, "unlimited", ""), "    targets:", "    max_wait: 1h\n    targets:", 1))
-	tn := startTestNode(t, path)
+	tn, down := startAdminNode(t, "unlimited", func(pol string) string {
+		return strings.Replace(pol, "    targets:", "    max_wait: 1h\n    targets:", 1)
+	})
 	defer tn.n.stop(10 * time.Second)
 
 	const n = 40
@@ -392,11 +395,7 @@ func TestAdminMetrics(t *testing.T) {
 // requests are still accepted (202); the pause survives a restart; resume
 // delivers everything once.
 func TestAdminPauseResumeSurvivesRestart(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, adminPolicy(dir, down.url, "unlimited", ""))
-	tn := startTestNode(t, path)
+	tn, down := startAdminNode(t, "unlimited", nil)
 
 	if code, body := apiCall(t, "POST", tn.admin+"/v1/routes/orders/targets/inv/pause", testToken, nil); code != 200 {
 		t.Fatalf("pause: %d %v", code, body)
@@ -433,7 +432,7 @@ func TestAdminPauseResumeSurvivesRestart(t *testing.T) {
 	}
 
 	// Restart: still paused, and says so.
-	tn = startTestNode(t, path)
+	tn = startTestNode(t, tn.path)
 	defer func() { tn.n.stop(10 * time.Second) }()
 	ids = append(ids, postOrders(t, tn.base, 5, false)...)
 	time.Sleep(500 * time.Millisecond)
@@ -463,11 +462,7 @@ func TestAdminPauseResumeSurvivesRestart(t *testing.T) {
 
 // TestAdminPauseUntilEnds: a pause with an end resumes by itself.
 func TestAdminPauseUntilEnds(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, adminPolicy(dir, down.url, "unlimited", ""))
-	tn := startTestNode(t, path)
+	tn, down := startAdminNode(t, "unlimited", nil)
 	defer tn.n.stop(10 * time.Second)
 	until := time.Now().Add(700 * time.Millisecond)
 	if code, body := apiCall(t, "POST", tn.admin+"/v1/routes/orders/targets/inv/pause", testToken, map[string]any{"until": until}); code != 200 {
@@ -488,12 +483,8 @@ func TestAdminPauseUntilEnds(t *testing.T) {
 // TestAdminReplayWhileTrafficFlows: dead letters replayed by a filter while
 // new traffic flows: every accepted message is delivered exactly once.
 func TestAdminReplayWhileTrafficFlows(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
+	tn, down := startAdminNode(t, "500/s", nil)
 	down.failing.Store(true)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, adminPolicy(dir, down.url, "500/s", ""))
-	tn := startTestNode(t, path)
 	defer tn.n.stop(10 * time.Second)
 
 	failed := postOrders(t, tn.base, 30, true)
@@ -582,11 +573,7 @@ func TestAdminReplayWhileTrafficFlows(t *testing.T) {
 
 // TestAdminBadInput: malformed bodies get a JSON 400 that does not echo them.
 func TestAdminBadInput(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, adminPolicy(dir, down.url, "unlimited", ""))
-	tn := startTestNode(t, path)
+	tn, _ := startAdminNode(t, "unlimited", nil)
 	defer tn.n.stop(10 * time.Second)
 	secret := "SECRET-PAYLOAD-<script>"
 	cases := []struct{ path, body string }{
@@ -628,17 +615,13 @@ func TestAdminBadInput(t *testing.T) {
 // TestDataDirHeld: a second serve, inspect and dlq on a directory a
 // running sluice holds say so, with its pid, at once.
 func TestDataDirHeld(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, adminPolicy(dir, down.url, "unlimited", ""))
-	tn := startTestNode(t, path)
+	tn, _ := startAdminNode(t, "unlimited", nil)
 	defer tn.n.stop(10 * time.Second)
 	want := fmt.Sprintf("held by a running sluice (pid %d)", os.Getpid())
 	for _, args := range [][]string{
-		{"inspect", "--data", filepath.Join(dir, "data")},
-		{"dlq", "list", "--policy", path},
-		{"serve", "--policy", path, "--listen", "127.0.0.1:0"},
+		{"inspect", "--data", filepath.Join(filepath.Dir(tn.path), "data")},
+		{"dlq", "list", "--policy", tn.path},
+		{"serve", "--policy", tn.path, "--listen", "127.0.0.1:0"},
 	} {
 		var out, errb bytes.Buffer
 		start := time.Now()
@@ -725,11 +708,9 @@ next:
 // and replayed through the admin API while it runs, and by the offline
 // 'sluice dlq' once it is stopped (it used to say "no buffer route").
 func TestSpilloverDeadLetters(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, strings.Replace(adminPolicy(dir, down.url, "unlimited", ""), "    targets:", "    mode: spillover\n    targets:", 1))
-	tn := startTestNode(t, path)
+	tn, down := startAdminNode(t, "unlimited", func(pol string) string {
+		return strings.Replace(pol, "    targets:", "    mode: spillover\n    targets:", 1)
+	})
 	stopped := false
 	defer func() {
 		if !stopped {
@@ -763,7 +744,7 @@ func TestSpilloverDeadLetters(t *testing.T) {
 	}
 	stopped = true
 	var out, errb bytes.Buffer
-	if code := run([]string{"dlq", "list", "--policy", path}, &out, &errb); code != 0 || !strings.Contains(out.String(), "3 dead letters") || !strings.Contains(out.String(), ids[1]) {
+	if code := run([]string{"dlq", "list", "--policy", tn.path}, &out, &errb); code != 0 || !strings.Contains(out.String(), "3 dead letters") || !strings.Contains(out.String(), ids[1]) {
 		t.Errorf("offline dlq list: exit %d\n%s%s", code, out.String(), errb.String())
 	}
 }
@@ -816,11 +797,7 @@ func TestPauseSurvivesKill9(t *testing.T) {
 // storage.max_bytes is reached (buffered routes answer 503 then too), and
 // while shutting down; /healthz stays 200 throughout.
 func TestReadyz(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, strings.Replace(adminPolicy(dir, down.url, "0", ""), "storage: {", "storage: { max_bytes: 1MiB,", 1))
-	tn := startTestNode(t, path)
+	tn, _ := startAdminNode(t, "0", func(pol string) string { return strings.Replace(pol, "storage: {", "storage: { max_bytes: 1MiB,", 1) })
 	defer tn.n.stop(10 * time.Second)
 	if code, body := apiCall(t, "GET", tn.admin+"/readyz", "", nil); code != 200 {
 		t.Fatalf("readyz: %d %v", code, body)
@@ -855,11 +832,7 @@ func TestReadyz(t *testing.T) {
 // request needs a token; the admin token is one (serve passes it to the
 // proxy), a wrong one is not.
 func TestStatusAPIAcceptsAdminToken(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, "status_api: { token: status-token-0123456789 }\n"+adminPolicy(dir, down.url, "0", ""))
-	tn := startTestNode(t, path)
+	tn, _ := startAdminNode(t, "0", func(pol string) string { return "status_api: { token: status-token-0123456789 }\n" + pol })
 	defer tn.n.stop(10 * time.Second)
 	id := postOrders(t, tn.base, 1, false)[0]
 	for tok, want := range map[string]int{"": 401, "wrong-token-0123456789": 401, "status-token-0123456789": 200, testToken: 200} {

@@ -270,8 +270,7 @@ routes:
 		t.Fatalf("replay of %d: %d %v", len(window), code, body)
 	}
 	// Killed again while the replays go out.
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.cmd.Wait()
+	p.kill(t)
 	p = startSluice(t, policy, addr)
 	if !waitFor(30*time.Second, func() bool {
 		for k, n := range before {
@@ -333,8 +332,7 @@ routes:
 		}
 	}
 	// And a last kill: the counts survive it.
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.cmd.Wait()
+	p.kill(t)
 	p = startSluice(t, policy, addr)
 	expect("audit", "arch", map[string]float64{"accepted": 80, "expired": 60, "delivered": 20, "pending": 0})
 	if _, err := os.Stat(filepath.Join(dir, "data")); err != nil {
@@ -387,8 +385,7 @@ routes:
 		}
 		ids[k] = resp.Header.Get("X-Sluice-Id")
 	}
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.cmd.Wait()
+	p.kill(t)
 	p = startSluice(t, policy, addr)
 	for k, id := range ids {
 		resp := post(k)

@@ -7,12 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/policies"
 )
 
@@ -21,33 +21,13 @@ import (
 // status API shows the captured answer and an ETA was given at once; the
 // callback arrives; the target never sees the callback header.
 func TestDeliveryCallbacksAndCapture(t *testing.T) {
-	var mu sync.Mutex
-	var leaked []string
-	var events []map[string]any
-	down := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		if v := ctx.Request.Header.Peek("X-Sluice-Callback"); len(v) > 0 {
-			mu.Lock()
-			leaked = append(leaked, string(v))
-			mu.Unlock()
-		}
+	down := testutil.StartUpstream(t, func(ctx *fasthttp.RequestCtx) {
 		ctx.SetStatusCode(201)
 		ctx.Response.Header.Set("Location", "/orders/SO-7")
 		ctx.SetContentType("application/json")
 		ctx.SetBodyString(`{"order_no":"SO-7"}`)
-	}}
-	hooks := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		var ev map[string]any
-		json.Unmarshal(ctx.PostBody(), &ev)
-		mu.Lock()
-		events = append(events, ev)
-		mu.Unlock()
-		ctx.SetStatusCode(204)
-	}}
-	lnD, _ := net.Listen("tcp", "127.0.0.1:0")
-	lnH, _ := net.Listen("tcp", "127.0.0.1:0")
-	go down.Serve(lnD)
-	go hooks.Serve(lnH)
-	t.Cleanup(func() { down.Shutdown(); hooks.Shutdown() })
+	})
+	hooks := testutil.StartUpstream(t, testutil.Answer(204, ""))
 
 	pol, err := policies.Parse("delivery.yaml", fmt.Appendf(nil, `
 storage: { dir: %s }
@@ -59,7 +39,7 @@ routes:
     callback_header: X-Sluice-Callback
     targets:
       - { name: inv, url: "http://%s", rate: 100/s, capture_response: { max_bytes: 1KiB } }
-`, filepath.Join(t.TempDir(), "data"), lnH.Addr(), lnD.Addr()))
+`, filepath.Join(t.TempDir(), "data"), hooks.Addr, down.Addr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +69,7 @@ routes:
 	if resp := post("http://evil.example/hooks/"); resp.StatusCode() != 400 {
 		t.Fatalf("disallowed callback: %d %s", resp.StatusCode(), resp.Body())
 	}
-	resp := post("http://" + lnH.Addr().String() + "/hooks/orders?token=t")
+	resp := post(hooks.URL + "/hooks/orders?token=t")
 	var acc struct {
 		ID        string `json:"id"`
 		StatusURL string `json:"status_url"`
@@ -104,25 +84,24 @@ routes:
 	}
 
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		mu.Lock()
-		got := len(events)
-		mu.Unlock()
-		if got == 1 {
-			break
-		}
+	for len(hooks.Requests()) != 1 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no callback within 10s")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	mu.Lock()
-	ev := events[0]
+	var ev map[string]any
+	json.Unmarshal(hooks.Requests()[0].Body, &ev)
+	var leaked []string
+	for _, r := range down.Requests() {
+		if v := r.Header.Get("X-Sluice-Callback"); v != "" {
+			leaked = append(leaked, v)
+		}
+	}
 	if ev["id"] != acc.ID || ev["route"] != "orders" || ev["target"] != "inv" || ev["status"] != "delivered" ||
 		ev["status_code"] != 201.0 || ev["attempts"] != 1.0 || ev["at"] == nil || len(leaked) != 0 {
 		t.Errorf("callback %v; leaked to the target: %v", ev, leaked)
 	}
-	mu.Unlock()
 
 	status, body, err := fasthttp.Get(nil, base+acc.StatusURL)
 	if err != nil || status != 200 {

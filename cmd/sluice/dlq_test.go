@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -65,8 +64,7 @@ func TestDeadLettersReplayEndToEnd(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	p.cmd.Wait()
+	p.stop(t)
 
 	out, err := exec.Command(sluiceBin, "dlq", "list", "--policy", policy, "--target", "inventory").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "3 dead letters") || !strings.Contains(string(out), ids[0]) {

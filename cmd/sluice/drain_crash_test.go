@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
-	"os"
 	"path/filepath"
-	"strings"
+	"slices"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,9 +35,7 @@ routes:
         concurrency: 64
         retry: { max_attempts: 50, initial: 20ms, max: 200ms }
 `, addr, filepath.Join(dir, "data"), url, rate)
-	if err := os.WriteFile(p, []byte(pol), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, p, pol)
 	return p
 }
 
@@ -61,19 +57,9 @@ func fill(t *testing.T, addr string, from, n int) map[string]string {
 	for range 16 {
 		wg.Go(func() {
 			for i := range next {
-				key := fmt.Sprintf("order-%d", i)
-				req, _ := http.NewRequest("POST", "http://"+addr+"/api/orders", strings.NewReader(fmt.Sprintf(`{"order":%d,"pad":"%s"}`, i, strings.Repeat("x", 900))))
-				req.Header.Set("Idempotency-Key", key)
-				resp, err := client.Do(req)
-				if err != nil {
-					continue
-				}
-				var b struct{ ID string }
-				json.NewDecoder(resp.Body).Decode(&b)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusAccepted && b.ID != "" {
+				if id, key := postOrder(t, client, addr, i, 900); id != "" {
 					mu.Lock()
-					acked[b.ID] = key
+					acked[id] = key
 					mu.Unlock()
 				}
 			}
@@ -110,10 +96,7 @@ func backlog(t *testing.T, dir, addr, url string, n int) map[string]string {
 	t.Helper()
 	p := startSluice(t, drainPolicy(t, dir, addr, url, "0"), addr)
 	acked := fill(t, addr, 0, n)
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if err := p.cmd.Wait(); err != nil {
-		t.Fatalf("graceful stop: %v\nlogs:\n%s", err, p.output())
-	}
+	p.stop(t)
 	if len(acked) != n {
 		t.Fatalf("%d of %d orders acknowledged", len(acked), n)
 	}
@@ -140,11 +123,7 @@ func waitReceived(t *testing.T, ds *loadtest.Downstream, n uint64) {
 // outcomes waiting for their commit: concurrency + 1024 per kill), and
 // each copy carries the order's own Idempotency-Key.
 func TestKill9DuringFullSpeedDrain(t *testing.T) {
-	ds, err := loadtest.StartDownstream(loadtest.DownstreamConfig{FailRate: 0.02, Seed: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ds.Close()
+	ds := startDownstream(t, loadtest.DownstreamConfig{FailRate: 0.02, Seed: 7})
 	dir := t.TempDir()
 	addr := freePort(t)
 	acked := backlog(t, dir, addr, ds.URL(), 8000)
@@ -153,17 +132,11 @@ func TestKill9DuringFullSpeedDrain(t *testing.T) {
 	for round := range rounds {
 		p := startSluice(t, policy, addr)
 		waitReceived(t, ds, uint64(1500*(round+1)))
-		if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		p.cmd.Wait()
+		p.kill(t)
 		t.Logf("round %d: killed mid-drain; %d received", round, ds.Stats().Received)
 	}
 	p := startSluice(t, policy, addr)
-	ids := make([]string, 0, len(acked))
-	for id := range acked {
-		ids = append(ids, id)
-	}
+	ids := slices.Collect(maps.Keys(acked))
 	if err := loadtest.WaitDrained(context.Background(), ids, ds, 90*time.Second); err != nil {
 		t.Fatalf("%d of %d acknowledged orders never arrived: %v\nlogs:\n%s", len(ds.Missing(ids)), len(ids), err, p.output())
 	}
@@ -177,27 +150,17 @@ func TestKill9DuringFullSpeedDrain(t *testing.T) {
 // TestGracefulStopMidDrainSendsNothingTwice: SIGTERM while a backlog
 // drains at full speed, then a restart: every order arrives exactly once.
 func TestGracefulStopMidDrainSendsNothingTwice(t *testing.T) {
-	ds, err := loadtest.StartDownstream(loadtest.DownstreamConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ds.Close()
+	ds := startDownstream(t, loadtest.DownstreamConfig{})
 	dir := t.TempDir()
 	addr := freePort(t)
 	acked := backlog(t, dir, addr, ds.URL(), 6000)
 	policy := drainPolicy(t, dir, addr, ds.URL(), "unlimited")
 	p := startSluice(t, policy, addr)
 	waitReceived(t, ds, 1500)
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if err := p.cmd.Wait(); err != nil {
-		t.Fatalf("graceful stop: %v\nlogs:\n%s", err, p.output())
-	}
+	p.stop(t)
 	stoppedAt := ds.Stats().Received
 	p = startSluice(t, policy, addr)
-	ids := make([]string, 0, len(acked))
-	for id := range acked {
-		ids = append(ids, id)
-	}
+	ids := slices.Collect(maps.Keys(acked))
 	if err := loadtest.WaitDrained(context.Background(), ids, ds, 60*time.Second); err != nil {
 		t.Fatalf("%d of %d never arrived: %v", len(ds.Missing(ids)), len(ids), err)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/loadtest"
 )
 
@@ -52,21 +52,19 @@ func freePort(t *testing.T) string {
 
 type proc struct {
 	cmd  *exec.Cmd
-	logs *bytes.Buffer
-	mu   *sync.Mutex
+	logs *testutil.Buffer
 }
 
 // startSluice runs `sluice serve` and waits until it answers on addr.
 func startSluice(t *testing.T, policy, addr string) *proc {
 	t.Helper()
 	cmd := exec.Command(sluiceBin, "serve", "--policy", policy, "--log-level", "warn")
-	var mu sync.Mutex
-	logs := &bytes.Buffer{}
-	cmd.Stderr = lockedWriter{&mu, logs}
+	logs := &testutil.Buffer{}
+	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd, logs, &mu}
+	p := &proc{cmd, logs}
 	t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
@@ -81,17 +79,71 @@ func startSluice(t *testing.T, policy, addr string) *proc {
 	return nil
 }
 
-func (p *proc) output() string { p.mu.Lock(); defer p.mu.Unlock(); return p.logs.String() }
+func (p *proc) output() string { return p.logs.String() }
 
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
+// kill stops sluice with SIGKILL and waits for it to go.
+func (p *proc) kill(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Wait()
 }
 
-func (w lockedWriter) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(b)
+// stop stops sluice with SIGTERM and fails the test, with its logs, unless
+// it exits with status 0 within 20 s.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("graceful stop: %v\nlogs:\n%s", err, p.output())
+		}
+	case <-time.After(20 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+		t.Fatalf("no exit within 20s of SIGTERM; logs:\n%s", p.output())
+	}
+}
+
+// startDownstream runs a loadtest downstream until the test ends.
+func startDownstream(t *testing.T, cfg loadtest.DownstreamConfig) *loadtest.Downstream {
+	t.Helper()
+	ds, err := loadtest.StartDownstream(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ds.Close() })
+	return ds
+}
+
+// postOrder posts order i (its body padded with pad bytes) with the
+// Idempotency-Key order-i and returns the id of a 202, or "" if it was not
+// acknowledged (sluice killed mid-request, say). A 202 without an id, or
+// whose body and X-Sluice-Id disagree, fails the test.
+func postOrder(t *testing.T, client *http.Client, addr string, i, pad int) (id, key string) {
+	key = fmt.Sprintf("order-%d", i)
+	body := fmt.Sprintf(`{"order":%d,"pad":"%s"}`, i, strings.Repeat("x", pad))
+	req, _ := http.NewRequest("POST", "http://"+addr+"/api/orders?n="+fmt.Sprint(i), strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", key // killed mid-request: not acknowledged, no promise made
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return "", key
+	}
+	var b struct{ ID, Status, StatusURL string }
+	if err := json.NewDecoder(resp.Body).Decode(&b); err != nil || b.ID == "" || b.ID != resp.Header.Get("X-Sluice-Id") {
+		t.Errorf("bad 202: %v %+v header %q", err, b, resp.Header.Get("X-Sluice-Id"))
+		return "", key
+	}
+	return b.ID, key
 }
 
 func writePolicy(t *testing.T, dir, addr, inv, del string) string {
@@ -121,9 +173,7 @@ routes:
         concurrency: 4
         retry: { max_attempts: 50, initial: 50ms, max: 500ms }
 `, addr, filepath.Join(dir, "data"), inv, del)
-	if err := os.WriteFile(p, []byte(pol), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, p, pol)
 	return p
 }
 
@@ -133,16 +183,8 @@ routes:
 // was answered 202 arrives at every target.
 func TestKill9LosesNothing(t *testing.T) {
 	// The downstreams live in the test process and outlive the kills.
-	inv, err := loadtest.StartDownstream(loadtest.DownstreamConfig{FailRate: 0.05, Seed: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inv.Close()
-	del, err := loadtest.StartDownstream(loadtest.DownstreamConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer del.Close()
+	inv := startDownstream(t, loadtest.DownstreamConfig{FailRate: 0.05, Seed: 1})
+	del := startDownstream(t, loadtest.DownstreamConfig{})
 
 	dir := t.TempDir()
 	addr := freePort(t)
@@ -152,26 +194,11 @@ func TestKill9LosesNothing(t *testing.T) {
 	var acked []string
 	client := &http.Client{Timeout: 5 * time.Second}
 	post := func(i int) {
-		body := fmt.Sprintf(`{"order":%d,"pad":"%s"}`, i, strings.Repeat("x", 512))
-		req, _ := http.NewRequest("POST", "http://"+addr+"/api/orders?n="+fmt.Sprint(i), strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Idempotency-Key", fmt.Sprintf("order-%d", i))
-		resp, err := client.Do(req)
-		if err != nil {
-			return // killed mid-request: not acknowledged, no promise made
+		if id, _ := postOrder(t, client, addr, i, 512); id != "" {
+			mu.Lock()
+			acked = append(acked, id)
+			mu.Unlock()
 		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			return
-		}
-		var b struct{ ID, Status, StatusURL string }
-		if err := json.NewDecoder(resp.Body).Decode(&b); err != nil || b.ID == "" || b.ID != resp.Header.Get("X-Sluice-Id") {
-			t.Errorf("bad 202: %v %+v header %q", err, b, resp.Header.Get("X-Sluice-Id"))
-			return
-		}
-		mu.Lock()
-		acked = append(acked, b.ID)
-		mu.Unlock()
 	}
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
 
@@ -204,10 +231,7 @@ func TestKill9LosesNothing(t *testing.T) {
 		for count() < target && time.Now().Before(deadline) {
 			time.Sleep(5 * time.Millisecond)
 		}
-		if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		p.cmd.Wait()
+		p.kill(t)
 		close(stop)
 		wg.Wait()
 		t.Logf("round %d: killed with %d acknowledged so far; delivered inventory=%d delivery=%d",
@@ -297,11 +321,7 @@ func TestVersion(t *testing.T) {
 // TestHTTPErrors: bad requests get a status and a JSON error body, and
 // harm nothing already accepted.
 func TestHTTPErrors(t *testing.T) {
-	ds, err := loadtest.StartDownstream(loadtest.DownstreamConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ds.Close()
+	ds := startDownstream(t, loadtest.DownstreamConfig{})
 	dir := t.TempDir()
 	addr := freePort(t)
 	p := startSluice(t, writePolicy(t, dir, addr, ds.URL(), ds.URL()), addr)
@@ -375,8 +395,7 @@ func TestHTTPErrors(t *testing.T) {
 		t.Fatalf("accepted order not delivered after bad requests: %v", err)
 	}
 	// Offline, inspect --verify finds the data intact.
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	p.cmd.Wait()
+	p.stop(t)
 	out, err := exec.Command(sluiceBin, "inspect", "--verify", "--data", filepath.Join(dir, "data")).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "no damage") || !strings.Contains(string(out), "queue orders") {
 		t.Fatalf("inspect --verify: %v\n%s", err, out)

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,11 +36,7 @@ func TestJetStreamClusterFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Shutdown()
-	ds, err := loadtest.StartDownstream(loadtest.DownstreamConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ds.Close()
+	ds := startDownstream(t, loadtest.DownstreamConfig{})
 
 	addrs := make([]string, 3)
 	procs := make([]*proc, 3)
@@ -128,8 +123,7 @@ routes:
 	mu.Lock()
 	dead[holder] = true
 	mu.Unlock()
-	procs[holder].cmd.Process.Signal(syscall.SIGKILL)
-	procs[holder].cmd.Wait()
+	procs[holder].kill(t)
 	killedAt := time.Now()
 	mu.Lock()
 	t.Logf("sluice node %d (the lease holder) killed with %d acknowledged, %d delivered", holder, len(acked), len(ds.Deliveries()))

@@ -24,11 +24,7 @@ import (
 // restarted, it delivers every acknowledged order to the target; a repeated
 // idempotency key answers the first id; the status API says delivered.
 func TestJetStreamKill9LosesNothing(t *testing.T) {
-	inv, err := loadtest.StartDownstream(loadtest.DownstreamConfig{FailRate: 0.05, Seed: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inv.Close()
+	inv := startDownstream(t, loadtest.DownstreamConfig{FailRate: 0.05, Seed: 2})
 	dir := t.TempDir()
 	addr := freePort(t)
 	policy := filepath.Join(dir, "policy.yaml")

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -65,12 +64,8 @@ func identity(t *testing.T, c map[string]any) {
 // TestAdminMessagesCountsReplay: the message list (JSON pages and NDJSON),
 // the counts, the metrics and a replay by filter, against a running node.
 func TestAdminMessagesCountsReplay(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
+	tn, down := startAdminNode(t, "unlimited", nil)
 	down.failing.Store(true)
-	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, adminPolicy(dir, down.url, "unlimited", ""))
-	tn := startTestNode(t, path)
 	defer tn.n.stop(10 * time.Second)
 
 	ok := postOrders(t, tn.base, 20, false)
@@ -232,13 +227,10 @@ func TestAdminMessagesCountsReplay(t *testing.T) {
 // id and not forwarded again, also after a restart) and counted as
 // delivered.
 func TestSpilloverRemembersForwarded(t *testing.T) {
-	dir := t.TempDir()
-	down := startCountingDown(t)
-	path := filepath.Join(dir, "policy.yaml")
-	pol := strings.Replace(adminPolicy(dir, down.url, "unlimited", ""), "    match: { path: /api/orders }",
-		"    match: { path: /api/orders }\n    mode: spillover\n    idempotency_header: Idempotency-Key", 1)
-	writeFile(t, path, pol)
-	tn := startTestNode(t, path)
+	tn, down := startAdminNode(t, "unlimited", func(pol string) string {
+		return strings.Replace(pol, "    match: { path: /api/orders }",
+			"    match: { path: /api/orders }\n    mode: spillover\n    idempotency_header: Idempotency-Key", 1)
+	})
 	post := func(key string) *http.Response {
 		t.Helper()
 		req, _ := http.NewRequest("POST", tn.base+"/api/orders", strings.NewReader(`{"k":"`+key+`"}`))
@@ -281,7 +273,7 @@ func TestSpilloverRemembersForwarded(t *testing.T) {
 		t.Fatalf("counts: %v", c)
 	}
 	tn.n.stop(10 * time.Second)
-	tn = startTestNode(t, path)
+	tn = startTestNode(t, tn.path)
 	defer tn.n.stop(10 * time.Second)
 	if again := post("k-1"); again.StatusCode != 202 || again.Header.Get("X-Sluice-Id") != id {
 		t.Fatalf("a repeat after a restart: %d %v", again.StatusCode, again.Header)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-proxy/sluice/internal/testutil"
 )
 
 // reloadPolicy is the policy of TestReloadUnderLoad: route orders with
@@ -222,9 +223,8 @@ func TestSIGHUPReloadsWithJSONLogs(t *testing.T) {
 	}
 	writeFile(t, path, pol("50/s"))
 	cmd := exec.Command(sluiceBin, "serve", "--policy", path, "--log-format", "json")
-	var mu sync.Mutex
-	logs := &bytes.Buffer{}
-	cmd.Stderr = lockedWriter{&mu, logs}
+	logs := &testutil.Buffer{}
+	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -238,8 +238,6 @@ func TestSIGHUPReloadsWithJSONLogs(t *testing.T) {
 		}
 		return err == nil && resp.StatusCode == 200
 	}) {
-		mu.Lock()
-		defer mu.Unlock()
 		t.Fatalf("not ready; logs:\n%s", logs)
 	}
 	writeFile(t, path, pol("75/s"))
@@ -267,9 +265,7 @@ func TestSIGHUPReloadsWithJSONLogs(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no exit after SIGTERM")
 	}
-	mu.Lock()
 	out := logs.String()
-	mu.Unlock()
 	var reloaded, refused bool
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {

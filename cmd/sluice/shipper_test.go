@@ -126,25 +126,7 @@ func TestRsyslogThroughSluice(t *testing.T) {
 	rsyslogd := needShipper(t, "rsyslogd", "/usr/sbin/rsyslogd")
 	needShipper(t, "rsyslog's omelasticsearch", "/usr/lib/*/rsyslog/omelasticsearch.so", "/usr/lib/rsyslog/omelasticsearch.so")
 	shipThroughSluice(t, func(t *testing.T, dir, logFile, port string) (*exec.Cmd, func(t *testing.T)) {
-		errFile := filepath.Join(dir, "es-errors.log")
-		must(t, os.Mkdir(filepath.Join(dir, "work"), 0o700))
-		conf := filepath.Join(dir, "rsyslog.conf")
-		must(t, os.WriteFile(conf, fmt.Appendf(nil, `global(workDirectory=%q)
-module(load="imfile")
-module(load="omelasticsearch")
-template(name="doc" type="string" string="{\"msg\":\"%%msg:::json%%\"}")
-template(name="docid" type="string" string="app-%%$!metadata!fileoffset%%")
-input(type="imfile" File=%q Tag="app" addMetadata="on" ruleset="es")
-ruleset(name="es") {
-  action(type="omelasticsearch" server="127.0.0.1" serverport="%s" template="doc" searchIndex="app"
-         bulkmode="on" bulkid="docid" dynbulkid="on" errorfile=%q
-         action.resumeRetryCount="-1" action.resumeInterval="1"
-         queue.type="LinkedList" queue.size="100000" queue.dequeueBatchSize="256")
-}
-`, filepath.Join(dir, "work"), logFile, port, errFile), 0o644))
-		cmd := exec.Command(rsyslogd, "-n", "-f", conf, "-i", filepath.Join(dir, "rsyslog.pid"))
-		out := &lockedBuffer{}
-		cmd.Stdout, cmd.Stderr = out, out
+		cmd, errFile, out := rsyslog(t, rsyslogd, dir, logFile, port, 256)
 		return cmd, func(t *testing.T) {
 			if b, err := os.ReadFile(errFile); err == nil && len(b) > 0 {
 				t.Errorf("rsyslog's error file is not empty:\n%.2000s", b)
@@ -154,6 +136,46 @@ ruleset(name="es") {
 			}
 		}
 	})
+}
+
+// serveHTTP serves h on a new listener on 127.0.0.1 until the test ends
+// and returns its address (host:port).
+func serveHTTP(t *testing.T, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// rsyslog writes an rsyslog configuration in dir that follows logFile and
+// sends each line as a document, in _bulk requests of up to batch lines,
+// to 127.0.0.1:port, retrying without end. It returns the command that runs
+// it, the file where rsyslog writes the batches refused, and its output.
+func rsyslog(t *testing.T, bin, dir, logFile, port string, batch int) (*exec.Cmd, string, *testutil.Buffer) {
+	t.Helper()
+	errFile := filepath.Join(dir, "es-errors.log")
+	must(t, os.Mkdir(filepath.Join(dir, "work"), 0o700))
+	conf := filepath.Join(dir, "rsyslog.conf")
+	must(t, os.WriteFile(conf, fmt.Appendf(nil, `global(workDirectory=%q)
+module(load="imfile")
+module(load="omelasticsearch")
+template(name="doc" type="string" string="{\"msg\":\"%%msg:::json%%\"}")
+template(name="docid" type="string" string="app-%%$!metadata!fileoffset%%")
+input(type="imfile" File=%q Tag="app" addMetadata="on" ruleset="es")
+ruleset(name="es") {
+  action(type="omelasticsearch" server="127.0.0.1" serverport="%s" template="doc" searchIndex="app"
+         bulkmode="on" bulkid="docid" dynbulkid="on" errorfile=%q
+         action.resumeRetryCount="-1" action.resumeInterval="1"
+         queue.type="LinkedList" queue.size="100000" queue.dequeueBatchSize="%d")
+}
+`, filepath.Join(dir, "work"), logFile, port, errFile, batch), 0o644))
+	cmd := exec.Command(bin, "-n", "-f", conf, "-i", filepath.Join(dir, "rsyslog.pid"))
+	out := &testutil.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd, errFile, out
 }
 
 // TestSyslogNGThroughSluice runs the real syslog-ng 3.38 (a file source,
@@ -189,7 +211,7 @@ log { source(s_app); destination(d_es); };
 		cmd := exec.Command(bin, "-F", "-e", "--no-caps", "-f", conf, "--module-path="+mods[0],
 			"-R", filepath.Join(dir, "persist"), "-p", filepath.Join(dir, "pid"), "-c", filepath.Join(dir, "ctl"))
 		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(root, "usr/lib/syslog-ng"))
-		out := &lockedBuffer{}
+		out := &testutil.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		return cmd, func(t *testing.T) {
 			// A 4xx or 5xx from sluice is logged as "Server returned with a
@@ -199,23 +221,6 @@ log { source(s_app); destination(d_es); };
 			}
 		}
 	})
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // shipThroughSluice runs a real shipper reading a file of numbered lines,
@@ -233,13 +238,7 @@ func shipThroughSluice(t *testing.T, start shipper) {
 			fmt.Sscanf(d.Msg, "line %d", &n)
 			return n%10 == 3
 		}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: store}
-	go srv.Serve(ln)
-	defer srv.Close()
+	storeAddr := serveHTTP(t, store)
 
 	dir := t.TempDir()
 	addr := freePort(t)
@@ -260,7 +259,7 @@ routes:
         concurrency: 2
         batch: { max_messages: 100, max_wait: 50ms }
         retry: { max_attempts: 50, initial: 50ms, max: 500ms }
-`, addr, filepath.Join(dir, "data"), ln.Addr()), 0o644))
+`, addr, filepath.Join(dir, "data"), storeAddr), 0o644))
 
 	logFile := filepath.Join(dir, "app.log")
 	f, err := os.Create(logFile)
@@ -348,11 +347,7 @@ func TestRsyslogBackPressure(t *testing.T) {
 	rsyslogd := needShipper(t, "rsyslogd", "/usr/sbin/rsyslogd")
 	needShipper(t, "rsyslog's omelasticsearch", "/usr/lib/*/rsyslog/omelasticsearch.so", "/usr/lib/rsyslog/omelasticsearch.so")
 	store := &esStore{docs: map[string]string{}, seen: map[string]int{}, rejected: map[string]bool{}, reject: func(string) bool { return false }}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	srv := &http.Server{Handler: store}
-	go srv.Serve(ln)
-	defer srv.Close()
+	storeAddr := serveHTTP(t, store)
 
 	// A proxy in front of sluice counts its 429s, so the test knows the
 	// back-pressure happened.
@@ -373,12 +368,10 @@ routes:
         rate: 10/s
         concurrency: 1
         batch: { max_messages: 50, max_wait: 20ms }
-`, addr, filepath.Join(dir, "data"), ln.Addr()), 0o644))
+`, addr, filepath.Join(dir, "data"), storeAddr), 0o644))
 	startSluice(t, policy, addr)
 	var refused, slowest atomic.Int64
-	front, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	fsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	front := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req, _ := http.NewRequest(r.Method, "http://"+addr+r.URL.RequestURI(), r.Body)
 		req.Header = r.Header.Clone()
 		start := time.Now()
@@ -399,10 +392,8 @@ routes:
 		}
 		w.WriteHeader(resp.StatusCode)
 		io.Copy(w, resp.Body)
-	})}
-	go fsrv.Serve(front)
-	defer fsrv.Close()
-	_, port, _ := net.SplitHostPort(front.Addr().String())
+	}))
+	_, port, _ := net.SplitHostPort(front)
 
 	logFile := filepath.Join(dir, "app.log")
 	const n = 3000
@@ -411,25 +402,7 @@ routes:
 		fmt.Fprintf(&lines, "line %06d %s\n", i, strings.Repeat("y", 200))
 	}
 	must(t, os.WriteFile(logFile, lines.Bytes(), 0o644))
-	errFile := filepath.Join(dir, "es-errors.log")
-	must(t, os.Mkdir(filepath.Join(dir, "work"), 0o700))
-	conf := filepath.Join(dir, "rsyslog.conf")
-	must(t, os.WriteFile(conf, fmt.Appendf(nil, `global(workDirectory=%q)
-module(load="imfile")
-module(load="omelasticsearch")
-template(name="doc" type="string" string="{\"msg\":\"%%msg:::json%%\"}")
-template(name="docid" type="string" string="app-%%$!metadata!fileoffset%%")
-input(type="imfile" File=%q Tag="app" addMetadata="on" ruleset="es")
-ruleset(name="es") {
-  action(type="omelasticsearch" server="127.0.0.1" serverport="%s" template="doc" searchIndex="app"
-         bulkmode="on" bulkid="docid" dynbulkid="on" errorfile=%q
-         action.resumeRetryCount="-1" action.resumeInterval="1"
-         queue.type="LinkedList" queue.size="100000" queue.dequeueBatchSize="512")
-}
-`, filepath.Join(dir, "work"), logFile, port, errFile), 0o644))
-	cmd := exec.Command(rsyslogd, "-n", "-f", conf, "-i", filepath.Join(dir, "rsyslog.pid"))
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
+	cmd, errFile, out := rsyslog(t, rsyslogd, dir, logFile, port, 512)
 	must(t, cmd.Start())
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 

@@ -14,38 +14,10 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/proxy"
 )
-
-// counting is a downstream that records when each body arrived.
-type counting struct {
-	addr string
-	mu   sync.Mutex
-	at   []time.Time
-	seen map[string]int
-}
-
-func startCounting(t testing.TB) *counting {
-	t.Helper()
-	c := &counting{seen: map[string]int{}}
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		c.mu.Lock()
-		c.at = append(c.at, time.Now())
-		c.seen[string(ctx.PostBody())]++
-		c.mu.Unlock()
-		ctx.SetStatusCode(200)
-		ctx.SetBodyString(`{"ok":true}`)
-	}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown() })
-	c.addr = ln.Addr().String()
-	return c
-}
 
 // startSpillNode runs a node in this process with one spillover route.
 func startSpillNode(t testing.TB, downstream, targetOpts string) string {
@@ -79,8 +51,8 @@ routes:
 // interval T.
 func TestSpilloverKeepsRateUnderBurst(t *testing.T) {
 	const rate, burst, total = 100, 10, 400
-	ds := startCounting(t)
-	addr := startSpillNode(t, ds.addr, fmt.Sprintf(", rate: %d/s, burst: %d", rate, burst))
+	ds := testutil.StartUpstream(t, testutil.Answer(200, `{"ok":true}`))
+	addr := startSpillNode(t, ds.Addr, fmt.Sprintf(", rate: %d/s, burst: %d", rate, burst))
 
 	var mu sync.Mutex
 	modes := map[string]int{}
@@ -118,9 +90,11 @@ func TestSpilloverKeepsRateUnderBurst(t *testing.T) {
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		ds.mu.Lock()
-		n := len(ds.seen)
-		ds.mu.Unlock()
+		distinct := map[string]bool{}
+		for _, r := range ds.Requests() {
+			distinct[string(r.Body)] = true
+		}
+		n := len(distinct)
 		if n == total {
 			break
 		}
@@ -129,9 +103,10 @@ func TestSpilloverKeepsRateUnderBurst(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	ds.mu.Lock()
-	at := slices.Clone(ds.at)
-	ds.mu.Unlock()
+	var at []time.Time
+	for _, r := range ds.Requests() {
+		at = append(at, r.At)
+	}
 	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
 	// In every window of one second starting at an arrival: at most
 	// burst + rate x (1s + 100ms). The 100ms allow for the time between taking
@@ -157,10 +132,10 @@ func TestSpilloverKeepsRateUnderBurst(t *testing.T) {
 //
 //	go test ./cmd/sluice/ -run '^$' -bench SpilloverLatency -benchtime 20000x
 func BenchmarkSpilloverLatency(b *testing.B) {
-	ds := startCounting(b)
-	addr := startSpillNode(b, ds.addr, "")
+	ds := testutil.StartUpstream(b, testutil.Answer(200, `{"ok":true}`))
+	addr := startSpillNode(b, ds.Addr, "")
 	body := bytes.Repeat([]byte("x"), 1024)
-	direct, via := &fasthttp.HostClient{Addr: ds.addr}, &fasthttp.HostClient{Addr: addr}
+	direct, via := &fasthttp.HostClient{Addr: ds.Addr}, &fasthttp.HostClient{Addr: addr}
 	call := func(c *fasthttp.HostClient, host string) time.Duration {
 		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 		defer fasthttp.ReleaseRequest(req)
@@ -177,7 +152,7 @@ func BenchmarkSpilloverLatency(b *testing.B) {
 	var d, v []time.Duration
 	b.ResetTimer()
 	for range b.N {
-		d = append(d, call(direct, ds.addr))
+		d = append(d, call(direct, ds.Addr))
 		v = append(v, call(via, addr))
 	}
 	b.StopTimer()
