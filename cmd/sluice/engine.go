@@ -88,11 +88,12 @@ func nodeID(dir string, log *slog.Logger) string {
 	var raw [8]byte
 	rand.Read(raw[:])
 	id := hex.EncodeToString(raw[:])
-	if err := os.MkdirAll(dir, 0o755); err == nil {
+	err := os.MkdirAll(dir, 0o755)
+	if err == nil {
 		err = os.WriteFile(path, []byte(id+"\n"), 0o644)
-		if err != nil {
-			log.Warn("jetstream: cannot keep the node id; a restart waits for its leases to expire", "path", path, "err", err)
-		}
+	}
+	if err != nil {
+		log.Warn("jetstream: cannot keep the node id; a restart waits for its leases to expire", "path", path, "err", err)
 	}
 	return id
 }
