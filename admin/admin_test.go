@@ -338,10 +338,17 @@ func TestDeadLetterFilters(t *testing.T) {
 	if code != 200 || len(body["dead_letters"].([]any)) != 100 {
 		t.Errorf("since: %d %d", code, len(body["dead_letters"].([]any)))
 	}
-	for _, q := range []string{"status=abc", "class=6xx", "since=yesterday", "limit=0", "limit=100000", "after=-1"} {
-		if code, _ := f.call(t, "GET", "/v1/routes/orders/targets/inv/dead?"+q, token, ""); code != 400 {
-			t.Errorf("?%s: %d, want 400", q, code)
+	// Each bad parameter is a 400 naming it, as the messages endpoints do.
+	for _, q := range []string{"status=abc", "status=700", "class=6xx", "since=yesterday", "until=soon", "limit=0", "limit=100000", "after=-1"} {
+		code, body := f.call(t, "GET", "/v1/routes/orders/targets/inv/dead?"+q, token, "")
+		e, _ := body["error"].(map[string]any)
+		if param, _, _ := strings.Cut(q, "="); code != 400 || e["code"] != "bad_request" || e["param"] != param {
+			t.Errorf("?%s: %d %v, want 400 bad_request naming %s", q, code, body, param)
 		}
+	}
+	// A time with a fraction of a second, as the messages endpoints take.
+	if code, body := f.call(t, "GET", "/v1/routes/orders/targets/inv/dead?since="+time.Unix(1000, 5).UTC().Format(time.RFC3339Nano), token, ""); code != 200 {
+		t.Errorf("since with nanoseconds: %d %v", code, body)
 	}
 	if code, _ := f.call(t, "GET", "/v1/routes/orders/targets/nope/dead", token, ""); code != 404 {
 		t.Errorf("unknown target: %d, want 404", code)

@@ -110,10 +110,10 @@ func (f *deadFilter) check() error {
 	switch f.Class {
 	case "", "5xx", "4xx", "3xx", "2xx", "1xx", "timeout", "connect", "damaged", "other":
 	default:
-		return errors.New("class: expected 5xx, 4xx, 3xx, timeout, connect, damaged or other")
+		return &paramError{"class", "expected 5xx, 4xx, 3xx, timeout, connect, damaged or other"}
 	}
 	if f.Status != 0 && (f.Status < 100 || f.Status > 599) {
-		return fmt.Errorf("status %d: expected an HTTP status code, 100 to 599", f.Status)
+		return &paramError{"status", fmt.Sprintf("%d is not an HTTP status code, 100 to 599", f.Status)}
 	}
 	return nil
 }
@@ -170,29 +170,24 @@ func (s *Server) deadError(w http.ResponseWriter, err error) {
 }
 
 // queryFilter reads a filter from the query: status, class, since, until
-// (RFC 3339).
+// (RFC 3339). Its errors are *paramError, naming the parameter.
 func queryFilter(r *http.Request) (deadFilter, error) {
 	var f deadFilter
 	q := r.URL.Query()
 	if v := q.Get("status"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
-			return f, errors.New("status: expected an HTTP status code such as 503")
+			return f, &paramError{"status", "expected an HTTP status code such as 503"}
 		}
 		f.Status = n
 	}
 	f.Class = q.Get("class")
-	for _, p := range []struct {
-		key string
-		dst *time.Time
-	}{{"since", &f.Since}, {"until", &f.Until}} {
-		if v := q.Get(p.key); v != "" {
-			t, err := time.Parse(time.RFC3339, v)
-			if err != nil {
-				return f, fmt.Errorf("%s: expected an RFC 3339 time such as 2026-12-05T01:00:00Z", p.key)
-			}
-			*p.dst = t
-		}
+	var err error
+	if f.Since, err = parseTime(r, "since"); err != nil {
+		return f, err
+	}
+	if f.Until, err = parseTime(r, "until"); err != nil {
+		return f, err
 	}
 	return f, f.check()
 }
@@ -210,20 +205,20 @@ func (s *Server) listDead(w http.ResponseWriter, r *http.Request) {
 	}
 	f, err := queryFilter(r)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+		badParam(w, err)
 		return
 	}
 	limit := 100
 	if v := r.URL.Query().Get("limit"); v != "" {
 		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > maxListLimit {
-			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("limit: expected 1 to %d", maxListLimit))
+			badParam(w, &paramError{"limit", fmt.Sprintf("expected 1 to %d", maxListLimit)})
 			return
 		}
 	}
 	var after uint64
 	if v := r.URL.Query().Get("after"); v != "" {
 		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
-			writeError(w, http.StatusBadRequest, "bad_request", "after: expected the next cursor of an earlier page")
+			badParam(w, &paramError{"after", "expected the next cursor of an earlier page"})
 			return
 		}
 	}
