@@ -141,10 +141,13 @@ func (q *Queue) expireSegment(s *segment, next []uint64) []uint64 {
 }
 
 // pruneTombstones deletes tombstones older than the retention (by their
-// expiry), oldest first, at most 10000 a pass. Writer only.
+// expiry), oldest first, at most 10000 a pass. A tombstone that does not
+// decode cannot be listed or counted: it is deleted too, and logged with
+// its seq (inspect --verify reports it before). Writer only.
 func (q *Queue) pruneTombstones() {
 	cut := q.cfg.Now().Add(-q.cfg.Retention).UnixNano()
 	var old [][]byte
+	var bad []uint64
 	q.floorsDB.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketExpired)
 		if b == nil {
@@ -153,7 +156,9 @@ func (q *Queue) pruneTombstones() {
 		c := b.Cursor()
 		for k, v := c.First(); k != nil && len(old) < 10000; k, v = c.Next() {
 			var ts tombstone
-			if json.Unmarshal(v, &ts) == nil && ts.Expired >= cut {
+			if err := json.Unmarshal(v, &ts); err != nil || len(k) != 8 {
+				bad = append(bad, seqOfKey(k))
+			} else if ts.Expired >= cut {
 				break // expired in order of seq, so the rest are younger
 			}
 			old = append(old, append([]byte(nil), k...))
@@ -174,7 +179,39 @@ func (q *Queue) pruneTombstones() {
 	})
 	if err != nil {
 		q.log.Error("cannot delete old tombstones of expired messages", "err", err)
+		return
 	}
+	if len(bad) > 0 {
+		q.log.Error("deleted tombstones of expired messages that do not decode: those messages are no longer listed or counted as expired",
+			"count", len(bad), "seqs", bad)
+	}
+}
+
+// seqOfKey is the seq of a bucket key, 0 if the key is not 8 bytes.
+func seqOfKey(k []byte) uint64 {
+	if len(k) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(k)
+}
+
+// badTombstones returns the seqs of the tombstones in db that do not decode
+// (0 for a key that is not a seq), for inspect --verify.
+func badTombstones(db *bolt.DB) (seqs []uint64) {
+	safeView(db, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketExpired)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var ts tombstone
+			if len(k) != 8 || json.Unmarshal(v, &ts) != nil {
+				seqs = append(seqs, seqOfKey(k))
+			}
+			return nil
+		})
+	})
+	return seqs
 }
 
 // tombstonesAfter returns up to n tombstones with a seq above after, in
