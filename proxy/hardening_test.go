@@ -678,7 +678,7 @@ routes:
 	setup := func(t *testing.T, extra string) (string, string) {
 		base, s := policyServerWith(t, fmt.Sprintf(policy, extra), func(c *Config) { c.AdminToken = adminTok })
 		q := s.testQueue("orders")
-		id, err := q.Append(context.Background(), &buffer.Message{Method: "POST", URI: "/api/orders?api_key=k-123&n=7&flag", Body: []byte("{}")})
+		id, err := q.Append(context.Background(), &buffer.Message{Method: "POST", URI: "/api/orders?api_key=k-123&n=7&tok_s3cret", Body: []byte("{}")})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -716,7 +716,7 @@ routes:
 	if code != 200 {
 		t.Fatalf("status token: %d %s", code, body)
 	}
-	for _, want := range []string{`"uri":"/api/orders?api_key=redacted\u0026n=redacted\u0026flag"`, `"Set-Cookie":"redacted"`,
+	for _, want := range []string{`"uri":"/api/orders?api_key=redacted\u0026n=redacted\u0026redacted"`, `"Set-Cookie":"redacted"`,
 		`"authorization":"redacted"`, `"X-Session":"redacted"`, `"Location":"/orders/7"`, `"body_omitted":true`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("status token: %s lacks %s", body, want)
@@ -778,5 +778,21 @@ routes:
 	}
 	if n := s.testQueue("orders").Stats().Appended; n != 4 {
 		t.Errorf("%d stored, want 4", n)
+	}
+}
+
+// TestRedactQuery: every value is hidden, and so is a parameter with no
+// "=", which may itself be a token; names and empty values stay.
+func TestRedactQuery(t *testing.T) {
+	for in, want := range map[string]string{
+		"/a":                      "/a",
+		"/a?":                     "/a?",
+		"/a?k=v&n=7":              "/a?k=redacted&n=redacted",
+		"/a?tok_abc123":           "/a?redacted",
+		"/a?x=1&tok_abc123&e=&&y": "/a?x=redacted&redacted&e=&&redacted",
+	} {
+		if got := redactQuery(in); got != want {
+			t.Errorf("redactQuery(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

@@ -50,7 +50,9 @@ func tokenEqual(got []byte, want string) bool {
 }
 
 // redactQuery returns uri with the value of each query parameter replaced
-// by "redacted" (names kept, so a reader can still tell which request it was).
+// by "redacted" (names kept, so a reader can still tell which request it
+// was). A parameter with no "=" (?tok_abc123) may itself be a token: it is
+// replaced whole.
 func redactQuery(uri string) string {
 	path, query, ok := strings.Cut(uri, "?")
 	if !ok || query == "" {
@@ -58,7 +60,11 @@ func redactQuery(uri string) string {
 	}
 	params := strings.Split(query, "&")
 	for i, p := range params {
-		if name, v, ok := strings.Cut(p, "="); ok && v != "" {
+		name, v, ok := strings.Cut(p, "=")
+		switch {
+		case !ok && p != "":
+			params[i] = redacted
+		case ok && v != "":
 			params[i] = name + "=" + redacted
 		}
 	}
