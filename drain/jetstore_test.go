@@ -1,8 +1,6 @@
 package drain
 
 import (
-	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,39 +25,9 @@ func TestOrderingPerKeyJetStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys := []string{"a", "b", "p"}
-	var first atomic.Uint64
-	var until atomic.Int64
-	until.Store(time.Now().Add(time.Hour).UnixNano())
-	ds := newDownstream(t, poison("p", first.Load, &until))
-	want := appendKeyed(t, q, keys, 20)
-	first.Store(want["p"][0])
-
-	d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, c)
-	delivered := func(key string) int {
-		n := 0
-		for _, h := range ds.snapshot() {
-			if k, _ := h.get(customerHeader); k == key && h.status >= 200 && h.status <= 299 {
-				n++
-			}
-		}
-		return n
-	}
-	waitFor(t, 30*time.Second, "keys a and b delivered while key p's first message is refused", func() bool {
-		return delivered("a") == 20 && delivered("b") == 20
-	})
-	if n := delivered("p"); n != 0 {
-		t.Fatalf("key p: %d messages delivered while its first was refused", n)
-	}
-	release := time.Now()
-	until.Store(release.UnixNano())
-	waitFor(t, 30*time.Second, "all delivered", func() bool { return d.Stats().Delivered == 60 })
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	done := checkOrder(t, ds.snapshot(), want)
-	st := d.Stats()
-	t.Logf("parked %d, retried %d; p done %v after its first was accepted", st.Parked, st.Retried, done["p"].Sub(release))
+	r := runPoisonedKey(t, q, c, 20, 30*time.Second)
+	st := r.d.Stats()
+	t.Logf("parked %d, retried %d; p done %v after its first was accepted", st.Parked, st.Retried, r.done["p"].Sub(r.release))
 	if st.Parked == 0 {
 		t.Error("nothing was parked: key p's later messages did not wait in the store")
 	}
@@ -71,7 +39,7 @@ func TestOrderingPerKeyJetStream(t *testing.T) {
 // keys are not held back.
 func TestOrderingRestartOwnerInRetryScheduleJetStream(t *testing.T) {
 	dir := t.TempDir()
-	open := func() (*jetstore.Store, *jetstore.Queue, *jetstore.Consumer) {
+	ownerInRetrySchedule(t, func() (store.Queue, parkingSource, func() error) {
 		s, err := jetstore.Open(jetstore.Config{Dir: dir, Logger: quietLogger()})
 		if err != nil {
 			t.Fatal(err)
@@ -84,51 +52,6 @@ func TestOrderingRestartOwnerInRetryScheduleJetStream(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return s, q, c
-	}
-	s, q, c := open()
-	var pSeqs []uint64
-	for i := range 3 {
-		id, err := q.Append(context.Background(), keyed("p", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pSeqs = append(pSeqs, id.Seq())
-	}
-	got, err := c.Fetch(10, time.Now())
-	if err != nil || len(got) != 3 {
-		t.Fatalf("fetched %d: %v", len(got), err)
-	}
-	retryAt := time.Now().Add(1500 * ms)
-	if err := c.Complete(context.Background(), got[0], store.Outcome{Phase: store.Retrying, NextTry: retryAt,
-		Attempt: store.Attempt{At: time.Now(), Status: 503}}); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range got[1:] {
-		if err := c.Park(context.Background(), d, store.KeyHash([]byte("p"))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	s, q, c = open()
-	t.Cleanup(func() { s.Close() })
-	want := appendKeyed(t, q, []string{"a", "p"}, 5)
-	want["p"] = append(pSeqs, want["p"]...)
-	ds := newDownstream(t, nil)
-	d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, c)
-	waitFor(t, 15*time.Second, "every message delivered", func() bool { return d.Stats().Delivered == 13 })
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	done := checkOrder(t, ds.snapshot(), want)
-	if !done["a"].Before(retryAt) {
-		t.Errorf("key a finished at %v, after p's retry was due (%v): held back by it",
-			done["a"].Format("15:04:05.000"), retryAt.Format("15:04:05.000"))
-	}
-	if done["p"].Before(retryAt) {
-		t.Errorf("key p finished before its first message's retry was due")
-	}
+		return q, c, s.Close
+	}, 15*time.Second)
 }

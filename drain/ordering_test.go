@@ -42,6 +42,26 @@ func appendKeyed(t *testing.T, q store.Queue, keys []string, perKey int) map[str
 	return seqs
 }
 
+// fetchKeyed appends n (< 10) messages of key k to q, fetches them from c
+// (asking for 10, so that one more would show) and returns their seqs and
+// deliveries.
+func fetchKeyed(t *testing.T, q store.Queue, c Source, k string, n int) ([]uint64, []*store.Delivery) {
+	t.Helper()
+	var seqs []uint64
+	for i := range n {
+		id, err := q.Append(context.Background(), keyed(k, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, id.Seq())
+	}
+	got, err := c.Fetch(10, time.Now())
+	if err != nil || len(got) != n {
+		t.Fatalf("fetched %d: %v", len(got), err)
+	}
+	return seqs, got
+}
+
 func orderedTarget(url string) policies.Target {
 	tg := testTarget("a", url)
 	tg.Retry.MaxAttempts = 1000
@@ -112,15 +132,46 @@ func poison(key string, first func() uint64, until *atomic.Int64) func(h *hit, c
 // still refused (a test of the property itself, not of how fast it goes).
 func TestOrderingPerKey(t *testing.T) {
 	_, q, _ := newQueue(t, "a")
-	keys := []string{"a", "b", "p"}
+	r := runPoisonedKey(t, q, consumer(t, q, "a"), 50, 20*time.Second)
+	if r.atRelease.Retried == 0 {
+		t.Error("the poisoned message was never retried")
+	}
+	_, maxActive := r.ds.gauge()
+	st := r.d.Stats()
+	t.Logf("a and b done %v and %v before p's first message was accepted; p done %v after; parked %d, retried %d, max in flight %d",
+		r.release.Sub(r.done["a"]), r.release.Sub(r.done["b"]), r.done["p"].Sub(r.release), st.Parked, st.Retried, maxActive)
+	if maxActive > 8 {
+		t.Errorf("%d requests in flight at once, concurrency is 8", maxActive)
+	}
+	if r.done["p"].Before(r.release) {
+		t.Errorf("key p finished %v before its first message was accepted", r.release.Sub(r.done["p"]))
+	}
+}
+
+// poisonRun is what runPoisonedKey saw.
+type poisonRun struct {
+	d         *Drainer
+	ds        *downstream
+	atRelease Stats                // the drainer's stats when p's first message began to be accepted
+	release   time.Time            // when it began to be
+	done      map[string]time.Time // when each key's last message arrived
+}
+
+// runPoisonedKey appends perKey messages for each of the keys a, b and p to
+// q and drains them from c to a downstream that refuses p's first message
+// until a and b are all delivered. It fails the test if any of p's messages
+// is delivered before that, if the rest are not all delivered within wait
+// of the release, or if a key's messages arrive out of order.
+func runPoisonedKey(t *testing.T, q store.Queue, c Source, perKey int, wait time.Duration) poisonRun {
+	t.Helper()
 	var first atomic.Uint64
 	var until atomic.Int64
 	until.Store(time.Now().Add(time.Hour).UnixNano())
 	ds := newDownstream(t, poison("p", first.Load, &until))
-	want := appendKeyed(t, q, keys, 50)
+	want := appendKeyed(t, q, []string{"a", "b", "p"}, perKey)
 	first.Store(want["p"][0])
 
-	d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, consumer(t, q, "a"))
+	d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, c)
 	delivered := func(key string) int {
 		n := 0
 		for _, h := range ds.snapshot() {
@@ -130,32 +181,20 @@ func TestOrderingPerKey(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, 20*time.Second, "keys a and b delivered while key p's first message is refused", func() bool {
-		return delivered("a") == 50 && delivered("b") == 50
+	waitFor(t, wait, "keys a and b delivered while key p's first message is refused", func() bool {
+		return delivered("a") == perKey && delivered("b") == perKey
 	})
 	if n := delivered("p"); n != 0 {
 		t.Fatalf("key p: %d messages delivered while its first was refused", n)
 	}
-	if st := d.Stats(); st.Retried == 0 {
-		t.Error("the poisoned message was never retried")
-	}
-	release := time.Now()
-	until.Store(release.UnixNano())
-	waitFor(t, 20*time.Second, "all delivered", func() bool { return d.Stats().Delivered == 150 })
+	r := poisonRun{d: d, ds: ds, atRelease: d.Stats(), release: time.Now()}
+	until.Store(r.release.UnixNano())
+	waitFor(t, wait, "all delivered", func() bool { return d.Stats().Delivered == uint64(3*perKey) })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	done := checkOrder(t, ds.snapshot(), want)
-	_, maxActive := ds.gauge()
-	st := d.Stats()
-	t.Logf("a and b done %v and %v before p's first message was accepted; p done %v after; parked %d, retried %d, max in flight %d",
-		release.Sub(done["a"]), release.Sub(done["b"]), done["p"].Sub(release), st.Parked, st.Retried, maxActive)
-	if maxActive > 8 {
-		t.Errorf("%d requests in flight at once, concurrency is 8", maxActive)
-	}
-	if done["p"].Before(release) {
-		t.Errorf("key p finished %v before its first message was accepted", release.Sub(done["p"]))
-	}
+	r.done = checkOrder(t, ds.snapshot(), want)
+	return r
 }
 
 // TestOrderingRestart: Run is stopped while key p's first message is
@@ -283,19 +322,8 @@ func TestOrderingAfterCrash(t *testing.T) {
 			dir := t.TempDir()
 			st := openStore(t, dir, buffer.SyncAlways)
 			q := buftest.Queue(t, st, "orders", "a")
-			var seqs []uint64
-			for i := range 3 {
-				id, err := q.Append(context.Background(), keyed("k", i))
-				if err != nil {
-					t.Fatal(err)
-				}
-				seqs = append(seqs, id.Seq())
-			}
 			c := consumer(t, q, "a")
-			got, err := c.Fetch(10, time.Now())
-			if err != nil || len(got) != 3 {
-				t.Fatalf("fetched %d: %v", len(got), err)
-			}
+			seqs, got := fetchKeyed(t, q, c, "k", 3)
 			tt.prepare(t, c, got)
 			if err := st.Close(); err != nil {
 				t.Fatal(err)
@@ -328,38 +356,51 @@ func TestOrderingAfterCrash(t *testing.T) {
 // schedule at start.
 func TestOrderingRestartOwnerInRetrySchedule(t *testing.T) {
 	dir := t.TempDir()
-	st := openStore(t, dir, buffer.SyncAlways)
-	q := buftest.Queue(t, st, "orders", "a")
-	var pSeqs []uint64
-	for i := range 3 {
-		id, err := q.Append(context.Background(), keyed("p", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pSeqs = append(pSeqs, id.Seq())
-	}
-	c := consumer(t, q, "a")
-	got, err := c.Fetch(10, time.Now())
-	if err != nil || len(got) != 3 {
-		t.Fatalf("fetched %d: %v", len(got), err)
-	}
+	ownerInRetrySchedule(t, func() (store.Queue, parkingSource, func() error) {
+		st := openStore(t, dir, buffer.SyncAlways)
+		q := buftest.Queue(t, st, "orders", "a")
+		return q, consumer(t, q, "a"), st.Close
+	}, 10*time.Second)
+}
+
+// parkingSource is a Source that parks, as both engines' consumers do.
+type parkingSource interface {
+	Source
+	Park(ctx context.Context, d *store.Delivery, key [16]byte) error
+}
+
+// ownerInRetrySchedule is TestOrderingRestartOwnerInRetrySchedule on any
+// engine: open opens the engine's store (in the same place each time) and
+// returns the queue "orders" of target "a", its consumer and the store's
+// Close. Key p's first message fails and is due in 1.5 s, its other two
+// are parked behind it; after a restart, keys a and p get 5 more each. Key
+// a finishes before the retry is due, key p after, all within wait.
+func ownerInRetrySchedule(t *testing.T, open func() (store.Queue, parkingSource, func() error), wait time.Duration) {
+	t.Helper()
+	q, c, closeStore := open()
+	pSeqs, got := fetchKeyed(t, q, c, "p", 3)
 	// p's first message failed and is due in 1.5s; the others wait behind it.
 	retryAt := time.Now().Add(1500 * ms)
-	complete(t, c, got[0], buffer.Outcome{Phase: buffer.Retrying, NextTry: retryAt,
-		Attempt: buffer.Attempt{At: time.Now(), Status: 503}})
-	park(t, c, got[1], "p")
-	park(t, c, got[2], "p")
-	if err := st.Close(); err != nil {
+	if err := c.Complete(context.Background(), got[0], store.Outcome{Phase: store.Retrying, NextTry: retryAt,
+		Attempt: store.Attempt{At: time.Now(), Status: 503}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range got[1:] {
+		if err := c.Park(context.Background(), d, store.KeyHash([]byte("p"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := closeStore(); err != nil {
 		t.Fatal(err)
 	}
 
-	st = openStore(t, dir, buffer.SyncAlways)
-	q = buftest.Queue(t, st, "orders", "a")
+	q, c, closeStore = open()
+	t.Cleanup(func() { closeStore() })
 	want := appendKeyed(t, q, []string{"a", "p"}, 5)
 	want["p"] = append(pSeqs, want["p"]...)
 	ds := newDownstream(t, nil)
-	d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, consumer(t, q, "a"))
-	waitFor(t, 10*time.Second, "every message delivered", func() bool { return d.Stats().Delivered == 13 })
+	d, stop := startDrainer(t, Config{Target: orderedTarget(ds.url)}, c)
+	waitFor(t, wait, "every message delivered", func() bool { return d.Stats().Delivered == 13 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
