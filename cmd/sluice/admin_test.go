@@ -82,12 +82,11 @@ func writeFile(t *testing.T, path, text string) {
 	}
 }
 
-func startTestNode(t *testing.T, path string) *testNode {
+// runNode starts a node of pol in this process, on a loopback listener,
+// logging nowhere, and returns it and the listener's address. The caller
+// stops it.
+func runNode(t testing.TB, pol *policies.Policy) (*node, string) {
 	t.Helper()
-	pol, err := policies.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -97,8 +96,18 @@ func startTestNode(t *testing.T, path string) *testNode {
 		ln.Close()
 		t.Fatal(err)
 	}
+	return n, ln.Addr().String()
+}
+
+func startTestNode(t *testing.T, path string) *testNode {
+	t.Helper()
+	pol, err := policies.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, addr := runNode(t, pol)
 	n.reload = func() (*policies.Policy, error) { return policies.Load(path) }
-	tn := &testNode{n: n, path: path, base: "http://" + ln.Addr().String()}
+	tn := &testNode{n: n, path: path, base: "http://" + addr}
 	if n.adminLn != nil {
 		tn.admin = "http://" + n.adminLn.Addr().String()
 	}

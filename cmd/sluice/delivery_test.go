@@ -3,9 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
@@ -43,16 +40,9 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := startNode(pol, ln, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, addr := runNode(t, pol)
 	t.Cleanup(func() { n.stop(10 * time.Second) })
-	base := "http://" + ln.Addr().String()
+	base := "http://" + addr
 
 	post := func(cb string) *fasthttp.Response {
 		req, resp := fasthttp.AcquireRequest(), &fasthttp.Response{}

@@ -3,9 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -33,16 +30,9 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := startNode(pol, ln, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, addr := runNode(t, pol)
 	t.Cleanup(func() { n.stop(10 * time.Second) })
-	return ln.Addr().String()
+	return addr
 }
 
 // TestSpilloverKeepsRateUnderBurst sends a burst at 4x what the downstream
