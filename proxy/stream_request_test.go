@@ -299,25 +299,13 @@ func TestPassthroughUploadLimits(t *testing.T) {
 // large upload and closes its connection. The client gets 502 or a closed
 // connection, in bounded time, and sluice goes on serving.
 func TestPassthroughUpstreamDiesMidUpload(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	accepted := make(chan int64, 4)
-	go func() {
-		for range 4 { // bounded: the test makes two requests
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			n, _ := io.CopyN(io.Discard, c, 1<<20) // headers and some of the body
-			c.Close()
-			accepted <- n
-		}
-	}()
-	addr, _ := startPolicy(t, fmt.Sprintf(uploadPolicy, "10s", ln.Addr(), ln.Addr()))
+	// 4 connections: the test makes two requests.
+	up := rawUpstream(t, 4, 10*time.Second, func(c net.Conn) {
+		n, _ := io.CopyN(io.Discard, c, 1<<20) // headers and some of the body
+		accepted <- n
+	})
+	addr, _ := startPolicy(t, fmt.Sprintf(uploadPolicy, "10s", up, up))
 	c := &http.Client{Timeout: 30 * time.Second}
 	for _, chunked := range []bool{false, true} {
 		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) {

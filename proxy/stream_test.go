@@ -166,29 +166,42 @@ func TestPassthroughStreamsLargeResponse(t *testing.T) {
 	}
 }
 
-// TestPassthroughTruncatedResponse: an upstream that dies in the middle of
-// its body makes sluice close the client's connection, so the client sees a
-// truncated body as an error, not as a whole answer.
-func TestPassthroughTruncatedResponse(t *testing.T) {
+// rawUpstream accepts up to conns connections on 127.0.0.1, one after
+// another, and hands each to handle with a deadline d away, then closes
+// it; the listener is closed when the test ends. It returns the address.
+// It is for upstreams that break HTTP on purpose.
+func rawUpstream(t *testing.T, conns int, d time.Duration, handle func(c net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
-		for range 4 { // bounded: the test makes one request (the pool may retry an idempotent GET)
+		for range conns {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			buf := make([]byte, 4096)
-			c.Read(buf) // the request (small, one read is enough on loopback)
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"+strings.Repeat("x", 100000))
+			c.SetDeadline(time.Now().Add(d))
+			handle(c)
 			c.Close()
 		}
 	}()
-	addr, _ := startPolicy(t, fmt.Sprintf(streamPolicy, ln.Addr().String()))
+	return ln.Addr().String()
+}
+
+// TestPassthroughTruncatedResponse: an upstream that dies in the middle of
+// its body makes sluice close the client's connection, so the client sees a
+// truncated body as an error, not as a whole answer.
+func TestPassthroughTruncatedResponse(t *testing.T) {
+	// 4 connections: the test makes one request (the pool may retry an idempotent GET).
+	up := rawUpstream(t, 4, 5*time.Second, func(c net.Conn) {
+		buf := make([]byte, 4096)
+		c.Read(buf) // the request (small, one read is enough on loopback)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"+strings.Repeat("x", 100000))
+	})
+	addr, _ := startPolicy(t, fmt.Sprintf(streamPolicy, up))
 	c := &http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Get("http://" + addr + "/files/cut")
 	if err != nil {
@@ -208,29 +221,17 @@ func TestPassthroughTruncatedResponse(t *testing.T) {
 // client is written to) that the upstream cuts short is answered 502 with a
 // JSON error, never passed on as a whole answer; a whole one arrives intact.
 func TestPassthroughSmallAnswerCut(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for i := 0; i < 8; i++ { // bounded: two requests (the pool may retry an idempotent GET)
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			buf := make([]byte, 4096)
-			n, _ := c.Read(buf) // the request (small, one read is enough on loopback)
-			if strings.Contains(string(buf[:n]), "/files/whole") {
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nX-Up: 1\r\n\r\n"+strings.Repeat("y", 5000))
-			} else {
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"+strings.Repeat("x", 1000))
-			}
-			c.Close()
+	// 8 connections: two requests (the pool may retry an idempotent GET).
+	up := rawUpstream(t, 8, 5*time.Second, func(c net.Conn) {
+		buf := make([]byte, 4096)
+		n, _ := c.Read(buf) // the request (small, one read is enough on loopback)
+		if strings.Contains(string(buf[:n]), "/files/whole") {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nX-Up: 1\r\n\r\n"+strings.Repeat("y", 5000))
+		} else {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"+strings.Repeat("x", 1000))
 		}
-	}()
-	addr, _ := startPolicy(t, fmt.Sprintf(streamPolicy, ln.Addr().String()))
+	})
+	addr, _ := startPolicy(t, fmt.Sprintf(streamPolicy, up))
 	c := &http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Get("http://" + addr + "/files/cut")
 	if err != nil {
