@@ -10,6 +10,26 @@ import (
 	"github.com/sluice-proxy/sluice/store"
 )
 
+// inspectCounts checks that inspect, offline, gives targets a and b of the
+// store in dir the counts the queue gave, ca and cb.
+func inspectCounts(t *testing.T, dir string, ca, cb store.Counts) {
+	t.Helper()
+	rep, err := Inspect(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range rep.Queues[0].Targets {
+		want := ca
+		if tr.Name == "b" {
+			want = cb
+		}
+		want.Target = tr.Name
+		if tr.Counts != want {
+			t.Fatalf("inspect's counts of %s: %+v, the queue's %+v", tr.Name, tr.Counts, want)
+		}
+	}
+}
+
 // Expired messages stay listed and counted (as expired, with their id, key
 // and time) after the retention deletes their segment, until one more
 // retention has passed; the counts add up before and after, online and in
@@ -109,20 +129,7 @@ func TestExpiredTombstones(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rep, err := Inspect(dir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tr := range rep.Queues[0].Targets {
-		want := ca
-		if tr.Name == "b" {
-			want = cb
-		}
-		want.Target = tr.Name
-		if tr.Counts != want {
-			t.Fatalf("inspect's counts of %s: %+v, the queue's %+v", tr.Name, tr.Counts, want)
-		}
-	}
+	inspectCounts(t, dir, ca, cb)
 
 	// One more retention later the tombstones go.
 	s2, q2 := openTest(t, Config{Dir: dir, SegmentBytes: 64 << 10, Retention: time.Hour, Now: clock}, "a", "b")
@@ -196,18 +203,5 @@ func TestAddedTargetCountsOnlyItsMessages(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := Inspect(dir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tr := range rep.Queues[0].Targets {
-		want := ca
-		if tr.Name == "b" {
-			want = cb
-		}
-		want.Target = tr.Name
-		if tr.Counts != want {
-			t.Fatalf("inspect's counts of %s: %+v, want %+v", tr.Name, tr.Counts, want)
-		}
-	}
+	inspectCounts(t, dir, ca, cb)
 }

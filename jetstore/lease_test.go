@@ -11,6 +11,28 @@ import (
 	"github.com/sluice-proxy/sluice/store"
 )
 
+// openNode opens a store with cfg (logging nowhere), closed when the test
+// ends, and its queue "orders" with the one target "inv" and that
+// target's consumer.
+func openNode(t *testing.T, cfg Config) (*Store, *Queue, *Consumer) {
+	t.Helper()
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	q, err := s.Queue("orders", []string{"inv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := q.Consumer("inv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, q, c
+}
+
 // Two nodes on one server: only the lease holder hands out messages; when
 // its connection dies, the other takes over within about one TTL, never
 // while the first still counts itself the holder, and gets everything not
@@ -23,19 +45,7 @@ func TestLeaseOneHolderAndTakeover(t *testing.T) {
 	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
 	const ttl = time.Second
 	open := func(node string) (*Store, *Consumer) {
-		s, err := Open(Config{Server: srv, Node: node, LeaseTTL: ttl, AckWait: time.Second, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		q, err := s.Queue("orders", []string{"inv"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := q.Consumer("inv")
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, _, c := openNode(t, Config{Server: srv, Node: node, LeaseTTL: ttl, AckWait: time.Second})
 		return s, c
 	}
 	a, ca := open("a")
@@ -140,19 +150,7 @@ func TestReviveOnAnotherNode(t *testing.T) {
 	}
 	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
 	open := func(node string) (*Queue, *Consumer) {
-		s, err := Open(Config{Server: srv, Node: node, LeaseTTL: time.Second, HandoverQuiet: -1, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		q, err := s.Queue("orders", []string{"inv"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := q.Consumer("inv")
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, q, c := openNode(t, Config{Server: srv, Node: node, LeaseTTL: time.Second, HandoverQuiet: -1})
 		return q, c
 	}
 	qa, ca := open("a")
