@@ -23,6 +23,7 @@ import (
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/internal/buftest"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/valyala/fasthttp"
 )
@@ -134,9 +135,8 @@ func TestDelivery(t *testing.T) {
 		return m
 	})
 
-	var logs bytes.Buffer
-	var logMu sync.Mutex
-	logger := slog.New(slog.NewJSONHandler(lockedWriter{&logs, &logMu}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var logs testutil.Buffer
+	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	target := testTarget("a", ds.url+"/base")
 	d, stop := startDrainer(t, Config{Target: target, Logger: logger}, consumer(t, q, "a"))
 	waitFor(t, 10*time.Second, "all deliveries recorded", func() bool { return d.Stats().Delivered == n })
@@ -237,9 +237,7 @@ func TestDelivery(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 
-	logMu.Lock()
 	out := logs.String()
-	logMu.Unlock()
 	if strings.Contains(out, "body-secret") || strings.Contains(out, "X-Hop") || strings.Contains(out, "Zm9v") {
 		t.Errorf("logs contain bodies or headers:\n%s", out)
 	}
@@ -254,17 +252,6 @@ func TestDelivery(t *testing.T) {
 			t.Fatalf("logs hold the id %s:\n%.2000s", m.ID, out)
 		}
 	}
-}
-
-type lockedWriter struct {
-	b  *bytes.Buffer
-	mu *sync.Mutex
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }
 
 // TestFanOut: two targets get everything, each at its own pace.
