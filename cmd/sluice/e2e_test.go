@@ -55,7 +55,11 @@ type proc struct {
 	logs *testutil.Buffer
 }
 
-// startSluice runs `sluice serve` and waits until it answers on addr.
+// startSluice runs `sluice serve` and waits until it answers HTTP on addr.
+// A TCP connect is not enough: serve listens before it opens the store and
+// the admin listener, and serves only after both. The probe asks the
+// status API about an id that cannot exist, which sluice answers itself
+// (no route, no upstream sees it).
 func startSluice(t *testing.T, policy, addr string) *proc {
 	t.Helper()
 	cmd := exec.Command(sluiceBin, "serve", "--policy", policy, "--log-level", "warn")
@@ -66,11 +70,12 @@ func startSluice(t *testing.T, policy, addr string) *proc {
 	}
 	p := &proc{cmd, logs}
 	t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
+	probe := &http.Client{Timeout: 500 * time.Millisecond}
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		resp, err := probe.Get("http://" + addr + "/_sluice/v1/messages/startup-probe")
 		if err == nil {
-			c.Close()
+			resp.Body.Close()
 			return p
 		}
 		time.Sleep(20 * time.Millisecond)
