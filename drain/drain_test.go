@@ -696,21 +696,14 @@ func TestWindowPause(t *testing.T) {
 // TestShutdown: cancelling Run waits for the attempts in flight and records
 // them; a new drainer on the reopened store delivers the rest.
 func TestShutdown(t *testing.T) {
-	slow := newDownstream(t, func(*hit, *fasthttp.RequestCtx) { time.Sleep(300 * ms) })
-	dir := t.TempDir()
-	st := openStore(t, dir, buffer.SyncAlways)
-	q := buftest.Queue(t, st, "orders", "a")
 	const n = 20
-	msgs := appendN(t, q, n, order)
-	target := testTarget("a", slow.url)
-	target.Concurrency = 4
-	d, stop := startDrainer(t, Config{Target: target}, consumer(t, q, "a"))
-	waitFor(t, 5*time.Second, "requests in flight", func() bool { a, _ := slow.gauge(); return a == 4 })
+	f := fourInFlight(t, n)
+	slow, d, q, msgs := f.slow, f.d, f.q, f.msgs
 	begin := time.Now()
-	if err := stop(); err != nil {
+	if err := f.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if took := time.Since(begin); took > target.Timeout+time.Second {
+	if took := time.Since(begin); took > f.target.Timeout+time.Second {
 		t.Errorf("Run took %v to return", took)
 	}
 	stats := d.Stats()
@@ -723,16 +716,11 @@ func TestShutdown(t *testing.T) {
 			t.Errorf("%s was sent before shutdown but is %s", id, ph)
 		}
 	}
-	if err := st.Close(); err != nil {
+	if err := f.st.Close(); err != nil {
 		t.Fatal(err)
 	}
 
-	fast := newDownstream(t, nil)
-	st2 := openStore(t, dir, buffer.SyncAlways)
-	q2 := buftest.Queue(t, st2, "orders", "a")
-	d2, _ := startDrainer(t, Config{Target: testTarget("a", fast.url)}, consumer(t, q2, "a"))
-	want := n - slow.count()
-	waitFor(t, 10*time.Second, "the rest", func() bool { return d2.Stats().Delivered == uint64(want) })
+	q2, fast := drainReopened(t, f.dir, "the rest", uint64(n-slow.count()))
 	before, after := slow.ids(), fast.ids()
 	for _, m := range msgs {
 		id := m.ID.String()
@@ -751,29 +739,18 @@ func TestShutdown(t *testing.T) {
 // TestStoreClosedUnderDrainer: outcomes that cannot be recorded are not lost;
 // the messages are attempted again after a restart, with the same key.
 func TestStoreClosedUnderDrainer(t *testing.T) {
-	slow := newDownstream(t, func(*hit, *fasthttp.RequestCtx) { time.Sleep(300 * ms) })
-	dir := t.TempDir()
-	st := openStore(t, dir, buffer.SyncAlways)
-	q := buftest.Queue(t, st, "orders", "a")
 	const n = 8
-	msgs := appendN(t, q, n, order)
-	target := testTarget("a", slow.url)
-	target.Concurrency = 4
-	d, stop := startDrainer(t, Config{Target: target}, consumer(t, q, "a"))
-	waitFor(t, 5*time.Second, "requests in flight", func() bool { a, _ := slow.gauge(); return a == 4 })
-	if err := st.Close(); err != nil {
+	f := fourInFlight(t, n)
+	slow, msgs := f.slow, f.msgs
+	if err := f.st.Close(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "outcomes refused", func() bool { return d.Stats().Unrecorded == 4 })
-	if err := stop(); err != nil && !errors.Is(err, buffer.ErrClosed) {
+	waitFor(t, 10*time.Second, "outcomes refused", func() bool { return f.d.Stats().Unrecorded == 4 })
+	if err := f.stop(); err != nil && !errors.Is(err, buffer.ErrClosed) {
 		t.Fatalf("Run: %v", err)
 	}
 
-	fast := newDownstream(t, nil)
-	st2 := openStore(t, dir, buffer.SyncAlways)
-	q2 := buftest.Queue(t, st2, "orders", "a")
-	d2, _ := startDrainer(t, Config{Target: testTarget("a", fast.url)}, consumer(t, q2, "a"))
-	waitFor(t, 10*time.Second, "everything", func() bool { return d2.Stats().Delivered == n })
+	q2, fast := drainReopened(t, f.dir, "everything", n)
 	keys := map[string]string{}
 	for _, h := range slow.snapshot() {
 		keys[h.id], _ = h.get(HeaderIdempotencyKey)
@@ -793,6 +770,47 @@ func TestStoreClosedUnderDrainer(t *testing.T) {
 			t.Errorf("%s is %s", id, ph)
 		}
 	}
+}
+
+// inFlight is a drainer caught with requests in flight (fourInFlight).
+type inFlight struct {
+	dir    string
+	st     *buffer.Store
+	q      *buffer.Queue
+	msgs   []*buffer.Message
+	slow   *downstream
+	target policies.Target
+	d      *Drainer
+	stop   func() error
+}
+
+// fourInFlight appends n orders to a store in a new directory and runs a
+// drainer on them, at concurrency 4, against a downstream that takes
+// 300 ms an answer, until 4 requests are in flight (within 5 s).
+func fourInFlight(t *testing.T, n int) inFlight {
+	t.Helper()
+	f := inFlight{dir: t.TempDir()}
+	f.slow = newDownstream(t, func(*hit, *fasthttp.RequestCtx) { time.Sleep(300 * ms) })
+	f.st = openStore(t, f.dir, buffer.SyncAlways)
+	f.q = buftest.Queue(t, f.st, "orders", "a")
+	f.msgs = appendN(t, f.q, n, order)
+	f.target = testTarget("a", f.slow.url)
+	f.target.Concurrency = 4
+	f.d, f.stop = startDrainer(t, Config{Target: f.target}, consumer(t, f.q, "a"))
+	waitFor(t, 5*time.Second, "requests in flight", func() bool { a, _ := f.slow.gauge(); return a == 4 })
+	return f
+}
+
+// drainReopened opens the store in dir again and drains it to a new, quick
+// downstream until want messages are delivered (within 10 s, waiting for
+// what); it returns the queue and that downstream.
+func drainReopened(t *testing.T, dir, what string, want uint64) (*buffer.Queue, *downstream) {
+	t.Helper()
+	fast := newDownstream(t, nil)
+	q := buftest.Queue(t, openStore(t, dir, buffer.SyncAlways), "orders", "a")
+	d, _ := startDrainer(t, Config{Target: testTarget("a", fast.url)}, consumer(t, q, "a"))
+	waitFor(t, 10*time.Second, what, func() bool { return d.Stats().Delivered == want })
+	return q, fast
 }
 
 func msgByID(t *testing.T, msgs []*buffer.Message, id string) *buffer.Message {
