@@ -58,14 +58,14 @@ func newUpstream(u *url.URL, timeout time.Duration) *fasthttp.HostClient {
 
 		// The pool sets WriteTimeout once per request; progressConn moves
 		// the deadline at each write, so a streamed upload is bounded by its
-		// progress. The dial itself is fasthttp's default (Dial: 3s, with a
+		// progress. It arms the pool's deadlines lazily (lazyConn). The dial itself is fasthttp's default (Dial: 3s, with a
 		// DNS cache); TLS is layered on top by the pool, as before.
 		Dial: func(addr string) (net.Conn, error) {
 			c, err := fasthttp.Dial(addr)
 			if err != nil {
 				return nil, err
 			}
-			return &progressConn{Conn: c, timeout: upstreamWriteTimeout}, nil
+			return newProgressConn(c, upstreamWriteTimeout), nil
 		},
 		// Do returns once the upstream's status line and headers are read;
 		// the body stays on the upstream connection as Response.BodyStream,

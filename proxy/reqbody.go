@@ -252,23 +252,23 @@ func (u *upload) done() bool {
 }
 
 // progressConn is an upstream connection whose write deadline moves to now +
-// timeout at each write (at most every timeout/16), so a long upload is
-// bounded by its progress, not by one deadline for the whole request: the
-// pool sets its WriteTimeout once per request (client.go, transport
-// RoundTrip). Reads are untouched; the pool's ReadTimeout still bounds the
-// wait for the answer.
+// timeout at each write, so a long upload is bounded by its progress, not by
+// one deadline for the whole request: the pool sets its WriteTimeout once per
+// request (client.go, transport RoundTrip). Reads are untouched; the pool's
+// ReadTimeout still bounds the wait for the answer. Its deadlines are armed
+// lazily (lazyConn), so moving one at each write costs no timer update.
 type progressConn struct {
-	net.Conn
+	lazyConn
 	timeout time.Duration
-	moved   time.Time
+}
+
+func newProgressConn(c net.Conn, timeout time.Duration) *progressConn {
+	return &progressConn{lazyConn: lazyConn{Conn: c}, timeout: timeout}
 }
 
 func (c *progressConn) Write(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(c.moved) >= c.timeout/16 {
-		if err := c.Conn.SetWriteDeadline(now.Add(c.timeout)); err != nil {
-			return 0, err
-		}
-		c.moved = now
+	if err := c.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
 	}
-	return c.Conn.Write(p)
+	return c.lazyConn.Write(p)
 }

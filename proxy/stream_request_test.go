@@ -415,7 +415,7 @@ func TestProgressConn(t *testing.T) {
 		select {
 		case p := <-peers:
 			t.Cleanup(func() { p.Close() })
-			return &progressConn{Conn: c, timeout: 200 * time.Millisecond}, p
+			return newProgressConn(c, 200*time.Millisecond), p
 		case <-time.After(5 * time.Second):
 			t.Fatal("no accept")
 		}

@@ -1,0 +1,116 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// lazyDeadlines arms a connection's read and write deadlines only when they
+// must be: fasthttp sets them on every request (the server a read deadline
+// for the idle wait, another once the request starts and a write deadline
+// for the answer; the upstream pool a write and a read deadline), and each
+// set is a runtime timer update under the poller's locks, ~2-4% of a
+// passthrough request's CPU.
+//
+// A deadline asked for that is no earlier than the one armed is only noted:
+// the armed one fires first, and then the operation that timed out finds the
+// deadline asked for still ahead, arms it and carries on (afterTimeout). A
+// deadline earlier than the one armed is armed at once. So every read and
+// write times out exactly at the deadline last asked for, as with the
+// connection's own methods; the cost is one extra wake-up when the earlier
+// deadline passes, about once per timeout on a busy keep-alive connection
+// (on one that keeps receiving requests, the deadline asked for moves later
+// each time and the one armed stays put).
+type lazyDeadlines struct {
+	mu   sync.Mutex
+	r, w lazyDeadline
+}
+
+type lazyDeadline struct {
+	want  time.Time // the deadline asked for; zero: none
+	armed time.Time // the deadline the connection has; zero: none
+}
+
+// before reports whether deadline a comes before b (zero is never).
+func before(a, b time.Time) bool {
+	return !a.IsZero() && (b.IsZero() || a.Before(b))
+}
+
+// set asks for deadline t on d, arming it through arm if it is earlier than
+// the one armed.
+func (l *lazyDeadlines) set(d *lazyDeadline, t time.Time, arm func(time.Time) error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d.want = t
+	if !before(t, d.armed) {
+		return nil
+	}
+	if err := arm(t); err != nil {
+		return err
+	}
+	d.armed = t
+	return nil
+}
+
+// afterTimeout is called when an operation failed with err: it reports
+// whether err is a deadline that passed before the one asked for, in which
+// case that one is now armed and the operation is to be tried again.
+func (l *lazyDeadlines) afterTimeout(d *lazyDeadline, err error, arm func(time.Time) error) bool {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !d.want.IsZero() && !time.Now().Before(d.want) {
+		return false // the deadline asked for has passed
+	}
+	if arm(d.want) != nil {
+		return false
+	}
+	d.armed = d.want
+	return true
+}
+
+// lazyConn is a net.Conn whose deadlines are armed lazily (lazyDeadlines).
+type lazyConn struct {
+	net.Conn
+	dl lazyDeadlines
+}
+
+func (c *lazyConn) SetReadDeadline(t time.Time) error {
+	return c.dl.set(&c.dl.r, t, c.Conn.SetReadDeadline)
+}
+
+func (c *lazyConn) SetWriteDeadline(t time.Time) error {
+	return c.dl.set(&c.dl.w, t, c.Conn.SetWriteDeadline)
+}
+
+func (c *lazyConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
+
+func (c *lazyConn) Read(p []byte) (int, error) {
+	for {
+		n, err := c.Conn.Read(p)
+		if n > 0 || err == nil || !c.dl.afterTimeout(&c.dl.r, err, c.Conn.SetReadDeadline) {
+			return n, err
+		}
+	}
+}
+
+func (c *lazyConn) Write(p []byte) (int, error) {
+	written := 0
+	for {
+		n, err := c.Conn.Write(p[written:])
+		written += n
+		if err == nil || !c.dl.afterTimeout(&c.dl.w, err, c.Conn.SetWriteDeadline) {
+			return written, err
+		}
+	}
+}
