@@ -74,10 +74,31 @@ func (l *lazyDeadlines) afterTimeout(d *lazyDeadline, err error, arm func(time.T
 	return true
 }
 
-// lazyConn is a net.Conn whose deadlines are armed lazily (lazyDeadlines).
+// lazyConn is a net.Conn whose deadlines are armed lazily (lazyDeadlines)
+// and which, on Linux, reads and writes a TCP socket with raw system calls
+// (rawIO).
 type lazyConn struct {
 	net.Conn
-	dl lazyDeadlines
+	dl  lazyDeadlines
+	raw *rawIO // nil: the Conn's own Read and Write
+}
+
+func newLazyConn(c net.Conn) *lazyConn {
+	return &lazyConn{Conn: c, raw: newRawIO(c)}
+}
+
+func (c *lazyConn) read(p []byte) (int, error) {
+	if c.raw != nil {
+		return c.raw.Read(p)
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *lazyConn) write(p []byte) (int, error) {
+	if c.raw != nil {
+		return c.raw.Write(p)
+	}
+	return c.Conn.Write(p)
 }
 
 func (c *lazyConn) SetReadDeadline(t time.Time) error {
@@ -97,7 +118,7 @@ func (c *lazyConn) SetDeadline(t time.Time) error {
 
 func (c *lazyConn) Read(p []byte) (int, error) {
 	for {
-		n, err := c.Conn.Read(p)
+		n, err := c.read(p)
 		if n > 0 || err == nil || !c.dl.afterTimeout(&c.dl.r, err, c.Conn.SetReadDeadline) {
 			return n, err
 		}
@@ -107,7 +128,7 @@ func (c *lazyConn) Read(p []byte) (int, error) {
 func (c *lazyConn) Write(p []byte) (int, error) {
 	written := 0
 	for {
-		n, err := c.Conn.Write(p[written:])
+		n, err := c.write(p[written:])
 		written += n
 		if err == nil || !c.dl.afterTimeout(&c.dl.w, err, c.Conn.SetWriteDeadline) {
 			return written, err

@@ -47,7 +47,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			l.reject(c)
 			continue
 		}
-		cc := &countedConn{Conn: &lazyConn{Conn: c}, l: l}
+		cc := &countedConn{Conn: newLazyConn(c), l: l}
 		if l.tls != nil {
 			return &tlsLineConn{Conn: tls.Server(cc, l.tls)}, nil
 		}

@@ -258,12 +258,12 @@ func (u *upload) done() bool {
 // ReadTimeout still bounds the wait for the answer. Its deadlines are armed
 // lazily (lazyConn), so moving one at each write costs no timer update.
 type progressConn struct {
-	lazyConn
+	*lazyConn
 	timeout time.Duration
 }
 
 func newProgressConn(c net.Conn, timeout time.Duration) *progressConn {
-	return &progressConn{lazyConn: lazyConn{Conn: c}, timeout: timeout}
+	return &progressConn{lazyConn: newLazyConn(c), timeout: timeout}
 }
 
 func (c *progressConn) Write(p []byte) (int, error) {
