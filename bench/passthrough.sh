@@ -21,17 +21,26 @@
 # Each round runs nginx (1), nginx (auto) and sluice in turn, RUNS rounds;
 # the script prints every run, the medians, the ratio of the medians and
 # the ratio of each round (sluice / the reference's run of that round).
+# With FLOORS=1 each round also runs bench/passfloor's two floors (a bare Go
+# relay, a minimal fasthttp proxy): what the model sluice is built on costs
+# on this machine, with nothing of sluice in it.
+#
+# cpu_us/req is the proxy's CPU (user + system) per request, up_us/req the
+# upstream's in the same run: the upstream does the same work behind every
+# proxy, so on a machine shared with other jobs, cpu_us/req divided by
+# up_us/req (printed as cpu/up) moves less with the neighbours than either.
 #
 #   bench/passthrough.sh                         # 3 rounds of 4s runs, -c128
 #   RUNS=5 DURATION=10s CONNS=512 bench/passthrough.sh
 #   PROFILE=/tmp/pass.prof bench/passthrough.sh   # CPU profile of sluice's last run
 #   SLUICE_ENV="GOMAXPROCS=1" bench/passthrough.sh  # sluice with these environment variables
+#   FLOORS=1 bench/passthrough.sh                 # and the floors, each round
 #
 # The machine's load average is printed before and after: on a shared
 # machine, read the round ratios (runs seconds apart), not the absolute rates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3} DURATION=${DURATION:-4s} CONNS=${CONNS:-128} THREADS=${THREADS:-2} PROFILE=${PROFILE:-} SLUICE_ENV=${SLUICE_ENV:-}
+RUNS=${RUNS:-3} DURATION=${DURATION:-4s} CONNS=${CONNS:-128} THREADS=${THREADS:-2} PROFILE=${PROFILE:-} SLUICE_ENV=${SLUICE_ENV:-} FLOORS=${FLOORS:-}
 for v in RUNS CONNS THREADS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v=${!v}: want a positive whole number" >&2; exit 2; }
 done
@@ -45,6 +54,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/sluice" ./cmd/sluice
 go build -o "$work/noop" ./bench/noop
+go build -o "$work/passfloor" ./bench/passfloor
 
 cat > "$work/policy.yaml" <<YAML
 listen: 127.0.0.1:18082
@@ -97,7 +107,7 @@ cpu_ticks() {
   for p in "$1" $(pgrep -P "$1"); do t=$(( t + $(awk '{print $14+$15}' "/proc/$p/stat") )); done
   echo "$t"
 }
-port_free 18080 18082 18083
+port_free 18080 18082 18083 18084
 
 "$work/noop" -listen 127.0.0.1:18080 & np=$!
 wait_port 18080
@@ -106,14 +116,21 @@ machine
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; upstream bench/noop; $("$NGINX" -v 2>&1)"
 echo "nginx: upstream keepalive $KEEPALIVE, HTTP/1.1, Connection \"\", access_log off; worker_processes 1 and auto ($(nproc))"
-row() { printf '%-12s %-4s %10s %8s %8s %7s %11s %7s\n' "$@"; }
-row server round req/s p50_ms p99_ms non2xx cpu_us/req steal%
-: > "$work/n1.txt"; : > "$work/nauto.txt"; : > "$work/sluice.txt"
+row() { printf '%-12s %-4s %10s %8s %8s %7s %11s %7s %10s %6s\n' "$@"; }
+row server round req/s p50_ms p99_ms non2xx cpu_us/req steal% up_us/req cpu/up
+: > "$work/n1.txt"; : > "$work/nauto.txt"; : > "$work/sluice.txt"; : > "$work/relay.txt"; : > "$work/fasthttp.txt"
+secs=$(awk -v d="$DURATION" 'BEGIN{ n=d+0; if (d ~ /m$/) n*=60; if (d ~ /h$/) n*=3600; print n }')
+# measure PORT PID: wrk_post's fields, then the upstream's CPU per request and cpu/up
+measure() {
+  local u0 u1 r
+  u0=$(cpu_ticks "$np"); r=$(wrk_post "$1" "$2"); u1=$(cpu_ticks "$np")
+  awk -v r="$r" -v a="$u0" -v b="$u1" -v s="$secs" -v hz="$(getconf CLK_TCK)" 'BEGIN{ split(r, f, " "); up=(b-a)/hz*1e6/(f[1]*s); printf "%s %.1f %.2f\n", r, up, (up > 0 ? f[5]/up : 0) }'
+}
 for i in $(seq "$RUNS"); do
   for w in 1 auto; do
     "$NGINX" -c "$work/nginx-$w/nginx.conf" -p "$work/nginx-$w" 2>>"$work/nginx-$w/error.log" & xp=$!
     wait_port 18083
-    r=$(wrk_post 18083 "$xp"); echo "$r" >> "$work/n$w.txt"
+    r=$(measure 18083 "$xp"); echo "$r" >> "$work/n$w.txt"
     row "nginx($w)" "$i" $r
     kill -QUIT $xp; wait $xp 2>/dev/null || true
     while (exec 3<>/dev/tcp/127.0.0.1/18083) 2>/dev/null; do sleep 0.05; done
@@ -123,9 +140,20 @@ for i in $(seq "$RUNS"); do
   if [ -n "$PROFILE" ] && [ "$i" = "$RUNS" ]; then prof=(--cpuprofile "$PROFILE"); fi
   env $SLUICE_ENV "$work/sluice" serve --policy "$work/policy.yaml" --log-level error "${prof[@]}" & sp=$!
   wait_port 18082
-  r=$(wrk_post 18082 "$sp"); echo "$r" >> "$work/sluice.txt"
+  r=$(measure 18082 "$sp"); echo "$r" >> "$work/sluice.txt"
   row sluice "$i" $r
   kill $sp; wait $sp 2>/dev/null || true
+
+  if [ -n "$FLOORS" ]; then
+    for k in relay fasthttp; do
+      "$work/passfloor" -kind "$k" -listen 127.0.0.1:18084 -upstream 127.0.0.1:18080 & fp=$!
+      wait_port 18084
+      r=$(measure 18084 "$fp"); echo "$r" >> "$work/$k.txt"
+      row "$k" "$i" $r
+      kill $fp; wait $fp 2>/dev/null || true
+      while (exec 3<>/dev/tcp/127.0.0.1/18084) 2>/dev/null; do sleep 0.05; done
+    done
+  fi
 done
 kill $np; wait $np 2>/dev/null || true
 
@@ -134,10 +162,17 @@ med() { cut -d' ' -f"$2" "$work/$1.txt" | median; }
 n1=$(med n1 1) na=$(med nauto 1)
 ref=n1 refname="nginx(1)"
 if awk -v a="$na" -v b="$n1" 'BEGIN{ exit !(a > b) }'; then ref=nauto refname="nginx(auto)"; fi
-echo "median nginx(1):    $n1 req/s, p99 $(med n1 3) ms"
-echo "median nginx(auto): $na req/s, p99 $(med nauto 3) ms"
-echo "median sluice:      $(med sluice 1) req/s, p99 $(med sluice 3) ms"
+medrow() { printf 'median %-12s %10s req/s, p99 %s ms, %s cpu_us/req, cpu/up %s\n' "$1:" "$(med "$2" 1)" "$(med "$2" 3)" "$(med "$2" 5)" "$(med "$2" 8)"; }
+medrow "nginx(1)" n1
+medrow "nginx(auto)" nauto
+medrow sluice sluice
+if [ -n "$FLOORS" ]; then medrow relay relay; medrow fasthttp fasthttp; fi
 echo "reference: $refname (the faster median)"
 awk -v s="$(med sluice 1)" -v n="$(med $ref 1)" 'BEGIN{ printf "ratio sluice/%s: %.2f (goal 1.10)\n", "'"$refname"'", s/n }'
+if [ -n "$FLOORS" ]; then
+  for k in relay fasthttp; do
+    awk -v s="$(med $k 1)" -v n="$(med $ref 1)" -v k=$k 'BEGIN{ printf "ratio %s/%s: %.2f\n", k, "'"$refname"'", s/n }'
+  done
+fi
 printf 'round ratios:'
-paste -d' ' "$work/sluice.txt" "$work/$ref.txt" | awk '{ printf " %.2f", $1/$7 } END { print "" }'
+paste -d' ' "$work/sluice.txt" "$work/$ref.txt" | awk '{ printf " %.2f", $1/$9 } END { print "" }'
