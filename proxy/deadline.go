@@ -43,16 +43,15 @@ func before(a, b time.Time) bool {
 // the one armed.
 func (l *lazyDeadlines) set(d *lazyDeadline, t time.Time, arm func(time.Time) error) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	d.want = t
-	if !before(t, d.armed) {
-		return nil
+	var err error
+	if before(t, d.armed) {
+		if err = arm(t); err == nil {
+			d.armed = t
+		}
 	}
-	if err := arm(t); err != nil {
-		return err
-	}
-	d.armed = t
-	return nil
+	l.mu.Unlock()
+	return err
 }
 
 // afterTimeout is called when an operation failed with err: it reports
