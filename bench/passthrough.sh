@@ -35,12 +35,13 @@
 #   PROFILE=/tmp/pass.prof bench/passthrough.sh   # CPU profile of sluice's last run
 #   SLUICE_ENV="GOMAXPROCS=1" bench/passthrough.sh  # sluice with these environment variables
 #   FLOORS=1 bench/passthrough.sh                 # and the floors, each round
+#   SLUICE_B=/tmp/sluice-old bench/passthrough.sh # and another build of sluice, each round
 #
 # The machine's load average is printed before and after: on a shared
 # machine, read the round ratios (runs seconds apart), not the absolute rates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3} DURATION=${DURATION:-4s} CONNS=${CONNS:-128} THREADS=${THREADS:-2} PROFILE=${PROFILE:-} SLUICE_ENV=${SLUICE_ENV:-} FLOORS=${FLOORS:-}
+RUNS=${RUNS:-3} DURATION=${DURATION:-4s} CONNS=${CONNS:-128} THREADS=${THREADS:-2} PROFILE=${PROFILE:-} SLUICE_ENV=${SLUICE_ENV:-} FLOORS=${FLOORS:-} SLUICE_B=${SLUICE_B:-}
 for v in RUNS CONNS THREADS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v=${!v}: want a positive whole number" >&2; exit 2; }
 done
@@ -118,7 +119,7 @@ echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; upstream bench/noop
 echo "nginx: upstream keepalive $KEEPALIVE, HTTP/1.1, Connection \"\", access_log off; worker_processes 1 and auto ($(nproc))"
 row() { printf '%-12s %-4s %10s %8s %8s %7s %11s %7s %10s %6s\n' "$@"; }
 row server round req/s p50_ms p99_ms non2xx cpu_us/req steal% up_us/req cpu/up
-: > "$work/n1.txt"; : > "$work/nauto.txt"; : > "$work/sluice.txt"; : > "$work/relay.txt"; : > "$work/fasthttp.txt"
+: > "$work/n1.txt"; : > "$work/nauto.txt"; : > "$work/sluice.txt"; : > "$work/relay.txt"; : > "$work/fasthttp.txt"; : > "$work/sluice-b.txt"
 secs=$(awk -v d="$DURATION" 'BEGIN{ n=d+0; if (d ~ /m$/) n*=60; if (d ~ /h$/) n*=3600; print n }')
 # measure PORT PID: wrk_post's fields, then the upstream's CPU per request and cpu/up
 measure() {
@@ -144,6 +145,15 @@ for i in $(seq "$RUNS"); do
   row sluice "$i" $r
   kill $sp; wait $sp 2>/dev/null || true
 
+  if [ -n "$SLUICE_B" ]; then
+    env $SLUICE_ENV "$SLUICE_B" serve --policy "$work/policy.yaml" --log-level error & sp=$!
+    wait_port 18082
+    r=$(measure 18082 "$sp"); echo "$r" >> "$work/sluice-b.txt"
+    row sluice-b "$i" $r
+    kill $sp; wait $sp 2>/dev/null || true
+    while (exec 3<>/dev/tcp/127.0.0.1/18082) 2>/dev/null; do sleep 0.05; done
+  fi
+
   if [ -n "$FLOORS" ]; then
     for k in relay fasthttp; do
       "$work/passfloor" -kind "$k" -listen 127.0.0.1:18084 -upstream 127.0.0.1:18080 & fp=$!
@@ -166,9 +176,14 @@ medrow() { printf 'median %-12s %10s req/s, p99 %s ms, %s cpu_us/req, cpu/up %s\
 medrow "nginx(1)" n1
 medrow "nginx(auto)" nauto
 medrow sluice sluice
+if [ -n "$SLUICE_B" ]; then medrow sluice-b sluice-b; fi
 if [ -n "$FLOORS" ]; then medrow relay relay; medrow fasthttp fasthttp; fi
 echo "reference: $refname (the faster median)"
 awk -v s="$(med sluice 1)" -v n="$(med $ref 1)" 'BEGIN{ printf "ratio sluice/%s: %.2f (goal 1.10)\n", "'"$refname"'", s/n }'
+if [ -n "$SLUICE_B" ]; then
+  printf 'round ratios sluice/sluice-b, cpu/up:'
+  paste -d' ' "$work/sluice.txt" "$work/sluice-b.txt" | awk '{ printf " %.2f", $8/$16 } END { print "" }'
+fi
 if [ -n "$FLOORS" ]; then
   for k in relay fasthttp; do
     awk -v s="$(med $k 1)" -v n="$(med $ref 1)" -v k=$k 'BEGIN{ printf "ratio %s/%s: %.2f\n", k, "'"$refname"'", s/n }'
