@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluice-proxy/sluice/internal/netio"
 )
 
 // The public listener's accept loop: the connection limit
@@ -47,7 +49,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			l.reject(c)
 			continue
 		}
-		cc := &countedConn{Conn: newLazyConn(c), l: l}
+		cc := &countedConn{Conn: netio.NewConn(c), l: l}
 		if l.tls != nil {
 			return &tlsLineConn{Conn: tls.Server(cc, l.tls)}, nil
 		}

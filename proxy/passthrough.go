@@ -58,7 +58,7 @@ func newUpstream(u *url.URL, timeout time.Duration) *fasthttp.HostClient {
 
 		// The pool sets WriteTimeout once per request; progressConn moves
 		// the deadline at each write, so a streamed upload is bounded by its
-		// progress. It arms the pool's deadlines lazily (lazyConn). The dial itself is fasthttp's default (Dial: 3s, with a
+		// progress. It arms the pool's deadlines lazily (netio.Conn). The dial itself is fasthttp's default (Dial: 3s, with a
 		// DNS cache); TLS is layered on top by the pool, as before.
 		Dial: func(addr string) (net.Conn, error) {
 			c, err := fasthttp.Dial(addr)

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/internal/netio"
 )
 
 // Request bodies.
@@ -256,19 +258,19 @@ func (u *upload) done() bool {
 // one deadline for the whole request: the pool sets its WriteTimeout once per
 // request (client.go, transport RoundTrip). Reads are untouched; the pool's
 // ReadTimeout still bounds the wait for the answer. Its deadlines are armed
-// lazily (lazyConn), so moving one at each write costs no timer update.
+// lazily (netio.Conn), so moving one at each write costs no timer update.
 type progressConn struct {
-	*lazyConn
+	*netio.Conn
 	timeout time.Duration
 }
 
 func newProgressConn(c net.Conn, timeout time.Duration) *progressConn {
-	return &progressConn{lazyConn: newLazyConn(c), timeout: timeout}
+	return &progressConn{Conn: netio.NewConn(c), timeout: timeout}
 }
 
 func (c *progressConn) Write(p []byte) (int, error) {
 	if err := c.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
 		return 0, err
 	}
-	return c.lazyConn.Write(p)
+	return c.Conn.Write(p)
 }

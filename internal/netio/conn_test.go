@@ -1,4 +1,4 @@
-package proxy
+package netio
 
 import (
 	"errors"
@@ -69,7 +69,7 @@ func isTimeout(err error) bool {
 // the later one, with a timeout error as the connection's own.
 func TestLazyDeadlineLater(t *testing.T) {
 	c, peer := tcpPair(t)
-	lc := newLazyConn(c)
+	lc := NewConn(c)
 	start := time.Now()
 	lc.SetReadDeadline(start.Add(50 * time.Millisecond))
 	lc.SetReadDeadline(start.Add(400 * time.Millisecond))
@@ -90,7 +90,7 @@ func TestLazyDeadlineLater(t *testing.T) {
 // TestLazyDeadlineEarlier: a deadline moved earlier is armed at once.
 func TestLazyDeadlineEarlier(t *testing.T) {
 	c, _ := tcpPair(t)
-	lc := newLazyConn(c)
+	lc := NewConn(c)
 	start := time.Now()
 	lc.SetReadDeadline(start.Add(time.Minute))
 	lc.SetReadDeadline(start.Add(50 * time.Millisecond))
@@ -103,7 +103,7 @@ func TestLazyDeadlineEarlier(t *testing.T) {
 // TestLazyDeadlineCleared: a deadline cleared (zero) no longer ends a read.
 func TestLazyDeadlineCleared(t *testing.T) {
 	c, peer := tcpPair(t)
-	lc := newLazyConn(c)
+	lc := NewConn(c)
 	lc.SetDeadline(time.Now().Add(50 * time.Millisecond))
 	lc.SetDeadline(time.Time{})
 	go func() {
@@ -119,7 +119,7 @@ func TestLazyDeadlineCleared(t *testing.T) {
 // past ends a read blocked under a later one, as Shutdown does.
 func TestLazyDeadlineInterrupt(t *testing.T) {
 	c, _ := tcpPair(t)
-	lc := newLazyConn(c)
+	lc := NewConn(c)
 	start := time.Now()
 	lc.SetReadDeadline(start.Add(30 * time.Millisecond))
 	lc.SetReadDeadline(start.Add(time.Minute)) // re-armed when the first passes
@@ -138,7 +138,7 @@ func TestLazyDeadlineInterrupt(t *testing.T) {
 // counted.
 func TestLazyDeadlineWrite(t *testing.T) {
 	c, _ := tcpPair(t) // the peer never reads
-	lc := newLazyConn(c)
+	lc := NewConn(c)
 	start := time.Now()
 	lc.SetWriteDeadline(start.Add(50 * time.Millisecond))
 	lc.SetWriteDeadline(start.Add(400 * time.Millisecond))
@@ -167,7 +167,7 @@ func TestLazyDeadlineWrite(t *testing.T) {
 func TestLazyDeadlineArmsOnce(t *testing.T) {
 	c, peer := tcpPair(t)
 	ac := &armCounter{Conn: c}
-	lc := &lazyConn{Conn: ac}
+	lc := &Conn{Conn: ac}
 	buf := make([]byte, 8)
 	for range 1000 {
 		// What fasthttp's server does per request: the idle wait, the

@@ -1,6 +1,6 @@
 //go:build linux
 
-package proxy
+package netio
 
 import (
 	"io"
