@@ -10,11 +10,13 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/sluice-proxy/sluice/internal/netio"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
@@ -239,6 +241,19 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		// or the target could see more than the rate allows.
 		MaxIdemponentCallAttempts: 1,
 		RetryIfErr:                func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
+		// fasthttp's own dial, its connections wrapped so that the
+		// deadlines it sets on every request cost no timer update and,
+		// on Linux, reads and writes are raw system calls (netio).
+		DialTimeout: func(addr string, timeout time.Duration) (net.Conn, error) {
+			if timeout <= 0 { // a call with no deadline (none today)
+				timeout = t.Timeout
+			}
+			c, err := fasthttp.DialTimeout(addr, timeout)
+			if err != nil {
+				return nil, err
+			}
+			return netio.NewConn(c), nil
+		},
 	}
 	return d, nil
 }
