@@ -55,8 +55,9 @@
 //
 // Costs: one goroutine per connection (fasthttp's worker pool); a buffered
 // request waits for one group commit. Connections (public and upstream) arm
-// their deadlines lazily (deadline.go) and, on Linux, read and write their
-// sockets with raw system calls through the poller (rawio_linux.go): on the
+// their deadlines lazily and, on Linux, read and write their sockets with
+// raw system calls through the poller (internal/netio, which the drainers'
+// clients use too): on the
 // passthrough path these were ~17% of the proxy's CPU a request, in timer
 // updates, thread hand-offs and the runtime monitor's wake-ups.
 package proxy
