@@ -796,3 +796,20 @@ func TestRedactQuery(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenEqual: only the token itself matches; a prefix, an extension,
+// another token of the same length and an empty one do not.
+func TestTokenEqual(t *testing.T) {
+	const want = "s3cret-token"
+	if !tokenEqual([]byte(want), want) {
+		t.Fatal("the token does not match itself")
+	}
+	for _, got := range []string{"", "s3cret", "s3cret-token!", "s3cret-tokeN", "S3CRET-TOKEN"} {
+		if tokenEqual([]byte(got), want) {
+			t.Errorf("%q matches %q", got, want)
+		}
+	}
+	if tokenEqual(nil, "") {
+		t.Error("an empty token matches an empty want")
+	}
+}
