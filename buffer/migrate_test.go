@@ -2,14 +2,21 @@ package buffer
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
+	"sort"
 	"testing"
 	"time"
+
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // untar unpacks testdata/name (a gzipped tar of a data directory) into a
@@ -162,4 +169,116 @@ func TestOpensDataDirBeforeBlocks(t *testing.T) {
 	s, q = openTest(t, Config{Dir: dir}, "a", "b")
 	defer s.Close()
 	check(q)
+}
+
+// v1Message is a message as the build that wrote record version 1 read it
+// back (testdata/v1-logs-messages.json, made by testdata/gen-v1).
+type v1Message struct {
+	ID         string
+	EnqueuedAt int64
+	Method     string
+	URI        string
+	Header     []Header
+	Key        string
+	Body       []byte
+}
+
+func sameMessage(t *testing.T, what string, got *Message, want v1Message, withID bool) {
+	t.Helper()
+	if withID && (got.ID.String() != want.ID || got.EnqueuedAt.UnixNano() != want.EnqueuedAt) {
+		t.Errorf("%s: id %s at %d, want %s at %d", what, got.ID, got.EnqueuedAt.UnixNano(), want.ID, want.EnqueuedAt)
+	}
+	if got.Method != want.Method || got.URI != want.URI || got.IdempotencyKey != want.Key ||
+		!bytes.Equal(got.Body, want.Body) || !reflect.DeepEqual(got.Header, want.Header) {
+		t.Errorf("%s:\n got %s %s key %q %q %q\nwant %s %s key %q %q %q", what,
+			got.Method, got.URI, got.IdempotencyKey, got.Header, got.Body,
+			want.Method, want.URI, want.Key, want.Header, want.Body)
+	}
+}
+
+// A data directory written with record version 1 (documents of every log
+// protocol, with the headers delivery reads, and plain requests with an
+// idempotency key: testdata/v1-logs-datadir.tar.gz) reads back exactly as
+// the build that wrote it read it, in Fetch and Lookup; its keys still
+// deduplicate and check their requests; messages appended now (version 2)
+// go into the same logs, and both kinds read back alike after a restart.
+func TestReadsRecordsOfVersion1(t *testing.T) {
+	dir := untar(t, "v1-logs-datadir.tar.gz")
+	raw, err := os.ReadFile(filepath.Join("testdata", "v1-logs-messages.json"))
+	must(t, err)
+	var want map[string][]v1Message
+	must(t, json.Unmarshal(raw, &want))
+	if len(want) != 6 {
+		t.Fatalf("%d queues in the messages file", len(want))
+	}
+	open := func() *Store {
+		s, err := Open(Config{Dir: dir, Logger: slog.New(slog.DiscardHandler)})
+		must(t, err)
+		return s
+	}
+	s := open()
+	for name, msgs := range want {
+		q, err := s.Queue(name, []string{"store"})
+		must(t, err)
+		c, err := q.Consumer("store")
+		must(t, err)
+		got := fetchAll(t, c)
+		sort.Slice(got, func(i, j int) bool { return got[i].Seq < got[j].Seq })
+		if len(got) != len(msgs) {
+			t.Fatalf("%s: %d messages, want %d", name, len(got), len(msgs))
+		}
+		for i, w := range msgs {
+			sameMessage(t, name+" fetched", got[i].Message, w, true)
+			id, err := store.ParseID(w.ID)
+			must(t, err)
+			m, _, err := q.Lookup(id)
+			must(t, err)
+			sameMessage(t, name+" looked up", m, w, true)
+			// The same message appended now, in version 2.
+			again := &Message{EnqueuedAt: time.Unix(0, w.EnqueuedAt), Method: w.Method, URI: w.URI, Header: w.Header, Body: w.Body}
+			if _, err := q.Append(context.Background(), again); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	plain, err := s.Queue("plain", []string{"store"})
+	must(t, err)
+	p := want["plain"][0]
+	d := &Draft{Method: []byte(p.Method), URI: []byte(p.URI), IdempotencyKey: []byte(p.Key), Body: p.Body}
+	if id, err := plain.AppendDraft(context.Background(), d); err != nil || !d.Duplicate || id.String() != p.ID {
+		t.Fatalf("the key of a version 1 record: %v dup=%v id %s, want %s", err, d.Duplicate, id, p.ID)
+	}
+	d = &Draft{Method: []byte(p.Method), URI: []byte(p.URI), IdempotencyKey: []byte(p.Key), Body: append(p.Body, 'x')}
+	if _, err := plain.AppendDraft(context.Background(), d); !errors.Is(err, ErrKeyMismatch) {
+		t.Fatalf("the key of a version 1 record with another body: %v, want ErrKeyMismatch", err)
+	}
+	must(t, s.Close())
+
+	// After a restart (the head's index and keys rebuilt from logs that
+	// hold both versions) every message reads as before, the old ones
+	// first, then their copies in version 2.
+	s = open()
+	defer s.Close()
+	for name, msgs := range want {
+		q, err := s.Queue(name, []string{"store"})
+		must(t, err)
+		c, err := q.Consumer("store")
+		must(t, err)
+		got := fetchAll(t, c)
+		sort.Slice(got, func(i, j int) bool { return got[i].Seq < got[j].Seq })
+		if len(got) != 2*len(msgs) {
+			t.Fatalf("%s after restart: %d messages, want %d", name, len(got), 2*len(msgs))
+		}
+		for i, w := range msgs {
+			sameMessage(t, name+" old, after restart", got[i].Message, w, true)
+			w.Key = "" // appended without it, so as not to be a repeat
+			sameMessage(t, name+" new, after restart", got[len(msgs)+i].Message, w, false)
+		}
+	}
+	plain, err = s.Queue("plain", []string{"store"})
+	must(t, err)
+	d = &Draft{Method: []byte(p.Method), URI: []byte(p.URI), IdempotencyKey: []byte(p.Key), Body: p.Body}
+	if id, err := plain.AppendDraft(context.Background(), d); err != nil || !d.Duplicate || id.String() != p.ID {
+		t.Fatalf("the key of a version 1 record after restart: %v dup=%v id %s, want %s", err, d.Duplicate, id, p.ID)
+	}
 }

@@ -30,12 +30,98 @@ type Message struct {
 	Body           []byte
 }
 
-// Record layout, version 1 (all integers big endian, lengths uvarint):
+// Record layout, version 2 (all integers big endian, lengths uvarint),
+// written by EncodeRecord and Draft.Encode:
 //
-//	version byte (1) | tag [8] | enqueuedAt int64 ns |
-//	len method | len uri | n headers { len name | len value } |
+//	version byte (2) | tag [8] | enqueuedAt int64 ns |
+//	sym method | len uri | n headers { sym name | sym value } |
 //	len idempotency key | len body | crc32c of everything before it [4]
-const recordVersion = 1
+//
+// A sym is one uvarint v: an even v is followed by v/2 bytes, the string
+// itself; an odd v names symbols[v/2], a string of the fixed table below.
+// The table holds the header names and values that log routes store with
+// every document (about 120 of a ~370-byte Elasticsearch document's record
+// in version 1; 8 in version 2) and common methods and content types; any
+// other string is written as it is, at one byte more than version 1 for
+// strings of 64 bytes or more.
+//
+// Version 1, which versions before 2026-12-05 wrote, is version 2 with
+// every sym a plain length-prefixed string (len s | s); it is read as it
+// always was, so a data directory needs no migration. A version that knows
+// only version 1 refuses version 2 records as damaged: going back to such
+// a version needs the queues drained first.
+const (
+	recordV1      = 1
+	recordVersion = 2
+)
+
+// symbols is the table of version 2 records. Entries are only ever added
+// at the end (a record names them by position), never changed or removed,
+// and there are at most 64 of them, so that each is named by one byte.
+var symbols = [...]string{
+	// methods
+	"POST", "PUT", "GET", "HEAD", "DELETE", "PATCH",
+	// header names: what log routes store with every document
+	// (logproto.HeaderProtocol, HeaderOp, HeaderMeta, HeaderID), then
+	// common request headers
+	"Content-Type", "X-Sluice-Protocol", "X-Sluice-Es-Op", "X-Sluice-Es-Meta", "X-Sluice-Es-Id",
+	"Content-Encoding", "User-Agent", "Accept", "Accept-Encoding",
+	// header values: content types, log route protocols, Elasticsearch
+	// operations, content encodings
+	"application/json", "application/x-protobuf", "application/x-ndjson", "text/plain",
+	"elasticsearch", "splunk-hec", "loki", "otlp", "ndjson", "http",
+	"index", "create",
+	"gzip", "deflate", "snappy", "identity", "*/*",
+}
+
+// maxSymLen is the length of the longest symbol; symsByLen[n] lists the
+// symbols of length n, so that looking a string up costs a length check
+// and a comparison or two.
+const maxSymLen = 24
+
+var (
+	symBytes  [len(symbols)][]byte
+	symsByLen [maxSymLen + 1][]uint8
+)
+
+func init() {
+	if len(symbols) > 64 {
+		panic("store: more than 64 record symbols")
+	}
+	for i, s := range symbols {
+		if len(s) > maxSymLen {
+			panic("store: record symbol longer than maxSymLen: " + s)
+		}
+		symBytes[i] = []byte(s)
+		symsByLen[len(s)] = append(symsByLen[len(s)], uint8(i))
+	}
+}
+
+// symbol returns the table position of b, or -1.
+func symbol(b []byte) int {
+	if len(b) > maxSymLen {
+		return -1
+	}
+	for _, i := range symsByLen[len(b)] {
+		if string(symBytes[i]) == string(b) {
+			return int(i)
+		}
+	}
+	return -1
+}
+
+// RecordSymbol reports whether s is in the table of version 2 records,
+// where it takes one byte; for a test that keeps what log routes store
+// with every document in it.
+func RecordSymbol(s string) bool { return symbol([]byte(s)) >= 0 }
+
+func appendSym(dst, b []byte) []byte {
+	if i := symbol(b); i >= 0 {
+		return binary.AppendUvarint(dst, uint64(i)<<1|1)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(b))<<1)
+	return append(dst, b...)
+}
 
 // EncodeRecord appends the record of m (with the id tag) to dst.
 func EncodeRecord(dst []byte, m *Message) []byte {
@@ -51,12 +137,12 @@ func appendRecord(dst []byte, tag [8]byte, at time.Time, method, uri []byte, hdr
 	dst = append(dst, recordVersion)
 	dst = append(dst, tag[:]...)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(at.UnixNano()))
-	dst = appendBytes(dst, method)
+	dst = appendSym(dst, method)
 	dst = appendBytes(dst, uri)
 	dst = binary.AppendUvarint(dst, uint64(len(hdrs)))
 	for _, h := range hdrs {
-		dst = appendBytes(dst, h[0])
-		dst = appendBytes(dst, h[1])
+		dst = appendSym(dst, h[0])
+		dst = appendSym(dst, h[1])
 	}
 	dst = appendBytes(dst, key)
 	dst = appendBytes(dst, body)
@@ -129,14 +215,14 @@ func decodeRecord(b []byte, copyBody bool) (*Message, error) {
 	if got := crc32.Checksum(body, castagnoli); got != sum {
 		return nil, fmt.Errorf("%w: checksum %08x, want %08x", ErrCorrupt, got, sum)
 	}
-	if body[0] != recordVersion {
+	if body[0] != recordVersion && body[0] != recordV1 {
 		return nil, fmt.Errorf("%w: unknown record version %d", ErrCorrupt, body[0])
 	}
-	d := decoder{b: body[1:]}
+	d := decoder{b: body[1:], v: body[0]}
 	m := &Message{}
 	copy(m.ID.tag[:], d.next(8))
 	m.EnqueuedAt = time.Unix(0, int64(binary.BigEndian.Uint64(d.next(8))))
-	m.Method = d.str()
+	m.Method = d.symStr()
 	m.URI = d.str()
 	n := d.uvarint()
 	if n > uint64(len(d.b)) { // each header takes at least two bytes
@@ -145,8 +231,8 @@ func decodeRecord(b []byte, copyBody bool) (*Message, error) {
 	if d.err == nil && n > 0 {
 		m.Header = make([]Header, 0, n)
 		for i := uint64(0); i < n && d.err == nil; i++ {
-			name := d.str()
-			m.Header = append(m.Header, Header{Name: name, Value: d.str()})
+			name := d.symStr()
+			m.Header = append(m.Header, Header{Name: name, Value: d.symStr()})
 		}
 	}
 	m.IdempotencyKey = d.str()
@@ -168,6 +254,7 @@ func decodeRecord(b []byte, copyBody bool) (*Message, error) {
 type decoder struct {
 	b   []byte
 	err error
+	v   byte // the record's version, for syms: 1 reads them as plain strings
 }
 
 func (d *decoder) fail(what string) {
@@ -213,6 +300,53 @@ func (d *decoder) bytes() []byte {
 
 func (d *decoder) str() string { return string(d.bytes()) }
 
+// sym reads a sym (see the record layout): a string of the record, or one
+// of the table (aliasing it: never to be written).
+func (d *decoder) sym() []byte {
+	if d.v == recordV1 {
+		return d.bytes()
+	}
+	v := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if v&1 == 1 {
+		if v>>1 >= uint64(len(symbols)) {
+			d.fail("symbol")
+			return nil
+		}
+		return symBytes[v>>1]
+	}
+	if v>>1 > uint64(len(d.b)) {
+		d.fail("length")
+		return nil
+	}
+	b := d.b[:v>>1]
+	d.b = d.b[v>>1:]
+	return b
+}
+
+// symStr is sym as a string; a symbol of the table costs no allocation.
+func (d *decoder) symStr() string {
+	if d.v != recordV1 && d.err == nil && len(d.b) > 0 && d.b[0]&1 == 1 {
+		if v, n := binary.Uvarint(d.b); n > 0 && v>>1 < uint64(len(symbols)) {
+			d.b = d.b[n:]
+			return symbols[v>>1]
+		}
+	}
+	return string(d.sym())
+}
+
+// headDecoder returns a decoder at the method of a record whose checksum
+// holds, or ok false for a record too short or of a version it does not
+// know.
+func headDecoder(rec []byte) (d decoder, ok bool) {
+	if len(rec) < 1+8+8+4 || (rec[0] != recordVersion && rec[0] != recordV1) {
+		return d, false
+	}
+	return decoder{b: rec[17 : len(rec)-4], v: rec[0]}, true
+}
+
 // RecordSound reports whether rec's checksum holds.
 func RecordSound(rec []byte) bool {
 	return len(rec) >= 4 && crc32.Checksum(rec[:len(rec)-4], castagnoli) == binary.BigEndian.Uint32(rec[len(rec)-4:])
@@ -222,17 +356,17 @@ func RecordSound(rec []byte) bool {
 // key (aliasing rec) without decoding the rest.
 func RecordHead(rec []byte) (time.Time, [8]byte, []byte) {
 	var tag [8]byte
-	if len(rec) < 1+8+8+4 {
+	d, ok := headDecoder(rec)
+	if !ok {
 		return time.Time{}, tag, nil
 	}
 	copy(tag[:], rec[1:9])
 	at := time.Unix(0, int64(binary.BigEndian.Uint64(rec[9:17])))
-	d := decoder{b: rec[17 : len(rec)-4]}
-	d.bytes() // method
+	d.sym()   // method
 	d.bytes() // uri
 	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
-		d.bytes()
-		d.bytes()
+		d.sym()
+		d.sym()
 	}
 	key := d.bytes()
 	if d.err != nil {
@@ -266,15 +400,15 @@ func (d *Draft) Fingerprint() [16]byte { return Fingerprint(d.Method, d.URI, d.B
 // RecordFingerprint returns the Fingerprint of a sound record's message
 // without decoding it into a Message; ok is false if it does not parse.
 func RecordFingerprint(rec []byte) (fp [16]byte, ok bool) {
-	if len(rec) < 1+8+8+4 {
+	d, ok := headDecoder(rec)
+	if !ok {
 		return fp, false
 	}
-	d := decoder{b: rec[17 : len(rec)-4]}
-	method := d.bytes()
+	method := d.sym()
 	uri := d.bytes()
 	var fwd []byte // a forwarded request's record holds its fingerprint (forwarded.go)
 	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
-		if name, v := d.bytes(), d.bytes(); string(name) == ForwardedHeader {
+		if name, v := d.sym(), d.sym(); string(name) == ForwardedHeader {
 			fwd = v
 		}
 	}
