@@ -29,6 +29,14 @@ func NewTag() (t [8]byte) {
 	return t
 }
 
+// NewTags fills b (8 bytes a tag) with random bits for as many new ids,
+// with one read: each tag is as random as NewTag's.
+func NewTags(b []byte) {
+	if _, err := rand.Read(b); err != nil {
+		panic("store: crypto/rand failed: " + err.Error())
+	}
+}
+
 // NewID makes the id of the message seq whose random tag is tag.
 func NewID(seq uint64, tag [8]byte) ID { return ID{seq: seq, tag: tag} }
 
