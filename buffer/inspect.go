@@ -412,7 +412,7 @@ func verifyRecords(lpath string, sr *SegmentReport, locs []recLoc, qr *QueueRepo
 		return err
 	}
 	defer f.Close()
-	l := &segLog{f: f, mem: locs, n: uint64(len(locs)), first: sr.First, path: lpath}
+	l := &segLog{f: f, mem: newLocList(locs), n: uint64(len(locs)), first: sr.First, path: lpath}
 	var buf []byte
 	for i, loc := range locs {
 		if loc.off == missing {

@@ -74,7 +74,7 @@ type segLog struct {
 	first uint64
 
 	mu  sync.RWMutex
-	mem []recLoc // the head's index, by seq-first; nil once sealed
+	mem *locList // the head's index, by seq-first; nil once sealed
 	idx *os.File // the seal index; nil while the head
 	n   uint64   // messages indexed (seq first..first+n-1)
 
@@ -112,7 +112,7 @@ func (l *segLog) locLocked(seq uint64) (recLoc, error) {
 	}
 	i := seq - l.first
 	if l.mem != nil {
-		return l.mem[i], nil
+		return l.mem.at(i), nil
 	}
 	var b [idxEntry]byte
 	if _, err := l.idx.ReadAt(b[:], int64(i*idxEntry)); err != nil {
@@ -134,7 +134,7 @@ func (l *segLog) locsLocked(from uint64, n int) ([]recLoc, error) {
 	}
 	i := from - l.first
 	if l.mem != nil {
-		copy(locs, l.mem[i:i+uint64(n)])
+		l.mem.copyTo(locs, i)
 		return locs, nil
 	}
 	b := make([]byte, n*idxEntry)
@@ -257,9 +257,53 @@ func (l *segLog) padWrite(buf []byte) []byte {
 // appendLocs records frames the writer has written and synced.
 func (l *segLog) appendLocs(locs []recLoc) {
 	l.mu.Lock()
-	l.mem = append(l.mem, locs...)
+	l.mem.append(locs)
 	l.n += uint64(len(locs))
 	l.mu.Unlock()
+}
+
+// locList is the head's index: where each frame starts, in blocks of
+// locBlock entries, so that growing it never copies what it holds (a slice
+// grown by append copied it ~4 times over, and allocated and cleared each
+// new array: ~4% of the CPU of bench/logs' split ingest).
+type locList struct {
+	blocks [][]recLoc // each of capacity locBlock, full but the last
+	n      uint64
+}
+
+const (
+	locBlockBits = 12
+	locBlock     = 1 << locBlockBits
+)
+
+// newLocList returns a list of a copy of locs.
+func newLocList(locs []recLoc) *locList {
+	l := &locList{}
+	l.append(locs)
+	return l
+}
+
+func (l *locList) at(i uint64) recLoc { return l.blocks[i>>locBlockBits][i&(locBlock-1)] }
+
+// copyTo copies the entries from from on into dst (all of them there).
+func (l *locList) copyTo(dst []recLoc, from uint64) {
+	for len(dst) > 0 {
+		b := l.blocks[from>>locBlockBits][from&(locBlock-1):]
+		k := copy(dst, b)
+		dst, from = dst[k:], from+uint64(k)
+	}
+}
+
+func (l *locList) append(locs []recLoc) {
+	for len(locs) > 0 {
+		if l.n&(locBlock-1) == 0 {
+			l.blocks = append(l.blocks, make([]recLoc, 0, locBlock))
+		}
+		b := &l.blocks[len(l.blocks)-1]
+		k := min(len(locs), locBlock-len(*b))
+		*b = append(*b, locs[:k]...)
+		locs, l.n = locs[k:], l.n+uint64(k)
+	}
 }
 
 // scanned is what reading a log from its start found.
@@ -389,21 +433,25 @@ func scanLog(path string, first, staleBelow uint64, keys bool) (*scanned, error)
 
 func recordHead(rec []byte) (time.Time, [8]byte, []byte) { return store.RecordHead(rec) }
 
-// writeIndex writes locs to path as a seal index and fsyncs it.
-func writeIndex(path string, locs []recLoc) error {
+// writeIndex writes the entries of blocks, one after another, to path as
+// a seal index and fsyncs it.
+func writeIndex(path string, blocks ...[]recLoc) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
 	buf := make([]byte, 0, 64<<10)
-	for _, l := range locs {
-		buf = binary.BigEndian.AppendUint64(buf, l.off)
-		buf = binary.BigEndian.AppendUint32(buf, l.n)
-		if len(buf) >= 64<<10-idxEntry {
-			if _, err = f.Write(buf); err != nil {
-				break
+write:
+	for _, locs := range blocks {
+		for _, l := range locs {
+			buf = binary.BigEndian.AppendUint64(buf, l.off)
+			buf = binary.BigEndian.AppendUint32(buf, l.n)
+			if len(buf) >= 64<<10-idxEntry {
+				if _, err = f.Write(buf); err != nil {
+					break write
+				}
+				buf = buf[:0]
 			}
-			buf = buf[:0]
 		}
 	}
 	if err == nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -366,5 +367,42 @@ func TestReadSpanMatchesRead(t *testing.T) {
 				t.Fatalf("segment %d seq %d: readSpan and read differ", seg.first, seg.first+uint64(i))
 			}
 		}
+	}
+}
+
+// The head's index in blocks reads as the slice it replaces, across block
+// boundaries, whatever the sizes appended at once.
+func TestLocList(t *testing.T) {
+	var want []recLoc
+	l := newLocList(nil)
+	for i, k := 0, 1; len(want) < 3*locBlock+17; i, k = i+1, k*3%1000+1 {
+		add := make([]recLoc, k)
+		for j := range add {
+			add[j] = recLoc{off: uint64(len(want) + j), n: uint32(i)}
+		}
+		l.append(add)
+		want = append(want, add...)
+	}
+	if l.n != uint64(len(want)) {
+		t.Fatalf("n %d, want %d", l.n, len(want))
+	}
+	for i, w := range want {
+		if got := l.at(uint64(i)); got != w {
+			t.Fatalf("at(%d) = %v, want %v", i, got, w)
+		}
+	}
+	for _, span := range [][2]int{{0, len(want)}, {locBlock - 3, 7}, {locBlock, locBlock}, {2*locBlock - 1, locBlock + 2}, {len(want) - 5, 5}} {
+		got := make([]recLoc, span[1])
+		l.copyTo(got, uint64(span[0]))
+		if !reflect.DeepEqual(got, want[span[0]:span[0]+span[1]]) {
+			t.Fatalf("copyTo from %d, %d entries: wrong", span[0], span[1])
+		}
+	}
+	var flat []recLoc
+	for _, b := range l.blocks {
+		flat = append(flat, b...)
+	}
+	if !reflect.DeepEqual(flat, want) {
+		t.Fatal("the blocks in order are not the entries")
 	}
 }

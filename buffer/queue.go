@@ -1284,11 +1284,6 @@ func (q *Queue) roll(dirty map[*segment]bool) {
 	q.mu.Unlock()
 	seg, err := createSegment(q.dir, first, q.targets, q.cfg)
 	if err == nil {
-		// The new head's index starts at the size of the old one (+1/8),
-		// which the next segment most likely reaches: growing it by
-		// copying from empty cost ~1% of the CPU of small appends.
-		n := old.log.count()
-		seg.log.mem = make([]recLoc, 0, n+n/8)
 		if err = old.seal(q.dir); err != nil {
 			seg.close()
 			removeSegmentFiles(q.dir, first)

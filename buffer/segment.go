@@ -380,7 +380,7 @@ func createSegment(dir string, first uint64, targets []string, cfg *Config) (*se
 	}
 	syncDir(dir)
 	return &segment{first: first, last: first - 1, lastAppend: now, opened: now, size: size, dbSize: size, path: path, db: db,
-		log:     &segLog{f: lf, path: filepath.Join(dir, logName(first)), first: first, staleBelow: staleBelow, recycled: recycled, mem: []recLoc{}, keys: map[[16]byte]keyTarget{}},
+		log:     &segLog{f: lf, path: filepath.Join(dir, logName(first)), first: first, staleBelow: staleBelow, recycled: recycled, mem: &locList{}, keys: map[[16]byte]keyTarget{}},
 		retries: make([]int, len(targets)), parked: make([]int, len(targets))}, nil
 }
 
@@ -527,10 +527,7 @@ func (s *segment) openLog(dir string, sealed, staleBelow uint64, logger interfac
 				return err
 			}
 		}
-		l.mem, l.keys = sc.locs, sc.keys
-		if l.mem == nil {
-			l.mem = []recLoc{}
-		}
+		l.mem, l.keys = newLocList(sc.locs), sc.keys
 		if l.n > 0 {
 			s.lastAppend = sc.lastAt
 		}
@@ -545,7 +542,7 @@ func (s *segment) openLog(dir string, sealed, staleBelow uint64, logger interfac
 func (s *segment) seal(dir string) error {
 	l := s.log
 	l.mu.RLock()
-	locs := l.mem
+	locs := l.mem.blocks
 	n := l.n
 	l.mu.RUnlock()
 	if l.staleBelow > 0 {
@@ -560,7 +557,7 @@ func (s *segment) seal(dir string) error {
 		return err
 	}
 	ipath := filepath.Join(dir, idxName(s.first))
-	if err := writeIndex(ipath, locs); err != nil {
+	if err := writeIndex(ipath, locs...); err != nil {
 		return err
 	}
 	idx, err := openIndex(ipath, n)
