@@ -1175,8 +1175,14 @@ func (q *Queue) apply(tx *bolt.Tx, r *request) error {
 func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty map[*segment]bool) error {
 	l := head.log
 	next := first
-	buf := q.wbuf[:0]
-	locs := q.wlocs[:0]
+	need := 0
+	for _, r := range apps {
+		need += frameHeader + len(r.rec)
+	}
+	// One allocation at most, not a doubling per commit larger than
+	// any before it (each copying the frames so far).
+	buf := slices.Grow(q.wbuf[:0], need+pageSize)
+	locs := slices.Grow(q.wlocs[:0], len(apps))
 	var inBatch map[[16]byte]*request
 	for _, r := range apps {
 		r.dup, r.mismatch = false, false
