@@ -269,7 +269,13 @@ type Route struct {
 	// password of Basic credentials); none (the default) = no check. Values
 	// are expanded from the environment like any other (${HEC_TOKEN}).
 	HECTokens []string
-	Line      int // line of the route's mapping
+	// HECQueryToken (key hec_query_token; with hec_tokens) also takes the
+	// token from the query string, ?token=<token>, when the request has
+	// no Authorization header, as Splunk does for a token whose query
+	// string authentication is enabled. Off by default: a URL with a
+	// token in it ends up in access logs along the way.
+	HECQueryToken bool
+	Line          int // line of the route's mapping
 }
 
 // Ingest protocols of a route (key protocol).

@@ -366,7 +366,7 @@ func (d *decoder) jetstream(n *yaml.Node, path string) *JetStream {
 // route decodes routes[i]; names maps route names seen so far to their lines. It returns
 // the line of the route's match too.
 func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route, int) {
-	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "timeout", "max_wait", "callback_header", "callbacks", "targets", "protocol", "hec_tokens")
+	m := d.mapping(n, path, "route", "name", "match", "mode", "idempotency_header", "max_body", "upstream", "rate", "burst", "timeout", "max_wait", "callback_header", "callbacks", "targets", "protocol", "hec_tokens", "hec_query_token")
 	if m == nil {
 		return nil, 0
 	}
@@ -472,6 +472,9 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 				r.HECTokens = append(r.HECTokens, v)
 			}
 		}
+	}
+	if field(d, m, "hec_query_token", "", parseBool, &r.HECQueryToken) && r.HECQueryToken && !m.bad["hec_tokens"] && len(r.HECTokens) == 0 {
+		d.errorf(m.vals["hec_query_token"].Line, m.field("hec_query_token"), "hec_query_token needs hec_tokens: without them no token is checked")
 	}
 	if m.bad["targets"] {
 		return r, matchLine

@@ -16,10 +16,14 @@ import (
 //
 // Tokens: with routes[].hec_tokens set, every call but health must carry
 // one of them, as Splunk reads it: Authorization: Splunk <token>, or Basic
-// credentials whose password is the token. No token is 401 code 2, an
-// Authorization header of another shape 401 code 3, a token not listed 403
-// code 4, in HEC's own {"text","code"} body; nothing is stored. Tokens are
-// compared in constant time and never logged or stored.
+// credentials whose password is the token; with hec_query_token also
+// ?token=<token> in a request without Authorization (Splunk's query string
+// authentication; the header wins when both are there). No token is 401
+// code 2, an Authorization header of another shape 401 code 3, a token not
+// listed 403 code 4, in HEC's own {"text","code"} body; nothing is stored.
+// Tokens are compared in constant time and never logged or stored: a
+// token parameter is cut from the URI stored with the events, whatever
+// the route's settings.
 //
 // Acknowledgement: a call that names a channel (X-Splunk-Request-Channel,
 // or ?channel=) gets an ackId in its success reply, counting from 0 per
@@ -96,12 +100,19 @@ func hecAuthorized(ctx *fasthttp.RequestCtx, r *route) bool {
 		return true
 	}
 	auth := ctx.Request.Header.Peek("Authorization")
-	if len(auth) == 0 {
+	var token []byte
+	ok := true
+	switch {
+	case len(auth) > 0:
+		token, ok = hecToken(auth)
+	case r.HECQueryToken:
+		token = ctx.QueryArgs().Peek("token")
+	}
+	if len(auth) == 0 && len(token) == 0 {
 		ctx.Response.Header.Set("WWW-Authenticate", `Splunk realm="sluice"`)
 		writeHEC(ctx, fasthttp.StatusUnauthorized, logproto.HECReply("Token is required", logproto.HECTokenRequired, -1))
 		return false
 	}
-	token, ok := hecToken(auth)
 	if !ok {
 		ctx.Response.Header.Set("WWW-Authenticate", `Splunk realm="sluice"`)
 		writeHEC(ctx, fasthttp.StatusUnauthorized, logproto.HECReply("Invalid authorization", logproto.HECInvalidAuth, -1))
@@ -116,6 +127,27 @@ func hecAuthorized(ctx *fasthttp.RequestCtx, r *route) bool {
 		return false
 	}
 	return true
+}
+
+// withoutToken returns uri without its query's token parameters (every
+// "token" or "token=..." between & separators), uri itself when it has
+// none: a HEC token is never stored, and a client may put it in the query
+// string (hec_query_token) whether or not the route reads it there.
+func withoutToken(uri []byte) []byte {
+	path, query, ok := bytes.Cut(uri, []byte("?"))
+	if !ok || !bytes.Contains(query, []byte("token")) {
+		return uri
+	}
+	out := append(make([]byte, 0, len(uri)), path...)
+	sep := byte('?')
+	for part := range bytes.SplitSeq(query, []byte("&")) {
+		if key, _, _ := bytes.Cut(part, []byte("=")); string(key) == "token" {
+			continue
+		}
+		out = append(append(out, sep), part...)
+		sep = '&'
+	}
+	return out
 }
 
 // hecToken reads the token of an Authorization header: "Splunk <token>",

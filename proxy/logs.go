@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -363,6 +364,9 @@ func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
 			writeHEC(ctx, fasthttp.StatusBadRequest, logproto.HECReply("Invalid data format", logproto.HECInvalidFormat, -1))
 		}
 		return
+	}
+	if u := logURI(ctx); bytes.Contains(u, []byte("token")) {
+		ctx.SetUserValue(logURIKey, withoutToken(u)) // a token is never stored (hec.go)
 	}
 	if _, over := s.logBacklog(ctx, r); over {
 		// Splunk's own answer when it cannot take more; its clients key on

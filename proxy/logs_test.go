@@ -740,3 +740,91 @@ func TestLogHeadersAreRecordSymbols(t *testing.T) {
 		}
 	}
 }
+
+// hec_query_token: a request without Authorization may carry its token as
+// ?token=, checked like the header's; Authorization wins when both are
+// there; the token is cut from the URI stored with the events. Without the
+// option a query token is not read (401), and is cut from a stored URI
+// all the same.
+func TestSplunkHECQueryToken(t *testing.T) {
+	base, s := policyServer(t, `
+routes:
+  - name: hec
+    match: { path: /services/collector }
+    protocol: splunk-hec
+    hec_tokens: [tok-one]
+    hec_query_token: true
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
+  - name: open
+    match: { path: /open }
+    protocol: splunk-hec
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
+  - name: strict
+    match: { path: /strict }
+    protocol: splunk-hec
+    hec_tokens: [tok-one]
+    targets: [{ name: store, url: "http://127.0.0.1:1" }]
+`)
+	ev := `{"event":"x"}`
+	cases := []struct {
+		path, auth string
+		status     int
+		body       string
+	}{
+		{"/services/collector/event?token=tok-one", "", 200, `{"text":"Success","code":0}`},
+		{"/services/collector/event?channel=c1&token=tok-one&x=1", "", 200, `{"text":"Success","code":0,"ackId":0}`},
+		{"/services/collector/event?token=tok-two", "", 403, `{"text":"Invalid token","code":4}`},
+		{"/services/collector/event?token=", "", 401, `{"text":"Token is required","code":2}`},
+		{"/services/collector/event?token=tok-two", "Splunk tok-one", 200, `{"text":"Success","code":0}`},
+		{"/services/collector/event?token=tok-one", "Splunk tok-two", 403, `{"text":"Invalid token","code":4}`},
+		{"/strict/services/collector/event?token=tok-one", "", 401, `{"text":"Token is required","code":2}`},
+		{"/open/services/collector/event?token=anything&host=h", "", 200, `{"text":"Success","code":0}`},
+	}
+	for _, c := range cases {
+		h := map[string]string{}
+		if c.auth != "" {
+			h["Authorization"] = c.auth
+		}
+		r := do(t, "POST", base+c.path, ev, h)
+		if r.StatusCode() != c.status || strings.TrimSpace(string(r.Body())) != c.body {
+			t.Errorf("%s %q: %d %s, want %d %s", c.path, c.auth, r.StatusCode(), r.Body(), c.status, c.body)
+		}
+	}
+	for route, want := range map[string][]string{
+		"hec":  {"/services/collector/event", "/services/collector/event?channel=c1&x=1", "/services/collector/event"},
+		"open": {"/open/services/collector/event?host=h"},
+	} {
+		var got []string
+		c, err := s.testQueue(route).Consumer("store")
+		must(t, err)
+		ds, err := c.Fetch(100, time.Now())
+		must(t, err)
+		for _, d := range ds {
+			got = append(got, d.URI)
+			if strings.Contains(d.URI, "tok") || strings.Contains(d.URI, "anything") {
+				t.Errorf("%s: a token is stored: %s", route, d.URI)
+			}
+		}
+		sort.Strings(got)
+		sort.Strings(want)
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("%s stored URIs %q, want %q", route, got, want)
+		}
+	}
+}
+
+func TestWithoutToken(t *testing.T) {
+	for in, want := range map[string]string{
+		"/a":                          "/a",
+		"/a?x=1":                      "/a?x=1",
+		"/a?token=t":                  "/a",
+		"/a?token":                    "/a",
+		"/a?x=1&token=t&y=2":          "/a?x=1&y=2",
+		"/a?token=t&token=u&tokens=1": "/a?tokens=1",
+		"/a?tok=1&mytoken=2":          "/a?tok=1&mytoken=2",
+	} {
+		if got := string(withoutToken([]byte(in))); got != want {
+			t.Errorf("withoutToken(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
