@@ -168,7 +168,7 @@ func (s *Server) handleOTLP(ctx *fasthttp.RequestCtx, r *route) {
 		status(fasthttp.StatusServiceUnavailable, rpcUnavailable, msg)
 		return
 	}
-	_, errs := s.appendDocsAs(ctx, r, docs, []byte(enc))
+	_, errs := s.appendDocsAs(ctx, r, docs, []byte(enc), nil)
 	failed, firstErr := countFailed(errs)
 	if failed > 0 {
 		// A retryable answer with Retry-After, which OTLP exporters honour.
@@ -457,7 +457,7 @@ func (s *Server) handleElasticsearch(ctx *fasthttp.RequestCtx, r *route) {
 			}
 		}
 	}
-	keptIDs, keptErrs := s.appendDocs(ctx, r, keep)
+	keptIDs, keptErrs := s.appendDocsAs(ctx, r, keep, valueJSON, sc)
 	ids, errs := keptIDs, keptErrs
 	if refused > 0 { // spread back over docs; refused ones have no id or error
 		ids, errs = make([]store.ID, len(docs)), make([]error, len(docs))
@@ -537,6 +537,21 @@ type esScratch struct {
 	docs   []logproto.Doc
 	items  []logproto.ItemReply
 	idJSON []byte
+	// appendDocsAs's
+	ids  []store.ID
+	errs []error
+	todo []int
+}
+
+// appendSlices returns sc's ids, errors and todo list, n long and zero.
+func (sc *esScratch) appendSlices(n int) ([]store.ID, []error, []int) {
+	if cap(sc.ids) < n {
+		sc.ids, sc.errs, sc.todo = make([]store.ID, n), make([]error, n), make([]int, n)
+	}
+	sc.ids, sc.errs, sc.todo = sc.ids[:n], sc.errs[:n], sc.todo[:n]
+	clear(sc.ids)
+	clear(sc.errs)
+	return sc.ids, sc.errs, sc.todo
 }
 
 var esScratchPool = sync.Pool{New: func() any { return new(esScratch) }}
@@ -549,6 +564,7 @@ func (sc *esScratch) put() {
 	}
 	clear(sc.docs[:cap(sc.docs)])
 	clear(sc.items[:cap(sc.items)])
+	clear(sc.errs[:cap(sc.errs)])
 	sc.docs, sc.items, sc.idJSON = sc.docs[:0], sc.items[:0], sc.idJSON[:0]
 	esScratchPool.Put(sc)
 }
@@ -640,14 +656,20 @@ func asProtoError(err error) *logproto.Error {
 // share a group commit, and waits for all of them. errs[i] is nil for each
 // document stored, whose id is ids[i].
 func (s *Server) appendDocs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc) ([]store.ID, []error) {
-	return s.appendDocsAs(ctx, r, docs, valueJSON)
+	return s.appendDocsAs(ctx, r, docs, valueJSON, nil)
 }
 
-// appendDocsAs is appendDocs for documents of another Content-Type.
-func (s *Server) appendDocsAs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte) ([]store.ID, []error) {
-	ids := make([]store.ID, len(docs))
-	errs := make([]error, len(docs))
-	todo := make([]int, len(docs))
+// appendDocsAs is appendDocs for documents of another Content-Type; with
+// sc, the ids and errors are sc's (valid until it is put back), else new.
+func (s *Server) appendDocsAs(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte, sc *esScratch) ([]store.ID, []error) {
+	var ids []store.ID
+	var errs []error
+	var todo []int
+	if sc != nil {
+		ids, errs, todo = sc.appendSlices(len(docs))
+	} else {
+		ids, errs, todo = make([]store.ID, len(docs)), make([]error, len(docs)), make([]int, len(docs))
+	}
 	for i := range todo {
 		todo[i] = i
 	}
@@ -705,20 +727,18 @@ var logDraftBudget = semaphore.NewWeighted(4 * 4096)
 func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.Doc, contentType []byte, todo []int, ids []store.ID, errs []error) {
 	now := time.Now()
 	method, uri := ctx.Method(), logURI(ctx)
-	// Header values built once per request, shared by its drafts.
+	// The header fields every document of the request has alike (its
+	// content type, the protocol, and an Elasticsearch action's operation)
+	// are encoded once per request and operation, and shared by the
+	// drafts; a document adds only its action's metadata and _id.
+	sh := sharedPool.Get().(*sharedHeaders)
+	defer sh.put()
 	protocol := []byte(r.Protocol)
-	var op string
-	var opB []byte
 	fill := func(d *store.Draft, i int) *store.Draft {
 		doc := &docs[i]
 		d.Method, d.URI, d.Body, d.EnqueuedAt = method, uri, doc.Body, now
-		d.AddHeader(hdrContentType, contentType)
-		d.AddHeader(hdrProtocol, protocol)
+		d.Share(sh.forOp(doc.Op, contentType, protocol))
 		if doc.Op != "" {
-			if doc.Op != op {
-				op, opB = doc.Op, []byte(doc.Op)
-			}
-			d.AddHeader(hdrEsOp, opB)
 			d.AddHeader(hdrEsMeta, doc.Meta)
 			if doc.ID != nil {
 				d.AddHeader(hdrEsID, doc.ID)
@@ -766,6 +786,46 @@ func (s *Server) appendSome(ctx *fasthttp.RequestCtx, r *route, docs []logproto.
 		}()
 	}
 	wg.Wait()
+}
+
+// sharedHeaders are the header blocks of one request's documents, one
+// per Elasticsearch operation (or none), pooled.
+type sharedHeaders struct {
+	ops    []string
+	blocks []*store.SharedHeaders
+}
+
+var sharedPool = sync.Pool{New: func() any { return new(sharedHeaders) }}
+
+// forOp returns the block of documents of operation op: Content-Type,
+// the protocol, and the operation if there is one.
+func (s *sharedHeaders) forOp(op string, contentType, protocol []byte) *store.SharedHeaders {
+	for i, o := range s.ops {
+		if o == op {
+			return s.blocks[i]
+		}
+	}
+	k := len(s.ops)
+	if k == len(s.blocks) {
+		s.blocks = append(s.blocks, new(store.SharedHeaders))
+	}
+	b := s.blocks[k]
+	b.Add(hdrContentType, contentType)
+	b.Add(hdrProtocol, protocol)
+	if op != "" {
+		b.Add(hdrEsOp, []byte(op))
+	}
+	s.ops = append(s.ops, op)
+	return b
+}
+
+func (s *sharedHeaders) put() {
+	for _, b := range s.blocks[:len(s.ops)] {
+		b.Reset()
+	}
+	clear(s.ops)
+	s.ops = s.ops[:0]
+	sharedPool.Put(s)
 }
 
 // countFailed returns how many of errs are set, and the first of them.

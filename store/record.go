@@ -129,17 +129,24 @@ func EncodeRecord(dst []byte, m *Message) []byte {
 	for i, h := range m.Header {
 		hdrs[i] = [2][]byte{[]byte(h.Name), []byte(h.Value)}
 	}
-	return appendRecord(dst, m.ID.tag, m.EnqueuedAt, []byte(m.Method), []byte(m.URI), hdrs, []byte(m.IdempotencyKey), m.Body)
+	return appendRecord(dst, m.ID.tag, m.EnqueuedAt, []byte(m.Method), []byte(m.URI), nil, hdrs, []byte(m.IdempotencyKey), m.Body)
 }
 
-func appendRecord(dst []byte, tag [8]byte, at time.Time, method, uri []byte, hdrs [][2][]byte, key, body []byte) []byte {
+func appendRecord(dst []byte, tag [8]byte, at time.Time, method, uri []byte, shared *SharedHeaders, hdrs [][2][]byte, key, body []byte) []byte {
 	start := len(dst)
 	dst = append(dst, recordVersion)
 	dst = append(dst, tag[:]...)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(at.UnixNano()))
 	dst = appendSym(dst, method)
 	dst = appendBytes(dst, uri)
-	dst = binary.AppendUvarint(dst, uint64(len(hdrs)))
+	n := len(hdrs)
+	if shared != nil {
+		n += len(shared.fields)
+		dst = binary.AppendUvarint(dst, uint64(n))
+		dst = append(dst, shared.enc...)
+	} else {
+		dst = binary.AppendUvarint(dst, uint64(n))
+	}
 	for _, h := range hdrs {
 		dst = appendSym(dst, h[0])
 		dst = appendSym(dst, h[1])
@@ -161,6 +168,7 @@ func appendBytes(dst, b []byte) []byte {
 type Draft struct {
 	EnqueuedAt                        time.Time
 	Method, URI, IdempotencyKey, Body []byte
+	shared                            *SharedHeaders
 	headers                           [][2][]byte
 	buf                               []byte
 
@@ -170,14 +178,44 @@ type Draft struct {
 	Duplicate bool
 }
 
-// AddHeader adds one header field, in order.
+// AddHeader adds one header field, in order (after the shared ones).
 func (d *Draft) AddHeader(name, value []byte) { d.headers = append(d.headers, [2][]byte{name, value}) }
+
+// SharedHeaders are header fields that many drafts carry alike (the
+// documents of one request), encoded once: a draft that shares them
+// (Draft.Share) stores them ahead of its own fields, as if it had added
+// them itself, with no lookup or copy per draft. Build one with Add, share
+// it with any number of drafts, and keep it (and its slices) unchanged
+// until they are encoded.
+type SharedHeaders struct {
+	fields [][2][]byte
+	enc    []byte
+}
+
+// Add adds one header field, in order.
+func (s *SharedHeaders) Add(name, value []byte) {
+	s.fields = append(s.fields, [2][]byte{name, value})
+	s.enc = appendSym(appendSym(s.enc, name), value)
+}
+
+// Reset clears s for reuse, keeping its buffers.
+func (s *SharedHeaders) Reset() {
+	clear(s.fields)
+	s.fields, s.enc = s.fields[:0], s.enc[:0]
+}
+
+// Share makes s the draft's first header fields (nil: none).
+func (d *Draft) Share(s *SharedHeaders) { d.shared = s }
 
 // Message returns d as a Message (copying), for tests and inspection.
 func (d *Draft) Message() *Message {
 	m := &Message{EnqueuedAt: d.EnqueuedAt, Method: string(d.Method), URI: string(d.URI),
 		IdempotencyKey: string(d.IdempotencyKey), Body: append([]byte(nil), d.Body...)}
-	for _, h := range d.headers {
+	var shared [][2][]byte
+	if d.shared != nil {
+		shared = d.shared.fields
+	}
+	for _, h := range append(shared[:len(shared):len(shared)], d.headers...) {
 		m.Header = append(m.Header, Header{Name: string(h[0]), Value: string(h[1])})
 	}
 	return m
@@ -186,7 +224,7 @@ func (d *Draft) Message() *Message {
 // Encode encodes d as a record with the id tag tag into d's own buffer and
 // returns it (valid until the next Encode or Reset).
 func (d *Draft) Encode(tag [8]byte) []byte {
-	d.buf = appendRecord(d.buf[:0], tag, d.EnqueuedAt, d.Method, d.URI, d.headers, d.IdempotencyKey, d.Body)
+	d.buf = appendRecord(d.buf[:0], tag, d.EnqueuedAt, d.Method, d.URI, d.shared, d.headers, d.IdempotencyKey, d.Body)
 	return d.buf
 }
 

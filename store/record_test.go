@@ -304,3 +304,40 @@ func FuzzRecordV1(f *testing.F) {
 		}
 	})
 }
+
+// A draft sharing header fields encodes to the same record, byte for
+// byte, as one that added them itself, and Message shows them first.
+func TestDraftSharedHeaders(t *testing.T) {
+	var sh SharedHeaders
+	sh.Add([]byte("Content-Type"), []byte("application/json"))
+	sh.Add([]byte("X-Custom"), []byte("not a symbol"))
+	tag := [8]byte{9, 8, 7}
+	for _, own := range [][][2]string{nil, {{"X-Sluice-Es-Meta", `{"_index":"a"}`}}, {{"X-Sluice-Es-Op", "index"}, {"X-Sluice-Es-Id", `"7"`}}} {
+		var a, b Draft
+		for _, d := range []*Draft{&a, &b} {
+			d.EnqueuedAt, d.Method, d.URI, d.Body, d.IdempotencyKey = time.Unix(5, 6), []byte("POST"), []byte("/_bulk"), []byte(`{"x":1}`), []byte("k")
+		}
+		a.Share(&sh)
+		b.AddHeader([]byte("Content-Type"), []byte("application/json"))
+		b.AddHeader([]byte("X-Custom"), []byte("not a symbol"))
+		for _, h := range own {
+			a.AddHeader([]byte(h[0]), []byte(h[1]))
+			b.AddHeader([]byte(h[0]), []byte(h[1]))
+		}
+		ra, rb := a.Encode(tag), b.Encode(tag)
+		if !bytes.Equal(ra, rb) {
+			t.Fatalf("shared:\n%x\nadded:\n%x", ra, rb)
+		}
+		if !reflect.DeepEqual(a.Message(), b.Message()) {
+			t.Fatalf("Message: %+v against %+v", a.Message(), b.Message())
+		}
+		m, err := DecodeRecord(ra)
+		if err != nil || len(m.Header) != 2+len(own) || m.Header[1] != (Header{"X-Custom", "not a symbol"}) {
+			t.Fatalf("%+v %v", m, err)
+		}
+		a.Reset()
+		if a.Encode(tag); a.shared != nil || len(a.Message().Header) != 0 {
+			t.Fatal("Reset kept the shared headers")
+		}
+	}
+}
