@@ -1,9 +1,9 @@
 // Package testutil holds what the tests of several packages share: a child
 // process of the test binary for a test to kill (the crash tests), the
 // process's CPU time (the benchmarks' CPU per message), Must, WaitFor, a
-// Buffer safe for concurrent use, and a recording fake upstream server
-// (StartUpstream, Serve). It is imported by _test files only; nothing in it
-// is part of sluice.
+// Buffer safe for concurrent use, a recording fake upstream server
+// (StartUpstream, Serve), and Untar (a data directory kept in testdata).
+// It is imported by _test files only; nothing in it is part of sluice.
 package testutil
 
 import (
