@@ -85,12 +85,16 @@ routes:
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+// syncs counts the fdatasyncs of the stores serve opens, and their time.
+var syncs struct{ n, ns atomic.Int64 }
+
 func serve(b *testing.B, text string, dir string) (string, *buffer.Store, func()) {
 	pol, err := policies.Parse("bench.yaml", []byte(text))
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := buftest.Open(b, buffer.Config{Dir: dir, Sync: buffer.SyncAlways, Logger: quiet()})
+	st := buftest.Open(b, buffer.Config{Dir: dir, Sync: buffer.SyncAlways, Logger: quiet(),
+		ObserveSync: func(d time.Duration) { syncs.n.Add(1); syncs.ns.Add(int64(d)) }})
 	s, err := proxy.New(proxy.Config{Policy: pol, Queues: buftest.Queues(b, st, pol), Logger: quiet()})
 	if err != nil {
 		b.Fatal(err)
@@ -174,8 +178,12 @@ func BenchmarkIngest(b *testing.B) {
 		// µs): the CPU figure does not depend on how much of the shared
 		// machine the run got, which the rate does.
 		run := func(path string, want int, d time.Duration) (rate, cpu float64) {
-			c0 := testutil.CPUTime()
+			c0, s0, sn0 := testutil.CPUTime(), syncs.ns.Load(), syncs.n.Load()
 			n := load(b, addr, path, body, conns, d, want) * docsPerBody
+			if k := syncs.n.Load() - sn0; k > 0 {
+				b.Logf("%s: %d fdatasyncs, %v each, %.0f%% of the time", path, k, time.Duration((syncs.ns.Load()-s0)/k).Round(time.Microsecond),
+					100*float64(syncs.ns.Load()-s0)/float64(d))
+			}
 			return float64(n) / d.Seconds(), float64(testutil.CPUTime()-c0) / float64(time.Microsecond) / float64(max(n, 1))
 		}
 		d := time.Duration(secs) * time.Second
