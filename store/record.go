@@ -40,10 +40,11 @@ type Message struct {
 // A sym is one uvarint v: an even v is followed by v/2 bytes, the string
 // itself; an odd v names symbols[v/2], a string of the fixed table below.
 // The table holds the header names and values that log routes store with
-// every document (about 120 of a ~370-byte Elasticsearch document's record
-// in version 1; 8 in version 2) and common methods and content types; any
-// other string is written as it is, at one byte more than version 1 for
-// strings of 64 bytes or more.
+// every document (with the method, 106 bytes of a 361-byte Elasticsearch
+// document's record in version 1, 8 in version 2; see
+// TestRecordSymbolsShrinkLogDocuments) and common methods and content
+// types; any other string is written as it is, at one byte more than
+// version 1 for strings of 64 bytes or more.
 //
 // Version 1, which versions before 2026-12-05 wrote, is version 2 with
 // every sym a plain length-prefixed string (len s | s); it is read as it
