@@ -291,8 +291,8 @@ func (c *Consumer) NextRetry() (time.Time, bool) {
 }
 
 // Fetch returns up to max messages to attempt now, while this node holds
-// the target's lease (none otherwise): messages given back first, then due
-// retries, then messages from the durable consumer (never attempted, or
+// the target's lease (none otherwise): due retries first, then messages
+// given back, then messages from the durable consumer (never attempted, or
 // handed out again after a node died holding them).
 func (c *Consumer) Fetch(max int, now time.Time) ([]*store.Delivery, error) {
 	c.mu.Lock()
@@ -312,12 +312,6 @@ func (c *Consumer) Fetch(max int, now time.Time) ([]*store.Delivery, error) {
 	}
 	var out []*store.Delivery
 	c.mu.Lock()
-	for len(out) < max && len(c.released) > 0 {
-		h := c.released[0]
-		c.released = c.released[1:]
-		c.inflight[h.d.Seq] = h
-		out = append(out, h.d)
-	}
 	type entry struct {
 		seq uint64
 		at  time.Time
@@ -342,6 +336,14 @@ func (c *Consumer) Fetch(max int, now time.Time) ([]*store.Delivery, error) {
 			out = append(out, d)
 		}
 	}
+	c.mu.Lock()
+	for len(out) < max && len(c.released) > 0 {
+		h := c.released[0]
+		c.released = c.released[1:]
+		c.inflight[h.d.Seq] = h
+		out = append(out, h.d)
+	}
+	c.mu.Unlock()
 	if len(out) < max {
 		got, err := c.fromStream(ctx, max-len(out))
 		out = append(out, got...)
@@ -367,7 +369,7 @@ func (c *Consumer) fromSchedule(ctx context.Context, seq uint64) (*store.Deliver
 	if err != nil {
 		return nil, err
 	}
-	if st != nil && (st.Phase == store.Delivered || st.Phase == store.Dead || st.Phase == store.Parked) {
+	if st != nil && (st.Phase == store.Delivered || st.Phase == store.Dead || st.Phase == store.Parked || st.Phase == store.Purged) {
 		// Finished, the schedule's entry not yet removed (a crash between).
 		if st.Phase == store.Dead {
 			c.q.s.state.Put(ctx, c.q.deadKey(c.target, seq), nil)
@@ -460,7 +462,7 @@ func (c *Consumer) admit(ctx context.Context, msg jetstream.Msg) (*store.Deliver
 		}
 		if st != nil {
 			switch st.Phase {
-			case store.Delivered, store.Parked:
+			case store.Delivered, store.Parked, store.Purged:
 				msg.Ack() // finished, or waiting under its key (Park wrote its key first)
 				return nil, nil
 			case store.Dead:

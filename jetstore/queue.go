@@ -335,6 +335,7 @@ func (q *Queue) Lookup(id store.ID) (*store.Message, []store.TargetStatus, error
 		if st == nil {
 			st = &store.State{Phase: store.Queued}
 		}
+		st.Phase = statePhase(st)
 		if c := q.consumer(t); c != nil && c.inFlight(id.Seq()) {
 			st.Phase = store.InFlight
 		}
@@ -497,10 +498,11 @@ func (q *Queue) Revive(ctx context.Context, target string, seq uint64, at time.T
 	})
 }
 
-// Purge drops the dead letter seq of target from the list; it stays dead.
+// Purge drops the dead letter seq of target from the list; it is Purged:
+// finished, never attempted again.
 func (q *Queue) Purge(ctx context.Context, target string, seq uint64) error {
 	return q.leaveDead(ctx, target, seq, func(st *store.State) *store.State {
-		return &store.State{Phase: store.Dead, Attempts: st.Attempts,
+		return &store.State{Phase: store.Purged, Attempts: st.Attempts,
 			History: appendHistory(st.History, store.Attempt{At: time.Now(), Error: "purged from the dead letters by an operator"})}
 	}, nil)
 }

@@ -1,0 +1,316 @@
+package jetstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/sluice-proxy/sluice/store"
+)
+
+// startServer starts a single JetStream server on 127.0.0.1 (port 0: any)
+// with its file store in dir, syncing every write.
+func startServer(t *testing.T, dir string, port int) *server.Server {
+	t.Helper()
+	if port == 0 {
+		port = -1
+	}
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir,
+		SyncAlways: true, NoSigs: true, NoLog: true, MaxPayload: DefaultMaxPayload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(30 * time.Second) {
+		srv.Shutdown()
+		t.Fatal("server not ready after 30s")
+	}
+	return srv
+}
+
+func serverURL(srv *server.Server) string {
+	return fmt.Sprintf("nats://127.0.0.1:%d", srv.Addr().(*net.TCPAddr).Port)
+}
+
+func openURLNode(t *testing.T, url, node string) (*Store, *Queue) {
+	t.Helper()
+	s, err := Open(Config{URLs: []string{url}, Node: node, LeaseTTL: 600 * time.Millisecond, AckWait: 600 * time.Millisecond,
+		HandoverQuiet: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := s.Queue("orders", []string{"a", "b"})
+	if err != nil {
+		s.Close()
+		t.Fatal(err)
+	}
+	return s, q
+}
+
+// holding waits (bounded) until c holds its target's lease.
+func holding(t *testing.T, c *Consumer) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); !c.Holds(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the lease was not taken within 10s")
+		}
+	}
+}
+
+// A listing paged across a restart of the NATS server lists every message
+// once, in order, with its phase; a page that fails while the server is
+// down fails whole (ErrIO) and is read again from the same seq. The counts
+// read on a node that does not hold the lease agree with the listing.
+func TestListAcrossServerRestart(t *testing.T) {
+	dir := t.TempDir()
+	srv := startServer(t, dir, 0)
+	url := serverURL(srv)
+	port := srv.Addr().(*net.TCPAddr).Port
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+
+	sa, qa := openURLNode(t, url, "node-a")
+	defer sa.Close()
+	sb, qb := openURLNode(t, url, "node-b")
+	defer sb.Close()
+	ctx := context.Background()
+	const n = 300
+	ids := make([]store.ID, n)
+	for i := range ids {
+		id, err := qa.Append(ctx, &store.Message{Method: "POST", URI: fmt.Sprintf("/o/%d", i), IdempotencyKey: fmt.Sprintf("k%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = id
+	}
+	ca, _ := qa.Consumer("a")
+	holding(t, ca)
+	// Node a: the first 100 delivered, 100..109 dead; the rest queued.
+	var ds []*store.Delivery
+	for end := time.Now().Add(10 * time.Second); len(ds) < 110 && time.Now().Before(end); {
+		got, err := ca.Fetch(110-len(ds), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, got...)
+	}
+	if len(ds) != 110 {
+		t.Fatalf("fetched %d, want 110", len(ds))
+	}
+	for i, d := range ds {
+		out := store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}
+		if i >= 100 {
+			out = store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: time.Now(), Status: 400, Error: "status 400"}}
+		}
+		if err := ca.Complete(ctx, d, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// And 110..114 in flight on node a: node b sees them handed out.
+	if held, err := ca.Fetch(5, time.Now()); err != nil || len(held) != 5 || held[0].Seq != ids[110].Seq() {
+		t.Fatalf("fetch of 5 to hold: %d %v", len(held), err)
+	}
+	want := func(i int) store.Phase {
+		switch {
+		case i < 100:
+			return store.Delivered
+		case i < 110:
+			return store.Dead
+		case i < 115:
+			return store.InFlight
+		}
+		return store.Queued
+	}
+
+	seen := map[store.ID]int{}
+	var order []store.ID
+	var after uint64
+	pages, failed, restarted := 0, 0, false
+	for end := time.Now().Add(60 * time.Second); ; {
+		if time.Now().After(end) {
+			t.Fatalf("the listing did not end within 60s (%d listed, %d pages)", len(order), pages)
+		}
+		if pages == 2 && !restarted {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+			// A page while the server is down fails whole.
+			var rows int
+			if _, _, err := qb.Messages(store.Filter{Target: "a"}, after, 40, func(*store.Row) bool { rows++; return true }); err == nil || rows != 0 {
+				t.Fatalf("a page with the server down: %d rows, err %v", rows, err)
+			}
+			srv = startServer(t, dir, port)
+			restarted = true
+		}
+		var page []store.ID
+		last, done, err := qb.Messages(store.Filter{Target: "a"}, after, 40, func(r *store.Row) bool {
+			page = append(page, r.ID)
+			i := int(r.ID.Seq() - ids[0].Seq())
+			if r.Targets[0].Phase != want(i) {
+				t.Errorf("seq %d: %s, want %s", r.ID.Seq(), r.Targets[0].Phase, want(i))
+			}
+			return true
+		})
+		if err != nil {
+			if !errors.Is(err, store.ErrIO) {
+				t.Fatalf("page after %d: %v", after, err)
+			}
+			failed++
+			time.Sleep(100 * time.Millisecond) // reconnecting: read the page again
+			continue
+		}
+		pages++
+		for _, id := range page {
+			seen[id]++
+			order = append(order, id)
+		}
+		if done {
+			break
+		}
+		after = last
+	}
+	if !restarted {
+		t.Fatal("the server was never restarted")
+	}
+	t.Logf("%d pages, %d failed while reconnecting", pages, failed)
+	if len(order) != n {
+		t.Fatalf("listed %d messages, want %d (pages %d, failed %d)", len(order), n, pages, failed)
+	}
+	for i, id := range ids {
+		if order[i] != id || seen[id] != 1 {
+			t.Fatalf("message %d: listed %d times, at %d: %s, want %s", i, seen[id], i, order[i], id)
+		}
+	}
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		c, err := qb.Counts("a", time.Time{}, time.Time{})
+		if err == nil {
+			want := store.Counts{Target: "a", Accepted: n, Delivered: 100, Dead: 10, InFlight: 5, Queued: n - 115}
+			if c != want || c.Check() != nil {
+				t.Fatalf("counts on the other node after the restart: %+v, want %+v", c, want)
+			}
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("counts after the restart: %v", err)
+		}
+	}
+}
+
+// Replays asked on one node while another holds the lease and is killed:
+// the next holder delivers each replayed message exactly once, through the
+// retry schedule, and nothing else comes back. A replay cut short after its
+// first write (the retry entry, with the state still delivered) is undone,
+// not half done: the message stays delivered and is not sent again.
+func TestReplayHolderKilled(t *testing.T) {
+	dir := t.TempDir()
+	srv := startServer(t, dir, 0)
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	url := serverURL(srv)
+	sa, qa := openURLNode(t, url, "node-a")
+	ca, _ := qa.Consumer("a")
+	holding(t, ca)
+	sb, qb := openURLNode(t, url, "node-b")
+	defer sb.Close()
+	cb, _ := qb.Consumer("a")
+	ctx := context.Background()
+	const n = 40
+	var ids []store.ID
+	for i := range n {
+		id, err := qb.Append(ctx, &store.Message{Method: "POST", URI: fmt.Sprintf("/o/%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	var ds []*store.Delivery
+	for end := time.Now().Add(10 * time.Second); len(ds) < n && time.Now().Before(end); {
+		got, err := ca.Fetch(n, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, got...)
+	}
+	if len(ds) != n {
+		t.Fatalf("fetched %d, want %d", len(ds), n)
+	}
+	for i, d := range ds {
+		out := store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}
+		if i%3 == 0 {
+			out = store.Outcome{Phase: store.Dead, Attempt: store.Attempt{At: time.Now(), Status: 500}}
+		}
+		if err := ca.Complete(ctx, d, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Node b replays every other message (delivered and dead ones), due now.
+	replayed := map[uint64]bool{}
+	for i := 0; i < n; i += 2 {
+		if err := qb.Replay(ctx, "a", ids[i].Seq(), time.Now()); err != nil {
+			t.Fatalf("replay of %d: %v", i, err)
+		}
+		replayed[ids[i].Seq()] = true
+	}
+	// Half a replay of message 1: the retry entry only.
+	if err := qb.putRetry(ctx, "a", ids[1].Seq(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	crash(sa) // the holder dies before fetching any of them
+	holding(t, cb)
+
+	got := map[uint64]int{}
+	for end := time.Now().Add(15 * time.Second); len(got) < len(replayed) && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		fetched, err := cb.Fetch(64, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range fetched {
+			got[d.Seq]++
+			if d.Attempt != 2 {
+				t.Errorf("seq %d: attempt %d, want 2", d.Seq, d.Attempt)
+			}
+			if err := cb.Complete(ctx, d, store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A little longer: nothing else may come (AckWait and more).
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		fetched, err := cb.Fetch(64, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range fetched {
+			got[d.Seq]++
+		}
+	}
+	for seq := range replayed {
+		if got[seq] != 1 {
+			t.Errorf("replayed seq %d fetched %d times, want 1", seq, got[seq])
+		}
+	}
+	for seq, k := range got {
+		if !replayed[seq] {
+			t.Errorf("seq %d, not replayed, fetched %d times", seq, k)
+		}
+	}
+	_, st, err := qb.Lookup(ids[1])
+	if err != nil || st[0].Phase != store.Delivered || len(st[0].History) != 1 {
+		t.Fatalf("the half-replayed message: %v %+v", err, st)
+	}
+	c, err := qb.Counts("a", time.Time{}, time.Time{})
+	wantDead := uint64(0)
+	for i := 0; i < n; i += 3 {
+		if !replayed[ids[i].Seq()] {
+			wantDead++
+		}
+	}
+	if err != nil || c.Delivered != n-wantDead || c.Dead != wantDead || c.Accepted != n || c.Check() != nil {
+		t.Fatalf("counts after the replays: %+v %v", c, err)
+	}
+	if dl, err := qb.DeadLetters("a", 0, 100); err != nil || uint64(len(dl)) != wantDead {
+		t.Fatalf("dead letters after the replays: %d %v, want %d", len(dl), err, wantDead)
+	}
+}
