@@ -155,7 +155,7 @@ func (c *Controls) Get(route, target string) (Override, bool) {
 var ErrNoTarget = errors.New("no such route or target")
 
 // ErrUnsupported is returned for a call the route's storage engine cannot
-// serve (listing and counting on jetstream): 501 not_supported.
+// serve (a queue that does not list, count or replay): 501 not_supported.
 var ErrUnsupported = errors.New("not supported by the storage engine")
 
 // change edits the override of a target, writes the file and applies it.

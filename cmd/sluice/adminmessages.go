@@ -28,7 +28,7 @@ func (m messages) queue(route string) (listQueue, error) {
 	}
 	lq, ok := q.(listQueue)
 	if !ok {
-		return nil, fmt.Errorf("%w: route %q: listing, counting and replaying messages are not supported with storage.engine jetstream yet", admin.ErrUnsupported, route)
+		return nil, fmt.Errorf("%w: route %q: its storage engine does not list, count or replay messages", admin.ErrUnsupported, route)
 	}
 	return lq, nil
 }

@@ -126,7 +126,7 @@ func (n *node) State() admin.State {
 		rs.Appended, rs.Expired = qs.Appended, qs.Expired
 		rs.Writer = q.writer()
 		var counts map[string]store.Counts
-		if lq, ok := q.(listQueue); ok { // jetstream: not counted yet
+		if lq, ok := q.(listQueue); ok {
 			counts = n.counts(name, lq, now)
 		}
 		for _, ts := range qs.Targets {

@@ -62,9 +62,27 @@ func identity(t *testing.T, c map[string]any) {
 }
 
 // TestAdminMessagesCountsReplay: the message list (JSON pages and NDJSON),
-// the counts, the metrics and a replay by filter, against a running node.
+// the counts, the metrics and a replay by filter, against a running node,
+// on each storage engine (jetstream: its embedded server).
 func TestAdminMessagesCountsReplay(t *testing.T) {
-	tn, down := startAdminNode(t, "unlimited", nil)
+	for _, engine := range []string{"bbolt", "jetstream"} {
+		t.Run(engine, func(t *testing.T) { testAdminMessagesCountsReplay(t, engine) })
+	}
+}
+
+// onEngine is a policy edit (for startAdminNode) that sets storage.engine;
+// nil for bbolt, the default.
+func onEngine(engine string) func(pol string) string {
+	if engine == "bbolt" {
+		return nil
+	}
+	return func(pol string) string {
+		return strings.Replace(pol, "storage: { dir:", "storage: { engine: "+engine+", dir:", 1)
+	}
+}
+
+func testAdminMessagesCountsReplay(t *testing.T, engine string) {
+	tn, down := startAdminNode(t, "unlimited", onEngine(engine))
 	down.failing.Store(true)
 	defer tn.n.stop(10 * time.Second)
 

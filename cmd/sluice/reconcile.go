@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -307,6 +308,9 @@ func onlineDelivered(base, token, route, target string, since, until time.Time) 
 // must be stopped) with a retention too long to delete anything while it
 // reads.
 func offlineDelivered(dir, route, target string, since, until time.Time) (func(), deliveredFn, error) {
+	if _, err := os.Stat(filepath.Join(dir, "jetstream")); err == nil {
+		return nil, nil, fmt.Errorf("%s holds an embedded JetStream store (storage.engine jetstream): reconcile against a running node with --admin", dir)
+	}
 	targets, err := buffer.QueueTargets(dir, route)
 	if err != nil {
 		return nil, nil, err

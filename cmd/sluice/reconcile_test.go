@@ -17,10 +17,20 @@ import (
 // 0), finds the id the test removed from it and an id it never delivered
 // (exit 1), against the running server and offline, from a file and a URL.
 func TestReconcile(t *testing.T) {
+	for _, engine := range []string{"bbolt", "jetstream"} {
+		t.Run(engine, func(t *testing.T) { testReconcile(t, engine) })
+	}
+}
+
+func testReconcile(t *testing.T, engine string) {
 	dir := t.TempDir()
 	down := startCountingDown(t)
 	path := filepath.Join(dir, "policy.yaml")
-	writeFile(t, path, adminPolicy(dir, down.url, "unlimited", ""))
+	pol := adminPolicy(dir, down.url, "unlimited", "")
+	if engine != "bbolt" {
+		pol = strings.Replace(pol, "storage: { dir:", "storage: { engine: "+engine+", dir:", 1)
+	}
+	writeFile(t, path, pol)
 	tn := startTestNode(t, path)
 	stopped := false
 	defer func() {
@@ -98,6 +108,12 @@ func TestReconcile(t *testing.T) {
 	// Offline, with the server stopped.
 	tn.n.stop(10 * time.Second)
 	stopped = true
+	if engine == "jetstream" {
+		if code, out := run("--data", filepath.Join(dir, "data"), "--received", full); code != 2 || !strings.Contains(out, "--admin") {
+			t.Fatalf("offline on a JetStream directory: exit %d\n%s", code, out)
+		}
+		return
+	}
 	check([]string{"--data", filepath.Join(dir, "data")})
 	if _, err := os.Stat(filepath.Join(dir, "data", "queues", "orders")); err != nil {
 		t.Fatal(err)
