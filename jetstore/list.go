@@ -2,6 +2,7 @@ package jetstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -338,9 +339,86 @@ func decodeListed(seq uint64, data []byte) *store.Message {
 	return m
 }
 
-// states reads the state of every (message, target), listGets at a time:
-// out[i*len(targets)+t] is ms[i]'s for targets[t] (nil: none).
+// states reads the state of every (message, target): out[i*len(targets)+t]
+// is ms[i]'s for targets[t] (nil: none). One batched direct get of the
+// state bucket's last entries for those keys (NATS 2.11's multi_last, at
+// most maxMulti keys a request); a few keys, or a server that does not
+// answer it, get one get per key, listGets at a time.
 func (q *Queue) states(ctx context.Context, targets []string, ms []*store.Message) ([]*store.State, error) {
+	if n := len(ms) * len(targets); n > listByGet && n <= maxMulti && !q.s.noMulti.Load() {
+		out, err := q.statesMulti(ctx, targets, ms)
+		if !errors.Is(err, errNoMulti) {
+			return out, err
+		}
+		q.s.noMulti.Store(true)
+		q.s.log.Warn("jetstream: the servers do not answer batched direct gets (NATS 2.11 and later do); listing reads one state at a time", "err", err)
+	}
+	return q.statesEach(ctx, targets, ms)
+}
+
+// maxMulti is the most keys a multi_last direct get answers (nats-server's
+// limit is 1024 results).
+const maxMulti = 1024
+
+// errNoMulti: the servers refused a batched direct get.
+var errNoMulti = errors.New("batched direct get refused")
+
+func (q *Queue) statesMulti(ctx context.Context, targets []string, ms []*store.Message) ([]*store.State, error) {
+	out := make([]*store.State, len(ms)*len(targets))
+	index := make(map[string]int, len(out))
+	subjects := make([]string, 0, len(out))
+	for i, m := range ms {
+		for t, name := range targets {
+			subj := q.s.kvPre + q.stateKey(name, m.Seq)
+			index[subj] = i*len(targets) + t
+			subjects = append(subjects, subj)
+		}
+	}
+	req, err := json.Marshal(struct {
+		MultiLastFor []string `json:"multi_last"`
+		Batch        int      `json:"batch"`
+	}{subjects, len(subjects)})
+	if err != nil {
+		return nil, err
+	}
+	inbox := q.s.nc.NewRespInbox()
+	sub, err := q.s.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, fmt.Errorf("%w: route %q: read states: %w", store.ErrIO, q.name, err)
+	}
+	defer sub.Unsubscribe()
+	if err := q.s.nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+q.s.cfg.StreamPrefix+"_state", inbox, req); err != nil {
+		return nil, fmt.Errorf("%w: route %q: read states: %w", store.ErrIO, q.name, err)
+	}
+	for range len(subjects) + 1 {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("%w: route %q: read states: %w", store.ErrIO, q.name, err)
+		}
+		switch status := msg.Header.Get("Status"); status {
+		case "":
+		case "204", "404": // the end, or none of the keys has an entry
+			return out, nil
+		case "408", "503":
+			return nil, fmt.Errorf("%w: status %s %s", errNoMulti, status, msg.Header.Get("Description"))
+		default:
+			return nil, fmt.Errorf("%w: route %q: read states: status %s %s", store.ErrIO, q.name, status, msg.Header.Get("Description"))
+		}
+		k, ok := index[msg.Header.Get("Nats-Subject")]
+		if !ok || msg.Header.Get("KV-Operation") != "" { // a deleted or purged key: no state
+			continue
+		}
+		st, err := store.DecodeState(msg.Data)
+		if err != nil {
+			return nil, fmt.Errorf("state of %s: %w", msg.Header.Get("Nats-Subject"), err)
+		}
+		out[k] = st
+	}
+	return nil, fmt.Errorf("%w: route %q: read states: no end of batch", store.ErrIO, q.name)
+}
+
+// statesEach is states with one get per key, listGets at a time.
+func (q *Queue) statesEach(ctx context.Context, targets []string, ms []*store.Message) ([]*store.State, error) {
 	out := make([]*store.State, len(ms)*len(targets))
 	errs := make([]error, len(out))
 	sem := make(chan struct{}, listGets)

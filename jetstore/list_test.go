@@ -176,6 +176,9 @@ func TestListAcrossServerRestart(t *testing.T) {
 		t.Fatal("the server was never restarted")
 	}
 	t.Logf("%d pages, %d failed while reconnecting", pages, failed)
+	if sb.noMulti.Load() {
+		t.Fatal("the listing fell back to one get per state on a server that answers batched gets")
+	}
 	if len(order) != n {
 		t.Fatalf("listed %d messages, want %d (pages %d, failed %d)", len(order), n, pages, failed)
 	}

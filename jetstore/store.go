@@ -10,6 +10,7 @@ import (
 	"os"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -97,6 +98,8 @@ type Store struct {
 	state  jetstream.KeyValue // s.*, r.*, d.*: outcomes, retry schedule, dead letters
 	kvPre  string             // the state bucket's subject prefix, for writes without waiting
 	leases jetstream.KeyValue
+
+	noMulti atomic.Bool // the servers refused a batched direct get: list one state at a time
 
 	mu     sync.Mutex
 	queues map[string]*Queue

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -33,7 +34,11 @@ type Opened struct {
 }
 
 // Run runs the whole suite against e.
-func Run(t *testing.T, e Engine) {
+func Run(t *testing.T, e Engine) { RunOnly(t, e) }
+
+// RunOnly runs the named cases of the suite against e (none named: all),
+// for an engine that runs some of them again in another configuration.
+func RunOnly(t *testing.T, e Engine, names ...string) {
 	for _, tc := range []struct {
 		name string
 		fn   func(*testing.T, Engine)
@@ -54,6 +59,9 @@ func Run(t *testing.T, e Engine) {
 		{"Replay", testReplay},
 		{"Forwarded", testForwarded},
 	} {
+		if len(names) > 0 && !slices.Contains(names, tc.name) {
+			continue
+		}
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
 	}
 }
