@@ -42,6 +42,7 @@ type Consumer struct {
 	released  []*held              // given back, handed out first, in seq order
 	retries   map[uint64]time.Time // the retry schedule, due times (not in flight)
 	loadedGen uint64               // the lease acquisition the schedule was loaded for
+	loadedAt  time.Time            // when it was last read from the state bucket
 	closed    bool
 
 	stop chan struct{}
@@ -223,9 +224,11 @@ func (c *Consumer) reloadRetry(seq uint64) {
 	}
 }
 
-// loadRetries reads the target's retry schedule from the state bucket
-// (after this node gained the lease).
-func (c *Consumer) loadRetries(ctx context.Context) error {
+// loadRetries reads the target's retry schedule from the state bucket:
+// with replace (after this node gained the lease) it is the schedule; else
+// its entries are added to the schedule held (one completed meanwhile
+// stays).
+func (c *Consumer) loadRetries(ctx context.Context, replace bool) error {
 	seqs, err := c.q.listSeqs(ctx, "r", c.target)
 	if err != nil {
 		return err
@@ -247,7 +250,9 @@ func (c *Consumer) loadRetries(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	clear(c.retries)
+	if replace {
+		clear(c.retries)
+	}
 	for seq, at := range due {
 		if _, busy := c.inflight[seq]; !busy {
 			c.retries[seq] = at
@@ -256,19 +261,31 @@ func (c *Consumer) loadRetries(ctx context.Context) error {
 	return nil
 }
 
-// ensureSchedule loads the retry schedule once per lease acquisition gen.
+// scheduleRefresh is how often the lease holder reads its retry schedule
+// from the state bucket again: a replay, revival or unpark on another node
+// tells the holder with a core NATS message, which a holder reconnecting
+// at that moment misses; the entry is in the bucket all the same.
+// (A variable for tests.)
+var scheduleRefresh = 30 * time.Second
+
+// ensureSchedule loads the retry schedule once per lease acquisition gen,
+// and again every scheduleRefresh. Reading it again is safe while messages
+// are handed out: those in flight are skipped, and an entry read just
+// before its message finished is dropped when it comes due (fromSchedule
+// checks the state).
 func (c *Consumer) ensureSchedule(ctx context.Context, gen uint64) error {
 	c.mu.Lock()
-	stale := c.loadedGen != gen
+	gained := c.loadedGen != gen
+	stale := gained || time.Since(c.loadedAt) > scheduleRefresh
 	c.mu.Unlock()
 	if !stale {
 		return nil
 	}
-	if err := c.loadRetries(ctx); err != nil {
+	if err := c.loadRetries(ctx, gained); err != nil {
 		return err
 	}
 	c.mu.Lock()
-	c.loadedGen = gen
+	c.loadedGen, c.loadedAt = gen, time.Now()
 	c.mu.Unlock()
 	return nil
 }

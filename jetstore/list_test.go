@@ -38,8 +38,12 @@ func serverURL(srv *server.Server) string {
 }
 
 func openURLNode(t *testing.T, url, node string) (*Store, *Queue) {
+	return openURLNodeTTL(t, url, node, 600*time.Millisecond)
+}
+
+func openURLNodeTTL(t *testing.T, url, node string, ttl time.Duration) (*Store, *Queue) {
 	t.Helper()
-	s, err := Open(Config{URLs: []string{url}, Node: node, LeaseTTL: 600 * time.Millisecond, AckWait: 600 * time.Millisecond,
+	s, err := Open(Config{URLs: []string{url}, Node: node, LeaseTTL: ttl, AckWait: ttl,
 		HandoverQuiet: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -315,5 +319,75 @@ func TestReplayHolderKilled(t *testing.T) {
 	}
 	if dl, err := qb.DeadLetters("a", 0, 100); err != nil || uint64(len(dl)) != wantDead {
 		t.Fatalf("dead letters after the replays: %d %v, want %d", len(dl), err, wantDead)
+	}
+}
+
+// A replay asked on a node while the holder misses the notice (its
+// subscription gone, as during a reconnection) is delivered all the same:
+// the holder reads its retry schedule from the bucket again every
+// scheduleRefresh.
+func TestReplayNoticeLost(t *testing.T) {
+	old := scheduleRefresh
+	scheduleRefresh = 300 * time.Millisecond
+	defer func() { scheduleRefresh = old }()
+	dir := t.TempDir()
+	srv := startServer(t, dir, 0)
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	url := serverURL(srv)
+	sa, qa := openURLNodeTTL(t, url, "node-a", 5*time.Second)
+	defer sa.Close()
+	ca, _ := qa.Consumer("a")
+	holding(t, ca)
+	sb, qb := openURLNodeTTL(t, url, "node-b", 5*time.Second)
+	defer sb.Close()
+	ctx := context.Background()
+	var ids []store.ID
+	for i := range 5 {
+		id, err := qa.Append(ctx, &store.Message{Method: "POST", URI: fmt.Sprintf("/o/%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	delivered := store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}
+	var n int
+	for end := time.Now().Add(10 * time.Second); n < 5 && time.Now().Before(end); {
+		ds, err := ca.Fetch(5, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			if err := ca.Complete(ctx, d, delivered); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n += len(ds)
+	}
+	if n != 5 {
+		t.Fatalf("delivered %d, want 5", n)
+	}
+	qa.sub.Unsubscribe() // node a hears no notice from now on
+	for _, id := range ids {
+		if err := qb.Replay(ctx, "a", id.Seq(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[uint64]int{}
+	for end := time.Now().Add(10 * time.Second); len(got) < 5 && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		ds, err := ca.Fetch(5, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			got[d.Seq]++
+			if err := ca.Complete(ctx, d, delivered); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, id := range ids {
+		if got[id.Seq()] != 1 {
+			t.Fatalf("replayed seq %d fetched %d times by the holder that missed the notice, want 1", id.Seq(), got[id.Seq()])
+		}
 	}
 }
