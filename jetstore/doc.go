@@ -1,8 +1,8 @@
 // Package jetstore is sluice's storage engine on NATS JetStream, for running
 // several sluice nodes on one replicated store. It implements the contract
-// of package store (Queue, Consumer with BatchCompleter and Parker,
-// DeadLetters; not BatchAppender) and passes its conformance suite
-// (conformance_test.go).
+// of package store (Queue with Lister and Replayer, Consumer with
+// BatchCompleter and Parker, DeadLetters; not BatchAppender nor
+// ForwardRecorder) and passes its conformance suite (conformance_test.go).
 //
 // # Model
 //
@@ -26,6 +26,7 @@
 //	d.<route>.<target>.<seq>  a dead letter (listed by DeadLetters)
 //	p.<route>.<target>.<key hash>.<seq>  parked behind its key (Parker)
 //
+// A purged dead letter's state is Purged (finished, never attempted again).
 // The bucket's entries expire with the retention. A message handed out again
 // by the server (its node died holding it, or its acknowledgement was lost)
 // is checked against its s. entry first, so a recorded outcome is never
@@ -48,6 +49,39 @@
 // the quiet second. A node restarted under the same name (sluice serve: its
 // host and an id kept in its data directory) takes its own lease back at
 // once.
+//
+// # Listing, counting, replaying
+//
+// Messages (store.Lister) walks the stream by seq, at most limit messages a
+// call: the records from an ephemeral consumer started at the page's first
+// seq, 64 at a time (a page of 8 or fewer: one get each), and the page's
+// states with one batched direct get of the state bucket (multi_last, NATS
+// 2.11 and later; older servers: one get per state, 32 at once). Memory is
+// one batch of 64 records and their states, whatever the stream's size;
+// the caller's cursor is a seq, so a page cut short by a server restart is
+// read again from the same seq, and no message is listed twice. Counts
+// without time bounds reads no record: it watches the target's state keys
+// (one entry each) and counts the stream's other messages as queued or in
+// flight; within time bounds it walks the stream as a listing does.
+//
+// What it cannot know: the retention (MaxAge) deletes a message and its
+// record, so nothing is ever listed or counted Expired; the listing and
+// the counts cover the messages the stream holds. In flight is exact on
+// the node holding the target's lease; another node counts as in flight
+// every message the durable consumer handed out with no outcome yet
+// (including those the holder gave back to try again), and a retry under
+// way on the holder as retrying. A page is read over some milliseconds: a
+// message that finishes meanwhile may show its phase from before.
+//
+// Replay (store.Replayer) puts a delivered or dead message back into the
+// target's retry schedule: the retry entry first, then the dead-letter
+// entry's removal, then the state, swapped by revision (of two concurrent
+// replays, or a replay and a purge, one wins and the other is ErrNotFound),
+// then a notice to the lease holder. A node dying half-way leaves a retry
+// entry whose state is still delivered or dead, which the holder drops when
+// it comes due: the replay is undone, never half done. The holder learns of
+// the entry from the notice, or, if it missed it, from its schedule read
+// again every 30 s, and delivers it through the target's limiter.
 //
 // # Guarantees
 //
@@ -82,6 +116,16 @@
 // every key in memory (of the order of 100 bytes each: an estimate, not
 // measured). The retry schedule of a target is held in memory by the lease
 // holder and read from the bucket when it gains the lease (one read per
-// retrying message). DeadLetters lists the target's dead-letter keys (one
-// key per dead letter) on every call.
+// retrying message), and again every 30 s (one listing of the target's
+// retry keys). DeadLetters lists the target's dead-letter keys (one key per
+// dead letter) on every call.
+//
+// A listing costs about 23 CPU-µs a message with two targets (one-get-each
+// on servers before 2.11: about 53); a count of a target about 2.4 CPU-µs a
+// message the stream holds (with half of them finished), or about 19
+// within time bounds: the client and an in-process server together, on a
+// 10k-message route, loaded 2-vCPU machine (load average 15), from
+// `go test -run '^$' -bench 'List|Counts' -benchtime 3x -count 3
+// ./jetstore` (list_bench_test.go; BENCHMARKS.md). A million messages:
+// about 23 CPU-seconds to list, 2.4 to count.
 package jetstore

@@ -144,8 +144,6 @@ func (q *Queue) Messages(f store.Filter, after uint64, limit int, fn func(*store
 	if limit <= 0 {
 		limit = 1000
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
 	match := func(m *store.Message, sts []*store.State, views []*targetView) *store.Row {
 		if !f.Since.IsZero() && m.EnqueuedAt.Before(f.Since) || !f.Until.IsZero() && !m.EnqueuedAt.Before(f.Until) {
 			return nil
@@ -167,7 +165,7 @@ func (q *Queue) Messages(f store.Filter, after uint64, limit int, fn func(*store
 		}
 		return row
 	}
-	return q.walk(ctx, targets, after, limit, func(m *store.Message, sts []*store.State, views []*targetView) bool {
+	return q.walk(targets, after, limit, func(m *store.Message, sts []*store.State, views []*targetView) bool {
 		if row := match(m, sts, views); row != nil {
 			return fn(row)
 		}
@@ -195,8 +193,11 @@ func rowTarget(target string, p store.Phase, st *store.State) store.RowTarget {
 // its state for each of targets (nil: none) and the targets' views taken
 // before the page was read, until fn returns false or limit messages were
 // looked at. It returns the last seq looked at and whether that was the
-// stream's last message when the call began.
-func (q *Queue) walk(ctx context.Context, targets []string, after uint64, limit int, fn func(*store.Message, []*store.State, []*targetView) bool) (uint64, bool, error) {
+// stream's last message when the call began. Each request to the servers
+// has its own timeout (opTimeout), not the walk as a whole.
+func (q *Queue) walk(targets []string, after uint64, limit int, fn func(*store.Message, []*store.State, []*targetView) bool) (uint64, bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
 	first, lastSeq, err := q.bounds(ctx)
 	if err != nil {
 		return after, false, err
@@ -215,6 +216,8 @@ func (q *Queue) walk(ctx context.Context, targets []string, after uint64, limit 
 	last := after
 	stopped := false
 	each := func(ms []*store.Message) error {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
 		sts, err := q.states(ctx, targets, ms)
 		if err != nil {
 			return err
@@ -228,7 +231,7 @@ func (q *Queue) walk(ctx context.Context, targets []string, after uint64, limit 
 		}
 		return nil
 	}
-	if err := q.records(ctx, from, to, func(ms []*store.Message) bool {
+	if err := q.records(from, to, func(ms []*store.Message) bool {
 		if err = each(ms); err != nil {
 			return false
 		}
@@ -245,7 +248,9 @@ func (q *Queue) walk(ctx context.Context, targets []string, after uint64, limit 
 // records reads the messages from..to of the stream, listBatch at a time,
 // and calls fn with each batch (in seq order; seqs the retention deleted
 // meanwhile are missing) until fn returns false.
-func (q *Queue) records(ctx context.Context, from, to uint64, fn func([]*store.Message) bool) error {
+func (q *Queue) records(from, to uint64, fn func([]*store.Message) bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
 	if to-from+1 <= listByGet {
 		var ms []*store.Message
 		for seq := from; seq <= to; seq++ {
@@ -268,7 +273,7 @@ func (q *Queue) records(ctx context.Context, from, to uint64, fn func([]*store.M
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:       from,
 		AckPolicy:         jetstream.AckNonePolicy,
-		InactiveThreshold: opTimeout,
+		InactiveThreshold: time.Minute, // a slow reader of the page (an export to a slow client) keeps it
 		MemoryStorage:     true,
 		Replicas:          1,
 	})
@@ -448,15 +453,13 @@ func (q *Queue) Counts(target string, since, until time.Time) (store.Counts, err
 	if !since.IsZero() || !until.IsZero() {
 		var after uint64
 		for range 1 << 30 {
-			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-			last, end, err := q.walk(ctx, []string{target}, after, 4096, func(m *store.Message, sts []*store.State, views []*targetView) bool {
+			last, end, err := q.walk([]string{target}, after, 4096, func(m *store.Message, sts []*store.State, views []*targetView) bool {
 				if !since.IsZero() && m.EnqueuedAt.Before(since) || !until.IsZero() && !m.EnqueuedAt.Before(until) {
 					return true
 				}
 				c.Add(views[0].phase(m.Seq, sts[0]))
 				return true
 			})
-			cancel()
 			if err != nil || end || last <= after {
 				return c, err
 			}

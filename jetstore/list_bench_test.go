@@ -86,33 +86,44 @@ func benchQueue(b *testing.B, n int) *Queue {
 }
 
 // BenchmarkList lists every message of a 10k-message route (both targets'
-// states), 1000 a page: the cost per message listed.
+// states), 1000 a page: the cost per message listed, with the page's states
+// read in one batched direct get, and one get each (servers before NATS
+// 2.11), alternately in one run.
 func BenchmarkList(b *testing.B) {
 	const n = 10000
 	q := benchQueue(b, n)
-	b.ResetTimer()
-	cpu0, t0 := cpuTime(), time.Now()
-	for range b.N {
-		rows := 0
-		var after uint64
-		for {
-			last, end, err := q.Messages(store.Filter{}, after, 1000, func(*store.Row) bool { rows++; return true })
-			if err != nil {
-				b.Fatal(err)
-			}
-			if end {
-				break
-			}
-			after = last
+	for _, each := range []bool{false, true} {
+		name := "batched"
+		if each {
+			name = "one-get-each"
 		}
-		if rows != n {
-			b.Fatalf("listed %d, want %d", rows, n)
-		}
+		b.Run(name, func(b *testing.B) {
+			q.s.noMulti.Store(each)
+			defer q.s.noMulti.Store(false)
+			cpu0, t0 := cpuTime(), time.Now()
+			for range b.N {
+				rows := 0
+				var after uint64
+				for {
+					last, end, err := q.Messages(store.Filter{}, after, 1000, func(*store.Row) bool { rows++; return true })
+					if err != nil {
+						b.Fatal(err)
+					}
+					if end {
+						break
+					}
+					after = last
+				}
+				if rows != n {
+					b.Fatalf("listed %d, want %d", rows, n)
+				}
+			}
+			msgs := float64(b.N * n)
+			b.ReportMetric(float64(cpuTime()-cpu0)/1e3/msgs, "cpu-µs/msg")
+			b.ReportMetric(float64(time.Since(t0))/1e3/msgs, "µs/msg")
+			b.ReportMetric(0, "ns/op")
+		})
 	}
-	msgs := float64(b.N * n)
-	b.ReportMetric(float64(cpuTime()-cpu0)/1e3/msgs, "cpu-µs/msg")
-	b.ReportMetric(float64(time.Since(t0))/1e3/msgs, "µs/msg")
-	b.ReportMetric(0, "ns/op")
 }
 
 // BenchmarkCounts counts one target of a 10k-message route with half its
