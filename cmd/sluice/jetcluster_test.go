@@ -39,13 +39,15 @@ func TestJetStreamClusterFailover(t *testing.T) {
 	ds := startDownstream(t, loadtest.DownstreamConfig{})
 
 	addrs := make([]string, 3)
+	admins := make([]string, 3)
 	procs := make([]*proc, 3)
 	dirs := make([]string, 3)
 	for i := range 3 {
-		addrs[i] = freePort(t)
+		addrs[i], admins[i] = freePort(t), freePort(t)
 		dirs[i] = filepath.Join(dir, fmt.Sprintf("node%d", i))
 		policy := filepath.Join(dir, fmt.Sprintf("node%d.yaml", i))
 		os.WriteFile(policy, []byte(fmt.Sprintf(`listen: %q
+admin: { listen: %q, token: %q }
 storage:
   engine: jetstream
   dir: %q
@@ -61,7 +63,7 @@ routes:
         burst: %d
         concurrency: %d
         retry: { max_attempts: 100, initial: 50ms, max: 500ms }
-`, addrs[i], dirs[i], strings.Join(cl.URLs, ", "), ds.URL(), rate, burst, conc)), 0o644)
+`, addrs[i], admins[i], testToken, dirs[i], strings.Join(cl.URLs, ", "), ds.URL(), rate, burst, conc)), 0o644)
 		procs[i] = startSluice(t, policy, addrs[i])
 	}
 
@@ -154,6 +156,20 @@ routes:
 	dups := 0
 	for _, n := range ds.Deliveries() {
 		dups += n - 1
+	}
+	// The counts, asked of a surviving node: every message finished and
+	// delivered once the new holder caught up, none pending.
+	other := (holder + 1) % 3
+	var c map[string]any
+	if !waitFor(20*time.Second, func() bool {
+		c = countsOf(t, "http://"+admins[other], "orders", "inventory", "")
+		return c["pending"] == 0.0
+	}) {
+		t.Fatalf("counts on node %d 20s after the drain: %v", other, c)
+	}
+	identity(t, c)
+	if acc := c["accepted"].(float64); c["delivered"] != acc || acc < float64(len(ids)) {
+		t.Fatalf("counts on node %d: %v, want every one of at least %d accepted delivered", other, c, len(ids))
 	}
 	// What the killed node had handed out and not yet recorded may come
 	// again: its attempts in flight and those whose outcome was still on its
