@@ -171,6 +171,42 @@ routes:
 	if acc := c["accepted"].(float64); c["delivered"] != acc || acc < float64(len(ids)) {
 		t.Fatalf("counts on node %d: %v, want every one of at least %d accepted delivered", other, c, len(ids))
 	}
+	// And the listing, on the same node: every accepted message once, in
+	// order, delivered (the stream has three replicas).
+	listed := map[string]bool{}
+	next, lastID := "", ""
+	for range 100 {
+		u := "http://" + admins[other] + "/v1/routes/orders/messages?target=inventory&limit=500"
+		if next != "" {
+			u += "&cursor=" + next
+		}
+		code, body := apiCall(t, "GET", u, testToken, nil)
+		if code != 200 {
+			t.Fatalf("list on node %d: %d %v", other, code, body)
+		}
+		for _, m := range body["messages"].([]any) {
+			m := m.(map[string]any)
+			id := m["id"].(string)
+			if listed[id] || id <= lastID {
+				t.Fatalf("message %s listed twice or out of order", id)
+			}
+			listed[id], lastID = true, id
+			if st := m["targets"].([]any)[0].(map[string]any)["state"]; st != "delivered" {
+				t.Fatalf("message %s listed %v", id, st)
+			}
+		}
+		if next, _ = body["next"].(string); next == "" {
+			break
+		}
+	}
+	if float64(len(listed)) != c["accepted"] {
+		t.Fatalf("listed %d messages, counted %v accepted", len(listed), c["accepted"])
+	}
+	for _, id := range ids {
+		if !listed[id] {
+			t.Fatalf("acknowledged message %s not listed", id)
+		}
+	}
 	// What the killed node had handed out and not yet recorded may come
 	// again: its attempts in flight and those whose outcome was still on its
 	// way to the state bucket (slow while the stopped server's streams
