@@ -67,11 +67,15 @@
 // What it cannot know: the retention (MaxAge) deletes a message and its
 // record, so nothing is ever listed or counted Expired; the listing and
 // the counts cover the messages the stream holds. In flight is exact on
-// the node holding the target's lease; another node counts as in flight
-// every message the durable consumer handed out with no outcome yet
-// (including those the holder gave back to try again), and a retry under
-// way on the holder as retrying. A page is read over some milliseconds: a
-// message that finishes meanwhile may show its phase from before.
+// the node holding the target's lease; while another node holds it, a node
+// counts as in flight every message the durable consumer handed out with
+// no outcome yet (including those the holder gave back to try again), and
+// a retry under way on the holder as retrying; while no node holds it
+// (between a holder's death or stop and the next one), as queued, though a
+// node that lost the lease may still be finishing attempts. Lookup (the
+// status API) tells in flight the same way. A page is read over some
+// milliseconds: a message that finishes meanwhile may show its phase from
+// before.
 //
 // Replay (store.Replayer) puts a delivered or dead message back into the
 // target's retry schedule: the retry entry first, then the dead-letter

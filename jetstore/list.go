@@ -28,9 +28,10 @@ import (
 // deleted is gone, record and all, so nothing is ever Expired here: the
 // listing and the counts cover the messages the stream holds. In flight is
 // exact on the node that holds the target's lease (its attempts under way);
-// another node sees as in flight every message the durable consumer handed
-// out and has no outcome for, including those the holder gave back to try
-// again; and a retry under way there shows as retrying.
+// while another node holds it, a node sees as in flight every message the
+// durable consumer handed out and has no outcome for, including those the
+// holder gave back to try again, and a retry under way there as retrying;
+// while no node holds it, nothing is in flight.
 
 const (
 	// listBatch is the number of records read at once.
@@ -56,8 +57,9 @@ func statePhase(st *store.State) store.Phase {
 }
 
 // targetView is what a node knows of a target's messages in flight at one
-// moment: its own attempts under way, whether it holds the lease, and the
-// durable consumer's ack floor and last handed-out seq.
+// moment: its own attempts under way, whether it holds the lease, and, if
+// another node holds it, the durable consumer's ack floor and last
+// handed-out seq.
 type targetView struct {
 	holder          bool
 	local           map[uint64]bool // this node's attempts under way
@@ -78,6 +80,14 @@ func (q *Queue) view(ctx context.Context, target string) (*targetView, error) {
 	}
 	if v.holder {
 		return v, nil
+	}
+	// No holder (its lease expired or was given up): nothing is being
+	// attempted, and what the consumer handed out was given back or is
+	// waiting to be handed out again.
+	if _, err := q.s.leases.Get(ctx, q.name+"."+target); errors.Is(err, jetstream.ErrKeyNotFound) {
+		return v, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("%w: route %q: target %q: lease: %w", store.ErrIO, q.name, target, err)
 	}
 	var info *jetstream.ConsumerInfo
 	var err error

@@ -148,6 +148,9 @@ func TestListAcrossServerRestart(t *testing.T) {
 			}
 			srv = startServer(t, dir, port)
 			restarted = true
+			// Node a's lease expired while the server was down: until it
+			// takes it again, no node holds it and nothing is in flight.
+			holding(t, ca)
 		}
 		var page []store.ID
 		last, done, err := qb.Messages(store.Filter{Target: "a"}, after, 40, func(r *store.Row) bool {

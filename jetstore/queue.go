@@ -314,7 +314,10 @@ func (q *Queue) get(ctx context.Context, seq uint64) (*store.Message, error) {
 	return m, nil
 }
 
-// Lookup returns the message id names and its status for every target.
+// Lookup returns the message id names and its status for every target. A
+// message with no outcome yet is in flight if this node is attempting it,
+// or, on a node that does not hold the target's lease, if the durable
+// consumer handed it out (one consumer info); else queued.
 func (q *Queue) Lookup(id store.ID) (*store.Message, []store.TargetStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -335,9 +338,19 @@ func (q *Queue) Lookup(id store.ID) (*store.Message, []store.TargetStatus, error
 		if st == nil {
 			st = &store.State{Phase: store.Queued}
 		}
-		st.Phase = statePhase(st)
-		if c := q.consumer(t); c != nil && c.inFlight(id.Seq()) {
-			st.Phase = store.InFlight
+		if st.Phase == store.Queued {
+			// No outcome yet: in flight here, or handed out to the
+			// lease holder on another node (as the listing tells).
+			v, err := q.view(ctx, t)
+			if err != nil {
+				return nil, nil, err
+			}
+			st.Phase = v.phase(id.Seq(), nil)
+		} else {
+			st.Phase = statePhase(st)
+			if c := q.consumer(t); c != nil && c.inFlight(id.Seq()) {
+				st.Phase = store.InFlight
+			}
 		}
 		out[i] = store.TargetStatus{Target: t, State: *st}
 	}
