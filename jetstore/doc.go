@@ -124,12 +124,12 @@
 // retry keys). DeadLetters lists the target's dead-letter keys (one key per
 // dead letter) on every call.
 //
-// A listing costs about 23 CPU-µs a message with two targets (one-get-each
-// on servers before 2.11: about 53); a count of a target about 2.4 CPU-µs a
-// message the stream holds (with half of them finished), or about 19
+// A listing costs about 18 CPU-µs a message with two targets (one get per
+// state, on servers before 2.11: about 44); a count of a target about 2.0
+// CPU-µs a message the stream holds (half of them finished), or about 19
 // within time bounds: the client and an in-process server together, on a
-// 10k-message route, loaded 2-vCPU machine (load average 15), from
+// 10k-message route, loaded 2-vCPU machine (load average 9), from
 // `go test -run '^$' -bench 'List|Counts' -benchtime 3x -count 3
 // ./jetstore` (list_bench_test.go; BENCHMARKS.md). A million messages:
-// about 23 CPU-seconds to list, 2.4 to count.
+// about 18 CPU-seconds to list, 2 to count.
 package jetstore
