@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -391,6 +393,102 @@ func TestReplayNoticeLost(t *testing.T) {
 	for _, id := range ids {
 		if got[id.Seq()] != 1 {
 			t.Fatalf("replayed seq %d fetched %d times by the holder that missed the notice, want 1", id.Seq(), got[id.Seq()])
+		}
+	}
+}
+
+// Two nodes replay the same delivered messages at once: for each message
+// one replay wins and the other is ErrNotFound (the state is swapped by
+// revision), and the holder delivers each once.
+func TestReplayConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	srv := startServer(t, dir, 0)
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	url := serverURL(srv)
+	sa, qa := openURLNodeTTL(t, url, "node-a", 5*time.Second)
+	defer sa.Close()
+	ca, _ := qa.Consumer("a")
+	holding(t, ca)
+	sb, qb := openURLNodeTTL(t, url, "node-b", 5*time.Second)
+	defer sb.Close()
+	ctx := context.Background()
+	const n = 20
+	var ids []store.ID
+	for i := range n {
+		id, err := qa.Append(ctx, &store.Message{Method: "POST", URI: fmt.Sprintf("/o/%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	delivered := store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}
+	done := 0
+	for end := time.Now().Add(10 * time.Second); done < n && time.Now().Before(end); {
+		ds, err := ca.Fetch(n, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			if err := ca.Complete(ctx, d, delivered); err != nil {
+				t.Fatal(err)
+			}
+		}
+		done += len(ds)
+	}
+	if done != n {
+		t.Fatalf("delivered %d, want %d", done, n)
+	}
+	errs := [2][]error{make([]error, n), make([]error, n)}
+	var wg sync.WaitGroup
+	for k, q := range []*Queue{qa, qb} {
+		wg.Go(func() {
+			for i, id := range ids {
+				errs[k][i] = q.Replay(ctx, "a", id.Seq(), time.Now())
+			}
+		})
+	}
+	wg.Wait()
+	swapped := 0 // lost at the compare-and-set, not at the first read
+	for i := range ids {
+		a, b := errs[0][i], errs[1][i]
+		for _, err := range []error{a, b} {
+			if err != nil && strings.Contains(err.Error(), "changed") {
+				swapped++
+			}
+		}
+		won := (a == nil) != (b == nil)
+		lost := errors.Is(a, store.ErrNotFound) || errors.Is(b, store.ErrNotFound)
+		if !won || !lost {
+			t.Fatalf("message %d replayed on both nodes: %v and %v, want one nil and one ErrNotFound", i, a, b)
+		}
+	}
+	t.Logf("%d of %d lost at the compare-and-set", swapped, n)
+	got := map[uint64]int{}
+	for end := time.Now().Add(10 * time.Second); len(got) < n && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		ds, err := ca.Fetch(n, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			got[d.Seq]++
+			if err := ca.Complete(ctx, d, delivered); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		ds, _ := ca.Fetch(n, time.Now())
+		for _, d := range ds {
+			got[d.Seq]++
+		}
+	}
+	for _, id := range ids {
+		if got[id.Seq()] != 1 {
+			t.Fatalf("seq %d fetched %d times after the replays, want 1", id.Seq(), got[id.Seq()])
+		}
+		_, st, err := qa.Lookup(id)
+		if err != nil || st[0].Phase != store.Delivered || len(st[0].History) != 3 {
+			t.Fatalf("seq %d after one replay: %v %+v", id.Seq(), err, st)
 		}
 	}
 }
