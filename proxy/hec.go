@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"crypto/subtle"
 	"encoding/base64"
 	"sync"
 
@@ -118,11 +117,11 @@ func hecAuthorized(ctx *fasthttp.RequestCtx, r *route) bool {
 		writeHEC(ctx, fasthttp.StatusUnauthorized, logproto.HECReply("Invalid authorization", logproto.HECInvalidAuth, -1))
 		return false
 	}
-	match := 0
+	match := false // every token is compared, by digest (tokenEqual)
 	for _, t := range r.HECTokens {
-		match |= subtle.ConstantTimeCompare(token, []byte(t))
+		match = tokenEqual(token, t) || match
 	}
-	if match == 0 {
+	if !match {
 		writeHEC(ctx, fasthttp.StatusForbidden, logproto.HECReply("Invalid token", logproto.HECInvalidToken, -1))
 		return false
 	}
