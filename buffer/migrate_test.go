@@ -46,15 +46,7 @@ func TestOpensDataDirOfPreviousFormat(t *testing.T) {
 	must(t, err)
 	asOf := st[0].NextTry.Add(-time.Minute)
 	a, _ := q.Consumer("a")
-	var got []*Delivery
-	for range 100 {
-		ds, err := a.Fetch(64, asOf)
-		must(t, err)
-		if len(ds) == 0 {
-			break
-		}
-		got = append(got, ds...)
-	}
+	got := fetchAllAt(t, a, asOf)
 	if len(got) != 28 || got[0].Seq != 13 {
 		t.Fatalf("a fetched %d (first %d); want the 28 pending from 13", len(got), got[0].Seq)
 	}
@@ -120,15 +112,7 @@ func TestOpensDataDirBeforeBlocks(t *testing.T) {
 	// Read as of an hour after the directory was written: seq 151's retry
 	// is due a day after.
 	asOf := time.Unix(1764900000, 0).Add(time.Hour)
-	var got []*Delivery
-	for range 100 {
-		ds, err := a.Fetch(64, asOf)
-		must(t, err)
-		if len(ds) == 0 {
-			break
-		}
-		got = append(got, ds...)
-	}
+	got := fetchAllAt(t, a, asOf)
 	if len(got) != 48 || got[0].Seq != 153 {
 		t.Fatalf("a fetched %d (first %d); want the 48 queued from 153", len(got), got[0].Seq)
 	}

@@ -61,9 +61,20 @@ func appendN(t *testing.T, q *Queue, n int) []ID {
 
 func fetchAll(t *testing.T, c *Consumer) []*Delivery {
 	t.Helper()
+	return fetchAllAt(t, c, time.Time{})
+}
+
+// fetchAllAt fetches until the consumer runs dry, as of at (zero: now at
+// each Fetch).
+func fetchAllAt(t *testing.T, c *Consumer, at time.Time) []*Delivery {
+	t.Helper()
 	var all []*Delivery
 	for range 10000 {
-		ds, err := c.Fetch(64, time.Now())
+		now := at
+		if now.IsZero() {
+			now = time.Now()
+		}
+		ds, err := c.Fetch(64, now)
 		if err != nil {
 			t.Fatal(err)
 		}
