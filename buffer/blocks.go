@@ -108,24 +108,29 @@ func appendBlock(dst []byte, b *block) []byte {
 // per-seq record if there is one, else the entry of its delivered block,
 // else nil. Like bolt's Get, it is valid until tx ends.
 func storedState(tx *bolt.Tx, target string, seq uint64) []byte {
-	if sb := tx.Bucket(stateBucket(target)); sb != nil {
-		if v := sb.Get(seqKey(seq)); v != nil {
+	return newStateReader(tx, target).get(seq)
+}
+
+// stateReader reads one target's states in a transaction, seq by seq:
+// the per-seq record first, else the delivered block's entry (decoding each
+// block once while seqs go up).
+type stateReader struct {
+	s      *bolt.Bucket // "s/<target>"; nil: none
+	blocks *blockReader
+}
+
+func newStateReader(tx *bolt.Tx, target string) *stateReader {
+	return &stateReader{s: tx.Bucket(stateBucket(target)), blocks: newBlockReader(tx, target)}
+}
+
+// get returns seq's state record, or nil.
+func (r *stateReader) get(seq uint64) []byte {
+	if r.s != nil {
+		if v := r.s.Get(seqKey(seq)); v != nil {
 			return v
 		}
 	}
-	bb := tx.Bucket(blockBucket(target))
-	if bb == nil {
-		return nil
-	}
-	v := bb.Get(seqKey(blockFirst(seq)))
-	if v == nil {
-		return nil
-	}
-	var b block
-	if decodeBlock(v, &b) != nil {
-		return nil
-	}
-	return b[seq-blockFirst(seq)]
+	return r.blocks.get(seq)
 }
 
 // blockReader reads the delivered entries of one target along ascending

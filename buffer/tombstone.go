@@ -69,9 +69,9 @@ func (q *Queue) expireSegment(s *segment, next []uint64) []uint64 {
 	var recs [][]byte
 	var buf []byte
 	safeView(s.db, func(tx *bolt.Tx) error {
-		blocks := make([]*blockReader, len(q.targets))
+		states := make([]*stateReader, len(q.targets))
 		for i, t := range q.targets {
-			blocks[i] = newBlockReader(tx, t)
+			states[i] = newStateReader(tx, t)
 		}
 		for seq := first; seq <= last; seq++ {
 			var ts *tombstone
@@ -81,11 +81,7 @@ func (q *Queue) expireSegment(s *segment, next []uint64) []uint64 {
 				}
 				tt := tombTarget{Name: t, Was: Queued}
 				if seq < next[i] {
-					v := tx.Bucket(stateBucket(t)).Get(seqKey(seq))
-					if v == nil {
-						v = blocks[i].get(seq)
-					}
-					if v != nil {
+					if v := states[i].get(seq); v != nil {
 						st, err := decodeState(v)
 						if err == nil && st.Phase != Retrying && st.Phase != Parked {
 							continue
