@@ -135,7 +135,15 @@ func main() {
 			for len(out) > 0 {
 				m, err := unix.Write(c.fd, out)
 				if err == unix.EAGAIN {
-					continue // the client reads its answers: a short spin
+					// The client is not reading its answers: wait for
+					// room, at most a second, then drop it.
+					fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLOUT}}
+					if n, _ := unix.Poll(fds, 1000); n == 1 {
+						continue
+					}
+					unix.Close(c.fd)
+					delete(conns, c.fd)
+					break
 				}
 				if err != nil {
 					break
