@@ -164,7 +164,10 @@
 // answer's status line and headers and discards the body as it streams
 // (keeping at most capture_response.max_bytes of it), so answers of any
 // size cost a few KiB each. An attempt ends at the target's timeout and
-// closes its connection.
+// closes its connection. Connections to targets go through internal/netio:
+// the deadlines fasthttp sets on every request are armed only when they
+// must be, and on Linux sockets are read and written with raw system
+// calls, a third fewer context switches a delivered message.
 //
 // At full speed the run loop is kept off the path of each message: for a
 // plain target with no rate limit, a closed breaker and no control call
