@@ -130,7 +130,7 @@
 //
 // Memory is bounded by in-flight work (at most what consumers have fetched but
 // not completed) plus a few words per segment; it does not grow with the
-// backlog; the head's frame index costs 12 bytes a message, at most one
+// backlog; the head's frame index costs 16 bytes a message, at most one
 // segment's worth. The exception: the key filters of the sealed segments, 10
 // bits per keyed message (none for a queue without idempotency keys), which
 // spare a keyed append one bbolt transaction per sealed segment. Start-up opens each sealed segment's .db and reads its

@@ -24,7 +24,7 @@ import (
 // acknowledgement follows the fdatasync); opening the head cuts it off.
 //
 // Where each seq's frame starts is kept in memory for the head segment
-// (12 bytes a message, at most one segment's worth) and rebuilt at start by
+// (16 bytes a message, at most one segment's worth) and rebuilt at start by
 // reading the head's log once: nothing about a message is written twice on
 // the acknowledgement path. When the head rolls, it is sealed: the index is
 // written to seg-<first>.idx (12 bytes a message, read with pread when
