@@ -14,9 +14,9 @@ import (
 // base+i s) and brings them, for target a, to: 0 and 1 delivered, 2 dead
 // (status 400), 3 retrying (status 503, due in an hour), 4 in flight, 5
 // queued (fetched and released). Target b has fetched nothing.
-func listFixture(t *testing.T, e Engine) (Opened, store.Lister, []store.ID, time.Time) {
+func listFixture(t *testing.T, e Engine, dir string) (Opened, store.Lister, []store.ID, time.Time) {
 	t.Helper()
-	o := open(t, e, t.TempDir(), "a", "b")
+	o := open(t, e, dir, "a", "b")
 	l, ok := o.Queue.(store.Lister)
 	if !ok {
 		t.Skip("the engine's queues do not list (optional)")
@@ -73,7 +73,8 @@ func list(t *testing.T, l store.Lister, f store.Filter, limit int) ([]store.ID, 
 }
 
 func testList(t *testing.T, e Engine) {
-	o, l, ids, base := listFixture(t, e)
+	dir := t.TempDir()
+	o, l, ids, base := listFixture(t, e, dir)
 	all, rows := list(t, l, store.Filter{}, 100)
 	if !slices.Equal(all, ids) {
 		t.Fatalf("every message: %v, want %v", all, ids)
@@ -139,8 +140,26 @@ func testList(t *testing.T, e Engine) {
 	if _, _, err := l.Messages(store.Filter{Target: "zz"}, 0, 10, func(*store.Row) bool { return true }); !errors.Is(err, store.ErrUnknownTarget) {
 		t.Fatalf("list of an unknown target: %v", err)
 	}
-	// A restart keeps every phase but in flight (a claim of the process).
-	_ = o
+	// A restart keeps every phase but in flight (a claim of the process:
+	// the message is queued again), and the counts with it.
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	o = open(t, e, dir, "a", "b")
+	l = o.Queue.(store.Lister)
+	_, rows = list(t, l, store.Filter{}, 100)
+	wantA[4] = store.Queued
+	if len(rows) != len(ids) {
+		t.Fatalf("after a restart: %d rows, want %d", len(rows), len(ids))
+	}
+	for i, r := range rows {
+		if r.ID != ids[i] || len(r.Targets) != 2 || r.Targets[0].Phase != wantA[i] || r.Targets[1].Phase != store.Queued {
+			t.Fatalf("after a restart, row %d: %+v, want a %s and b queued", i, r, wantA[i])
+		}
+	}
+	if ca, err := l.Counts("a", time.Time{}, time.Time{}); err != nil || ca != (store.Counts{Target: "a", Accepted: 6, Delivered: 2, Dead: 1, Retrying: 1, Queued: 2}) {
+		t.Fatalf("counts of a after a restart: %+v %v", ca, err)
+	}
 }
 
 // testListPages: pages of any size list every message once, in order, and
@@ -179,7 +198,7 @@ func testListPages(t *testing.T, e Engine) {
 // testPurged: a purged dead letter is Purged, not Dead, in Lookup, the list
 // and the counts.
 func testPurged(t *testing.T, e Engine) {
-	o, l, ids, _ := listFixture(t, e)
+	o, l, ids, _ := listFixture(t, e, t.TempDir())
 	dl, ok := o.Queue.(store.DeadLetters)
 	if !ok {
 		t.Skip("the engine has no dead letters (optional)")
@@ -204,7 +223,7 @@ func testPurged(t *testing.T, e Engine) {
 // schedule, are fetched again with the attempt after the last, and the
 // replay is in the history; other phases are ErrNotFound.
 func testReplay(t *testing.T, e Engine) {
-	o, l, ids, _ := listFixture(t, e)
+	o, l, ids, _ := listFixture(t, e, t.TempDir())
 	rp, ok := o.Queue.(store.Replayer)
 	if !ok {
 		t.Skip("the engine's queues do not replay (optional)")
