@@ -626,7 +626,7 @@ func TestExportStreamsFlat(t *testing.T) {
 	t.Logf("%d rows; live heap %d MiB before, at most %d MiB during", rows, base>>20, most>>20)
 }
 
-// unsupportedMessages is an engine that cannot list (jetstream today).
+// unsupportedMessages is an engine that cannot list, count or replay.
 type unsupportedMessages struct{}
 
 func (unsupportedMessages) List(string, store.Filter, uint64, int, func(*store.Row) bool) (uint64, bool, error) {
