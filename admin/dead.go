@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/policies"
+	"github.com/sluice-proxy/sluice/store"
 )
 
 // DeadLetter is one message that failed for good for one target.
@@ -124,6 +125,24 @@ const (
 	maxListLimit = 1000    // a list answers at most this many
 	maxScan      = 1000000 // dead letters one request looks at, at most
 )
+
+// tryWhileBusy calls change until it succeeds or fails for good. A message
+// whose outcome is still being recorded is held by its drainer for a moment
+// (the store says "in flight; try again"): it is tried again a few times,
+// for up to ~0.3 s, before the error is reported. Not found, no such
+// target, not supported and a cancelled request are final.
+func tryWhileBusy(ctx context.Context, change func() error) error {
+	var err error
+	for try := range changeTries {
+		err = change()
+		if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrNotFound) ||
+			errors.Is(err, ErrNoTarget) || errors.Is(err, ErrUnsupported) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(time.Duration(try+1) * 20 * time.Millisecond)
+	}
+	return err
+}
 
 // scan calls fn with each dead letter matching f with a seq above after, in
 // order, until fn returns false, the list ends, or maxScan were read. It
@@ -342,19 +361,7 @@ func (s *Server) deadAct(w http.ResponseWriter, r *http.Request, replay bool) {
 		}
 		return err
 	}
-	// A letter whose death is still being recorded is held by its drainer
-	// for a moment (the store says "in flight; try again"): it is tried
-	// again a few times, for up to ~0.3 s, before the error is reported.
-	act := func(d *DeadLetter) error {
-		var err error
-		for try := range changeTries {
-			if err = once(d); err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrNoTarget) || ctx.Err() != nil {
-				return err
-			}
-			time.Sleep(time.Duration(try+1) * 20 * time.Millisecond)
-		}
-		return err
-	}
+	act := func(d *DeadLetter) error { return tryWhileBusy(ctx, func() error { return once(d) }) }
 	if len(a.IDs) > 0 {
 		for _, id := range a.IDs {
 			if !wellFormedID(id) {

@@ -478,12 +478,5 @@ func (s *Server) replayMessages(w http.ResponseWriter, r *http.Request) {
 // replayOne replays one message, trying again a few times while its
 // outcome is being recorded (in flight for a moment).
 func (s *Server) replayOne(ctx context.Context, route, target string, seq uint64, at time.Time) error {
-	var err error
-	for try := range changeTries {
-		if err = s.cfg.Messages.Replay(ctx, route, target, seq, at); err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrNotFound) || ctx.Err() != nil {
-			return err
-		}
-		time.Sleep(time.Duration(try+1) * 20 * time.Millisecond)
-	}
-	return err
+	return tryWhileBusy(ctx, func() error { return s.cfg.Messages.Replay(ctx, route, target, seq, at) })
 }
