@@ -669,3 +669,45 @@ func TestMessagesUnsupported(t *testing.T) {
 		}
 	}
 }
+
+// failingReplay lists like fakeMessages and fails every replay.
+type failingReplay struct {
+	fakeMessages
+	tries *int
+}
+
+func (f failingReplay) Replay(context.Context, string, string, uint64, time.Time) error {
+	*f.tries++
+	return errors.New("disk on fire")
+}
+
+// TestReplayStopsOnFailingStore: a replay by filter whose every replay
+// fails stops after maxReplayErrors messages, answers 500 with those
+// errors and done false, rather than trying every matching message.
+func TestReplayStopsOnFailingStore(t *testing.T) {
+	f := newFixture(t)
+	tries := 0
+	s, err := New(Config{Token: token, Node: f.node, Controls: f.controls, Messages: failingReplay{fakeMessages{1000}, &tries}, Metrics: NewMetrics(nil), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	req, _ := http.NewRequest("POST", srv.URL+"/v1/routes/orders/targets/inv/replay", strings.NewReader(`{"state":"delivered"}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var res ReplayResult
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 500 || res.Done || res.Replayed != 0 || len(res.Errors) != maxReplayErrors {
+		t.Fatalf("%d %+v, want 500, %d errors, not done", resp.StatusCode, res, maxReplayErrors)
+	}
+	if tries != maxReplayErrors*changeTries {
+		t.Fatalf("%d replays tried, want %d (%d messages, %d tries each)", tries, maxReplayErrors*changeTries, maxReplayErrors, changeTries)
+	}
+}

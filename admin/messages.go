@@ -107,6 +107,10 @@ const (
 	defaultLimit  = 100
 	maxPageLimit  = 1000
 	exportTimeout = time.Minute // each chunk of an export must be written within it
+	// maxReplayErrors failed replays end a replay by filter (done: false):
+	// each is tried for ~0.3 s, and a failing store would otherwise be
+	// tried for every message the filter matches.
+	maxReplayErrors = 10
 )
 
 // EncodeCursor makes the opaque cursor of a page that ends at seq.
@@ -378,7 +382,7 @@ type replayRequest struct {
 type ReplayResult struct {
 	Replayed int      `json:"replayed"`
 	Skipped  int      `json:"skipped,omitempty"` // matched, then changed phase before the replay (e.g. retried meanwhile)
-	Errors   []string `json:"errors,omitempty"`
+	Errors   []string `json:"errors,omitempty"`  // at most maxReplayErrors: the replay stops there
 	// Done is false when the scan stopped at its bound (1000000 messages
 	// looked at): send the same request again for the rest.
 	Done bool `json:"done"`
@@ -460,6 +464,12 @@ func (s *Server) replayMessages(w http.ResponseWriter, r *http.Request) {
 			default:
 				res.Errors = append(res.Errors, fmt.Sprintf("seq %d: %v", seq, err))
 			}
+			if len(res.Errors) >= maxReplayErrors {
+				break
+			}
+		}
+		if len(res.Errors) >= maxReplayErrors {
+			break // the store is failing: stop rather than try every message
 		}
 		if end {
 			res.Done = len(res.Errors) == 0
