@@ -127,6 +127,13 @@ func (c *ctlClient) call(method, path string, body, out any) error {
 			}
 			return errors.New(msg)
 		}
+		// A replay's answer: a 500 whose errors are the result's own.
+		var res struct {
+			Errors []string `json:"errors"`
+		}
+		if json.Unmarshal(data, &res) == nil && len(res.Errors) > 0 {
+			return fmt.Errorf("%s %s: %s:\n  %s", method, path, resp.Status, strings.Join(res.Errors, "\n  "))
+		}
 		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
 	}
 	if out != nil {

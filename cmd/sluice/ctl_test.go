@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -85,5 +87,22 @@ func TestCtl(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run([]string{"ctl", "--admin", tn.admin, "--token", "wrong-token-0123456789", "routes"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "401") {
 		t.Errorf("wrong token: exit %d, %s", code, errb.String())
+	}
+}
+
+// TestCtlReplayErrors: a replay answered 500 with its result's errors
+// prints them, not only the status.
+func TestCtlReplayErrors(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(500)
+		w.Write([]byte(`{"replayed":3,"errors":["seq 7: disk on fire"],"done":false}`))
+	}))
+	defer srv.Close()
+	c := &ctlClient{base: srv.URL, http: srv.Client()}
+	var out bytes.Buffer
+	err := c.run([]string{"replay", "orders", "inv", "--state", "dead"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "seq 7: disk on fire") || !strings.Contains(err.Error(), "500") {
+		t.Fatalf("replay answered 500 with errors: %v", err)
 	}
 }
