@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/base64"
+	"net/url"
 	"sync"
 
 	"github.com/valyala/fasthttp"
@@ -134,13 +135,13 @@ func hecAuthorized(ctx *fasthttp.RequestCtx, r *route) bool {
 // string (hec_query_token) whether or not the route reads it there.
 func withoutToken(uri []byte) []byte {
 	path, query, ok := bytes.Cut(uri, []byte("?"))
-	if !ok || !bytes.Contains(query, []byte("token")) {
+	if !ok || !bytes.Contains(query, []byte("token")) && !bytes.Contains(query, []byte("%")) {
 		return uri
 	}
 	out := append(make([]byte, 0, len(uri)), path...)
 	sep := byte('?')
 	for part := range bytes.SplitSeq(query, []byte("&")) {
-		if key, _, _ := bytes.Cut(part, []byte("=")); string(key) == "token" {
+		if isTokenKey(part) {
 			continue
 		}
 		out = append(append(out, sep), part...)
@@ -168,4 +169,16 @@ func hecToken(auth []byte) ([]byte, bool) {
 		return pass, ok && len(pass) > 0
 	}
 	return nil, false
+}
+
+// isTokenKey reports whether the query parameter part (key or key=value)
+// is named token, percent-escaped or not: the query string is decoded
+// before its token is read, so "tok%65n=..." is a token as well.
+func isTokenKey(part []byte) bool {
+	key, _, _ := bytes.Cut(part, []byte("="))
+	if bytes.IndexByte(key, '%') < 0 {
+		return string(key) == "token"
+	}
+	k, err := url.QueryUnescape(string(key))
+	return err == nil && k == "token"
 }

@@ -367,7 +367,7 @@ func (s *Server) handleSplunkHEC(ctx *fasthttp.RequestCtx, r *route) {
 		}
 		return
 	}
-	if u := logURI(ctx); bytes.Contains(u, []byte("token")) {
+	if u := logURI(ctx); bytes.IndexByte(u, '?') >= 0 {
 		ctx.SetUserValue(logURIKey, withoutToken(u)) // a token is never stored (hec.go)
 	}
 	if _, over := s.logBacklog(ctx, r); over {

@@ -773,6 +773,7 @@ routes:
 	}{
 		{"/services/collector/event?token=tok-one", "", 200, `{"text":"Success","code":0}`},
 		{"/services/collector/event?channel=c1&token=tok-one&x=1", "", 200, `{"text":"Success","code":0,"ackId":0}`},
+		{"/services/collector/event?tok%65n=tok-one", "", 200, `{"text":"Success","code":0}`},
 		{"/services/collector/event?token=tok-two", "", 403, `{"text":"Invalid token","code":4}`},
 		{"/services/collector/event?token=", "", 401, `{"text":"Token is required","code":2}`},
 		{"/services/collector/event?token=tok-two", "Splunk tok-one", 200, `{"text":"Success","code":0}`},
@@ -791,7 +792,7 @@ routes:
 		}
 	}
 	for route, want := range map[string][]string{
-		"hec":  {"/services/collector/event", "/services/collector/event?channel=c1&x=1", "/services/collector/event"},
+		"hec":  {"/services/collector/event", "/services/collector/event?channel=c1&x=1", "/services/collector/event", "/services/collector/event"},
 		"open": {"/open/services/collector/event?host=h"},
 	} {
 		var got []string
@@ -822,6 +823,8 @@ func TestWithoutToken(t *testing.T) {
 		"/a?x=1&token=t&y=2":          "/a?x=1&y=2",
 		"/a?token=t&token=u&tokens=1": "/a?tokens=1",
 		"/a?tok=1&mytoken=2":          "/a?tok=1&mytoken=2",
+		"/a?tok%65n=t&x=%41":          "/a?x=%41",
+		"/a?x=%zz&tok%6":              "/a?x=%zz&tok%6",
 	} {
 		if got := string(withoutToken([]byte(in))); got != want {
 			t.Errorf("withoutToken(%q) = %q, want %q", in, got, want)
