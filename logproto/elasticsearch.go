@@ -226,9 +226,9 @@ func parseAction(line []byte, def BulkDefaults) (Doc, error) {
 	if d.Refused != "" {
 		return d, nil // answered, not stored: no metadata to keep
 	}
-	for k, v := range map[string]string{"pipeline": def.Pipeline, "routing": def.Routing} {
-		if _, set := meta[k]; !set && v != "" {
-			meta[k], _ = json.Marshal(v)
+	for _, kv := range [...][2]string{{"pipeline", def.Pipeline}, {"routing", def.Routing}} {
+		if _, set := meta[kv[0]]; !set && kv[1] != "" {
+			meta[kv[0]], _ = json.Marshal(kv[1])
 		}
 	}
 	d.Meta, _ = json.Marshal(meta) // keys sorted: the same action is stored the same way
