@@ -209,3 +209,23 @@ func FuzzHasControl(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkValidJSON measures validJSON against encoding/json.Valid on a
+// Filebeat-like document, in the same run: go test -bench ValidJSON
+// ./logproto (report the ratio of the two ns/op).
+func BenchmarkValidJSON(b *testing.B) {
+	doc := []byte(`{"@timestamp":"2026-12-05T01:00:00.000Z","message":"GET /api/orders/42 HTTP/1.1 200 512 \"-\" \"curl/8.5\"","log":{"file":{"path":"/var/log/nginx/access.log"},"offset":123456},"host":{"name":"web-1","ip":["10.0.0.7"]},"agent":{"type":"filebeat","version":"8.17.0"},"fields":{"env":"prod","n":[1,2,3.5,true,null]}}`)
+	for _, c := range []struct {
+		name string
+		fn   func([]byte) bool
+	}{{"validJSON", validJSON}, {"encoding-json", json.Valid}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(doc)))
+			for b.Loop() {
+				if !c.fn(doc) {
+					b.Fatal("invalid")
+				}
+			}
+		})
+	}
+}
