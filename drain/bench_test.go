@@ -10,7 +10,6 @@ import (
 
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/internal/buftest"
-	"github.com/sluice-proxy/sluice/internal/heapfloor"
 	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/valyala/fasthttp"
 )
@@ -26,24 +25,12 @@ func noopServer(b *testing.B) string {
 // unlimited rate and concurrency 16, against a server that does nothing. The
 // store is on SyncNever so that the number is the drainer's (fetch, replay,
 // record), not the disk's fsync latency; SyncAlways is the second case.
-//
-// The floor=64MiB case runs with the heap floor sluice serve sets
-// (internal/heapfloor): compare its gc-cpu-µs/msg with sync=always's
-// (run without GOGC in the environment; with it, the floor is off).
 func BenchmarkDrainNoop(b *testing.B) {
 	for _, bc := range []struct {
-		name  string
-		sync  buffer.SyncMode
-		floor uint64
-	}{{"sync=never", buffer.SyncNever, 0}, {"sync=always", buffer.SyncAlways, 0}, {"sync=always/floor=64MiB", buffer.SyncAlways, 64 << 20}} {
+		name string
+		sync buffer.SyncMode
+	}{{"sync=never", buffer.SyncNever}, {"sync=always", buffer.SyncAlways}} {
 		b.Run(bc.name, func(b *testing.B) {
-			if bc.floor > 0 {
-				stop, ok := heapfloor.Start(bc.floor)
-				if !ok {
-					b.Skip("GOGC is set: no heap floor")
-				}
-				defer stop()
-			}
 			srvURL := noopServer(b)
 			st := openStore(b, b.TempDir(), bc.sync)
 			q := buftest.Queue(b, st, "orders", "a")
@@ -59,7 +46,7 @@ func BenchmarkDrainNoop(b *testing.B) {
 
 			b.ResetTimer()
 			start := time.Now()
-			cpu0, gc0 := testutil.CPUTime(), testutil.GCCPUTime()
+			cpu0 := testutil.CPUTime()
 			go func() { done <- d.Run(ctx) }()
 			for d.Stats().Delivered < uint64(b.N) {
 				time.Sleep(200 * time.Microsecond)
@@ -67,7 +54,6 @@ func BenchmarkDrainNoop(b *testing.B) {
 			elapsed := time.Since(start)
 			cpu := testutil.CPUTime() - cpu0
 			reportCPU(b, cpu, elapsed)
-			b.ReportMetric(float64((testutil.GCCPUTime()-gc0).Nanoseconds())/1e3/float64(b.N), "gc-cpu-µs/msg")
 			b.StopTimer()
 			cancel()
 			if err := <-done; err != nil {

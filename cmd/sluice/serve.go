@@ -20,7 +20,6 @@ import (
 	"github.com/sluice-proxy/sluice/admin"
 	"github.com/sluice-proxy/sluice/buffer"
 	"github.com/sluice-proxy/sluice/drain"
-	"github.com/sluice-proxy/sluice/internal/heapfloor"
 	"github.com/sluice-proxy/sluice/policies"
 	"github.com/sluice-proxy/sluice/proxy"
 	"github.com/sluice-proxy/sluice/store"
@@ -333,11 +332,6 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
-// heapFloor is the heap the garbage collector lets the server reach
-// before it runs: sluice's live heap is a few MiB, and at GOGC's default
-// a drain at full speed collects every ~70 ms (README, "Heap floor").
-const heapFloor = 64 << 20
-
 func cmdServe(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -381,10 +375,6 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		}
 		defer trace.Stop()
 	}
-	// The collector waits for a heap of heapFloor (internal/heapfloor);
-	// GOGC in the environment turns that off.
-	stopFloor, _ := heapfloor.Start(heapFloor)
-	defer stopFloor()
 	load := func() (*policies.Policy, error) {
 		pol, err := policies.Load(*policyPath)
 		if err != nil {
