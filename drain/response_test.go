@@ -207,3 +207,93 @@ func TestAnswersKeepConnections(t *testing.T) {
 		t.Errorf("%d connections for 200 deliveries at concurrency 2+2: answers read to the end did not go back to the pool", n)
 	}
 }
+
+// TestLargeAnswersSwitchToStreaming: a delivery whose body is not used
+// reads a small answer whole; the first answer over 64 KiB ends its read
+// after the status line and headers (delivered all the same, its
+// connection closed), and from then on the drainer streams and discards
+// the target's answers, so later large answers keep their connections.
+func TestLargeAnswersSwitchToStreaming(t *testing.T) {
+	var conns atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sized := []byte(strings.Repeat("s", 1<<20))
+	ds := &fasthttp.Server{
+		Handler: func(ctx *fasthttp.RequestCtx) {
+			ctx.SetStatusCode(202)
+			if strings.Contains(string(ctx.RequestURI()), "x=2") {
+				bigBody(ctx, 200<<10) // chunked
+				return
+			}
+			ctx.Response.SetBodyRaw(sized) // Content-Length: 1 MiB
+		},
+		ConnState: func(_ net.Conn, s fasthttp.ConnState) {
+			if s == fasthttp.StateNew {
+				conns.Add(1)
+			}
+		},
+	}
+	testutil.ServeOn(t, ln, ds)
+	_, q, _ := newQueue(t, "a")
+	msgs := appendN(t, q, 30, order)
+	ta := testTarget("a", "http://"+ln.Addr().String())
+	ta.Concurrency = 1
+	da, _ := startDrainer(t, Config{Target: ta}, consumer(t, q, "a"))
+	waitFor(t, 20*time.Second, "deliveries", func() bool { return da.Stats().Delivered == 30 })
+	for _, m := range msgs {
+		st := status(t, q, m.ID, "a")
+		if last, _ := st.Last(); st.Phase != buffer.Delivered || last.Status != 202 {
+			t.Fatalf("%s: state %+v", m.ID, st.State)
+		}
+	}
+	if !da.largeAnswers.Load() {
+		t.Error("the drainer did not switch to streaming after an answer over 64 KiB")
+	}
+	t.Logf("%d connections", conns.Load())
+	if n := conns.Load(); n > 2 {
+		t.Errorf("%d connections for 30 deliveries of large answers at concurrency 1: want 2 (one closed at the first large answer)", n)
+	}
+}
+
+// TestForwardReadsAnswersWhole: Forward hands the client the target's
+// answer whole (small, over 64 KiB sized or chunked), and one over 16 MiB
+// as too large, with no partial body.
+func TestForwardReadsAnswersWhole(t *testing.T) {
+	sized := []byte(strings.Repeat("s", 1<<20))
+	huge := []byte(strings.Repeat("h", maxResponseBody+1))
+	ds := newDownstream(t, func(h *hit, ctx *fasthttp.RequestCtx) {
+		ctx.SetStatusCode(201)
+		switch string(ctx.QueryArgs().Peek("x")) {
+		case "small":
+			ctx.SetBodyString("made")
+		case "sized":
+			ctx.Response.SetBodyRaw(sized)
+		case "chunked":
+			bigBody(ctx, 200<<10)
+		case "huge":
+			ctx.Response.SetBodyRaw(huge)
+		}
+	})
+	_, q, _ := newQueue(t, "inv")
+	c, _ := q.Consumer("inv")
+	d, err := New(Config{Target: testTarget("inv", ds.url), Logger: quietLogger()}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cse := range []struct {
+		x    string
+		body string
+	}{{"small", "made"}, {"sized", string(sized)}, {"chunked", strings.Repeat("x", 200<<10)}, {"huge", ""}, {"small", "made"}} {
+		m := order(0)
+		m.URI = "/api/orders?x=" + cse.x
+		var resp fasthttp.Response
+		if _, err := d.Forward(m, &resp); err != nil || resp.StatusCode() != 201 {
+			t.Fatalf("x=%s: %d %v", cse.x, resp.StatusCode(), err)
+		}
+		if got := resp.Body(); string(got) != cse.body {
+			t.Errorf("x=%s: body of %d bytes, want %d", cse.x, len(got), len(cse.body))
+		}
+	}
+}
