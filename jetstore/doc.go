@@ -62,7 +62,11 @@
 // read again from the same seq, and no message is listed twice. Counts
 // without time bounds reads no record: it watches the target's state keys
 // (one entry each) and counts the stream's other messages as queued or in
-// flight; within time bounds it walks the stream as a listing does.
+// flight; within time bounds it walks the stream as a listing does. Seqs
+// can have gaps (an operator removed a message, the server lost some in a
+// damaged block): a count asks the server which seqs are gone (8 bytes
+// each in memory) and counts neither them nor their states; past 65536
+// gone, it walks the stream instead.
 //
 // What it cannot know: the retention (MaxAge) deletes a message and its
 // record, so nothing is ever listed or counted Expired; the listing and

@@ -21,7 +21,7 @@ import (
 // (message, target) state is one key-value get, listGets of them at once.
 // Counts with no time bounds reads no record: it watches the target's s.
 // keys (one entry each, streamed) and counts the stream's other messages as
-// queued or in flight. A count within time bounds walks the stream like a
+// queued or in flight, less the seqs removed from the stream (see span). A count within time bounds walks the stream like a
 // listing (the accepted time is in the record).
 //
 // What the engine cannot know: a message the stream's retention (MaxAge)
@@ -295,9 +295,13 @@ func (q *Queue) records(from, to uint64, fn func([]*store.Message) bool) error {
 		defer cancel()
 		q.stream.DeleteConsumer(dctx, cons.CachedInfo().Name) // else it goes after InactiveThreshold
 	}()
+	// pending is the number of messages at from and above when the
+	// consumer began: with none left, a page ending on a removed seq stops
+	// rather than wait out the fetch for it.
+	pending := cons.CachedInfo().NumPending
 	next := from
-	for next <= to {
-		n := int(min(uint64(listBatch), to-next+1))
+	for next <= to && pending > 0 {
+		n := int(min(uint64(listBatch), to-next+1, pending))
 		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(opTimeout/2))
 		if err != nil {
 			return fmt.Errorf("%w: route %q: read seq %d: %w", store.ErrIO, q.name, next, err)
@@ -313,6 +317,7 @@ func (q *Queue) records(from, to uint64, fn func([]*store.Message) bool) error {
 				break
 			}
 			next = seq + 1
+			pending = min(pending-1, meta.NumPending)
 			ms = append(ms, decodeListed(seq, msg.Data()))
 			if seq == to {
 				break
@@ -490,22 +495,108 @@ func (q *Queue) countAll(target string) (store.Counts, error) {
 	ictx, icancel := context.WithTimeout(ctx, opTimeout)
 	v, err := q.view(ictx, target)
 	if err == nil {
-		var first, last uint64
-		first, last, err = q.bounds(ictx)
+		var h span
+		h, err = q.span(ictx)
 		icancel()
 		if err != nil {
 			return c, err
 		}
-		if first > last {
+		if h.first > h.last {
 			return c, nil
 		}
-		return q.countWatch(ctx, target, v, first, last)
+		if h.tooGappy {
+			return q.countWalk(target)
+		}
+		return q.countWatch(ctx, target, v, h)
 	}
 	icancel()
 	return c, err
 }
 
-func (q *Queue) countWatch(ctx context.Context, target string, v *targetView, first, last uint64) (store.Counts, error) {
+// countDeletedMax is the most seqs removed inside the stream that a count
+// asks the server for (8 bytes each in memory, some 10 in the answer);
+// with more, a count walks the records.
+var countDeletedMax = 1 << 16
+
+// span is the stream's seqs now: first..last (first > last: empty) less
+// deleted, the seqs removed inside that span (sorted). Seqs can have gaps:
+// an operator removed a message (nats stream rmm), or the server lost some
+// in a damaged block; the retention only moves first. tooGappy: more than
+// countDeletedMax are gone, deleted was not asked for.
+type span struct {
+	first, last uint64
+	deleted     []uint64
+	tooGappy    bool
+}
+
+func (q *Queue) span(ctx context.Context) (span, error) {
+	info, err := q.stream.Info(ctx)
+	if err != nil {
+		return span{}, fmt.Errorf("%w: route %q: stream info: %w", store.ErrIO, q.name, err)
+	}
+	st := info.State
+	if st.Msgs == 0 {
+		return span{first: st.LastSeq + 1, last: st.LastSeq}, nil
+	}
+	h := span{first: st.FirstSeq, last: st.LastSeq}
+	switch gone := st.LastSeq - st.FirstSeq + 1 - st.Msgs; {
+	case gone == 0:
+		return h, nil
+	case gone > uint64(countDeletedMax):
+		h.tooGappy = true
+		return h, nil
+	}
+	info, err = q.stream.Info(ctx, jetstream.WithDeletedDetails(true))
+	if err != nil {
+		return span{}, fmt.Errorf("%w: route %q: stream info: %w", store.ErrIO, q.name, err)
+	}
+	st = info.State
+	if st.Msgs == 0 {
+		return span{first: st.LastSeq + 1, last: st.LastSeq}, nil
+	}
+	h = span{first: st.FirstSeq, last: st.LastSeq, deleted: slices.Clone(st.Deleted)}
+	slices.Sort(h.deleted)
+	h.deleted = slices.Compact(h.deleted)
+	return h, nil
+}
+
+// gone tells whether seq was removed from inside the span.
+func (h *span) gone(seq uint64) bool {
+	_, ok := slices.BinarySearch(h.deleted, seq)
+	return ok
+}
+
+// count is the number of messages held in lo..hi.
+func (h *span) count(lo, hi uint64) uint64 {
+	lo, hi = max(lo, h.first), min(hi, h.last)
+	if lo > hi {
+		return 0
+	}
+	i, _ := slices.BinarySearch(h.deleted, lo)
+	j, _ := slices.BinarySearch(h.deleted, hi+1)
+	return hi - lo + 1 - uint64(j-i)
+}
+
+// countWalk counts target's messages by reading every record, as a count
+// within time bounds does.
+func (q *Queue) countWalk(target string) (store.Counts, error) {
+	c := store.Counts{Target: target}
+	var after uint64
+	for range 1 << 30 {
+		last, end, err := q.walk([]string{target}, after, 4096, func(m *store.Message, sts []*store.State, views []*targetView) bool {
+			c.Add(views[0].phase(m.Seq, sts[0]))
+			return true
+		})
+		if err != nil || end || last <= after {
+			return c, err
+		}
+		after = last
+	}
+	return c, nil
+}
+
+func (q *Queue) countWatch(ctx context.Context, target string, v *targetView, h span) (store.Counts, error) {
+	first, last := h.first, h.last
 	c := store.Counts{Target: target}
 	w, err := q.s.state.Watch(ctx, "s."+q.name+"."+target+".*", jetstream.IgnoreDeletes())
 	if err != nil {
@@ -527,8 +618,8 @@ func (q *Queue) countWatch(ctx context.Context, target string, v *targetView, fi
 		}
 		idle.Reset(listIdle)
 		seq, ok := keySeq(e.Key())
-		if !ok || seq < first || seq > last {
-			continue // a message the retention deleted, or appended after the count began
+		if !ok || seq < first || seq > last || h.gone(seq) {
+			continue // a message deleted (retention, operator), or appended after the count began
 		}
 		st, err := store.DecodeState(e.Value())
 		if err != nil {
@@ -546,18 +637,19 @@ func (q *Queue) countWatch(ctx context.Context, target string, v *targetView, fi
 			handedStated++
 		}
 	}
-	none := last - first + 1 - stated // messages with no outcome yet
+	all := h.count(first, last)
+	none := all - min(all, stated) // messages with no outcome yet
 	var inflight uint64
 	if v.holder {
 		var local uint64
 		for seq := range v.local {
-			if seq >= first && seq <= last {
+			if seq >= first && seq <= last && !h.gone(seq) {
 				local++
 			}
 		}
 		inflight = local - min(local, localStated)
-	} else if lo, hi := max(v.floor+1, first), min(v.handed, last); hi >= lo {
-		inflight = hi - lo + 1 - min(hi-lo+1, handedStated)
+	} else if n := h.count(v.floor+1, v.handed); n > 0 {
+		inflight = n - min(n, handedStated)
 	}
 	inflight = min(inflight, none)
 	c.Accepted += none
