@@ -266,8 +266,10 @@ type Route struct {
 	Protocol string
 	// HECTokens (key hec_tokens; protocol splunk-hec) are the HEC tokens
 	// the route accepts, in Authorization: Splunk <token> (or as the
-	// password of Basic credentials); none (the default) = no check. Values
-	// are expanded from the environment like any other (${HEC_TOKEN}).
+	// password of Basic credentials); none (the default, key absent) = no
+	// check. Values are expanded from the environment like any other
+	// (${HEC_TOKEN}); each must be one word of visible ASCII, listed once,
+	// and the list, if present, not empty.
 	HECTokens []string
 	// HECQueryToken (key hec_query_token; with hec_tokens) also takes the
 	// token from the query string, ?token=<token>, when the request has

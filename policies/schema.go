@@ -464,11 +464,23 @@ func (d *decoder) route(n *yaml.Node, path string, names map[string]int) (*Route
 		if r.Protocol != ProtocolSplunkHEC && !m.bad["protocol"] {
 			d.errorf(n.Line, m.field("hec_tokens"), "hec_tokens is only used with protocol splunk-hec")
 		}
-		for i, tn := range d.list(m, "hec_tokens") {
+		items := d.list(m, "hec_tokens")
+		if len(items) == 0 && !m.bad["hec_tokens"] {
+			d.errorf(n.Line, m.field("hec_tokens"), "hec_tokens is empty: it would check no token; list the tokens, or leave the key out to accept any")
+		}
+		seen := map[string]int{}
+		for i, tn := range items {
 			at := fmt.Sprintf("%s[%d]", m.field("hec_tokens"), i)
-			if v, ok := d.item(tn, at); ok && v == "" {
-				d.errorf(tn.Line, at, "the token is empty (an unset ${VAR}?): it would accept nothing")
-			} else if ok {
+			v, ok := d.item(tn, at)
+			if !ok {
+				continue
+			}
+			if problem := hecTokenProblem(v); problem != "" {
+				d.errorf(tn.Line, at, "%s", problem)
+			} else if j, dup := seen[v]; dup {
+				d.errorf(tn.Line, at, "the same token as hec_tokens[%d]", j)
+			} else {
+				seen[v] = i
 				r.HECTokens = append(r.HECTokens, v)
 			}
 		}
@@ -875,4 +887,29 @@ func (d *decoder) checkEngine(p *Policy) {
 			}
 		}
 	}
+}
+
+// hecTokenProblem says what makes token unusable as a HEC token, "" if
+// nothing does: a client sends it as Authorization: Splunk <token>, one word
+// of visible ASCII. It never quotes the token (a secret), only where the
+// first bad byte is.
+func hecTokenProblem(token string) string {
+	if token == "" {
+		return "the token is empty (an unset ${VAR}?): it would accept nothing"
+	}
+	for i := 0; i < len(token); i++ {
+		var what string
+		switch c := token[i]; {
+		case c == ' ' || c == '\t':
+			what = "a space"
+		case c < 0x20 || c == 0x7f:
+			what = "a control character"
+		case c >= 0x80:
+			what = "a non-ASCII character"
+		default:
+			continue
+		}
+		return fmt.Sprintf("the token has %s at byte %d: a token is sent as Authorization: Splunk <token>, one word of visible ASCII", what, i+1)
+	}
+	return ""
 }
