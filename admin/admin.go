@@ -139,9 +139,9 @@ type Config struct {
 	Token    string
 	Node     Node
 	Controls *Controls
-	Dead     DeadLetters // nil: the dead-letter endpoints answer 501
-	Messages Messages    // nil: the message list, counts and replay answer 501
-	Reload   Reloader    // nil: /v1/reload answers 501
+	Dead     DeadLetters // nil: the dead-letter endpoints answer 501 not_supported
+	Messages Messages    // nil: the message list, counts and replay answer 501 not_supported
+	Reload   Reloader    // nil: /v1/reload answers 501 not_supported
 	Metrics  *Metrics
 	Logger   *slog.Logger
 	Now      func() time.Time // default time.Now
@@ -272,14 +272,24 @@ type errorBody struct {
 	Error errorDetail `json:"error"`
 }
 
+// errorDetail is every error's one shape: a code a client branches on, a
+// message for people, and, for some, the bad query parameter or every
+// problem of a refused policy.
 type errorDetail struct {
 	Code    string   `json:"code"`
 	Message string   `json:"message"`
+	Param   string   `json:"param,omitempty"`
 	Errors  []string `json:"errors,omitempty"`
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, errorBody{Error: errorDetail{Code: code, Message: msg}})
+}
+
+// notSupported answers a call this server cannot serve: the part is not
+// configured, or its storage engine does not do it (ErrUnsupported).
+func notSupported(w http.ResponseWriter, msg string) {
+	writeError(w, http.StatusNotImplemented, "not_supported", msg)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -419,7 +429,7 @@ func (s *Server) setRate(w http.ResponseWriter, r *http.Request) { s.control(w, 
 
 func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Reload == nil {
-		writeError(w, http.StatusNotImplemented, "not_implemented", "reload is not available")
+		notSupported(w, "reload is not supported by this server")
 		return
 	}
 	res, err := s.cfg.Reload(r.Context())

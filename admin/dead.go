@@ -170,7 +170,7 @@ func (s *Server) scan(route, target string, after uint64, f *deadFilter, fn func
 
 func (s *Server) deadStore(w http.ResponseWriter) bool {
 	if s.cfg.Dead == nil {
-		writeError(w, http.StatusNotImplemented, "not_implemented", "dead letters are not available")
+		notSupported(w, "dead letters are not supported by this server")
 		return false
 	}
 	return true

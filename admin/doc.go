@@ -13,7 +13,10 @@
 //   - Every endpoint but /healthz, /readyz and the dashboard's static files
 //     needs "Authorization: Bearer <token>" when a token is set; the check
 //     compares SHA-256 digests in constant time. Refusals are 401 with a JSON
-//     error. Errors never echo request bodies.
+//     error. Errors never echo request bodies, and have one shape,
+//     {"error": {"code", "message"}} (plus "param" or "errors" for some),
+//     an export's failure after its first row included; a call this server
+//     or its storage engine cannot serve is 501 not_supported.
 //   - An operator's pause or rate (Controls) is written to controls.json in
 //     the data directory (temporary file, fsync, rename, fsync of the
 //     directory) before it is applied and before the API answers, so it

@@ -135,11 +135,7 @@ func (e *paramError) Error() string { return e.param + ": " + e.msg }
 func badParam(w http.ResponseWriter, err error) {
 	var pe *paramError
 	if errors.As(err, &pe) {
-		w.Header().Set("Content-Type", "application/json")
-		b, _ := json.Marshal(map[string]any{"error": map[string]string{"code": "bad_request", "param": pe.param, "message": err.Error()}})
-		w.Header().Set("Cache-Control", "no-store")
-		w.WriteHeader(http.StatusBadRequest)
-		w.Write(append(b, '\n'))
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: errorDetail{Code: "bad_request", Message: err.Error(), Param: pe.param}})
 		return
 	}
 	writeError(w, http.StatusBadRequest, "bad_request", err.Error())
@@ -209,7 +205,7 @@ func messageFilter(r *http.Request) (store.Filter, error) {
 
 func (s *Server) messagesStore(w http.ResponseWriter) bool {
 	if s.cfg.Messages == nil {
-		writeError(w, http.StatusNotImplemented, "not_implemented", "message listing is not available")
+		notSupported(w, "message listing is not supported by this server")
 		return false
 	}
 	return true
@@ -274,7 +270,7 @@ func (s *Server) listMessages(w http.ResponseWriter, r *http.Request) {
 // store is read exportChunk messages at a time and the output flushed
 // after each chunk: memory stays one chunk's rows whatever the count.
 // An error after the first row ends the stream with a line
-// {"error": ...}; a client can tell a complete export by its last line,
+// {"error": {"code", "message"}} (as the reply would have been); a client can tell a complete export by its last line,
 // {"end": true, "rows": N}.
 func (s *Server) exportMessages(w http.ResponseWriter, r *http.Request, route string, f store.Filter, after uint64) {
 	rc := http.NewResponseController(w)
@@ -304,7 +300,8 @@ func (s *Server) exportMessages(w http.ResponseWriter, r *http.Request, route st
 		}
 		start()
 		if err != nil {
-			enc.Encode(map[string]string{"error": err.Error()})
+			_, e := s.messagesErrorDetail(err)
+			enc.Encode(errorBody{Error: e})
 			bw.Flush()
 			return
 		}
@@ -325,17 +322,24 @@ func (s *Server) exportMessages(w http.ResponseWriter, r *http.Request, route st
 }
 
 func (s *Server) messagesError(w http.ResponseWriter, err error) {
+	status, e := s.messagesErrorDetail(err)
+	writeJSON(w, status, errorBody{Error: e})
+}
+
+// messagesErrorDetail is the answer to an error of the message store: its
+// status and error, as a reply or as an export's last line.
+func (s *Server) messagesErrorDetail(err error) (int, errorDetail) {
 	switch {
 	case errors.Is(err, store.ErrUnknownTarget): // a filter naming a target the route does not have
-		badParam(w, &paramError{"target", "the route has no such target"})
+		pe := &paramError{"target", "the route has no such target"}
+		return http.StatusBadRequest, errorDetail{Code: "bad_request", Message: pe.Error(), Param: pe.param}
 	case errors.Is(err, ErrUnsupported):
-		writeError(w, http.StatusNotImplemented, "not_supported", err.Error())
+		return http.StatusNotImplemented, errorDetail{Code: "not_supported", Message: err.Error()}
 	case errors.Is(err, ErrNoTarget):
-		writeError(w, http.StatusNotFound, "no_target", err.Error())
-	default:
-		s.log.Error("messages", "err", err)
-		writeError(w, http.StatusInternalServerError, "store_error", err.Error())
+		return http.StatusNotFound, errorDetail{Code: "no_target", Message: err.Error()}
 	}
+	s.log.Error("messages", "err", err)
+	return http.StatusInternalServerError, errorDetail{Code: "store_error", Message: err.Error()}
 }
 
 // getCounts serves GET /v1/routes/{route}/counts?since=&until=.
@@ -443,7 +447,7 @@ func (s *Server) replayMessages(w http.ResponseWriter, r *http.Request) {
 		scanned += pageSize
 		if err != nil {
 			if errors.Is(err, ErrUnsupported) {
-				writeError(w, http.StatusNotImplemented, "not_supported", err.Error())
+				notSupported(w, err.Error())
 				return
 			}
 			if errors.Is(err, ErrNoTarget) || errors.Is(err, store.ErrUnknownTarget) { // the path's route or target

@@ -283,15 +283,17 @@ func onlineDelivered(base, token, route, target string, since, until time.Time) 
 		for sc.Scan() {
 			var row struct {
 				admin.Row
-				End   bool   `json:"end"`
-				Error string `json:"error"`
+				End   bool `json:"end"`
+				Error *struct {
+					Code, Message string
+				} `json:"error"`
 			}
 			if err := json.Unmarshal(sc.Bytes(), &row); err != nil {
 				return fmt.Errorf("admin API: a line that is not JSON")
 			}
 			switch {
-			case row.Error != "":
-				return fmt.Errorf("admin API: the export failed: %s", row.Error)
+			case row.Error != nil:
+				return fmt.Errorf("admin API: the export failed: %s (%s)", row.Error.Message, row.Error.Code)
 			case row.End:
 				return nil
 			}
