@@ -26,8 +26,9 @@ import (
 // a call holds its processor until it returns, which for a non-blocking
 // socket is at most the copy of one socket buffer's worth of bytes.
 type rawIO struct {
-	rc     syscall.RawConn
-	rd, wr rawOp // a read and a write may run at once
+	rc           syscall.RawConn
+	laddr, raddr net.Addr
+	rd, wr       rawOp // a read and a write may run at once
 }
 
 // rawOp is one direction's call in progress.
@@ -50,7 +51,7 @@ func newRawIO(c net.Conn) *rawIO {
 	if err != nil {
 		return nil
 	}
-	r := &rawIO{rc: rc}
+	r := &rawIO{rc: rc, laddr: tc.LocalAddr(), raddr: tc.RemoteAddr()}
 	r.rd.fn, r.wr.fn = r.rd.read, r.wr.write
 	return r
 }
@@ -103,10 +104,8 @@ func (r *rawIO) Read(p []byte) (int, error) {
 	o.p = nil
 	o.mu.Unlock()
 	switch {
-	case err != nil:
-		return 0, err
-	case e != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", e)}
+	case err != nil || e != 0:
+		return 0, r.opError("read", err, e)
 	case n == 0:
 		return 0, io.EOF
 	}
@@ -122,11 +121,24 @@ func (r *rawIO) Write(p []byte) (int, error) {
 	n, e := o.n, o.e
 	o.p = nil
 	o.mu.Unlock()
-	switch {
-	case err != nil:
-		return n, err
-	case e != 0:
-		return n, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", e)}
+	if err != nil || e != 0 {
+		return n, r.opError("write", err, e)
 	}
 	return n, nil
+}
+
+// opError is the error net.Conn's Read or Write (op) returns for the same
+// failure: a *net.OpError with both addresses around the poller's error
+// (err: a deadline, os.ErrDeadlineExceeded; a closed connection,
+// net.ErrClosed), which the RawConn gave as its own raw-read or raw-write
+// *net.OpError, or around the system call's errno (e), an *os.SyscallError.
+func (r *rawIO) opError(op string, err error, e syscall.Errno) error {
+	var inner error = os.NewSyscallError(op, e)
+	if err != nil {
+		inner = err
+		if oe, ok := err.(*net.OpError); ok {
+			inner = oe.Err
+		}
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: r.laddr, Addr: r.raddr, Err: inner}
 }
