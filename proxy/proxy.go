@@ -147,12 +147,16 @@ func New(cfg Config) (*Server, error) {
 		// Request bodies are streamed when some route passes requests
 		// through, so that it can forward uploads as they arrive; buffer and
 		// spillover routes read theirs whole with readBody (reqbody.go
-		// explains the design). Streaming costs a buffered request ~1 µs of
-		// CPU (~4% of ingest throughput, bench/ingest.sh), so a policy
-		// without passthrough routes does not pay it: fasthttp reads bodies
-		// whole, within max_body, before the handler. Multipart bodies are
-		// not parsed: fasthttp would read them whole (files to temporary
-		// files) before the handler, and with no size limit.
+		// explains the design). Streaming costs a buffered 1 KiB request
+		// +1.6 µs of CPU: the median difference of 16 alternating rounds
+		// (range -5.2 to +9.4 µs, the noise of a loaded 2-vCPU machine), of
+		// 44-63 µs a request for the server and its clients together
+		// (BenchmarkStreamRequestBody, 2026-12-05; its comment has the
+		// command). So a policy without passthrough routes does not pay it:
+		// fasthttp reads bodies whole, within max_body, before the handler.
+		// Multipart bodies are not parsed: fasthttp would read them whole
+		// (files to temporary files) before the handler, and with no size
+		// limit.
 		StreamRequestBody:            s.passesThrough(),
 		DisablePreParseMultipartForm: true,
 	}
