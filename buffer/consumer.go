@@ -164,7 +164,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 	q := c.q
 	last = next - 1
 	var corrupt []uint64
-	var forwarded []*request           // records of forwarded requests: delivered, not handed out
+	var forwarded []*journalOutcome    // records of forwarded requests: delivered, not handed out
 	end := seg.first + seg.log.count() // messages visible now: seg.first..end-1
 	q.mu.Lock()
 	hwm := c.hwm
@@ -247,7 +247,7 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 				continue
 			}
 			if status, ok := m.Forwarded(); ok {
-				forwarded = append(forwarded, &request{kind: opState, seq: seq, target: c.idx, state: forwardedState(m, status), fast: true, done: make(chan struct{}, 1)})
+				forwarded = append(forwarded, &journalOutcome{seq: seq, target: c.idx, state: forwardedState(m, status), waiter: waiter{done: make(chan struct{}, 1)}})
 				continue
 			}
 			m.Seq = seq
@@ -283,8 +283,8 @@ func (c *Consumer) readNew(seg *segment, next uint64, max int, now time.Time) (o
 	}
 	for _, seq := range corrupt {
 		st := &State{Phase: Dead, History: []Attempt{{At: now, Error: "damaged record: checksum or format check failed"}}}
-		r := &request{kind: opState, seq: seq, target: c.idx, state: st, done: make(chan struct{}, 1)}
-		if err := q.complete(context.Background(), r, false); err != nil {
+		s := &stateChange{seq: seq, target: c.idx, state: st, waiter: waiter{done: make(chan struct{}, 1)}}
+		if err := q.complete(context.Background(), s, false); err != nil {
 			return out, last, err
 		}
 	}
@@ -341,8 +341,8 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 	}
 	for _, u := range unloadable {
 		st := &State{Phase: Dead, History: []Attempt{{At: now, Error: "damaged record: " + u.err.Error()}}}
-		r := &request{kind: opState, seq: u.seq, target: c.idx, state: st, oldRetry: u.at, done: make(chan struct{}, 1)}
-		if err := q.complete(context.Background(), r, false); err != nil {
+		s := &stateChange{seq: u.seq, target: c.idx, state: st, oldRetry: u.at, waiter: waiter{done: make(chan struct{}, 1)}}
+		if err := q.complete(context.Background(), s, false); err != nil {
 			return err
 		}
 	}
@@ -417,35 +417,62 @@ func (c *Consumer) NextRetry() (time.Time, bool) {
 // committed (durable with SyncAlways). If it fails, the message stays in
 // flight in memory and is attempted again after a restart.
 func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error {
-	r, err := c.completeRequest(d, out)
-	if err != nil {
+	st := &State{}
+	if err := outcomeState(st, d, out); err != nil {
 		return err
 	}
-	return c.q.complete(ctx, r, true)
+	w := waiter{done: make(chan struct{}, 1)}
+	if firstDelivered(d, out) {
+		return c.q.complete(ctx, &journalOutcome{waiter: w, seq: d.Seq, target: c.idx, state: st}, true)
+	}
+	s := &stateChange{waiter: w}
+	c.outcomeChange(s, st, d)
+	return c.q.complete(ctx, s, true)
 }
 
-// CompleteBatch is Complete for many attempts: every request is handed to
+// CompleteBatch is Complete for many attempts: every outcome is handed to
 // the writer before any is waited for, so they share its commits and the
 // caller wakes once. errs[i] is the outcome for ds[i].
 func (c *Consumer) CompleteBatch(ctx context.Context, ds []*Delivery, outs []Outcome) []error {
 	errs := make([]error, len(ds))
-	// One hand-off for the batch: its state changes are the parts of one
-	// request, made in one allocation each, and answered together.
-	reqs := make([]request, len(ds))
-	sts := make([]State, len(ds))
-	parts := make([]*request, 0, len(ds))
+	// One hand-off for the batch: its changes are the parts of one
+	// outcomeBatch, each kind made in one allocation, answered together.
+	nFirst := 0
 	for i, d := range ds {
-		if err := c.fillRequest(&reqs[i], &sts[i], d, outs[i]); err != nil {
+		if firstDelivered(d, outs[i]) {
+			nFirst++
+		}
+	}
+	var firsts []journalOutcome
+	var others []stateChange
+	if nFirst > 0 {
+		firsts = make([]journalOutcome, 0, nFirst)
+	}
+	if nFirst < len(ds) {
+		others = make([]stateChange, 0, len(ds)-nFirst)
+	}
+	sts := make([]State, len(ds))
+	parts := make([]change, 0, len(ds)) // for each ds[i] without an error yet, in order
+	for i, d := range ds {
+		if err := outcomeState(&sts[i], d, outs[i]); err != nil {
 			errs[i] = err
 			continue
 		}
-		parts = append(parts, &reqs[i])
+		if firstDelivered(d, outs[i]) {
+			firsts = append(firsts, journalOutcome{seq: d.Seq, target: c.idx, state: &sts[i]})
+			parts = append(parts, &firsts[len(firsts)-1])
+		} else {
+			others = append(others, stateChange{})
+			s := &others[len(others)-1]
+			c.outcomeChange(s, &sts[i], d)
+			parts = append(parts, s)
+		}
 	}
 	if len(parts) == 0 {
 		return errs
 	}
-	batch := &request{kind: opState, parts: parts, done: make(chan struct{}, 1)}
-	if err := c.q.hand(ctx, batch); err != nil {
+	batch := &outcomeBatch{parts: parts, waiter: waiter{done: make(chan struct{}, 1)}}
+	if err := c.q.do(ctx, batch); err != nil { // hand's: nothing was handed over
 		for i := range ds {
 			if errs[i] == nil {
 				errs[i] = err
@@ -453,27 +480,34 @@ func (c *Consumer) CompleteBatch(ctx context.Context, ds []*Delivery, outs []Out
 		}
 		return errs
 	}
-	<-batch.done // hand guarantees an answer, even across Close
+	k := 0
 	for i := range ds {
 		if errs[i] == nil {
-			errs[i] = reqs[i].err
+			errs[i] = parts[k].reply().err
+			k++
 		}
 	}
 	return errs
 }
 
-// completeRequest builds the state change that records out for d.
-func (c *Consumer) completeRequest(d *Delivery, out Outcome) (*request, error) {
-	r := &request{done: make(chan struct{}, 1)}
-	if err := c.fillRequest(r, &State{}, d, out); err != nil {
-		return nil, err
-	}
-	return r, nil
+// firstDelivered reports whether out, for d, is its message's first
+// outcome for the target and Delivered: it touches no index (no retry
+// entry to remove, no dead letter to list), so the journal takes it.
+func firstDelivered(d *Delivery, out Outcome) bool {
+	return d.Prior == nil && out.Phase == Delivered
 }
 
-// fillRequest makes r the state change that records out for d, with st as
-// its new state; r.done is left as it is.
-func (c *Consumer) fillRequest(r *request, st *State, d *Delivery, out Outcome) error {
+// outcomeChange makes s the state change that records st, the outcome of
+// the attempt d (not a first Delivered one: see firstDelivered).
+func (c *Consumer) outcomeChange(s *stateChange, st *State, d *Delivery) {
+	s.seq, s.target, s.state = d.Seq, c.idx, st
+	if d.Prior != nil && d.Prior.Phase == Retrying {
+		s.oldRetry = d.Prior.NextTry
+	}
+}
+
+// outcomeState sets st to the state that records out for the attempt d.
+func outcomeState(st *State, d *Delivery, out Outcome) error {
 	switch out.Phase {
 	case Delivered, Dead:
 	case Retrying:
@@ -497,13 +531,6 @@ func (c *Consumer) fillRequest(r *request, st *State, d *Delivery, out Outcome) 
 	if len(st.History) > maxHistory {
 		st.History = st.History[len(st.History)-maxHistory:]
 	}
-	r.kind, r.seq, r.target, r.state = opState, d.Seq, c.idx, st
-	if d.Prior != nil && d.Prior.Phase == Retrying {
-		r.oldRetry = d.Prior.NextTry
-	}
-	// A first outcome that is Delivered touches no index (no retry entry
-	// to remove, no dead letter to list): the journal takes it.
-	r.fast = d.Prior == nil && out.Phase == Delivered
 	return nil
 }
 
@@ -529,7 +556,7 @@ func (c *Consumer) Release(d *Delivery) {
 // The writer ends the in-flight claim of every state change it commits, on
 // the understanding that the one asking holds it (as Complete and Park do).
 // So the change is made holding a claim: taken here, before build reads the
-// state and makes the request, and ended by the writer after the commit. A
+// state and makes the change, and ended by the writer after the commit. A
 // Fetch that sees the message due between that commit and the writer's
 // bookkeeping finds it claimed and skips it; without the claim, it would
 // take the message and the writer would then drop that Fetch's claim, so
@@ -537,15 +564,15 @@ func (c *Consumer) Release(d *Delivery) {
 // build's error (ErrNotFound: not in the state the change starts from) is
 // returned as it is; if seq is in that state but in flight already (its
 // holder's commit is not finished), it fails without changing anything.
-func (c *Consumer) changeState(ctx context.Context, seq uint64, build func() (*request, error)) error {
-	return c.changeStates(ctx, []uint64{seq}, func(uint64) (*request, error) { return build() })[0]
+func (c *Consumer) changeState(ctx context.Context, seq uint64, build func() (*stateChange, error)) error {
+	return c.changeStates(ctx, []uint64{seq}, func(uint64) (*stateChange, error) { return build() })[0]
 }
 
 // changeStates is changeState for several messages (distinct seqs): every
-// claim is taken and every request built first, then the requests are
+// claim is taken and every change built first, then the changes are
 // handed to the writer back to back, so that they share its commits.
 // errs[i] is the outcome for seqs[i].
-func (c *Consumer) changeStates(ctx context.Context, seqs []uint64, build func(seq uint64) (*request, error)) (errs []error) {
+func (c *Consumer) changeStates(ctx context.Context, seqs []uint64, build func(seq uint64) (*stateChange, error)) (errs []error) {
 	q := c.q
 	errs = make([]error, len(seqs))
 	busy := make([]bool, len(seqs))
@@ -556,7 +583,7 @@ func (c *Consumer) changeStates(ctx context.Context, seqs []uint64, build func(s
 		}
 	}
 	q.mu.Unlock()
-	rs := make([]*request, len(seqs))
+	rs := make([]*stateChange, len(seqs))
 	for i, seq := range seqs {
 		r, err := build(seq)
 		switch {
@@ -588,7 +615,7 @@ func (c *Consumer) changeStates(ctx context.Context, seqs []uint64, build func(s
 	q.mu.Lock()
 	for i, seq := range seqs {
 		if busy[i] || (taken[i] && (errs[i] == nil || errors.Is(errs[i], ErrNotFound))) {
-			continue // not ours; or the writer took the request and ended the claim
+			continue // not ours; or the writer took the change and ended the claim
 		}
 		// The change was not asked for, or the writer left it in flight
 		// (failed write): the claim is still ours, and no one else can

@@ -98,7 +98,7 @@ func (q *Queue) leaveDead(ctx context.Context, target string, seq uint64, next f
 	if err != nil {
 		return err
 	}
-	return c.changeState(ctx, seq, func() (*request, error) {
+	return c.changeState(ctx, seq, func() (*stateChange, error) {
 		q.mu.Lock()
 		seg := q.segmentFor(seq)
 		q.mu.Unlock()
@@ -122,7 +122,7 @@ func (q *Queue) leaveDead(ctx context.Context, target string, seq uint64, next f
 		if err != nil {
 			return nil, err
 		}
-		return &request{kind: opState, seq: seq, target: c.idx, state: next(st, q.cfg.Now()),
-			wasDead: true, purge: purge, done: make(chan struct{}, 1)}, nil
+		return &stateChange{seq: seq, target: c.idx, state: next(st, q.cfg.Now()),
+			wasDead: true, purge: purge, waiter: waiter{done: make(chan struct{}, 1)}}, nil
 	})
 }

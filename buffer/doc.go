@@ -82,7 +82,7 @@
 // # Durability
 //
 // One goroutine per queue owns every write (group commit, after nsq's ioLoop):
-// Append and Complete hand it a request and wait; it gathers whatever requests
+// Append and Complete hand it a change and wait; it gathers whatever changes
 // are waiting, appends their frames to the head's log with one write(2) and,
 // with SyncAlways, one fdatasync, and only then acknowledges. Many requests
 // share one fdatasync, so throughput grows with concurrency while each
@@ -120,11 +120,47 @@
 // the consumer remembers how far it has read (and what Release gave back),
 // so reading new messages costs no bbolt transaction.
 //
-// Who owns what: the writer goroutine owns every file (logs, .db files,
-// journal, cursors.db) and the head; Queue.mu guards the in-memory views the
-// others read (segments list, next seq, each consumer's cursor, in-flight
-// set and released set, the pending outcomes); Consumer.fetchMu serialises
-// Fetch and Release of one consumer.
+// # Who owns what
+//
+// The writer goroutine owns every file (logs, .db files, journal,
+// cursors.db) and the head. Everything written reaches it as a typed change
+// (commit.go): appendChange and appendManyChange (frames for the head's
+// log), journalOutcome (a first outcome that is Delivered), stateChange
+// (any other state of one message for one target, with its side effects on
+// the retry schedule, dead letters and parked index) and findKeyChange (a
+// look-up, no write). A commit collects what is waiting, writes it (the
+// frames with one write(2), the outcomes with one, the state changes in one
+// bbolt transaction per segment), then settles every change's effect in
+// memory under Queue.mu at once, and answers. Queue.mu guards the
+// in-memory views the others read; Consumer.fetchMu serialises Fetch and
+// Release of one consumer. A message's state, piece by piece:
+//
+//   - its log frame: written once by the writer (appendBatch), never
+//     rewritten; readers see it once it is indexed (segLog.mu), after its
+//     write (and, with SyncAlways, its fdatasync). The head's idempotency
+//     keys (segLog.keys) are the writer's alone; next seq and the segments
+//     list are the writer's, changed under Queue.mu.
+//   - its state record for a target ("s/"), and the entries that go with
+//     it in the retry schedule ("r/"), the dead letters ("d/") and the
+//     parked index ("p/"): written together by one stateChange in the
+//     writer's transaction (stateChange.apply); the counts they change
+//     (segment.retries, segment.parked, Consumer.retrying) are updated by
+//     its settle, under Queue.mu. Readers use read transactions.
+//   - its first Delivered outcome: a journalOutcome, a frame in the journal
+//     (the writer's file); from its settle until a checkpoint has
+//     committed and fsynced it into its delivered block ("b/", written by
+//     the writer only) it is in Queue.pending, which the writer changes
+//     and readers read under Queue.mu.
+//   - its claim, Consumer.inflight: taken under Queue.mu by Fetch (and by
+//     changeStates for Unpark, Revive, Purge and Replay), ended by the
+//     writer in the settle of the change that recorded its outcome (once
+//     committed, or failed for good), or by Release; a failed write leaves
+//     it, so the floor stays below it. Consumer.next, hwm and released
+//     (Fetch's position and what Release gave back) are guarded by Queue.mu.
+//   - the cursors: each consumer's floor (the lowest seq it has not
+//     finished: next and the in-flight set, read under Queue.mu) and the
+//     next seq are persisted by the writer into cursors.db (saveFloors),
+//     as are the targets' first seqs and the tombstones.
 //
 // # Costs
 //

@@ -29,12 +29,12 @@ func (q *Queue) FindKey(ctx context.Context, key []byte) (ID, bool, error) {
 	if id, _, below, found := q.findKey(h); found {
 		return id, true, nil
 	} else {
-		r := &request{kind: opFindKey, key: h, hasKey: true, checkedBelow: below, done: make(chan struct{}, 1)}
-		if err := q.do(ctx, r); err != nil {
+		f := &findKeyChange{key: h, checkedBelow: below, waiter: waiter{done: make(chan struct{}, 1)}}
+		if err := q.do(ctx, f); err != nil {
 			return ID{}, false, err
 		}
-		if r.dup {
-			return store.NewID(r.seq, r.tag), true, nil
+		if f.found {
+			return store.NewID(f.at.seq, f.at.tag), true, nil
 		}
 	}
 	return ID{}, false, nil
@@ -69,19 +69,19 @@ func (q *Queue) AppendForwarded(ctx context.Context, d *Draft, status int) (ID, 
 	if d.EnqueuedAt.IsZero() {
 		d.EnqueuedAt = q.cfg.Now()
 	}
-	r := getRequest()
-	r.kind, r.rec, r.tag, r.fwd = opAppend, d.Encode(tag), tag, true
-	r.key, r.hasKey, r.checkedBelow, r.fp = key, hasKey, below, fp
-	if err := q.do(ctx, r); err != nil {
+	a := getAppend()
+	a.rec, a.tag, a.fwd = d.Encode(tag), tag, true
+	a.key, a.hasKey, a.checkedBelow, a.fp = key, hasKey, below, fp
+	if err := q.do(ctx, a); err != nil {
 		return ID{}, err
 	}
-	if r.mismatch {
-		putRequest(r)
+	if a.mismatch {
+		putAppend(a)
 		return ID{}, ErrKeyMismatch
 	}
-	id := store.NewID(r.seq, r.tag)
-	d.Duplicate = r.dup
-	putRequest(r)
+	id := store.NewID(a.seq, a.tag)
+	d.Duplicate = a.dup
+	putAppend(a)
 	return id, nil
 }
 
@@ -114,18 +114,32 @@ func (c *Consumer) forwardedAhead() (pending uint64, inflight int) {
 	return pending, inflight
 }
 
-// findKeyInWriter answers an opFindKey request: the head's keys and the
-// segments from r.checkedBelow on. Writer only.
-func (q *Queue) findKeyInWriter(r *request) {
+// findKeyChange asks the writer whether a key is in the head (whose keys
+// only the writer reads) or in a segment from checkedBelow on (rolled
+// since the caller looked). It writes nothing; the writer answers it after
+// the appends of its commit.
+type findKeyChange struct {
+	waiter
+	key          [16]byte // hash of the key
+	checkedBelow uint64   // segments starting below this were searched by the caller
+	found        bool     // set by the writer
+	at           keyTarget
+}
+
+func (f *findKeyChange) collect(_ *Queue, c *commitSet) { c.finds = append(c.finds, f) }
+func (f *findKeyChange) settle(*Queue)                  {}
+
+// run looks the key up. Writer only.
+func (f *findKeyChange) run(q *Queue) {
 	q.mu.Lock()
 	head := q.segs[len(q.segs)-1]
 	q.mu.Unlock()
-	if t, ok := head.log.keys[r.key]; ok {
-		r.dup, r.seq, r.tag = true, t.seq, t.tag
+	if t, ok := head.log.keys[f.key]; ok {
+		f.found, f.at = true, t
 		return
 	}
-	if kt, ok := q.findKeyFrom(r.checkedBelow, head, r.key); ok {
-		r.dup, r.seq, r.tag = true, kt.seq, kt.tag
+	if t, ok := q.findKeyFrom(f.checkedBelow, head, f.key); ok {
+		f.found, f.at = true, t
 	}
 }
 

@@ -48,16 +48,6 @@ func (t keyTarget) value() []byte {
 // stored with fingerprint stored (zero: unknown, matches any).
 func sameRequest(stored, fp [16]byte) bool { return stored == [16]byte{} || stored == fp }
 
-// repeats marks r, whose key names t, as a duplicate of t's message, or as
-// a mismatch if r is another request.
-func (r *request) repeats(t keyTarget) {
-	if !sameRequest(t.fp, r.fp) {
-		r.mismatch = true
-		return
-	}
-	r.dup, r.seq, r.tag = true, t.seq, t.tag
-}
-
 // keyIn looks the key up in one segment's transaction.
 func keyIn(tx *bolt.Tx, key [16]byte) (keyTarget, bool) {
 	kb := tx.Bucket(bucketKeys)

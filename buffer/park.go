@@ -31,11 +31,11 @@ func (c *Consumer) Park(ctx context.Context, d *Delivery, key [16]byte) error {
 		st.Attempts = d.Prior.Attempts
 		st.History = d.Prior.History
 	}
-	r := &request{kind: opState, seq: d.Seq, target: c.idx, state: st, parkKey: &key, done: make(chan struct{}, 1)}
+	s := &stateChange{seq: d.Seq, target: c.idx, state: st, parkKey: &key, waiter: waiter{done: make(chan struct{}, 1)}}
 	if d.Prior != nil && d.Prior.Phase == Retrying {
-		r.oldRetry = d.Prior.NextTry
+		s.oldRetry = d.Prior.NextTry
 	}
-	return c.q.complete(ctx, r, true)
+	return c.q.complete(ctx, s, true)
 }
 
 // NextParked returns the oldest message parked under key, if any.
@@ -102,11 +102,11 @@ var errStop = fmt.Errorf("stop")
 // retry schedule with its attempt count unchanged, and Fetch hands it out
 // among the due retries. It fails without effect if seq is in flight.
 func (c *Consumer) Unpark(ctx context.Context, seq uint64, key [16]byte, at time.Time) error {
-	return c.changeState(ctx, seq, func() (*request, error) { return c.unparkRequest(seq, key, at) })
+	return c.changeState(ctx, seq, func() (*stateChange, error) { return c.unparkChange(seq, key, at) })
 }
 
-// unparkRequest builds the state change of Unpark.
-func (c *Consumer) unparkRequest(seq uint64, key [16]byte, at time.Time) (*request, error) {
+// unparkChange builds the state change of Unpark.
+func (c *Consumer) unparkChange(seq uint64, key [16]byte, at time.Time) (*stateChange, error) {
 	q := c.q
 	q.mu.Lock()
 	seg := q.segmentFor(seq)
@@ -132,7 +132,7 @@ func (c *Consumer) unparkRequest(seq uint64, key [16]byte, at time.Time) (*reque
 		return nil, err
 	}
 	next := &State{Phase: Retrying, Attempts: st.Attempts, NextTry: at, History: st.History}
-	return &request{kind: opState, seq: seq, target: c.idx, state: next, unpark: &key, done: make(chan struct{}, 1)}, nil
+	return &stateChange{seq: seq, target: c.idx, state: next, unpark: &key, waiter: waiter{done: make(chan struct{}, 1)}}, nil
 }
 
 // UnparkN unparks up to n of the oldest messages parked under key, each as
@@ -151,7 +151,7 @@ func (c *Consumer) UnparkN(ctx context.Context, key [16]byte, n int, at time.Tim
 	if err != nil {
 		return nil, false, err
 	}
-	errs := c.changeStates(ctx, found, func(seq uint64) (*request, error) { return c.unparkRequest(seq, key, at) })
+	errs := c.changeStates(ctx, found, func(seq uint64) (*stateChange, error) { return c.unparkChange(seq, key, at) })
 	for i, seq := range found {
 		switch {
 		case errs[i] == nil:

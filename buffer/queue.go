@@ -22,60 +22,9 @@ import (
 
 var bucketFloors = []byte("floors")
 
-// maxBatch bounds the requests one commit takes, so one commit's latency
+// maxBatch bounds the changes one commit takes, so one commit's latency
 // stays bounded under any load.
 const maxBatch = 4096
-
-type opKind uint8
-
-const (
-	opAppend opKind = iota
-	opState
-	opFindKey // is key in the head (or rolled since)? (forwarded.go)
-)
-
-// request is one unit of work for the writer goroutine.
-type request struct {
-	kind opKind
-	rec  []byte // opAppend: encoded record
-	seq  uint64 // opAppend: set by the writer; opState: the message
-
-	// opAppend with an idempotency key
-	tag          [8]byte
-	key          [16]byte // hash of the key
-	hasKey       bool
-	checkedBelow uint64   // segments starting below this were searched by the caller
-	fp           [16]byte // the request's store.Fingerprint
-	dup          bool     // set by the writer: seq and tag name the first message
-	mismatch     bool     // set by the writer: the key's first message was another request
-
-	// opState
-	target   int
-	state    *State
-	oldRetry time.Time // retry entry to remove (zero: none)
-	wasDead  bool      // the message leaves the dead-letter list (replay, purge)
-	purge    bool      // a purge: stays Dead but off the list
-	parkKey  *[16]byte // Park: index the message under this key
-	unpark   *[16]byte // Unpark: remove it from the index under this key
-
-	// opAppend of many records that commit together (AppendDrafts): the
-	// writer appends the parts in one commit, so they are stored or
-	// refused together; parts are answered through this request.
-	parts []*request
-
-	// fast: a first outcome that is Delivered: it goes to the outcome
-	// journal, not to bbolt (see journal.go)
-	fast bool
-	// fwd: opAppend of a forwarded request's record (forwarded.go)
-	fwd bool
-
-	// set by the writer
-	skipped      bool // a precondition checked in the transaction failed (ErrNotFound)
-	retryRemoved bool // oldRetry was in the schedule and is gone
-
-	err  error
-	done chan struct{} // capacity 1: the writer sends once when r is done
-}
 
 // Queue is one route's durable log and its consumers. It is safe for
 // concurrent use.
@@ -87,7 +36,7 @@ type Queue struct {
 	log     *slog.Logger
 	targets []string
 
-	reqs    chan *request
+	reqs    chan change   // to the writer (commit.go)
 	senders atomic.Int64  // hand-offs under way (see hand)
 	closed  atomic.Bool   // set by Close, before closing is closed
 	closing chan struct{} // closed by Close
@@ -122,8 +71,7 @@ type Queue struct {
 	wbFail       failureLog // writer only, SyncNever: writeback starts that failed
 	wbuf         []byte     // writer only: the frames of one commit
 	wlocs        []recLoc   // writer only: where they go
-	wapps        []*request // writer only: the appends of one commit
-	wstates      []*request // writer only: the state changes of one commit (parts expanded)
+	cs           commitSet  // writer only: the changes of one commit
 
 	// Group-commit figures since Open, for WriterStats.
 	commits, committed, commitNanos, failedCommits, refused atomic.Uint64
@@ -175,7 +123,7 @@ func openQueue(s *Store, name string, targets []string) (*Queue, error) {
 	q := &Queue{
 		name: name, dir: dir, store: s, cfg: &s.cfg, log: s.cfg.Logger.With("queue", name),
 		targets: append([]string(nil), targets...),
-		reqs:    make(chan *request, maxBatch),
+		reqs:    make(chan change, maxBatch),
 		closing: make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
@@ -476,22 +424,22 @@ func (q *Queue) Append(ctx context.Context, m *Message) (ID, error) {
 // AppendDraft is Append for a Draft: the record is encoded into d's own
 // buffer, with no intermediate strings. d may be reused once it returns.
 func (q *Queue) AppendDraft(ctx context.Context, d *Draft) (ID, error) {
-	r := getRequest()
-	id, ok, err := q.draftRequest(d, r, newTag())
+	a := getAppend()
+	id, ok, err := q.draftAppend(d, a, newTag())
 	if !ok {
-		putRequest(r)
+		putAppend(a)
 		return id, err
 	}
-	if err := q.do(ctx, r); err != nil {
+	if err := q.do(ctx, a); err != nil {
 		return ID{}, err
 	}
-	if r.mismatch {
-		putRequest(r)
+	if a.mismatch {
+		putAppend(a)
 		return ID{}, ErrKeyMismatch
 	}
-	id = store.NewID(r.seq, r.tag)
-	d.Duplicate = r.dup
-	putRequest(r)
+	id = store.NewID(a.seq, a.tag)
+	d.Duplicate = a.dup
+	putAppend(a)
 	return id, nil
 }
 
@@ -515,37 +463,40 @@ func (q *Queue) AppendDrafts(ctx context.Context, ds []*Draft) ([]ID, []error) {
 // a chunk, not one of each per draft (they were ~5% of the CPU of
 // bench/logs' split ingest).
 type chunk struct {
-	reqs  []request
-	parts []*request
+	apps  []appendChange
+	parts []*appendChange
 	at    []int // parts[k] is for ds[at[k]]
 	tags  []byte
+	many  appendManyChange
 }
 
-var chunkPool = sync.Pool{New: func() any { return new(chunk) }}
+var chunkPool = sync.Pool{New: func() any { return &chunk{many: appendManyChange{waiter: waiter{done: make(chan struct{}, 1)}}} }}
 
 // appendChunk appends ds (at most maxBatch) in one commit.
 func (q *Queue) appendChunk(ctx context.Context, ds []*Draft, ids []ID, errs []error) {
 	c := chunkPool.Get().(*chunk)
-	if cap(c.reqs) < len(ds) {
-		c.reqs = make([]request, len(ds))
+	if cap(c.apps) < len(ds) {
+		c.apps = make([]appendChange, len(ds))
 		c.tags = make([]byte, 8*len(ds))
 	}
-	reqs, tags := c.reqs[:len(ds)], c.tags[:8*len(ds)]
+	apps, tags := c.apps[:len(ds)], c.tags[:8*len(ds)]
 	store.NewTags(tags)
 	parts, at := c.parts[:0], c.at[:0]
 	for i, d := range ds {
-		r := &reqs[i]
-		id, ok, err := q.draftRequest(d, r, [8]byte(tags[8*i:]))
+		a := &apps[i]
+		id, ok, err := q.draftAppend(d, a, [8]byte(tags[8*i:]))
 		if !ok {
 			ids[i], errs[i] = id, err
 			continue
 		}
-		parts = append(parts, r)
+		parts = append(parts, a)
 		at = append(at, i)
 	}
 	if len(parts) > 0 {
-		parent := &request{kind: opAppend, parts: parts, done: make(chan struct{}, 1)}
-		err := q.do(ctx, parent)
+		many := &c.many
+		many.err, many.parts = nil, parts
+		err := q.do(ctx, many)
+		many.parts = nil
 		for k, r := range parts {
 			i := at[k]
 			switch {
@@ -559,21 +510,22 @@ func (q *Queue) appendChunk(ctx context.Context, ds []*Draft, ids []ID, errs []e
 			}
 		}
 	}
-	// The writer is done with the parts (do returned, or they were never
-	// handed over): nothing of this request outlives it in the pool.
-	clear(reqs)
+	// The writer is done with the parts and c.many (do returned, or they
+	// were never handed over): nothing of these drafts outlives them in
+	// the pool.
+	clear(apps)
 	clear(parts)
 	c.parts, c.at = parts[:0], at[:0]
-	if cap(c.reqs) <= maxBatch {
+	if cap(c.apps) <= maxBatch {
 		chunkPool.Put(c)
 	}
 }
 
-// draftRequest encodes d with the id tag tag into r, an append request,
-// and reports whether r is to be handed to the writer: a key already
-// stored (or another request's) makes none, and returns the first
-// message's id (d.Duplicate set) or ErrKeyMismatch.
-func (q *Queue) draftRequest(d *Draft, r *request, tag [8]byte) (ID, bool, error) {
+// draftAppend encodes d with the id tag tag into a, and reports whether a
+// is to be handed to the writer: a key already stored (or another
+// request's) makes none, and returns the first message's id (d.Duplicate
+// set) or ErrKeyMismatch.
+func (q *Queue) draftAppend(d *Draft, a *appendChange, tag [8]byte) (ID, bool, error) {
 	d.Duplicate = false
 	var key [16]byte
 	hasKey := len(d.IdempotencyKey) > 0
@@ -599,8 +551,8 @@ func (q *Queue) draftRequest(d *Draft, r *request, tag [8]byte) (ID, bool, error
 	if len(rec) > MaxRecordBytes {
 		return ID{}, false, ErrTooLarge
 	}
-	r.kind, r.rec, r.tag = opAppend, rec, tag
-	r.key, r.hasKey, r.checkedBelow, r.fp = key, hasKey, checkedBelow, fp
+	a.rec, a.tag = rec, tag
+	a.key, a.hasKey, a.checkedBelow, a.fp = key, hasKey, checkedBelow, fp
 	return ID{}, true, nil
 }
 
@@ -608,52 +560,41 @@ func (q *Queue) appendRecord(ctx context.Context, tag [8]byte, rec []byte) (ID, 
 	if len(rec) > MaxRecordBytes {
 		return ID{}, ErrTooLarge
 	}
-	r := getRequest()
-	r.kind, r.rec, r.tag = opAppend, rec, tag
-	err := q.do(ctx, r)
+	a := getAppend()
+	a.rec, a.tag = rec, tag
+	err := q.do(ctx, a)
 	if err != nil {
 		return ID{}, err
 	}
-	id := store.NewID(r.seq, tag)
-	putRequest(r)
+	id := store.NewID(a.seq, tag)
+	putAppend(a)
 	return id, nil
 }
 
-// requests for appends are pooled: one per accepted HTTP request otherwise.
-var requestPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
-
-func getRequest() *request { return requestPool.Get().(*request) }
-
-// putRequest recycles r; only once the writer is done with it.
-func putRequest(r *request) {
-	done := r.done
-	*r = request{done: done}
-	requestPool.Put(r)
-}
-
-// do hands r to the writer and waits for it.
-func (q *Queue) do(ctx context.Context, r *request) error {
-	if err := q.hand(ctx, r); err != nil {
+// do hands ch to the writer and waits for its answer.
+func (q *Queue) do(ctx context.Context, ch change) error {
+	if err := q.hand(ctx, ch); err != nil {
 		return err
 	}
-	<-r.done // hand guarantees an answer, even across Close
-	return r.err
+	w := ch.reply()
+	<-w.done // hand guarantees an answer, even across Close
+	return w.err
 }
 
 // handPause, when set (by tests only), is called by hand between its check
 // for Close and its send: the window a racing Close must not lose r in.
 var handPause func()
 
-// hand gives r to the writer. It returns ErrClosed once Close has begun, or
-// ctx's error if the writer is too far behind to take r before ctx ends; then
-// r was not handed over. A request it hands over is always answered (r.done):
+// hand gives ch to the writer. It returns ErrClosed once Close has begun, or
+// ctx's error if the writer is too far behind to take ch before ctx ends; then
+// ch was not handed over. A change it hands over is always answered (done):
 // the writer stops only once no hand-off is under way and it has committed
 // everything handed over (see writer, closing).
 //
 // The hot path is one atomic add, one load and one channel send: a select
 // over the shared closing and ctx.Done channels as well would lock them, and
 // park every waiter on them, on each of hundreds of concurrent requests.
-func (q *Queue) hand(ctx context.Context, r *request) error {
+func (q *Queue) hand(ctx context.Context, r change) error {
 	q.senders.Add(1)
 	defer q.senders.Add(-1)
 	if q.closed.Load() {
@@ -675,7 +616,7 @@ func (q *Queue) hand(ctx context.Context, r *request) error {
 	}
 }
 
-// Close stops the writer after it has committed every request already handed
+// Close stops the writer after it has committed every change already handed
 // to it, persists the consumer floors, syncs and closes the files. It returns
 // what the final sync and the closes failed to do (nil when all went well).
 func (q *Queue) Close() error {
@@ -707,7 +648,7 @@ func (q *Queue) writer() {
 
 	dirty := map[*segment]bool{} // written since the last sync (SyncInterval)
 	ticks := 0
-	batch := make([]*request, 0, maxBatch)
+	batch := make([]change, 0, maxBatch)
 	for {
 		select {
 		case r := <-q.reqs:
@@ -781,8 +722,8 @@ func (q *Queue) writer() {
 	}
 }
 
-// gather appends to batch the requests waiting in reqs, up to maxBatch.
-func (q *Queue) gather(batch []*request) []*request {
+// gather appends to batch the changes waiting in reqs, up to maxBatch.
+func (q *Queue) gather(batch []change) []change {
 	for len(batch) < maxBatch {
 		select {
 		case r := <-q.reqs:
@@ -794,12 +735,12 @@ func (q *Queue) gather(batch []*request) []*request {
 	return batch
 }
 
-// commitQueued commits, one by one, every request waiting in reqs.
+// commitQueued commits, one by one, every change waiting in reqs.
 func (q *Queue) commitQueued(dirty map[*segment]bool) {
 	for {
 		select {
 		case r := <-q.reqs:
-			q.commit([]*request{r}, dirty)
+			q.commit([]change{r}, dirty)
 		default:
 			return
 		}
@@ -870,309 +811,11 @@ func (q *Queue) closeFiles() error {
 	return errors.Join(errs...)
 }
 
-// commit writes one batch: the appends with one write to the head's log,
-// first Delivered outcomes with one write to the journal (their fsyncs
-// overlap), the other state changes in one bbolt transaction per segment
-// they touch (commitStates, apply); then it ends the in-flight claims of
-// what it recorded and answers every request.
-func (q *Queue) commit(batch []*request, dirty map[*segment]bool) {
-	apps := q.wapps[:0] // writer-owned, reused: no allocation per commit
-	sts := q.wstates[:0]
-	defer func() { clear(apps); q.wapps = apps[:0]; clear(sts); q.wstates = sts[:0] }()
-	var bySeg map[*segment][]*request // only for state changes
-	var fast []*request               // first outcomes, Delivered: to the journal
-	var fastSeg []*segment
-	var finds []*request // opFindKey, answered after the appends
-	q.mu.Lock()
-	head := q.segs[len(q.segs)-1]
-	for _, r := range batch {
-		switch r.kind {
-		case opAppend:
-			if r.parts != nil {
-				apps = append(apps, r.parts...)
-			} else {
-				apps = append(apps, r)
-			}
-		case opState:
-			if r.parts != nil {
-				sts = append(sts, r.parts...) // CompleteBatch: answered through r
-			} else {
-				sts = append(sts, r)
-			}
-		case opFindKey:
-			finds = append(finds, r)
-		}
-	}
-	for _, r := range sts {
-		if s := q.segmentFor(r.seq); s != nil && r.fast {
-			fast = append(fast, r)
-			fastSeg = append(fastSeg, s)
-		} else if s != nil {
-			if bySeg == nil {
-				bySeg = map[*segment][]*request{}
-			}
-			bySeg[s] = append(bySeg[s], r)
-		} else {
-			r.err = fmt.Errorf("%w: seq %d (expired)", ErrNotFound, r.seq)
-		}
-	}
-	first := q.nextSeq
-	q.mu.Unlock()
-
-	var appErr error
-	if len(apps) > 0 {
-		appErr = q.store.admit()
-		if appErr != nil && time.Since(q.lastPressure) > 50*time.Millisecond {
-			// Refused for space: free what every target has finished now,
-			// not at the next retention tick, and look again. (Before the
-			// journal write below: retention may checkpoint, which starts
-			// a new journal.)
-			q.lastPressure = time.Now()
-			q.enforceRetention(dirty)
-			appErr = q.store.admit()
-		}
-	}
-
-	// First outcomes that are Delivered: one write of the journal for all
-	// of them, its fdatasync started now, overlapping the log's; their
-	// bbolt records wait for a checkpoint.
-	var encoded [][]byte
-	var waitOutcomes func() error
-	if len(fast) > 0 {
-		encoded, waitOutcomes = q.journalOutcomes(fast, len(apps) > 0)
-	}
-
-	if len(apps) > 0 {
-		err := appErr
-		if err == nil {
-			if err = q.appendBatch(head, first, apps, dirty); err != nil {
-				q.failedCommits.Add(1)
-				q.refused.Add(uint64(len(apps)))
-				q.commitFails.failed(q.log, "append commit failed; refusing its requests", err, len(apps))
-				err = fmt.Errorf("%w: %w", ErrIO, err)
-			} else {
-				q.commitFails.recovered(q.log, "append commits succeed again")
-			}
-		}
-		for _, r := range apps {
-			r.err = err
-			r.rec = nil
-		}
-		for _, r := range batch {
-			if r.kind == opAppend && r.parts != nil {
-				r.err = err // one write for all its parts
-			}
-		}
-	}
-
-	// First outcomes that are Delivered: waited for here, after the appends
-	// (their fdatasyncs overlap).
-	if waitOutcomes != nil {
-		err := waitOutcomes()
-		if err != nil {
-			q.log.Error("outcome journal write failed", "file", journalName(q.jrn.gen), "err", err)
-			err = fmt.Errorf("%w: %w", ErrIO, err)
-		}
-		for _, r := range fast {
-			r.err = err
-		}
-	}
-
-	q.commitStates(bySeg, dirty)
-	for _, r := range finds {
-		q.findKeyInWriter(r)
-	}
-
-	// In-flight bookkeeping: an outcome leaves the in-flight set only once it
-	// is committed (or failed), so a persisted floor never passes it early.
-	q.mu.Lock()
-	for i, r := range fast {
-		if r.err != nil {
-			continue
-		}
-		q.pending.add(fastSeg[i], r.target, r.seq, encoded[i])
-	}
-	for _, r := range sts {
-		// A failed write leaves the message in flight: the floor stays below
-		// it, so it is attempted again after a restart (at least once).
-		if r.err == nil || errors.Is(r.err, ErrNotFound) {
-			delete(q.consumers[r.target].inflight, r.seq)
-		}
-	}
-	roll := head.log.end >= q.cfg.SegmentBytes && head.last >= head.first && head == q.segs[len(q.segs)-1]
-	q.mu.Unlock()
-
-	for _, r := range batch {
-		r.done <- struct{}{} // capacity 1; never blocks
-	}
-	if len(apps) > 0 {
-		for _, c := range q.consumers {
-			c.notify()
-		}
-	}
-	if roll {
-		q.roll(dirty)
-	}
-	if q.pending.due() {
-		q.checkpoint()
-	}
-}
-
-// journalOutcomes writes the frames of first Delivered outcomes to the
-// journal with one write and starts its fdatasync (see writeOutcomes). It
-// returns each outcome's encoded state (kept in Queue.pending until a
-// checkpoint) and the wait for the sync. Writer only.
-func (q *Queue) journalOutcomes(fast []*request, appends bool) ([][]byte, func() error) {
-	n := 0
-	for _, r := range fast {
-		n += 8 + 17 + len(q.targets[r.target]) + stateSize(r.state)
-	}
-	// One buffer for the write; pending keeps sub-slices of it (were it
-	// ever to grow, those of the old array would still hold their bytes).
-	buf := make([]byte, 0, n)
-	encoded := make([][]byte, len(fast))
-	for i, r := range fast {
-		var at int
-		buf, at = appendJournalFrame(buf, q.jrn.gen, r.seq, q.targets[r.target], r.state)
-		encoded[i] = buf[at:len(buf):len(buf)]
-	}
-	return encoded, q.writeOutcomes(buf, appends)
-}
-
-// commitStates commits the state changes that go to bbolt (retries, dead
-// letters, parking, revivals and purges), in one transaction per segment,
-// oldest segment first, and updates the counts they change. Writer only.
-func (q *Queue) commitStates(bySeg map[*segment][]*request, dirty map[*segment]bool) {
-	segs := make([]*segment, 0, len(bySeg))
-	for s := range bySeg {
-		segs = append(segs, s)
-	}
-	if len(segs) > 1 {
-		sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
-	}
-	for _, s := range segs {
-		rs := bySeg[s]
-		err := safeUpdate(s.db, func(tx *bolt.Tx) error {
-			for _, r := range rs {
-				if err := q.apply(tx, r); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			q.log.Error("state commit failed", "segment", segLabel(s.first), "err", err)
-			err = fmt.Errorf("%w: %w", ErrIO, err)
-		} else {
-			dirty[s] = true
-			q.mu.Lock()
-			for _, r := range rs {
-				if r.skipped {
-					continue
-				}
-				if r.retryRemoved {
-					s.retries[r.target]--
-					q.consumers[r.target].retrying--
-				}
-				if r.state.Phase == Retrying {
-					s.retries[r.target]++
-					q.consumers[r.target].retrying++
-				}
-				if r.parkKey != nil {
-					s.parked[r.target]++
-				}
-				if r.unpark != nil {
-					s.parked[r.target]--
-				}
-			}
-			q.mu.Unlock()
-		}
-		for _, r := range rs {
-			r.err = err
-			if err == nil && r.skipped {
-				r.err = fmt.Errorf("%w: seq %d is no longer in that state", ErrNotFound, r.seq)
-			}
-		}
-	}
-
-}
-
-// apply makes the state change r in tx, the transaction of the segment that
-// holds r.seq: the state record, the retry schedule, the parked index and
-// the dead-letter list. A transition whose precondition no longer holds
-// (two Unparks, or Revives, of one message) sets r.skipped and changes
-// nothing. Writer only.
-func (q *Queue) apply(tx *bolt.Tx, r *request) error {
-	t := q.targets[r.target]
-	r.skipped, r.retryRemoved = false, false
-	// Transitions that callers check before asking are checked
-	// again here, atomically: two Unparks (or Revives) of one
-	// message must not both apply.
-	if r.unpark != nil {
-		if pb := tx.Bucket(parkBucket(t)); pb == nil || pb.Get(parkKey(*r.unpark, r.seq)) == nil {
-			r.skipped = true
-			return nil
-		}
-	}
-	if r.wasDead {
-		if db := tx.Bucket(deadBucket(t)); db == nil || db.Get(seqKey(r.seq)) == nil {
-			r.skipped = true
-			return nil
-		}
-	}
-	if err := tx.Bucket(stateBucket(t)).Put(seqKey(r.seq), encodeState(r.state)); err != nil {
-		return err
-	}
-	rb := tx.Bucket(retryBucket(t))
-	if !r.oldRetry.IsZero() {
-		if k := retryKey(r.oldRetry, r.seq); rb.Get(k) != nil {
-			if err := rb.Delete(k); err != nil {
-				return err
-			}
-			r.retryRemoved = true
-		}
-	}
-	if r.state.Phase == Retrying {
-		if err := rb.Put(retryKey(r.state.NextTry, r.seq), nil); err != nil {
-			return err
-		}
-	}
-	if r.parkKey != nil || r.unpark != nil {
-		pb, err := tx.CreateBucketIfNotExists(parkBucket(t))
-		if err != nil {
-			return err
-		}
-		if r.unpark != nil {
-			err = pb.Delete(parkKey(*r.unpark, r.seq))
-		} else {
-			err = pb.Put(parkKey(*r.parkKey, r.seq), nil)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if r.wasDead || (r.state.Phase == Dead && !r.purge) {
-		db, err := tx.CreateBucketIfNotExists(deadBucket(t))
-		if err != nil {
-			return err
-		}
-		if r.wasDead {
-			err = db.Delete(seqKey(r.seq))
-		} else {
-			err = db.Put(seqKey(r.seq), nil)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // appendBatch writes the appends of one commit to the head's log as frames,
 // with one write and, with SyncAlways, one fdatasync; seqs from first on.
 // Only then are the messages indexed and visible. A failed write is cut off
 // again, so no frame of a refused request can come back at a restart.
-func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty map[*segment]bool) error {
+func (q *Queue) appendBatch(head *segment, first uint64, apps []*appendChange, dirty map[*segment]bool) error {
 	l := head.log
 	next := first
 	need := 0
@@ -1183,12 +826,12 @@ func (q *Queue) appendBatch(head *segment, first uint64, apps []*request, dirty 
 	// any before it (each copying the frames so far).
 	buf := slices.Grow(q.wbuf[:0], need+pageSize)
 	locs := slices.Grow(q.wlocs[:0], len(apps))
-	var inBatch map[[16]byte]*request
+	var inBatch map[[16]byte]*appendChange
 	for _, r := range apps {
 		r.dup, r.mismatch = false, false
 		if r.hasKey {
 			if inBatch == nil {
-				inBatch = map[[16]byte]*request{}
+				inBatch = map[[16]byte]*appendChange{}
 			}
 			if prev := inBatch[r.key]; prev != nil {
 				r.repeats(keyTarget{seq: prev.seq, tag: prev.tag, fp: prev.fp})
@@ -1469,7 +1112,7 @@ func (q *Queue) spareBound(s *segment) uint64 {
 }
 
 // complete hands an outcome to the writer; wait says whether to wait for it.
-func (q *Queue) complete(ctx context.Context, r *request, wait bool) error {
+func (q *Queue) complete(ctx context.Context, r change, wait bool) error {
 	if !wait {
 		return q.hand(context.Background(), r)
 	}

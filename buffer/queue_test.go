@@ -196,6 +196,72 @@ func TestRetryScheduleAndDead(t *testing.T) {
 	}
 }
 
+// CompleteBatch hands the writer every kind of outcome at once: first
+// Delivered outcomes (to the journal), later outcomes and failures (to
+// bbolt, with their retry and dead-letter entries), and one it refuses
+// before handing anything over. Each gets its own answer and effect, and
+// the refused one stays in flight.
+func TestCompleteBatchMixesKinds(t *testing.T) {
+	s, q := openTest(t, Config{}, "a")
+	defer s.Close()
+	ids := appendN(t, q, 4)
+	c, _ := q.Consumer("a")
+	ds := fetchAll(t, c)
+	if len(ds) != 4 {
+		t.Fatalf("fetched %d, want 4", len(ds))
+	}
+	now := time.Now()
+	must(t, c.Complete(context.Background(), ds[0], Outcome{Phase: Retrying, NextTry: now.Add(-time.Second), Attempt: Attempt{Status: 503}}))
+	due, err := c.Fetch(10, now)
+	must(t, err)
+	if len(due) != 1 || due[0].Prior == nil {
+		t.Fatalf("due = %+v", due)
+	}
+	if got := q.Stats().Targets[0].Retrying; got != 1 {
+		t.Fatalf("retrying = %d, want 1", got)
+	}
+	batch := []*Delivery{ds[1], ds[2], due[0], ds[3]}
+	outs := []Outcome{
+		{Phase: Delivered, Attempt: Attempt{Status: 200}},
+		{Phase: Retrying, Attempt: Attempt{Status: 503}}, // no NextTry: refused
+		{Phase: Delivered, Attempt: Attempt{Status: 201}},
+		{Phase: Dead, Attempt: Attempt{Status: 400}},
+	}
+	errs := c.CompleteBatch(context.Background(), batch, outs)
+	for i, want := range []bool{false, true, false, false} {
+		if (errs[i] != nil) != want {
+			t.Fatalf("errs[%d] = %v, want an error: %v", i, errs[i], want)
+		}
+	}
+	want := map[uint64]struct {
+		phase    Phase
+		attempts int
+	}{ds[1].Seq: {Delivered, 1}, due[0].Seq: {Delivered, 2}, ds[3].Seq: {Dead, 1}}
+	for _, id := range ids {
+		_, st, err := q.Lookup(id)
+		must(t, err)
+		w, ok := want[id.Seq()]
+		if !ok {
+			if st[0].Phase != InFlight || st[0].Attempts != 0 {
+				t.Fatalf("seq %d: %+v, want in flight, no outcome", id.Seq(), st[0])
+			}
+			continue
+		}
+		if st[0].Phase != w.phase || st[0].Attempts != w.attempts {
+			t.Fatalf("seq %d: phase %s attempts %d, want %s %d", id.Seq(), st[0].Phase, st[0].Attempts, w.phase, w.attempts)
+		}
+	}
+	ts := q.Stats().Targets[0]
+	if ts.Retrying != 0 || ts.InFlight != 1 || ts.Floor != ds[2].Seq {
+		t.Fatalf("stats = %+v, want no retry and seq %d alone in flight", ts, ds[2].Seq)
+	}
+	dead, err := q.DeadLetters("a", 0, 10)
+	must(t, err)
+	if len(dead) != 1 || dead[0].Message.Seq != ds[3].Seq {
+		t.Fatalf("dead letters = %+v, want seq %d", dead, ds[3].Seq)
+	}
+}
+
 func TestRestartResumesWithoutRedelivering(t *testing.T) {
 	dir := t.TempDir()
 	s, q := openTest(t, Config{Dir: dir})

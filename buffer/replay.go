@@ -21,7 +21,7 @@ func (q *Queue) Replay(ctx context.Context, target string, seq uint64, at time.T
 	if err != nil {
 		return err
 	}
-	return c.changeState(ctx, seq, func() (*request, error) {
+	return c.changeState(ctx, seq, func() (*stateChange, error) {
 		q.mu.Lock()
 		seg := q.segmentFor(seq)
 		var pend []byte
@@ -60,7 +60,7 @@ func (q *Queue) Replay(ctx context.Context, target string, seq uint64, at time.T
 		now := q.cfg.Now()
 		note := Attempt{N: st.Attempts, At: now, Error: "replayed by an operator (was " + string(st.Phase) + ")"}
 		next := &State{Phase: Retrying, Attempts: st.Attempts, NextTry: at, History: appendHistory(st.History, note)}
-		return &request{kind: opState, seq: seq, target: c.idx, state: next, wasDead: dead, done: make(chan struct{}, 1)}, nil
+		return &stateChange{seq: seq, target: c.idx, state: next, wasDead: dead, waiter: waiter{done: make(chan struct{}, 1)}}, nil
 	})
 }
 
