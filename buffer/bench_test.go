@@ -283,3 +283,83 @@ func BenchmarkComplete(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAppendWhileDelivering measures durable appends (16 appenders,
+// 1 KiB, fsync always) while a consumer delivers everything appended, so
+// that Delivered outcomes go through the journal and a checkpoint moves
+// them into bbolt every second. It reports the append latency's p50,
+// p99, p99.9 and maximum: what a checkpoint holding up the writer shows
+// as. Run it long enough for several checkpoints:
+//
+//	go test -run '^$' -bench AppendWhileDelivering -benchtime 60000x ./buffer/
+func BenchmarkAppendWhileDelivering(b *testing.B) {
+	q := openBenchQueue(b, Config{Sync: SyncAlways, SegmentBytes: 64 << 20})
+	c, err := q.Consumer("t")
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := make([]byte, 1024)
+	const conc = 16
+	lat := make([][]time.Duration, conc)
+	var n atomic.Int64
+	var stop atomic.Bool
+	var drain sync.WaitGroup
+	drain.Go(func() { // the consumer: fetch and record Delivered, until stopped
+		outs := make([]Outcome, 256)
+		for !stop.Load() {
+			got, err := c.Fetch(256, time.Now())
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if len(got) == 0 {
+				select {
+				case <-c.Ready():
+				case <-time.After(10 * time.Millisecond):
+				}
+				continue
+			}
+			for i := range got {
+				outs[i] = Outcome{Phase: Delivered, Attempt: Attempt{N: 1, At: time.Now(), Status: 200}}
+			}
+			for _, err := range c.CompleteBatch(context.Background(), got, outs[:len(got)]) {
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}
+	})
+	ck0 := q.checkpoints.Load()
+	b.SetBytes(int64(len(body)))
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for g := range conc {
+		wg.Go(func() {
+			for n.Add(1) <= int64(b.N) {
+				t0 := time.Now()
+				if _, err := q.Append(context.Background(), &Message{Method: "POST", URI: "/api/orders", Body: body}); err != nil {
+					b.Error(err)
+					return
+				}
+				lat[g] = append(lat[g], time.Since(t0))
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	b.StopTimer()
+	stop.Store(true)
+	drain.Wait()
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	if len(all) > 0 {
+		b.ReportMetric(float64(len(all))/el.Seconds(), "msgs/s")
+		b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
+		b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
+		b.ReportMetric(float64(all[len(all)*999/1000].Microseconds()), "p99.9-µs")
+		b.ReportMetric(float64(all[len(all)-1].Microseconds()), "max-µs")
+	}
+	b.ReportMetric(float64(q.checkpoints.Load()-ck0), "checkpoints")
+}
