@@ -110,9 +110,9 @@
 // bbolt transaction: it is a frame in the outcome journal written by the same
 // group commit (one write(2) for every outcome of the commit; with
 // SyncAlways an fdatasync with the next commit that appends, or within
-// outcomeSyncMax, 10 ms), kept in memory by blocks of 64 seqs (~90 bytes an
-// outcome: a 24-byte slot and the ~65-byte journal frame it points into;
-// at most 64Ki outcomes or 4096 blocks) until a checkpoint writes each
+// outcomeSyncMax, 10 ms), kept in memory by blocks of 64 seqs (65-70 bytes
+// an outcome, BenchmarkPendingOutcomeMemory: a 24-byte slot and a copy of
+// its ~37-byte state record; at most 64Ki outcomes or 4096 blocks) until a checkpoint writes each
 // block into its segment's .db file with one bbolt put, one fsync per
 // file, at least once a second (see journal.go, pending.go, blocks.go). Retries, dead
 // letters and parking, which update indexes, commit to bbolt directly.

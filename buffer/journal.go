@@ -52,8 +52,8 @@ import (
 const (
 	journalHeader = 8
 	// checkpointAt is how many pending outcomes trigger a checkpoint
-	// before the next tick: it bounds the memory they take (~90 bytes
-	// each, see pendingSet) and the work of one checkpoint.
+	// before the next tick: it bounds the memory they take (65-70
+	// bytes each, BenchmarkPendingOutcomeMemory) and the work of one checkpoint.
 	checkpointAt = 64 << 10
 	// journalPrefill is what a new journal is zero-filled to: about a
 	// second of outcomes at full speed.
