@@ -301,43 +301,49 @@ func (c *Consumer) fetchRetries(out *[]*Delivery, max int, now time.Time) error 
 		if len(*out) >= max {
 			return nil
 		}
-		var got []*Delivery
+		// Read in the transaction, claimed after it: a read transaction
+		// never waits for q.mu (doc.go, "Lock order").
+		type due struct {
+			d   *Delivery
+			ref retryRef // d nil: damaged
+		}
+		var found []due
 		err := c.snapshotView(seg, func(tx *bolt.Tx, busyAtStart map[uint64]struct{}) error {
 			sb := tx.Bucket(stateBucket(c.target))
 			cur := tx.Bucket(retryBucket(c.target)).Cursor()
-			for k, _ := cur.First(); k != nil && len(*out)+len(got) < max; k, _ = cur.Next() {
+			for k, _ := cur.First(); k != nil && len(*out)+len(found) < max; k, _ = cur.Next() {
 				if string(k) > string(nowKey) {
 					break
 				}
-				_, seq := parseRetryKey(k)
+				at, seq := parseRetryKey(k)
 				if _, busy := busyAtStart[seq]; busy {
 					continue
 				}
-				q.mu.Lock()
-				_, busy := c.inflight[seq]
-				if !busy {
-					c.inflight[seq] = struct{}{} // claim it; Fetch is serialised so no one else can
-				}
-				q.mu.Unlock()
-				if busy {
-					continue
-				}
 				d, err := c.load(seg, sb, seq)
-				if err != nil {
-					// Keep it claimed and mark it dead, so it neither spins nor blocks.
-					q.log.Error("damaged retry; marking it dead for this target", "target", c.target, "seq", seq, "err", err)
-					at, _ := parseRetryKey(k)
-					unloadable = append(unloadable, retryRef{seq, at, err})
-					continue
-				}
-				got = append(got, d)
+				found = append(found, due{d, retryRef{seq, at, err}})
 			}
 			return nil
 		})
-		*out = append(*out, got...)
+		q.mu.Lock()
+		for _, f := range found {
+			if _, busy := c.inflight[f.ref.seq]; busy {
+				continue
+			}
+			c.inflight[f.ref.seq] = struct{}{} // claim it; Fetch is serialised so no one else can
+			if f.ref.err != nil {
+				// Keep it claimed and mark it dead, so it neither spins nor blocks.
+				unloadable = append(unloadable, f.ref)
+				continue
+			}
+			*out = append(*out, f.d)
+		}
+		q.mu.Unlock()
 		if err != nil {
 			return closedErr(err)
 		}
+	}
+	for _, u := range unloadable {
+		q.log.Error("damaged retry; marking it dead for this target", "target", c.target, "seq", u.seq, "err", u.err)
 	}
 	for _, u := range unloadable {
 		st := &State{Phase: Dead, History: []Attempt{{At: now, Error: "damaged record: " + u.err.Error()}}}
@@ -388,18 +394,22 @@ func (c *Consumer) load(seg *segment, sb *bolt.Bucket, seq uint64) (*Delivery, e
 
 // NextRetry returns when the earliest retry not in flight is due.
 func (c *Consumer) NextRetry() (time.Time, bool) {
-	q := c.q
 	segs := c.segmentsWith(func(s *segment) bool { return s.retries[c.idx] > 0 })
+	if len(segs) == 0 {
+		return time.Time{}, false
+	}
+	// A copy of the in-flight set, taken before the transactions: a read
+	// transaction never waits for q.mu (doc.go, "Lock order"). One that went in
+	// flight since is taken as due (the drainer's Fetch then finds less);
+	// one that came back is seen at the next call.
+	busyNow := c.inflightCopy()
 	var best time.Time
 	for _, seg := range segs {
 		safeView(seg.db, func(tx *bolt.Tx) error {
 			cur := tx.Bucket(retryBucket(c.target)).Cursor()
 			for k, _ := cur.First(); k != nil; k, _ = cur.Next() {
 				at, seq := parseRetryKey(k)
-				q.mu.Lock()
-				_, busy := c.inflight[seq]
-				q.mu.Unlock()
-				if busy {
+				if _, busy := busyNow[seq]; busy {
 					continue
 				}
 				if best.IsZero() || at.Before(best) {
@@ -633,6 +643,14 @@ func (c *Consumer) Cursor() uint64 {
 	c.q.mu.Lock()
 	defer c.q.mu.Unlock()
 	return c.next
+}
+
+// inflightCopy returns a copy of the consumer's in-flight set, for code in
+// a read transaction, which must not wait for q.mu (doc.go, "Lock order").
+func (c *Consumer) inflightCopy() map[uint64]struct{} {
+	c.q.mu.Lock()
+	defer c.q.mu.Unlock()
+	return maps.Clone(c.inflight)
 }
 
 // snapshotView runs fn in a read transaction of seg together with a copy of

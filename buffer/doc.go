@@ -162,6 +162,16 @@
 //     next seq are persisted by the writer into cursors.db (saveFloors),
 //     as are the targets' first seqs and the tombstones.
 //
+// Lock order: Queue.mu may be held while a read transaction begins
+// (listings and snapshotView do, to see memory and file at one instant),
+// so no goroutine waits for Queue.mu while it holds a read transaction.
+// bbolt remaps a .db that a write transaction grows only once every read
+// transaction has ended, and makes new ones wait meanwhile: a reader
+// waiting for Queue.mu, a lister holding it in Begin and the writer
+// remapping would wait for one another for ever. Code in a read
+// transaction works on copies taken before it (Consumer.inflightCopy,
+// snapshotView's) and takes Queue.mu after it (TestNoReadTxWaitsForQueueLock).
+//
 // # Costs
 //
 // Memory is bounded by in-flight work (at most what consumers have fetched but

@@ -193,18 +193,15 @@ func (c *Consumer) parkedUnder(key [16]byte, n int) ([]uint64, error) {
 // A drainer that keeps per-key state uses it at start to find which message
 // owns each key.
 func (c *Consumer) EachRetry(fn func(m *Message, due time.Time) bool) error {
-	q := c.q
 	segs := c.segmentsWith(func(s *segment) bool { return s.retries[c.idx] > 0 })
 	for _, s := range segs {
 		stop := false
+		busyNow := c.inflightCopy() // a read transaction never waits for q.mu (doc.go, "Lock order")
 		err := safeView(s.db, func(tx *bolt.Tx) error {
 			rb := tx.Bucket(retryBucket(c.target))
 			return rb.ForEach(func(k, _ []byte) error {
 				due, seq := parseRetryKey(k)
-				q.mu.Lock()
-				_, busy := c.inflight[seq]
-				q.mu.Unlock()
-				if busy {
+				if _, busy := busyNow[seq]; busy {
 					return nil
 				}
 				v, err := s.log.read(seq, nil)
