@@ -409,3 +409,19 @@ var gzipPool = sync.Pool{New: func() any {
 	zw, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed) // logs compress ~5-10x even at the fastest level
 	return zw
 }}
+
+// batchFeeder is the feeder of a batch target (Target.Batch).
+type batchFeeder struct{ r *runner }
+
+func (f *batchFeeder) prepare(*turn) {}
+
+func (f *batchFeeder) holding() bool { return len(f.r.pending) > 0 }
+
+func (f *batchFeeder) round(t *turn) round {
+	if t.free <= 0 {
+		return round{}
+	}
+	return f.r.batchRound(t.now, t.gen, t.free, t.idle)
+}
+
+func (f *batchFeeder) release() { f.r.releasePending() }

@@ -468,19 +468,8 @@ func (d *Drainer) Run(ctx context.Context) error {
 	if d.target.Adaptive != nil {
 		r.ad = newAIMD(d.target.Adaptive)
 	}
-	if d.target.Fairness != nil {
-		r.fair = newFairer(d, d.src.(Parker))
-		if err := r.fair.begin(); err != nil {
-			d.log.Error("fairness: cannot list parked keys; looking again later", "err", err)
-		}
-	}
-	if d.target.Ordering != nil {
-		r.ord = newOrderer(d, d.src.(Parker))
-		if err := r.ord.begin(); err != nil {
-			d.log.Error("ordering: cannot read the parked keys or the retry schedule; recovering, looking again later", "err", err)
-			r.ord.recovering = true
-		}
-	}
+	r.feed = newFeeder(r)
+	r.watch, _ = r.feed.(watcher)
 	var leftovers sync.WaitGroup
 	lctx, lcancel := context.WithCancel(ctx)
 	if p, ok := d.src.(Parker); ok && d.target.Ordering == nil && d.target.Fairness == nil {
@@ -489,16 +478,12 @@ func (d *Drainer) Run(ctx context.Context) error {
 	halt := make(chan struct{})
 	d.halt.Store(&halt)
 	err := r.loop(ctx)
-	r.setChain(false, 0, time.Time{})
+	r.feed.release() // nothing is fetched from here on
 	close(halt)
 	lcancel()
 	leftovers.Wait()
 	r.stopping = true
 	d.lim.Store(nil)
-	r.releasePending()
-	if r.fair != nil {
-		r.fair.releaseAll()
-	}
 	// Every attempt goroutine sends two events; wait for the last of them.
 	for r.outstanding > 0 {
 		r.handle(<-r.events)
@@ -556,10 +541,12 @@ type runner struct {
 	changeBase policies.Rate // the base rate nextChange was computed with
 	changeOK   bool          // nextChange is computed
 
-	ad   *aimd    // nil unless Target.Adaptive
-	br   *breaker // always
-	ord  *orderer // nil unless Target.Ordering
-	fair *fairer  // nil unless Target.Fairness
+	ad    *aimd    // nil unless Target.Adaptive
+	br    *breaker // always
+	feed  feeder   // the target's delivery mode (feeder.go)
+	watch watcher  // feed, if it is one; else nil
+	ord   *orderer // nil unless Target.Ordering
+	fair  *fairer  // nil unless Target.Fairness
 
 	stopping bool // the loop has returned; Run waits for what is outstanding
 
@@ -596,8 +583,8 @@ func (r *runner) handle(ev event) {
 	if ev.recorded {
 		r.outstanding -= max(ev.n, 1)
 		r.unrecorded = append(r.unrecorded, ev.unrecorded...)
-		if r.ord != nil && ev.dl != nil {
-			r.ord.done(ev.dl, ev.recordOK, ev.final, r.stopping, r.d.now())
+		if r.watch != nil && ev.dl != nil {
+			r.watch.recorded(&ev, r.stopping)
 		}
 		return
 	}
@@ -697,11 +684,10 @@ func (r *runner) tokens(now time.Time, free int) (int, time.Duration) {
 
 // loop is the run loop: it owns the limiter, the breaker, the slots, the
 // timers and every call to Fetch and Release but the chain's. Each turn it
-// brings the rate and the breaker up to date, opens or closes the chain,
-// and runs one round of the target's feeder (fairRound, chainRound,
-// batchRound or plainRound), which fetches and starts attempts; then it
-// waits for news (an event, new messages, a timer, a control call). It
-// returns when ctx is done (nil) or the source is closed.
+// brings the rate and the breaker up to date, prepares the target's feeder
+// (feeder.go) and runs one round of it, which fetches and starts attempts;
+// then it waits for news (an event, new messages, a timer, a control call).
+// It returns when ctx is done (nil) or the source is closed.
 func (r *runner) loop(ctx context.Context) error {
 	d := r.d
 	conc := d.target.Concurrency
@@ -729,41 +715,25 @@ func (r *runner) loop(ctx context.Context) error {
 		var wake time.Time // earliest timer deadline; zero: none
 		allow, openUntil := r.br.Allow(now)
 		r.publishBreaker()
-		blocked := allow == 0
 		if !openUntil.IsZero() {
 			wake = openUntil
 		}
-		if (paused || blocked) && len(r.pending)+len(r.ahead) > 0 {
-			r.releasePending() // held back: back to the queue, not in flight
+		send := !paused && allow != 0
+		t := turn{now: now, gen: gen, idle: idle, fast: allow < 0 && r.lim == nil, until: r.nextChange}
+		if send {
+			r.feed.prepare(&t)
+		} else {
+			r.feed.release() // held back: back to the queue, not in flight
 		}
-		if (paused || blocked) && r.fair != nil && r.fair.held > 0 {
-			r.fair.releaseAll()
-		}
-		chainable := !paused && !blocked && allow < 0 && r.lim == nil && r.ord == nil && r.fair == nil && d.target.Batch == nil
-		if chainable != r.chainOpen || (chainable && (r.chainGen != gen || !r.chainUntil.Equal(r.nextChange))) {
-			r.setChain(chainable, gen, r.nextChange)
-		}
-		if !paused && !blocked && (!idle || len(r.pending) > 0 || (r.fair != nil && r.fair.held > 0) || (r.chainOpen && r.ch.held() > 0)) && !now.Before(fetchAfter) {
-			free := min(conc-int(d.slots.Load()), conc+recordWindow-r.outstanding) // direct calls hold slots too
+		if send && (!idle || r.feed.holding()) && !now.Before(fetchAfter) {
+			t.free = min(conc-int(d.slots.Load()), conc+recordWindow-r.outstanding) // direct calls hold slots too
 			if allow >= 0 {
-				free = min(free, allow)
+				t.free = min(t.free, allow)
 			}
-			// One round of the target's delivery mode: each feeder
+			// One round of the target's delivery mode: the feeder
 			// fetches, starts attempts on the free slots and says what
 			// the loop should do next.
-			var rd round
-			switch {
-			case r.fair != nil:
-				rd = r.fairRound(now, gen, free, idle)
-				rd.errMsg = "fairness: fetch, park or unpark failed; trying again shortly"
-			case r.chainOpen:
-				rd = r.chainRound(now, gen, max(free, 0))
-			case free <= 0:
-			case d.target.Batch != nil:
-				rd = r.batchRound(now, gen, free, idle)
-			default:
-				rd = r.plainRound(now, gen, free)
-			}
+			rd := r.feed.round(&t)
 			if rd.fetched {
 				lastFetch = now
 			}
@@ -789,7 +759,7 @@ func (r *runner) loop(ctx context.Context) error {
 				wake = earliest(wake, rd.wake)
 			}
 		}
-		if !paused && !blocked {
+		if send {
 			if now.Before(fetchAfter) {
 				wake = earliest(wake, fetchAfter)
 			}
@@ -797,11 +767,8 @@ func (r *runner) loop(ctx context.Context) error {
 				if checkRetry {
 					retryAt, hasRetry = d.src.NextRetry()
 					checkRetry = false
-					if r.ord != nil {
-						if err := r.ord.retryIdle(hasRetry); err != nil {
-							d.log.Error("ordering: cannot list parked keys; looking again later", "err", err)
-							r.ord.recovering, checkRetry = true, true
-						}
+					if r.watch != nil && !r.watch.retryIdle(hasRetry) {
+						checkRetry = true
 					}
 					if hasRetry && !retryAt.After(lastFetch) {
 						// Due at the last Fetch, yet not returned (an entry the
@@ -818,13 +785,13 @@ func (r *runner) loop(ctx context.Context) error {
 		if !r.nextChange.IsZero() {
 			wake = earliest(wake, r.nextChange)
 		}
-		if r.ord != nil {
-			if err := r.ord.tick(now); err != nil {
-				d.log.Error("ordering: cannot unpark a key's next message; trying again shortly", "err", err)
-				wake = earliest(wake, now.Add(fetchErrorPause))
+		if r.watch != nil {
+			woke, at := r.watch.tick(now)
+			if !at.IsZero() {
+				wake = earliest(wake, at)
 			}
-			if r.ord.woke {
-				r.ord.woke, idle = false, false
+			if woke {
+				idle = false
 				continue
 			}
 		}
@@ -834,7 +801,7 @@ func (r *runner) loop(ctx context.Context) error {
 			timerC = timer.C
 		}
 		var ready <-chan struct{}
-		if !paused && !blocked {
+		if send {
 			ready = d.src.Ready()
 		}
 		select {
@@ -892,18 +859,6 @@ func earliest(a, b time.Time) time.Time {
 		return b
 	}
 	return a
-}
-
-// round is what one round of a delivery mode's feeder (fairRound,
-// chainRound, batchRound, plainRound) tells the run loop.
-type round struct {
-	fetched bool      // Fetch was called
-	short   bool      // it returned less than asked: the queue is drained, wait for news
-	again   bool      // go round again at once, as after news (something became ready)
-	more    bool      // go round again at once: there may be more to start
-	wake    time.Time // when to look again (a token, a batch's max_wait); zero if no need
-	err     error     // fetching failed: pause, then try again
-	errMsg  string    // the log line for err; empty for the usual one
 }
 
 // plainRound is the round of a plain target (one message, one request)
@@ -1118,7 +1073,7 @@ func (r *runner) recorder() {
 		// event per round instead of one per message.
 		plain := 0
 		for i, it := range batch {
-			if ev, alone := r.d.finish(it.dl, it.out, it.res, errs[i], r.ord != nil); alone {
+			if ev, alone := r.d.finish(it.dl, it.out, it.res, errs[i], r.watch != nil); alone {
 				r.events <- ev
 			} else {
 				plain++
@@ -1162,9 +1117,9 @@ func (d *Drainer) recordBatch(batch []recItem) []error {
 
 // finish counts and logs a recorded (or unrecordable) outcome and calls
 // the callback. It returns the run loop's event for it, and whether the
-// loop needs that event on its own (ordered, retrying or unrecorded); the
-// others it may hear of as a count.
-func (d *Drainer) finish(dl *store.Delivery, out store.Outcome, res result, err error, ordered bool) (event, bool) {
+// loop needs that event on its own (each: its feeder follows every outcome;
+// or retrying, or unrecorded); the others it may hear of as a count.
+func (d *Drainer) finish(dl *store.Delivery, out store.Outcome, res result, err error, each bool) (event, bool) {
 	// The logger with the message's attributes is made only when something
 	// is logged: With costs allocations on every delivery otherwise.
 	log := func() *slog.Logger {
@@ -1198,7 +1153,7 @@ func (d *Drainer) finish(dl *store.Delivery, out store.Outcome, res result, err 
 	if err != nil {
 		ev.unrecorded = []*store.Delivery{dl}
 	}
-	return ev, ordered || err != nil || ev.retrying
+	return ev, each || err != nil || ev.retrying
 }
 
 // record hands the outcome of dl to the store. A write that fails (ErrIO:

@@ -413,3 +413,31 @@ func (d *Drainer) unparkLeftovers(ctx context.Context, p Parker) {
 	d.wake()
 	d.log.Info("unparked the messages left parked", "messages", n.Load())
 }
+
+// fairFeeder is the feeder of a target with Target.Fairness.
+type fairFeeder struct{ r *runner }
+
+func newFairFeeder(r *runner) *fairFeeder {
+	d := r.d
+	r.fair = newFairer(d, d.src.(Parker))
+	if err := r.fair.begin(); err != nil {
+		d.log.Error("fairness: cannot list parked keys; looking again later", "err", err)
+	}
+	return &fairFeeder{r: r}
+}
+
+func (f *fairFeeder) prepare(*turn) {}
+
+func (f *fairFeeder) holding() bool { return f.r.fair.held > 0 }
+
+func (f *fairFeeder) round(t *turn) round {
+	rd := f.r.fairRound(t.now, t.gen, t.free, t.idle)
+	rd.errMsg = "fairness: fetch, park or unpark failed; trying again shortly"
+	return rd
+}
+
+func (f *fairFeeder) release() {
+	if f.r.fair.held > 0 {
+		f.r.fair.releaseAll()
+	}
+}

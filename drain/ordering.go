@@ -313,3 +313,53 @@ func (o *orderer) tick(now time.Time) error {
 	}
 	return nil
 }
+
+// orderedFeeder is the feeder of a target with Target.Ordering: a plain
+// round whose deliveries the orderer admits or parks.
+type orderedFeeder struct{ r *runner }
+
+func newOrderedFeeder(r *runner) *orderedFeeder {
+	d := r.d
+	r.ord = newOrderer(d, d.src.(Parker))
+	if err := r.ord.begin(); err != nil {
+		d.log.Error("ordering: cannot read the parked keys or the retry schedule; recovering, looking again later", "err", err)
+		r.ord.recovering = true
+	}
+	return &orderedFeeder{r: r}
+}
+
+func (f *orderedFeeder) prepare(*turn) {}
+
+func (f *orderedFeeder) holding() bool { return false }
+
+func (f *orderedFeeder) round(t *turn) round {
+	if t.free <= 0 {
+		return round{}
+	}
+	return f.r.plainRound(t.now, t.gen, t.free)
+}
+
+func (f *orderedFeeder) release() {}
+
+func (f *orderedFeeder) recorded(ev *event, stopping bool) {
+	f.r.ord.done(ev.dl, ev.recordOK, ev.final, stopping, f.r.d.now())
+}
+
+func (f *orderedFeeder) retryIdle(pending bool) bool {
+	if err := f.r.ord.retryIdle(pending); err != nil {
+		f.r.d.log.Error("ordering: cannot list parked keys; looking again later", "err", err)
+		f.r.ord.recovering = true
+		return false
+	}
+	return true
+}
+
+func (f *orderedFeeder) tick(now time.Time) (woke bool, wake time.Time) {
+	o := f.r.ord
+	if err := o.tick(now); err != nil {
+		f.r.d.log.Error("ordering: cannot unpark a key's next message; trying again shortly", "err", err)
+		wake = now.Add(fetchErrorPause)
+	}
+	woke, o.woke = o.woke, false
+	return woke, wake
+}
