@@ -104,11 +104,6 @@ func (r *runner) releasePending() {
 	}
 	clear(r.pending)
 	r.pending, r.pendingBytes = r.pending[:0], 0
-	for _, dl := range r.ahead {
-		r.d.src.Release(dl)
-	}
-	clear(r.ahead)
-	r.ahead = r.ahead[:0]
 }
 
 // batchRound is the round of a batch target: one request, one token. It

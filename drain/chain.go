@@ -107,41 +107,35 @@ func (c *chain) next(n int) []*store.Delivery {
 
 // setChain opens the chain at gen, or closes it and gives what it held
 // back to the store. Run loop only.
-func (r *runner) setChain(open bool, gen uint64, until time.Time) {
-	for _, dl := range r.ch.setOpen(open, gen, until) {
-		r.d.src.Release(dl)
+func (f *plainFeeder) setChain(open bool, gen uint64, until time.Time) {
+	for _, dl := range f.ch.setOpen(open, gen, until) {
+		f.r.d.src.Release(dl)
 	}
-	r.chainOpen, r.chainGen, r.chainUntil = open, gen, until
+	f.chainOpen, f.chainGen, f.chainUntil = open, gen, until
 }
 
-// chainRound is the run loop's round while the chain is open: it starts
-// attempts on the free slots, from the chain first, and fetches what the
-// slots and the chain lack. The chain is topped up once a quarter of it
-// has been taken, so that workers find it full and fetches stay large. It
-// reports whether it fetched and whether the store had fewer messages
-// than asked for (the queue is drained: wait for news), or its error.
-func (r *runner) chainRound(now time.Time, gen uint64, free int) (rd round) {
-	d := r.d
+// chainRound is the plain feeder's round while the chain is open: it
+// starts attempts on the free slots, from the chain first, and fetches
+// what the slots and the chain lack. The chain is topped up once a quarter
+// of it has been taken, so that workers find it full and fetches stay
+// large. It reports whether it fetched and whether the store had fewer
+// messages than asked for (the queue is drained: wait for news), or its
+// error.
+func (f *plainFeeder) chainRound(now time.Time, gen uint64, free int) (rd round) {
+	d := f.r.d
 	conc := d.target.Concurrency
-	starts := r.ch.next(free)
+	starts := f.ch.next(free)
 	need := free - len(starts)
-	if room := r.ch.room(conc); need > 0 || room >= max(1, conc/4) {
+	if room := f.ch.room(conc); need > 0 || room >= max(1, conc/4) {
 		need = min(need+room, conc) // one Fetch at most Concurrency, as elsewhere
 		got, err := d.src.Fetch(need, now)
 		rd.fetched, rd.short, rd.err = true, len(got) < need, err
 		n := min(free-len(starts), len(got))
 		starts = append(starts, got[:n]...)
-		for _, dl := range r.ch.add(got[n:]) { // none: the chain is open
+		for _, dl := range f.ch.add(got[n:]) { // none: the chain is open
 			d.src.Release(dl)
 		}
 	}
-	for i, dl := range starts {
-		if !r.start(dl, now, gen) {
-			for _, rest := range starts[i+1:] {
-				d.src.Release(rest)
-			}
-			break
-		}
-	}
+	f.r.startAll(starts, now, gen)
 	return rd
 }

@@ -550,11 +550,9 @@ type runner struct {
 
 	stopping bool // the loop has returned; Run waits for what is outstanding
 
-	// The chain (chain.go): fetched messages that workers start themselves.
-	ch         chain
-	chainOpen  bool      // the loop's view of ch.open
-	chainGen   uint64    // and of ch.gen
-	chainUntil time.Time // and of ch.until
+	// The plain feeder's chain (chain.go), which workers take the next
+	// message from; nil for the other modes.
+	ch *chain
 
 	// Messages whose outcome could not be recorded: in flight in the store
 	// (so not fetched again) until Run ends and gives them back.
@@ -568,9 +566,6 @@ type runner struct {
 	workers sync.WaitGroup
 	recq    chan recItem
 	recDone chan struct{}
-
-	// Plain mode, unlimited rate: messages fetched ahead, not yet sent.
-	ahead []*store.Delivery
 
 	// Batch mode: messages fetched for the next batch, not yet sent.
 	byteLim      *rate.Limiter // Target.ByteRate; nil if unlimited
@@ -861,66 +856,6 @@ func earliest(a, b time.Time) time.Time {
 	return a
 }
 
-// plainRound is the round of a plain target (one message, one request)
-// whose chain is closed: a rate limit, ordering, or a breaker not closed.
-// It fetches for the slots and tokens free (with no rate limit and no
-// ordering, a whole round of slots at once, keeping what cannot start
-// yet: in flight in the store, released at a pause or the end) and starts
-// them; with ordering, a message whose key has an earlier one in flight
-// is parked instead.
-func (r *runner) plainRound(now time.Time, gen uint64, free int) (rd round) {
-	d := r.d
-	k, wait := r.tokens(now, free)
-	if k == 0 {
-		rd.wake = now.Add(wait)
-		return rd
-	}
-	var got []*store.Delivery
-	var err error
-	if len(r.ahead) == 0 {
-		want := k
-		if r.lim == nil && r.ord == nil {
-			want = max(k, d.target.Concurrency)
-		}
-		got, err = d.src.Fetch(want, now)
-		rd.fetched, rd.short = true, len(got) < want
-		if len(got) > k {
-			r.ahead = append(r.ahead[:0], got[k:]...)
-			got = got[:k]
-		}
-	} else {
-		n := min(k, len(r.ahead))
-		got = append([]*store.Delivery(nil), r.ahead[:n]...)
-		r.ahead = r.ahead[n:]
-	}
-	for i, dl := range got {
-		if r.ord != nil {
-			send, oerr := r.ord.admit(dl, now)
-			if oerr != nil {
-				for _, rest := range got[i+1:] {
-					d.src.Release(rest)
-				}
-				err = oerr
-				break
-			}
-			if !send {
-				continue // parked behind an earlier message of its key
-			}
-		}
-		if !r.start(dl, now, gen) {
-			for _, rest := range got[i+1:] {
-				d.src.Release(rest)
-			}
-			break
-		}
-	}
-	if err != nil {
-		return round{fetched: rd.fetched, err: err}
-	}
-	rd.more = !rd.short // there may be more; slots and tokens decide
-	return rd
-}
-
 // start takes a token and a slot for dl and sends it in a new goroutine. It
 // gives dl back (and returns false) if a control call came in since gen or
 // the bucket is empty.
@@ -931,6 +866,19 @@ func (r *runner) start(dl *store.Delivery, now time.Time, gen uint64) bool {
 	}
 	r.launch(dl, now)
 	return true
+}
+
+// startAll starts the deliveries of ds in turn, and gives back the rest
+// once one cannot start (see start).
+func (r *runner) startAll(ds []*store.Delivery, now time.Time, gen uint64) {
+	for i, dl := range ds {
+		if !r.start(dl, now, gen) {
+			for _, rest := range ds[i+1:] {
+				r.d.src.Release(rest)
+			}
+			return
+		}
+	}
 }
 
 // take takes a slot and a token for one attempt, and returns false (taking
@@ -1015,7 +963,7 @@ func (r *runner) attempt(j job) {
 		res := d.send(j.dl)
 		j.dl.Body = nil // sent: only the outcome is left to record (see recordWindow)
 		var next *store.Delivery
-		if res.err == nil && res.status >= 200 && res.status <= 299 {
+		if r.ch != nil && res.err == nil && res.status >= 200 && res.status <= 299 {
 			next = r.ch.take(d.control.Load(), d.now())
 		}
 		r.events <- event{res: res, probe: j.probe, chained: next != nil}

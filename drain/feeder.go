@@ -87,6 +87,6 @@ func newFeeder(r *runner) feeder {
 	case t.Batch != nil:
 		return &batchFeeder{r: r}
 	default:
-		return &plainFeeder{r: r}
+		return newPlainFeeder(r)
 	}
 }

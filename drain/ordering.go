@@ -332,11 +332,45 @@ func (f *orderedFeeder) prepare(*turn) {}
 
 func (f *orderedFeeder) holding() bool { return false }
 
-func (f *orderedFeeder) round(t *turn) round {
+// round fetches for the slots and tokens free and starts what the
+// orderer admits; a message whose key has an earlier one in flight is
+// parked instead.
+func (f *orderedFeeder) round(t *turn) (rd round) {
 	if t.free <= 0 {
-		return round{}
+		return rd
 	}
-	return f.r.plainRound(t.now, t.gen, t.free)
+	r, d, now := f.r, f.r.d, t.now
+	k, wait := r.tokens(now, t.free)
+	if k == 0 {
+		rd.wake = now.Add(wait)
+		return rd
+	}
+	got, err := d.src.Fetch(k, now)
+	rd.fetched, rd.short = true, len(got) < k
+	for i, dl := range got {
+		send, oerr := r.ord.admit(dl, now)
+		if oerr != nil {
+			for _, rest := range got[i+1:] {
+				d.src.Release(rest)
+			}
+			err = oerr
+			break
+		}
+		if !send {
+			continue // parked behind an earlier message of its key
+		}
+		if !r.start(dl, now, t.gen) {
+			for _, rest := range got[i+1:] {
+				d.src.Release(rest)
+			}
+			break
+		}
+	}
+	if err != nil {
+		return round{fetched: rd.fetched, err: err}
+	}
+	rd.more = !rd.short // there may be more; slots and tokens decide
+	return rd
 }
 
 func (f *orderedFeeder) release() {}

@@ -1,34 +1,102 @@
 package drain
 
-import "time"
+import (
+	"time"
+
+	"github.com/sluice-proxy/sluice/store"
+)
 
 // plainFeeder is the feeder of a plain target: one message, one request.
 // With no rate limit and a closed breaker it keeps the chain (chain.go)
-// open, so that workers start the next message themselves.
-type plainFeeder struct{ r *runner }
+// open, so that workers start the next message themselves; otherwise each
+// round fetches for the slots and tokens free.
+type plainFeeder struct {
+	r *runner
 
+	// The chain: fetched messages that workers start themselves. The
+	// runner's ch points to it.
+	ch         chain
+	chainOpen  bool      // the loop's view of ch.open
+	chainGen   uint64    // and of ch.gen
+	chainUntil time.Time // and of ch.until
+
+	// With no rate limit and the chain closed (the breaker half-open):
+	// messages fetched ahead, not yet sent.
+	ahead []*store.Delivery
+}
+
+func newPlainFeeder(r *runner) *plainFeeder {
+	f := &plainFeeder{r: r}
+	r.ch = &f.ch
+	return f
+}
+
+// prepare opens the chain when nothing but the slots limits sending, and
+// closes it (giving its messages back) at any change: the rate, the
+// breaker, a control call, or the rate's next change by the clock.
 func (f *plainFeeder) prepare(t *turn) {
-	r := f.r
-	if t.fast != r.chainOpen || (t.fast && (r.chainGen != t.gen || !r.chainUntil.Equal(t.until))) {
-		r.setChain(t.fast, t.gen, t.until)
+	if t.fast != f.chainOpen || (t.fast && (f.chainGen != t.gen || !f.chainUntil.Equal(t.until))) {
+		f.setChain(t.fast, t.gen, t.until)
 	}
 }
 
-func (f *plainFeeder) holding() bool { return f.r.chainOpen && f.r.ch.held() > 0 }
+func (f *plainFeeder) holding() bool { return f.chainOpen && f.ch.held() > 0 }
 
 func (f *plainFeeder) round(t *turn) round {
 	switch {
-	case f.r.chainOpen:
-		return f.r.chainRound(t.now, t.gen, max(t.free, 0))
+	case f.chainOpen:
+		return f.chainRound(t.now, t.gen, max(t.free, 0))
 	case t.free <= 0:
 		return round{}
 	}
-	return f.r.plainRound(t.now, t.gen, t.free)
+	return f.plainRound(t.now, t.gen, t.free)
 }
 
 func (f *plainFeeder) release() {
-	if f.r.chainOpen {
-		f.r.setChain(false, 0, time.Time{})
+	if f.chainOpen {
+		f.setChain(false, 0, time.Time{})
 	}
-	f.r.releasePending()
+	for _, dl := range f.ahead {
+		f.r.d.src.Release(dl)
+	}
+	clear(f.ahead)
+	f.ahead = f.ahead[:0]
+}
+
+// plainRound is the round while the chain is closed: a rate limit, or a
+// breaker not closed. It fetches for the slots and tokens free (with no
+// rate limit, a whole round of slots at once, keeping what cannot start
+// yet: in flight in the store, released at a pause or the end) and starts
+// them.
+func (f *plainFeeder) plainRound(now time.Time, gen uint64, free int) (rd round) {
+	r, d := f.r, f.r.d
+	k, wait := r.tokens(now, free)
+	if k == 0 {
+		rd.wake = now.Add(wait)
+		return rd
+	}
+	var got []*store.Delivery
+	var err error
+	if len(f.ahead) == 0 {
+		want := k
+		if r.lim == nil {
+			want = max(k, d.target.Concurrency)
+		}
+		got, err = d.src.Fetch(want, now)
+		rd.fetched, rd.short = true, len(got) < want
+		if len(got) > k {
+			f.ahead = append(f.ahead[:0], got[k:]...)
+			got = got[:k]
+		}
+	} else {
+		n := min(k, len(f.ahead))
+		got = append([]*store.Delivery(nil), f.ahead[:n]...)
+		f.ahead = f.ahead[n:]
+	}
+	r.startAll(got, now, gen)
+	if err != nil {
+		return round{fetched: rd.fetched, err: err}
+	}
+	rd.more = !rd.short // there may be more; slots and tokens decide
+	return rd
 }
