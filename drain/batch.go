@@ -82,54 +82,71 @@ func batchLine(dl *store.Delivery) ([]byte, error) {
 	return ndjsonLine(body)
 }
 
+// batchFeeder is the feeder of a batch target (Target.Batch): one
+// request, one token, up to Batch.MaxMessages messages.
+type batchFeeder struct {
+	r *runner
+
+	byteLim      *rate.Limiter     // Target.ByteRate; nil if unlimited
+	pending      []*store.Delivery // fetched for the next batch, not yet sent
+	pendingBytes int64             // their bodies' bytes, one newline each included
+	pendingSince time.Time         // when the first of them was fetched
+}
+
+func (f *batchFeeder) prepare(*turn) {}
+
+func (f *batchFeeder) holding() bool { return len(f.pending) > 0 }
+
+// release gives every message of the batch being filled back to the
+// source, unsent.
+func (f *batchFeeder) release() {
+	for _, dl := range f.pending {
+		f.r.d.src.Release(dl)
+	}
+	clear(f.pending)
+	f.pending, f.pendingBytes = f.pending[:0], 0
+}
+
 // addPending adds fetched messages to the batch being filled.
-func (r *runner) addPending(got []*store.Delivery, now time.Time) {
+func (f *batchFeeder) addPending(got []*store.Delivery, now time.Time) {
 	if len(got) == 0 {
 		return
 	}
-	if len(r.pending) == 0 {
-		r.pendingSince = now
+	if len(f.pending) == 0 {
+		f.pendingSince = now
 	}
 	for _, dl := range got {
-		r.pending = append(r.pending, dl)
-		r.pendingBytes += int64(len(dl.Body)) + 1
+		f.pending = append(f.pending, dl)
+		f.pendingBytes += int64(len(dl.Body)) + 1
 	}
 }
 
-// releasePending gives every message of the batch being filled back to the
-// source, unsent.
-func (r *runner) releasePending() {
-	for _, dl := range r.pending {
-		r.d.src.Release(dl)
+// round fills the pending batch (unless idle), then sends it once it is
+// full or its first message has waited MaxWait.
+func (f *batchFeeder) round(t *turn) (rd round) {
+	if t.free <= 0 {
+		return rd
 	}
-	clear(r.pending)
-	r.pending, r.pendingBytes = r.pending[:0], 0
-}
-
-// batchRound is the round of a batch target: one request, one token. It
-// fills the pending batch (unless idle), then sends it once it is full or
-// its first message has waited MaxWait.
-func (r *runner) batchRound(now time.Time, gen uint64, free int, idle bool) (rd round) {
-	d, bt := r.d, r.d.target.Batch
-	k, wait := r.tokens(now, free)
+	d, bt, now := f.r.d, f.r.d.target.Batch, t.now
+	k, wait := f.r.tokens(now, t.free)
 	if k == 0 {
 		rd.wake = now.Add(wait)
 		return rd
 	}
-	if want := bt.MaxMessages - len(r.pending); !idle && want > 0 {
+	if want := bt.MaxMessages - len(f.pending); !t.idle && want > 0 {
 		got, err := d.src.Fetch(want, now)
 		rd.fetched = true
-		r.addPending(got, now)
+		f.addPending(got, now)
 		if err != nil {
 			rd.err = err
 			return rd
 		}
 		rd.short = len(got) < want
 	}
-	if len(r.pending) > 0 {
-		due := r.pendingSince.Add(bt.MaxWait)
-		if len(r.pending) >= bt.MaxMessages || r.pendingBytes >= bt.MaxBytes || !now.Before(due) {
-			wait := r.startBatch(now, gen)
+	if len(f.pending) > 0 {
+		due := f.pendingSince.Add(bt.MaxWait)
+		if len(f.pending) >= bt.MaxMessages || f.pendingBytes >= bt.MaxBytes || !now.Before(due) {
+			wait := f.startBatch(now, t.gen)
 			if wait == 0 {
 				return round{fetched: rd.fetched, more: true}
 			}
@@ -145,11 +162,11 @@ func (r *runner) batchRound(now time.Time, gen uint64, free int, idle bool) (rd 
 // goroutine. If a control call came in since gen it sends nothing: the run
 // loop looks at the rate again first. With a byte_rate it returns how long
 // the batch must wait for its bytes (and sends nothing); else 0.
-func (r *runner) startBatch(now time.Time, gen uint64) time.Duration {
-	d := r.d
+func (f *batchFeeder) startBatch(now time.Time, gen uint64) time.Duration {
+	r, d := f.r, f.r.d
 	limit := d.target.Batch.MaxBytes
 	n, size := 0, int64(0)
-	for _, dl := range r.pending {
+	for _, dl := range f.pending {
 		line := int64(len(dl.Body)) + 1 // compaction only shrinks
 		if n > 0 && size+line > limit {
 			break
@@ -162,14 +179,14 @@ func (r *runner) startBatch(now time.Time, gen uint64) time.Duration {
 	}
 	var bytes *rate.Reservation
 	if br := d.target.ByteRate; br > 0 {
-		if r.byteLim == nil {
+		if f.byteLim == nil {
 			// Burst: one second of the rate, and at least one full batch.
-			r.byteLim = rate.NewLimiter(rate.Limit(br), int(max(br, limit, size)))
+			f.byteLim = rate.NewLimiter(rate.Limit(br), int(max(br, limit, size)))
 		}
-		bytes = r.byteLim.ReserveN(now, int(size))
+		bytes = f.byteLim.ReserveN(now, int(size))
 		if !bytes.OK() { // a batch larger than the burst (one huge message): let it pass alone
-			r.byteLim.SetBurstAt(now, int(size))
-			bytes = r.byteLim.ReserveN(now, int(size))
+			f.byteLim.SetBurstAt(now, int(size))
+			bytes = f.byteLim.ReserveN(now, int(size))
 		}
 		if wait := bytes.DelayFrom(now); wait > 0 {
 			bytes.CancelAt(now)
@@ -183,11 +200,11 @@ func (r *runner) startBatch(now time.Time, gen uint64) time.Duration {
 		return 0
 	}
 	batch := make([]*store.Delivery, n)
-	copy(batch, r.pending[:n])
-	rest := copy(r.pending, r.pending[n:])
-	clear(r.pending[rest:])
-	r.pending = r.pending[:rest]
-	r.pendingBytes -= size
+	copy(batch, f.pending[:n])
+	rest := copy(f.pending, f.pending[n:])
+	clear(f.pending[rest:])
+	f.pending = f.pending[:rest]
+	f.pendingBytes -= size
 	// What is left has waited since pendingSince already; it goes next.
 
 	r.sending++
@@ -404,19 +421,3 @@ var gzipPool = sync.Pool{New: func() any {
 	zw, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed) // logs compress ~5-10x even at the fastest level
 	return zw
 }}
-
-// batchFeeder is the feeder of a batch target (Target.Batch).
-type batchFeeder struct{ r *runner }
-
-func (f *batchFeeder) prepare(*turn) {}
-
-func (f *batchFeeder) holding() bool { return len(f.r.pending) > 0 }
-
-func (f *batchFeeder) round(t *turn) round {
-	if t.free <= 0 {
-		return round{}
-	}
-	return f.r.batchRound(t.now, t.gen, t.free, t.idle)
-}
-
-func (f *batchFeeder) release() { f.r.releasePending() }

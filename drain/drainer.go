@@ -566,12 +566,6 @@ type runner struct {
 	workers sync.WaitGroup
 	recq    chan recItem
 	recDone chan struct{}
-
-	// Batch mode: messages fetched for the next batch, not yet sent.
-	byteLim      *rate.Limiter // Target.ByteRate; nil if unlimited
-	pending      []*store.Delivery
-	pendingBytes int64     // their bodies' bytes, one newline each included
-	pendingSince time.Time // when the first of them was fetched
 }
 
 func (r *runner) handle(ev event) {
