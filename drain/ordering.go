@@ -315,17 +315,23 @@ func (o *orderer) tick(now time.Time) error {
 }
 
 // orderedFeeder is the feeder of a target with Target.Ordering: a plain
-// round whose deliveries the orderer admits or parks.
-type orderedFeeder struct{ r *runner }
+// round whose deliveries its orderer admits or parks. It holds no fetched
+// message between rounds; it is a watcher: the orderer hands a key on when
+// its owner's outcome is final, ends recovery when the retry schedule has
+// nothing pending, and unparks orphaned keys as the cursor passes them.
+type orderedFeeder struct {
+	r   *runner
+	ord *orderer
+}
 
 func newOrderedFeeder(r *runner) *orderedFeeder {
 	d := r.d
-	r.ord = newOrderer(d, d.src.(Parker))
-	if err := r.ord.begin(); err != nil {
+	f := &orderedFeeder{r: r, ord: newOrderer(d, d.src.(Parker))}
+	if err := f.ord.begin(); err != nil {
 		d.log.Error("ordering: cannot read the parked keys or the retry schedule; recovering, looking again later", "err", err)
-		r.ord.recovering = true
+		f.ord.recovering = true
 	}
-	return &orderedFeeder{r: r}
+	return f
 }
 
 func (f *orderedFeeder) prepare(*turn) {}
@@ -348,7 +354,7 @@ func (f *orderedFeeder) round(t *turn) (rd round) {
 	got, err := d.src.Fetch(k, now)
 	rd.fetched, rd.short = true, len(got) < k
 	for i, dl := range got {
-		send, oerr := r.ord.admit(dl, now)
+		send, oerr := f.ord.admit(dl, now)
 		if oerr != nil {
 			for _, rest := range got[i+1:] {
 				d.src.Release(rest)
@@ -376,20 +382,20 @@ func (f *orderedFeeder) round(t *turn) (rd round) {
 func (f *orderedFeeder) release() {}
 
 func (f *orderedFeeder) recorded(ev *event, stopping bool) {
-	f.r.ord.done(ev.dl, ev.recordOK, ev.final, stopping, f.r.d.now())
+	f.ord.done(ev.dl, ev.recordOK, ev.final, stopping, f.r.d.now())
 }
 
 func (f *orderedFeeder) retryIdle(pending bool) bool {
-	if err := f.r.ord.retryIdle(pending); err != nil {
+	if err := f.ord.retryIdle(pending); err != nil {
 		f.r.d.log.Error("ordering: cannot list parked keys; looking again later", "err", err)
-		f.r.ord.recovering = true
+		f.ord.recovering = true
 		return false
 	}
 	return true
 }
 
 func (f *orderedFeeder) tick(now time.Time) (woke bool, wake time.Time) {
-	o := f.r.ord
+	o := f.ord
 	if err := o.tick(now); err != nil {
 		f.r.d.log.Error("ordering: cannot unpark a key's next message; trying again shortly", "err", err)
 		wake = now.Add(fetchErrorPause)
