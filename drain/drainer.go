@@ -545,7 +545,6 @@ type runner struct {
 	br    *breaker // always
 	feed  feeder   // the target's delivery mode (feeder.go)
 	watch watcher  // feed, if it is one; else nil
-	fair  *fairer  // nil unless Target.Fairness
 
 	stopping bool // the loop has returned; Run waits for what is outstanding
 

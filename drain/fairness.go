@@ -299,8 +299,8 @@ func (f *fairer) releaseAll() {
 // round robin while free slots and tokens last, and unparks for keys that
 // run low. free is the number of free slots (the breaker's allowance
 // included).
-func (r *runner) fairRound(now time.Time, gen uint64, free int, idle bool) (res round) {
-	d, f := r.d, r.fair
+func (ff *fairFeeder) fairRound(now time.Time, gen uint64, free int, idle bool) (res round) {
+	r, d, f := ff.r, ff.r.d, ff.fair
 	if !f.listed {
 		if err := f.begin(); err != nil {
 			d.log.Error("fairness: cannot list parked keys; looking again later", "err", err)
@@ -414,30 +414,34 @@ func (d *Drainer) unparkLeftovers(ctx context.Context, p Parker) {
 	d.log.Info("unparked the messages left parked", "messages", n.Load())
 }
 
-// fairFeeder is the feeder of a target with Target.Fairness.
-type fairFeeder struct{ r *runner }
+// fairFeeder is the feeder of a target with Target.Fairness: its fairer
+// holds ready messages per key between rounds, fetched ahead of tokens.
+type fairFeeder struct {
+	r    *runner
+	fair *fairer
+}
 
 func newFairFeeder(r *runner) *fairFeeder {
 	d := r.d
-	r.fair = newFairer(d, d.src.(Parker))
-	if err := r.fair.begin(); err != nil {
+	f := &fairFeeder{r: r, fair: newFairer(d, d.src.(Parker))}
+	if err := f.fair.begin(); err != nil {
 		d.log.Error("fairness: cannot list parked keys; looking again later", "err", err)
 	}
-	return &fairFeeder{r: r}
+	return f
 }
 
 func (f *fairFeeder) prepare(*turn) {}
 
-func (f *fairFeeder) holding() bool { return f.r.fair.held > 0 }
+func (f *fairFeeder) holding() bool { return f.fair.held > 0 }
 
 func (f *fairFeeder) round(t *turn) round {
-	rd := f.r.fairRound(t.now, t.gen, t.free, t.idle)
+	rd := f.fairRound(t.now, t.gen, t.free, t.idle)
 	rd.errMsg = "fairness: fetch, park or unpark failed; trying again shortly"
 	return rd
 }
 
 func (f *fairFeeder) release() {
-	if f.r.fair.held > 0 {
-		f.r.fair.releaseAll()
+	if f.fair.held > 0 {
+		f.fair.releaseAll()
 	}
 }
