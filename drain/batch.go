@@ -93,7 +93,7 @@ type batchFeeder struct {
 	pendingSince time.Time         // when the first of them was fetched
 }
 
-func (f *batchFeeder) prepare(*turn) {}
+func (f *batchFeeder) prepare(turn) {}
 
 func (f *batchFeeder) holding() bool { return len(f.pending) > 0 }
 
@@ -123,7 +123,7 @@ func (f *batchFeeder) addPending(got []*store.Delivery, now time.Time) {
 
 // round fills the pending batch (unless idle), then sends it once it is
 // full or its first message has waited MaxWait.
-func (f *batchFeeder) round(t *turn) (rd round) {
+func (f *batchFeeder) round(t turn) (rd round) {
 	if t.free <= 0 {
 		return rd
 	}

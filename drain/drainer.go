@@ -708,7 +708,7 @@ func (r *runner) loop(ctx context.Context) error {
 		send := !paused && allow != 0
 		t := turn{now: now, gen: gen, idle: idle, fast: allow < 0 && r.lim == nil, until: r.nextChange}
 		if send {
-			r.feed.prepare(&t)
+			r.feed.prepare(t)
 		} else {
 			r.feed.release() // held back: back to the queue, not in flight
 		}
@@ -720,7 +720,7 @@ func (r *runner) loop(ctx context.Context) error {
 			// One round of the target's delivery mode: the feeder
 			// fetches, starts attempts on the free slots and says what
 			// the loop should do next.
-			rd := r.feed.round(&t)
+			rd := r.feed.round(t)
 			if rd.fetched {
 				lastFetch = now
 			}

@@ -295,25 +295,55 @@ func (f *fairer) releaseAll() {
 	f.ring, f.turn, f.held = f.ring[:0], 0, 0
 }
 
-// fairRound fills the ready queues (unless idle), sends ready messages
-// round robin while free slots and tokens last, and unparks for keys that
-// run low. free is the number of free slots (the breaker's allowance
-// included).
-func (ff *fairFeeder) fairRound(now time.Time, gen uint64, free int, idle bool) (res round) {
+// fairErrMsg is the log line of a failed round.
+const fairErrMsg = "fairness: fetch, park or unpark failed; trying again shortly"
+
+// fairFeeder is the feeder of a target with Target.Fairness: its fairer
+// holds ready messages per key between rounds, fetched ahead of tokens.
+type fairFeeder struct {
+	r    *runner
+	fair *fairer
+}
+
+func newFairFeeder(r *runner) *fairFeeder {
+	d := r.d
+	ff := &fairFeeder{r: r, fair: newFairer(d, d.src.(Parker))}
+	if err := ff.fair.begin(); err != nil {
+		d.log.Error("fairness: cannot list parked keys; looking again later", "err", err)
+	}
+	return ff
+}
+
+func (ff *fairFeeder) prepare(turn) {}
+
+func (ff *fairFeeder) holding() bool { return ff.fair.held > 0 }
+
+// release gives the ready queues back (releaseAll).
+func (ff *fairFeeder) release() {
+	if ff.fair.held > 0 {
+		ff.fair.releaseAll()
+	}
+}
+
+// round fills the ready queues (unless idle), sends ready messages round
+// robin while free slots and tokens last, and unparks for keys that run
+// low. The queues fill even with no free slot (t.free <= 0).
+func (ff *fairFeeder) round(t turn) (res round) {
 	r, d, f := ff.r, ff.r.d, ff.fair
+	now, gen, free := t.now, t.gen, t.free
 	if !f.listed {
 		if err := f.begin(); err != nil {
 			d.log.Error("fairness: cannot list parked keys; looking again later", "err", err)
 		}
 	}
-	if room := f.room(); !idle && room > 0 {
+	if room := f.room(); !t.idle && room > 0 {
 		got, err := d.src.Fetch(room, now)
 		res.fetched = true
 		if aerr := f.admit(got, now); err == nil {
 			err = aerr
 		}
 		if err != nil {
-			res.err = err
+			res.err, res.errMsg = err, fairErrMsg
 			return res
 		}
 		res.short = len(got) < room
@@ -340,7 +370,7 @@ func (ff *fairFeeder) fairRound(now time.Time, gen uint64, free int, idle bool) 
 		}
 	}
 	if err := f.refill(now); err != nil {
-		res.err = err
+		res.err, res.errMsg = err, fairErrMsg
 		return res
 	}
 	if f.woke {
@@ -412,36 +442,4 @@ func (d *Drainer) unparkLeftovers(ctx context.Context, p Parker) {
 	wg.Wait()
 	d.wake()
 	d.log.Info("unparked the messages left parked", "messages", n.Load())
-}
-
-// fairFeeder is the feeder of a target with Target.Fairness: its fairer
-// holds ready messages per key between rounds, fetched ahead of tokens.
-type fairFeeder struct {
-	r    *runner
-	fair *fairer
-}
-
-func newFairFeeder(r *runner) *fairFeeder {
-	d := r.d
-	f := &fairFeeder{r: r, fair: newFairer(d, d.src.(Parker))}
-	if err := f.fair.begin(); err != nil {
-		d.log.Error("fairness: cannot list parked keys; looking again later", "err", err)
-	}
-	return f
-}
-
-func (f *fairFeeder) prepare(*turn) {}
-
-func (f *fairFeeder) holding() bool { return f.fair.held > 0 }
-
-func (f *fairFeeder) round(t *turn) round {
-	rd := f.fairRound(t.now, t.gen, t.free, t.idle)
-	rd.errMsg = "fairness: fetch, park or unpark failed; trying again shortly"
-	return rd
-}
-
-func (f *fairFeeder) release() {
-	if f.fair.held > 0 {
-		f.fair.releaseAll()
-	}
 }

@@ -22,14 +22,14 @@ import "time"
 type feeder interface {
 	// prepare is called at every wake-up while something may be sent,
 	// once the rate and the breaker are up to date, before the round.
-	prepare(t *turn)
+	prepare(t turn)
 	// holding reports whether the feeder holds fetched messages that are
 	// worth a round though the last Fetch came back short.
 	holding() bool
 	// round fetches for the free slots and tokens, starts attempts and
 	// tells the loop what to do next. t.free may be 0 or less: a feeder
 	// may still fill what it holds.
-	round(t *turn) round
+	round(t turn) round
 	// release gives every fetched message the feeder holds back to the
 	// store, unsent: called at every wake-up while nothing may be sent
 	// (paused, the breaker open or probing), and when Run stops fetching.

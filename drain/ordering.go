@@ -334,14 +334,14 @@ func newOrderedFeeder(r *runner) *orderedFeeder {
 	return f
 }
 
-func (f *orderedFeeder) prepare(*turn) {}
+func (f *orderedFeeder) prepare(turn) {}
 
 func (f *orderedFeeder) holding() bool { return false }
 
 // round fetches for the slots and tokens free and starts what the
 // orderer admits; a message whose key has an earlier one in flight is
 // parked instead.
-func (f *orderedFeeder) round(t *turn) (rd round) {
+func (f *orderedFeeder) round(t turn) (rd round) {
 	if t.free <= 0 {
 		return rd
 	}

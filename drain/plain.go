@@ -34,7 +34,7 @@ func newPlainFeeder(r *runner) *plainFeeder {
 // prepare opens the chain when nothing but the slots limits sending, and
 // closes it (giving its messages back) at any change: the rate, the
 // breaker, a control call, or the rate's next change by the clock.
-func (f *plainFeeder) prepare(t *turn) {
+func (f *plainFeeder) prepare(t turn) {
 	if t.fast != f.chainOpen || (t.fast && (f.chainGen != t.gen || !f.chainUntil.Equal(t.until))) {
 		f.setChain(t.fast, t.gen, t.until)
 	}
@@ -42,7 +42,7 @@ func (f *plainFeeder) prepare(t *turn) {
 
 func (f *plainFeeder) holding() bool { return f.chainOpen && f.ch.held() > 0 }
 
-func (f *plainFeeder) round(t *turn) round {
+func (f *plainFeeder) round(t turn) round {
 	switch {
 	case f.chainOpen:
 		return f.chainRound(t.now, t.gen, max(t.free, 0))
