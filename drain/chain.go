@@ -15,16 +15,19 @@ import (
 // loop's turn on a CPU, not the downstream, sets the pace. When the
 // target is plain (no batch, ordering or fairness), its rate unlimited,
 // the breaker closed and no control call has come in since the loop last
-// looked, the loop keeps up to Concurrency fetched messages in the chain
-// instead, and a worker whose attempt succeeded keeps its slot and takes
-// the next message from the chain itself. It still tells the loop of the
-// attempt (event.chained), which counts it and feeds the breaker.
+// looked, the plain feeder (plain.go, on the loop's goroutine) keeps up to
+// Concurrency fetched messages in the chain instead, and a worker whose
+// attempt succeeded keeps its slot and takes the next message from the
+// chain itself. It still tells the loop of the attempt (event.chained),
+// which counts it and feeds the breaker. Workers of the other modes have
+// no chain (runner.ch is nil).
 //
-// Whenever any of those conditions stops holding, the loop closes the
-// chain and gives its messages back to the store before it does anything
-// else, under the chain's lock, so no worker takes one after that. A
-// failed attempt never chains: its slot goes back through the loop, which
-// sees the failure first.
+// Whenever any of those conditions stops holding, the feeder closes the
+// chain (prepare, or release while nothing may be sent) and gives its
+// messages back to the store before the loop does anything else, under
+// the chain's lock, so no worker takes one after that. A failed attempt
+// never chains: its slot goes back through the loop, which sees the
+// failure first.
 type chain struct {
 	mu   sync.Mutex
 	open bool

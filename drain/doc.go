@@ -153,14 +153,16 @@
 // # Costs
 //
 // One goroutine per drainer runs the schedule (the run loop: rate, breaker,
-// timers, and one round of the target's feeder, fairRound, chainRound,
-// batchRound or plainRound, per wake-up); attempts run on worker
-// goroutines, at most Concurrency of them, reused (a worker idle for 2 s
-// exits); one recorder goroutine hands their outcomes to the store in
-// batches (Source's CompleteBatch when it has one). Up to Concurrency +
-// 1024 outcomes may wait to be recorded; their messages' bodies are
-// dropped once sent, so memory is bounded by Concurrency bodies in flight
-// and as many fetched ahead (the chain, below), and by 64 KiB an answer:
+// timers, control calls, and per wake-up one round of the feeder of the
+// target's delivery mode, plain, batch, ordered or fair, chosen once when
+// Run starts: feeder.go); attempts run on worker goroutines, at most
+// Concurrency of them, reused (a worker idle for 2 s exits); one recorder
+// goroutine hands their outcomes to the store in batches (Source's
+// CompleteBatch when it has one). Up to Concurrency + 1024 outcomes may
+// wait to be recorded; their messages' bodies are dropped once sent, so
+// memory is bounded by Concurrency bodies in flight and as many fetched
+// ahead (the chain, below; a batch target holds the batch being filled,
+// fairness up to 4*Concurrency ready messages), and by 64 KiB an answer:
 // an attempt reads an answer of up to 64 KiB whole into a pooled buffer
 // (cheaper than a stream: 4 allocations fewer a delivery), and once the
 // target has sent a larger one (that attempt stops reading after the
@@ -176,16 +178,19 @@
 //
 // At full speed the run loop is kept off the path of each message: for a
 // plain target with no rate limit, a closed breaker and no control call
-// since the loop last looked, the loop keeps up to Concurrency fetched
-// messages in a chain (chain.go), and a worker whose attempt got a 2xx
-// keeps its slot and starts the next one from it. Any change (a pause, a
-// rate, a window's boundary, the breaker, a control call) closes the chain
-// and gives its messages back before anything is sent at a stale rate.
+// since the loop last looked, the plain feeder keeps up to Concurrency
+// fetched messages in a chain (chain.go), and a worker whose attempt got a
+// 2xx keeps its slot and starts the next one from it. Any change (a pause,
+// a rate, a window's boundary, the breaker, a control call) closes the
+// chain and gives its messages back before anything is sent at a stale
+// rate.
 //
 // The drainer wakes on new messages (Source.Ready), when the earliest retry
 // is due, at window boundaries, on control calls, on its attempts' events
 // (taken all at once) and every 500ms as a safety net; it never spins.
-// Each round costs at most one Fetch, of up to Concurrency messages. With
+// Each round costs at most one Fetch, of up to Concurrency messages (a
+// batch target: what the pending batch lacks of Batch.MaxMessages; with
+// fairness: what the ready queues lack, up to 4*Concurrency). With
 // fairness, a flooding key's messages cost two more commits each (park and
 // unpark, grouped), and up to 4*Concurrency fetched messages are held.
 // Recording an outcome costs a share of one commit in the store (with the
