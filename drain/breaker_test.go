@@ -177,3 +177,31 @@ func TestBreakerConnectRefused(t *testing.T) {
 		t.Errorf("%d distinct ids, want %d", got, n)
 	}
 }
+
+// TestBreakerProbeLeavesNothingBehind: the half-open breaker's probe
+// succeeds while other due messages wait. None of them may stay fetched and
+// unsent (in flight in the store, where no Fetch finds it) once the breaker
+// has closed and the chain is open.
+func TestBreakerProbeLeavesNothingBehind(t *testing.T) {
+	const failures = 5
+	var answered atomic.Int64
+	ds := newDownstream(t, func(h *hit, ctx *fasthttp.RequestCtx) {
+		if answered.Add(1) <= failures {
+			ctx.SetStatusCode(503)
+		}
+	})
+	_, q, _ := newQueue(t, "a")
+	appendN(t, q, failures, order)
+	target := testTarget("a", ds.url)
+	target.Concurrency = 16
+	target.Retry = policies.Retry{MaxAttempts: 10, Initial: 10 * ms, Max: 20 * ms, On: defaultOn}
+	target.Breaker = policies.Breaker{Failures: failures, Cooldown: 200 * ms, MaxCooldown: time.Second}
+	d, _ := startDrainer(t, Config{Target: target}, consumer(t, q, "a"))
+	waitFor(t, 5*time.Second, "the breaker to open", func() bool { return d.Stats().BreakerOpens > 0 })
+	// The probe and then the others, at once: within a few safety polls,
+	// not at the end of the Run.
+	waitFor(t, 3*time.Second, "every message delivered after the probe", func() bool { return d.Stats().Delivered == failures })
+	if st := d.Stats(); st.Dead != 0 || st.Breaker != BreakerClosed {
+		t.Errorf("stats %+v", st)
+	}
+}

@@ -1,15 +1,12 @@
 package drain
 
-import (
-	"time"
-
-	"github.com/sluice-proxy/sluice/store"
-)
+import "time"
 
 // plainFeeder is the feeder of a plain target: one message, one request.
 // With no rate limit and a closed breaker it keeps the chain (chain.go)
 // open, so that workers start the next message themselves; otherwise each
-// round fetches for the slots and tokens free.
+// round fetches for the slots and tokens free, and holds nothing between
+// rounds.
 type plainFeeder struct {
 	r *runner
 
@@ -19,10 +16,6 @@ type plainFeeder struct {
 	chainOpen  bool      // the loop's view of ch.open
 	chainGen   uint64    // and of ch.gen
 	chainUntil time.Time // and of ch.until
-
-	// With no rate limit and the chain closed (the breaker half-open):
-	// messages fetched ahead, not yet sent.
-	ahead []*store.Delivery
 }
 
 func newPlainFeeder(r *runner) *plainFeeder {
@@ -56,18 +49,11 @@ func (f *plainFeeder) release() {
 	if f.chainOpen {
 		f.setChain(false, 0, time.Time{})
 	}
-	for _, dl := range f.ahead {
-		f.r.d.src.Release(dl)
-	}
-	clear(f.ahead)
-	f.ahead = f.ahead[:0]
 }
 
 // plainRound is the round while the chain is closed: a rate limit, or a
-// breaker not closed. It fetches for the slots and tokens free (with no
-// rate limit, a whole round of slots at once, keeping what cannot start
-// yet: in flight in the store, released at a pause or the end) and starts
-// them.
+// breaker not closed (half-open: one probe at a time). It fetches for the
+// slots and tokens free, no more, and starts them.
 func (f *plainFeeder) plainRound(now time.Time, gen uint64, free int) (rd round) {
 	r, d := f.r, f.r.d
 	k, wait := r.tokens(now, free)
@@ -75,24 +61,8 @@ func (f *plainFeeder) plainRound(now time.Time, gen uint64, free int) (rd round)
 		rd.wake = now.Add(wait)
 		return rd
 	}
-	var got []*store.Delivery
-	var err error
-	if len(f.ahead) == 0 {
-		want := k
-		if r.lim == nil {
-			want = max(k, d.target.Concurrency)
-		}
-		got, err = d.src.Fetch(want, now)
-		rd.fetched, rd.short = true, len(got) < want
-		if len(got) > k {
-			f.ahead = append(f.ahead[:0], got[k:]...)
-			got = got[:k]
-		}
-	} else {
-		n := min(k, len(f.ahead))
-		got = append([]*store.Delivery(nil), f.ahead[:n]...)
-		f.ahead = f.ahead[n:]
-	}
+	got, err := d.src.Fetch(k, now)
+	rd.fetched, rd.short = true, len(got) < k
 	r.startAll(got, now, gen)
 	if err != nil {
 		return round{fetched: rd.fetched, err: err}
