@@ -571,7 +571,7 @@ func (r *runner) handle(ev event) {
 		r.outstanding -= max(ev.n, 1)
 		r.unrecorded = append(r.unrecorded, ev.unrecorded...)
 		if r.watch != nil && ev.dl != nil {
-			r.watch.recorded(&ev, r.stopping)
+			r.watch.recorded(ev.dl, ev.recordOK, ev.final, r.stopping)
 		}
 		return
 	}

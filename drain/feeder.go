@@ -1,6 +1,10 @@
 package drain
 
-import "time"
+import (
+	"time"
+
+	"github.com/sluice-proxy/sluice/store"
+)
 
 // Feeders: what the run loop asks of a target's delivery mode.
 //
@@ -40,9 +44,10 @@ type feeder interface {
 // and the clock (ordering: a key's owner hands the key on when its outcome
 // is final). newFeeder's caller checks for it once.
 type watcher interface {
-	// recorded is told of every outcome recorded (or not) with its
-	// message; stopping: Run is shutting down.
-	recorded(ev *event, stopping bool)
+	// recorded is told of every outcome of a message: recorded or not
+	// (ok), final (delivered or dead) or not; stopping: Run is shutting
+	// down.
+	recorded(dl *store.Delivery, ok, final, stopping bool)
 	// retryIdle is called when the loop, idle, has asked NextRetry;
 	// pending is its answer. It returns false to be asked again at the
 	// next idle turn (it could not act on it).

@@ -381,8 +381,8 @@ func (f *orderedFeeder) round(t turn) (rd round) {
 
 func (f *orderedFeeder) release() {}
 
-func (f *orderedFeeder) recorded(ev *event, stopping bool) {
-	f.ord.done(ev.dl, ev.recordOK, ev.final, stopping, f.r.d.now())
+func (f *orderedFeeder) recorded(dl *store.Delivery, ok, final, stopping bool) {
+	f.ord.done(dl, ok, final, stopping, f.r.d.now())
 }
 
 func (f *orderedFeeder) retryIdle(pending bool) bool {
