@@ -52,8 +52,9 @@ type watcher interface {
 	// pending is its answer. It returns false to be asked again at the
 	// next idle turn (it could not act on it).
 	retryIdle(pending bool) bool
-	// tick is called at every wake-up. woke: something became ready,
-	// go round again at once; wake: when to look again (zero: no need).
+	// tick is called at the end of every turn, before the loop waits for
+	// news. woke: something became ready, go round again at once; wake:
+	// when to look again (zero: no need).
 	tick(now time.Time) (woke bool, wake time.Time)
 }
 
@@ -63,8 +64,8 @@ type turn struct {
 	gen  uint64 // Drainer.control, read before the rate was applied
 	idle bool   // the last Fetch came back short and no news came since
 	free int    // slots the round may fill (the breaker's allowance included); may be <= 0
-	// fast: nothing but the slots limits sending, the rate unlimited and
-	// the breaker closed, until the rate in force may change by the
+	// fast: nothing but the slots limits sending (the rate unlimited, the
+	// breaker closed); until: when the rate in force may change by the
 	// clock (zero: never).
 	fast  bool
 	until time.Time
@@ -81,7 +82,7 @@ type round struct {
 	errMsg  string    // the log line for err; empty for the usual one
 }
 
-// newFeeder returns the feeder of d's delivery mode for one Run.
+// newFeeder returns the feeder of the target's delivery mode for one Run.
 func newFeeder(r *runner) feeder {
 	t := &r.d.target
 	switch {
