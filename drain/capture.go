@@ -72,20 +72,6 @@ func readBody(stream io.Reader, keep int64) (body []byte, truncated bool) {
 	return body, truncated
 }
 
-// readWhole reads stream to its end, up to max bytes: more is truncated
-// (no body; the rest is left unread, and the connection closed). A read
-// that fails is the attempt's error: the answer is not known whole.
-func readWhole(stream io.Reader, max int64) (body []byte, truncated bool, err error) {
-	body, err = io.ReadAll(io.LimitReader(stream, max+1))
-	if err != nil {
-		return nil, false, err
-	}
-	if int64(len(body)) > max {
-		return nil, true, nil
-	}
-	return body, false, nil
-}
-
 func isHopName(name []byte, list [][]byte) bool {
 	for _, h := range list {
 		if bytes.EqualFold(name, h) {

@@ -162,15 +162,11 @@
 // wait to be recorded; their messages' bodies are dropped once sent, so
 // memory is bounded by Concurrency bodies in flight and as many fetched
 // ahead (the chain, below; a batch target holds the batch being filled,
-// fairness up to 4*Concurrency ready messages), and by 64 KiB an answer:
-// an attempt reads an answer of up to 64 KiB whole into a pooled buffer
-// (cheaper than a stream: 4 allocations fewer a delivery), and once the
-// target has sent a larger one (that attempt stops reading after the
-// status line and headers, and closes its connection), the drainer reads
-// every answer's status line and headers and discards the body as it
-// streams (keeping at most capture_response.max_bytes of it, which with
-// capture_response it always does), so answers of any size cost a few KiB
-// each. An attempt ends at the target's timeout and
+// fairness up to 4*Concurrency ready messages): an attempt reads its
+// answer's status line and headers and discards the body as it streams
+// (keeping at most capture_response.max_bytes of it), so answers of any
+// size cost a few KiB each (a batch's reply that is read, and Forward's
+// answer, are read whole, up to 16 MiB). An attempt ends at the target's timeout and
 // closes its connection. Connections to targets go through internal/netio:
 // the deadlines fasthttp sets on every request are armed only when they
 // must be, and on Linux sockets are read and written with raw system

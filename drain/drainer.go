@@ -93,9 +93,6 @@ const (
 	// maxResponseBody bounds the response body Forward reads whole (a
 	// replay streams its answer and keeps at most capture_response.max_bytes).
 	maxResponseBody = 16 << 20
-	// smallAnswer bounds the answer a delivery reads whole rather than
-	// streams, while the target's answers have all fit in it (see do).
-	smallAnswer = 64 << 10
 )
 
 // Drainer delivers one target's messages. Create it with New, start it with
@@ -112,9 +109,6 @@ type Drainer struct {
 	now    func() time.Time
 	ep     endpoint
 	client *fasthttp.HostClient
-	// largeAnswers: the target has answered a delivery with a body over
-	// smallAnswer; from then on every answer is streamed (see do).
-	largeAnswers atomic.Bool
 
 	rndMu sync.Mutex
 	rnd   func() float64
@@ -234,8 +228,8 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		TLSConfig:                     cfg.TLSConfig,
 		MaxConns:                      t.Concurrency,
 		MaxConnWaitTimeout:            t.Timeout,
-		WriteTimeout:                  t.Timeout,   // also bounds dialling and the TLS handshake
-		MaxResponseBodySize:           smallAnswer, // for answers not streamed (see do)
+		WriteTimeout:                  t.Timeout, // also bounds dialling and the TLS handshake
+		MaxResponseBodySize:           maxResponseBody,
 		DisableHeaderNamesNormalizing: true,
 		DisablePathNormalizing:        true,
 		NoDefaultUserAgentHeader:      true,
@@ -1150,18 +1144,11 @@ func (d *Drainer) send(dl *store.Delivery) result {
 
 // do sends req once, as one attempt, and reads the answer into resp.
 //
-// keep > 0 streams the answer's body: only its status line and headers are
+// keep >= 0 streams the answer's body: only its status line and headers are
 // held, keep bytes of a 2xx body are captured (capture_response) and the
 // rest is discarded as it arrives (readBody), so memory per attempt does not
-// grow with the answer's size. keep == 0 (the body is not used): while the
-// target's answers have fit in smallAnswer (64 KiB), fasthttp reads each
-// whole into resp's pooled buffer, which costs a delivery 4 allocations
-// and a pass through a stream fewer; a larger one ends the read after its
-// status line and headers (the outcome is known; the connection is
-// closed), and from then on this drainer streams every answer, as for
-// keep > 0. keep < 0 reads the body whole into resp, up to maxResponseBody
-// (Forward, which hands it to the client; a batch's reply), through the
-// stream: an answer over that is tooLarge, with no body.
+// grow with the answer's size. keep < 0 reads the body whole into resp, up
+// to 16 MiB (Forward, which hands it to the client).
 //
 // The attempt ends at the target's timeout: the connection's deadlines are
 // set to it, and a request not answered by then fails with a timeout and its
@@ -1171,34 +1158,23 @@ func (d *Drainer) do(req *fasthttp.Request, resp *fasthttp.Response, keep int64)
 	d.attempts.Add(1)
 	d.sending.Add(1)
 	at := d.now()
-	streamed := keep != 0 || d.largeAnswers.Load()
-	resp.StreamBody = streamed
+	resp.StreamBody = keep >= 0
 	err := d.client.DoDeadline(req, resp, time.Now().Add(d.target.Timeout))
 	var body []byte
 	var truncated bool
 	if stream := resp.BodyStream(); stream != nil && err == nil {
-		switch s := resp.StatusCode(); {
-		case keep < 0:
-			body, truncated, err = readWhole(stream, maxResponseBody)
-		case s < 200 || s > 299:
-			readBody(stream, 0) // only a delivery's answer is captured
-		default:
-			body, truncated = readBody(stream, keep)
+		if s := resp.StatusCode(); s < 200 || s > 299 {
+			keep = 0 // only a delivery's answer is captured
 		}
+		body, truncated = readBody(stream, keep)
 	}
 	resp.CloseBodyStream() // back to the pool when read to its end; else the connection is closed
-	if keep < 0 && streamed && err == nil && !truncated {
-		resp.SetBodyRaw(body)
-	}
 	res := result{at: at, dur: d.now().Sub(at)}
 	d.sending.Add(-1)
 
-	if errors.Is(err, fasthttp.ErrBodyTooLarge) || (keep < 0 && truncated) {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		err = nil // the status line and headers were read: the answer is known
 		res.tooLarge = true
-		if !streamed && !d.largeAnswers.Swap(true) {
-			d.log.Info("the target answers with bodies over 64 KiB: its answers are streamed from now on")
-		}
 	}
 	if err != nil {
 		res.err = err
