@@ -165,6 +165,11 @@ func testTimeoutCloses(t *testing.T, trickle bool) {
 	if n := late.Load(); n > 0 {
 		t.Errorf("%d of %d requests were still connected at the downstream 1s after their attempt timed out (150ms)", n, total.Load())
 	}
+	// An answer whose status line and headers came is the outcome, though
+	// its body stalled: each message delivered once, none sent again.
+	if st := d.Stats(); trickle && (st.Delivered != 8 || st.Attempts != 8) {
+		t.Errorf("trickle: %d delivered in %d attempts, want 8 in 8", st.Delivered, st.Attempts)
+	}
 }
 
 // TestAnswersKeepConnections: an answer read to its end (sized or chunked,
@@ -205,5 +210,46 @@ func TestAnswersKeepConnections(t *testing.T) {
 	t.Logf("%d connections", conns.Load())
 	if n := conns.Load(); n > 8 {
 		t.Errorf("%d connections for 200 deliveries at concurrency 2+2: answers read to the end did not go back to the pool", n)
+	}
+}
+
+// TestForwardReadsAnswersWhole: Forward hands the client the target's
+// answer whole (small, over 64 KiB sized or chunked), and one over 16 MiB
+// as too large, with no partial body.
+func TestForwardReadsAnswersWhole(t *testing.T) {
+	sized := []byte(strings.Repeat("s", 1<<20))
+	huge := []byte(strings.Repeat("h", maxResponseBody+1))
+	ds := newDownstream(t, func(h *hit, ctx *fasthttp.RequestCtx) {
+		ctx.SetStatusCode(201)
+		switch string(ctx.QueryArgs().Peek("x")) {
+		case "small":
+			ctx.SetBodyString("made")
+		case "sized":
+			ctx.Response.SetBodyRaw(sized)
+		case "chunked":
+			bigBody(ctx, 200<<10)
+		case "huge":
+			ctx.Response.SetBodyRaw(huge)
+		}
+	})
+	_, q, _ := newQueue(t, "inv")
+	c, _ := q.Consumer("inv")
+	d, err := New(Config{Target: testTarget("inv", ds.url), Logger: quietLogger()}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cse := range []struct {
+		x    string
+		body string
+	}{{"small", "made"}, {"sized", string(sized)}, {"chunked", strings.Repeat("x", 200<<10)}, {"huge", ""}, {"small", "made"}} {
+		m := order(0)
+		m.URI = "/api/orders?x=" + cse.x
+		var resp fasthttp.Response
+		if _, err := d.Forward(m, &resp); err != nil || resp.StatusCode() != 201 {
+			t.Fatalf("x=%s: %d %v", cse.x, resp.StatusCode(), err)
+		}
+		if got := resp.Body(); string(got) != cse.body {
+			t.Errorf("x=%s: body of %d bytes, want %d", cse.x, len(got), len(cse.body))
+		}
 	}
 }
