@@ -52,9 +52,10 @@ type watcher interface {
 	// pending is its answer. It returns false to be asked again at the
 	// next idle turn (it could not act on it).
 	retryIdle(pending bool) bool
-	// tick is called at the end of every turn, before the loop waits for
-	// news. woke: something became ready, go round again at once; wake:
-	// when to look again (zero: no need).
+	// tick is called at the end of every turn that goes on to wait for
+	// news (not after a round that asks to go round again at once, nor
+	// after a fetch error). woke: something became ready, go round again
+	// at once; wake: when to look again (zero: no need).
 	tick(now time.Time) (woke bool, wake time.Time)
 }
 
