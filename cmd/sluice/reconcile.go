@@ -283,17 +283,15 @@ func onlineDelivered(base, token, route, target string, since, until time.Time) 
 		for sc.Scan() {
 			var row struct {
 				admin.Row
-				End   bool `json:"end"`
-				Error *struct {
-					Code, Message string
-				} `json:"error"`
+				End   bool            `json:"end"`
+				Error json.RawMessage `json:"error"`
 			}
 			if err := json.Unmarshal(sc.Bytes(), &row); err != nil {
 				return fmt.Errorf("admin API: a line that is not JSON")
 			}
 			switch {
-			case row.Error != nil:
-				return fmt.Errorf("admin API: the export failed: %s (%s)", row.Error.Message, row.Error.Code)
+			case len(row.Error) > 0:
+				return fmt.Errorf("admin API: the export failed: %s", exportError(row.Error))
 			case row.End:
 				return nil
 			}
@@ -350,4 +348,19 @@ func offlineDelivered(dir, route, target string, since, until time.Time) (func()
 			after = last
 		}
 	}, nil
+}
+
+// exportError is the message of an export's error line: an object with a
+// code and a message, or (from a server before the admin API had one
+// error shape) a string.
+func exportError(raw json.RawMessage) string {
+	var e struct{ Code, Message string }
+	if json.Unmarshal(raw, &e) == nil && e.Message != "" {
+		return fmt.Sprintf("%s (%s)", e.Message, e.Code)
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil && s != "" {
+		return s
+	}
+	return "no message"
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -128,5 +129,20 @@ func TestReconcileBadWindow(t *testing.T) {
 		"--since", "2026-12-05T02:00:00Z", "--until", "2026-12-05T01:00:00Z"}, &out, &errb)
 	if code != 2 || !strings.Contains(errb.String(), "--until must be after --since") {
 		t.Fatalf("exit %d, stderr %q", code, errb.String())
+	}
+}
+
+// An export's error line is an object since the admin API has one error
+// shape; a server from before wrote a string. Both give their message.
+func TestExportErrorBothShapes(t *testing.T) {
+	for _, c := range []struct{ raw, want string }{
+		{`{"code":"internal","message":"disk gone"}`, "disk gone (internal)"},
+		{`"disk gone"`, "disk gone"},
+		{`{}`, "no message"},
+		{`42`, "no message"},
+	} {
+		if got := exportError(json.RawMessage(c.raw)); got != c.want {
+			t.Errorf("exportError(%s) = %q, want %q", c.raw, got, c.want)
+		}
 	}
 }
