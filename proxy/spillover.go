@@ -172,7 +172,10 @@ func (s *Server) recordForwarded(ctx *fasthttp.RequestCtx, r *route, fr store.Fo
 		select {
 		case s.recordSlots <- struct{}{}:
 			d.Method, d.URI = append([]byte(nil), d.Method...), append([]byte(nil), d.URI...) // the request's buffers are reused
-			d.Body = append([]byte(nil), d.Body...)
+			// No repeat can name a record without a key, so nothing is
+			// checked against its fingerprint: the body is not kept for it
+			// (up to maxRecordsInFlight bodies of max_body each, else).
+			d.Body = nil
 			s.records.Add(1)
 			go func() {
 				defer func() { <-s.recordSlots; s.records.Done() }()

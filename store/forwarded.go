@@ -58,7 +58,8 @@ type ForwardRecorder interface {
 	FindKey(ctx context.Context, key []byte) (ID, bool, error)
 	// AppendForwarded stores d as a request already delivered to every
 	// target with status (its body is not stored, only its Fingerprint,
-	// against which a repeat of its key is checked): no consumer hands it
+	// against which a repeat of its key is checked; without a key nothing
+	// is ever checked against it, and d.Body may be nil): no consumer hands it
 	// out, Lookup, the list and the counts show it delivered once a
 	// consumer has passed it. A key seen before stores nothing and sets
 	// d.Duplicate, as AppendDraft.
