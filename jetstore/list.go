@@ -339,14 +339,11 @@ func (q *Queue) records(from, to uint64, fn func([]*store.Message) bool) error {
 // getRecord reads one message for a listing: a damaged record is listed
 // with its seq and no head.
 func (q *Queue) getRecord(ctx context.Context, seq uint64) (*store.Message, error) {
-	raw, err := q.stream.GetMsg(ctx, seq)
+	data, err := q.getRaw(ctx, seq)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil, fmt.Errorf("%w: seq %d", store.ErrNotFound, seq)
-		}
-		return nil, fmt.Errorf("%w: get seq %d: %w", store.ErrIO, seq, err)
+		return nil, err
 	}
-	return decodeListed(seq, raw.Data), nil
+	return decodeListed(seq, data), nil
 }
 
 func decodeListed(seq uint64, data []byte) *store.Message {
@@ -464,23 +461,8 @@ func (q *Queue) Counts(target string, since, until time.Time) (store.Counts, err
 	if err := q.checkTarget(target); err != nil {
 		return store.Counts{}, err
 	}
-	c := store.Counts{Target: target}
 	if !since.IsZero() || !until.IsZero() {
-		var after uint64
-		for range 1 << 30 {
-			last, end, err := q.walk([]string{target}, after, 4096, func(m *store.Message, sts []*store.State, views []*targetView) bool {
-				if !since.IsZero() && m.EnqueuedAt.Before(since) || !until.IsZero() && !m.EnqueuedAt.Before(until) {
-					return true
-				}
-				c.Add(views[0].phase(m.Seq, sts[0]))
-				return true
-			})
-			if err != nil || end || last <= after {
-				return c, err
-			}
-			after = last
-		}
-		return c, nil
+		return q.countWalk(target, since, until)
 	}
 	return q.countAll(target)
 }
@@ -505,7 +487,7 @@ func (q *Queue) countAll(target string) (store.Counts, error) {
 			return c, nil
 		}
 		if h.tooGappy {
-			return q.countWalk(target)
+			return q.countWalk(target, time.Time{}, time.Time{})
 		}
 		return q.countWatch(ctx, target, v, h)
 	}
@@ -577,13 +559,17 @@ func (h *span) count(lo, hi uint64) uint64 {
 	return hi - lo + 1 - uint64(j-i)
 }
 
-// countWalk counts target's messages by reading every record, as a count
-// within time bounds does.
-func (q *Queue) countWalk(target string) (store.Counts, error) {
+// countWalk counts target's messages accepted in [since, until) (zero:
+// open) by reading every record: a count within time bounds, or one of a
+// stream with too many gaps to ask the server for.
+func (q *Queue) countWalk(target string, since, until time.Time) (store.Counts, error) {
 	c := store.Counts{Target: target}
 	var after uint64
 	for range 1 << 30 {
 		last, end, err := q.walk([]string{target}, after, 4096, func(m *store.Message, sts []*store.State, views []*targetView) bool {
+			if !since.IsZero() && m.EnqueuedAt.Before(since) || !until.IsZero() && !m.EnqueuedAt.Before(until) {
+				return true
+			}
 			c.Add(views[0].phase(m.Seq, sts[0]))
 			return true
 		})

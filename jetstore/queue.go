@@ -296,8 +296,9 @@ func (q *Queue) publishErr(err error) error {
 	return fmt.Errorf("route %q: %w: publish: %w", q.name, store.ErrIO, err)
 }
 
-// get reads the message seq from the stream (from its leader).
-func (q *Queue) get(ctx context.Context, seq uint64) (*store.Message, error) {
+// getRaw reads the record of seq from the stream (from its leader): a
+// missing one is store.ErrNotFound, any other failure store.ErrIO.
+func (q *Queue) getRaw(ctx context.Context, seq uint64) ([]byte, error) {
 	raw, err := q.stream.GetMsg(ctx, seq)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -305,7 +306,16 @@ func (q *Queue) get(ctx context.Context, seq uint64) (*store.Message, error) {
 		}
 		return nil, fmt.Errorf("%w: get seq %d: %w", store.ErrIO, seq, err)
 	}
-	m, err := store.DecodeRecord(raw.Data)
+	return raw.Data, nil
+}
+
+// get reads the message seq from the stream (from its leader).
+func (q *Queue) get(ctx context.Context, seq uint64) (*store.Message, error) {
+	data, err := q.getRaw(ctx, seq)
+	if err != nil {
+		return nil, err
+	}
+	m, err := store.DecodeRecord(data)
 	if err != nil {
 		return nil, fmt.Errorf("seq %d: %w", seq, err)
 	}
