@@ -139,6 +139,6 @@ func (f *plainFeeder) chainRound(now time.Time, gen uint64, free int) (rd round)
 			d.src.Release(dl)
 		}
 	}
-	f.r.startAll(starts, now, gen)
+	f.r.startAll(starts, now, gen, nil)
 	return rd
 }

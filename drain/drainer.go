@@ -855,16 +855,52 @@ func (r *runner) start(dl *store.Delivery, now time.Time, gen uint64) bool {
 }
 
 // startAll starts the deliveries of ds in turn, and gives back the rest
-// once one cannot start (see start).
-func (r *runner) startAll(ds []*store.Delivery, now time.Time, gen uint64) {
+// once one cannot start (see start). admit, when not nil, decides first
+// whether each is started at all (false: it is the admitter's now); its
+// error gives back the rest and is returned.
+func (r *runner) startAll(ds []*store.Delivery, now time.Time, gen uint64, admit func(*store.Delivery) (bool, error)) error {
 	for i, dl := range ds {
+		if admit != nil {
+			send, err := admit(dl)
+			if err != nil {
+				for _, rest := range ds[i+1:] {
+					r.d.src.Release(rest)
+				}
+				return err
+			}
+			if !send {
+				continue
+			}
+		}
 		if !r.start(dl, now, gen) {
 			for _, rest := range ds[i+1:] {
 				r.d.src.Release(rest)
 			}
-			return
+			return nil
 		}
 	}
+	return nil
+}
+
+// fetchRound is a round that fetches for the slots and tokens free, no
+// more, and starts what it got (through admit, see startAll): the plain
+// round while the chain is closed, and the ordered round.
+func (r *runner) fetchRound(now time.Time, gen uint64, free int, admit func(*store.Delivery) (bool, error)) (rd round) {
+	k, wait := r.tokens(now, free)
+	if k == 0 {
+		rd.wake = now.Add(wait)
+		return rd
+	}
+	got, err := r.d.src.Fetch(k, now)
+	rd.fetched, rd.short = true, len(got) < k
+	if serr := r.startAll(got, now, gen, admit); serr != nil {
+		err = serr // the admitter's, as before the fetch's
+	}
+	if err != nil {
+		return round{fetched: rd.fetched, err: err}
+	}
+	rd.more = !rd.short // there may be more; slots and tokens decide
+	return rd
 }
 
 // take takes a slot and a token for one attempt, and returns false (taking

@@ -345,38 +345,8 @@ func (f *orderedFeeder) round(t turn) (rd round) {
 	if t.free <= 0 {
 		return rd
 	}
-	r, d, now := f.r, f.r.d, t.now
-	k, wait := r.tokens(now, t.free)
-	if k == 0 {
-		rd.wake = now.Add(wait)
-		return rd
-	}
-	got, err := d.src.Fetch(k, now)
-	rd.fetched, rd.short = true, len(got) < k
-	for i, dl := range got {
-		send, oerr := f.ord.admit(dl, now)
-		if oerr != nil {
-			for _, rest := range got[i+1:] {
-				d.src.Release(rest)
-			}
-			err = oerr
-			break
-		}
-		if !send {
-			continue // parked behind an earlier message of its key
-		}
-		if !r.start(dl, now, t.gen) {
-			for _, rest := range got[i+1:] {
-				d.src.Release(rest)
-			}
-			break
-		}
-	}
-	if err != nil {
-		return round{fetched: rd.fetched, err: err}
-	}
-	rd.more = !rd.short // there may be more; slots and tokens decide
-	return rd
+	// A message parked behind an earlier one of its key is not started.
+	return f.r.fetchRound(t.now, t.gen, t.free, func(dl *store.Delivery) (bool, error) { return f.ord.admit(dl, t.now) })
 }
 
 func (f *orderedFeeder) release() {}

@@ -54,19 +54,6 @@ func (f *plainFeeder) release() {
 // plainRound is the round while the chain is closed: a rate limit, or a
 // breaker not closed (half-open: one probe at a time). It fetches for the
 // slots and tokens free, no more, and starts them.
-func (f *plainFeeder) plainRound(now time.Time, gen uint64, free int) (rd round) {
-	r, d := f.r, f.r.d
-	k, wait := r.tokens(now, free)
-	if k == 0 {
-		rd.wake = now.Add(wait)
-		return rd
-	}
-	got, err := d.src.Fetch(k, now)
-	rd.fetched, rd.short = true, len(got) < k
-	r.startAll(got, now, gen)
-	if err != nil {
-		return round{fetched: rd.fetched, err: err}
-	}
-	rd.more = !rd.short // there may be more; slots and tokens decide
-	return rd
+func (f *plainFeeder) plainRound(now time.Time, gen uint64, free int) round {
+	return f.r.fetchRound(now, gen, free, nil)
 }
