@@ -29,45 +29,8 @@ func BenchmarkAppend(b *testing.B) {
 		for _, conc := range []int{1, 16, 256} {
 			b.Run(fmt.Sprintf("fsync=%s/appenders=%d", m.name, conc), func(b *testing.B) {
 				q := openBenchQueue(b, Config{Sync: m.mode, SegmentBytes: 256 << 20})
-				body := make([]byte, 1024)
-				lat := make([][]time.Duration, conc)
-				var next sync.Mutex
-				n := 0
-				b.SetBytes(int64(len(body)))
-				b.ResetTimer()
-				start := time.Now()
-				var wg sync.WaitGroup
-				for g := range conc {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for {
-							next.Lock()
-							if n >= b.N {
-								next.Unlock()
-								return
-							}
-							n++
-							next.Unlock()
-							t0 := time.Now()
-							if _, err := q.Append(context.Background(), &Message{Method: "POST", URI: "/api/orders", Body: body}); err != nil {
-								b.Error(err)
-								return
-							}
-							lat[g] = append(lat[g], time.Since(t0))
-						}
-					}()
-				}
-				wg.Wait()
-				el := time.Since(start)
-				b.StopTimer()
-				all := slices.Concat(lat...)
-				slices.Sort(all)
-				if len(all) > 0 {
-					b.ReportMetric(float64(len(all))/el.Seconds(), "msgs/s")
-					b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
-					b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
-				}
+				all, el := timedAppends(b, q, conc, make([]byte, 1024))
+				reportAppends(b, all, el)
 				if ws := q.WriterStats(); ws.Commits > 0 {
 					b.ReportMetric(float64(ws.Requests)/float64(ws.Commits), "msgs/commit")
 					b.ReportMetric(float64(ws.Time.Microseconds())/float64(ws.Commits), "µs/commit")
@@ -298,10 +261,6 @@ func BenchmarkAppendWhileDelivering(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	body := make([]byte, 1024)
-	const conc = 16
-	lat := make([][]time.Duration, conc)
-	var n atomic.Int64
 	var stop atomic.Bool
 	var drain sync.WaitGroup
 	drain.Go(func() { // the consumer: fetch and record Delivered, until stopped
@@ -331,6 +290,22 @@ func BenchmarkAppendWhileDelivering(b *testing.B) {
 		}
 	})
 	ck0 := q.checkpoints.Load()
+	all, el := timedAppends(b, q, 16, make([]byte, 1024))
+	stop.Store(true)
+	drain.Wait()
+	reportAppends(b, all, el)
+	if len(all) > 0 {
+		b.ReportMetric(float64(all[len(all)*999/1000].Microseconds()), "p99.9-µs")
+		b.ReportMetric(float64(all[len(all)-1].Microseconds()), "max-µs")
+	}
+	b.ReportMetric(float64(q.checkpoints.Load()-ck0), "checkpoints")
+}
+
+// timedAppends makes b.N appends of body to q from conc goroutines, timing
+// each, and returns their latencies, sorted, and the time they took.
+func timedAppends(b *testing.B, q *Queue, conc int, body []byte) ([]time.Duration, time.Duration) {
+	lat := make([][]time.Duration, conc)
+	var n atomic.Int64
 	b.SetBytes(int64(len(body)))
 	b.ResetTimer()
 	start := time.Now()
@@ -350,16 +325,17 @@ func BenchmarkAppendWhileDelivering(b *testing.B) {
 	wg.Wait()
 	el := time.Since(start)
 	b.StopTimer()
-	stop.Store(true)
-	drain.Wait()
 	all := slices.Concat(lat...)
 	slices.Sort(all)
-	if len(all) > 0 {
-		b.ReportMetric(float64(len(all))/el.Seconds(), "msgs/s")
-		b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
-		b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
-		b.ReportMetric(float64(all[len(all)*999/1000].Microseconds()), "p99.9-µs")
-		b.ReportMetric(float64(all[len(all)-1].Microseconds()), "max-µs")
+	return all, el
+}
+
+// reportAppends reports the rate and the p50 and p99 latency of appends.
+func reportAppends(b *testing.B, all []time.Duration, el time.Duration) {
+	if len(all) == 0 {
+		return
 	}
-	b.ReportMetric(float64(q.checkpoints.Load()-ck0), "checkpoints")
+	b.ReportMetric(float64(len(all))/el.Seconds(), "msgs/s")
+	b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
 }
