@@ -35,17 +35,7 @@ func TestCountsWithGaps(t *testing.T) {
 	ca, _ := qa.Consumer("a")
 	holding(t, ca)
 	// 0..5 delivered, 6..9 in flight on node a, the rest queued.
-	var ds []*store.Delivery
-	for end := time.Now().Add(10 * time.Second); len(ds) < 10 && time.Now().Before(end); {
-		got, err := ca.Fetch(10-len(ds), time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ds = append(ds, got...)
-	}
-	if len(ds) != 10 {
-		t.Fatalf("fetched %d, want 10", len(ds))
-	}
+	ds := fetchN(t, ca, 10)
 	for _, d := range ds[:6] {
 		if err := ca.Complete(ctx, d, store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}); err != nil {
 			t.Fatal(err)

@@ -96,17 +96,7 @@ func TestListAcrossServerRestart(t *testing.T) {
 	ca, _ := qa.Consumer("a")
 	holding(t, ca)
 	// Node a: the first 100 delivered, 100..109 dead; the rest queued.
-	var ds []*store.Delivery
-	for end := time.Now().Add(10 * time.Second); len(ds) < 110 && time.Now().Before(end); {
-		got, err := ca.Fetch(110-len(ds), time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ds = append(ds, got...)
-	}
-	if len(ds) != 110 {
-		t.Fatalf("fetched %d, want 110", len(ds))
-	}
+	ds := fetchN(t, ca, 110)
 	for i, d := range ds {
 		out := store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}
 		if i >= 100 {
@@ -237,17 +227,7 @@ func TestReplayHolderKilled(t *testing.T) {
 		}
 		ids = append(ids, id)
 	}
-	var ds []*store.Delivery
-	for end := time.Now().Add(10 * time.Second); len(ds) < n && time.Now().Before(end); {
-		got, err := ca.Fetch(n, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ds = append(ds, got...)
-	}
-	if len(ds) != n {
-		t.Fatalf("fetched %d, want %d", len(ds), n)
-	}
+	ds := fetchN(t, ca, n)
 	for i, d := range ds {
 		out := store.Outcome{Phase: store.Delivered, Attempt: store.Attempt{At: time.Now(), Status: 200}}
 		if i%3 == 0 {
@@ -491,4 +471,21 @@ func TestReplayConcurrent(t *testing.T) {
 			t.Fatalf("seq %d after one replay: %v %+v", id.Seq(), err, st)
 		}
 	}
+}
+
+// fetchN fetches n messages from c, within 10 s, or fails the test.
+func fetchN(t *testing.T, c store.Consumer, n int) []*store.Delivery {
+	t.Helper()
+	var ds []*store.Delivery
+	for end := time.Now().Add(10 * time.Second); len(ds) < n && time.Now().Before(end); {
+		got, err := c.Fetch(n-len(ds), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, got...)
+	}
+	if len(ds) != n {
+		t.Fatalf("fetched %d, want %d", len(ds), n)
+	}
+	return ds
 }
