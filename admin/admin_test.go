@@ -581,19 +581,7 @@ func TestExportStreamsFlat(t *testing.T) {
 		n = 50_000
 	}
 	f := newFixture(t)
-	s, err := New(Config{Token: token, Node: f.node, Controls: f.controls, Messages: fakeMessages{n}, Metrics: NewMetrics(nil), Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(s.Handler())
-	defer srv.Close()
-	req, _ := http.NewRequest("GET", srv.URL+"/v1/routes/orders/messages?format=ndjson", nil)
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := getExport(t, Config{Token: token, Node: f.node, Controls: f.controls, Messages: fakeMessages{n}, Metrics: NewMetrics(nil), Logger: quiet})
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-ndjson" {
 		t.Fatalf("export: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
@@ -710,4 +698,24 @@ func TestReplayStopsOnFailingStore(t *testing.T) {
 	if tries != maxReplayErrors*changeTries {
 		t.Fatalf("%d replays tried, want %d (%d messages, %d tries each)", tries, maxReplayErrors*changeTries, maxReplayErrors, changeTries)
 	}
+}
+
+// getExport serves an admin API with cfg and asks it for the route orders'
+// NDJSON export; the answer's body is closed at the test's end.
+func getExport(t *testing.T, cfg Config) *http.Response {
+	t.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	req, _ := http.NewRequest("GET", srv.URL+"/v1/routes/orders/messages?format=ndjson", nil)
+	req.Header.Set("Authorization", "Bearer "+cfg.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
 }

@@ -115,19 +115,7 @@ func TestErrorsOneShape(t *testing.T) {
 	}
 	errorShape(t, "a refused reload", data, "invalid_policy", "errors")
 
-	s, err := New(Config{Token: token, Node: f.node, Controls: f.controls, Metrics: NewMetrics(nil), Logger: quiet, Messages: failingExport{fakeMessages{2 * exportChunk}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(s.Handler())
-	defer srv.Close()
-	req, _ := http.NewRequest("GET", srv.URL+"/v1/routes/orders/messages?format=ndjson", nil)
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := getExport(t, Config{Token: token, Node: f.node, Controls: f.controls, Metrics: NewMetrics(nil), Logger: quiet, Messages: failingExport{fakeMessages{2 * exportChunk}}})
 	sc := bufio.NewScanner(resp.Body)
 	var last string
 	rows := 0
