@@ -114,7 +114,9 @@
 // an outcome, BenchmarkPendingOutcomeMemory: a 24-byte slot and a copy of
 // its ~37-byte state record; at most 64Ki outcomes or 4096 blocks) until a checkpoint writes each
 // block into its segment's .db file with one bbolt put, one fsync per
-// file, at least once a second (see journal.go, pending.go, blocks.go). Retries, dead
+// file, at least once a second, and before a segment with outcomes pending
+// is deleted (not on a retention pass that deletes nothing) (see
+// journal.go, pending.go, blocks.go). Retries, dead
 // letters and parking, which update indexes, commit to bbolt directly.
 // Start-up applies any journal left before anything is read. Within one run
 // the consumer remembers how far it has read (and what Release gave back),

@@ -1020,17 +1020,6 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 			return
 		}
 		s := q.segs[0]
-		if q.pending.inSegment(s) > 0 {
-			// Its delivered outcomes go to bbolt first: the count of
-			// what expires undelivered reads them there.
-			q.mu.Unlock()
-			q.checkpoint()
-			q.mu.Lock()
-			if q.pending.inSegment(s) > 0 {
-				q.mu.Unlock()
-				return
-			}
-		}
 		early := false
 		if now.Sub(s.lastAppend) < q.cfg.Retention {
 			// Under admission pressure a segment every target has finished
@@ -1053,6 +1042,23 @@ func (q *Queue) enforceRetention(dirty map[*segment]bool) {
 		if busy { // wait for outcomes in flight on it
 			q.mu.Unlock()
 			return
+		}
+		if q.pending.inSegment(s) > 0 {
+			// It goes, but its delivered outcomes go to bbolt first: the
+			// count of what expires undelivered (and its tombstones)
+			// reads them there. Checked only now, so that a pass that
+			// deletes nothing (admission pressure asks every 50ms) never
+			// checkpoints; after the checkpoint all is looked at again,
+			// since Fetch may have claimed some of s meanwhile.
+			q.mu.Unlock()
+			q.checkpoint()
+			q.mu.Lock()
+			left := q.pending.inSegment(s)
+			q.mu.Unlock()
+			if left > 0 {
+				return // the checkpoint failed; the next pass tries again
+			}
+			continue
 		}
 		floors := make([]uint64, len(q.consumers))
 		for i, c := range q.consumers {

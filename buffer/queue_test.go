@@ -527,6 +527,53 @@ func TestFullFreesFinishedSegmentsEarly(t *testing.T) {
 	}
 }
 
+// TestPressureKeepsYoungSegmentUncheckpointed: under admission pressure
+// every refused append (at most one each 50ms) looks for a segment to free.
+// While the oldest segment is young and a target is still delivering it,
+// nothing can go, and the pass must not checkpoint its delivered outcomes
+// into bbolt: that costs a bbolt transaction and fsyncs on the writer, up to
+// 20 times a second instead of the once a second of the retention tick.
+func TestPressureKeepsYoungSegmentUncheckpointed(t *testing.T) {
+	s, q := openTest(t, Config{SegmentBytes: 64 << 10, MaxBytes: 300 << 10}, "a")
+	defer s.Close()
+	var err error
+	for n := 0; n < 2000 && err == nil; n++ {
+		_, err = q.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib})
+	}
+	if !errors.Is(err, ErrFull) {
+		t.Fatalf("err = %v, want ErrFull", err)
+	}
+	segs := q.Stats().Segments
+	if segs < 3 {
+		t.Fatalf("%d segments, want several", segs)
+	}
+	a, _ := q.Consumer("a")
+	const rounds = 20
+	start, ck0 := time.Now(), q.checkpoints.Load()
+	for i := range rounds {
+		// One more outcome pending in the oldest segment, then a refused
+		// append past the 50ms between two pressure passes.
+		ds, err := a.Fetch(1, time.Now())
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("round %d: fetched %d, err %v", i, len(ds), err)
+		}
+		deliver(t, a, ds)
+		time.Sleep(60 * time.Millisecond)
+		if _, err := q.Append(context.Background(), &Message{Method: "POST", URI: "/", Body: kib}); !errors.Is(err, ErrFull) {
+			t.Fatalf("round %d: append err = %v, want ErrFull", i, err)
+		}
+	}
+	// The retention tick checkpoints once a second whatever happens.
+	ticks := uint64(time.Since(start)/time.Second) + 1
+	if got := q.checkpoints.Load() - ck0; got > ticks {
+		t.Fatalf("%d checkpoints over %d refused appends in %v, want at most %d (one a tick)",
+			got, rounds, time.Since(start).Round(time.Millisecond), ticks)
+	}
+	if got := q.Stats().Segments; got != segs {
+		t.Fatalf("segments %d -> %d: a young, unfinished segment was deleted", segs, got)
+	}
+}
+
 // A write that fails (here bbolt's own size limit, standing in for ENOSPC)
 // fails only the appends of that commit, with ErrIO; nothing accepted before
 // is harmed, and the store accepts again once it can write.
