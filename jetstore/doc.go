@@ -55,11 +55,14 @@
 // Messages (store.Lister) walks the stream by seq, at most limit messages a
 // call: the records from an ephemeral consumer started at the page's first
 // seq, 64 at a time (a page of 8 or fewer: one get each), and the page's
-// states with one batched direct get of the state bucket (multi_last, NATS
-// 2.11 and later; older servers: one get per state, 32 at once). Memory is
-// one batch of 64 records and their states, whatever the stream's size;
-// the caller's cursor is a seq, so a page cut short by a server restart is
-// read again from the same seq, and no message is listed twice. Counts
+// states with batched direct gets of the state bucket (multi_last, NATS
+// 2.11 and later), at most 1024 states a request, the servers' limit on a
+// batched get's answers: one request for a batch with up to 16 targets,
+// ceil(64*targets/1024) with more (older servers: one get per state, 32 at
+// once). Memory is one batch of 64 records and their states, whatever
+// the stream's size; the caller's cursor is a seq, so a page cut short by
+// a server restart is read again from the same seq, and no message is
+// listed twice. Counts
 // without time bounds reads no record: it watches the target's state keys
 // (one entry each) and counts the stream's other messages as queued or in
 // flight; within time bounds it walks the stream as a listing does. Seqs

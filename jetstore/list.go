@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sluice-proxy/sluice/store"
 )
@@ -17,8 +18,9 @@ import (
 // Listing and counting (store.Lister). Messages walks the route's stream by
 // seq, a page of at most limit messages per call: the records come from an
 // ephemeral consumer started at the page's first seq (or, for a few, one
-// get each), listBatch at a time, so memory is one batch of records; each
-// (message, target) state is one key-value get, listGets of them at once.
+// get each), listBatch at a time, so memory is one batch of records; the
+// batch's (message, target) states are read with batched direct gets, at
+// most maxMulti a request (older servers: one get each, listGets at once).
 // Counts with no time bounds reads no record: it watches the target's s.
 // keys (one entry each, streamed) and counts the stream's other messages as
 // queued or in flight, less the seqs removed from the stream (see span). A count within time bounds walks the stream like a
@@ -357,12 +359,13 @@ func decodeListed(seq uint64, data []byte) *store.Message {
 }
 
 // states reads the state of every (message, target): out[i*len(targets)+t]
-// is ms[i]'s for targets[t] (nil: none). One batched direct get of the
-// state bucket's last entries for those keys (NATS 2.11's multi_last, at
-// most maxMulti keys a request); a few keys, or a server that does not
-// answer it, get one get per key, listGets at a time.
+// is ms[i]'s for targets[t] (nil: none). Batched direct gets of the state
+// bucket's last entries for those keys (NATS 2.11's multi_last), at most
+// maxMulti keys a request: one request for a batch of 64 records with up
+// to 16 targets, ceil(64*targets/1024) with more. A few keys, or a server
+// that does not answer it, get one get per key, listGets at a time.
 func (q *Queue) states(ctx context.Context, targets []string, ms []*store.Message) ([]*store.State, error) {
-	if n := len(ms) * len(targets); n > listByGet && n <= maxMulti && !q.s.noMulti.Load() {
+	if n := len(ms) * len(targets); n > listByGet && !q.s.noMulti.Load() {
 		out, err := q.statesMulti(ctx, targets, ms)
 		if !errors.Is(err, errNoMulti) {
 			return out, err
@@ -373,13 +376,16 @@ func (q *Queue) states(ctx context.Context, targets []string, ms []*store.Messag
 	return q.statesEach(ctx, targets, ms)
 }
 
-// maxMulti is the most keys a multi_last direct get answers (nats-server's
-// limit is 1024 results).
+// maxMulti is the most keys a multi_last direct get is asked for:
+// nats-server answers at most 1024 results a request (more is an error,
+// 413 Too Many Results, not a shorter answer), and each key has at most one.
 const maxMulti = 1024
 
 // errNoMulti: the servers refused a batched direct get.
 var errNoMulti = errors.New("batched direct get refused")
 
+// statesMulti is states with batched direct gets, maxMulti keys a request,
+// one request after the other on one reply subscription.
 func (q *Queue) statesMulti(ctx context.Context, targets []string, ms []*store.Message) ([]*store.State, error) {
 	out := make([]*store.State, len(ms)*len(targets))
 	index := make(map[string]int, len(out))
@@ -391,35 +397,47 @@ func (q *Queue) statesMulti(ctx context.Context, targets []string, ms []*store.M
 			subjects = append(subjects, subj)
 		}
 	}
-	req, err := json.Marshal(struct {
-		MultiLastFor []string `json:"multi_last"`
-		Batch        int      `json:"batch"`
-	}{subjects, len(subjects)})
-	if err != nil {
-		return nil, err
-	}
 	inbox := q.s.nc.NewRespInbox()
 	sub, err := q.s.nc.SubscribeSync(inbox)
 	if err != nil {
 		return nil, fmt.Errorf("%w: route %q: read states: %w", store.ErrIO, q.name, err)
 	}
 	defer sub.Unsubscribe()
+	for chunk := range slices.Chunk(subjects, maxMulti) {
+		if err := q.multiLast(ctx, sub, inbox, chunk, index, out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// multiLast asks for the last entries of subjects (at most maxMulti) with
+// one batched direct get answered on inbox (sub), and decodes each into
+// out[index[its subject]].
+func (q *Queue) multiLast(ctx context.Context, sub *nats.Subscription, inbox string, subjects []string, index map[string]int, out []*store.State) error {
+	req, err := json.Marshal(struct {
+		MultiLastFor []string `json:"multi_last"`
+		Batch        int      `json:"batch"`
+	}{subjects, len(subjects)})
+	if err != nil {
+		return err
+	}
 	if err := q.s.nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+q.s.cfg.StreamPrefix+"_state", inbox, req); err != nil {
-		return nil, fmt.Errorf("%w: route %q: read states: %w", store.ErrIO, q.name, err)
+		return fmt.Errorf("%w: route %q: read states: %w", store.ErrIO, q.name, err)
 	}
 	for range len(subjects) + 1 {
 		msg, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("%w: route %q: read states: %w", store.ErrIO, q.name, err)
+			return fmt.Errorf("%w: route %q: read states: %w", store.ErrIO, q.name, err)
 		}
 		switch status := msg.Header.Get("Status"); status {
 		case "":
 		case "204", "404": // the end, or none of the keys has an entry
-			return out, nil
+			return nil
 		case "408", "503":
-			return nil, fmt.Errorf("%w: status %s %s", errNoMulti, status, msg.Header.Get("Description"))
+			return fmt.Errorf("%w: status %s %s", errNoMulti, status, msg.Header.Get("Description"))
 		default:
-			return nil, fmt.Errorf("%w: route %q: read states: status %s %s", store.ErrIO, q.name, status, msg.Header.Get("Description"))
+			return fmt.Errorf("%w: route %q: read states: status %s %s", store.ErrIO, q.name, status, msg.Header.Get("Description"))
 		}
 		k, ok := index[msg.Header.Get("Nats-Subject")]
 		if !ok || msg.Header.Get("KV-Operation") != "" { // a deleted or purged key: no state
@@ -427,11 +445,11 @@ func (q *Queue) statesMulti(ctx context.Context, targets []string, ms []*store.M
 		}
 		st, err := store.DecodeState(msg.Data)
 		if err != nil {
-			return nil, fmt.Errorf("state of %s: %w", msg.Header.Get("Nats-Subject"), err)
+			return fmt.Errorf("state of %s: %w", msg.Header.Get("Nats-Subject"), err)
 		}
 		out[k] = st
 	}
-	return nil, fmt.Errorf("%w: route %q: read states: no end of batch", store.ErrIO, q.name)
+	return fmt.Errorf("%w: route %q: read states: no end of batch", store.ErrIO, q.name)
 }
 
 // statesEach is states with one get per key, listGets at a time.

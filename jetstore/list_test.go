@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/sluice-proxy/sluice/store"
 )
 
@@ -488,4 +489,113 @@ func fetchN(t *testing.T, c store.Consumer, n int) []*store.Delivery {
 		t.Fatalf("fetched %d, want %d", len(ds), n)
 	}
 	return ds
+}
+
+// A listing of a route with more targets than one batched direct get of
+// the states can answer for a batch of records (1024 states: 64 records
+// and 16 targets) reads them with a few batched gets, not one get per
+// state, and every state lands on its own message and target.
+func TestListManyTargetsBatched(t *testing.T) {
+	srv := startServer(t, t.TempDir(), 0)
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	s, err := Open(Config{URLs: []string{serverURL(srv)}, Node: "node-a", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const nt, n = 20, 64 // 1280 states: two requests of at most 1024
+	targets := make([]string, nt)
+	for i := range targets {
+		targets[i] = fmt.Sprintf("t%02d", i)
+	}
+	q, err := s.Queue("orders", targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	seqs := make([]uint64, n)
+	for i := range seqs {
+		id, err := q.Append(ctx, &store.Message{Method: "POST", URI: fmt.Sprintf("/o/%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs[i] = id.Seq()
+	}
+	// Message i is delivered to targets i%nt and (i+7)%nt, with a status
+	// that names both; every other (message, target) has no state.
+	status := func(i, t int) int { return 200 + (i*nt+t)%100 }
+	has := func(i, t int) bool { return t == i%nt || t == (i+7)%nt }
+	for i, seq := range seqs {
+		for tt, name := range targets {
+			if !has(i, tt) {
+				continue
+			}
+			st := &store.State{Phase: store.Delivered, Attempts: 1, History: []store.Attempt{{At: time.Now(), Status: status(i, tt)}}}
+			if err := q.putState(ctx, name, seq, st); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// Count the state bucket's direct gets from another connection: a
+	// batched one is a request to the bucket's subject, a single one to
+	// the bucket's subject and the key.
+	nc, err := nats.Connect(serverURL(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	api := "$JS.API.DIRECT.GET.KV_" + DefaultStreamPrefix + "_state"
+	multi, err := nc.SubscribeSync(api)
+	if err != nil {
+		t.Fatal(err)
+	}
+	single, err := nc.SubscribeSync(api + ".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	rows := 0
+	_, done, err := q.Messages(store.Filter{}, 0, n, func(r *store.Row) bool {
+		i := int(r.ID.Seq() - seqs[0])
+		if i < 0 || i >= n || len(r.Targets) != nt {
+			t.Errorf("row for seq %d with %d targets", r.ID.Seq(), len(r.Targets))
+			return false
+		}
+		for tt, rt := range r.Targets {
+			want, wantStatus := store.Queued, 0
+			if has(i, tt) {
+				want, wantStatus = store.Delivered, status(i, tt)
+			}
+			if rt.Target != targets[tt] || rt.Phase != want || rt.Status != wantStatus {
+				t.Errorf("message %d, target %d: %+v, want %s %s status %d", i, tt, rt, targets[tt], want, wantStatus)
+			}
+		}
+		rows++
+		return true
+	})
+	if err != nil || !done || rows != n {
+		t.Fatalf("listed %d rows, done %v, err %v; want %d", rows, done, err, n)
+	}
+	if err := nc.Flush(); err != nil { // the requests seen reach us before the PONG
+		t.Fatal(err)
+	}
+	count := func(sub *nats.Subscription) int {
+		k := 0
+		for ; k < 10*n*nt; k++ {
+			if _, err := sub.NextMsg(50 * time.Millisecond); err != nil {
+				break
+			}
+		}
+		return k
+	}
+	if m, g := count(multi), count(single); m != 2 || g != 0 {
+		t.Fatalf("the listing of %d messages with %d targets made %d batched and %d single gets of states, want 2 and 0", n, nt, m, g)
+	}
+	if s.noMulti.Load() {
+		t.Fatal("the listing fell back to one get per state")
+	}
 }
