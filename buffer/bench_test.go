@@ -289,7 +289,7 @@ func BenchmarkAppendWhileDelivering(b *testing.B) {
 			}
 		}
 	})
-	ck0 := q.checkpoints.Load()
+	ck0 := q.WriterStats().Checkpoints
 	all, el := timedAppends(b, q, 16, make([]byte, 1024))
 	stop.Store(true)
 	drain.Wait()
@@ -298,7 +298,7 @@ func BenchmarkAppendWhileDelivering(b *testing.B) {
 		b.ReportMetric(float64(all[len(all)*999/1000].Microseconds()), "p99.9-µs")
 		b.ReportMetric(float64(all[len(all)-1].Microseconds()), "max-µs")
 	}
-	b.ReportMetric(float64(q.checkpoints.Load()-ck0), "checkpoints")
+	b.ReportMetric(float64(q.WriterStats().Checkpoints-ck0), "checkpoints")
 }
 
 // timedAppends makes b.N appends of body to q from conc goroutines, timing

@@ -85,13 +85,17 @@ type Queue struct {
 // commits back to back, so Time/Commits is the group-commit cycle that every
 // acknowledgement waits for. FailedCommits and Refused count the append
 // commits that failed to write (e.g. ENOSPC) and the appends they refused
-// with ErrIO; the log shows them at most once a second.
+// with ErrIO; the log shows them at most once a second. Checkpoints counts
+// the checkpoints that wrote delivered outcomes from the outcome journal
+// into the segments' .db files (with none pending, none is made); when it
+// moves, the outcomes it wrote are no longer held in memory.
 type WriterStats struct {
 	Commits       uint64
 	Requests      uint64
 	Time          time.Duration
 	FailedCommits uint64
 	Refused       uint64
+	Checkpoints   uint64
 }
 
 // WriterStats returns the writer's figures so far.
@@ -102,6 +106,7 @@ func (q *Queue) WriterStats() WriterStats {
 		Time:          time.Duration(q.commitNanos.Load()),
 		FailedCommits: q.failedCommits.Load(),
 		Refused:       q.refused.Load(),
+		Checkpoints:   q.checkpoints.Load(),
 	}
 }
 

@@ -549,7 +549,7 @@ func TestPressureKeepsYoungSegmentUncheckpointed(t *testing.T) {
 	}
 	a, _ := q.Consumer("a")
 	const rounds = 20
-	start, ck0 := time.Now(), q.checkpoints.Load()
+	start, ck0 := time.Now(), q.WriterStats().Checkpoints
 	for i := range rounds {
 		// One more outcome pending in the oldest segment, then a refused
 		// append past the 50ms between two pressure passes.
@@ -565,7 +565,7 @@ func TestPressureKeepsYoungSegmentUncheckpointed(t *testing.T) {
 	}
 	// The retention tick checkpoints once a second whatever happens.
 	ticks := uint64(time.Since(start)/time.Second) + 1
-	if got := q.checkpoints.Load() - ck0; got > ticks {
+	if got := q.WriterStats().Checkpoints - ck0; got > ticks {
 		t.Fatalf("%d checkpoints over %d refused appends in %v, want at most %d (one a tick)",
 			got, rounds, time.Since(start).Round(time.Millisecond), ticks)
 	}
