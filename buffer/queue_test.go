@@ -525,6 +525,15 @@ func TestFullFreesFinishedSegmentsEarly(t *testing.T) {
 	if err != nil {
 		t.Fatalf("still refused after every message was delivered: %v (stats %+v)", err, q.Stats())
 	}
+	// What went early was delivered, though its outcomes may still have
+	// been in the journal only: nothing expired undelivered.
+	if st := q.Stats(); st.Expired != 0 || st.Targets[0].Expired != 0 {
+		t.Fatalf("a finished segment freed early counted %d expired (target a: %d), want 0", st.Expired, st.Targets[0].Expired)
+	}
+	c, err := q.Counts("a", time.Time{}, time.Time{})
+	if err != nil || c.Expired != 0 {
+		t.Fatalf("counts after freeing early: %+v, %v; want none expired", c, err)
+	}
 }
 
 // TestPressureKeepsYoungSegmentUncheckpointed: under admission pressure
