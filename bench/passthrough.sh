@@ -36,12 +36,17 @@
 #   SLUICE_ENV="GOMAXPROCS=1" bench/passthrough.sh  # sluice with these environment variables
 #   FLOORS=1 bench/passthrough.sh                 # and the floors, each round
 #   SLUICE_B=/tmp/sluice-old bench/passthrough.sh # and another build of sluice, each round
+#   EVENT_LOOPS=2 bench/passthrough.sh            # sluice with server.event_loops: 2 (default 1; 0: none)
+#   EVENT_LOOPS_B=0 bench/passthrough.sh          # and sluice with that many loops, as sluice-b, each round
+#   FLOORS=1 FLOOR_KINDS="relay epoll" bench/passthrough.sh  # the floors named (relay fasthttp epoll epoll2)
 #
 # The machine's load average is printed before and after: on a shared
 # machine, read the round ratios (runs seconds apart), not the absolute rates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3} DURATION=${DURATION:-4s} CONNS=${CONNS:-128} THREADS=${THREADS:-2} PROFILE=${PROFILE:-} SLUICE_ENV=${SLUICE_ENV:-} FLOORS=${FLOORS:-} SLUICE_B=${SLUICE_B:-}
+EVENT_LOOPS=${EVENT_LOOPS:-1} EVENT_LOOPS_B=${EVENT_LOOPS_B:-}
+[[ $EVENT_LOOPS =~ ^[0-9]+$ && $EVENT_LOOPS_B =~ ^[0-9]*$ ]] || { echo "EVENT_LOOPS, EVENT_LOOPS_B: want a whole number" >&2; exit 2; }
 for v in RUNS CONNS THREADS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v=${!v}: want a positive whole number" >&2; exit 2; }
 done
@@ -57,8 +62,11 @@ go build -o "$work/sluice" ./cmd/sluice
 go build -o "$work/noop" ./bench/noop
 go build -o "$work/passfloor" ./bench/passfloor
 
-cat > "$work/policy.yaml" <<YAML
+# policy LOOPS: sluice's policy, with server.event_loops LOOPS
+policy() {
+  cat <<YAML
 listen: 127.0.0.1:18082
+server: { event_loops: $1 }
 storage: { dir: $work/data }
 routes:
   - name: api
@@ -66,6 +74,10 @@ routes:
     mode: passthrough
     upstream: http://127.0.0.1:18080
 YAML
+}
+policy "$EVENT_LOOPS" > "$work/policy.yaml"
+policy "${EVENT_LOOPS_B:-$EVENT_LOOPS}" > "$work/policy-b.yaml"
+if [ -n "$EVENT_LOOPS_B" ] && [ -z "$SLUICE_B" ]; then SLUICE_B=$work/sluice; fi
 
 # nginx_conf WORKERS: nginx's configuration (see the header) in $work/nginx-WORKERS
 nginx_conf() {
@@ -116,10 +128,11 @@ wait_port 18080
 machine
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; upstream bench/noop; $("$NGINX" -v 2>&1)"
+echo "sluice: server.event_loops $EVENT_LOOPS${EVENT_LOOPS_B:+; sluice-b: $EVENT_LOOPS_B}"
 echo "nginx: upstream keepalive $KEEPALIVE, HTTP/1.1, Connection \"\", access_log off; worker_processes 1 and auto ($(nproc))"
 row() { printf '%-12s %-4s %10s %8s %8s %7s %11s %7s %10s %6s\n' "$@"; }
 row server round req/s p50_ms p99_ms non2xx cpu_us/req steal% up_us/req cpu/up
-: > "$work/n1.txt"; : > "$work/nauto.txt"; : > "$work/sluice.txt"; : > "$work/relay.txt"; : > "$work/fasthttp.txt"; : > "$work/sluice-b.txt"
+: > "$work/n1.txt"; : > "$work/nauto.txt"; : > "$work/sluice.txt"; : > "$work/relay.txt"; : > "$work/fasthttp.txt"; : > "$work/epoll.txt"; : > "$work/epoll2.txt"; : > "$work/sluice-b.txt"
 secs=$(awk -v d="$DURATION" 'BEGIN{ n=d+0; if (d ~ /m$/) n*=60; if (d ~ /h$/) n*=3600; print n }')
 # measure PORT PID: wrk_post's fields, then the upstream's CPU per request and cpu/up
 measure() {
@@ -146,7 +159,7 @@ for i in $(seq "$RUNS"); do
   kill $sp; wait $sp 2>/dev/null || true
 
   if [ -n "$SLUICE_B" ]; then
-    env $SLUICE_ENV "$SLUICE_B" serve --policy "$work/policy.yaml" --log-level error & sp=$!
+    env $SLUICE_ENV "$SLUICE_B" serve --policy "$work/policy-b.yaml" --log-level error & sp=$!
     wait_port 18082
     r=$(measure 18082 "$sp"); echo "$r" >> "$work/sluice-b.txt"
     row sluice-b "$i" $r
@@ -155,7 +168,7 @@ for i in $(seq "$RUNS"); do
   fi
 
   if [ -n "$FLOORS" ]; then
-    for k in relay fasthttp; do
+    for k in ${FLOOR_KINDS:-relay fasthttp}; do
       "$work/passfloor" -kind "$k" -listen 127.0.0.1:18084 -upstream 127.0.0.1:18080 & fp=$!
       wait_port 18084
       r=$(measure 18084 "$fp"); echo "$r" >> "$work/$k.txt"
@@ -177,7 +190,7 @@ medrow "nginx(1)" n1
 medrow "nginx(auto)" nauto
 medrow sluice sluice
 if [ -n "$SLUICE_B" ]; then medrow sluice-b sluice-b; fi
-if [ -n "$FLOORS" ]; then medrow relay relay; medrow fasthttp fasthttp; fi
+if [ -n "$FLOORS" ]; then for k in ${FLOOR_KINDS:-relay fasthttp}; do medrow "$k" "$k"; done; fi
 echo "reference: $refname (the faster median)"
 awk -v s="$(med sluice 1)" -v n="$(med $ref 1)" 'BEGIN{ printf "ratio sluice/%s: %.2f (goal 1.10)\n", "'"$refname"'", s/n }'
 if [ -n "$SLUICE_B" ]; then
@@ -185,7 +198,7 @@ if [ -n "$SLUICE_B" ]; then
   paste -d' ' "$work/sluice.txt" "$work/sluice-b.txt" | awk '{ printf " %.2f", $8/$16 } END { print "" }'
 fi
 if [ -n "$FLOORS" ]; then
-  for k in relay fasthttp; do
+  for k in ${FLOOR_KINDS:-relay fasthttp}; do
     awk -v s="$(med $k 1)" -v n="$(med $ref 1)" -v k=$k 'BEGIN{ printf "ratio %s/%s: %.2f\n", k, "'"$refname"'", s/n }'
   done
 fi

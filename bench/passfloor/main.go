@@ -9,6 +9,10 @@
 //     arrive in one read (bench/passthrough.sh's 1 KiB POSTs and bench/noop's
 //     answers). It is the floor of Go's goroutine-per-connection model on
 //     the machine: the same system calls as any Go proxy, nothing else.
+//   - -kind epoll (and epoll2: two loops): the relay on event loops of its
+//     own (level-triggered epoll, one thread each, see epoll_linux.go)
+//     instead of Go's poller: the floor of the model sluice's event loops
+//     (server.event_loops) are built on. Linux only.
 //   - -kind fasthttp: a fasthttp.Server whose handler hands the request to a
 //     fasthttp.HostClient, both with sluice's default timeouts: the floor of
 //     the two libraries sluice's passthrough uses.
@@ -26,11 +30,16 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:18084", "address")
 	upstream := flag.String("upstream", "127.0.0.1:18080", "upstream address")
-	kind := flag.String("kind", "relay", "relay or fasthttp")
+	kind := flag.String("kind", "relay", "relay, epoll or fasthttp")
+	loops := flag.Int("loops", 1, "event loops of -kind epoll")
 	flag.Parse()
 	switch *kind {
 	case "relay":
 		relay(*listen, *upstream)
+	case "epoll":
+		epollRelay(*listen, *upstream, *loops)
+	case "epoll2":
+		epollRelay(*listen, *upstream, 2)
 	case "fasthttp":
 		hc := &fasthttp.HostClient{Addr: *upstream, MaxConns: 1024, ReadTimeout: 60 * time.Second, WriteTimeout: 60 * time.Second}
 		srv := &fasthttp.Server{
