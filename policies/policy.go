@@ -127,8 +127,14 @@ type Server struct {
 	IdleTimeout    time.Duration // key idle_timeout: an idle keep-alive connection is closed after it; default 2m
 	MaxHeaderBytes int64         // key max_header_bytes: request line and headers; default 16KiB (431 beyond); 1KiB..1MiB
 	MaxConnections int           // key max_connections: connections served at once; default 10000; 1..1000000
-	TLS            *TLS          // key tls: serve HTTPS with these files; nil (the default) = plain HTTP
-	Line           int           // line of the server mapping; 0 if the file has none
+	// EventLoops (key event_loops): threads that accept plain-HTTP
+	// connections and relay passthrough requests themselves, on Linux.
+	// EventLoopsAuto (0, "auto" in the file, the default): one per CPU
+	// sluice may use (GOMAXPROCS); EventLoopsOff (the file's 0): none, a
+	// goroutine per connection, as on other systems; else 1..64.
+	EventLoops int
+	TLS        *TLS // key tls: serve HTTPS with these files; nil (the default) = plain HTTP
+	Line       int  // line of the server mapping; 0 if the file has none
 }
 
 // TLS names the certificate and key of the public listener (PEM files).

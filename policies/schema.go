@@ -57,6 +57,12 @@ const NoBodyLimit int64 = math.MaxInt64
 // default_upstream) that sets none.
 const DefaultPassthroughMaxBody = NoBodyLimit
 
+// Server.EventLoops for the file's event_loops: auto (the default) and 0.
+const (
+	EventLoopsAuto = 0
+	EventLoopsOff  = -1
+)
+
 // Limits of a policy file.
 const (
 	// MinRetention is the shortest storage.retention: below it an
@@ -72,6 +78,7 @@ const (
 	MinHeaderBytes  = 1 << 10
 	MaxHeaderBytes  = 1 << 20
 	MaxConnections  = 1000000
+	MaxEventLoops   = 64
 	MaxCaptureBytes = 1 << 20
 	MaxCallbackURL  = 2048 // longest callback URL a producer may name
 )
@@ -215,7 +222,7 @@ func (d *decoder) server(top *mapping) Server {
 	if !ok {
 		return s
 	}
-	m := d.mapping(n, "server", "server", "read_timeout", "write_timeout", "idle_timeout", "max_header_bytes", "max_connections", "tls")
+	m := d.mapping(n, "server", "server", "read_timeout", "write_timeout", "idle_timeout", "max_header_bytes", "max_connections", "event_loops", "tls")
 	if m == nil {
 		return s
 	}
@@ -225,6 +232,7 @@ func (d *decoder) server(top *mapping) Server {
 	field(d, m, "idle_timeout", "", positiveDuration, &s.IdleTimeout)
 	field(d, m, "max_header_bytes", "", parseSize(MinHeaderBytes, MaxHeaderBytes), &s.MaxHeaderBytes)
 	field(d, m, "max_connections", "", parseInt(1, MaxConnections), &s.MaxConnections)
+	field(d, m, "event_loops", "", parseEventLoops, &s.EventLoops)
 	if n, ok := m.vals["tls"]; ok {
 		if tm := d.mapping(n, m.field("tls"), "tls", "cert", "key"); tm != nil {
 			t := &TLS{Line: tm.line}
@@ -912,4 +920,19 @@ func hecTokenProblem(token string) string {
 		return fmt.Sprintf("the token has %s at byte %d: a token is sent as Authorization: Splunk <token>, one word of visible ASCII", what, i+1)
 	}
 	return ""
+}
+
+// parseEventLoops reads server.event_loops: auto, 0 (none) or 1..64.
+func parseEventLoops(s string) (int, error) {
+	if s == "auto" {
+		return EventLoopsAuto, nil
+	}
+	n, err := parseInt(0, MaxEventLoops)(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid event_loops %q: expected auto (one per CPU), 0 (none: a goroutine per connection) or a whole number up to %d", s, MaxEventLoops)
+	}
+	if n == 0 {
+		return EventLoopsOff, nil
+	}
+	return n, nil
 }
