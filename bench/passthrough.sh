@@ -36,7 +36,7 @@
 #   SLUICE_ENV="GOMAXPROCS=1" bench/passthrough.sh  # sluice with these environment variables
 #   FLOORS=1 bench/passthrough.sh                 # and the floors, each round
 #   SLUICE_B=/tmp/sluice-old bench/passthrough.sh # and another build of sluice, each round
-#   EVENT_LOOPS=2 bench/passthrough.sh            # sluice with server.event_loops: 2 (default 1; 0: none)
+#   EVENT_LOOPS=2 bench/passthrough.sh            # sluice with server.event_loops: 2 (default auto; 0: none)
 #   EVENT_LOOPS_B=0 bench/passthrough.sh          # and sluice with that many loops, as sluice-b, each round
 #   FLOORS=1 FLOOR_KINDS="relay epoll" bench/passthrough.sh  # the floors named (relay fasthttp epoll epoll2)
 #
@@ -45,8 +45,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3} DURATION=${DURATION:-4s} CONNS=${CONNS:-128} THREADS=${THREADS:-2} PROFILE=${PROFILE:-} SLUICE_ENV=${SLUICE_ENV:-} FLOORS=${FLOORS:-} SLUICE_B=${SLUICE_B:-}
-EVENT_LOOPS=${EVENT_LOOPS:-1} EVENT_LOOPS_B=${EVENT_LOOPS_B:-}
-[[ $EVENT_LOOPS =~ ^[0-9]+$ && $EVENT_LOOPS_B =~ ^[0-9]*$ ]] || { echo "EVENT_LOOPS, EVENT_LOOPS_B: want a whole number" >&2; exit 2; }
+EVENT_LOOPS=${EVENT_LOOPS:-auto} EVENT_LOOPS_B=${EVENT_LOOPS_B:-}
+[[ $EVENT_LOOPS =~ ^([0-9]+|auto)$ && $EVENT_LOOPS_B =~ ^([0-9]*|auto)$ ]] || { echo "EVENT_LOOPS, EVENT_LOOPS_B: want auto or a whole number" >&2; exit 2; }
 for v in RUNS CONNS THREADS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v=${!v}: want a positive whole number" >&2; exit 2; }
 done

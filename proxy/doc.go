@@ -53,7 +53,16 @@
 //     max_connections gets a JSON 503 (listener.go); see match.go for route
 //     matching.
 //
-// Costs: one goroutine per connection (fasthttp's worker pool); a buffered
+// Event loops (evloop_linux.go, server.event_loops): on Linux, when the
+// policy passes requests through, plain-HTTP connections are accepted by a
+// few threads with an epoll set each, which relay the plainest passthrough
+// requests and answers themselves (evparse.go says which) and hand every
+// other connection, with the bytes read, to the fasthttp server. What the
+// upstream receives and the client gets is the same on both paths
+// (TestEventLoopParity); the guarantees above hold on both.
+//
+// Costs: one goroutine per connection (fasthttp's worker pool) beside the
+// event loops, none for a connection the loops keep; a buffered
 // request waits for one group commit. Connections (public and upstream) arm
 // their deadlines lazily and, on Linux, read and write their sockets with
 // raw system calls through the poller (internal/netio, which the drainers'

@@ -450,13 +450,18 @@ routes:
 // connection when the next request arrives on it, without answering (an
 // idle timeout racing the request). A GET is resent once on a new
 // connection and answered; a POST is not resent (502).
+//
+// Both ways of serving a connection are checked: one event loop (two would
+// each keep a pool, and the second request could meet none) and a goroutine
+// per connection.
 func TestPassthroughStaleConnection(t *testing.T) {
 	for _, tc := range []struct {
 		method string
 		want   string
 		sent   int64
-	}{{"GET", "200 ok", 2}, {"POST", "502 ", 1}} {
-		t.Run(tc.method, func(t *testing.T) {
+		loops  int
+	}{{"GET", "200 ok", 2, 1}, {"POST", "502 ", 1, 1}, {"GET", "200 ok", 2, 0}, {"POST", "502 ", 1, 0}} {
+		t.Run(fmt.Sprintf("%s/loops=%d", tc.method, tc.loops), func(t *testing.T) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
@@ -490,13 +495,14 @@ func TestPassthroughStaleConnection(t *testing.T) {
 				}
 			})
 			addr, _ := startPolicy(t, fmt.Sprintf(`
+server: { event_loops: %d }
 routes:
   - name: catalog
     match: { path: /api/ }
     mode: passthrough
     upstream: http://%s
     timeout: 2s
-`, ln.Addr().String()))
+`, tc.loops, ln.Addr().String()))
 			// The first request leaves a pooled connection; the second meets it closed.
 			if got := raw(t, addr, tc.method+" /api/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"); got != "200 ok" {
 				t.Fatalf("first request: %q", got)

@@ -49,23 +49,34 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			l.reject(c)
 			continue
 		}
-		cc := &countedConn{Conn: netio.NewConn(c), l: l}
-		if l.tls != nil {
-			return &tlsLineConn{Conn: tls.Server(cc, l.tls)}, nil
-		}
-		return &lineConn{Conn: cc}, nil
+		return l.serveConn(netio.NewConn(c)), nil
 	}
+}
+
+// serveConn wraps a connection counted in l.open for the fasthttp server:
+// its place is given back when it is closed, and its first line is checked.
+func (l *limitListener) serveConn(c net.Conn) net.Conn {
+	cc := &countedConn{Conn: c, l: l}
+	if l.tls != nil {
+		return &tlsLineConn{Conn: tls.Server(cc, l.tls)}
+	}
+	return &lineConn{Conn: cc}
 }
 
 func (l *limitListener) reject(c net.Conn) {
 	if l.tls == nil {
-		msg := `{"error":{"code":"too_many_connections","message":"sluice serves at most ` + strconv.FormatInt(l.max, 10) +
-			` connections at once (server.max_connections); nothing was read, retry shortly"}}` + "\n"
 		c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
-		c.Write([]byte("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\nRetry-After: 1\r\n" +
-			"Content-Length: " + strconv.Itoa(len(msg)) + "\r\n\r\n" + msg))
+		c.Write(l.rejection())
 	}
 	c.Close()
+}
+
+// rejection is the answer to a plain-HTTP connection over the limit.
+func (l *limitListener) rejection() []byte {
+	msg := `{"error":{"code":"too_many_connections","message":"sluice serves at most ` + strconv.FormatInt(l.max, 10) +
+		` connections at once (server.max_connections); nothing was read, retry shortly"}}` + "\n"
+	return []byte("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\nRetry-After: 1\r\n" +
+		"Content-Length: " + strconv.Itoa(len(msg)) + "\r\n\r\n" + msg)
 }
 
 // countedConn gives its place back when closed (once).

@@ -59,8 +59,11 @@ type Server struct {
 	log      *slog.Logger
 	table    atomic.Pointer[routeTable] // swapped whole by SetRoutes
 	fallback *route                     // default_upstream as a passthrough route; nil if none
-	srv      *fasthttp.Server
-	tls      *tls.Config // nil: plain HTTP
+	engine   atomic.Pointer[engine]     // the event loops of Serve, if any
+	// eventLoops is the number of event loops Serve runs (server.event_loops).
+	eventLoops int
+	srv        *fasthttp.Server
+	tls        *tls.Config // nil: plain HTTP
 
 	maxHeader int64 // server.max_header_bytes, for the 431 message
 	maxConns  int   // server.max_connections, applied by limitListener
@@ -163,6 +166,7 @@ func New(cfg Config) (*Server, error) {
 	s.maxHeader = sv.MaxHeaderBytes
 	s.maxConns = sv.MaxConnections
 	s.readTimeout = sv.ReadTimeout
+	s.eventLoops = sv.EventLoops
 	s.tooLargeToken = newToken()
 	return s, nil
 }
@@ -268,15 +272,42 @@ func (s *Server) passesThrough() bool {
 
 // Serve accepts connections on ln until Shutdown, with TLS if the policy's
 // server.tls names a certificate.
+//
+// Plain-HTTP connections are accepted by the event loops (server.event_loops,
+// evloop_linux.go) where the system has them: passthrough requests are
+// relayed there and every other connection is handed to the fasthttp server.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.srv.Serve(&limitListener{Listener: ln, max: int64(s.maxConns), tls: s.tls})
+	lim := &limitListener{Listener: ln, max: int64(s.maxConns), tls: s.tls}
+	if s.tls == nil && s.passesThrough() {
+		if e := newEngine(s, ln, lim, s.eventLoops); e != nil {
+			s.engine.Store(e)
+			served := make(chan error, 1)
+			go func() { served <- s.srv.Serve(e.hand) }()
+			err := e.serve()
+			if err != nil {
+				e.hand.Close()
+			}
+			if serr := <-served; err == nil {
+				err = serr
+			}
+			return err
+		}
+	}
+	return s.srv.Serve(lim)
 }
 
 // Shutdown stops accepting and waits for requests in progress (each of which
 // either got its acknowledgement after a durable commit, or an error).
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopWaits() // log requests waiting for room are refused now (logs.go)
+	var eerr error
+	if e := s.engine.Load(); e != nil {
+		eerr = e.shutdown(ctx)
+	}
 	err := s.srv.ShutdownWithContext(ctx)
+	if err == nil {
+		err = eerr
+	}
 	recorded := make(chan struct{})
 	go func() { s.records.Wait(); close(recorded) }()
 	select { // the records of forwarded requests (spillover.go)

@@ -45,7 +45,7 @@ func listen(tb testing.TB, s *Server) string {
 	must(tb, err)
 	done := make(chan struct{})
 	go func() { s.Serve(ln); close(done) }()
-	tb.Cleanup(func() { s.srv.Shutdown(); <-done })
+	tb.Cleanup(func() { s.Shutdown(context.Background()); <-done })
 	return ln.Addr().String()
 }
 

@@ -94,6 +94,16 @@ type errorDetail struct {
 }
 
 // writeError answers with status and a JSON error body naming what is wrong.
+// errorJSON is the body writeError writes for code and msg (for the event
+// loop, which writes its answers itself).
+func errorJSON(code, msg string) []byte {
+	b, err := json.Marshal(errorBody{Error: errorDetail{Code: code, Message: msg}})
+	if err != nil {
+		b = []byte(`{"error":{"code":"internal","message":"encoding the reply failed"}}`)
+	}
+	return append(b, '\n')
+}
+
 func writeError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
 	writeJSON(ctx, status, errorBody{Error: errorDetail{Code: code, Message: msg}})
 }

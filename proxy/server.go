@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"runtime"
+
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-proxy/sluice/policies"
@@ -23,6 +25,12 @@ func withServerDefaults(sv policies.Server) policies.Server {
 	}
 	if sv.MaxConnections <= 0 {
 		sv.MaxConnections = policies.DefaultMaxConnections
+	}
+	switch sv.EventLoops {
+	case policies.EventLoopsAuto:
+		sv.EventLoops = runtime.GOMAXPROCS(0)
+	case policies.EventLoopsOff:
+		sv.EventLoops = 0
 	}
 	return sv
 }

@@ -1,0 +1,1093 @@
+//go:build linux
+
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-proxy/sluice/internal/netio"
+	"github.com/sluice-proxy/sluice/policies"
+)
+
+// The event loops: the public listener's plain-HTTP connections are served
+// by a few threads, each with its own epoll set, instead of a goroutine per
+// connection on Go's poller. A passthrough request is relayed by its loop:
+// one read of the request, one write upstream, one read of the answer, one
+// write back; no goroutine parks or wakes, and no read finds nothing
+// (level-triggered epoll: a socket is read once it is readable). On a
+// 2-vCPU machine shared with the load generator and the upstream this is
+// what passthrough needs to cost less than nginx (bench/passthrough.sh;
+// bench/passfloor's -kind epoll is the same relay with no HTTP at all).
+//
+// The loops relay only what evparse.go accepts: a whole plain HTTP/1.1
+// request of up to 64 KiB, arrived, to a passthrough route over http:// with
+// no rate limit, answered with a Content-Length of up to 64 KiB. At anything
+// else (a buffer, spillover or log route, the status API, a partial or
+// pipelined-partial request, a chunked or large body, a malformed byte) the
+// connection is handed, with the bytes already read, to the fasthttp server
+// that serves every connection without the loops: from then on it is served
+// as it would have been, with all its checks and streaming. An answer the
+// loop does not relay itself (chunked, large, HTTP/1.0, without a length)
+// is streamed by a goroutine with fasthttp's reader, and the connection is
+// then handed over. TLS connections never go to the loops.
+//
+// Timeouts are those of the fasthttp path: idle_timeout between requests,
+// read_timeout for the first, the route's timeout for the answer (504),
+// write_timeout for writing it; they are checked when a loop wakes, which is
+// at the earliest deadline (to the millisecond).
+
+// engine is the accept loop and the event loops of one Serve.
+type engine struct {
+	s       *Server
+	ln      *net.TCPListener
+	lim     *limitListener
+	hand    *handoffListener
+	loops   []*evloop
+	next    atomic.Uint32
+	closing atomic.Bool
+	owned   atomic.Int64  // client connections the loops or their streams hold
+	done    chan struct{} // closed at shutdown: serve returns
+	// What the loops did: requests relayed and answered whole, answers
+	// streamed by a goroutine, connections handed to the fasthttp server.
+	relayed, streamed, handed atomic.Uint64
+	stopped                   sync.Once
+}
+
+// newEngine returns the event loops for ln, or nil when they cannot serve it
+// (not TCP; the system refused an epoll set).
+func newEngine(s *Server, ln net.Listener, lim *limitListener, n int) *engine {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok || n <= 0 {
+		return nil
+	}
+	e := &engine{s: s, ln: tl, lim: lim, hand: newHandoffListener(ln.Addr()), done: make(chan struct{})}
+	for range n {
+		l, err := newEvloop(e)
+		if err != nil {
+			s.log.Warn("event loops unavailable; serving with a goroutine per connection", "err", err)
+			for _, l := range e.loops {
+				l.closeFDs()
+			}
+			return nil
+		}
+		e.loops = append(e.loops, l)
+	}
+	for _, l := range e.loops {
+		go l.run()
+	}
+	return e
+}
+
+// serve accepts connections until shutdown: on the first loop, which
+// watches a duplicate of the listener's socket (Go's poller keeps the
+// original, and never reads it, since nobody calls Accept).
+func (e *engine) serve() error {
+	rc, err := e.ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	lfd := -1
+	if cerr := rc.Control(func(fd uintptr) { lfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	l := e.loops[0]
+	l.post(func(l *evloop) {
+		a := &acceptor{fd: lfd}
+		if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, lfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(lfd)}); err != nil {
+			l.e.s.log.Error("event loop: cannot watch the listener", "err", err)
+			unix.Close(lfd)
+			return
+		}
+		l.fds[int32(lfd)] = a
+	})
+	<-e.done
+	return nil
+}
+
+// acceptor is the listening socket, on the first loop.
+type acceptor struct{ fd int }
+
+func (a *acceptor) event(l *evloop, _ uint32) {
+	e := l.e
+	for range 64 {
+		cfd, sa, err := unix.Accept4(a.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err != nil {
+			switch err {
+			case unix.EAGAIN, unix.EINTR, unix.ECONNABORTED:
+			default: // out of descriptors or memory: the next wake-up tries again
+				e.s.log.Warn("accept failed", "err", err)
+			}
+			return
+		}
+		_ = unix.SetsockoptInt(cfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		if e.lim.open.Add(1) > e.lim.max {
+			e.lim.open.Add(-1)
+			unix.Write(cfd, e.lim.rejection())
+			unix.Close(cfd)
+			continue
+		}
+		var ip netip.Addr
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			ip = netip.AddrFrom4(sa.Addr)
+		case *unix.SockaddrInet6:
+			ip = netip.AddrFrom16(sa.Addr)
+		}
+		e.owned.Add(1)
+		to := e.loops[int(e.next.Add(1))%len(e.loops)]
+		if to == l {
+			l.addClient(cfd, ip)
+		} else {
+			to.post(func(l *evloop) { l.addClient(cfd, ip) })
+		}
+	}
+}
+
+// shutdown stops accepting, closes idle connections, lets the requests in
+// flight finish (their answers say Connection: close) until ctx ends, and
+// stops the loops.
+func (e *engine) shutdown(ctx context.Context) error {
+	e.closing.Store(true)
+	e.ln.Close()
+	for _, l := range e.loops {
+		l.post((*evloop).closeIdle)
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	var err error
+	for e.owned.Load() > 0 && err == nil {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-t.C:
+		}
+	}
+	for _, l := range e.loops {
+		l.post((*evloop).stop)
+	}
+	e.stopped.Do(func() { close(e.done) })
+	return err
+}
+
+// give hands a connection the loops do not serve to the fasthttp server,
+// with the bytes already read from it.
+func (e *engine) give(nc net.Conn, pending []byte) {
+	if e.closing.Load() {
+		nc.Close()
+		e.lim.open.Add(-1)
+		return
+	}
+	var c net.Conn = netio.NewConn(nc)
+	if len(pending) > 0 {
+		c = &prefixConn{Conn: c, prefix: bytes.Clone(pending)}
+	}
+	e.hand.give(e.lim.serveConn(c))
+}
+
+// Connection states of a clientConn.
+const (
+	clientIdle     = iota // waiting for a request
+	clientUpstream        // its request is with the upstream
+	clientWriting         // its answer is being written
+)
+
+type evhandler interface {
+	event(l *evloop, ev uint32)
+}
+
+// clientConn is a client's connection served by a loop.
+type clientConn struct {
+	fd       int
+	ip       netip.Addr
+	state    int
+	deadline time.Time
+	in       []byte // bytes read after the request in flight
+	outBuf   []byte
+	out      []byte // the answer's bytes not yet written
+	wantOut  bool   // EPOLLOUT asked for
+	paused   bool   // EPOLLIN not asked for
+	eof      bool   // the client has closed its side
+	served   bool   // a request was answered on it
+	reading  bool   // part of a request has come: read_timeout runs
+
+	// The request in flight.
+	rt         *route
+	req        []byte // as sent upstream, kept for one resend
+	up         *upConn
+	seq        uint64 // counts requests, so that a late dial knows its request is gone
+	isHead     bool
+	closeAfter bool
+	idem       bool
+	resent     bool
+}
+
+// upConn is a connection to a route's upstream, idle in its loop's pool or
+// carrying one request.
+type upConn struct {
+	fd       int
+	rt       *route
+	c        *clientConn // nil when idle
+	in       []byte      // the answer's bytes so far, when it took more than a read
+	written  int         // bytes of c.req written
+	wantOut  bool
+	used     bool      // it carried an earlier request: it may be stale
+	got      bool      // bytes of the answer have come
+	deadline time.Time // idle: closed after it
+}
+
+// evloop is one event loop: one thread, one epoll set, the connections on it.
+type evloop struct {
+	e      *engine
+	ep     int
+	wakefd int
+	mu     sync.Mutex
+	tasks  []func(*evloop)
+	woken  atomic.Bool
+
+	fds      map[int32]evhandler
+	pools    map[*route][]*upConn
+	scratch  []byte
+	req      fastRequest
+	ans      fastAnswer
+	now      time.Time
+	date     []byte
+	dateSec  int64
+	nextScan time.Time
+	stopped  bool
+	ended    bool // under mu: run has returned; its descriptors are closed
+}
+
+func newEvloop(e *engine) (*evloop, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(ep)
+		return nil, err
+	}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wfd)}); err != nil {
+		unix.Close(ep)
+		unix.Close(wfd)
+		return nil, err
+	}
+	return &evloop{e: e, ep: ep, wakefd: wfd, fds: map[int32]evhandler{}, pools: map[*route][]*upConn{},
+		scratch: make([]byte, 64<<10)}, nil
+}
+
+func (l *evloop) closeFDs() {
+	unix.Close(l.ep)
+	unix.Close(l.wakefd)
+}
+
+// post runs fn on the loop.
+//
+// Once the loop has ended, fn runs at once, under l.mu, on the stopped loop:
+// the tasks (a connection accepted, an upstream dialed) then close what
+// they bring.
+func (l *evloop) post(fn func(*evloop)) {
+	l.mu.Lock()
+	if l.ended {
+		fn(l)
+		l.mu.Unlock()
+		return
+	}
+	l.tasks = append(l.tasks, fn)
+	l.mu.Unlock()
+	if l.woken.CompareAndSwap(false, true) {
+		var one = [8]byte{1}
+		unix.Write(l.wakefd, one[:])
+	}
+}
+
+func (l *evloop) run() {
+	runtime.LockOSThread()
+	evs := make([]unix.EpollEvent, 256)
+	var tasks []func(*evloop)
+	var drain [8]byte
+	for !l.stopped {
+		timeout := -1
+		if !l.nextScan.IsZero() {
+			timeout = max(int(time.Until(l.nextScan)/time.Millisecond)+1, 0)
+		}
+		n, err := unix.EpollWait(l.ep, evs, timeout)
+		if err != nil && err != unix.EINTR {
+			l.e.s.log.Error("event loop: epoll_wait failed", "err", err)
+			l.stop()
+			break
+		}
+		l.tick()
+		for i := 0; i < n; i++ {
+			ev := &evs[i]
+			if int(ev.Fd) == l.wakefd {
+				unix.Read(l.wakefd, drain[:])
+				l.woken.Store(false)
+				l.mu.Lock()
+				tasks, l.tasks = l.tasks, tasks[:0]
+				l.mu.Unlock()
+				for _, fn := range tasks {
+					fn(l)
+				}
+				clear(tasks)
+				continue
+			}
+			if h := l.fds[ev.Fd]; h != nil {
+				h.event(l, ev.Events)
+			}
+		}
+		if !l.nextScan.IsZero() && !l.now.Before(l.nextScan) {
+			l.scan()
+		}
+	}
+	l.mu.Lock()
+	l.ended = true
+	for _, fn := range l.tasks {
+		fn(l)
+	}
+	l.tasks = nil
+	l.closeFDs()
+	l.mu.Unlock()
+}
+
+// tick reads the clock once per wake-up, and the Date answers carry.
+func (l *evloop) tick() {
+	l.now = time.Now()
+	if s := l.now.Unix(); s != l.dateSec {
+		l.dateSec = s
+		l.date = appendHTTPDate(l.date[:0], l.now)
+	}
+}
+
+// arm makes the loop wake by t.
+func (l *evloop) arm(t time.Time) {
+	if l.nextScan.IsZero() || t.Before(l.nextScan) {
+		l.nextScan = t
+	}
+}
+
+// scan acts on the deadlines passed and finds the next one.
+func (l *evloop) scan() {
+	l.nextScan = time.Time{}
+	for _, h := range l.fds {
+		switch x := h.(type) {
+		case *clientConn:
+			if x.deadline.IsZero() {
+				continue
+			}
+			if !l.now.Before(x.deadline) {
+				l.expire(x)
+			} else {
+				l.arm(x.deadline)
+			}
+		case *upConn:
+			if x.c != nil {
+				continue
+			}
+			if !l.now.Before(x.deadline) {
+				l.closeUp(x)
+			} else {
+				l.arm(x.deadline)
+			}
+		}
+	}
+}
+
+func (l *evloop) setDeadline(c *clientConn, d time.Duration) {
+	c.deadline = l.now.Add(d)
+	l.arm(c.deadline)
+}
+
+func (l *evloop) interest(fd int, in, out bool) {
+	var ev uint32
+	if in {
+		ev |= unix.EPOLLIN | unix.EPOLLRDHUP
+	}
+	if out {
+		ev |= unix.EPOLLOUT
+	}
+	unix.EpollCtl(l.ep, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: ev, Fd: int32(fd)})
+}
+
+func (l *evloop) addClient(fd int, ip netip.Addr) {
+	if l.stopped || l.e.closing.Load() {
+		unix.Close(fd)
+		l.e.lim.open.Add(-1)
+		l.e.owned.Add(-1)
+		return
+	}
+	c := &clientConn{fd: fd, ip: ip}
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}); err != nil {
+		unix.Close(fd)
+		l.e.lim.open.Add(-1)
+		l.e.owned.Add(-1)
+		return
+	}
+	l.fds[int32(fd)] = c
+	l.tick()
+	l.setDeadline(c, l.e.s.readTimeout)
+}
+
+func (c *clientConn) event(l *evloop, ev uint32) {
+	if ev&unix.EPOLLOUT != 0 && c.state == clientWriting {
+		l.flushClient(c)
+		if l.fds[int32(c.fd)] != c {
+			return
+		}
+	}
+	switch {
+	case ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !c.paused:
+		l.readClient(c)
+	case ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0:
+		// Not read, yet reported at every wake-up (level-triggered):
+		// the client is gone both ways, so is its answer.
+		l.closeClient(c)
+	}
+}
+
+// readMore reads from fd what fits after buf's bytes, growing it first if
+// less than 4 KiB is free, and returns buf with what was read.
+func readMore(fd int, buf []byte) ([]byte, int, syscall.Errno) {
+	if cap(buf)-len(buf) < 4096 {
+		buf = append(buf, make([]byte, 16<<10)...)[:len(buf)]
+	}
+	n, err := netio.RawRead(fd, buf[len(buf):cap(buf)])
+	if err != 0 || n <= 0 {
+		return buf, 0, err
+	}
+	return buf[:len(buf)+n], n, 0
+}
+
+// keepBuf is the largest buffer a connection keeps between requests.
+const keepBuf = 16 << 10
+
+// maxPipelined bounds the bytes a client may send ahead of the answer in
+// flight; beyond, its connection is not read until the answer is written.
+const maxPipelined = 64 << 10
+
+func (l *evloop) readClient(c *clientConn) {
+	if c.state == clientIdle && len(c.in) == 0 {
+		n, err := netio.RawRead(c.fd, l.scratch)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			return
+		}
+		if err != 0 || n <= 0 {
+			l.closeClient(c)
+			return
+		}
+		l.serve(c, l.scratch[:n])
+		return
+	}
+	var n int
+	var err syscall.Errno
+	c.in, n, err = readMore(c.fd, c.in)
+	if err == unix.EAGAIN || err == unix.EINTR {
+		return
+	}
+	if err != 0 || n <= 0 {
+		c.eof = true
+		c.paused = true
+		l.interest(c.fd, false, c.wantOut)
+		if c.state == clientIdle {
+			l.serve(c, c.in) // what came before the end
+		}
+		return
+	}
+	if c.state == clientIdle {
+		l.serve(c, c.in)
+	} else if len(c.in) >= maxPipelined {
+		c.paused = true
+		l.interest(c.fd, false, c.wantOut)
+	}
+}
+
+// serve relays the request at the start of b, or hands the connection over.
+func (l *evloop) serve(c *clientConn, b []byte) {
+	if len(b) == 0 {
+		if c.eof {
+			l.closeClient(c)
+		}
+		return
+	}
+	r := &l.req
+	res := r.parse(b)
+	if res == parseMore && r.size > 0 {
+		if _, _, ok := l.e.s.fastRoute(r); !ok {
+			res = parseOther // not the loop's: the fasthttp path answers it, body or none
+		}
+	}
+	if res == parseMore && !c.eof && (r.size > 0 || len(b) < int(l.e.s.maxHeader)) {
+		// The rest is on its way: read_timeout from the first byte.
+		c.in = append(c.in[:0], b...)
+		if !c.reading {
+			c.reading = true
+			l.setDeadline(c, l.e.s.readTimeout)
+		}
+		return
+	}
+	if res != parseOK || c.eof {
+		l.handOff(c, b)
+		return
+	}
+	c.reading = false
+	rt, uri, ok := l.e.s.fastRoute(r)
+	if !ok {
+		l.handOff(c, b)
+		return
+	}
+	c.seq++
+	c.rt, c.isHead, c.closeAfter, c.idem, c.resent = rt, string(r.method) == fasthttp.MethodHead, r.conn.close, r.idempotent(), false
+	c.req = r.appendUpstream(c.req[:0], b, rt, uri, c.ip)
+	if rest := b[r.total():]; len(rest) > 0 {
+		c.in = append(c.in[:0], rest...)
+	} else {
+		c.in = c.in[:0]
+	}
+	c.state = clientUpstream
+	l.setDeadline(c, upstreamTimeout(rt))
+	l.send(c)
+}
+
+// fastRoute returns the passthrough route the loop may relay r on, with r's
+// normalised request-URI: ok is false for anything else.
+func (s *Server) fastRoute(r *fastRequest) (rt *route, uri []byte, ok bool) {
+	uri, ok = normalizeURI(r.target)
+	if !ok {
+		return nil, nil, false
+	}
+	path := pathPart(uri)
+	if bytes.HasPrefix(path, []byte(StatusPrefix)) {
+		return nil, nil, false
+	}
+	rt, allowed := s.match(r.method, r.host, path)
+	if rt == nil && allowed == nil {
+		rt = s.fallback
+	}
+	if rt == nil || rt.Mode != policies.ModePassthrough || rt.limiter != nil || rt.upstream == nil || rt.upstream.IsTLS ||
+		int64(r.length) > rt.MaxBody {
+		return nil, nil, false
+	}
+	return rt, uri, true
+}
+
+func upstreamTimeout(rt *route) time.Duration {
+	if rt.Timeout > 0 {
+		return rt.Timeout
+	}
+	return policies.DefaultUpstreamTimeout
+}
+
+// send writes c's request on an idle pooled connection, or dials one.
+func (l *evloop) send(c *clientConn) {
+	pool := l.pools[c.rt]
+	if len(pool) == 0 {
+		l.dial(c)
+		return
+	}
+	up := pool[len(pool)-1]
+	pool[len(pool)-1] = nil
+	l.pools[c.rt] = pool[:len(pool)-1]
+	l.attach(c, up)
+}
+
+func (l *evloop) attach(c *clientConn, up *upConn) {
+	up.c, c.up = c, up
+	up.written, up.got, up.in = 0, false, up.in[:0]
+	l.flushUp(up)
+}
+
+func (l *evloop) flushUp(up *upConn) {
+	c := up.c
+	for up.written < len(c.req) {
+		n, err := netio.RawWrite(up.fd, c.req[up.written:])
+		if err == unix.EAGAIN || err == unix.EINTR {
+			if !up.wantOut {
+				up.wantOut = true
+				l.interest(up.fd, true, true)
+			}
+			return
+		}
+		if err != 0 {
+			l.upFailed(up, err)
+			return
+		}
+		up.written += n
+	}
+	if up.wantOut {
+		up.wantOut = false
+		l.interest(up.fd, true, false)
+	}
+}
+
+// dial connects to c's upstream off the loop (fasthttp.Dial: its timeout
+// and DNS cache, as the fasthttp path's pool), and sends c's request on it.
+func (l *evloop) dial(c *clientConn) {
+	rt, seq := c.rt, c.seq
+	addr := rt.upstream.Addr
+	go func() {
+		fd := -1
+		nc, err := fasthttp.Dial(addr)
+		if err == nil {
+			fd, err = detachFD(nc)
+		}
+		l.post(func(l *evloop) { l.dialed(c, seq, rt, fd, err) })
+	}()
+}
+
+func (l *evloop) dialed(c *clientConn, seq uint64, rt *route, fd int, err error) {
+	waiting := l.fds[int32(c.fd)] == c && c.seq == seq && c.state == clientUpstream && c.up == nil
+	if err != nil {
+		if waiting {
+			l.e.s.log.Warn("passthrough failed", "route", rt.Name, "err", err)
+			l.answerError(c, fasthttp.StatusBadGateway, "upstream_unreachable", "upstream of route "+rt.Name+": "+err.Error())
+		}
+		return
+	}
+	if l.stopped {
+		unix.Close(fd)
+		return
+	}
+	up := &upConn{fd: fd, rt: rt}
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}); err != nil {
+		unix.Close(fd)
+		if waiting {
+			l.answerError(c, fasthttp.StatusBadGateway, "upstream_unreachable", "upstream of route "+rt.Name+": "+err.Error())
+		}
+		return
+	}
+	l.fds[int32(fd)] = up
+	if waiting {
+		l.attach(c, up)
+	} else {
+		l.putIdle(up)
+	}
+}
+
+// detachFD takes a dialed connection's socket off Go's poller: a duplicate
+// of its descriptor (non-blocking, like the original) outlives its Close.
+func detachFD(nc net.Conn) (int, error) {
+	defer nc.Close()
+	sc, ok := nc.(syscallConner)
+	if !ok {
+		return -1, errors.New("not a TCP connection")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	cerr := rc.Control(func(fd uintptr) {
+		nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if cerr != nil {
+		return -1, cerr
+	}
+	return nfd, err
+}
+
+type syscallConner interface {
+	SyscallConn() (syscall.RawConn, error)
+}
+
+func (up *upConn) event(l *evloop, ev uint32) {
+	if ev&unix.EPOLLOUT != 0 && up.c != nil && up.wantOut {
+		l.flushUp(up)
+		if l.fds[int32(up.fd)] != up {
+			return
+		}
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		l.readUp(up)
+	}
+}
+
+func (l *evloop) readUp(up *upConn) {
+	c := up.c
+	if c == nil { // idle: the upstream closed it, or sent what nobody asked for
+		l.closeUp(up)
+		return
+	}
+	var b []byte
+	if len(up.in) == 0 {
+		n, err := netio.RawRead(up.fd, l.scratch)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			return
+		}
+		if err != 0 || n <= 0 {
+			l.upFailed(up, errClosedEarly(err))
+			return
+		}
+		b = l.scratch[:n]
+	} else {
+		var n int
+		var err syscall.Errno
+		up.in, n, err = readMore(up.fd, up.in)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			return
+		}
+		if err != 0 || n <= 0 {
+			l.upFailed(up, errClosedEarly(err))
+			return
+		}
+		b = up.in
+	}
+	up.got = true
+	a := &l.ans
+	switch a.parse(b, c.isHead) {
+	case parseMore:
+		if len(up.in) == 0 {
+			up.in = append(up.in, b...)
+		}
+		if a.size == 0 && len(b) > int(l.e.s.maxHeader) {
+			l.stream(up, b) // fasthttp's reader refuses it as the fasthttp path would
+		}
+		return
+	case parseOther:
+		l.stream(up, b)
+		return
+	}
+	closing := c.closeAfter || c.eof || l.e.closing.Load()
+	c.outBuf = a.appendClient(c.outBuf[:0], b, l.date, closing)
+	c.out = c.outBuf
+	c.closeAfter = closing
+	unsent := up.written < len(c.req) // answered before it took the whole request
+	up.c, c.up = nil, nil
+	up.used = true
+	if up.wantOut {
+		up.wantOut = false
+		l.interest(up.fd, true, false)
+	}
+	if a.conn.close || len(b) > a.total() || unsent {
+		l.closeUp(up)
+	} else {
+		l.putIdle(up)
+	}
+	c.state = clientWriting
+	l.setDeadline(c, l.e.s.srv.WriteTimeout)
+	l.e.relayed.Add(1)
+	l.flushClient(c)
+}
+
+// errClosedEarly is the error of an upstream connection that ended (or
+// failed) before its answer was whole.
+func errClosedEarly(errno syscall.Errno) error {
+	if errno == 0 {
+		return io.ErrUnexpectedEOF
+	}
+	return errno
+}
+
+// upFailed ends an upstream connection that failed: a request that got no
+// byte of an answer on a pooled connection is sent once more if it is
+// idempotent (retryStale's rule); else the client gets 502.
+func (l *evloop) upFailed(up *upConn, err error) {
+	c := up.c
+	l.closeUp(up)
+	if c == nil {
+		return
+	}
+	c.up = nil
+	if !up.got && up.used && c.idem && !c.resent {
+		c.resent = true
+		l.send(c)
+		return
+	}
+	l.e.s.log.Warn("passthrough failed", "route", c.rt.Name, "err", err)
+	l.answerError(c, fasthttp.StatusBadGateway, "upstream_unreachable", "upstream of route "+c.rt.Name+": "+err.Error())
+}
+
+func (l *evloop) putIdle(up *upConn) {
+	up.c = nil
+	up.in = up.in[:0]
+	if cap(up.in) > keepBuf {
+		up.in = nil
+	}
+	if l.e.closing.Load() || len(l.pools[up.rt]) >= 1024 {
+		l.closeUp(up)
+		return
+	}
+	idle := up.rt.upstream.MaxIdleConnDuration
+	if idle <= 0 {
+		idle = 30 * time.Second
+	}
+	up.deadline = l.now.Add(idle)
+	l.arm(up.deadline)
+	l.pools[up.rt] = append(l.pools[up.rt], up)
+}
+
+func (l *evloop) closeUp(up *upConn) {
+	if l.fds[int32(up.fd)] == up {
+		delete(l.fds, int32(up.fd))
+		unix.Close(up.fd)
+	}
+	if up.c == nil {
+		pool := l.pools[up.rt]
+		for i, p := range pool {
+			if p == up {
+				l.pools[up.rt] = append(pool[:i], pool[i+1:]...)
+				break
+			}
+		}
+	}
+}
+
+// answerError answers c's request with a JSON error.
+func (l *evloop) answerError(c *clientConn, status int, code, msg string) {
+	if c.up != nil {
+		up := c.up
+		c.up, up.c = nil, nil
+		l.closeUp(up)
+	}
+	closing := c.closeAfter || c.eof || l.e.closing.Load()
+	c.outBuf = appendErrorAnswer(c.outBuf[:0], status, code, msg, l.date, closing)
+	c.out = c.outBuf
+	c.closeAfter = closing
+	c.state = clientWriting
+	l.setDeadline(c, l.e.s.srv.WriteTimeout)
+	l.flushClient(c)
+}
+
+func (l *evloop) flushClient(c *clientConn) {
+	for len(c.out) > 0 {
+		n, err := netio.RawWrite(c.fd, c.out)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			if !c.wantOut {
+				c.wantOut = true
+				l.interest(c.fd, !c.paused, true)
+			}
+			return
+		}
+		if err != 0 {
+			l.closeClient(c)
+			return
+		}
+		c.out = c.out[n:]
+	}
+	if c.wantOut {
+		c.wantOut = false
+		l.interest(c.fd, !c.paused, false)
+	}
+	c.served = true
+	// An idle connection keeps small buffers: one large request or answer
+	// does not stay with it.
+	if cap(c.outBuf) > keepBuf {
+		c.outBuf, c.out = nil, nil
+	}
+	if cap(c.req) > keepBuf {
+		c.req = nil
+	}
+	if len(c.in) == 0 && cap(c.in) > keepBuf {
+		c.in = nil
+	}
+	if c.closeAfter || l.e.closing.Load() {
+		l.closeClient(c)
+		return
+	}
+	c.state = clientIdle
+	l.setDeadline(c, l.e.s.srv.IdleTimeout)
+	if c.paused && !c.eof {
+		c.paused = false
+		l.interest(c.fd, true, false)
+	}
+	if len(c.in) > 0 || c.eof {
+		l.serve(c, c.in)
+	}
+}
+
+// expire acts on a client connection whose deadline has passed.
+func (l *evloop) expire(c *clientConn) {
+	switch {
+	case c.state == clientIdle && c.reading:
+		c.in = c.in[:0]
+		c.closeAfter = true
+		l.answerError(c, fasthttp.StatusRequestTimeout, "timeout", "request not received in time")
+	case c.state == clientUpstream:
+		l.e.s.log.Warn("passthrough failed", "route", c.rt.Name, "err", fasthttp.ErrTimeout)
+		l.answerError(c, fasthttp.StatusGatewayTimeout, "upstream_timeout", "upstream of route "+c.rt.Name+": "+fasthttp.ErrTimeout.Error())
+	default: // idle too long, or not reading its answer
+		l.closeClient(c)
+	}
+}
+
+func (l *evloop) closeClient(c *clientConn) {
+	if l.fds[int32(c.fd)] != c {
+		return
+	}
+	delete(l.fds, int32(c.fd))
+	unix.Close(c.fd)
+	if c.up != nil {
+		up := c.up
+		c.up, up.c = nil, nil
+		l.closeUp(up)
+	}
+	l.e.lim.open.Add(-1)
+	l.e.owned.Add(-1)
+}
+
+// release takes fd off the loop, as an *os.File for net.FileConn.
+func (l *evloop) release(fd int) *os.File {
+	delete(l.fds, int32(fd))
+	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, fd, nil)
+	unix.SetNonblock(fd, true)
+	return os.NewFile(uintptr(fd), "")
+}
+
+func fileConn(f *os.File) (net.Conn, error) {
+	defer f.Close()
+	return net.FileConn(f)
+}
+
+// handOff gives c to the fasthttp server with b, the bytes read and not
+// handled.
+func (l *evloop) handOff(c *clientConn, b []byte) {
+	pending := bytes.Clone(b)
+	l.e.handed.Add(1)
+	nc, err := fileConn(l.release(c.fd))
+	l.e.owned.Add(-1)
+	if err != nil {
+		l.e.lim.open.Add(-1)
+		return
+	}
+	l.e.give(nc, pending)
+}
+
+// stream hands an answer the loop does not relay itself, of which b has
+// come, to a goroutine that relays it as the fasthttp path does, and then
+// hands the client's connection to the fasthttp server.
+func (l *evloop) stream(up *upConn, b []byte) {
+	c := up.c
+	got := bytes.Clone(b)
+	rest := bytes.Clone(c.in)
+	closing := c.closeAfter || c.eof || l.e.closing.Load()
+	isHead, rt, deadline := c.isHead, c.rt, c.deadline
+	un, uerr := fileConn(l.release(up.fd))
+	cn, cerr := fileConn(l.release(c.fd))
+	up.c, c.up = nil, nil
+	if cerr != nil {
+		if un != nil {
+			un.Close()
+		}
+		l.e.lim.open.Add(-1)
+		l.e.owned.Add(-1)
+		return
+	}
+	l.e.streamed.Add(1)
+	go l.e.relayAnswer(cn, un, uerr, got, rest, isHead, closing, rt, deadline)
+}
+
+func (e *engine) relayAnswer(cn, un net.Conn, uerr error, got, rest []byte, isHead, closing bool, rt *route, deadline time.Time) {
+	release := func() {
+		cn.Close()
+		e.lim.open.Add(-1)
+		e.owned.Add(-1)
+	}
+	res := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseResponse(res)
+	res.StreamBody = true
+	res.SkipBody = isHead
+	err := uerr
+	if err == nil {
+		defer un.Close()
+		un.SetReadDeadline(deadline)
+		err = res.Read(bufio.NewReader(io.MultiReader(bytes.NewReader(got), un)))
+	}
+	cn.SetWriteDeadline(time.Now().Add(e.s.srv.WriteTimeout))
+	bw := bufio.NewWriter(cn)
+	if err != nil {
+		status, code := fasthttp.StatusBadGateway, "upstream_unreachable"
+		if errors.Is(err, fasthttp.ErrTimeout) || os.IsTimeout(err) {
+			status, code = fasthttp.StatusGatewayTimeout, "upstream_timeout"
+		}
+		e.s.log.Warn("passthrough failed", "route", rt.Name, "err", err)
+		var date []byte
+		bw.Write(appendErrorAnswer(nil, status, code, "upstream of route "+rt.Name+": "+err.Error(), appendHTTPDate(date, time.Now()), closing))
+		if bw.Flush() != nil || closing {
+			release()
+			return
+		}
+	} else {
+		stripHopResponse(&res.Header)
+		if len(res.Header.Server()) == 0 {
+			res.Header.SetServer("sluice")
+		}
+		if closing {
+			res.SetConnectionClose()
+		}
+		werr := res.Write(bw)
+		if werr == nil {
+			werr = bw.Flush()
+		}
+		if werr != nil || closing || e.closing.Load() {
+			release()
+			return
+		}
+	}
+	cn.SetDeadline(time.Time{})
+	e.owned.Add(-1)
+	e.give(cn, rest)
+}
+
+// closeIdle closes the connections waiting for a request, at shutdown; the
+// others close once their answer is written.
+func (l *evloop) closeIdle() {
+	for fd, h := range l.fds {
+		switch x := h.(type) {
+		case *clientConn:
+			if x.state == clientIdle {
+				l.closeClient(x)
+			}
+		case *acceptor:
+			delete(l.fds, fd)
+			unix.Close(x.fd)
+		}
+	}
+	for _, pool := range l.pools {
+		for _, up := range pool {
+			l.closeUp(up)
+		}
+	}
+}
+
+// stop closes what is left and ends the loop.
+func (l *evloop) stop() {
+	for fd, h := range l.fds {
+		switch x := h.(type) {
+		case *acceptor:
+			delete(l.fds, fd)
+			unix.Close(x.fd)
+		case *clientConn:
+			l.closeClient(x)
+		case *upConn:
+			x.c = nil
+			l.closeUp(x)
+		}
+	}
+	l.stopped = true
+}
+
+// loopCounts returns what the event loops did so far (for tests).
+func (s *Server) loopCounts() (relayed, streamed, handed uint64) {
+	e := s.engine.Load()
+	if e == nil {
+		return 0, 0, 0
+	}
+	return e.relayed.Load(), e.streamed.Load(), e.handed.Load()
+}

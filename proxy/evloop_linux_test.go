@@ -1,0 +1,237 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/testutil"
+)
+
+// echoUpstream answers each request with its method, URI and body, after
+// delay.
+func echoUpstream(t *testing.T, delay time.Duration) string {
+	t.Helper()
+	return testutil.Serve(t, &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		time.Sleep(delay)
+		fmt.Fprintf(ctx, "%s %s %s", ctx.Method(), ctx.RequestURI(), ctx.PostBody())
+	}})
+}
+
+const loopPolicy = `
+server: { event_loops: %d, read_timeout: 2s }
+routes:
+  - name: api
+    match: { path: / }
+    mode: passthrough
+    upstream: http://%s
+    timeout: %s
+`
+
+// dialLoop connects to addr, with a deadline of 10s for the test's exchange.
+func dialLoop(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	must(t, err)
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+// readAnswers reads n answers from br.
+func readAnswers(t *testing.T, br *bufio.Reader, n int) []string {
+	t.Helper()
+	var out []string
+	for range n {
+		var res fasthttp.Response
+		if err := res.Read(br); err != nil {
+			t.Fatalf("answer %d of %d: %v", len(out)+1, n, err)
+		}
+		out = append(out, fmt.Sprintf("%d %s", res.StatusCode(), res.Body()))
+	}
+	return out
+}
+
+func TestEventLoopPipelined(t *testing.T) {
+	addr, s := startPolicy(t, fmt.Sprintf(loopPolicy, 1, echoUpstream(t, 0), "5s"))
+	c, br := dialLoop(t, addr)
+	_, err := c.Write([]byte("GET /a HTTP/1.1\r\nHost: h\r\n\r\n" +
+		"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz" +
+		"GET /c?d=1 HTTP/1.1\r\nHost: h\r\n\r\n"))
+	must(t, err)
+	got := readAnswers(t, br, 3)
+	want := []string{"200 GET /a ", "200 POST /b xyz", "200 GET /c?d=1 "}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("pipelined answers %q, want %q", got, want)
+	}
+	if relayed, _, handed := s.loopCounts(); relayed != 3 || handed != 0 {
+		t.Fatalf("relayed %d, handed over %d: want 3 and 0", relayed, handed)
+	}
+}
+
+// A request that arrives in pieces is put together by the loop.
+func TestEventLoopSplitRequest(t *testing.T) {
+	addr, s := startPolicy(t, fmt.Sprintf(loopPolicy, 1, echoUpstream(t, 0), "5s"))
+	c, br := dialLoop(t, addr)
+	for _, piece := range []string{"POST /split HT", "TP/1.1\r\nHost: h\r\nContent-Le", "ngth: 6\r\n\r\n", "abc", "def"} {
+		_, err := c.Write([]byte(piece))
+		must(t, err)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := readAnswers(t, br, 1); got[0] != "200 POST /split abcdef" {
+		t.Fatalf("answer %q", got[0])
+	}
+	if relayed, _, handed := s.loopCounts(); relayed != 1 || handed != 0 {
+		t.Fatalf("relayed %d, handed over %d: want 1 and 0", relayed, handed)
+	}
+}
+
+// A request the loop does not relay itself hands the connection to the
+// fasthttp server, which serves it and what follows on it.
+func TestEventLoopHandsOver(t *testing.T) {
+	addr, s := startPolicy(t, fmt.Sprintf(loopPolicy, 1, echoUpstream(t, 0), "5s"))
+	c, br := dialLoop(t, addr)
+	_, err := c.Write([]byte("GET /first HTTP/1.1\r\nHost: h\r\n\r\n"))
+	must(t, err)
+	_ = readAnswers(t, br, 1)
+	_, err = c.Write([]byte("POST /chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" +
+		"GET /after HTTP/1.1\r\nHost: h\r\n\r\n"))
+	must(t, err)
+	got := readAnswers(t, br, 2)
+	if got[0] != "200 POST /chunked abc" || got[1] != "200 GET /after " {
+		t.Fatalf("answers %q", got)
+	}
+	if relayed, _, handed := s.loopCounts(); relayed != 1 || handed != 1 {
+		t.Fatalf("relayed %d, handed over %d: want 1 and 1", relayed, handed)
+	}
+}
+
+func TestEventLoopUpstreamTimeout(t *testing.T) {
+	bh := startBlackHole(t)
+	addr, _ := startPolicy(t, fmt.Sprintf(loopPolicy, 1, bh.addr, "300ms"))
+	start := time.Now()
+	r := do(t, "POST", "http://"+addr+"/slow", "x", nil)
+	if r.StatusCode() != 504 || !strings.Contains(string(r.Body()), `"upstream_timeout"`) {
+		t.Fatalf("answer %d %s, want 504 upstream_timeout", r.StatusCode(), r.Body())
+	}
+	if el := time.Since(start); el < 300*time.Millisecond || el > 3*time.Second {
+		t.Fatalf("answered after %v; the route's timeout is 300ms", el)
+	}
+	if n := bh.requests.Load(); n != 1 {
+		t.Fatalf("upstream got %d requests, want 1 (a timeout is never resent)", n)
+	}
+}
+
+// Shutdown lets a request in flight finish, with Connection: close.
+func TestEventLoopShutdownFinishesInFlight(t *testing.T) {
+	s, _ := newTestServer(t, fmt.Sprintf(loopPolicy, 1, echoUpstream(t, 400*time.Millisecond), "5s"), buffer.Config{}, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	must(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = c.Write([]byte("POST /inflight HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok"))
+	must(t, err)
+	time.Sleep(100 * time.Millisecond) // with the upstream now
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	var res fasthttp.Response
+	if err := res.Read(bufio.NewReader(c)); err != nil {
+		t.Fatalf("answer of the request in flight: %v", err)
+	}
+	if res.StatusCode() != 200 || string(res.Body()) != "POST /inflight ok" || !res.ConnectionClose() {
+		t.Fatalf("answer %d %q (Connection: close %v)", res.StatusCode(), res.Body(), res.ConnectionClose())
+	}
+	select {
+	case err := <-shut:
+		must(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		t.Fatal("still accepting after Shutdown")
+	}
+}
+
+// Many clients on two loops, each request's answer on its own connection:
+// no answer goes to another client, none is lost.
+func TestEventLoopManyClients(t *testing.T) {
+	addr, s := startPolicy(t, fmt.Sprintf(loopPolicy, 2, echoUpstream(t, 0), "5s"))
+	const clients, each = 40, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := range clients {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			br := bufio.NewReader(c)
+			for j := range each {
+				body := fmt.Sprintf("client %d request %d", i, j)
+				if _, err := fmt.Fprintf(c, "POST /c%d HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s", i, len(body), body); err != nil {
+					errs <- err
+					return
+				}
+				var res fasthttp.Response
+				if err := res.Read(br); err != nil {
+					errs <- err
+					return
+				}
+				if want := fmt.Sprintf("POST /c%d %s", i, body); string(res.Body()) != want {
+					errs <- fmt.Errorf("client %d got %q, want %q", i, res.Body(), want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if relayed, _, handed := s.loopCounts(); relayed != clients*each || handed != 0 {
+		t.Fatalf("relayed %d, handed over %d: want %d and 0", relayed, handed, clients*each)
+	}
+}
+
+// A client that half-closes after its request and then resets its
+// connection while the answer is pending is let go at once: its socket is
+// reported hung up at every wake-up, and must not keep the loop spinning.
+func TestEventLoopClientResetWhileWaiting(t *testing.T) {
+	addr, _ := startPolicy(t, fmt.Sprintf(loopPolicy, 1, echoUpstream(t, 1500*time.Millisecond), "5s"))
+	c, err := net.Dial("tcp", addr)
+	must(t, err)
+	_, err = c.Write([]byte("POST /gone HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx"))
+	must(t, err)
+	must(t, c.(*net.TCPConn).CloseWrite())
+	time.Sleep(100 * time.Millisecond) // the loop has read the end of the request side
+	must(t, c.(*net.TCPConn).SetLinger(0))
+	c.Close() // a reset
+	before := testutil.CPUTime()
+	time.Sleep(time.Second)
+	if used := testutil.CPUTime() - before; used > 400*time.Millisecond {
+		t.Fatalf("the process used %v of CPU in the second after the reset: the loop spins on the hung-up socket", used)
+	}
+}
