@@ -24,6 +24,17 @@ type State struct {
 	Routes     []RouteState `json:"routes"`
 	StoreBytes int64        `json:"store_bytes"`          // bytes of data in all segments
 	FreeBytes  int64        `json:"free_bytes,omitempty"` // free space of the data directory's file system; -1 unknown
+	Loops      LoopCounts   `json:"event_loops"`          // the public listener's event loops, since start
+}
+
+// LoopCounts is what the public listener's event loops did (server.
+// event_loops): passthrough requests relayed and answered by a loop,
+// answers streamed by a goroutine, connections handed to the
+// goroutine-per-connection server. All zero without loops.
+type LoopCounts struct {
+	Relayed    uint64 `json:"relayed"`
+	Streamed   uint64 `json:"streamed"`
+	HandedOver uint64 `json:"handed_over"`
 }
 
 // RouteState is one route and its targets.

@@ -14,7 +14,7 @@ import (
 // and registered. Request counts and the acknowledgement latency are
 // counted as requests are answered (Observe); everything else is read from
 // the node's State when /metrics is scraped, so the hot path pays nothing
-// for it. Labels are route, target, reason, state: never an id.
+// for it. Labels are route, target, reason, state, how: never an id.
 type Metrics struct {
 	reg      *prometheus.Registry
 	accepted *prometheus.CounterVec
@@ -119,6 +119,8 @@ var (
 	descCommFail = prometheus.NewDesc("sluice_writer_failed_commits_total", "Append commits that failed to write (for example, a full disk).", []string{"route"}, nil)
 	descBytes    = prometheus.NewDesc("sluice_store_bytes", "Bytes of data in all segments (what storage.max_bytes limits).", nil, nil)
 	descFree     = prometheus.NewDesc("sluice_disk_free_bytes", "Free space of the data directory's file system.", nil, nil)
+	descLoopReq  = prometheus.NewDesc("sluice_event_loop_requests_total", "Passthrough requests the public listener's event loops relayed, by how the answer went back: relayed (read whole by the loop) or streamed (by a goroutine: chunked, large or unframed).", []string{"how"}, nil)
+	descLoopGave = prometheus.NewDesc("sluice_event_loop_handed_over_total", "Connections the event loops handed to the goroutine-per-connection server, at a request they do not relay (another route, a chunked or large body, a malformed byte).", nil, nil)
 )
 
 // stateCollector turns a State into series at each scrape.
@@ -127,7 +129,7 @@ type stateCollector struct{ state func() State }
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBacklog, descOldest, descExpiredT, descPending, descRetrying, descInFlight, descRate, descRateWhy,
 		descPaused, descBreaker, descETA, descDelivered, descRetried, descDead, descOutcomes, descDeadNow, descAccepted, descMessages,
-		descAppended, descExpired, descCommits, descCommReq, descCommSec, descCommFail, descBytes, descFree} {
+		descAppended, descExpired, descCommits, descCommReq, descCommSec, descCommFail, descBytes, descFree, descLoopReq, descLoopGave} {
 		ch <- d
 	}
 }
@@ -189,6 +191,9 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if st.FreeBytes >= 0 {
 		gauge(descFree, float64(st.FreeBytes))
 	}
+	counter(descLoopReq, float64(st.Loops.Relayed), "relayed")
+	counter(descLoopReq, float64(st.Loops.Streamed), "streamed")
+	counter(descLoopGave, float64(st.Loops.HandedOver))
 }
 
 func b2f(b bool) float64 {

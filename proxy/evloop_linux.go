@@ -1083,11 +1083,11 @@ func (l *evloop) stop() {
 	l.stopped = true
 }
 
-// loopCounts returns what the event loops did so far (for tests).
-func (s *Server) loopCounts() (relayed, streamed, handed uint64) {
+// LoopCounts returns what the event loops did since Serve began.
+func (s *Server) LoopCounts() LoopCounts {
 	e := s.engine.Load()
 	if e == nil {
-		return 0, 0, 0
+		return LoopCounts{}
 	}
-	return e.relayed.Load(), e.streamed.Load(), e.handed.Load()
+	return LoopCounts{Relayed: e.relayed.Load(), Streamed: e.streamed.Load(), HandedOver: e.handed.Load()}
 }

@@ -72,8 +72,8 @@ func TestEventLoopPipelined(t *testing.T) {
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("pipelined answers %q, want %q", got, want)
 	}
-	if relayed, _, handed := s.loopCounts(); relayed != 3 || handed != 0 {
-		t.Fatalf("relayed %d, handed over %d: want 3 and 0", relayed, handed)
+	if lc := s.LoopCounts(); lc.Relayed != 3 || lc.HandedOver != 0 {
+		t.Fatalf("relayed %d, handed over %d: want 3 and 0", lc.Relayed, lc.HandedOver)
 	}
 }
 
@@ -89,8 +89,8 @@ func TestEventLoopSplitRequest(t *testing.T) {
 	if got := readAnswers(t, br, 1); got[0] != "200 POST /split abcdef" {
 		t.Fatalf("answer %q", got[0])
 	}
-	if relayed, _, handed := s.loopCounts(); relayed != 1 || handed != 0 {
-		t.Fatalf("relayed %d, handed over %d: want 1 and 0", relayed, handed)
+	if lc := s.LoopCounts(); lc.Relayed != 1 || lc.HandedOver != 0 {
+		t.Fatalf("relayed %d, handed over %d: want 1 and 0", lc.Relayed, lc.HandedOver)
 	}
 }
 
@@ -109,8 +109,8 @@ func TestEventLoopHandsOver(t *testing.T) {
 	if got[0] != "200 POST /chunked abc" || got[1] != "200 GET /after " {
 		t.Fatalf("answers %q", got)
 	}
-	if relayed, _, handed := s.loopCounts(); relayed != 1 || handed != 1 {
-		t.Fatalf("relayed %d, handed over %d: want 1 and 1", relayed, handed)
+	if lc := s.LoopCounts(); lc.Relayed != 1 || lc.HandedOver != 1 {
+		t.Fatalf("relayed %d, handed over %d: want 1 and 1", lc.Relayed, lc.HandedOver)
 	}
 }
 
@@ -211,8 +211,8 @@ func TestEventLoopManyClients(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if relayed, _, handed := s.loopCounts(); relayed != clients*each || handed != 0 {
-		t.Fatalf("relayed %d, handed over %d: want %d and 0", relayed, handed, clients*each)
+	if lc := s.LoopCounts(); lc.Relayed != clients*each || lc.HandedOver != 0 {
+		t.Fatalf("relayed %d, handed over %d: want %d and 0", lc.Relayed, lc.HandedOver, clients*each)
 	}
 }
 

@@ -5,6 +5,14 @@ import (
 	"sync"
 )
 
+// LoopCounts is what the event loops did: requests relayed and answered
+// whole, answers streamed by a goroutine (chunked, large or unframed), and
+// connections handed to the goroutine-per-connection server (a request the
+// loops do not relay). All zero without loops.
+type LoopCounts struct {
+	Relayed, Streamed, HandedOver uint64
+}
+
 // handoffListener is the fasthttp server's listener when the event loops
 // accept (evloop_linux.go): its Accept returns the connections they hand
 // over.

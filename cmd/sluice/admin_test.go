@@ -310,10 +310,17 @@ routes:
 }
 
 // TestAdminMetrics parses /metrics with Prometheus's text parser: what the
-// test sent and what was delivered are counted.
+// test sent and what was delivered are counted, and what the event loops
+// did with passthrough requests.
 func TestAdminMetrics(t *testing.T) {
+	up := testutil.Serve(t, &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/pass/large" {
+			ctx.SetBody(bytes.Repeat([]byte("L"), 100<<10))
+		}
+	}})
 	tn, down := startAdminNode(t, "unlimited", func(pol string) string {
-		return strings.Replace(pol, "    targets:", "    max_wait: 1h\n    targets:", 1)
+		pol = strings.Replace(pol, "    targets:", "    max_wait: 1h\n    targets:", 1)
+		return pol + "  - name: pass\n    match: { path: /pass }\n    mode: passthrough\n    upstream: http://" + up + "\n"
 	})
 	defer tn.n.stop(10 * time.Second)
 
@@ -381,6 +388,29 @@ func TestAdminMetrics(t *testing.T) {
 	}
 	if got := value(fams, "sluice_writer_commits_total", "route", "orders"); got <= 0 {
 		t.Errorf("sluice_writer_commits_total = %v", got)
+	}
+	// Passthrough: three relayed by a loop, one large answer streamed, then
+	// a chunked upload that hands the connection over, each on its own
+	// connection (the orders' connections were handed over too: a buffer
+	// route's requests are not the loops').
+	handed := value(fams, "sluice_event_loop_handed_over_total")
+	for _, path := range []string{"/pass/a", "/pass/b", "/pass/c", "/pass/large"} {
+		postOnce(t, tn.base+path, strings.NewReader("x"))
+	}
+	postOnce(t, tn.base+"/pass/chunked", io.MultiReader(strings.NewReader("chunked"))) // no length: chunked
+	fams = scrape(t, tn.admin)
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"sluice_event_loop_requests_total", []string{"how", "relayed"}, 3},
+		{"sluice_event_loop_requests_total", []string{"how", "streamed"}, 1},
+		{"sluice_event_loop_handed_over_total", nil, handed + 1},
+	} {
+		if got := value(fams, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
 	}
 	for name := range fams {
 		if !strings.HasPrefix(name, "sluice_") && !strings.HasPrefix(name, "go_") && !strings.HasPrefix(name, "process_") {
@@ -647,6 +677,21 @@ func TestDataDirHeld(t *testing.T) {
 type dtoFamily = dto.MetricFamily
 
 // scrape GETs /metrics and parses it with Prometheus's text parser.
+// postOnce posts body to url on a connection of its own and wants 200.
+func postOnce(t *testing.T, url string, body io.Reader) {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Post(url, "text/plain", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("POST %s: %d", url, resp.StatusCode)
+	}
+}
+
 func scrape(t *testing.T, admin string) map[string]*dtoFamily {
 	t.Helper()
 	req, _ := http.NewRequest("GET", admin+"/metrics", nil)

@@ -96,7 +96,7 @@ func (n *node) State() admin.State {
 	}
 	n.mu.Unlock()
 	now := time.Now()
-	st := admin.State{StoreBytes: n.store.Bytes(), FreeBytes: -1}
+	st := admin.State{StoreBytes: n.store.Bytes(), FreeBytes: -1, Loops: admin.LoopCounts(n.proxy.LoopCounts())}
 	if free, err := freeDisk(pol.Storage.Dir); err == nil {
 		st.FreeBytes = free
 	}
