@@ -235,3 +235,98 @@ func TestEventLoopClientResetWhileWaiting(t *testing.T) {
 		t.Fatalf("the process used %v of CPU in the second after the reset: the loop spins on the hung-up socket", used)
 	}
 }
+
+// Many clients on two loops mix every kind of request the loops relay or
+// hand over (small, chunked, large, pipelined, the status API, a buffer
+// route), against an upstream that sometimes answers chunked or large and
+// sometimes drops the connection: each client gets its own answers, in
+// order, each either right or a JSON 502, and the race detector watches the
+// loops, their streams and the fasthttp server together.
+func TestEventLoopMixedSoak(t *testing.T) {
+	var drops sync.Map
+	up := testutil.Serve(t, &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		path := string(ctx.Path())
+		switch {
+		case strings.HasSuffix(path, "/drop"):
+			if _, seen := drops.LoadOrStore(path, true); !seen {
+				ctx.HijackSetNoResponse(true)
+				ctx.Hijack(func(c net.Conn) {}) // closed without an answer, once
+				return
+			}
+		case strings.HasSuffix(path, "/chunked"):
+			ctx.SetBodyStreamWriter(func(w *bufio.Writer) { fmt.Fprintf(w, "%s %s", ctx.Method(), path); w.Flush() })
+			return
+		case strings.HasSuffix(path, "/large"):
+			ctx.SetBody([]byte(strings.Repeat("L", 70<<10)))
+			return
+		}
+		fmt.Fprintf(ctx, "%s %s %d", ctx.Method(), path, len(ctx.PostBody()))
+	}})
+	addr, _ := startPolicy(t, fmt.Sprintf(`
+server: { event_loops: 2, read_timeout: 5s }
+routes:
+  - name: stored
+    match: { path: /stored }
+    targets: [{ name: t, url: "http://127.0.0.1:1", rate: 0 }]
+  - name: api
+    match: { path: / }
+    mode: passthrough
+    upstream: http://%s
+    timeout: 5s
+`, up))
+	const clients, each = 24, 30
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := range clients {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			br := bufio.NewReader(c)
+			for j := range each {
+				p := fmt.Sprintf("/c%d/r%d", i, j)
+				var req, want string
+				switch (i + j) % 7 {
+				case 0:
+					req, want = "POST "+p+" HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello", "200 POST "+p+" 5"
+				case 1:
+					req, want = "POST "+p+" HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", "200 POST "+p+" 3"
+				case 2:
+					req, want = "GET "+p+"/chunked HTTP/1.1\r\nHost: h\r\n\r\n", "200 GET "+p+"/chunked"
+				case 3:
+					req, want = "GET "+p+"/large HTTP/1.1\r\nHost: h\r\n\r\n", "200 "+strings.Repeat("L", 70<<10)
+				case 4:
+					body := strings.Repeat("B", 70<<10)
+					req, want = "PUT "+p+" HTTP/1.1\r\nHost: h\r\nContent-Length: 71680\r\n\r\n"+body, "200 PUT "+p+" 71680"
+				case 5:
+					req, want = "POST "+p+"/drop HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx", "502"
+				case 6:
+					req, want = "GET /_sluice/v1/messages/nope HTTP/1.1\r\nHost: h\r\n\r\n", "400"
+				}
+				if _, err := c.Write([]byte(req)); err != nil {
+					errs <- fmt.Errorf("client %d request %d: %v", i, j, err)
+					return
+				}
+				var res fasthttp.Response
+				if err := res.Read(br); err != nil {
+					errs <- fmt.Errorf("client %d request %d: %v", i, j, err)
+					return
+				}
+				got := fmt.Sprintf("%d %s", res.StatusCode(), res.Body())
+				if !strings.HasPrefix(got, want) || (len(want) > 3 && got != want) {
+					errs <- fmt.Errorf("client %d request %d: got %.80q, want %.80q", i, j, got, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
