@@ -116,7 +116,7 @@ func (e *engine) serve() error {
 			unix.Close(lfd)
 			return
 		}
-		l.fds[int32(lfd)] = a
+		l.fds.set(lfd, a)
 	})
 	<-e.done
 	return nil
@@ -253,6 +253,30 @@ type upConn struct {
 	deadline time.Time // idle: closed after it
 }
 
+// fdTable is a loop's connections by descriptor: a slice, since
+// descriptors are small numbers, looked up at every event.
+type fdTable struct{ h []evhandler }
+
+func (t *fdTable) get(fd int) evhandler {
+	if fd >= 0 && fd < len(t.h) {
+		return t.h[fd]
+	}
+	return nil
+}
+
+func (t *fdTable) set(fd int, h evhandler) {
+	if fd >= len(t.h) {
+		t.h = append(t.h, make([]evhandler, fd+1-len(t.h)+len(t.h)/2)...)
+	}
+	t.h[fd] = h
+}
+
+func (t *fdTable) del(fd int) {
+	if fd >= 0 && fd < len(t.h) {
+		t.h[fd] = nil
+	}
+}
+
 // evloop is one event loop: one thread, one epoll set, the connections on it.
 type evloop struct {
 	e      *engine
@@ -262,7 +286,7 @@ type evloop struct {
 	tasks  []func(*evloop)
 	woken  atomic.Bool
 
-	fds      map[int32]evhandler
+	fds      fdTable
 	pools    map[*route][]*upConn
 	scratch  []byte
 	req      fastRequest
@@ -290,7 +314,7 @@ func newEvloop(e *engine) (*evloop, error) {
 		unix.Close(wfd)
 		return nil, err
 	}
-	return &evloop{e: e, ep: ep, wakefd: wfd, fds: map[int32]evhandler{}, pools: map[*route][]*upConn{},
+	return &evloop{e: e, ep: ep, wakefd: wfd, pools: map[*route][]*upConn{},
 		scratch: make([]byte, 64<<10)}, nil
 }
 
@@ -350,7 +374,7 @@ func (l *evloop) run() {
 				clear(tasks)
 				continue
 			}
-			if h := l.fds[ev.Fd]; h != nil {
+			if h := l.fds.get(int(ev.Fd)); h != nil {
 				h.event(l, ev.Events)
 			}
 		}
@@ -387,7 +411,7 @@ func (l *evloop) arm(t time.Time) {
 // scan acts on the deadlines passed and finds the next one.
 func (l *evloop) scan() {
 	l.nextScan = time.Time{}
-	for _, h := range l.fds {
+	for _, h := range l.fds.h {
 		switch x := h.(type) {
 		case *clientConn:
 			if x.deadline.IsZero() {
@@ -441,7 +465,7 @@ func (l *evloop) addClient(fd int, ip netip.Addr) {
 		l.e.owned.Add(-1)
 		return
 	}
-	l.fds[int32(fd)] = c
+	l.fds.set(fd, c)
 	l.tick()
 	l.setDeadline(c, l.e.s.readTimeout)
 }
@@ -449,7 +473,7 @@ func (l *evloop) addClient(fd int, ip netip.Addr) {
 func (c *clientConn) event(l *evloop, ev uint32) {
 	if ev&unix.EPOLLOUT != 0 && c.state == clientWriting {
 		l.flushClient(c)
-		if l.fds[int32(c.fd)] != c {
+		if l.fds.get(c.fd) != c {
 			return
 		}
 	}
@@ -653,7 +677,7 @@ func (l *evloop) dial(c *clientConn) {
 }
 
 func (l *evloop) dialed(c *clientConn, seq uint64, rt *route, fd int, err error) {
-	waiting := l.fds[int32(c.fd)] == c && c.seq == seq && c.state == clientUpstream && c.up == nil
+	waiting := l.fds.get(c.fd) == c && c.seq == seq && c.state == clientUpstream && c.up == nil
 	if err != nil {
 		if waiting {
 			l.e.s.log.Warn("passthrough failed", "route", rt.Name, "err", err)
@@ -673,7 +697,7 @@ func (l *evloop) dialed(c *clientConn, seq uint64, rt *route, fd int, err error)
 		}
 		return
 	}
-	l.fds[int32(fd)] = up
+	l.fds.set(fd, up)
 	if waiting {
 		l.attach(c, up)
 	} else {
@@ -710,7 +734,7 @@ type syscallConner interface {
 func (up *upConn) event(l *evloop, ev uint32) {
 	if ev&unix.EPOLLOUT != 0 && up.c != nil && up.wantOut {
 		l.flushUp(up)
-		if l.fds[int32(up.fd)] != up {
+		if l.fds.get(up.fd) != up {
 			return
 		}
 	}
@@ -834,8 +858,8 @@ func (l *evloop) putIdle(up *upConn) {
 }
 
 func (l *evloop) closeUp(up *upConn) {
-	if l.fds[int32(up.fd)] == up {
-		delete(l.fds, int32(up.fd))
+	if l.fds.get(up.fd) == up {
+		l.fds.del(up.fd)
 		unix.Close(up.fd)
 	}
 	if up.c == nil {
@@ -928,10 +952,10 @@ func (l *evloop) expire(c *clientConn) {
 }
 
 func (l *evloop) closeClient(c *clientConn) {
-	if l.fds[int32(c.fd)] != c {
+	if l.fds.get(c.fd) != c {
 		return
 	}
-	delete(l.fds, int32(c.fd))
+	l.fds.del(c.fd)
 	unix.Close(c.fd)
 	if c.up != nil {
 		up := c.up
@@ -944,7 +968,7 @@ func (l *evloop) closeClient(c *clientConn) {
 
 // release takes fd off the loop, as an *os.File for net.FileConn.
 func (l *evloop) release(fd int) *os.File {
-	delete(l.fds, int32(fd))
+	l.fds.del(fd)
 	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, fd, nil)
 	unix.SetNonblock(fd, true)
 	return os.NewFile(uintptr(fd), "")
@@ -1048,14 +1072,14 @@ func (e *engine) relayAnswer(cn, un net.Conn, uerr error, got, rest []byte, isHe
 // closeIdle closes the connections waiting for a request, at shutdown; the
 // others close once their answer is written.
 func (l *evloop) closeIdle() {
-	for fd, h := range l.fds {
+	for fd, h := range l.fds.h {
 		switch x := h.(type) {
 		case *clientConn:
 			if x.state == clientIdle {
 				l.closeClient(x)
 			}
 		case *acceptor:
-			delete(l.fds, fd)
+			l.fds.del(fd)
 			unix.Close(x.fd)
 		}
 	}
@@ -1068,10 +1092,10 @@ func (l *evloop) closeIdle() {
 
 // stop closes what is left and ends the loop.
 func (l *evloop) stop() {
-	for fd, h := range l.fds {
+	for fd, h := range l.fds.h {
 		switch x := h.(type) {
 		case *acceptor:
-			delete(l.fds, fd)
+			l.fds.del(fd)
 			unix.Close(x.fd)
 		case *clientConn:
 			l.closeClient(x)

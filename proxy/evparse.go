@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -63,7 +64,7 @@ func (h *head) parse(b []byte) int {
 				return parseOther
 			}
 			for _, c := range line {
-				if c < ' ' || c == 0x7f {
+				if byteClass[c]&classVisible == 0 {
 					return parseOther
 				}
 			}
@@ -82,28 +83,54 @@ func (h *head) parse(b []byte) int {
 			return parseOther
 		}
 		for _, c := range line[:colon] {
-			if !isTokenChar(c) {
+			if byteClass[c]&classToken == 0 {
 				return parseOther
 			}
 		}
 		v := line[colon+1:]
 		for _, c := range v {
-			if (c < ' ' && c != '\t') || c == 0x7f {
+			if byteClass[c]&classValue == 0 {
 				return parseOther
 			}
 		}
-		h.fields[h.n] = field{k: line[:colon], v: bytes.Trim(v, " \t")}
+		for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+			v = v[1:]
+		}
+		for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+			v = v[:len(v)-1]
+		}
+		h.fields[h.n] = field{k: line[:colon], v: v}
 		h.n++
 	}
 }
 
-func isTokenChar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
+func isTokenChar(c byte) bool { return byteClass[c]&classToken != 0 }
+
+// byteClass says what each byte may be in a head the loop relays: part of
+// a token (a method, a field name), of a field value (visible, blank or
+// obs-text), of the request or status line (no control character).
+var byteClass = func() (t [256]uint8) {
+	for c := range 256 {
+		b := byte(c)
+		switch {
+		case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9', strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0:
+			t[c] |= classToken
+		}
+		if (b >= ' ' || b == '\t') && b != 0x7f {
+			t[c] |= classValue
+		}
+		if b >= ' ' && b != 0x7f {
+			t[c] |= classVisible
+		}
 	}
-	return bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
-}
+	return t
+}()
+
+const (
+	classToken = 1 << iota
+	classValue
+	classVisible
+)
 
 func nameIs(k []byte, name string) bool {
 	return len(k) == len(name) && bytes.EqualFold(k, []byte(name))
