@@ -970,8 +970,8 @@ func (l *evloop) closeClient(c *clientConn) {
 func (l *evloop) release(fd int) *os.File {
 	l.fds.del(fd)
 	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, fd, nil)
-	unix.SetNonblock(fd, true)
-	return os.NewFile(uintptr(fd), "")
+	return os.NewFile(uintptr(fd), "") // non-blocking since accept4 or the dial
+
 }
 
 func fileConn(f *os.File) (net.Conn, error) {
