@@ -10,6 +10,9 @@
 // the count reaches -n and prints the rate between the first count above
 // -from and the last: "counted N in S s: R req/s".
 //
+// With -epoll it sends from one epoll loop instead of the fasthttp client
+// (epoll_linux.go): what a delivery client on an event loop would cost.
+//
 // With -netio its connections are wrapped as sluice's drainers wrap theirs
 // (internal/netio: lazy deadlines, raw I/O on Linux): the same client
 // code with sluice's connection layer, to tell that layer's share from the
@@ -40,6 +43,7 @@ func main() {
 	from := flag.Int("from", 0, "with -watch: the count before the run")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
 	useNetio := flag.Bool("netio", false, "wrap connections as sluice's drainers do (internal/netio)")
+	useEpoll := flag.Bool("epoll", false, "send from one epoll loop instead (epoll_linux.go): what a client on an event loop costs")
 	flag.Parse()
 	if *watch {
 		watchCount(*url, *from, *n, *timeout)
@@ -65,6 +69,14 @@ func main() {
 	body := make([]byte, *size)
 	for i := range body {
 		body[i] = 'a' + byte(i%26)
+	}
+	if *useEpoll {
+		cpu0, start := cpuTime(), time.Now()
+		sent, errs := epollBlast(string(req.Host()), *n, *conc, rawPost(string(req.Host()), string(req.RequestURI()), body))
+		el, cpu := time.Since(start), cpuTime()-cpu0
+		fmt.Printf("sent %d in %.3f s: %.0f req/s, %.1f cpu_us/req, %d errors\n", sent, el.Seconds(), float64(sent)/el.Seconds(),
+			float64(cpu.Microseconds())/float64(max(sent, 1)), errs)
+		return
 	}
 	var next, errs atomic.Int64
 	cpu0 := cpuTime()
