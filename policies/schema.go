@@ -242,6 +242,9 @@ func (d *decoder) server(top *mapping) Server {
 				s.TLS = t
 			}
 		}
+		if n, ok := m.vals["event_loops"]; ok && s.EventLoops != EventLoopsOff {
+			d.warnf(n.Line, m.field("event_loops"), "event_loops has no effect with tls: every TLS connection is served by a goroutine of its own")
+		}
 	}
 	return s
 }
