@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -328,5 +329,78 @@ routes:
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// A client that pipelines requests for large answers and does not read
+// them at first fills its socket (200 answers of 60 KiB: more than the
+// loopback's buffers hold): the loop keeps what it could not write, waits
+// until the socket drains, and every answer arrives whole and in order.
+func TestEventLoopSlowReader(t *testing.T) {
+	const size = 60 << 10 // relayed by the loop (up to 64 KiB)
+	up := testutil.Serve(t, &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		ctx.SetBody(bytes.Repeat(ctx.Path()[1:2], size))
+	}})
+	addr, s := startPolicy(t, fmt.Sprintf(loopPolicy, 1, up, "5s"))
+	c, err := net.Dial("tcp", addr)
+	must(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	const n = 200
+	var reqs strings.Builder
+	for i := range n {
+		fmt.Fprintf(&reqs, "GET /%c HTTP/1.1\r\nHost: h\r\n\r\n", 'a'+i%26)
+	}
+	go c.Write([]byte(reqs.String()))
+	time.Sleep(500 * time.Millisecond) // the loop meets a full socket
+	br := bufio.NewReader(c)
+	for i := range n {
+		var res fasthttp.Response
+		if err := res.Read(br); err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		if want := bytes.Repeat([]byte{byte('a' + i%26)}, size); res.StatusCode() != 200 || !bytes.Equal(res.Body(), want) {
+			t.Fatalf("answer %d: %d, %d bytes, not %d of %q", i, res.StatusCode(), len(res.Body()), size, string(rune('a'+i%26)))
+		}
+	}
+	if lc := s.LoopCounts(); lc.Relayed != n || lc.HandedOver != 0 {
+		t.Fatalf("relayed %d, handed over %d: want %d and 0", lc.Relayed, lc.HandedOver, n)
+	}
+}
+
+// An upstream slow to read (a small receive buffer, its first read after
+// 300 ms) still gets the whole 60 KiB request, and its answer is relayed.
+func TestEventLoopSlowUpstreamReader(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	t.Cleanup(func() { ln.Close() })
+	got := make(chan int, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.(*net.TCPConn).SetReadBuffer(4096)
+		time.Sleep(300 * time.Millisecond) // the proxy meets a full socket
+		var req fasthttp.Request
+		if err := req.Read(bufio.NewReaderSize(c, 512)); err != nil {
+			got <- -1
+			return
+		}
+		got <- len(req.Body())
+		c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+	}()
+	addr, s := startPolicy(t, fmt.Sprintf(loopPolicy, 1, ln.Addr().String(), "5s"))
+	body := strings.Repeat("u", 60<<10)
+	r := do(t, "POST", "http://"+addr+"/upload", body, nil)
+	if r.StatusCode() != 200 || string(r.Body()) != "ok" {
+		t.Fatalf("answer %d %q", r.StatusCode(), r.Body())
+	}
+	if n := <-got; n != len(body) {
+		t.Fatalf("upstream got %d bytes of body, want %d", n, len(body))
+	}
+	if lc := s.LoopCounts(); lc.Relayed != 1 {
+		t.Fatalf("relayed %d, want 1", lc.Relayed)
 	}
 }
