@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -402,5 +403,69 @@ func TestEventLoopSlowUpstreamReader(t *testing.T) {
 	}
 	if lc := s.LoopCounts(); lc.Relayed != 1 {
 		t.Fatalf("relayed %d, want 1", lc.Relayed)
+	}
+}
+
+// A chunked answer that has all come is relayed by the loop; one still
+// coming (a stream: server-sent events, progress) goes out as it comes,
+// its first chunk before the rest is sent.
+func TestEventLoopChunkedAnswers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					var req fasthttp.Request
+					if err := req.Read(br); err != nil {
+						return
+					}
+					if string(req.URI().Path()) == "/stream" {
+						c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n"))
+						time.Sleep(400 * time.Millisecond)
+						c.Write([]byte("5\r\nlast\n\r\n0\r\n\r\n"))
+						continue
+					}
+					c.Write([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nwhole\r\n0\r\n\r\n"))
+				}
+			}()
+		}
+	}()
+	addr, s := startPolicy(t, fmt.Sprintf(loopPolicy, 1, ln.Addr().String(), "5s"))
+	c, br := dialLoop(t, addr)
+	_, err = c.Write([]byte("GET /whole HTTP/1.1\r\nHost: h\r\n\r\n"))
+	must(t, err)
+	if got := readAnswers(t, br, 1); got[0] != "200 whole" {
+		t.Fatalf("whole chunked answer: %q", got[0])
+	}
+	if lc := s.LoopCounts(); lc.Relayed != 1 || lc.Streamed != 0 {
+		t.Fatalf("relayed %d, streamed %d: want 1 and 0", lc.Relayed, lc.Streamed)
+	}
+	c2, br2 := dialLoop(t, addr)
+	start := time.Now()
+	_, err = c2.Write([]byte("GET /stream HTTP/1.1\r\nHost: h\r\n\r\n"))
+	must(t, err)
+	var res fasthttp.Response
+	res.StreamBody = true
+	must(t, res.Read(br2))
+	first := make([]byte, 6)
+	_, err = io.ReadFull(res.BodyStream(), first)
+	must(t, err)
+	if el := time.Since(start); string(first) != "first\n" || el > 300*time.Millisecond {
+		t.Fatalf("first chunk %q after %v: want it before the upstream's pause ends (400ms)", first, el)
+	}
+	rest, _ := io.ReadAll(res.BodyStream())
+	if string(rest) != "last\n" {
+		t.Fatalf("rest of the stream %q", rest)
+	}
+	if lc := s.LoopCounts(); lc.Streamed != 1 {
+		t.Fatalf("streamed %d, want 1", lc.Streamed)
 	}
 }

@@ -335,13 +335,17 @@ type fastAnswer struct {
 	server      []byte
 	contentType []byte
 	hasLength   bool
+	chunked     bool // its body is chunked, and whole in the bytes parsed
 	conn        connInfo
 }
 
 // parse parses the answer at the start of b to a request whose method was
 // HEAD or not: parseOK once the head and the whole body are in b (size()
 // bytes), parseMore before, parseOther for one the loop does not relay
-// itself (1xx, chunked, HTTP/1.0, without a length, over wholeBodyMax).
+// itself (1xx, HTTP/1.0, without a length, over wholeBodyMax, trailers).
+// A chunked answer is the loop's only if it is whole in b already: one that
+// is still coming may be a stream (server-sent events, progress), and goes
+// to the goroutine that streams it at once.
 func (a *fastAnswer) parse(b []byte, isHead bool) int {
 	if res := a.head.parse(b); res != parseOK {
 		return res
@@ -353,8 +357,8 @@ func (a *fastAnswer) parse(b []byte, isHead bool) int {
 	if err != nil || st < 200 || st > 999 {
 		return parseOther
 	}
-	a.status, a.length, a.hasLength, a.server, a.contentType, a.conn = st, 0, false, nil, nil, connInfo{}
-	lengths := 0
+	a.status, a.length, a.hasLength, a.chunked, a.server, a.contentType, a.conn = st, 0, false, false, nil, nil, connInfo{}
+	lengths, codings := 0, 0
 	for _, f := range a.fields[:a.n] {
 		switch {
 		case nameIs(f.k, "Content-Length"):
@@ -364,7 +368,12 @@ func (a *fastAnswer) parse(b []byte, isHead bool) int {
 			}
 			a.length, a.declared, a.hasLength = n, n, true
 			lengths++
-		case nameIs(f.k, "Transfer-Encoding"), nameIs(f.k, "Trailer"):
+		case nameIs(f.k, "Transfer-Encoding"):
+			if !bytes.EqualFold(f.v, []byte("chunked")) {
+				return parseOther
+			}
+			codings++
+		case nameIs(f.k, "Trailer"):
 			return parseOther
 		case nameIs(f.k, "Connection"):
 			a.conn.add(f.v)
@@ -375,6 +384,17 @@ func (a *fastAnswer) parse(b []byte, isHead bool) int {
 		}
 	}
 	bodiless := isHead || st == 204 || st == 304
+	if codings > 0 {
+		if codings > 1 || lengths > 0 || bodiless || a.conn.over {
+			return parseOther
+		}
+		end := chunkedEnd(b, a.size)
+		if end < 0 {
+			return parseOther
+		}
+		a.chunked, a.length = true, end-a.size
+		return parseOK
+	}
 	if lengths > 1 || a.conn.over || (!a.hasLength && !bodiless) || a.length > wholeBodyMax {
 		return parseOther
 	}
@@ -389,6 +409,56 @@ func (a *fastAnswer) parse(b []byte, isHead bool) int {
 
 // total is the answer's bytes, head and body.
 func (a *fastAnswer) total() int { return a.size + a.length }
+
+// chunkedEnd returns where the chunked body that starts at b[start:] ends,
+// last chunk and final CRLF included, or -1 if it is not all in b, has
+// trailers or a malformed size line, or holds more than wholeBodyMax
+// bytes. Chunk extensions are kept (the bytes are relayed as they came).
+func chunkedEnd(b []byte, start int) int {
+	pos, total := start, 0
+	for {
+		i := bytes.Index(b[pos:], []byte("\r\n"))
+		if i <= 0 || i > 1024 {
+			return -1
+		}
+		line := b[pos : pos+i]
+		if j := bytes.IndexByte(line, ';'); j >= 0 {
+			for _, c := range line[j:] {
+				if byteClass[c]&classVisible == 0 && c != '\t' {
+					return -1
+				}
+			}
+			line = line[:j]
+		}
+		if len(line) == 0 || len(line) > 8 {
+			return -1
+		}
+		n := 0
+		for _, c := range line {
+			switch {
+			case '0' <= c && c <= '9':
+				n = n<<4 | int(c-'0')
+			case 'a' <= c && c <= 'f':
+				n = n<<4 | int(c-'a'+10)
+			case 'A' <= c && c <= 'F':
+				n = n<<4 | int(c-'A'+10)
+			default:
+				return -1
+			}
+		}
+		pos += i + 2
+		if n == 0 { // the last chunk; no trailers
+			if len(b) < pos+2 || b[pos] != '\r' || b[pos+1] != '\n' {
+				return -1
+			}
+			return pos + 2
+		}
+		if total += n; total > wholeBodyMax || len(b) < pos+n+2 || b[pos+n] != '\r' || b[pos+n+1] != '\n' {
+			return -1
+		}
+		pos += n + 2
+	}
+}
 
 // appendClient appends the answer as the fasthttp path gives it to the
 // client: the status line as the upstream sent it, its Server or sluice's,
@@ -430,6 +500,9 @@ func (a *fastAnswer) appendClient(dst, b, date []byte, closing bool) []byte {
 		dst = append(dst, ": "...)
 		dst = append(dst, f.v...)
 		dst = append(dst, "\r\n"...)
+	}
+	if a.chunked {
+		dst = append(dst, "Transfer-Encoding: chunked\r\n"...) // hop-by-hop: dropped above, and this hop's too
 	}
 	if closing {
 		dst = append(dst, "Connection: close\r\n"...)

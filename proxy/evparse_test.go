@@ -71,6 +71,7 @@ func FuzzFastAnswer(f *testing.F) {
 		"HTTP/1.1 204 No Content\r\nConnection: X-A\r\nX-A: 1\r\n\r\n",
 		"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 10\r\n\r\n",
 		"HTTP/1.1 503 Busy\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n",
 	} {
 		f.Add([]byte(s), false)
 	}
@@ -89,7 +90,7 @@ func FuzzFastAnswer(f *testing.F) {
 		if err := res.Read(bufio.NewReader(bytes.NewReader(data[:a.total()]))); err != nil {
 			t.Fatalf("accepted an answer fasthttp refuses: %v", err)
 		}
-		if res.StatusCode() != a.status || !bytes.Equal(res.Body(), data[a.size:a.total()]) {
+		if res.StatusCode() != a.status || (!a.chunked && !bytes.Equal(res.Body(), data[a.size:a.total()])) {
 			t.Fatalf("read otherwise: %d %q against fasthttp's %d %q", a.status, data[a.size:a.total()], res.StatusCode(), res.Body())
 		}
 		out := a.appendClient(nil, data, date, false)
