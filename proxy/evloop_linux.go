@@ -34,17 +34,19 @@ import (
 // what passthrough needs to cost less than nginx (bench/passthrough.sh;
 // bench/passfloor's -kind epoll is the same relay with no HTTP at all).
 //
-// The loops relay only what evparse.go accepts: a whole plain HTTP/1.1
-// request of up to 64 KiB, arrived, to a passthrough route over http:// with
-// no rate limit, answered with a Content-Length of up to 64 KiB. At anything
-// else (a buffer, spillover or log route, the status API, a partial or
-// pipelined-partial request, a chunked or large body, a malformed byte) the
-// connection is handed, with the bytes already read, to the fasthttp server
-// that serves every connection without the loops: from then on it is served
-// as it would have been, with all its checks and streaming. An answer the
-// loop does not relay itself (chunked, large, HTTP/1.0, without a length)
-// is streamed by a goroutine with fasthttp's reader, and the connection is
-// then handed over. TLS connections never go to the loops.
+// The loops relay only what evparse.go accepts: a plain HTTP/1.1 request
+// of up to 64 KiB (put together within read_timeout if it comes in pieces)
+// to a passthrough route over http:// with no rate limit, answered with a
+// Content-Length of up to 64 KiB or chunked and whole by the time it is
+// read. At anything else (a buffer, spillover or log route, the status
+// API, a chunked or large request body, a malformed byte) the connection is
+// handed, with the bytes already read, to the fasthttp server that serves
+// every connection without the loops: from then on it is served as it
+// would have been, with all its checks and streaming. An answer the loop
+// does not relay itself (large, HTTP/1.0, without a length, or chunked and
+// still coming: a stream) is streamed by a goroutine with fasthttp's
+// reader as it comes, and the connection is then handed over. TLS
+// connections never go to the loops.
 //
 // Timeouts are those of the fasthttp path: idle_timeout between requests,
 // read_timeout for the first, the route's timeout for the answer (504),
