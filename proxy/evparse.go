@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -533,5 +534,5 @@ func appendErrorAnswer(dst []byte, status int, code, msg string, date []byte, cl
 
 // appendHTTPDate appends t as an HTTP date (RFC 9110 section 5.6.7).
 func appendHTTPDate(dst []byte, t time.Time) []byte {
-	return t.UTC().AppendFormat(dst, "Mon, 02 Jan 2006 15:04:05 GMT")
+	return t.UTC().AppendFormat(dst, http.TimeFormat)
 }

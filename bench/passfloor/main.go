@@ -30,7 +30,7 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:18084", "address")
 	upstream := flag.String("upstream", "127.0.0.1:18080", "upstream address")
-	kind := flag.String("kind", "relay", "relay, epoll or fasthttp")
+	kind := flag.String("kind", "relay", "relay, epoll (-loops), epoll2 or fasthttp")
 	loops := flag.Int("loops", 1, "event loops of -kind epoll")
 	flag.Parse()
 	switch *kind {
@@ -52,7 +52,7 @@ func main() {
 		}
 		log.Fatal(srv.ListenAndServe(*listen))
 	default:
-		log.Fatalf("-kind %q: want relay or fasthttp", *kind)
+		log.Fatalf("-kind %q: want relay, epoll, epoll2 or fasthttp", *kind)
 	}
 }
 
