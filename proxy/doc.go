@@ -57,9 +57,10 @@
 // policy passes requests through, plain-HTTP connections are accepted by a
 // few threads with an epoll set each, which relay the plainest passthrough
 // requests and answers themselves (evparse.go says which) and hand every
-// other connection, with the bytes read, to the fasthttp server. What the
-// upstream receives and the client gets is the same on both paths
-// (TestEventLoopParity); the guarantees above hold on both.
+// other connection, with the bytes read, to the fasthttp server. The
+// upstream receives the same request and the client the same status,
+// fields and body on both paths (TestEventLoopParity; a chunked answer's
+// chunks may be cut differently); the guarantees above hold on both.
 //
 // Costs: one goroutine per connection (fasthttp's worker pool) beside the
 // event loops, none for a connection the loops keep; a buffered
