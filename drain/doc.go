@@ -45,7 +45,7 @@
 //   - Concurrency: at most Target.Concurrency requests are open to the target
 //     at once. Messages are fetched only when a slot and a token are free, so a
 //     message held back by the rate stays queued, not in flight. (With no
-//     rate limit, up to Concurrency more are fetched ahead, the chain; they
+//     rate limit, up to 3*Concurrency more are fetched ahead, the chain; they
 //     are given back at a pause or a stop.) (A request
 //     that timed out frees its slot at once, though the target may still be
 //     working on it.)
@@ -160,8 +160,8 @@
 // goroutine hands their outcomes to the store in batches (Source's
 // CompleteBatch when it has one). Up to Concurrency + 1024 outcomes may
 // wait to be recorded; their messages' bodies are dropped once sent, so
-// memory is bounded by Concurrency bodies in flight and as many fetched
-// ahead (the chain, below; a batch target holds the batch being filled,
+// memory is bounded by Concurrency bodies in flight and three times as
+// many fetched ahead (the chain, below; a batch target holds the batch being filled,
 // fairness up to 4*Concurrency ready messages): an attempt reads its
 // answer's status line and headers and discards the body as it streams
 // (keeping at most capture_response.max_bytes of it), so answers of any
@@ -174,7 +174,7 @@
 //
 // At full speed the run loop is kept off the path of each message: for a
 // plain target with no rate limit, a closed breaker and no control call
-// since the loop last looked, the plain feeder keeps up to Concurrency
+// since the loop last looked, the plain feeder keeps up to 3*Concurrency
 // fetched messages in a chain (chain.go), and a worker whose attempt got a
 // 2xx keeps its slot and starts the next one from it. Any change (a pause,
 // a rate, a window's boundary, the breaker, a control call) closes the
