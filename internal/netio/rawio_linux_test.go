@@ -113,3 +113,50 @@ func TestRawIOClose(t *testing.T) {
 		t.Fatal("Close did not end the read")
 	}
 }
+
+// TestDetachFDAndBack: a dialed connection taken off the poller keeps
+// working on its descriptor, and FileConn gives it back as a net.Conn.
+func TestDetachFDAndBack(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		b := make([]byte, 5)
+		io.ReadFull(c, b)
+		c.Write([]byte("pong"))
+		got <- string(b)
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := DetachFD(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, errno := RawWrite(fd, []byte("hello")); n != 5 || errno != 0 {
+		t.Fatalf("RawWrite: %d, %v", n, errno)
+	}
+	if s := <-got; s != "hello" {
+		t.Fatalf("the server read %q", s)
+	}
+	back, err := FileConn(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	back.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(back, b); err != nil || string(b) != "pong" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+}
