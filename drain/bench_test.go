@@ -22,14 +22,25 @@ func noopServer(b *testing.B) string {
 }
 
 // BenchmarkDrainNoop measures delivered messages per second: a drainer with
-// unlimited rate and concurrency 16, against a server that does nothing. The
+// unlimited rate and concurrency 64, against a server that does nothing. The
 // store is on SyncNever so that the number is the drainer's (fetch, replay,
-// record), not the disk's fsync latency; SyncAlways is the second case.
+// record), not the disk's fsync latency; SyncAlways is the second case. Each
+// runs with the attempts on the delivery loop (loop=on, the default on
+// Linux) and in goroutines (loop=off, Config.NoLoop).
 func BenchmarkDrainNoop(b *testing.B) {
-	for _, bc := range []struct {
+	type benchCase struct {
+		name   string
+		sync   buffer.SyncMode
+		noLoop bool
+	}
+	var cases []benchCase
+	for _, s := range []struct {
 		name string
 		sync buffer.SyncMode
 	}{{"sync=never", buffer.SyncNever}, {"sync=always", buffer.SyncAlways}} {
+		cases = append(cases, benchCase{s.name + "/loop=on", s.sync, false}, benchCase{s.name + "/loop=off", s.sync, true})
+	}
+	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) {
 			srvURL := noopServer(b)
 			st := openStore(b, b.TempDir(), bc.sync)
@@ -37,7 +48,7 @@ func BenchmarkDrainNoop(b *testing.B) {
 			appendN(b, q, b.N, order)
 			target := testTarget("a", srvURL)
 			target.Concurrency = benchConcurrency
-			d, err := New(Config{Route: "orders", Target: target, Logger: quietLogger()}, consumer(b, q, "a"))
+			d, err := New(Config{Route: "orders", Target: target, Logger: quietLogger(), NoLoop: bc.noLoop}, consumer(b, q, "a"))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -75,6 +75,11 @@ type Config struct {
 	// called (it was checked at ingest too; the policy may have changed
 	// since). Required with CallbackHeader.
 	Callbacks *policies.Callbacks
+
+	// NoLoop makes every attempt in a goroutine of its own with the
+	// fasthttp client, never on a delivery loop (loop_linux.go; the policy's
+	// server.event_loops: 0).
+	NoLoop bool
 }
 
 const (
@@ -103,6 +108,7 @@ type Drainer struct {
 	// cannot be recorded is retried until then (see record).
 	halt   atomic.Pointer[chan struct{}]
 	route  string
+	noLoop bool            // Config.NoLoop
 	target policies.Target // defaulted; never changed after New
 	src    Source
 	log    *slog.Logger
@@ -197,6 +203,7 @@ func New(cfg Config, src Source) (*Drainer, error) {
 	t = t.WithDefaults()
 	d := &Drainer{
 		route:  cfg.Route,
+		noLoop: cfg.NoLoop,
 		target: t,
 		src:    src,
 		log:    cfg.Logger,
@@ -222,10 +229,19 @@ func New(cfg Config, src Source) (*Drainer, error) {
 		d.ep.callback = cfg.CallbackHeader
 		d.cb.init(cfg)
 	}
-	d.client = &fasthttp.HostClient{
+	d.client = d.hostClient(cfg.TLSConfig)
+	return d, nil
+}
+
+// hostClient returns the fasthttp client the attempts that are not made on
+// the delivery loop are made with (and, with its own transport, the reader
+// of the answers the loop does not read itself: loop_linux.go).
+func (d *Drainer) hostClient(tlsConfig *tls.Config) *fasthttp.HostClient {
+	t := &d.target
+	return &fasthttp.HostClient{
 		Addr:                          d.ep.addr,
 		IsTLS:                         d.ep.scheme == "https",
-		TLSConfig:                     cfg.TLSConfig,
+		TLSConfig:                     tlsConfig,
 		MaxConns:                      t.Concurrency,
 		MaxConnWaitTimeout:            t.Timeout,
 		WriteTimeout:                  t.Timeout, // also bounds dialling and the TLS handshake
@@ -255,7 +271,6 @@ func New(cfg Config, src Source) (*Drainer, error) {
 			return netio.NewConn(c), nil
 		},
 	}
-	return d, nil
 }
 
 func validRate(r policies.Rate) bool {
@@ -459,6 +474,12 @@ func (d *Drainer) Run(ctx context.Context) error {
 		work: make(chan job, d.target.Concurrency), quit: make(chan struct{}),
 		recq: make(chan recItem, d.target.Concurrency+recordWindow), recDone: make(chan struct{})}
 	go r.recorder()
+	if d.useLoop() {
+		var err error
+		if r.lp, err = newLoop(r); err != nil {
+			d.log.Warn("cannot start the delivery loop; attempts are made by goroutines", "err", err)
+		}
+	}
 	if d.target.Adaptive != nil {
 		r.ad = newAIMD(d.target.Adaptive)
 	}
@@ -484,6 +505,9 @@ func (d *Drainer) Run(ctx context.Context) error {
 	}
 	close(r.quit)
 	r.workers.Wait()
+	if r.lp != nil {
+		r.lp.close()
+	}
 	close(r.recq) // empty: nothing is outstanding
 	<-r.recDone
 	r.releaseUnrecorded()
@@ -493,6 +517,15 @@ func (d *Drainer) Run(ctx context.Context) error {
 		return fmt.Errorf("drain: route %q: target %q: %w", d.route, d.target.Name, err)
 	}
 	return nil
+}
+
+// useLoop reports whether the attempts are made on a delivery loop
+// (loop_linux.go): on Linux, unless Config.NoLoop, for a target whose
+// attempts are single requests (not batches) over http:// and whose answers
+// are not captured.
+func (d *Drainer) useLoop() bool {
+	t := &d.target
+	return loopSupported && !d.noLoop && d.ep.scheme == "http" && t.Batch == nil && t.CaptureResponse == nil
 }
 
 // event is what an attempt goroutine tells the run loop.
@@ -553,6 +586,7 @@ type runner struct {
 	// Worker goroutines that make the attempts (see worker), and the
 	// recorder that records their outcomes (see recorder).
 	work    chan job     // attempts for the workers; capacity Concurrency
+	lp      *loop        // when not nil, the attempts are made on it instead (loop_linux.go)
 	alive   atomic.Int32 // workers running
 	quit    chan struct{}
 	workers sync.WaitGroup
@@ -925,6 +959,10 @@ func (r *runner) take(now time.Time, gen uint64) bool {
 func (r *runner) launch(dl *store.Delivery, now time.Time) {
 	r.sending++
 	r.outstanding++
+	if r.lp != nil {
+		r.lp.submit(job{dl: dl, probe: r.br.Started(now)})
+		return
+	}
 	r.work <- job{dl: dl, probe: r.br.Started(now)}
 	if int(r.alive.Load()) < r.sending {
 		r.alive.Add(1)
@@ -980,25 +1018,32 @@ func (r *runner) worker() {
 // and hands the outcome to the recorder; then, if the attempt succeeded
 // and the chain has a message, the same for it.
 func (r *runner) attempt(j job) {
-	d := r.d
 	for {
-		res := d.send(j.dl)
-		j.dl.Body = nil // sent: only the outcome is left to record (see recordWindow)
-		var next *store.Delivery
-		if r.ch != nil && res.err == nil && res.status >= 200 && res.status <= 299 {
-			next = r.ch.take(d.control.Load(), d.now())
-		}
-		r.events <- event{res: res, probe: j.probe, chained: next != nil}
-
-		d.rndMu.Lock()
-		rnd := d.rnd()
-		d.rndMu.Unlock()
-		r.recq <- recItem{dl: j.dl, out: decide(&d.target, j.dl.Attempt, res, rnd), res: res}
+		next := r.attempted(j, r.d.send(j.dl))
 		if next == nil {
 			return
 		}
 		j = job{dl: next}
 	}
+}
+
+// attempted tells the run loop that j's HTTP call is over and hands its
+// outcome to the recorder. It returns the chain's next message if the
+// attempt succeeded and the chain has one: the caller sends it on the same
+// slot (and may on the same connection).
+func (r *runner) attempted(j job, res result) (next *store.Delivery) {
+	d := r.d
+	j.dl.Body = nil // sent: only the outcome is left to record (see recordWindow)
+	if r.ch != nil && res.err == nil && res.status >= 200 && res.status <= 299 {
+		next = r.ch.take(d.control.Load(), d.now())
+	}
+	r.events <- event{res: res, probe: j.probe, chained: next != nil}
+
+	d.rndMu.Lock()
+	rnd := d.rnd()
+	d.rndMu.Unlock()
+	r.recq <- recItem{dl: j.dl, out: decide(&d.target, j.dl.Attempt, res, rnd), res: res}
+	return next
 }
 
 // recItem is an outcome waiting to be recorded.
@@ -1196,6 +1241,16 @@ func (d *Drainer) do(req *fasthttp.Request, resp *fasthttp.Response, keep int64)
 	at := d.now()
 	resp.StreamBody = keep >= 0
 	err := d.client.DoDeadline(req, resp, time.Now().Add(d.target.Timeout))
+	res := d.answered(resp, err, keep, at)
+	d.sending.Add(-1)
+	return res
+}
+
+// answered turns what reading an answer into resp came to (err, and resp
+// with the body streamed or read as do says for keep) into the attempt's
+// result: the status, a captured answer, Retry-After. It reads and closes
+// a streamed body. at is when the attempt started.
+func (d *Drainer) answered(resp *fasthttp.Response, err error, keep int64, at time.Time) result {
 	var body []byte
 	var truncated bool
 	if stream := resp.BodyStream(); stream != nil && err == nil {
@@ -1206,7 +1261,6 @@ func (d *Drainer) do(req *fasthttp.Request, resp *fasthttp.Response, keep int64)
 	}
 	resp.CloseBodyStream() // back to the pool when read to its end; else the connection is closed
 	res := result{at: at, dur: d.now().Sub(at)}
-	d.sending.Add(-1)
 
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		err = nil // the status line and headers were read: the answer is known

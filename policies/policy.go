@@ -131,7 +131,8 @@ type Server struct {
 	// connections and relay passthrough requests themselves, on Linux.
 	// EventLoopsAuto (0, "auto" in the file, the default): one per CPU
 	// sluice may use (GOMAXPROCS); EventLoopsOff (the file's 0): none, a
-	// goroutine per connection, as on other systems; else 1..64.
+	// goroutine per connection, as on other systems, and the drainers
+	// make their attempts in goroutines too (no delivery loops); else 1..64.
 	EventLoops int
 	TLS        *TLS // key tls: serve HTTPS with these files; nil (the default) = plain HTTP
 	Line       int  // line of the server mapping; 0 if the file has none

@@ -40,6 +40,11 @@ type node struct {
 	reload   func() (*policies.Policy, error)
 	reloadMu sync.Mutex // one reload at a time
 
+	// noLoops: server.event_loops is 0, so the drainers make their
+	// attempts in goroutines too, not on delivery loops (read at start,
+	// as the listener's).
+	noLoops bool
+
 	mu     sync.Mutex // guards pol, queues and runs
 	pol    *policies.Policy
 	queues map[string]nodeQueue // of the buffer and spillover routes, by route; a reload adds, never removes
@@ -160,6 +165,7 @@ func startNode(pol *policies.Policy, ln net.Listener, log *slog.Logger) (n *node
 		}()
 	}
 	n = &node{log: log, ln: ln, lock: lock, pol: pol, runs: map[runKey]*targetRun{}, controls: controls,
+		noLoops:  pol.Server.EventLoops == policies.EventLoopsOff,
 		serveErr: make(chan error, 1), adminErr: make(chan error, 1), adminEnd: make(chan struct{}), stopCtl: make(chan struct{})}
 	n.metrics = admin.NewMetrics(n.State)
 	st, err := openEngine(pol.Storage, log, n.metrics.ObserveSync)
@@ -250,7 +256,7 @@ func (n *node) newRun(r policies.Route, t policies.Target, base drain.Stats) (*t
 	if err != nil {
 		return nil, fmt.Errorf("route %q: %w", r.Name, err)
 	}
-	d, err := drain.New(drain.Config{Route: r.Name, Target: t, Logger: n.log, CallbackHeader: r.CallbackHeader, Callbacks: r.Callbacks}, c)
+	d, err := drain.New(drain.Config{Route: r.Name, Target: t, Logger: n.log, CallbackHeader: r.CallbackHeader, Callbacks: r.Callbacks, NoLoop: n.noLoops}, c)
 	if err != nil {
 		return nil, fmt.Errorf("route %q: target %q: %w", r.Name, t.Name, err)
 	}
