@@ -472,7 +472,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 	defer d.running.Store(false)
 	r := &runner{d: d, events: make(chan event, 4*d.target.Concurrency), br: newBreaker(d.target.Breaker),
 		work: make(chan job, d.target.Concurrency), quit: make(chan struct{}),
-		recq: make(chan recItem, d.target.Concurrency+recordWindow), recDone: make(chan struct{})}
+		recq: make(chan recItem, d.target.Concurrency+recordWindow), recb: make(chan []recItem, 4), recDone: make(chan struct{})}
 	go r.recorder()
 	if d.useLoop() {
 		var err error
@@ -549,6 +549,9 @@ type event struct {
 	probe   bool   // the attempt was the breaker's probe
 	chained bool   // the worker kept the slot and started the next message from the chain
 	none    bool   // no HTTP request was made (every message of a batch was refused)
+
+	// The delivery loop's events of one turn, in order, instead of the above.
+	batch []event
 }
 
 // runner is the state of one Run, owned by the goroutine running it.
@@ -591,10 +594,17 @@ type runner struct {
 	quit    chan struct{}
 	workers sync.WaitGroup
 	recq    chan recItem
+	recb    chan []recItem // the delivery loop's, a turn's outcomes at once
 	recDone chan struct{}
 }
 
 func (r *runner) handle(ev event) {
+	if ev.batch != nil {
+		for _, e := range ev.batch {
+			r.handle(e)
+		}
+		return
+	}
 	if ev.recorded {
 		r.outstanding -= max(ev.n, 1)
 		r.unrecorded = append(r.unrecorded, ev.unrecorded...)
@@ -1032,18 +1042,27 @@ func (r *runner) attempt(j job) {
 // attempt succeeded and the chain has one: the caller sends it on the same
 // slot (and may on the same connection).
 func (r *runner) attempted(j job, res result) (next *store.Delivery) {
+	ev, it, next := r.judged(j, res)
+	r.events <- ev
+	r.recq <- it
+	return next
+}
+
+// judged is attempted's work but the hand-overs: the run loop's event for
+// j's attempt, the outcome to record, and the chain's next message. The
+// event must reach the run loop before the outcome reaches the recorder
+// (the run loop counts a chained message before its outcome).
+func (r *runner) judged(j job, res result) (ev event, it recItem, next *store.Delivery) {
 	d := r.d
 	j.dl.Body = nil // sent: only the outcome is left to record (see recordWindow)
 	if r.ch != nil && res.err == nil && res.status >= 200 && res.status <= 299 {
 		next = r.ch.take(d.control.Load(), d.now())
 	}
-	r.events <- event{res: res, probe: j.probe, chained: next != nil}
-
 	d.rndMu.Lock()
 	rnd := d.rnd()
 	d.rndMu.Unlock()
-	r.recq <- recItem{dl: j.dl, out: decide(&d.target, j.dl.Attempt, res, rnd), res: res}
-	return next
+	return event{res: res, probe: j.probe, chained: next != nil},
+		recItem{dl: j.dl, out: decide(&d.target, j.dl.Attempt, res, rnd), res: res}, next
 }
 
 // recItem is an outcome waiting to be recorded.
@@ -1063,8 +1082,16 @@ const maxRecordBatch = 256
 func (r *runner) recorder() {
 	defer close(r.recDone)
 	batch := make([]recItem, 0, maxRecordBatch)
-	for it := range r.recq {
-		batch = append(batch[:0], it)
+	for {
+		select {
+		case it, ok := <-r.recq:
+			if !ok {
+				return
+			}
+			batch = append(batch[:0], it)
+		case b := <-r.recb:
+			batch = append(batch[:0], b...)
+		}
 		// The worker that woke us made us its next goroutine to run, ahead
 		// of the others about to hand over theirs: yield once so that this
 		// round takes them too (fewer, larger commits), as the store's
@@ -1078,6 +1105,8 @@ func (r *runner) recorder() {
 					break more
 				}
 				batch = append(batch, it)
+			case b := <-r.recb:
+				batch = append(batch, b...)
 			default:
 				break more
 			}

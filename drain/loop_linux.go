@@ -72,6 +72,8 @@ type loop struct {
 	bw        *bufio.Writer
 	req       *fasthttp.Request
 	ans       loopAnswer
+	evs       []event // this turn's results, for handOver
+	recs      []recItem
 	nextDue   time.Time // the earliest deadline armed; zero: none
 	waitUntil time.Time // the epoll set's read deadline, as last set
 	done      chan struct{}
@@ -231,6 +233,7 @@ func (l *loop) run() {
 			l.scan(now)
 			lastScan = now
 		}
+		l.handOver()
 	}
 	l.mu.Lock()
 	l.ended = true
@@ -509,11 +512,26 @@ func (l *loop) answered(c *lconn) {
 	l.ready(c)
 }
 
-// report tells the run loop and the recorder p's result and returns the
-// chain's next message, if any.
+// report notes p's result for the run loop and the recorder (handOver
+// hands them over) and returns the chain's next message, if any.
 func (l *loop) report(p *pending, res result) (next *store.Delivery) {
 	l.d.sending.Add(-1)
-	return l.r.attempted(p.j, res)
+	ev, it, next := l.r.judged(p.j, res)
+	l.evs = append(l.evs, ev)
+	l.recs = append(l.recs, it)
+	return next
+}
+
+// handOver hands the turn's results over: one event to the run loop, one
+// batch to the recorder, in that order (judged says why), instead of two
+// hand-overs and wake-ups a message.
+func (l *loop) handOver() {
+	if len(l.evs) == 0 {
+		return
+	}
+	l.r.events <- event{batch: l.evs}
+	l.r.recb <- l.recs
+	l.evs, l.recs = make([]event, 0, cap(l.evs)), make([]recItem, 0, cap(l.recs))
 }
 
 // finish ends p's attempt, which got no answer, with res (an error).
