@@ -59,7 +59,8 @@ type loop struct {
 
 	mu    sync.Mutex
 	tasks []func()
-	ended bool // under mu: run has returned
+	jobs  []job // submitted, not yet started
+	ended bool  // under mu: run has returned
 	woken atomic.Bool
 
 	conns   map[int]*lconn // every open connection, by descriptor
@@ -72,8 +73,8 @@ type loop struct {
 	bw        *bufio.Writer
 	req       *fasthttp.Request
 	ans       loopAnswer
-	evs       []event // this turn's results, for handOver
-	recs      []recItem
+	evs       *[]event // this turn's results, for handOver; nil if none
+	recs      *[]recItem
 	nextDue   time.Time // the earliest deadline armed; zero: none
 	waitUntil time.Time // the epoll set's read deadline, as last set
 	done      chan struct{}
@@ -165,15 +166,23 @@ func (l *loop) post(fn func()) {
 	}
 	l.tasks = append(l.tasks, fn)
 	l.mu.Unlock()
+	l.wakeUp()
+}
+
+func (l *loop) wakeUp() {
 	if l.woken.CompareAndSwap(false, true) {
 		one := [8]byte{1}
 		unix.Write(l.wake, one[:])
 	}
 }
 
-// submit starts j's attempt on the loop.
+// submit starts j's attempt on the loop (queued as a job, not a task: no
+// allocation an attempt). Run submits only while the loop runs.
 func (l *loop) submit(j job) {
-	l.post(func() { l.start(j) })
+	l.mu.Lock()
+	l.jobs = append(l.jobs, j)
+	l.mu.Unlock()
+	l.wakeUp()
 }
 
 // close ends the loop once nothing is under way (Run's end): it closes
@@ -187,6 +196,7 @@ func (l *loop) run() {
 	defer close(l.done)
 	evs := make([]unix.EpollEvent, 128)
 	var tasks []func()
+	var jobs []job
 	var drain [8]byte
 	lastScan := time.Now()
 	for !l.quit {
@@ -208,11 +218,16 @@ func (l *loop) run() {
 				l.woken.Store(false)
 				l.mu.Lock()
 				tasks, l.tasks = l.tasks, tasks[:0]
+				jobs, l.jobs = l.jobs, jobs[:0]
 				l.mu.Unlock()
 				for _, fn := range tasks {
 					fn()
 				}
 				clear(tasks)
+				for _, j := range jobs {
+					l.start(j)
+				}
+				clear(jobs)
 				continue
 			}
 			c := l.conns[fd]
@@ -517,8 +532,11 @@ func (l *loop) answered(c *lconn) {
 func (l *loop) report(p *pending, res result) (next *store.Delivery) {
 	l.d.sending.Add(-1)
 	ev, it, next := l.r.judged(p.j, res)
-	l.evs = append(l.evs, ev)
-	l.recs = append(l.recs, it)
+	if l.evs == nil {
+		l.evs, l.recs = eventBatches.Get().(*[]event), recordBatches.Get().(*[]recItem)
+	}
+	*l.evs = append(*l.evs, ev)
+	*l.recs = append(*l.recs, it)
 	return next
 }
 
@@ -526,12 +544,12 @@ func (l *loop) report(p *pending, res result) (next *store.Delivery) {
 // batch to the recorder, in that order (judged says why), instead of two
 // hand-overs and wake-ups a message.
 func (l *loop) handOver() {
-	if len(l.evs) == 0 {
+	if l.evs == nil {
 		return
 	}
 	l.r.events <- event{batch: l.evs}
 	l.r.recb <- l.recs
-	l.evs, l.recs = make([]event, 0, cap(l.evs)), make([]recItem, 0, cap(l.recs))
+	l.evs, l.recs = nil, nil
 }
 
 // finish ends p's attempt, which got no answer, with res (an error).
