@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -233,4 +234,151 @@ func TestLoopParity(t *testing.T) {
 			t.Errorf("%s: the loop sent\n%q\nthe fasthttp client sent\n%q", name, lw[name], w)
 		}
 	}
+}
+
+// TestLoopParityNoListener: a target nobody listens on fails alike on both
+// paths (the dial's error, retried as a connect failure).
+func TestLoopParityNoListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	_, q, _ := newQueue(t, "loop", "goroutine")
+	id, err := q.Append(t.Context(), order(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"loop", "goroutine"} {
+		tg := testTarget(target, "http://"+addr)
+		tg.Retry.MaxAttempts = 2
+		tg.Retry.Initial, tg.Retry.Max = time.Hour, time.Hour
+		startDrainer(t, Config{Target: tg, NoLoop: target == "goroutine"}, consumer(t, q, target))
+	}
+	waitFor(t, 10*time.Second, "both outcomes", func() bool {
+		return status(t, q, id, "loop").Phase == store.Retrying && status(t, q, id, "goroutine").Phase == store.Retrying
+	})
+	a, b := status(t, q, id, "loop").History[0], status(t, q, id, "goroutine").History[0]
+	if a.Error != b.Error || a.Error != "connect: connection refused" {
+		t.Errorf("loop: %q; goroutine: %q; want both %q", a.Error, b.Error, "connect: connection refused")
+	}
+}
+
+// TestLoopSoak: 1500 messages through the delivery loop at concurrency 16
+// to a downstream that, on first and second attempts, closes without
+// answering, resets, refuses (503), answers in pieces, chunked and slowly
+// (the goroutine reader), or with Connection: close, and answers 200 from
+// the third on. Every message is delivered; none is answered 2xx twice
+// (no attempt is sent again by the client, none is lost between the loop
+// and the store); every request of a message carries its one key.
+func TestLoopSoak(t *testing.T) {
+	const n = 1500
+	type seen struct {
+		ok   int
+		keys map[string]bool
+	}
+	var mu sync.Mutex
+	byID := map[string]*seen{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	answer := func(c net.Conn, id string, attempt int) (keep bool) {
+		keep = true
+		h := 0
+		for _, ch := range id {
+			h = h*31 + int(ch)
+		}
+		kind := (h%20 + 20) % 20
+		if attempt >= 3 {
+			kind = 19
+		}
+		if attempt == 2 {
+			kind = []int{0, 6, 14, 16}[kind%4]
+		}
+		okAnswer := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+		switch {
+		case kind < 4: // close without an answer
+			return false
+		case kind < 6:
+			c.(*net.TCPConn).SetLinger(0)
+			return false
+		case kind < 9:
+			io.WriteString(c, "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+			return true
+		case kind < 11:
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+			time.Sleep(15 * time.Millisecond)
+			io.WriteString(c, "0\r\n\r\n")
+		case kind < 14:
+			io.WriteString(c, okAnswer[:20])
+			time.Sleep(5 * time.Millisecond)
+			io.WriteString(c, okAnswer[20:])
+		case kind < 16:
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+			keep = false
+		default:
+			io.WriteString(c, okAnswer)
+		}
+		mu.Lock()
+		byID[id].ok++
+		mu.Unlock()
+		return keep
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					var req fasthttp.Request
+					if err := req.Read(br); err != nil {
+						return
+					}
+					id := string(req.Header.Peek(HeaderID))
+					attempt, _ := strconv.Atoi(string(req.Header.Peek(HeaderAttempt)))
+					mu.Lock()
+					s := byID[id]
+					if s == nil {
+						s = &seen{keys: map[string]bool{}}
+						byID[id] = s
+					}
+					s.keys[string(req.Header.Peek(HeaderIdempotencyKey))] = true
+					mu.Unlock()
+					if !answer(c, id, attempt) {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	_, q, _ := newQueue(t, "a")
+	appendN(t, q, n, order)
+	tg := testTarget("a", "http://"+ln.Addr().String())
+	tg.Concurrency = 16
+	tg.Retry.MaxAttempts = 10
+	tg.Retry.Initial, tg.Retry.Max = ms, 5*ms
+	d, _ := startDrainer(t, Config{Target: tg}, consumer(t, q, "a"))
+	waitFor(t, 60*time.Second, "every message delivered", func() bool { return d.Stats().Delivered == n })
+	st := d.Stats()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(byID) != n {
+		t.Fatalf("the downstream saw %d messages, want %d", len(byID), n)
+	}
+	for id, s := range byID {
+		if s.ok != 1 || len(s.keys) != 1 {
+			t.Fatalf("message %s: answered 2xx %d times, %d keys", id, s.ok, len(s.keys))
+		}
+	}
+	if st.Dead != 0 || st.Delivered != n {
+		t.Fatalf("stats %+v", st)
+	}
+	t.Logf("%d attempts for %d messages", st.Attempts, n)
 }
