@@ -174,11 +174,13 @@
 //
 // The delivery loop (loop_linux.go): on Linux, a target whose attempts are
 // single requests (not batches) over http:// with no capture_response has
-// them made by one goroutine of its own over an epoll set, waited on
-// through Go's poller: it writes each request on a keep-alive connection
-// and reads the answer when the socket has it, so no goroutine parks and
-// wakes per message (~25 against ~33 CPU µs a delivered message to
-// bench/noop, and the same bytes on the wire: TestLoopParity). The answers
+// them made by delivery loops: ceil(Concurrency/32) goroutines, at most
+// one per CPU, each with an epoll set and its share of the connections,
+// waited on through Go's poller. A loop writes each request on a
+// keep-alive connection and reads the answer when the socket has it, so no
+// goroutine parks and wakes per message (~23-25 against ~33 CPU µs a
+// delivered message to bench/noop, and the same bytes on the wire:
+// TestLoopParity). The answers
 // it does not read itself (answer.go: 1xx, HTTP/1.0, unframed, chunked and
 // still coming, anything malformed) a goroutine reads with the fasthttp
 // client's reader, as the worker path would. Elsewhere, and with

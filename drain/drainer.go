@@ -475,9 +475,8 @@ func (d *Drainer) Run(ctx context.Context) error {
 		recq: make(chan recItem, d.target.Concurrency+recordWindow), recb: make(chan *[]recItem, 4), recDone: make(chan struct{})}
 	go r.recorder()
 	if d.useLoop() {
-		var err error
-		if r.lp, err = newLoop(r); err != nil {
-			d.log.Warn("cannot start the delivery loop; attempts are made by goroutines", "err", err)
+		if err := r.startLoops(); err != nil {
+			d.log.Warn("cannot start the delivery loops; attempts are made by goroutines", "err", err)
 		}
 	}
 	if d.target.Adaptive != nil {
@@ -505,8 +504,8 @@ func (d *Drainer) Run(ctx context.Context) error {
 	}
 	close(r.quit)
 	r.workers.Wait()
-	if r.lp != nil {
-		r.lp.close()
+	for _, l := range r.lps {
+		l.close()
 	}
 	close(r.recq) // empty: nothing is outstanding
 	<-r.recDone
@@ -597,7 +596,7 @@ type runner struct {
 	// Worker goroutines that make the attempts (see worker), and the
 	// recorder that records their outcomes (see recorder).
 	work    chan job     // attempts for the workers; capacity Concurrency
-	lp      *loop        // when not nil, the attempts are made on it instead (loop_linux.go)
+	lps     []*loop      // when not empty, the attempts are made on these instead (loop_linux.go)
 	alive   atomic.Int32 // workers running
 	quit    chan struct{}
 	workers sync.WaitGroup
@@ -980,8 +979,8 @@ func (r *runner) take(now time.Time, gen uint64) bool {
 func (r *runner) launch(dl *store.Delivery, now time.Time) {
 	r.sending++
 	r.outstanding++
-	if r.lp != nil {
-		r.lp.submit(job{dl: dl, probe: r.br.Started(now)})
+	if len(r.lps) > 0 {
+		r.pickLoop().submit(job{dl: dl, probe: r.br.Started(now)})
 		return
 	}
 	r.work <- job{dl: dl, probe: r.br.Started(now)}
