@@ -405,33 +405,63 @@ func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfi
 }
 
 // draftBuf is a pooled Draft with room for the X-Forwarded-For value it
-// refers to (on the stack, that room would move to the heap).
+// refers to (on the stack, that room would move to the heap), and what
+// prepareBuffer found for answerBuffer: the clock and the estimates.
 type draftBuf struct {
-	d   store.Draft
-	fwd [64]byte
+	d      store.Draft
+	fwd    [64]byte
+	now    time.Time
+	etas   []targetETA
+	etaBuf [maxTargetsInline]targetETA
 }
 
 var draftPool = sync.Pool{New: func() any { return new(draftBuf) }}
 
+// reset clears db for reuse, keeping its buffers.
+func (db *draftBuf) reset() {
+	db.d.Reset()
+	clear(db.etaBuf[:])
+	db.etas, db.now = nil, time.Time{}
+}
+
 // handleBuffer stores a request of route r whose request-URI, normalised, is uri.
 func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route, uri []byte) {
+	db := draftPool.Get().(*draftBuf)
+	defer func() { db.reset(); draftPool.Put(db) }()
+	if !s.prepareBuffer(ctx, r, uri, db) {
+		return
+	}
+	// The context bounds only the hand-off to the writer (which blocks only
+	// when it is far behind); once handed over, the outcome is awaited, since
+	// the record may be committed.
+	id, err := r.queue.AppendDraft(s.appendCtx, &db.d)
+	s.answerBuffer(ctx, r, db, id, err)
+}
+
+// prepareBuffer is the part of storing a request of buffer route r (its
+// normalised request-URI uri) that comes before the append, on both paths
+// (handleBuffer and any other transport of it): it checks the body
+// against max_body, the callback URL against callbacks.allow and the
+// estimates against max_wait, and fills db's draft with what is stored. It
+// returns false once it has answered a refusal: nothing is to be stored.
+// The draft refers to ctx's bytes: they must stay valid until the append
+// returned.
+func (s *Server) prepareBuffer(ctx *fasthttp.RequestCtx, r *route, uri []byte, db *draftBuf) bool {
 	body := ctx.PostBody()
 	if int64(len(body)) > r.MaxBody {
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large",
 			fmt.Sprintf("body of %d bytes exceeds max_body %d of route %q", len(body), r.MaxBody, r.Name))
-		return
+		return false
 	}
 	if !checkCallback(ctx, r) {
-		return
+		return false
 	}
 	now := time.Now()
-	var etaBuf [maxTargetsInline]targetETA
-	etas := r.newETAs(etaBuf[:0], now)
+	etas := r.newETAs(db.etaBuf[:0], now)
 	if overMaxWait(ctx, r, etas, now) {
-		return
+		return false
 	}
-	db := draftPool.Get().(*draftBuf)
-	defer func() { db.d.Reset(); draftPool.Put(db) }()
+	db.now, db.etas = now, etas
 	d := &db.d
 	d.Method = ctx.Method()
 	d.URI = uri
@@ -444,23 +474,26 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route, uri []byte) {
 	if k, ok := ctx.UserValue(spillKey).([]byte); ok && len(d.IdempotencyKey) == 0 {
 		d.IdempotencyKey = k // spillover: the key its failed direct attempt was sent with
 	}
-	// The context bounds only the hand-off to the writer (which blocks only
-	// when it is far behind); once handed over, the outcome is awaited, since
-	// the record may be committed.
-	id, err := r.queue.AppendDraft(s.appendCtx, d)
+	return true
+}
+
+// answerBuffer answers a request that prepareBuffer prepared in db, once
+// its append returned id and err: 202 only if err is nil, i.e. the draft is
+// durable (or a duplicate of a message that is); a refusal otherwise.
+func (s *Server) answerBuffer(ctx *fasthttp.RequestCtx, r *route, db *draftBuf, id store.ID, err error) {
 	if err != nil {
 		s.refuse(ctx, r, err)
 		return
 	}
-	if d.Duplicate {
+	if db.d.Duplicate {
 		// The key was seen on this route: the first message's id, nothing
 		// stored; the status and estimates are the first message's.
 		ctx.Response.Header.Set("X-Sluice-Duplicate", "true")
-		etas = r.storedETAs(etas[:0], id, now)
+		etas := r.storedETAs(db.etas[:0], id, db.now)
 		writeAccepted(ctx, id, repeatStatus(etas), etas)
 		return
 	}
-	writeAccepted(ctx, id, string(store.Queued), etas)
+	writeAccepted(ctx, id, string(store.Queued), db.etas)
 }
 
 // refuse answers a request that could not be stored. It is never 202.
