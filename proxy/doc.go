@@ -5,8 +5,9 @@
 // headers and, without the admin token, captured bodies).
 //
 // Guarantees:
-//   - A buffered request is answered 202 only after store.Queue.Append
-//     returned, i.e. once the request is durable under the store's sync mode.
+//   - A buffered request is answered 202 only after store.Queue.Append (or
+//     AppendDrafts, for the batch it was in) returned without an error for
+//     it, i.e. once the request is durable under the store's sync mode.
 //     Every other outcome (full storage, write error, shutdown, timeout) is a
 //     4xx/5xx with a JSON error body; nothing is acknowledged that was not
 //     stored.
@@ -54,17 +55,25 @@
 //     matching.
 //
 // Event loops (evloop_linux.go, server.event_loops): on Linux, when the
-// policy passes requests through, plain-HTTP connections are accepted by a
-// few threads with an epoll set each, which relay the plainest passthrough
-// requests and answers themselves (evparse.go says which) and hand every
-// other connection, with the bytes read, to the fasthttp server. The
-// upstream receives the same request and the client the same status,
-// fields and body on both paths (TestEventLoopParity; a chunked answer's
-// chunks may be cut differently); the guarantees above hold on both.
+// policy passes requests through or has a buffer route of the http
+// protocol, plain-HTTP connections are accepted by a few threads with an
+// epoll set each, which relay the plainest passthrough requests and answers
+// themselves (evparse.go says which), store the plainest buffer-route
+// requests (evstore_linux.go: the requests of one turn of a loop go to
+// their queue in one AppendDrafts call, answered once it returned), and
+// hand every other connection, with the bytes read, to the fasthttp
+// server. The upstream receives the same request, the store holds the same
+// record, and the client gets the same status, fields and body on both
+// paths (TestEventLoopParity, TestEventLoopStoreParity; a chunked answer's
+// chunks may be cut differently); the guarantees above hold on both: the
+// loops check, store and answer a buffered request with the same code as
+// the fasthttp path (prepareBuffer, answerBuffer).
 //
 // Costs: one goroutine per connection (fasthttp's worker pool) beside the
 // event loops, none for a connection the loops keep; a buffered
-// request waits for one group commit. Connections (public and upstream) arm
+// request waits for one group commit (on the loops, one goroutine per
+// batch of a turn waits for it, and the connection reads no further
+// request until its answer is written). Connections (public and upstream) arm
 // their deadlines lazily and, on Linux, read and write their sockets with
 // raw system calls through the poller (internal/netio, which the drainers'
 // clients use too): on the

@@ -65,9 +65,11 @@ type engine struct {
 	owned   atomic.Int64  // client connections the loops or their streams hold
 	done    chan struct{} // closed at shutdown: serve returns
 	// What the loops did: requests relayed and answered whole, answers
-	// streamed by a goroutine, connections handed to the fasthttp server.
-	relayed, streamed, handed atomic.Uint64
-	stopped                   sync.Once
+	// streamed by a goroutine, connections handed to the fasthttp server,
+	// buffer-route requests stored and answered.
+	relayed, streamed, handed, stored atomic.Uint64
+	stopped                           sync.Once
+	appends                           sync.WaitGroup // the goroutines of batches being committed (evstore_linux.go)
 }
 
 // newEngine returns the event loops for ln, or nil when they cannot serve it
@@ -146,12 +148,12 @@ func (a *acceptor) event(l *evloop, _ uint32) {
 			unix.Close(cfd)
 			continue
 		}
-		var ip netip.Addr
+		var ip netip.AddrPort
 		switch sa := sa.(type) {
 		case *unix.SockaddrInet4:
-			ip = netip.AddrFrom4(sa.Addr)
+			ip = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
 		case *unix.SockaddrInet6:
-			ip = netip.AddrFrom16(sa.Addr)
+			ip = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
 		}
 		e.owned.Add(1)
 		to := e.loops[int(e.next.Add(1))%len(e.loops)]
@@ -182,6 +184,15 @@ func (e *engine) shutdown(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+	if err == nil { // a batch whose clients are gone is still awaited
+		appended := make(chan struct{})
+		go func() { e.appends.Wait(); close(appended) }()
+		select {
+		case <-appended:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
 	for _, l := range e.loops {
 		l.post((*evloop).stop)
 	}
@@ -209,6 +220,7 @@ const (
 	clientIdle     = iota // waiting for a request
 	clientUpstream        // its request is with the upstream
 	clientWriting         // its answer is being written
+	clientStoring         // its request waits for its batch's commit (evstore_linux.go)
 )
 
 type evhandler interface {
@@ -219,6 +231,8 @@ type evhandler interface {
 type clientConn struct {
 	fd       int
 	ip       netip.Addr
+	port     uint16
+	peer     *loopPeer // its address as a fasthttp.RequestCtx sees it (evstore_linux.go), once it has stored a request
 	state    int
 	deadline time.Time
 	in       []byte // bytes read after the request in flight
@@ -300,6 +314,8 @@ type evloop struct {
 	nextScan time.Time
 	stopped  bool
 	ended    bool // under mu: run has returned; its descriptors are closed
+
+	stores // the buffer-route requests of this turn and those being committed (evstore_linux.go)
 }
 
 func newEvloop(e *engine) (*evloop, error) {
@@ -384,6 +400,9 @@ func (l *evloop) run() {
 				h.event(l, ev.Events)
 			}
 		}
+		if len(l.batches) > 0 {
+			l.commit()
+		}
 		if !l.nextScan.IsZero() && !l.now.Before(l.nextScan) {
 			l.scan()
 		}
@@ -457,14 +476,14 @@ func (l *evloop) interest(fd int, in, out bool) {
 	unix.EpollCtl(l.ep, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: ev, Fd: int32(fd)})
 }
 
-func (l *evloop) addClient(fd int, ip netip.Addr) {
+func (l *evloop) addClient(fd int, ip netip.AddrPort) {
 	if l.stopped || l.e.closing.Load() {
 		unix.Close(fd)
 		l.e.lim.open.Add(-1)
 		l.e.owned.Add(-1)
 		return
 	}
-	c := &clientConn{fd: fd, ip: ip}
+	c := &clientConn{fd: fd, ip: ip.Addr(), port: ip.Port()}
 	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}); err != nil {
 		unix.Close(fd)
 		l.e.lim.open.Add(-1)
@@ -563,7 +582,7 @@ func (l *evloop) serve(c *clientConn, b []byte) {
 	r := &l.req
 	res := r.parse(b)
 	if res == parseMore && r.size > 0 {
-		if _, _, ok := l.e.s.fastRoute(r); !ok {
+		if _, _, kind := l.e.s.loopRoute(r); kind == loopNone {
 			res = parseOther // not the loop's: the fasthttp path answers it, body or none
 		}
 	}
@@ -582,9 +601,13 @@ func (l *evloop) serve(c *clientConn, b []byte) {
 		return
 	}
 	c.reading, c.headSeen = false, false
-	rt, uri, ok := l.e.s.fastRoute(r)
-	if !ok {
+	rt, uri, kind := l.e.s.loopRoute(r)
+	switch kind {
+	case loopNone:
 		l.handOff(c, b)
+		return
+	case loopStore:
+		l.store(c, b, rt)
 		return
 	}
 	c.seq++
@@ -600,26 +623,41 @@ func (l *evloop) serve(c *clientConn, b []byte) {
 	l.send(c)
 }
 
-// fastRoute returns the passthrough route the loop may relay r on, with r's
-// normalised request-URI: ok is false for anything else.
-func (s *Server) fastRoute(r *fastRequest) (rt *route, uri []byte, ok bool) {
-	uri, ok = normalizeURI(r.target)
+// What the loop does with a request (loopRoute).
+const (
+	loopNone  = iota // hand the connection to the fasthttp server
+	loopRelay        // relay it to its passthrough route's upstream
+	loopStore        // store it in its buffer route's queue (evstore_linux.go)
+)
+
+// loopRoute returns the route of r and what the loop does with r on it,
+// with r's normalised request-URI: a plain passthrough route (http://, no
+// rate limit) is relayed, a buffer route of the http protocol stored; the
+// body within the route's max_body (over it, the fasthttp path refuses it
+// before reading it). Anything else is loopNone.
+func (s *Server) loopRoute(r *fastRequest) (rt *route, uri []byte, kind int) {
+	uri, ok := normalizeURI(r.target)
 	if !ok {
-		return nil, nil, false
+		return nil, nil, loopNone
 	}
 	path := pathPart(uri)
 	if bytes.HasPrefix(path, []byte(StatusPrefix)) {
-		return nil, nil, false
+		return nil, nil, loopNone
 	}
 	rt, allowed := s.match(r.method, r.host, path)
 	if rt == nil && allowed == nil {
 		rt = s.fallback
 	}
-	if rt == nil || rt.Mode != policies.ModePassthrough || rt.limiter != nil || rt.upstream == nil || rt.upstream.IsTLS ||
-		int64(r.length) > rt.MaxBody {
-		return nil, nil, false
+	if rt == nil || int64(r.length) > rt.MaxBody {
+		return nil, nil, loopNone
 	}
-	return rt, uri, true
+	switch {
+	case rt.Mode == policies.ModePassthrough && rt.limiter == nil && rt.upstream != nil && !rt.upstream.IsTLS:
+		return rt, uri, loopRelay
+	case storesOnLoop(rt) && string(r.method) != fasthttp.MethodHead:
+		return rt, uri, loopStore
+	}
+	return nil, nil, loopNone
 }
 
 func upstreamTimeout(rt *route) time.Duration {

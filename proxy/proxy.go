@@ -48,7 +48,8 @@ type Config struct {
 // route once its reply is written: status is the HTTP status, code the
 // error code of a refusal ("" when accepted or forwarded), elapsed the time
 // from the request's arrival (after its headers and body were read) to its
-// reply. It is called on the request's goroutine and must not block.
+// reply. It is called on the request's goroutine, or on the event loop that
+// serves it (evstore_linux.go), and must not block.
 type Observer interface {
 	Observe(route string, status int, code string, elapsed time.Duration)
 }
@@ -270,15 +271,42 @@ func (s *Server) passesThrough() bool {
 	return false
 }
 
+// storesOnLoop reports whether the event loops may store the requests of
+// route r themselves (evstore_linux.go): a buffer route of the http
+// protocol whose queue appends many drafts in one commit.
+func storesOnLoop(r *route) bool {
+	if r.Mode != policies.ModeBuffer || (r.Protocol != "" && r.Protocol != policies.ProtocolHTTP) {
+		return false
+	}
+	_, ok := r.queue.(store.BatchAppender)
+	return ok
+}
+
+// loopsServe reports whether the event loops have requests of this policy
+// to serve themselves: passthrough requests (passesThrough) or buffered
+// ones (storesOnLoop). Without either they would only hand connections over.
+func (s *Server) loopsServe() bool {
+	if s.passesThrough() {
+		return true
+	}
+	for _, r := range s.routes() {
+		if storesOnLoop(r) {
+			return true
+		}
+	}
+	return false
+}
+
 // Serve accepts connections on ln until Shutdown, with TLS if the policy's
 // server.tls names a certificate.
 //
 // Plain-HTTP connections are accepted by the event loops (server.event_loops,
 // evloop_linux.go) where the system has them: passthrough requests are
-// relayed there and every other connection is handed to the fasthttp server.
+// relayed there, buffer-route requests stored (evstore_linux.go), and every
+// other connection is handed to the fasthttp server.
 func (s *Server) Serve(ln net.Listener) error {
 	lim := &limitListener{Listener: ln, max: int64(s.maxConns), tls: s.tls}
-	if s.tls == nil && s.passesThrough() {
+	if s.tls == nil && s.loopsServe() {
 		if e := newEngine(s, ln, lim, s.eventLoops); e != nil {
 			s.engine.Store(e)
 			served := make(chan error, 1)
@@ -440,7 +468,7 @@ func (s *Server) handleBuffer(ctx *fasthttp.RequestCtx, r *route, uri []byte) {
 
 // prepareBuffer is the part of storing a request of buffer route r (its
 // normalised request-URI uri) that comes before the append, on both paths
-// (handleBuffer and any other transport of it): it checks the body
+// (handleBuffer; the event loops, evstore_linux.go): it checks the body
 // against max_body, the callback URL against callbacks.allow and the
 // estimates against max_wait, and fills db's draft with what is stored. It
 // returns false once it has answered a refusal: nothing is to be stored.

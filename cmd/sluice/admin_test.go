@@ -391,8 +391,8 @@ func TestAdminMetrics(t *testing.T) {
 	}
 	// Passthrough: three relayed by a loop, one large answer streamed, then
 	// a chunked upload that hands the connection over, each on its own
-	// connection (the orders' connections were handed over too: a buffer
-	// route's requests are not the loops').
+	// connection (the orders were stored by the loops; the status API's
+	// requests were handed over).
 	handed := value(fams, "sluice_event_loop_handed_over_total")
 	for _, path := range []string{"/pass/a", "/pass/b", "/pass/c", "/pass/large"} {
 		postOnce(t, tn.base+path, strings.NewReader("x"))
