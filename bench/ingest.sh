@@ -22,9 +22,11 @@
 #   bench/ingest.sh                 # fsync always, 3 runs of 10s each
 #   FSYNC=interval:10ms bench/ingest.sh
 #   RUNS=5 DURATION=20s CONNS=256 bench/ingest.sh
+#   SLUICE_B=/tmp/sluice-old bench/ingest.sh   # and another build of sluice (sluice-b), each round
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3} DURATION=${DURATION:-10s} CONNS=${CONNS:-256} THREADS=${THREADS:-2} FSYNC=${FSYNC:-always}
+SLUICE_B=${SLUICE_B:-}
 FLOOR=${FLOOR:-$([ "$FSYNC" = always ] && echo 1 || echo 0)} # the floor fsyncs every batch: it prices fsync always only
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
 
@@ -41,7 +43,7 @@ paused_policy "$work/policy.yaml" 18081 "$work/data" "$FSYNC"
 machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; sluice fsync: $FSYNC"
 printf '%-7s %-4s %12s %9s %9s %7s %11s %7s %11s %10s\n' server run req/s p50_ms p99_ms non2xx cpu_us/req steal% msgs/commit commit_ms
-: > "$work/noop.txt"; : > "$work/sluice.txt"; : > "$work/floor.txt"; : > "$work/nooplog.txt"
+: > "$work/noop.txt"; : > "$work/sluice.txt"; : > "$work/floor.txt"; : > "$work/nooplog.txt"; : > "$work/sluice-b.txt"
 for i in $(seq "$RUNS"); do
   "$work/noop" -listen 127.0.0.1:18080 & np=$!
   wait_port 18080
@@ -72,6 +74,16 @@ for i in $(seq "$RUNS"); do
   kill $sp; wait $sp 2>/dev/null || true
   r="$r $(writer_cycle "$work/sluice.log")"; echo "$r" >> "$work/sluice.txt"
   printf '%-7s %-4s %12s %9s %9s %7s %11s %7s %11s %10s\n' sluice "$i" $r
+
+  if [ -n "$SLUICE_B" ]; then
+    rm -rf "$work/data"
+    "$SLUICE_B" serve --policy "$work/policy.yaml" --log-level info 2> "$work/sluice.log" > /dev/null & sp=$!
+    wait_port 18081
+    r=$(wrk_post 18081 $sp)
+    kill $sp; wait $sp 2>/dev/null || true
+    r="$r $(writer_cycle "$work/sluice.log")"; echo "$r" >> "$work/sluice-b.txt"
+    printf '%-7s %-4s %12s %9s %9s %7s %11s %7s %11s %10s\n' sluice-b "$i" $r
+  fi
 done
 n_rps=$(cut -d' ' -f1 "$work/noop.txt" | median)
 s_rps=$(cut -d' ' -f1 "$work/sluice.txt" | median)
@@ -112,4 +124,15 @@ if [ "$FLOOR" = 1 ]; then
   awk -v s="$s_p99" -v f="$f_p99" 'BEGIN{ printf "p99 sluice/floor: %.2f\n", s/f }'
   echo "ratio nooplog/floor round by round: $(paired floor nooplog)"
   echo "ratio sluice/nooplog round by round: $(paired nooplog sluice)"
+fi
+if [ -n "$SLUICE_B" ]; then
+  b_rps=$(cut -d' ' -f1 "$work/sluice-b.txt" | median)
+  b_p99=$(cut -d' ' -f3 "$work/sluice-b.txt" | median)
+  b_cpu=$(cut -d' ' -f5 "$work/sluice-b.txt" | median)
+  echo "median sluice-b: $b_rps req/s, p99 $b_p99 ms, $b_cpu CPU-us/req ($SLUICE_B)"
+  echo "ratio sluice/sluice-b round by round: $(paired sluice-b sluice)"
+  if [ "$FLOOR" = 1 ]; then
+    echo "ratio sluice-b/floor round by round: $(paired floor sluice-b)"
+    awk -v s="$b_p99" -v f="$f_p99" 'BEGIN{ printf "p99 sluice-b/floor: %.2f\n", s/f }'
+  fi
 fi

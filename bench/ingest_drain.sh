@@ -12,9 +12,10 @@
 #
 #   bench/ingest_drain.sh
 #   RUNS=5 CONNS=64 DURATION=10s bench/ingest_drain.sh
+#   SLUICE_B=/tmp/sluice-old bench/ingest_drain.sh   # and another build of sluice (sluice-b), each round
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3} DURATION=${DURATION:-10s} CONNS=${CONNS:-64} THREADS=${THREADS:-2} FSYNC=${FSYNC:-always}
+RUNS=${RUNS:-3} DURATION=${DURATION:-10s} CONNS=${CONNS:-64} THREADS=${THREADS:-2} FSYNC=${FSYNC:-always} SLUICE_B=${SLUICE_B:-}
 command -v wrk >/dev/null && command -v curl >/dev/null || { echo "wrk and curl are required: apt-get install wrk curl" >&2; exit 1; }
 . bench/lib.sh
 port_free 18080 18082
@@ -41,27 +42,31 @@ policy "$work/draining.yaml" unlimited
 
 machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; fsync $FSYNC; target concurrency 64 to bench/noop"
-printf '%-9s %-4s %10s %9s %9s %11s %7s %12s\n' target run req/s p50_ms p99_ms cpu_us/req steal% delivered/acc
-: > "$work/paused.txt"; : > "$work/draining.txt"
+printf '%-10s %-4s %10s %9s %9s %11s %7s %12s\n' target run req/s p50_ms p99_ms cpu_us/req steal% delivered/acc
+: > "$work/paused.txt"; : > "$work/draining.txt"; : > "$work/paused-b.txt"; : > "$work/draining-b.txt"
 "$work/noop" -listen 127.0.0.1:18082 & np=$!
 wait_port 18082
 for i in $(seq "$RUNS"); do
-  for mode in paused draining; do
+  for run in paused draining ${SLUICE_B:+paused-b draining-b}; do
+    mode=${run%-b} bin=$work/sluice
+    [ "$run" = "$mode" ] || bin=$SLUICE_B
     rm -rf "$work/data"
     before=$(curl -s http://127.0.0.1:18082/_count)
-    "$work/sluice" serve --policy "$work/$mode.yaml" 2>"$work/$mode.log" & sp=$!
+    "$bin" serve --policy "$work/$mode.yaml" 2>"$work/$run.log" & sp=$!
     wait_port 18080
     r=$(wrk_post 18080 $sp)
     after=$(curl -s http://127.0.0.1:18082/_count)
     kill -TERM $sp; wait $sp 2>/dev/null || true
-    echo "$r" >> "$work/$mode.txt"
+    echo "$r" >> "$work/$run.txt"
     set -- $r
     acc=$(awk -v r="$1" -v d="$DURATION" 'BEGIN{ sub(/s$/,"",d); printf "%.0f", r*d }')
     pace=$(awk -v a="$acc" -v b="$before" -v c="$after" 'BEGIN{ printf "%.2f", (c-b)/(a>0?a:1) }')
-    printf '%-9s %-4s %10s %9s %9s %11s %7s %12s\n' "$mode" "$i" "$1" "$2" "$3" "$5" "$6" "$pace"
+    printf '%-10s %-4s %10s %9s %9s %11s %7s %12s\n' "$run" "$i" "$1" "$2" "$3" "$5" "$6" "$pace"
   done
 done
-p=$(cut -d' ' -f1 "$work/paused.txt" | median); d=$(cut -d' ' -f1 "$work/draining.txt" | median)
-paste -d' ' "$work/draining.txt" "$work/paused.txt" | awk '{ printf "%.2f\n", $1/$7 }' > "$work/ratio.txt"
-echo "medians: paused $p req/s, draining $d req/s"
-echo "ratio draining/paused: $(awk -v a="$d" -v b="$p" 'BEGIN{ printf "%.2f", a/b }') (round by round: $(tr '\n' ' ' < "$work/ratio.txt"))"
+for sfx in "" ${SLUICE_B:+-b}; do
+  p=$(cut -d' ' -f1 "$work/paused$sfx.txt" | median); d=$(cut -d' ' -f1 "$work/draining$sfx.txt" | median)
+  paste -d' ' "$work/draining$sfx.txt" "$work/paused$sfx.txt" | awk '{ printf "%.2f\n", $1/$7 }' > "$work/ratio.txt"
+  echo "medians${sfx:+ (sluice-b: $SLUICE_B)}: paused $p req/s, draining $d req/s"
+  echo "ratio draining/paused$sfx: $(awk -v a="$d" -v b="$p" 'BEGIN{ printf "%.2f", a/b }') (round by round: $(tr '\n' ' ' < "$work/ratio.txt"))"
+done
