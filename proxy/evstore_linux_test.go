@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -173,5 +175,67 @@ func TestEventLoopStoreFullParity(t *testing.T) {
 	}
 	if n := fs.testQueue("orders").Stats().Appended; n != 0 {
 		t.Errorf("%d stored with the storage full", n)
+	}
+}
+
+// Shutdown while a batch is being committed: the request is answered once
+// its commit returned (202, Connection: close), not before, and Shutdown
+// waits for it.
+func TestEventLoopStoreShutdownAnswersInFlight(t *testing.T) {
+	entered, release := make(chan struct{}, 16), make(chan struct{})
+	var once sync.Once
+	s, _ := newTestServer(t, fmt.Sprintf(storeParityPolicy, 1), buffer.Config{ObserveSync: func(time.Duration) {
+		entered <- struct{}{}
+		<-release // the commit holds here, its record written and synced
+	}}, nil)
+	defer once.Do(func() { close(release) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	must(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = c.Write([]byte("POST /orders HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok"))
+	must(t, err)
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request's commit did not begin")
+	}
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 1)); n > 0 || !isTimeout(err) {
+		t.Fatalf("answered before the commit returned: %d bytes, %v", n, err)
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned before the commit in flight did: %v", err)
+	default:
+	}
+	once.Do(func() { close(release) })
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var res fasthttp.Response
+	if err := res.Read(bufio.NewReader(c)); err != nil {
+		t.Fatalf("answer of the request in flight: %v", err)
+	}
+	if res.StatusCode() != 202 || !res.ConnectionClose() {
+		t.Fatalf("answer %d %s (Connection: close %v), want 202 and close", res.StatusCode(), res.Body(), res.ConnectionClose())
+	}
+	select {
+	case err := <-shut:
+		must(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+	must(t, <-served)
+	if n := s.testQueue("orders").Stats().Appended; n != 1 {
+		t.Fatalf("%d stored, want 1", n)
 	}
 }
