@@ -52,6 +52,10 @@ type storeBatch struct {
 	errs []error
 }
 
+// maxFreeReqs bounds the storeReqs a loop keeps for reuse (each with a
+// body buffer of up to keepBuf).
+const maxFreeReqs = 1024
+
 // stores is an event loop's part in storing requests.
 type stores struct {
 	batches   []*storeBatch // this turn's, one per queue, committed at its end
@@ -83,12 +87,13 @@ func (l *evloop) getReq() *storeReq {
 }
 
 func (l *evloop) putReq(sr *storeReq) {
+	sr.ctx.Request.ReleaseBody(keepBuf) // a large body does not stay with the free list
 	sr.ctx.Request.Reset()
 	sr.ctx.Response.Reset()
 	sr.ctx.ResetUserValues()
 	sr.db.reset()
 	sr.c, sr.rt = nil, nil
-	if len(l.freeReqs) < 4096 {
+	if len(l.freeReqs) < maxFreeReqs {
 		l.freeReqs = append(l.freeReqs, sr)
 	}
 }

@@ -239,3 +239,39 @@ func TestEventLoopStoreShutdownAnswersInFlight(t *testing.T) {
 		t.Fatalf("%d stored, want 1", n)
 	}
 }
+
+// Large bodies stored by the loop are stored whole, and what the loop
+// keeps for reuse afterwards does not hold them.
+func TestEventLoopStoreLargeBodies(t *testing.T) {
+	addr, s := startPolicy(t, `
+server: { event_loops: 1 }
+routes:
+  - name: orders
+    match: { path: /orders }
+    max_body: 64KiB
+    targets: [{ name: a, url: "http://127.0.0.1:1", rate: 0 }]
+`)
+	const clients, each = 8, 4
+	exchangeMany(t, addr, clients, each, func(i, j int) (string, string) {
+		body := strings.Repeat(string(rune('a'+i)), 60<<10+j)
+		return fmt.Sprintf("POST /orders HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s", len(body), body), "202"
+	})
+	e := s.engine.Load()
+	if n := e.stored.Load(); n != clients*each {
+		t.Fatalf("the loop stored %d, want %d", n, clients*each)
+	}
+	if n := s.testQueue("orders").Stats().Appended; n != clients*each {
+		t.Fatalf("%d appended, want %d", n, clients*each)
+	}
+	kept := make(chan int, 1)
+	e.loops[0].post(func(l *evloop) {
+		n := 0
+		for _, sr := range l.freeReqs {
+			n = max(n, cap(sr.ctx.Request.Body()))
+		}
+		kept <- n
+	})
+	if n := <-kept; n > keepBuf {
+		t.Fatalf("a free request keeps a body buffer of %d bytes, more than %d", n, keepBuf)
+	}
+}
