@@ -38,8 +38,10 @@ import (
 // of up to 64 KiB (put together within read_timeout if it comes in pieces)
 // to a passthrough route over http:// with no rate limit, answered with a
 // Content-Length of up to 64 KiB or chunked and whole by the time it is
-// read. At anything else (a buffer, spillover or log route, the status
-// API, a chunked or large request body, a malformed byte) the connection is
+// read; and the same plain requests to a buffer route of the http protocol,
+// within its max_body, which the loop stores (evstore_linux.go). At
+// anything else (a spillover or log route, the status API, a chunked or
+// large request body, a malformed byte) the connection is
 // handed, with the bytes already read, to the fasthttp server that serves
 // every connection without the loops: from then on it is served as it
 // would have been, with all its checks and streaming. An answer the loop

@@ -14,9 +14,12 @@ import (
 )
 
 // The requests and answers the event loop (evloop_linux.go) relays itself,
-// and how it writes them. It takes only the plainest HTTP/1.1: a head whose
-// every line ends in CRLF and whose every field is a token, a colon and
-// visible characters; a body with one Content-Length of up to wholeBodyMax.
+// and how it writes them; the loop stores the same requests for a buffer
+// route (evstore_linux.go, which has fasthttp's parser read them again into
+// the RequestCtx the shared handler code takes). It takes only the
+// plainest HTTP/1.1: a head whose every line ends in CRLF and whose every
+// field is a token, a colon and visible characters; a body with one
+// Content-Length of up to wholeBodyMax.
 // Everything else (chunked or expected bodies, upgrades, HTTP/1.0, repeated
 // Host or X-Forwarded-For, a malformed byte anywhere) is not refused here: it
 // goes to the fasthttp server and its hardening, as if the loop were not
