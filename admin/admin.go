@@ -29,11 +29,13 @@ type State struct {
 
 // LoopCounts is what the public listener's event loops did (server.
 // event_loops): passthrough requests relayed and answered by a loop,
-// answers streamed by a goroutine, connections handed to the
-// goroutine-per-connection server. All zero without loops.
+// answers streamed by a goroutine, buffer-route requests the loops stored
+// and answered, connections handed to the goroutine-per-connection
+// server. All zero without loops.
 type LoopCounts struct {
 	Relayed    uint64 `json:"relayed"`
 	Streamed   uint64 `json:"streamed"`
+	Stored     uint64 `json:"stored"`
 	HandedOver uint64 `json:"handed_over"`
 }
 

@@ -119,8 +119,8 @@ var (
 	descCommFail = prometheus.NewDesc("sluice_writer_failed_commits_total", "Append commits that failed to write (for example, a full disk).", []string{"route"}, nil)
 	descBytes    = prometheus.NewDesc("sluice_store_bytes", "Bytes of data in all segments (what storage.max_bytes limits).", nil, nil)
 	descFree     = prometheus.NewDesc("sluice_disk_free_bytes", "Free space of the data directory's file system.", nil, nil)
-	descLoopReq  = prometheus.NewDesc("sluice_event_loop_requests_total", "Passthrough requests the public listener's event loops relayed, by how the answer went back: relayed (read whole by the loop) or streamed (by a goroutine: chunked, large or unframed).", []string{"how"}, nil)
-	descLoopGave = prometheus.NewDesc("sluice_event_loop_handed_over_total", "Connections the event loops handed to the goroutine-per-connection server, at a request they do not relay (another route, a chunked or large body, a malformed byte).", nil, nil)
+	descLoopReq  = prometheus.NewDesc("sluice_event_loop_requests_total", "Requests the public listener's event loops served, by how: relayed (a passthrough request whose answer the loop read whole), streamed (a passthrough answer a goroutine streamed: chunked, large or unframed) or stored (a buffer-route request the loop stored and answered).", []string{"how"}, nil)
+	descLoopGave = prometheus.NewDesc("sluice_event_loop_handed_over_total", "Connections the event loops handed to the goroutine-per-connection server, at a request they do not serve themselves (another route, a chunked or large body, a malformed byte).", nil, nil)
 )
 
 // stateCollector turns a State into series at each scrape.
@@ -193,6 +193,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descLoopReq, float64(st.Loops.Relayed), "relayed")
 	counter(descLoopReq, float64(st.Loops.Streamed), "streamed")
+	counter(descLoopReq, float64(st.Loops.Stored), "stored")
 	counter(descLoopGave, float64(st.Loops.HandedOver))
 }
 

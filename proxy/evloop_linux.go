@@ -1163,5 +1163,5 @@ func (s *Server) LoopCounts() LoopCounts {
 	if e == nil {
 		return LoopCounts{}
 	}
-	return LoopCounts{Relayed: e.relayed.Load(), Streamed: e.streamed.Load(), HandedOver: e.handed.Load()}
+	return LoopCounts{Relayed: e.relayed.Load(), Streamed: e.streamed.Load(), Stored: e.stored.Load(), HandedOver: e.handed.Load()}
 }

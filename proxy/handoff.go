@@ -10,7 +10,7 @@ import (
 // connections handed to the goroutine-per-connection server (a request the
 // loops do not relay). All zero without loops.
 type LoopCounts struct {
-	Relayed, Streamed, HandedOver uint64
+	Relayed, Streamed, Stored, HandedOver uint64
 }
 
 // handoffListener is the fasthttp server's listener when the event loops

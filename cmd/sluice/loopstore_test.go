@@ -86,8 +86,13 @@ routes:
 	for count() < 1500 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if got := value(scrape(t, "http://"+adminAddr), "sluice_event_loop_handed_over_total"); got != handed {
+	acks := count() // before the scrape: each was answered by a loop that counted it first
+	fams := scrape(t, "http://"+adminAddr)
+	if got := value(fams, "sluice_event_loop_handed_over_total"); got != handed {
 		t.Errorf("%v connections handed over during the burst: the loops did not store the requests themselves", got-handed)
+	}
+	if got := value(fams, "sluice_event_loop_requests_total", "how", "stored"); got < float64(acks) {
+		t.Errorf("sluice_event_loop_requests_total{how=stored} = %v after %d acknowledged", got, acks)
 	}
 	p.kill(t)
 	close(stop)
