@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/sluice-proxy/sluice/internal/h1"
 	"io"
 	"net"
 	"net/netip"
@@ -583,22 +584,22 @@ func (l *evloop) serve(c *clientConn, b []byte) {
 	}
 	r := &l.req
 	res := r.parse(b)
-	if res == parseMore && r.size > 0 {
+	if res == h1.More && r.Size > 0 {
 		if _, _, kind := l.e.s.loopRoute(r); kind == loopNone {
-			res = parseOther // not the loop's: the fasthttp path answers it, body or none
+			res = h1.Other // not the loop's: the fasthttp path answers it, body or none
 		}
 	}
-	if res == parseMore && !c.eof && (r.size > 0 || len(b) < int(l.e.s.maxHeader)) {
+	if res == h1.More && !c.eof && (r.Size > 0 || len(b) < int(l.e.s.maxHeader)) {
 		// The rest is on its way: read_timeout from the first byte.
 		c.in = append(c.in[:0], b...)
-		c.headSeen = r.size > 0
+		c.headSeen = r.Size > 0
 		if !c.reading {
 			c.reading = true
 			l.setDeadline(c, l.e.s.readTimeout)
 		}
 		return
 	}
-	if res != parseOK || c.eof {
+	if res != h1.OK || c.eof {
 		l.handOff(c, b)
 		return
 	}
@@ -613,7 +614,7 @@ func (l *evloop) serve(c *clientConn, b []byte) {
 		return
 	}
 	c.seq++
-	c.rt, c.isHead, c.closeAfter, c.idem, c.resent = rt, string(r.method) == fasthttp.MethodHead, r.conn.close, r.idempotent(), false
+	c.rt, c.isHead, c.closeAfter, c.idem, c.resent = rt, string(r.method) == fasthttp.MethodHead, r.conn.Close, r.idempotent(), false
 	c.req = r.appendUpstream(c.req[:0], b, rt, uri, c.ip)
 	if rest := b[r.total():]; len(rest) > 0 {
 		c.in = append(c.in[:0], rest...)
@@ -720,7 +721,7 @@ func (l *evloop) dial(c *clientConn) {
 		fd := -1
 		nc, err := fasthttp.Dial(addr)
 		if err == nil {
-			fd, err = detachFD(nc)
+			fd, err = netio.DetachFD(nc)
 		}
 		l.post(func(l *evloop) { l.dialed(c, seq, rt, fd, err) })
 	}()
@@ -753,32 +754,6 @@ func (l *evloop) dialed(c *clientConn, seq uint64, rt *route, fd int, err error)
 	} else {
 		l.putIdle(up)
 	}
-}
-
-// detachFD takes a dialed connection's socket off Go's poller: a duplicate
-// of its descriptor (non-blocking, like the original) outlives its Close.
-func detachFD(nc net.Conn) (int, error) {
-	defer nc.Close()
-	sc, ok := nc.(syscallConner)
-	if !ok {
-		return -1, errors.New("not a TCP connection")
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	nfd := -1
-	cerr := rc.Control(func(fd uintptr) {
-		nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-	})
-	if cerr != nil {
-		return -1, cerr
-	}
-	return nfd, err
-}
-
-type syscallConner interface {
-	SyscallConn() (syscall.RawConn, error)
 }
 
 func (up *upConn) event(l *evloop, ev uint32) {
@@ -826,15 +801,15 @@ func (l *evloop) readUp(up *upConn) {
 	up.got = true
 	a := &l.ans
 	switch a.parse(b, c.isHead) {
-	case parseMore:
+	case h1.More:
 		if len(up.in) == 0 {
 			up.in = append(up.in, b...)
 		}
-		if a.size == 0 && len(b) > int(l.e.s.maxHeader) {
+		if a.Size == 0 && len(b) > int(l.e.s.maxHeader) {
 			l.stream(up, b) // fasthttp's reader refuses it as the fasthttp path would
 		}
 		return
-	case parseOther:
+	case h1.Other:
 		l.stream(up, b)
 		return
 	}
@@ -849,7 +824,7 @@ func (l *evloop) readUp(up *upConn) {
 		up.wantOut = false
 		l.interest(up.fd, true, false)
 	}
-	if a.conn.close || len(b) > a.total() || unsent {
+	if a.conn.Close || len(b) > a.total() || unsent {
 		l.closeUp(up)
 	} else {
 		l.putIdle(up)
@@ -1016,17 +991,12 @@ func (l *evloop) closeClient(c *clientConn) {
 	l.e.owned.Add(-1)
 }
 
-// release takes fd off the loop, as an *os.File for net.FileConn.
-func (l *evloop) release(fd int) *os.File {
+// release takes fd off the loop, for netio.FileConn (it is non-blocking
+// since accept4 or the dial).
+func (l *evloop) release(fd int) int {
 	l.fds.del(fd)
 	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, fd, nil)
-	return os.NewFile(uintptr(fd), "") // non-blocking since accept4 or the dial
-
-}
-
-func fileConn(f *os.File) (net.Conn, error) {
-	defer f.Close()
-	return net.FileConn(f)
+	return fd
 }
 
 // handOff gives c to the fasthttp server with b, the bytes read and not
@@ -1034,7 +1004,7 @@ func fileConn(f *os.File) (net.Conn, error) {
 func (l *evloop) handOff(c *clientConn, b []byte) {
 	pending := bytes.Clone(b)
 	l.e.handed.Add(1)
-	nc, err := fileConn(l.release(c.fd))
+	nc, err := netio.FileConn(l.release(c.fd))
 	l.e.owned.Add(-1)
 	if err != nil {
 		l.e.lim.open.Add(-1)
@@ -1052,8 +1022,8 @@ func (l *evloop) stream(up *upConn, b []byte) {
 	rest := bytes.Clone(c.in)
 	closing := c.closeAfter || c.eof || l.e.closing.Load()
 	isHead, rt, deadline := c.isHead, c.rt, c.deadline
-	un, uerr := fileConn(l.release(up.fd))
-	cn, cerr := fileConn(l.release(c.fd))
+	un, uerr := netio.FileConn(l.release(up.fd))
+	cn, cerr := netio.FileConn(l.release(c.fd))
 	up.c, c.up = nil, nil
 	if cerr != nil {
 		if un != nil {

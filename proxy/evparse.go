@@ -5,11 +5,11 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-proxy/sluice/internal/h1"
 	"github.com/sluice-proxy/sluice/internal/hop"
 )
 
@@ -17,8 +17,9 @@ import (
 // and how it writes them; the loop stores the same requests for a buffer
 // route (evstore_linux.go, which has fasthttp's parser read them again into
 // the RequestCtx the shared handler code takes). It takes only the
-// plainest HTTP/1.1: a head whose every line ends in CRLF and whose every
-// field is a token, a colon and visible characters; a body with one
+// plainest HTTP/1.1: a head internal/h1 reads (every line ends in CRLF,
+// every field is a token, a colon and visible characters; the drainers'
+// delivery loops read answers with the same parser); a body with one
 // Content-Length of up to wholeBodyMax.
 // Everything else (chunked or expected bodies, upgrades, HTTP/1.0, repeated
 // Host or X-Forwarded-For, a malformed byte anywhere) is not refused here: it
@@ -27,237 +28,73 @@ import (
 // what they accept, and what they write is what the fasthttp path writes for
 // the same request and answer (TestEventLoopParity compares the two).
 
-// maxFastFields is the most header fields a head the loop relays may have.
-const maxFastFields = 64
-
-// field is one header field of a head, its value without surrounding blanks.
-type field struct{ k, v []byte }
-
-// head is a parsed request or status line and its header fields, all
-// slices of the bytes parsed.
-type head struct {
-	first  []byte
-	fields [maxFastFields]field
-	n      int
-	size   int // bytes of the head, blank line included
-}
-
-// Results of head.parse and the request and answer checks.
-const (
-	parseMore = iota // the head (or body) has not all arrived
-	parseOK
-	parseOther // not for the loop: the fasthttp path takes it
-)
-
-// parse parses the head at the start of b.
-func (h *head) parse(b []byte) int {
-	h.n, h.size, h.first = 0, 0, nil
-	pos := 0
-	for {
-		i := bytes.IndexByte(b[pos:], '\n')
-		if i < 0 {
-			return parseMore
-		}
-		if i == 0 || b[pos+i-1] != '\r' {
-			return parseOther // a bare LF
-		}
-		line := b[pos : pos+i-1]
-		pos += i + 1
-		if h.first == nil {
-			if len(line) == 0 {
-				return parseOther
-			}
-			for _, c := range line {
-				if byteClass[c]&classVisible == 0 {
-					return parseOther
-				}
-			}
-			h.first = line
-			continue
-		}
-		if len(line) == 0 {
-			h.size = pos
-			return parseOK
-		}
-		if h.n == maxFastFields {
-			return parseOther
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			return parseOther
-		}
-		for _, c := range line[:colon] {
-			if byteClass[c]&classToken == 0 {
-				return parseOther
-			}
-		}
-		v := line[colon+1:]
-		for _, c := range v {
-			if byteClass[c]&classValue == 0 {
-				return parseOther
-			}
-		}
-		for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
-			v = v[1:]
-		}
-		for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
-			v = v[:len(v)-1]
-		}
-		h.fields[h.n] = field{k: line[:colon], v: v}
-		h.n++
-	}
-}
-
-func isTokenChar(c byte) bool { return byteClass[c]&classToken != 0 }
-
-// byteClass says what each byte may be in a head the loop relays: part of
-// a token (a method, a field name), of a field value (visible, blank or
-// obs-text), of the request or status line (no control character).
-var byteClass = func() (t [256]uint8) {
-	for c := range 256 {
-		b := byte(c)
-		switch {
-		case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9', strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0:
-			t[c] |= classToken
-		}
-		if (b >= ' ' || b == '\t') && b != 0x7f {
-			t[c] |= classValue
-		}
-		if b >= ' ' && b != 0x7f {
-			t[c] |= classVisible
-		}
-	}
-	return t
-}()
-
-const (
-	classToken = 1 << iota
-	classValue
-	classVisible
-)
-
-func nameIs(k []byte, name string) bool {
-	return len(k) == len(name) && bytes.EqualFold(k, []byte(name))
-}
-
-// maxConnTokens is the most names a Connection field of a relayed request
-// or answer may list.
-const maxConnTokens = 8
-
-// connInfo is what the Connection fields of a head say.
-type connInfo struct {
-	close bool
-	names [maxConnTokens][]byte
-	n     int
-	over  bool
-}
-
-func (ci *connInfo) add(v []byte) {
-	hop.Tokens(v, func(t []byte) {
-		switch {
-		case bytes.EqualFold(t, []byte("close")):
-			ci.close = true
-		case bytes.EqualFold(t, []byte("keep-alive")):
-		case ci.n == maxConnTokens:
-			ci.over = true
-		default:
-			ci.names[ci.n] = t
-			ci.n++
-		}
-	})
-}
-
-func (ci *connInfo) named(k []byte) bool {
-	for _, t := range ci.names[:ci.n] {
-		if bytes.EqualFold(k, t) {
-			return true
-		}
-	}
-	return false
-}
-
-// parseLength reads a Content-Length value: digits only, at most 18.
-func parseLength(v []byte) (int, bool) {
-	if len(v) == 0 || len(v) > 18 {
-		return 0, false
-	}
-	n := 0
-	for _, c := range v {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n, true
-}
-
 // fastRequest is a request the loop may relay.
 type fastRequest struct {
-	head
+	h1.Head
 	method, target, host, xff []byte
 	length                    int // the body's; 0 without Content-Length
-	conn                      connInfo
+	conn                      h1.ConnInfo
 }
 
-// parse parses the request at the start of b: parseOK once the head and the
-// whole body are in b (size() bytes), parseMore before, parseOther for one
+// parse parses the request at the start of b: h1.OK once the head and the
+// whole body are in b (size() bytes), h1.More before, h1.Other for one
 // the fasthttp path must take.
 func (r *fastRequest) parse(b []byte) int {
-	if res := r.head.parse(b); res != parseOK {
+	if res := r.Head.Parse(b); res != h1.OK {
 		return res
 	}
-	sp1 := bytes.IndexByte(r.first, ' ')
+	sp1 := bytes.IndexByte(r.First, ' ')
 	if sp1 <= 0 {
-		return parseOther
+		return h1.Other
 	}
-	rest := r.first[sp1+1:]
+	rest := r.First[sp1+1:]
 	sp2 := bytes.IndexByte(rest, ' ')
 	if sp2 <= 0 || string(rest[sp2+1:]) != "HTTP/1.1" {
-		return parseOther
+		return h1.Other
 	}
-	r.method, r.target = r.first[:sp1], rest[:sp2]
+	r.method, r.target = r.First[:sp1], rest[:sp2]
 	for _, c := range r.method {
-		if !isTokenChar(c) {
-			return parseOther
+		if !h1.IsTokenChar(c) {
+			return h1.Other
 		}
 	}
 	if r.target[0] != '/' || string(r.method) == fasthttp.MethodConnect {
-		return parseOther
+		return h1.Other
 	}
-	r.host, r.xff, r.length, r.conn = nil, nil, 0, connInfo{}
+	r.host, r.xff, r.length, r.conn = nil, nil, 0, h1.ConnInfo{}
 	hosts, xffs, lengths := 0, 0, 0
-	for _, f := range r.fields[:r.n] {
+	for _, f := range r.Fields[:r.N] {
 		switch {
-		case nameIs(f.k, "Host"):
-			r.host = f.v
+		case h1.NameIs(f.K, "Host"):
+			r.host = f.V
 			hosts++
-		case nameIs(f.k, "Content-Length"):
-			n, ok := parseLength(f.v)
+		case h1.NameIs(f.K, "Content-Length"):
+			n, ok := h1.ParseLength(f.V)
 			if !ok {
-				return parseOther
+				return h1.Other
 			}
 			r.length = n
 			lengths++
-		case nameIs(f.k, "X-Forwarded-For"):
-			r.xff = f.v
+		case h1.NameIs(f.K, "X-Forwarded-For"):
+			r.xff = f.V
 			xffs++
-		case nameIs(f.k, "Connection"):
-			r.conn.add(f.v)
-		case nameIs(f.k, "Transfer-Encoding"), nameIs(f.k, "Expect"), nameIs(f.k, "Upgrade"):
-			return parseOther
+		case h1.NameIs(f.K, "Connection"):
+			r.conn.Add(f.V)
+		case h1.NameIs(f.K, "Transfer-Encoding"), h1.NameIs(f.K, "Expect"), h1.NameIs(f.K, "Upgrade"):
+			return h1.Other
 		}
 	}
-	if hosts != 1 || len(r.host) == 0 || xffs > 1 || lengths > 1 || r.conn.over || r.length > wholeBodyMax {
-		return parseOther
+	if hosts != 1 || len(r.host) == 0 || xffs > 1 || lengths > 1 || r.conn.Over || r.length > wholeBodyMax {
+		return h1.Other
 	}
-	if len(b) < r.size+r.length {
-		return parseMore
+	if len(b) < r.Size+r.length {
+		return h1.More
 	}
-	return parseOK
+	return h1.OK
 }
 
 // total is the request's bytes, head and body.
-func (r *fastRequest) total() int { return r.size + r.length }
+func (r *fastRequest) total() int { return r.Size + r.length }
 
 // idempotent reports whether the request may be sent again after a pooled
 // connection turned out closed (retryStale's rule).
@@ -285,17 +122,17 @@ func (r *fastRequest) appendUpstream(dst, b []byte, rt *route, uri []byte, ip ne
 	dst = append(dst, rt.Upstream.Host...)
 	dst = append(dst, "\r\n"...)
 	typed := false
-	for _, f := range r.fields[:r.n] {
-		if nameIs(f.k, "Content-Type") {
+	for _, f := range r.Fields[:r.N] {
+		if h1.NameIs(f.K, "Content-Type") {
 			typed = true
 		}
-		if hop.Is(f.k) || r.conn.named(f.k) || nameIs(f.k, "Host") || nameIs(f.k, "X-Forwarded-For") ||
-			nameIs(f.k, "X-Forwarded-Proto") || nameIs(f.k, "X-Forwarded-Host") {
+		if hop.Is(f.K) || r.conn.Named(f.K) || h1.NameIs(f.K, "Host") || h1.NameIs(f.K, "X-Forwarded-For") ||
+			h1.NameIs(f.K, "X-Forwarded-Proto") || h1.NameIs(f.K, "X-Forwarded-Host") {
 			continue
 		}
-		dst = appendNormalizedName(dst, f.k)
+		dst = appendNormalizedName(dst, f.K)
 		dst = append(dst, ": "...)
-		dst = append(dst, f.v...)
+		dst = append(dst, f.V...)
 		dst = append(dst, "\r\n"...)
 	}
 	if !typed && r.length > 0 {
@@ -310,7 +147,7 @@ func (r *fastRequest) appendUpstream(dst, b []byte, rt *route, uri []byte, ip ne
 	dst = append(dst, "\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "...)
 	dst = append(dst, r.host...)
 	dst = append(dst, "\r\n\r\n"...)
-	return append(dst, b[r.size:r.total()]...)
+	return append(dst, b[r.Size:r.total()]...)
 }
 
 // appendNormalizedName appends k as fasthttp's server normalises a field
@@ -332,7 +169,7 @@ func appendNormalizedName(dst, k []byte) []byte {
 
 // fastAnswer is an upstream's answer the loop may relay.
 type fastAnswer struct {
-	head
+	h1.Head
 	status      int
 	length      int // the body's bytes (0 for an answer without a body)
 	declared    int // its Content-Length
@@ -340,129 +177,79 @@ type fastAnswer struct {
 	contentType []byte
 	hasLength   bool
 	chunked     bool // its body is chunked, and whole in the bytes parsed
-	conn        connInfo
+	conn        h1.ConnInfo
 }
 
 // parse parses the answer at the start of b to a request whose method was
-// HEAD or not: parseOK once the head and the whole body are in b (size()
-// bytes), parseMore before, parseOther for one the loop does not relay
+// HEAD or not: h1.OK once the head and the whole body are in b (size()
+// bytes), h1.More before, h1.Other for one the loop does not relay
 // itself (1xx, HTTP/1.0, without a length, over wholeBodyMax, trailers).
 // A chunked answer is the loop's only if it is whole in b already: one that
 // is still coming may be a stream (server-sent events, progress), and goes
 // to the goroutine that streams it at once.
 func (a *fastAnswer) parse(b []byte, isHead bool) int {
-	if res := a.head.parse(b); res != parseOK {
+	if res := a.Head.Parse(b); res != h1.OK {
 		return res
 	}
-	if len(a.first) < 12 || string(a.first[:9]) != "HTTP/1.1 " || (len(a.first) > 12 && a.first[12] != ' ') {
-		return parseOther
+	if len(a.First) < 12 || string(a.First[:9]) != "HTTP/1.1 " || (len(a.First) > 12 && a.First[12] != ' ') {
+		return h1.Other
 	}
-	st, err := strconv.Atoi(string(a.first[9:12]))
+	st, err := strconv.Atoi(string(a.First[9:12]))
 	if err != nil || st < 200 || st > 999 {
-		return parseOther
+		return h1.Other
 	}
-	a.status, a.length, a.hasLength, a.chunked, a.server, a.contentType, a.conn = st, 0, false, false, nil, nil, connInfo{}
+	a.status, a.length, a.hasLength, a.chunked, a.server, a.contentType, a.conn = st, 0, false, false, nil, nil, h1.ConnInfo{}
 	lengths, codings := 0, 0
-	for _, f := range a.fields[:a.n] {
+	for _, f := range a.Fields[:a.N] {
 		switch {
-		case nameIs(f.k, "Content-Length"):
-			n, ok := parseLength(f.v)
+		case h1.NameIs(f.K, "Content-Length"):
+			n, ok := h1.ParseLength(f.V)
 			if !ok {
-				return parseOther
+				return h1.Other
 			}
 			a.length, a.declared, a.hasLength = n, n, true
 			lengths++
-		case nameIs(f.k, "Transfer-Encoding"):
-			if !bytes.EqualFold(f.v, []byte("chunked")) {
-				return parseOther
+		case h1.NameIs(f.K, "Transfer-Encoding"):
+			if !bytes.EqualFold(f.V, []byte("chunked")) {
+				return h1.Other
 			}
 			codings++
-		case nameIs(f.k, "Trailer"):
-			return parseOther
-		case nameIs(f.k, "Connection"):
-			a.conn.add(f.v)
-		case nameIs(f.k, "Server"):
-			a.server = f.v
-		case nameIs(f.k, "Content-Type"):
-			a.contentType = f.v
+		case h1.NameIs(f.K, "Trailer"):
+			return h1.Other
+		case h1.NameIs(f.K, "Connection"):
+			a.conn.Add(f.V)
+		case h1.NameIs(f.K, "Server"):
+			a.server = f.V
+		case h1.NameIs(f.K, "Content-Type"):
+			a.contentType = f.V
 		}
 	}
 	bodiless := isHead || st == 204 || st == 304
 	if codings > 0 {
-		if codings > 1 || lengths > 0 || bodiless || a.conn.over {
-			return parseOther
+		if codings > 1 || lengths > 0 || bodiless || a.conn.Over {
+			return h1.Other
 		}
-		end := chunkedEnd(b, a.size)
+		end := h1.ChunkedEnd(b, a.Size, wholeBodyMax)
 		if end < 0 {
-			return parseOther
+			return h1.Other
 		}
-		a.chunked, a.length = true, end-a.size
-		return parseOK
+		a.chunked, a.length = true, end-a.Size
+		return h1.OK
 	}
-	if lengths > 1 || a.conn.over || (!a.hasLength && !bodiless) || a.length > wholeBodyMax {
-		return parseOther
+	if lengths > 1 || a.conn.Over || (!a.hasLength && !bodiless) || a.length > wholeBodyMax {
+		return h1.Other
 	}
 	if bodiless {
 		a.length = 0
 	}
-	if len(b) < a.size+a.length {
-		return parseMore
+	if len(b) < a.Size+a.length {
+		return h1.More
 	}
-	return parseOK
+	return h1.OK
 }
 
 // total is the answer's bytes, head and body.
-func (a *fastAnswer) total() int { return a.size + a.length }
-
-// chunkedEnd returns where the chunked body that starts at b[start:] ends,
-// last chunk and final CRLF included, or -1 if it is not all in b, has
-// trailers or a malformed size line, or holds more than wholeBodyMax
-// bytes. Chunk extensions are kept (the bytes are relayed as they came).
-func chunkedEnd(b []byte, start int) int {
-	pos, total := start, 0
-	for {
-		i := bytes.Index(b[pos:], []byte("\r\n"))
-		if i <= 0 || i > 1024 {
-			return -1
-		}
-		line := b[pos : pos+i]
-		if j := bytes.IndexByte(line, ';'); j >= 0 {
-			for _, c := range line[j:] {
-				if byteClass[c]&classVisible == 0 && c != '\t' {
-					return -1
-				}
-			}
-			line = line[:j]
-		}
-		if len(line) == 0 || len(line) > 8 {
-			return -1
-		}
-		n := 0
-		for _, c := range line {
-			switch {
-			case '0' <= c && c <= '9':
-				n = n<<4 | int(c-'0')
-			case 'a' <= c && c <= 'f':
-				n = n<<4 | int(c-'a'+10)
-			case 'A' <= c && c <= 'F':
-				n = n<<4 | int(c-'A'+10)
-			default:
-				return -1
-			}
-		}
-		pos += i + 2
-		if n == 0 { // the last chunk; no trailers
-			if len(b) < pos+2 || b[pos] != '\r' || b[pos+1] != '\n' {
-				return -1
-			}
-			return pos + 2
-		}
-		if total += n; total > wholeBodyMax || len(b) < pos+n+2 || b[pos+n] != '\r' || b[pos+n+1] != '\n' {
-			return -1
-		}
-		pos += n + 2
-	}
-}
+func (a *fastAnswer) total() int { return a.Size + a.length }
 
 // appendClient appends the answer as the fasthttp path gives it to the
 // client: the status line as the upstream sent it, its Server or sluice's,
@@ -471,7 +258,7 @@ func chunkedEnd(b []byte, start int) int {
 // with it, and the body (b holds the answer). A 204 carries no
 // Content-Length.
 func (a *fastAnswer) appendClient(dst, b, date []byte, closing bool) []byte {
-	dst = append(dst, a.first...)
+	dst = append(dst, a.First...)
 	dst = append(dst, "\r\nServer: "...)
 	if len(a.server) > 0 {
 		dst = append(dst, a.server...)
@@ -488,21 +275,21 @@ func (a *fastAnswer) appendClient(dst, b, date []byte, closing bool) []byte {
 	} else if a.status != 204 && a.status != 304 && (!a.hasLength || a.declared != 0) {
 		dst = append(dst, "Content-Type: text/plain; charset=utf-8\r\n"...)
 	}
-	for _, f := range a.fields[:a.n] {
-		if hop.Is(f.k) || a.conn.named(f.k) || nameIs(f.k, "Server") || nameIs(f.k, "Date") || nameIs(f.k, "Content-Type") {
+	for _, f := range a.Fields[:a.N] {
+		if hop.Is(f.K) || a.conn.Named(f.K) || h1.NameIs(f.K, "Server") || h1.NameIs(f.K, "Date") || h1.NameIs(f.K, "Content-Type") {
 			continue
 		}
-		if nameIs(f.k, "Content-Length") {
+		if h1.NameIs(f.K, "Content-Length") {
 			if a.status != 204 {
 				dst = append(dst, "Content-Length: "...)
-				dst = append(dst, f.v...)
+				dst = append(dst, f.V...)
 				dst = append(dst, "\r\n"...)
 			}
 			continue
 		}
-		dst = append(dst, f.k...)
+		dst = append(dst, f.K...)
 		dst = append(dst, ": "...)
-		dst = append(dst, f.v...)
+		dst = append(dst, f.V...)
 		dst = append(dst, "\r\n"...)
 	}
 	if a.chunked {
@@ -512,7 +299,7 @@ func (a *fastAnswer) appendClient(dst, b, date []byte, closing bool) []byte {
 		dst = append(dst, "Connection: close\r\n"...)
 	}
 	dst = append(dst, "\r\n"...)
-	return append(dst, b[a.size:a.total()]...)
+	return append(dst, b[a.Size:a.total()]...)
 }
 
 // appendErrorAnswer appends the answer writeError gives: status, a JSON

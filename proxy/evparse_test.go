@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"github.com/sluice-proxy/sluice/internal/h1"
 	"net/netip"
 	"net/url"
 	"testing"
@@ -32,7 +33,7 @@ func FuzzFastRequest(f *testing.F) {
 	ip := netip.MustParseAddr("192.0.2.1")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var r fastRequest
-		if r.parse(data) != parseOK {
+		if r.parse(data) != h1.OK {
 			return
 		}
 		if r.total() > len(data) {
@@ -43,9 +44,9 @@ func FuzzFastRequest(f *testing.F) {
 			t.Fatalf("accepted a request fasthttp refuses: %v", err)
 		}
 		if !bytes.Equal(req.Header.Method(), r.method) || !bytes.Equal(req.Header.RequestURI(), r.target) ||
-			!bytes.Equal(req.Body(), data[r.size:r.total()]) || !bytes.Equal(req.Header.Host(), r.host) {
+			!bytes.Equal(req.Body(), data[r.Size:r.total()]) || !bytes.Equal(req.Header.Host(), r.host) {
 			t.Fatalf("read otherwise: %q %q %q host %q against fasthttp's %q %q %q host %q",
-				r.method, r.target, data[r.size:r.total()], r.host, req.Header.Method(), req.Header.RequestURI(), req.Body(), req.Header.Host())
+				r.method, r.target, data[r.Size:r.total()], r.host, req.Header.Method(), req.Header.RequestURI(), req.Body(), req.Header.Host())
 		}
 		out := r.appendUpstream(nil, data, rt, r.target, ip)
 		var fwd fasthttp.Request
@@ -53,11 +54,11 @@ func FuzzFastRequest(f *testing.F) {
 		if err := fwd.Read(bufio.NewReader(bytes.NewReader(out))); err != nil {
 			t.Fatalf("forwarded a request fasthttp cannot read: %v\n%q", err, out)
 		}
-		if !bytes.Equal(fwd.Body(), data[r.size:r.total()]) {
-			t.Fatalf("forwarded body %q, want %q", fwd.Body(), data[r.size:r.total()])
+		if !bytes.Equal(fwd.Body(), data[r.Size:r.total()]) {
+			t.Fatalf("forwarded body %q, want %q", fwd.Body(), data[r.Size:r.total()])
 		}
 		for k := range fwd.Header.All() {
-			if hop.Is(k) || r.conn.named(k) {
+			if hop.Is(k) || r.conn.Named(k) {
 				t.Fatalf("forwarded the hop-by-hop field %q", k)
 			}
 		}
@@ -79,7 +80,7 @@ func FuzzFastAnswer(f *testing.F) {
 	date := appendHTTPDate(nil, fasthttpNow())
 	f.Fuzz(func(t *testing.T, data []byte, isHead bool) {
 		var a fastAnswer
-		if a.parse(data, isHead) != parseOK {
+		if a.parse(data, isHead) != h1.OK {
 			return
 		}
 		if a.total() > len(data) {
@@ -90,8 +91,8 @@ func FuzzFastAnswer(f *testing.F) {
 		if err := res.Read(bufio.NewReader(bytes.NewReader(data[:a.total()]))); err != nil {
 			t.Fatalf("accepted an answer fasthttp refuses: %v", err)
 		}
-		if res.StatusCode() != a.status || (!a.chunked && !bytes.Equal(res.Body(), data[a.size:a.total()])) {
-			t.Fatalf("read otherwise: %d %q against fasthttp's %d %q", a.status, data[a.size:a.total()], res.StatusCode(), res.Body())
+		if res.StatusCode() != a.status || (!a.chunked && !bytes.Equal(res.Body(), data[a.Size:a.total()])) {
+			t.Fatalf("read otherwise: %d %q against fasthttp's %d %q", a.status, data[a.Size:a.total()], res.StatusCode(), res.Body())
 		}
 		out := a.appendClient(nil, data, date, false)
 		var back fasthttp.Response

@@ -104,7 +104,7 @@ func (l *evloop) putReq(sr *storeReq) {
 func (l *evloop) store(c *clientConn, b []byte, rt *route) {
 	s := l.e.s
 	r := &l.req
-	if r.size > int(s.maxHeader) {
+	if r.Size > int(s.maxHeader) {
 		l.handOff(c, b) // the fasthttp path answers 431
 		return
 	}
@@ -123,13 +123,13 @@ func (l *evloop) store(c *clientConn, b []byte, rt *route) {
 	if err == nil {
 		err = ctx.Request.ContinueReadBody(l.br, int(min(rt.MaxBody, wholeBodyMax)), false)
 	}
-	if err != nil || ctx.Request.Header.ConnectionClose() != r.conn.close {
+	if err != nil || ctx.Request.Header.ConnectionClose() != r.conn.Close {
 		l.putReq(sr) // what the strict parser took, fasthttp's did not read alike: its server decides
 		l.handOff(c, b)
 		return
 	}
 	c.seq++
-	c.closeAfter = r.conn.close
+	c.closeAfter = r.conn.Close
 	if rest := b[r.total():]; len(rest) > 0 {
 		c.in = append(c.in[:0], rest...)
 	} else {
