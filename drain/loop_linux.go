@@ -5,10 +5,8 @@ package drain
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"io"
 	"net"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -56,9 +54,8 @@ type loop struct {
 	r    *runner
 	d    *Drainer
 	ep   int
-	epf  *os.File // ep, in Go's poller
-	eprc syscall.RawConn
-	wake int // eventfd: submit and the dials wake the loop
+	epw  *netio.EpollWaiter // waits for ep's events in Go's poller
+	wake int                // eventfd: submit and the dials wake the loop
 
 	maxConns int          // connections it may open: its share of Concurrency
 	busy     atomic.Int64 // attempts submitted to it and not yet reported: for pickLoop
@@ -75,15 +72,14 @@ type loop struct {
 	dialing int
 	quit    bool
 
-	buf       []byte // read buffer
-	bw        *bufio.Writer
-	req       *fasthttp.Request
-	ans       loopAnswer
-	evs       *[]event // this turn's results, for handOver; nil if none
-	recs      *[]recItem
-	nextDue   time.Time // the earliest deadline armed; zero: none
-	waitUntil time.Time // the epoll set's read deadline, as last set
-	done      chan struct{}
+	buf     []byte // read buffer
+	bw      *bufio.Writer
+	req     *fasthttp.Request
+	ans     loopAnswer
+	evs     *[]event // this turn's results, for handOver; nil if none
+	recs    *[]recItem
+	nextDue time.Time // the earliest deadline armed; zero: none
+	done    chan struct{}
 }
 
 // pending is an attempt not yet answered.
@@ -131,22 +127,14 @@ func newLoop(r *runner, maxConns int) (*loop, error) {
 		unix.Close(wfd)
 		return nil, err
 	}
-	// The loop waits for its epoll set through Go's poller (the set is
-	// readable when it has events): a goroutine that parks while nothing
-	// is ready, not a thread blocked in epoll_wait holding a processor.
-	if err := unix.SetNonblock(ep, true); err != nil {
+	// The loop waits for its epoll set through Go's poller (netio.EpollWaiter).
+	w, err := netio.NewEpollWaiter(ep)
+	if err != nil {
 		unix.Close(ep)
 		unix.Close(wfd)
 		return nil, err
 	}
-	epf := os.NewFile(uintptr(ep), "epoll")
-	rc, err := epf.SyscallConn()
-	if err != nil {
-		epf.Close()
-		unix.Close(wfd)
-		return nil, err
-	}
-	l := &loop{r: r, d: r.d, ep: ep, epf: epf, eprc: rc, wake: wfd, conns: map[int]*lconn{}, maxConns: maxConns,
+	l := &loop{r: r, d: r.d, ep: ep, epw: w, wake: wfd, conns: map[int]*lconn{}, maxConns: maxConns,
 		buf: make([]byte, loopBuffer), req: new(fasthttp.Request), done: make(chan struct{})}
 	l.bw = bufio.NewWriterSize(io.Discard, 4<<10)
 	go l.run()
@@ -211,7 +199,7 @@ func (l *loop) run() {
 		if until.IsZero() && len(l.idle) > 0 {
 			until = lastScan.Add(time.Second)
 		}
-		n, err := l.wait(evs, until)
+		n, err := l.epw.Wait(evs, until)
 		if err != nil {
 			l.d.log.Error("delivery loop: epoll_wait failed", "err", err)
 			time.Sleep(10 * time.Millisecond) // not a spin; the next wait may work
@@ -267,35 +255,9 @@ func (l *loop) run() {
 		unix.Close(fd)
 	}
 	l.conns, l.idle = map[int]*lconn{}, nil
-	l.epf.Close()
+	l.epw.Close()
 	unix.Close(l.wake)
 	l.mu.Unlock()
-}
-
-// wait returns the events of the epoll set, waiting for one until until
-// (zero: no limit) in Go's poller; none once until has passed.
-func (l *loop) wait(evs []unix.EpollEvent, until time.Time) (n int, err error) {
-	poll := func(fd uintptr) bool {
-		for {
-			n, err = unix.EpollWait(int(fd), evs, 0)
-			if err != unix.EINTR {
-				return n > 0 || err != nil
-			}
-		}
-	}
-	if poll(uintptr(l.ep)); n > 0 || err != nil {
-		return n, err
-	}
-	if !until.Equal(l.waitUntil) { // a timer update only when it changes
-		if err := l.epf.SetReadDeadline(until); err != nil {
-			return 0, err
-		}
-		l.waitUntil = until
-	}
-	if rerr := l.eprc.Read(poll); rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
-		return 0, rerr
-	}
-	return n, err
 }
 
 // start sends j's request on an idle connection, or on a new one.

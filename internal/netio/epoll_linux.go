@@ -1,0 +1,71 @@
+//go:build linux
+
+package netio
+
+import (
+	"errors"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// EpollWaiter waits for an epoll set's events through Go's poller: the set
+// is itself a descriptor, readable when it has events, so the goroutine
+// that waits parks in the runtime like any other instead of blocking a
+// thread in epoll_wait(2). A thread blocked there keeps its processor
+// until the runtime's monitor takes it back (20 µs to 10 ms later), and
+// with a loop per CPU the rest of the process (a store's writer back from
+// its fdatasync, the drainers) waited that long for a CPU. With events
+// waiting, Wait returns them with one epoll_wait and does not park.
+type EpollWaiter struct {
+	ep    int
+	f     *os.File
+	rc    syscall.RawConn
+	until time.Time // the read deadline last set
+}
+
+// NewEpollWaiter takes the epoll set ep (made non-blocking; Close closes
+// it).
+func NewEpollWaiter(ep int) (*EpollWaiter, error) {
+	if err := unix.SetNonblock(ep, true); err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(ep), "epoll")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &EpollWaiter{ep: ep, f: f, rc: rc}, nil
+}
+
+// Wait returns the events of the set into evs, waiting for one until
+// until (zero: no limit); none once until has passed.
+func (w *EpollWaiter) Wait(evs []unix.EpollEvent, until time.Time) (n int, err error) {
+	poll := func(fd uintptr) bool {
+		for {
+			n, err = unix.EpollWait(int(fd), evs, 0)
+			if err != unix.EINTR {
+				return n > 0 || err != nil
+			}
+		}
+	}
+	if poll(uintptr(w.ep)); n > 0 || err != nil {
+		return n, err
+	}
+	if !until.Equal(w.until) { // a timer update only when it changes
+		if err := w.f.SetReadDeadline(until); err != nil {
+			return 0, err
+		}
+		w.until = until
+	}
+	if rerr := w.rc.Read(poll); rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
+		return 0, rerr
+	}
+	return n, err
+}
+
+// Close closes the epoll set.
+func (w *EpollWaiter) Close() error { return w.f.Close() }
