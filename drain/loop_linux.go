@@ -159,10 +159,13 @@ func (l *loop) post(fn func()) {
 		return
 	}
 	l.tasks = append(l.tasks, fn)
-	l.mu.Unlock()
 	l.wakeUp()
+	l.mu.Unlock()
 }
 
+// wakeUp wakes the loop if it is not being woken already. Under l.mu,
+// while the loop has not ended: its eventfd is closed when it ends, and
+// the number may then name another file.
 func (l *loop) wakeUp() {
 	if l.woken.CompareAndSwap(false, true) {
 		one := [8]byte{1}
@@ -176,8 +179,10 @@ func (l *loop) submit(j job) {
 	l.busy.Add(1)
 	l.mu.Lock()
 	l.jobs = append(l.jobs, j)
+	if !l.ended {
+		l.wakeUp()
+	}
 	l.mu.Unlock()
-	l.wakeUp()
 }
 
 // close ends the loop once nothing is under way (Run's end): it closes
@@ -277,7 +282,8 @@ func (l *loop) start(j job) {
 	l.dialMore()
 }
 
-// dialMore dials for the attempts waiting, up to Concurrency connections.
+// dialMore dials for the attempts waiting, up to the loop's share of the
+// target's connections (maxConns).
 func (l *loop) dialMore() {
 	for l.dialing < len(l.waiting) && len(l.conns)+l.dialing < l.maxConns {
 		l.dialing++

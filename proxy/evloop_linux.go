@@ -358,11 +358,14 @@ func (l *evloop) post(fn func(*evloop)) {
 		return
 	}
 	l.tasks = append(l.tasks, fn)
-	l.mu.Unlock()
+	// The wake-up is written under l.mu, while the loop has not ended: its
+	// eventfd is closed when it ends, and the number may then name another
+	// file (a segment's log, a socket).
 	if l.woken.CompareAndSwap(false, true) {
 		var one = [8]byte{1}
 		unix.Write(l.wakefd, one[:])
 	}
+	l.mu.Unlock()
 }
 
 // run is the loop, on a thread of its own that blocks in epoll_wait. (The
