@@ -113,18 +113,8 @@ const idleTimeout = 10 * time.Second
 const loopBuffer = 64 << 10
 
 func newLoop(r *runner, maxConns int) (*loop, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	ep, wfd, err := netio.NewEpoll()
 	if err != nil {
-		return nil, err
-	}
-	wfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
-	if err != nil {
-		unix.Close(ep)
-		return nil, err
-	}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wfd)}); err != nil {
-		unix.Close(ep)
-		unix.Close(wfd)
 		return nil, err
 	}
 	// The loop waits for its epoll set through Go's poller (netio.EpollWaiter).

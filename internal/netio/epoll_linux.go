@@ -69,3 +69,22 @@ func (w *EpollWaiter) Wait(evs []unix.EpollEvent, until time.Time) (n int, err e
 
 // Close closes the epoll set.
 func (w *EpollWaiter) Close() error { return w.f.Close() }
+
+// NewEpoll returns a new epoll set (close-on-exec) and, in it, an eventfd
+// (non-blocking) another goroutine writes to wake the loop that waits on
+// the set: what every event loop starts with.
+func NewEpoll() (ep, wake int, err error) {
+	if ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return -1, -1, err
+	}
+	if wake, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		unix.Close(ep)
+		return -1, -1, err
+	}
+	if err = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+		unix.Close(ep)
+		unix.Close(wake)
+		return -1, -1, err
+	}
+	return ep, wake, nil
+}
