@@ -1,8 +1,6 @@
 package drain
 
 import (
-	"bytes"
-
 	"github.com/sluice-proxy/sluice/internal/h1"
 )
 
@@ -37,65 +35,37 @@ func (a *loopAnswer) parse(b []byte, isHead bool) int {
 	if res := a.Head.Parse(b); res != h1.OK {
 		return res
 	}
-	f := a.First
-	if len(f) < 12 || string(f[:9]) != "HTTP/1.1 " || (len(f) > 12 && f[12] != ' ') {
-		return h1.Other
-	}
-	st := 0
-	for _, c := range f[9:12] {
-		if c < '0' || c > '9' {
-			return h1.Other
-		}
-		st = st*10 + int(c-'0')
-	}
-	if st < 200 {
+	st, ok := h1.AnswerStatus(a.First)
+	if !ok || st < 200 {
 		return h1.Other
 	}
 	a.status, a.length, a.close, a.retryAfter = st, 0, false, nil
-	lengths, codings := 0, 0
-	var conn h1.ConnInfo
-	for _, fd := range a.Fields[:a.N] {
-		switch {
-		case h1.NameIs(fd.K, "Content-Length"):
-			n, ok := h1.ParseLength(fd.V)
-			if !ok {
-				return h1.Other
-			}
-			a.length = n
-			lengths++
-		case h1.NameIs(fd.K, "Transfer-Encoding"):
-			if !bytes.EqualFold(fd.V, []byte("chunked")) {
-				return h1.Other
-			}
-			codings++
-		case h1.NameIs(fd.K, "Trailer"):
+	var fr h1.Framing
+	for _, f := range a.Fields[:a.N] {
+		if framing, ok := fr.Add(f); !ok {
 			return h1.Other
-		case h1.NameIs(fd.K, "Connection"):
-			conn.Add(fd.V)
-		case h1.NameIs(fd.K, "Retry-After"):
-			if a.retryAfter == nil {
-				a.retryAfter = fd.V
-			}
+		} else if !framing && a.retryAfter == nil && h1.NameIs(f.K, "Retry-After") {
+			a.retryAfter = f.V
 		}
 	}
-	a.close = conn.Close
+	a.close = fr.Conn.Close
 	if isHead || st == 204 || st == 304 {
-		a.length = 0 // no body, whatever the fields say
-		if lengths == 0 && codings == 0 && st != 204 && st != 304 {
+		if fr.Lengths == 0 && fr.Chunked == 0 && st != 204 && st != 304 {
 			a.close = true // unframed: fasthttp ends the connection after it
 		}
-		return h1.OK
+		return h1.OK // no body, whatever the fields say
 	}
+	a.length = fr.Length
 	switch {
-	case codings > 1, codings == 1 && lengths > 0, lengths > 1:
+	case fr.Ambiguous():
 		return h1.Other
-	case codings == 1:
+	case fr.Chunked == 1:
 		end := h1.ChunkedEnd(b, a.Size, chunkedMax)
 		if end < 0 {
 			return h1.Other
 		}
 		a.length = end - a.Size
-	case lengths == 0:
+	case fr.Lengths == 0:
 		return h1.Other // read to the end of the connection
 	}
 	return h1.OK

@@ -191,38 +191,29 @@ func (a *fastAnswer) parse(b []byte, isHead bool) int {
 	if res := a.Head.Parse(b); res != h1.OK {
 		return res
 	}
-	if len(a.First) < 12 || string(a.First[:9]) != "HTTP/1.1 " || (len(a.First) > 12 && a.First[12] != ' ') {
+	st, ok := h1.AnswerStatus(a.First)
+	if !ok || st < 200 {
 		return h1.Other
 	}
-	st, err := strconv.Atoi(string(a.First[9:12]))
-	if err != nil || st < 200 || st > 999 {
-		return h1.Other
-	}
-	a.status, a.length, a.hasLength, a.chunked, a.server, a.contentType, a.conn = st, 0, false, false, nil, nil, h1.ConnInfo{}
-	lengths, codings := 0, 0
+	a.status, a.length, a.hasLength, a.chunked, a.server, a.contentType = st, 0, false, false, nil, nil
+	var fr h1.Framing
 	for _, f := range a.Fields[:a.N] {
-		switch {
-		case h1.NameIs(f.K, "Content-Length"):
-			n, ok := h1.ParseLength(f.V)
-			if !ok {
-				return h1.Other
-			}
-			a.length, a.declared, a.hasLength = n, n, true
-			lengths++
-		case h1.NameIs(f.K, "Transfer-Encoding"):
-			if !bytes.EqualFold(f.V, []byte("chunked")) {
-				return h1.Other
-			}
-			codings++
-		case h1.NameIs(f.K, "Trailer"):
+		if framing, ok := fr.Add(f); !ok {
 			return h1.Other
-		case h1.NameIs(f.K, "Connection"):
-			a.conn.Add(f.V)
+		} else if framing {
+			continue
+		}
+		switch {
 		case h1.NameIs(f.K, "Server"):
 			a.server = f.V
 		case h1.NameIs(f.K, "Content-Type"):
 			a.contentType = f.V
 		}
+	}
+	a.conn = fr.Conn
+	lengths, codings := fr.Lengths, fr.Chunked
+	if lengths > 0 {
+		a.length, a.declared, a.hasLength = fr.Length, fr.Length, true
 	}
 	bodiless := isHead || st == 204 || st == 304
 	if codings > 0 {

@@ -240,3 +240,57 @@ func ChunkedEnd(b []byte, start, max int) int {
 		pos += n + 2
 	}
 }
+
+// AnswerStatus reads an answer's status line: "HTTP/1.1 ", three digits
+// and nothing or a blank and a reason. ok is false for anything else
+// (HTTP/1.0 among others); the caller decides which statuses it takes.
+func AnswerStatus(first []byte) (status int, ok bool) {
+	if len(first) < 12 || string(first[:9]) != "HTTP/1.1 " || (len(first) > 12 && first[12] != ' ') {
+		return 0, false
+	}
+	for _, c := range first[9:12] {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		status = status*10 + int(c-'0')
+	}
+	return status, true
+}
+
+// Framing is what a head's fields say of its body and its connection,
+// gathered field by field with Add.
+type Framing struct {
+	Length  int // the last Content-Length's value
+	Lengths int // Content-Length fields
+	Chunked int // Transfer-Encoding: chunked fields
+	Conn    ConnInfo
+}
+
+// Add reads field f if it is one of framing's (Content-Length,
+// Transfer-Encoding, Trailer, Connection): framing is then true, and ok is
+// false for one outside the subset (a malformed length, a coding other
+// than chunked, trailers announced).
+func (fr *Framing) Add(f Field) (framing, ok bool) {
+	switch {
+	case NameIs(f.K, "Content-Length"):
+		n, ok := ParseLength(f.V)
+		fr.Length = n
+		fr.Lengths++
+		return true, ok
+	case NameIs(f.K, "Transfer-Encoding"):
+		fr.Chunked++
+		return true, bytes.EqualFold(f.V, []byte("chunked"))
+	case NameIs(f.K, "Trailer"):
+		return true, false
+	case NameIs(f.K, "Connection"):
+		fr.Conn.Add(f.V)
+		return true, true
+	}
+	return false, true
+}
+
+// Ambiguous reports a body framed twice or more (two lengths, two
+// codings, a length beside a coding): never read, whatever the values say.
+func (fr *Framing) Ambiguous() bool {
+	return fr.Lengths > 1 || fr.Chunked > 1 || (fr.Chunked > 0 && fr.Lengths > 0)
+}

@@ -72,3 +72,38 @@ func TestParseLengthAndConnection(t *testing.T) {
 		t.Errorf("%+v", ci)
 	}
 }
+
+func TestAnswerStatusAndFraming(t *testing.T) {
+	for in, want := range map[string]int{"HTTP/1.1 200 OK": 200, "HTTP/1.1 204": 204, "HTTP/1.1 100 Continue": 100,
+		"HTTP/1.0 200 OK": -1, "HTTP/1.1 20 OK": -1, "HTTP/1.1 2000": -1, "HTTP/1.1 2x0 OK": -1, "http/1.1 200 OK": -1} {
+		st, ok := AnswerStatus([]byte(in))
+		if ok != (want >= 0) || (ok && st != want) {
+			t.Errorf("AnswerStatus(%q) = %d, %v", in, st, ok)
+		}
+	}
+	var h Head
+	h.Parse([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nconnection: close\r\nX-A: 1\r\n\r\n"))
+	var fr Framing
+	var others int
+	for _, f := range h.Fields[:h.N] {
+		framing, ok := fr.Add(f)
+		if !ok {
+			t.Fatalf("%q refused", f.K)
+		}
+		if !framing {
+			others++
+		}
+	}
+	if fr.Length != 5 || fr.Lengths != 1 || !fr.Conn.Close || others != 1 || fr.Ambiguous() {
+		t.Errorf("%+v, %d others", fr, others)
+	}
+	for _, f := range []Field{{K: []byte("Transfer-Encoding"), V: []byte("gzip")}, {K: []byte("Trailer"), V: []byte("X")}, {K: []byte("Content-Length"), V: []byte("5x")}} {
+		if framing, ok := new(Framing).Add(f); !framing || ok {
+			t.Errorf("%s: %s taken", f.K, f.V)
+		}
+	}
+	both := Framing{Lengths: 1, Chunked: 1}
+	if !both.Ambiguous() || !(&Framing{Lengths: 2}).Ambiguous() || (&Framing{Chunked: 1}).Ambiguous() {
+		t.Error("Ambiguous")
+	}
+}
