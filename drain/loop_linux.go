@@ -94,7 +94,7 @@ type pending struct {
 type lconn struct {
 	fd       int
 	p        *pending     // the attempt on it; nil while idle
-	wire     appendWriter // its request, as the fasthttp client writes it
+	wire     bytes.Buffer // its request, as the fasthttp client writes it
 	out      []byte       // the request's bytes not yet written
 	wantOut  bool         // EPOLLOUT is asked for
 	in       []byte       // an answer's bytes read so far, while its head is incomplete
@@ -129,14 +129,6 @@ func newLoop(r *runner, maxConns int) (*loop, error) {
 	l.bw = bufio.NewWriterSize(io.Discard, 4<<10)
 	go l.run()
 	return l, nil
-}
-
-// appendWriter is an io.Writer that appends to a slice.
-type appendWriter struct{ b []byte }
-
-func (w *appendWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
 }
 
 // post runs fn on the loop. Once the loop has ended, fn runs at once,
@@ -347,12 +339,12 @@ func (l *loop) send(c *lconn, p *pending) {
 	l.req.Reset()
 	buildRequest(l.req, &l.d.ep, p.j.dl)
 	l.req.URI().DisablePathNormalizing = true // as the fasthttp client is told (New)
-	c.wire.b = c.wire.b[:0]
+	c.wire.Reset()
 	l.bw.Reset(&c.wire)
 	l.req.Write(l.bw) // into memory: it cannot fail
 	l.bw.Flush()
 	l.req.SetBodyRaw(nil) // not the message's body beyond this
-	c.out = c.wire.b
+	c.out = c.wire.Bytes()
 	l.flush(c)
 }
 
