@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/buffer"
+	"github.com/sluice-proxy/sluice/internal/testutil"
 	"github.com/sluice-proxy/sluice/store"
 	"github.com/valyala/fasthttp"
 )
@@ -280,11 +281,6 @@ func TestLoopSoak(t *testing.T) {
 	}
 	var mu sync.Mutex
 	byID := map[string]*seen{}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	answer := func(c net.Conn, id string, attempt int) (keep bool) {
 		keep = true
 		h := 0
@@ -327,40 +323,22 @@ func TestLoopSoak(t *testing.T) {
 		mu.Unlock()
 		return keep
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					var req fasthttp.Request
-					if err := req.Read(br); err != nil {
-						return
-					}
-					id := string(req.Header.Peek(HeaderID))
-					attempt, _ := strconv.Atoi(string(req.Header.Peek(HeaderAttempt)))
-					mu.Lock()
-					s := byID[id]
-					if s == nil {
-						s = &seen{keys: map[string]bool{}}
-						byID[id] = s
-					}
-					s.keys[string(req.Header.Peek(HeaderIdempotencyKey))] = true
-					mu.Unlock()
-					if !answer(c, id, attempt) {
-						return
-					}
-				}
-			}()
+	addr := testutil.ServeRaw(t, func(c net.Conn, req *fasthttp.Request) bool {
+		id := string(req.Header.Peek(HeaderID))
+		attempt, _ := strconv.Atoi(string(req.Header.Peek(HeaderAttempt)))
+		mu.Lock()
+		s := byID[id]
+		if s == nil {
+			s = &seen{keys: map[string]bool{}}
+			byID[id] = s
 		}
-	}()
+		s.keys[string(req.Header.Peek(HeaderIdempotencyKey))] = true
+		mu.Unlock()
+		return answer(c, id, attempt)
+	})
 	_, q, _ := newQueue(t, "a")
 	appendN(t, q, n, order)
-	tg := testTarget("a", "http://"+ln.Addr().String())
+	tg := testTarget("a", "http://"+addr)
 	tg.Concurrency = 16
 	tg.Retry.MaxAttempts = 10
 	tg.Retry.Initial, tg.Retry.Max = ms, 5*ms

@@ -387,37 +387,19 @@ func TestEventLoopSlowUpstreamReader(t *testing.T) {
 // coming (a stream: server-sent events, progress) goes out as it comes,
 // its first chunk before the rest is sent.
 func TestEventLoopChunkedAnswers(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					var req fasthttp.Request
-					if err := req.Read(br); err != nil {
-						return
-					}
-					if string(req.URI().Path()) == "/stream" {
-						c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n"))
-						time.Sleep(400 * time.Millisecond)
-						c.Write([]byte("5\r\nlast\n\r\n0\r\n\r\n"))
-						continue
-					}
-					c.Write([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nwhole\r\n0\r\n\r\n"))
-				}
-			}()
+	up := testutil.ServeRaw(t, func(c net.Conn, req *fasthttp.Request) bool {
+		if string(req.URI().Path()) == "/stream" {
+			c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n"))
+			time.Sleep(400 * time.Millisecond)
+			c.Write([]byte("5\r\nlast\n\r\n0\r\n\r\n"))
+			return true
 		}
-	}()
-	addr, s := startPolicy(t, fmt.Sprintf(loopPolicy, 1, ln.Addr().String(), "5s"))
+		c.Write([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nwhole\r\n0\r\n\r\n"))
+		return true
+	})
+	addr, s := startPolicy(t, fmt.Sprintf(loopPolicy, 1, up, "5s"))
 	c, br := dialLoop(t, addr)
-	_, err = c.Write([]byte("GET /whole HTTP/1.1\r\nHost: h\r\n\r\n"))
+	_, err := c.Write([]byte("GET /whole HTTP/1.1\r\nHost: h\r\n\r\n"))
 	must(t, err)
 	if got := readAnswers(t, br, 1); got[0] != "200 whole" {
 		t.Fatalf("whole chunked answer: %q", got[0])

@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"net"
@@ -21,6 +22,39 @@ func Serve(t testing.TB, srv *fasthttp.Server) string {
 		t.Fatal(err)
 	}
 	ServeOn(t, ln, srv)
+	return ln.Addr().String()
+}
+
+// ServeRaw serves HTTP/1.1 by hand on a new listener on 127.0.0.1 until the
+// test ends, for tests of clients against answers no server would give (torn,
+// slow, chunked by hand, a reset): each request of each connection is read
+// with fasthttp and given to answer with the connection, which writes what it
+// likes and returns false to end the connection. It returns the address.
+func ServeRaw(t testing.TB, answer func(c net.Conn, req *fasthttp.Request) (keep bool)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					var req fasthttp.Request
+					if err := req.Read(br); err != nil || !answer(c, &req) {
+						return
+					}
+				}
+			}()
+		}
+	}()
 	return ln.Addr().String()
 }
 
