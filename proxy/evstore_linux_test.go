@@ -63,15 +63,7 @@ func storeExchange(t *testing.T, addr string, s *Server, pieces []string, n int)
 		if err := res.Read(br); err != nil {
 			t.Fatalf("answer %d of %d: %v", len(answers)+1, n, err)
 		}
-		var lines []string
-		for k, v := range res.Header.All() {
-			if strings.EqualFold(string(k), "Date") {
-				v = []byte("*")
-			}
-			lines = append(lines, string(k)+": "+string(v))
-		}
-		slices.Sort(lines)
-		a := fmt.Sprintf("%d %s\n%s\n\n%s", res.StatusCode(), res.Header.StatusMessage(), strings.Join(lines, "\n"), res.Body())
+		a := describeAnswer(&res)
 		answers = append(answers, etaPattern.ReplaceAllString(idPattern.ReplaceAllString(a, "<id>"), `"eta":"<eta>"`))
 		if id := string(res.Header.Peek("X-Sluice-Id")); id != "" {
 			pid, err := buffer.ParseID(id)
