@@ -44,6 +44,16 @@ machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; sluice fsync: $FSYNC"
 printf '%-7s %-4s %12s %9s %9s %7s %11s %7s %11s %10s\n' server run req/s p50_ms p99_ms non2xx cpu_us/req steal% msgs/commit commit_ms
 : > "$work/noop.txt"; : > "$work/sluice.txt"; : > "$work/floor.txt"; : > "$work/nooplog.txt"; : > "$work/sluice-b.txt"
+sluice_run() { # NAME BINARY: one run of that sluice, results in $work/NAME.txt
+  rm -rf "$work/data"
+  "$2" serve --policy "$work/policy.yaml" --log-level info 2> "$work/sluice.log" > /dev/null & sp=$!
+  wait_port 18081
+  r=$(wrk_post 18081 $sp)
+  kill $sp; wait $sp 2>/dev/null || true
+  r="$r $(writer_cycle "$work/sluice.log")"; echo "$r" >> "$work/$1.txt"
+  printf '%-7s %-4s %12s %9s %9s %7s %11s %7s %11s %10s\n' "$1" "$i" $r
+}
+
 for i in $(seq "$RUNS"); do
   "$work/noop" -listen 127.0.0.1:18080 & np=$!
   wait_port 18080
@@ -67,23 +77,8 @@ for i in $(seq "$RUNS"); do
     rm -f "$work/floor.log"
   fi
 
-  rm -rf "$work/data"
-  "$work/sluice" serve --policy "$work/policy.yaml" --log-level info 2> "$work/sluice.log" > /dev/null & sp=$!
-  wait_port 18081
-  r=$(wrk_post 18081 $sp)
-  kill $sp; wait $sp 2>/dev/null || true
-  r="$r $(writer_cycle "$work/sluice.log")"; echo "$r" >> "$work/sluice.txt"
-  printf '%-7s %-4s %12s %9s %9s %7s %11s %7s %11s %10s\n' sluice "$i" $r
-
-  if [ -n "$SLUICE_B" ]; then
-    rm -rf "$work/data"
-    "$SLUICE_B" serve --policy "$work/policy.yaml" --log-level info 2> "$work/sluice.log" > /dev/null & sp=$!
-    wait_port 18081
-    r=$(wrk_post 18081 $sp)
-    kill $sp; wait $sp 2>/dev/null || true
-    r="$r $(writer_cycle "$work/sluice.log")"; echo "$r" >> "$work/sluice-b.txt"
-    printf '%-7s %-4s %12s %9s %9s %7s %11s %7s %11s %10s\n' sluice-b "$i" $r
-  fi
+  sluice_run sluice "$work/sluice"
+  if [ -n "$SLUICE_B" ]; then sluice_run sluice-b "$SLUICE_B"; fi
 done
 n_rps=$(cut -d' ' -f1 "$work/noop.txt" | median)
 s_rps=$(cut -d' ' -f1 "$work/sluice.txt" | median)
