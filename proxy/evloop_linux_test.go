@@ -135,23 +135,9 @@ func TestEventLoopUpstreamTimeout(t *testing.T) {
 // Shutdown lets a request in flight finish, with Connection: close.
 func TestEventLoopShutdownFinishesInFlight(t *testing.T) {
 	s, _ := newTestServer(t, fmt.Sprintf(loopPolicy, 1, echoUpstream(t, 400*time.Millisecond), "5s"), buffer.Config{}, nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	must(t, err)
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	_, err = c.Write([]byte("POST /inflight HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok"))
-	must(t, err)
+	addr, c, served := serveOne(t, s, "POST /inflight HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok")
 	time.Sleep(100 * time.Millisecond) // with the upstream now
-	shut := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		shut <- s.Shutdown(ctx)
-	}()
+	shut := shutdownLater(s)
 	var res fasthttp.Response
 	if err := res.Read(bufio.NewReader(c)); err != nil {
 		t.Fatalf("answer of the request in flight: %v", err)
@@ -168,9 +154,39 @@ func TestEventLoopShutdownFinishesInFlight(t *testing.T) {
 	if err := <-served; err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
-	if _, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 		t.Fatal("still accepting after Shutdown")
 	}
+}
+
+// serveOne serves s on a new listener, dials it and sends request on that
+// connection (reads and writes time out after 10 s): for the shutdown
+// tests. served gets Serve's result.
+func serveOne(t *testing.T, s *Server, request string) (addr string, c net.Conn, served <-chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	c, err = net.Dial("tcp", ln.Addr().String())
+	must(t, err)
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = c.Write([]byte(request))
+	must(t, err)
+	return ln.Addr().String(), c, done
+}
+
+// shutdownLater shuts s down (within 5 s) on another goroutine, which sends
+// Shutdown's result.
+func shutdownLater(s *Server) <-chan error {
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	return shut
 }
 
 // Many clients on two loops, each request's answer on its own connection:

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"regexp"
@@ -181,27 +180,13 @@ func TestEventLoopStoreShutdownAnswersInFlight(t *testing.T) {
 		<-release // the commit holds here, its record written and synced
 	}}, nil)
 	defer once.Do(func() { close(release) })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	must(t, err)
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	_, err = c.Write([]byte("POST /orders HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok"))
-	must(t, err)
+	_, c, served := serveOne(t, s, "POST /orders HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok")
 	select {
 	case <-entered:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the request's commit did not begin")
 	}
-	shut := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		shut <- s.Shutdown(ctx)
-	}()
+	shut := shutdownLater(s)
 	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	if n, err := c.Read(make([]byte, 1)); n > 0 || !isTimeout(err) {
 		t.Fatalf("answered before the commit returned: %d bytes, %v", n, err)
