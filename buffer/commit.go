@@ -259,8 +259,10 @@ func (q *Queue) writeJournalOutcomes(c *commitSet) (wait func()) {
 	for _, o := range c.outcomes {
 		n += 8 + 17 + len(q.targets[o.target]) + stateSize(o.state)
 	}
-	// One buffer for the write, sized by stateSize's upper bound.
-	buf := make([]byte, 0, n)
+	// One buffer for the write, sized by stateSize's upper bound: the
+	// journal's, reused from commit to commit (the write is over when
+	// writeOutcomes returns).
+	buf := q.jrn.frameBuf(n)
 	size := 0
 	for _, o := range c.outcomes {
 		var at int

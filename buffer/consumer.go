@@ -446,23 +446,21 @@ func (c *Consumer) Complete(ctx context.Context, d *Delivery, out Outcome) error
 func (c *Consumer) CompleteBatch(ctx context.Context, ds []*Delivery, outs []Outcome) []error {
 	errs := make([]error, len(ds))
 	// One hand-off for the batch: its changes are the parts of one
-	// outcomeBatch, each kind made in one allocation, answered together.
+	// outcomeBatch, each kind in one slice of a scratch the batch
+	// borrows (the writer is done with every part once do returns).
 	nFirst := 0
 	for i, d := range ds {
 		if firstDelivered(d, outs[i]) {
 			nFirst++
 		}
 	}
-	var firsts []journalOutcome
-	var others []stateChange
-	if nFirst > 0 {
-		firsts = make([]journalOutcome, 0, nFirst)
-	}
-	if nFirst < len(ds) {
-		others = make([]stateChange, 0, len(ds)-nFirst)
-	}
-	sts := make([]State, len(ds))
-	parts := make([]change, 0, len(ds)) // for each ds[i] without an error yet, in order
+	sc := completeScratches.Get().(*completeScratch)
+	defer sc.put()
+	firsts := grown(sc.firsts, nFirst)
+	others := grown(sc.others, len(ds)-nFirst)
+	sts := grown(sc.sts, len(ds))[:len(ds)]
+	parts := grown(sc.parts, len(ds)) // for each ds[i] without an error yet, in order
+	sc.firsts, sc.others, sc.sts, sc.parts = firsts, others, sts, parts
 	for i, d := range ds {
 		if err := outcomeState(&sts[i], d, outs[i]); err != nil {
 			errs[i] = err
@@ -498,6 +496,39 @@ func (c *Consumer) CompleteBatch(ctx context.Context, ds []*Delivery, outs []Out
 		}
 	}
 	return errs
+}
+
+// completeScratch is what one CompleteBatch call builds its changes in,
+// kept between calls: at full speed a batch of outcomes otherwise
+// allocates ~160 bytes a message for structures the writer drops as soon
+// as it has answered.
+type completeScratch struct {
+	firsts []journalOutcome
+	others []stateChange
+	sts    []State
+	parts  []change
+}
+
+var completeScratches = sync.Pool{New: func() any { return new(completeScratch) }}
+
+// put clears what the scratch points to (messages, responses, channels)
+// and gives it back.
+func (sc *completeScratch) put() {
+	clear(sc.firsts[:cap(sc.firsts)])
+	clear(sc.others[:cap(sc.others)])
+	clear(sc.sts[:cap(sc.sts)])
+	clear(sc.parts[:cap(sc.parts)])
+	sc.firsts, sc.others, sc.sts, sc.parts = sc.firsts[:0], sc.others[:0], sc.sts[:0], sc.parts[:0]
+	completeScratches.Put(sc)
+}
+
+// grown returns s emptied, with room for n elements: appending up to n
+// never moves it, so pointers into it stay valid.
+func grown[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, 0, n)
+	}
+	return s[:0]
 }
 
 // firstDelivered reports whether out, for d, is its message's first

@@ -70,6 +70,26 @@ type journal struct {
 	end      int64     // bytes written
 	sync     int64     // bytes fdatasynced
 	lastSync time.Time // when sync last moved (SyncAlways)
+	buf      []byte    // frames of the commit being written (frameBuf)
+}
+
+// journalBufKeep is the largest frame buffer the journal keeps between
+// commits; a larger one, from a commit of many outcomes, is let go.
+const journalBufKeep = 256 << 10
+
+// frameBuf returns an empty buffer of capacity n or more for one commit's
+// frames, the journal's own when it is large enough and not too large to
+// keep. The caller is done with it when writeOutcomes returns.
+func (j *journal) frameBuf(n int) []byte {
+	if cap(j.buf) < n {
+		j.buf = make([]byte, 0, n)
+		if n > journalBufKeep {
+			b := j.buf
+			j.buf = nil
+			return b
+		}
+	}
+	return j.buf[:0]
 }
 
 // outcomeSyncMax is how long, with SyncAlways, a written outcome may wait

@@ -70,7 +70,8 @@ type BatchAppender interface {
 
 // BatchCompleter is an optional extension of Consumer: Complete for many
 // attempts at once, sharing the engine's commits; errs[i] is Complete's
-// error for ds[i]. A drainer records with it when the consumer has it.
+// error for ds[i]. It keeps neither slice after it returns: the caller
+// reuses them. A drainer records with it when the consumer has it.
 type BatchCompleter interface {
 	CompleteBatch(ctx context.Context, ds []*Delivery, outs []Outcome) (errs []error)
 }
