@@ -1092,6 +1092,7 @@ const maxRecordBatch = 256
 func (r *runner) recorder() {
 	defer close(r.recDone)
 	batch := make([]recItem, 0, maxRecordBatch)
+	var sc recScratch
 	for {
 		select {
 		case it, ok := <-r.recq:
@@ -1123,7 +1124,7 @@ func (r *runner) recorder() {
 				break more
 			}
 		}
-		errs := r.d.recordBatch(batch)
+		errs := r.d.recordBatch(batch, &sc)
 		// The run loop hears of each outcome it must act on (ordering, a
 		// retry, a failed record) and of the others as one count: one
 		// event per round instead of one per message.
@@ -1148,20 +1149,28 @@ func putRecordBatch(b *[]recItem) {
 	recordBatches.Put(b)
 }
 
+// recScratch is the recorder's own slices for CompleteBatch's arguments,
+// reused from batch to batch (a store keeps neither slice past the call).
+type recScratch struct {
+	ds   []*store.Delivery
+	outs []store.Outcome
+}
+
 // recordBatch records the outcomes of batch: with the consumer's
 // CompleteBatch when it has one (any that fails with ErrIO goes on through
 // record's retries), else each with record, side by side.
-func (d *Drainer) recordBatch(batch []recItem) []error {
-	errs := make([]error, len(batch))
+func (d *Drainer) recordBatch(batch []recItem, sc *recScratch) []error {
 	if bc, ok := d.src.(store.BatchCompleter); ok && len(batch) > 1 {
-		ds := make([]*store.Delivery, len(batch))
-		outs := make([]store.Outcome, len(batch))
-		for i, it := range batch {
-			ds[i], outs[i] = it.dl, it.out
+		ds, outs := sc.ds[:0], sc.outs[:0]
+		for _, it := range batch {
+			ds, outs = append(ds, it.dl), append(outs, it.out)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
-		errs = bc.CompleteBatch(ctx, ds, outs)
+		errs := bc.CompleteBatch(ctx, ds, outs)
 		cancel()
+		clear(ds) // no message kept alive by the scratch
+		clear(outs)
+		sc.ds, sc.outs = ds, outs
 		for i, err := range errs {
 			if errors.Is(err, store.ErrIO) {
 				errs[i] = d.record(batch[i].dl, batch[i].out)
@@ -1169,6 +1178,7 @@ func (d *Drainer) recordBatch(batch []recItem) []error {
 		}
 		return errs
 	}
+	errs := make([]error, len(batch))
 	var wg sync.WaitGroup
 	for i, it := range batch {
 		wg.Go(func() { errs[i] = d.record(it.dl, it.out) })

@@ -69,6 +69,7 @@ type loop struct {
 	conns   map[int]*lconn // every open connection, by descriptor
 	idle    []*lconn       // open, no attempt: the last used at the end
 	waiting []*pending     // attempts waiting for a connection, in order
+	free    []*pending     // records of attempts over, for newPending
 	dialing int
 	quit    bool
 
@@ -252,7 +253,8 @@ func (l *loop) start(j job) {
 	d := l.d
 	d.attempts.Add(1)
 	d.sending.Add(1)
-	p := &pending{j: j, at: d.now(), deadline: time.Now().Add(d.target.Timeout), head: j.dl.Method == fasthttp.MethodHead}
+	p := l.newPending()
+	*p = pending{j: j, at: d.now(), deadline: time.Now().Add(d.target.Timeout), head: j.dl.Method == fasthttp.MethodHead}
 	l.arm(p.deadline)
 	if k := len(l.idle); k > 0 {
 		c := l.idle[k-1]
@@ -262,6 +264,28 @@ func (l *loop) start(j job) {
 	}
 	l.waiting = append(l.waiting, p)
 	l.dialMore()
+}
+
+// newPending returns an attempt's record from the loop's free list, or a
+// new one.
+func (l *loop) newPending() *pending {
+	if k := len(l.free); k > 0 {
+		p := l.free[k-1]
+		l.free[k-1] = nil
+		l.free = l.free[:k-1]
+		return p
+	}
+	return new(pending)
+}
+
+// freePending puts p, whose attempt is reported and which nothing else
+// holds, on the free list: at full speed an answer a turn otherwise
+// allocates one. The list is as long as the loop's connections at most.
+func (l *loop) freePending(p *pending) {
+	if len(l.free) < l.maxConns {
+		*p = pending{}
+		l.free = append(l.free, p)
+	}
 }
 
 // dialMore dials for the attempts waiting, up to the loop's share of the
@@ -469,6 +493,7 @@ func (l *loop) answered(c *lconn) {
 	res.at = p.at
 	res.dur = l.d.now().Sub(p.at)
 	next := l.report(p, res)
+	l.freePending(p)
 	if !c.reuse {
 		l.closeConn(c)
 		if next != nil {

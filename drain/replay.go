@@ -207,20 +207,22 @@ func buildRequest(req *fasthttp.Request, e *endpoint, d *store.Delivery) {
 		}
 	}
 	// The values are formatted into one stack buffer (fasthttp copies
-	// them): no allocation per attempt.
+	// them): no allocation per attempt. They are added, not set: the
+	// stored headers never carry these names (skipHeaders), and Set would
+	// look through every header for each.
 	var buf [96]byte
 	var id []byte
 	if !d.ID.IsZero() {
 		id = d.ID.AppendTo(buf[:0])
-		req.Header.SetBytesV(HeaderID, id)
+		req.Header.AddBytesV(HeaderID, id)
 	}
-	req.Header.SetBytesV(HeaderAttempt, strconv.AppendInt(buf[len(id):len(id)], int64(d.Attempt), 10))
-	req.Header.SetBytesV(HeaderEnqueuedAt, d.EnqueuedAt.UTC().AppendFormat(buf[len(id):len(id)], time.RFC3339Nano))
+	req.Header.AddBytesV(HeaderAttempt, strconv.AppendInt(buf[len(id):len(id)], int64(d.Attempt), 10))
+	req.Header.AddBytesV(HeaderEnqueuedAt, d.EnqueuedAt.UTC().AppendFormat(buf[len(id):len(id)], time.RFC3339Nano))
 	switch {
 	case d.IdempotencyKey != "":
-		req.Header.Set(HeaderIdempotencyKey, d.IdempotencyKey)
+		req.Header.Add(HeaderIdempotencyKey, d.IdempotencyKey)
 	case id != nil:
-		req.Header.SetBytesV(HeaderIdempotencyKey, id)
+		req.Header.AddBytesV(HeaderIdempotencyKey, id)
 	}
 	e.setHeaders(req)
 	req.SetBodyRaw(d.Body)
