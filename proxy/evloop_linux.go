@@ -83,8 +83,9 @@ func newEngine(s *Server, ln net.Listener, lim *limitListener, n int) *engine {
 		return nil
 	}
 	e := &engine{s: s, ln: tl, lim: lim, hand: newHandoffListener(ln.Addr()), done: make(chan struct{})}
+	inPoller := s.storesOnLoops() // see run
 	for range n {
-		l, err := newEvloop(e)
+		l, err := newEvloop(e, inPoller)
 		if err != nil {
 			s.log.Warn("event loops unavailable; serving with a goroutine per connection", "err", err)
 			for _, l := range e.loops {
@@ -301,6 +302,7 @@ func (t *fdTable) del(fd int) {
 type evloop struct {
 	e      *engine
 	ep     int
+	epw    *netio.EpollWaiter // ep in Go's poller, when the loop waits there (run); nil: it blocks in epoll_wait
 	wakefd int
 	mu     sync.Mutex
 	tasks  []func(*evloop)
@@ -321,17 +323,28 @@ type evloop struct {
 	stores // the buffer-route requests of this turn and those being committed (evstore_linux.go)
 }
 
-func newEvloop(e *engine) (*evloop, error) {
+func newEvloop(e *engine, inPoller bool) (*evloop, error) {
 	ep, wfd, err := netio.NewEpoll()
 	if err != nil {
 		return nil, err
 	}
-	return &evloop{e: e, ep: ep, wakefd: wfd, pools: map[*route][]*upConn{},
-		scratch: make([]byte, 64<<10)}, nil
+	l := &evloop{e: e, ep: ep, wakefd: wfd, pools: map[*route][]*upConn{},
+		scratch: make([]byte, 64<<10)}
+	if inPoller {
+		if l.epw, err = netio.NewEpollWaiter(ep); err != nil { // it owns ep from here on
+			l.closeFDs()
+			return nil, err
+		}
+	}
+	return l, nil
 }
 
 func (l *evloop) closeFDs() {
-	unix.Close(l.ep)
+	if l.epw != nil {
+		l.epw.Close() // and with it ep
+	} else {
+		unix.Close(l.ep)
+	}
 	unix.Close(l.wakefd)
 }
 
@@ -358,26 +371,48 @@ func (l *evloop) post(fn func(*evloop)) {
 	l.mu.Unlock()
 }
 
-// run is the loop, on a thread of its own that blocks in epoll_wait. (The
-// drainers' delivery loops wait in Go's poller instead, netio.EpollWaiter,
-// and leave their processor to the rest of sluice; here that made
-// passthrough ~5% slower, 34.4k against 36.4k req/s, p99 10.2 against 8.0
-// ms, 3 alternating rounds of bench/passthrough.sh, and buffered ingest
-// while draining no faster, 0.47 either way, bench/ingest_drain.sh.)
+// run is the loop. It waits for events in one of two ways, chosen for
+// the engine by its policy (newEngine):
+//   - When no route is stored on the loops (passthrough alone), it blocks
+//     in epoll_wait(2) on a thread of its own: the quickest return to a
+//     relay's next step.
+//   - When buffer routes are (storesOnLoop), it waits in Go's poller
+//     (netio.EpollWaiter), as the drainers' delivery loops do. The
+//     goroutines that commit its batches (AppendDrafts, the store's
+//     writer) need a processor while it waits, and a thread blocked in
+//     epoll_wait keeps its own until the runtime's monitor takes it back
+//     (20 µs to 10 ms later).
+//
+// Measured on 2 CPUs: waiting in the poller made durable buffered ingest
+// faster in 5 of 6 alternating rounds (median 50.6k against 48.7k req/s,
+// less CPU a request in 5 of 6, wrk -t2 -c256) and ingest while draining
+// no slower (3 rounds), but passthrough 7-9% slower (33.9k against
+// 35.7k req/s, 3 rounds of bench/passthrough.sh). Choosing it by the wake
+// instead (the poller only while a batch is being committed) kept
+// passthrough slow too: the epoll set in Go's poller wakes an idle thread
+// on every event, whichever way the loop waits.
 func (l *evloop) run() {
-	runtime.LockOSThread()
+	if l.epw == nil {
+		runtime.LockOSThread()
+	}
 	evs := make([]unix.EpollEvent, 256)
 	var tasks []func(*evloop)
 	var drain [8]byte
 	for !l.stopped {
-		timeout := -1
-		if !l.nextScan.IsZero() {
-			// From the clock of the last wake-up: a wait a little longer
-			// than needed, by what that wake-up's work took, saves a
-			// clock read on each turn.
-			timeout = max(int(l.nextScan.Sub(l.now)/time.Millisecond)+1, 0)
+		var n int
+		var err error
+		if l.epw != nil {
+			n, err = l.epw.Wait(evs, l.nextScan)
+		} else {
+			timeout := -1
+			if !l.nextScan.IsZero() {
+				// From the clock of the last wake-up: a wait a little longer
+				// than needed, by what that wake-up's work took, saves a
+				// clock read on each turn.
+				timeout = max(int(l.nextScan.Sub(l.now)/time.Millisecond)+1, 0)
+			}
+			n, err = unix.EpollWait(l.ep, evs, timeout)
 		}
-		n, err := unix.EpollWait(l.ep, evs, timeout)
 		if err != nil && err != unix.EINTR {
 			l.e.s.log.Error("event loop: epoll_wait failed", "err", err)
 			l.stop()

@@ -286,9 +286,12 @@ func storesOnLoop(r *route) bool {
 // to serve themselves: passthrough requests (passesThrough) or buffered
 // ones (storesOnLoop). Without either they would only hand connections over.
 func (s *Server) loopsServe() bool {
-	if s.passesThrough() {
-		return true
-	}
+	return s.passesThrough() || s.storesOnLoops()
+}
+
+// storesOnLoops reports whether any route of the policy is stored on the
+// event loops (storesOnLoop).
+func (s *Server) storesOnLoops() bool {
 	for _, r := range s.routes() {
 		if storesOnLoop(r) {
 			return true
