@@ -305,6 +305,15 @@ func notSupported(w http.ResponseWriter, msg string) {
 	writeError(w, http.StatusNotImplemented, "not_supported", msg)
 }
 
+// storeUnavailable is the answer to an error the store marks as an I/O
+// failure (store.ErrIO): a disk that failed a read or write, or a NATS
+// server that did not answer (no responders while a stream's leader is
+// elected, a timeout). It may pass, so it is a 503 the client may retry
+// (with Retry-After: 1), not a 500.
+func storeUnavailable(err error) (int, errorDetail) {
+	return http.StatusServiceUnavailable, errorDetail{Code: "store_unavailable", Message: err.Error()}
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {

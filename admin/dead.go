@@ -182,6 +182,11 @@ func (s *Server) deadError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "no_target", err.Error())
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, store.ErrIO):
+		s.log.Warn("dead letters: the store could not be read just now", "err", err)
+		status, e := storeUnavailable(err)
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, status, errorBody{Error: e})
 	default:
 		s.log.Error("dead letters", "err", err)
 		writeError(w, http.StatusInternalServerError, "store_error", err.Error())

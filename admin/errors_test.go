@@ -129,3 +129,36 @@ func TestErrorsOneShape(t *testing.T) {
 	}
 	errorShape(t, "an export's last line", []byte(last), "store_error")
 }
+
+// unavailableMessages fails every listing as a store does whose disk or
+// NATS server did not answer just now (store.ErrIO).
+type unavailableMessages struct{ fakeMessages }
+
+func (unavailableMessages) List(string, store.Filter, uint64, int, func(*store.Row) bool) (uint64, bool, error) {
+	return 0, false, fmt.Errorf("%w: route %q: read seq 1: nats: no responders available for request", store.ErrIO, "orders")
+}
+
+// A listing the store fails with an I/O error (a NATS stream electing its
+// leader, a disk that failed a read) is a 503 with Retry-After, which a
+// client may retry, not a 500; any other failure stays a 500 store_error.
+func TestListingStoreUnavailableIs503(t *testing.T) {
+	f := newFixture(t)
+	s, err := New(Config{Token: token, Node: f.node, Controls: f.controls, Metrics: NewMetrics(nil), Logger: quiet, Messages: unavailableMessages{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL+"/v1/routes/orders/messages", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("status %d, Retry-After %q; want 503 and 1 (%s)", resp.StatusCode, resp.Header.Get("Retry-After"), data)
+	}
+	errorShape(t, "an unavailable store", data, "store_unavailable")
+}

@@ -323,6 +323,9 @@ func (s *Server) exportMessages(w http.ResponseWriter, r *http.Request, route st
 
 func (s *Server) messagesError(w http.ResponseWriter, err error) {
 	status, e := s.messagesErrorDetail(err)
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
 	writeJSON(w, status, errorBody{Error: e})
 }
 
@@ -337,6 +340,9 @@ func (s *Server) messagesErrorDetail(err error) (int, errorDetail) {
 		return http.StatusNotImplemented, errorDetail{Code: "not_supported", Message: err.Error()}
 	case errors.Is(err, ErrNoTarget):
 		return http.StatusNotFound, errorDetail{Code: "no_target", Message: err.Error()}
+	case errors.Is(err, store.ErrIO):
+		s.log.Warn("messages: the store could not be read just now", "err", err)
+		return storeUnavailable(err)
 	}
 	s.log.Error("messages", "err", err)
 	return http.StatusInternalServerError, errorDetail{Code: "store_error", Message: err.Error()}

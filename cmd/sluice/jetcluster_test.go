@@ -173,14 +173,22 @@ routes:
 	}
 	// And the listing, on the same node: every accepted message once, in
 	// order, delivered (the stream has three replicas).
+	// A 503 (store_unavailable: a stream still electing its leader, say)
+	// is retried after its Retry-After, as a client would, a few times.
 	listed := map[string]bool{}
 	next, lastID := "", ""
+	unavailable := 0
 	for range 100 {
 		u := "http://" + admins[other] + "/v1/routes/orders/messages?target=inventory&limit=500"
 		if next != "" {
 			u += "&cursor=" + next
 		}
 		code, body := apiCall(t, "GET", u, testToken, nil)
+		if code == http.StatusServiceUnavailable && unavailable < 10 {
+			unavailable++
+			time.Sleep(time.Second)
+			continue
+		}
 		if code != 200 {
 			t.Fatalf("list on node %d: %d %v", other, code, body)
 		}
