@@ -8,7 +8,10 @@
 # is unlimited, so every accepted request is also delivered while wrk
 # runs; the script prints how many the downstream got against how many
 # were accepted (the drain keeping pace: 1.00). Alternating, RUNS rounds,
-# a fresh data directory each run.
+# a fresh data directory each run. Beside sluice's CPU per accepted
+# request, it prints the downstream's (noop_us) and the rest of the
+# machine's (rest_us: wrk, and anything else running) per accepted
+# request, and the CPUs left idle: where the two CPUs went.
 #
 #   bench/ingest_drain.sh
 #   RUNS=5 CONNS=64 DURATION=10s bench/ingest_drain.sh
@@ -42,7 +45,8 @@ policy "$work/draining.yaml" unlimited
 
 machine
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, 1 KiB POST; fsync $FSYNC; target concurrency 64 to bench/noop"
-printf '%-10s %-4s %10s %9s %9s %11s %7s %12s\n' target run req/s p50_ms p99_ms cpu_us/req steal% delivered/acc
+cpu_all() { awk '$1=="cpu" { t=0; for (i=2;i<=NF;i++) t+=$i; print $5+$6, t; exit }' /proc/stat; } # idle+iowait, all
+printf '%-10s %-4s %10s %9s %9s %11s %7s %12s %8s %8s %9s\n' target run req/s p50_ms p99_ms cpu_us/req steal% delivered/acc noop_us rest_us idle_cpus
 : > "$work/paused.txt"; : > "$work/draining.txt"; : > "$work/paused-b.txt"; : > "$work/draining-b.txt"
 "$work/noop" -listen 127.0.0.1:18082 & np=$!
 wait_port 18082
@@ -54,14 +58,20 @@ for i in $(seq "$RUNS"); do
     before=$(curl -s http://127.0.0.1:18082/_count)
     "$bin" serve --policy "$work/$mode.yaml" 2>"$work/$run.log" & sp=$!
     wait_port 18080
+    n0=$(cpu_ticks $np); a0=$(cpu_all)
     r=$(wrk_post 18080 $sp)
+    n1=$(cpu_ticks $np); a1=$(cpu_all)
     after=$(curl -s http://127.0.0.1:18082/_count)
     kill -TERM $sp; wait $sp 2>/dev/null || true
     echo "$r" >> "$work/$run.txt"
     set -- $r
     acc=$(awk -v r="$1" -v d="$DURATION" 'BEGIN{ sub(/s$/,"",d); printf "%.0f", r*d }')
     pace=$(awk -v a="$acc" -v b="$before" -v c="$after" 'BEGIN{ printf "%.2f", (c-b)/(a>0?a:1) }')
-    printf '%-10s %-4s %10s %9s %9s %11s %7s %12s\n' "$run" "$i" "$1" "$2" "$3" "$5" "$6" "$pace"
+    split=$(awk -v acc="$acc" -v s="$5" -v n0="$n0" -v n1="$n1" -v a0="$a0" -v a1="$a1" -v hz="$(getconf CLK_TCK)" -v cpus="$(nproc)" 'BEGIN{
+      split(a0, x, " "); split(a1, y, " "); idle = y[1]-x[1]; all = y[2]-x[2]
+      noop = (n1-n0)/hz*1e6/(acc>0?acc:1); busy = (all-idle)/hz*1e6/(acc>0?acc:1)
+      printf "%.1f %.1f %.2f", noop, busy-s-noop, (all>0 ? idle/all*cpus : 0) }')
+    printf '%-10s %-4s %10s %9s %9s %11s %7s %12s %8s %8s %9s\n' "$run" "$i" "$1" "$2" "$3" "$5" "$6" "$pace" $split
   done
 done
 for sfx in "" ${SLUICE_B:+-b}; do
