@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,12 +22,15 @@ import (
 // one target, one Complete at a time, and prints DONE for each outcome
 // acknowledged; at every fsync of the queue (Config.ObserveSync, which
 // runs before the synced commit is acknowledged and while the writer
-// writes nothing), it copies the journal files aside and prints SYNCED.
-// The parent kills it with SIGKILL mid-drain, puts the journal back as it
-// was at the last SYNCED (what a power loss leaves at worst), and opens
-// the queue: every message whose DONE came before that SYNCED must stay
-// delivered; the others may be handed out again, and every message must
-// be one or the other.
+// writes nothing), it copies the journal files into a directory of their
+// own, synced-N, and then prints SYNCED N. The parent kills it with
+// SIGKILL mid-drain, puts the journal back as it was at the last SYNCED
+// (what a power loss leaves at worst), and opens the queue: every message
+// whose DONE came before that SYNCED must stay delivered; the others may
+// be handed out again, and every message must be one or the other. (A
+// kill in the middle of a copy leaves that copy unannounced and the one
+// before it whole: one directory, rewritten in place, once lost the last
+// announced copy that way.)
 func TestPowerLossLosesOnlyUnsyncedOutcomes(t *testing.T) {
 	if os.Getenv("SLUICE_POWERLOSS_CHILD") != "" {
 		powerLossChild()
@@ -44,10 +48,16 @@ func TestPowerLossLosesOnlyUnsyncedOutcomes(t *testing.T) {
 	var pending []uint64         // DONE since the last SYNCED
 	durable := map[uint64]bool{} // DONE before a SYNCED
 	done, killed := 0, false
+	synced := -1 // the last copy announced
 	for sc.Scan() {
 		var seq uint64
+		var n int
 		switch line := sc.Text(); {
-		case line == "SYNCED":
+		case strings.HasPrefix(line, "SYNCED "):
+			if _, err := fmt.Sscanf(line, "SYNCED %d", &n); err != nil {
+				t.Fatalf("child: %q", line)
+			}
+			synced = n
 			for _, s := range pending {
 				durable[s] = true
 			}
@@ -73,7 +83,10 @@ func TestPowerLossLosesOnlyUnsyncedOutcomes(t *testing.T) {
 	for _, p := range live {
 		must(t, os.Remove(p))
 	}
-	saved, _ := filepath.Glob(filepath.Join(dir, "synced", "outcomes-*.log"))
+	var saved []string
+	if synced >= 0 {
+		saved, _ = filepath.Glob(filepath.Join(dir, fmt.Sprintf("synced-%d", synced), "outcomes-*.log"))
+	}
 	for _, p := range saved {
 		b, err := os.ReadFile(p)
 		must(t, err)
@@ -102,11 +115,6 @@ func TestPowerLossLosesOnlyUnsyncedOutcomes(t *testing.T) {
 func powerLossChild() {
 	dir := os.Getenv("SLUICE_POWERLOSS_DIR")
 	qdir := filepath.Join(dir, "queues", "orders")
-	saved := filepath.Join(dir, "synced")
-	if err := os.MkdirAll(saved, 0o700); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
 	var mu sync.Mutex
 	w := bufio.NewWriter(os.Stdout)
 	say := func(line string) {
@@ -115,11 +123,13 @@ func powerLossChild() {
 		w.Flush()
 		mu.Unlock()
 	}
+	copies := 0
 	observe := func(time.Duration) {
 		// The writer is inside this fsync: the journal is what it covers.
-		old, _ := filepath.Glob(filepath.Join(saved, "outcomes-*.log"))
-		for _, p := range old {
-			os.Remove(p)
+		saved := filepath.Join(dir, fmt.Sprintf("synced-%d", copies))
+		if err := os.Mkdir(saved, 0o700); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
 		}
 		live, _ := filepath.Glob(filepath.Join(qdir, "outcomes-*.log"))
 		for _, p := range live {
@@ -136,7 +146,9 @@ func powerLossChild() {
 				os.Exit(2)
 			}
 		}
-		say("SYNCED")
+		say(fmt.Sprintf("SYNCED %d", copies))
+		os.RemoveAll(filepath.Join(dir, fmt.Sprintf("synced-%d", copies-1))) // announced, so the one before is not needed
+		copies++
 	}
 	s, err := Open(Config{Dir: dir, ObserveSync: observe})
 	if err != nil {
