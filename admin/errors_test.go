@@ -85,14 +85,7 @@ func TestErrorsOneShape(t *testing.T) {
 			if strings.HasSuffix(e.path, "/inv/replay") {
 				body = `{"state":"dead"}`
 			}
-			req, _ := http.NewRequest(e.method, srv.URL+e.path, strings.NewReader(body))
-			req.Header.Set("Authorization", "Bearer "+token)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			data, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
+			resp, data := authCall(t, e.method, srv.URL+e.path, body)
 			what := fmt.Sprintf("%s: %s %s", c.name, e.method, e.path)
 			if resp.StatusCode != http.StatusNotImplemented {
 				t.Errorf("%s: %d, want 501", what, resp.StatusCode)
@@ -149,7 +142,18 @@ func TestListingStoreUnavailableIs503(t *testing.T) {
 	}
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
-	req, _ := http.NewRequest("GET", srv.URL+"/v1/routes/orders/messages", nil)
+	resp, data := authCall(t, "GET", srv.URL+"/v1/routes/orders/messages", "")
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("status %d, Retry-After %q; want 503 and 1 (%s)", resp.StatusCode, resp.Header.Get("Retry-After"), data)
+	}
+	errorShape(t, "an unavailable store", data, "store_unavailable")
+}
+
+// authCall makes one call with the test token and returns the answer and
+// its body, read and closed.
+func authCall(t *testing.T, method, url, body string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -157,8 +161,5 @@ func TestListingStoreUnavailableIs503(t *testing.T) {
 	}
 	data, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
-		t.Errorf("status %d, Retry-After %q; want 503 and 1 (%s)", resp.StatusCode, resp.Header.Get("Retry-After"), data)
-	}
-	errorShape(t, "an unavailable store", data, "store_unavailable")
+	return resp, data
 }
