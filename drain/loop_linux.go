@@ -119,9 +119,8 @@ func newLoop(r *runner, maxConns int) (*loop, error) {
 		return nil, err
 	}
 	// The loop waits for its epoll set through Go's poller (netio.EpollWaiter).
-	w, err := netio.NewEpollWaiter(ep)
+	w, err := netio.NewEpollWaiter(ep) // it takes ep, failing or not
 	if err != nil {
-		unix.Close(ep)
 		unix.Close(wfd)
 		return nil, err
 	}

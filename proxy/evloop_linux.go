@@ -331,8 +331,8 @@ func newEvloop(e *engine, inPoller bool) (*evloop, error) {
 	l := &evloop{e: e, ep: ep, wakefd: wfd, pools: map[*route][]*upConn{},
 		scratch: make([]byte, 64<<10)}
 	if inPoller {
-		if l.epw, err = netio.NewEpollWaiter(ep); err != nil { // it owns ep from here on
-			l.closeFDs()
+		if l.epw, err = netio.NewEpollWaiter(ep); err != nil { // it takes ep, failing or not
+			unix.Close(wfd)
 			return nil, err
 		}
 	}

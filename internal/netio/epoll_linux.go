@@ -27,9 +27,10 @@ type EpollWaiter struct {
 }
 
 // NewEpollWaiter takes the epoll set ep (made non-blocking; Close closes
-// it).
+// it). It takes ep even when it fails: ep is closed then.
 func NewEpollWaiter(ep int) (*EpollWaiter, error) {
 	if err := unix.SetNonblock(ep, true); err != nil {
+		unix.Close(ep)
 		return nil, err
 	}
 	f := os.NewFile(uintptr(ep), "epoll")
