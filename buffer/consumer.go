@@ -455,12 +455,14 @@ func (c *Consumer) CompleteBatch(ctx context.Context, ds []*Delivery, outs []Out
 		}
 	}
 	sc := completeScratches.Get().(*completeScratch)
-	defer sc.put()
 	firsts := grown(sc.firsts, nFirst)
 	others := grown(sc.others, len(ds)-nFirst)
 	sts := grown(sc.sts, len(ds))[:len(ds)]
 	parts := grown(sc.parts, len(ds)) // for each ds[i] without an error yet, in order
-	sc.firsts, sc.others, sc.sts, sc.parts = firsts, others, sts, parts
+	defer func() {
+		sc.firsts, sc.others, sc.sts, sc.parts = firsts, others, sts, parts
+		sc.put()
+	}()
 	for i, d := range ds {
 		if err := outcomeState(&sts[i], d, outs[i]); err != nil {
 			errs[i] = err
@@ -511,13 +513,14 @@ type completeScratch struct {
 
 var completeScratches = sync.Pool{New: func() any { return new(completeScratch) }}
 
-// put clears what the scratch points to (messages, responses, channels)
-// and gives it back.
+// put clears what the call used of the scratch (it points to messages,
+// responses, channels) and gives it back; its slices hold the call's
+// elements, and beyond them only what earlier puts cleared.
 func (sc *completeScratch) put() {
-	clear(sc.firsts[:cap(sc.firsts)])
-	clear(sc.others[:cap(sc.others)])
-	clear(sc.sts[:cap(sc.sts)])
-	clear(sc.parts[:cap(sc.parts)])
+	clear(sc.firsts)
+	clear(sc.others)
+	clear(sc.sts)
+	clear(sc.parts)
 	sc.firsts, sc.others, sc.sts, sc.parts = sc.firsts[:0], sc.others[:0], sc.sts[:0], sc.parts[:0]
 	completeScratches.Put(sc)
 }
